@@ -1,0 +1,35 @@
+//! Herald's API, in one place: the custom resources (`IPAddressPool`, `L2Advertisement`,
+//! `ServiceL2Status`), the Service annotations, and validation of both as pure functions with
+//! user-facing messages.
+//!
+//! # Layout
+//! - [`address`]: parsing `spec.addresses` entries into inclusive IP ranges.
+//! - [`pool`], [`advertisement`], [`l2status`]: the custom resource types (`herald.io/v1beta1`).
+//! - [`selector`]: Kubernetes label selectors: validation and matching.
+//! - [`annotations`]: the Service annotations Herald reads and writes.
+//! - [`validation`]: rules over pools and advertisements, alone and as a set.
+//! - [`crds`]: the CustomResourceDefinitions as committed in `config/crd/`.
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod advertisement;
+pub mod annotations;
+pub mod crds;
+pub mod l2status;
+pub mod pool;
+pub mod selector;
+pub mod validation;
+
+pub use address::{IpFamily, IpRange};
+pub use advertisement::{L2Advertisement, L2AdvertisementSpec};
+pub use l2status::{ServiceL2Status, ServiceL2StatusStatus};
+pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
+
+/// The API group of Herald's custom resources and the prefix of its annotations.
+pub const GROUP: &str = "herald.io";
+/// The served version of Herald's custom resources.
+pub const VERSION: &str = "v1beta1";
+/// The `spec.loadBalancerClass` Herald handles by default (Services with no class are handled too).
+pub const DEFAULT_LB_CLASS: &str = "herald.io/l2";
+/// Nodes with this label never announce (the Kubernetes well-known label).
+pub const EXCLUDE_FROM_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
