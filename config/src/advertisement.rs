@@ -2,10 +2,14 @@
 // Clippy reads each `printcolumn(type_ = ..)` of kube's derive as a repeated attribute.
 #![allow(clippy::duplicated_attributes)]
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::selector;
 
 /// Announce addresses of some pools with ARP/NDP from some nodes.
 ///
@@ -47,4 +51,38 @@ pub struct L2AdvertisementSpec {
     /// Services this advertisement applies to, by their labels; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_selectors: Vec<LabelSelector>,
+}
+
+impl L2AdvertisementSpec {
+    /// Whether this advertisement announces the pool with this name and labels: named in
+    /// `ipAddressPools`, matched by one of `ipAddressPoolSelectors`, or every pool when neither
+    /// is given.
+    pub fn selects_pool(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if self.ip_address_pools.is_empty() && self.ip_address_pool_selectors.is_empty() {
+            return true;
+        }
+        self.ip_address_pools.iter().any(|p| p == name)
+            || self
+                .ip_address_pool_selectors
+                .iter()
+                .any(|s| selector::matches(s, labels))
+    }
+
+    /// Whether a node with these labels may announce for this advertisement.
+    pub fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_selectors.is_empty()
+            || self
+                .node_selectors
+                .iter()
+                .any(|s| selector::matches(s, labels))
+    }
+
+    /// Whether a Service with these labels is announced by this advertisement.
+    pub fn selects_service(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.service_selectors.is_empty()
+            || self
+                .service_selectors
+                .iter()
+                .any(|s| selector::matches(s, labels))
+    }
 }

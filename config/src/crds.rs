@@ -18,8 +18,8 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
 }
 
 /// A CRD as the YAML document committed for it.
-pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
-    let body = serde_yaml::to_string(crd)?;
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, crate::yaml::Error> {
+    let body = crate::yaml::to_string(crd)?;
     Ok(format!(
         "# Generated from herald-config's Rust types by `make crds`; do not edit by hand.\n---\n{body}"
     ))

@@ -9,6 +9,7 @@
 //! - [`annotations`]: the Service annotations Herald reads and writes.
 //! - [`validation`]: rules over pools and advertisements, alone and as a set.
 //! - [`crds`]: the CustomResourceDefinitions as committed in `config/crd/`.
+//! - [`yaml`]: the one place YAML is read and written.
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -19,6 +20,7 @@ pub mod l2status;
 pub mod pool;
 pub mod selector;
 pub mod validation;
+pub mod yaml;
 
 pub use address::{IpFamily, IpRange};
 pub use advertisement::{L2Advertisement, L2AdvertisementSpec};

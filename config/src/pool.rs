@@ -2,10 +2,14 @@
 // Clippy reads each `printcolumn(type_ = ..)` of kube's derive as a repeated attribute.
 #![allow(clippy::duplicated_attributes)]
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::selector;
 
 /// Addresses the controller may give to `type: LoadBalancer` Services.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -125,4 +129,30 @@ pub struct IPAddressPoolStatus {
     /// `Ready` (True when the pool is valid and in use) with the validation message otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+impl ServiceAllocation {
+    /// Whether Services in this namespace may use the pool: any namespace when neither
+    /// `namespaces` nor `namespaceSelectors` is given, else one listed or matched.
+    pub fn allows_namespace(
+        &self,
+        namespace: &str,
+        namespace_labels: &BTreeMap<String, String>,
+    ) -> bool {
+        (self.namespaces.is_empty() && self.namespace_selectors.is_empty())
+            || self.namespaces.iter().any(|n| n == namespace)
+            || self
+                .namespace_selectors
+                .iter()
+                .any(|s| selector::matches(s, namespace_labels))
+    }
+
+    /// Whether a Service with these labels may use the pool: any when no `serviceSelectors`.
+    pub fn allows_service(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.service_selectors.is_empty()
+            || self
+                .service_selectors
+                .iter()
+                .any(|s| selector::matches(s, labels))
+    }
 }

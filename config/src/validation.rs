@@ -94,6 +94,34 @@ pub enum L2AdvertisementError {
     DuplicateInterface { name: String },
 }
 
+/// Herald reads its configuration from one namespace, like MetalLB reads `metallb-system`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{kind} objects are read only from namespace {controller_namespace:?}; this one is in {namespace:?} and is ignored"
+)]
+pub struct WrongNamespace {
+    pub kind: String,
+    pub namespace: String,
+    pub controller_namespace: String,
+}
+
+/// Whether an object of Herald's configuration lives where Herald reads it.
+pub fn check_namespace(
+    kind: &str,
+    namespace: &str,
+    controller_namespace: &str,
+) -> Result<(), WrongNamespace> {
+    if namespace == controller_namespace {
+        Ok(())
+    } else {
+        Err(WrongNamespace {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            controller_namespace: controller_namespace.to_string(),
+        })
+    }
+}
+
 /// Checks one pool on its own and returns its address ranges in the order written.
 pub fn validate_pool(name: &str, spec: &IPAddressPoolSpec) -> Result<Vec<IpRange>, PoolError> {
     if name.is_empty() {
@@ -463,6 +491,17 @@ mod tests {
         assert!(
             verdicts["b"].is_ok(),
             "a refused pool must not reserve its addresses"
+        );
+    }
+
+    #[test]
+    fn namespace_rule() {
+        assert!(check_namespace("IPAddressPool", "herald-system", "herald-system").is_ok());
+        assert_eq!(
+            check_namespace("IPAddressPool", "default", "herald-system")
+                .unwrap_err()
+                .to_string(),
+            "IPAddressPool objects are read only from namespace \"herald-system\"; this one is in \"default\" and is ignored"
         );
     }
 
