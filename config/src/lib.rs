@@ -8,6 +8,7 @@
 //! - [`selector`]: Kubernetes label selectors: validation and matching.
 //! - [`annotations`]: the Service annotations Herald reads and writes.
 //! - [`validation`]: rules over pools and advertisements, alone and as a set.
+//! - [`check`]: a set of manifests judged as Herald will judge them once applied.
 //! - [`crds`]: the CustomResourceDefinitions as committed in `config/crd/`.
 //! - [`yaml`]: the one place YAML is read and written.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@
 pub mod address;
 pub mod advertisement;
 pub mod annotations;
+pub mod check;
 pub mod crds;
 pub mod l2status;
 pub mod pool;

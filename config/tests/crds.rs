@@ -21,6 +21,13 @@ fn committed_crds_match_the_rust_types() {
             drifted.push(path.display().to_string());
         }
     }
+    let kustomization = dir.join("Kustomization");
+    let want = herald_config::crds::kustomization();
+    if write {
+        std::fs::write(&kustomization, &want).expect("writing config/crd/Kustomization");
+    } else if std::fs::read_to_string(&kustomization).unwrap_or_default() != want {
+        drifted.push(kustomization.display().to_string());
+    }
     let mut committed: Vec<String> = std::fs::read_dir(&dir)
         .expect("config/crd exists")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
