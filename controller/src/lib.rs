@@ -3,6 +3,17 @@
 //!
 //! # Layout
 //! - [`allocator`]: the pure address allocator (pools, requests, sharing, counters).
+//! - [`reconciler`]: the kube-rs controller around it: rebuild on start, Services, pools.
+//! - [`config`]: flags; [`http`]: `/metrics`, `/healthz`, `/readyz`; [`metrics`]: Prometheus.
+//! - [`secret`]: fills the speakers' shared key; [`check`]: `herald-controller check FILE…`.
 #![forbid(unsafe_code)]
 
 pub mod allocator;
+pub mod check;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod reconciler;
+pub mod secret;
+
+pub use reconciler::run;

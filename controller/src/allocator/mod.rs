@@ -662,6 +662,11 @@ impl Allocator {
         self.uses.get(&ip).map_or(&[], |u| u.users.as_slice())
     }
 
+    /// Every Service holding addresses.
+    pub fn services(&self) -> Vec<ServiceKey> {
+        self.holdings.keys().cloned().collect()
+    }
+
     /// Number of Services holding addresses.
     pub fn service_count(&self) -> usize {
         self.holdings.len()

@@ -1,0 +1,119 @@
+//! The controller's Prometheus metrics.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+    pub family: AddressFamily,
+}
+
+/// `ipv4` / `ipv6`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AddressFamily {
+    ipv4,
+    ipv6,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: Outcome,
+}
+
+/// What happened to a Service's addresses.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    allocated,
+    moved,
+    failed,
+    released,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolStateLabels {
+    pub state: PoolState,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PoolState {
+    valid,
+    invalid,
+}
+
+/// Every metric the controller exports, registered in [`Metrics::registry`].
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub addresses_in_use: Family<PoolLabels, Gauge>,
+    pub addresses_available: Family<PoolLabels, Gauge>,
+    pub allocations: Family<OutcomeLabels, Counter>,
+    pub services_pending: Gauge,
+    pub pools: Family<PoolStateLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let addresses_in_use = Family::<PoolLabels, Gauge>::default();
+        let addresses_available = Family::<PoolLabels, Gauge>::default();
+        let allocations = Family::<OutcomeLabels, Counter>::default();
+        let services_pending = Gauge::default();
+        let pools = Family::<PoolStateLabels, Gauge>::default();
+        registry.register(
+            "allocator_addresses_in_use",
+            "Addresses of a pool held by Services (a shared address counts once)",
+            addresses_in_use.clone(),
+        );
+        registry.register(
+            "allocator_addresses_available",
+            "Addresses of a pool still free (saturates at 2^63-1)",
+            addresses_available.clone(),
+        );
+        registry.register(
+            "controller_allocations",
+            "Changes to Services' addresses, by outcome",
+            allocations.clone(),
+        );
+        registry.register(
+            "controller_services_pending",
+            "LoadBalancer Services that currently cannot get an address",
+            services_pending.clone(),
+        );
+        registry.register(
+            "controller_pools",
+            "IPAddressPools by validity",
+            pools.clone(),
+        );
+        Metrics {
+            registry,
+            addresses_in_use,
+            addresses_available,
+            allocations,
+            services_pending,
+            pools,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count(&self, outcome: Outcome) {
+        self.allocations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

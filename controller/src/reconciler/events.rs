@@ -1,0 +1,42 @@
+//! Event reasons the controller emits on Services. They are stable: users alert on them.
+
+use k8s_openapi::api::core::v1::Service;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType};
+
+use super::Context;
+
+/// The Service got (or kept after a change) its addresses.
+pub const IP_ALLOCATED: &str = "IPAllocated";
+/// The Service cannot get addresses; the message says which rule refused it.
+pub const ALLOCATION_FAILED: &str = "AllocationFailed";
+/// The Service's addresses were taken away (no longer a LoadBalancer, other class, pool gone).
+pub const CLEAR_ASSIGNMENT: &str = "ClearAssignment";
+/// The Service uses a MetalLB spelling of an annotation.
+pub const DEPRECATED_ANNOTATION: &str = "DeprecatedAnnotation";
+
+/// Publishes an Event on the Service; failures are logged, never fatal.
+pub async fn publish(
+    ctx: &Context,
+    service: &Service,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: match reason {
+            IP_ALLOCATED => "Allocate",
+            ALLOCATION_FAILED => "Allocate",
+            CLEAR_ASSIGNMENT => "Release",
+            _ => "Validate",
+        }
+        .to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &service.object_ref(&())).await {
+        tracing::warn!(reason, error = %e, "cannot publish event");
+    }
+}

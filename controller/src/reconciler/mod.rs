@@ -1,0 +1,289 @@
+//! The controller process: rebuilds the allocator from the cluster, then keeps Services'
+//! addresses and pools' statuses in step with the cluster.
+//!
+//! # Flow
+//! 1. [`rebuild`]: list pools, validate them, hand the valid ones to the allocator; list every
+//!    Service and [`Allocator::restore`] the addresses already in its status, oldest Service
+//!    first. Nothing is allocated before this is done, so a restart never renumbers a Service
+//!    and a pending Service never takes an address another one still holds.
+//! 2. A kube-rs `Controller` over Services ([`service::reconcile`]) allocates, writes
+//!    `status.loadBalancer.ingress` and the `ip-allocated-from-pool` annotation, and emits
+//!    Events. It is fed by a reflector whose Delete events release addresses at once.
+//! 3. [`pools`]: a watch on `IPAddressPool`s re-validates the set when a spec changes, replaces
+//!    the allocator's pools (moving Services whose address left every pool), and writes each
+//!    pool's status counters and `Ready` condition.
+//! 4. Anything that can free capacity or change the rules (a release, a pool change, a
+//!    Namespace label change) re-runs every Service through the reconciler; a Service that
+//!    could not get an address is thus retried exactly when it might succeed, never in a loop.
+
+pub mod events;
+pub mod pools;
+pub mod service;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use herald_config::IPAddressPool;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use thiserror::Error;
+use tokio::sync::Notify;
+
+use crate::allocator::{Allocator, ServiceKey, ServiceRequest};
+use crate::config::Config;
+use crate::http::{self, Health};
+use crate::metrics::Metrics;
+
+/// Why a reconcile or the controller failed.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("connecting to the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error("listing {what}: {source}")]
+    List {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing {what} of {object}: {source}")]
+    Write {
+        what: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("serving metrics on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    /// Held only for synchronous allocator calls, never across an await.
+    pub allocator: Mutex<Allocator>,
+    pub namespaces: Store<Namespace>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Re-run every Service (capacity freed, pools or namespaces changed).
+    pub retry_all: Arc<Notify>,
+    /// Pools' counters or verdicts changed; their statuses need writing.
+    pub pools_changed: Arc<Notify>,
+    /// Why a Service lost its addresses in a pool change, for the Event that moves it.
+    pub displaced: Mutex<HashMap<ServiceKey, String>>,
+    /// The last failure reported per Service, so a retry that fails the same way stays quiet.
+    pub reported_failures: Mutex<HashMap<ServiceKey, String>>,
+    /// Deprecated annotations already reported, per Service.
+    pub reported_deprecations: Mutex<HashSet<(ServiceKey, String)>>,
+    /// Verdict per pool name: `Ok(())` or the validation message.
+    pub pool_verdicts: Mutex<std::collections::BTreeMap<String, Result<(), String>>>,
+}
+
+impl Context {
+    pub fn namespace_labels(&self, namespace: &str) -> std::collections::BTreeMap<String, String> {
+        self.namespaces
+            .get(&ObjectRef::new(namespace))
+            .map(|ns| ns.labels().clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether this controller handles the Service: `type: LoadBalancer` with no
+/// `loadBalancerClass` or with ours.
+pub fn handles(service: &Service, lb_class: &str) -> bool {
+    let Some(spec) = &service.spec else {
+        return false;
+    };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && spec
+            .load_balancer_class
+            .as_deref()
+            .is_none_or(|class| class == lb_class)
+}
+
+/// The addresses in a Service's `status.loadBalancer.ingress`, in order; hostnames ignored.
+pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
+        .collect()
+}
+
+pub fn service_key(service: &Service) -> ServiceKey {
+    ServiceKey::new(service.namespace().unwrap_or_default(), service.name_any())
+}
+
+/// Runs the controller until `shutdown` completes or a part of it fails.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(client.clone()));
+    let http_task = tokio::spawn(http::serve(
+        config.metrics_addr,
+        health.clone(),
+        metrics.clone(),
+    ));
+
+    crate::secret::ensure_speaker_key(&client, &config.namespace, &config.speaker_secret).await;
+
+    // Namespaces: labels for serviceAllocation.namespaceSelectors; a label change may change
+    // which pool a Service may use.
+    let retry_all = Arc::new(Notify::new());
+    let (namespaces, ns_writer) = reflector::store();
+    let ns_stream = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(ns_writer)
+    .applied_objects();
+    let ns_trigger = retry_all.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(ns_stream);
+        while let Some(event) = stream.next().await {
+            if event.is_ok() {
+                ns_trigger.notify_one();
+            }
+        }
+    });
+
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), Reporter::from("herald-controller")),
+        client: client.clone(),
+        config: config.clone(),
+        allocator: Mutex::new(Allocator::new()),
+        namespaces,
+        metrics,
+        health: health.clone(),
+        retry_all: retry_all.clone(),
+        pools_changed: Arc::new(Notify::new()),
+        displaced: Mutex::default(),
+        reported_failures: Mutex::default(),
+        reported_deprecations: Mutex::default(),
+        pool_verdicts: Mutex::default(),
+    });
+    ctx.namespaces.wait_until_ready().await.ok();
+
+    let pool_api: Api<IPAddressPool> = Api::namespaced(client.clone(), &config.namespace);
+    let initial_pools = pool_api
+        .list(&Default::default())
+        .await
+        .map_err(|source| Error::List {
+            what: "IPAddressPools",
+            source,
+        })?
+        .items;
+    pools::apply_pool_set(&ctx, &initial_pools);
+    rebuild(&ctx).await?;
+    health.rebuilt.store(true, Ordering::SeqCst);
+    tracing::info!("allocations rebuilt from the cluster; reconciling");
+
+    let watch_ctx = ctx.clone();
+    let watch_api = pool_api.clone();
+    tokio::spawn(async move { pools::watch_pools(watch_ctx, watch_api, &initial_pools).await });
+    tokio::spawn(pools::write_statuses(ctx.clone(), pool_api));
+
+    // Services: one reflector feeds the Controller; its Delete events release addresses.
+    let services: Api<Service> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let release_ctx = ctx.clone();
+    let release_reader = reader.clone();
+    let service_events = watcher(services.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| match event {
+            Ok(watcher::Event::Delete(service)) => {
+                service::released(&release_ctx, &service_key(service), "deleted")
+            }
+            // After a relist, anything we hold for a Service that is gone was deleted unseen.
+            Ok(watcher::Event::InitDone) => service::release_missing(&release_ctx, &release_reader),
+            _ => {}
+        })
+        .applied_objects();
+    let trigger = retry_all.clone();
+    let retry_stream = futures::stream::unfold(trigger, |n| async move {
+        n.notified().await;
+        Some(((), n))
+    });
+    health.reconciling.store(true, Ordering::SeqCst);
+    Controller::for_stream(service_events, reader)
+        .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(20)))
+        .reconcile_all_on(retry_stream)
+        .graceful_shutdown_on(shutdown)
+        .run(service::reconcile, service::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+    health.reconciling.store(false, Ordering::SeqCst);
+    http_task.abort();
+    Ok(())
+}
+
+/// Restores every handled Service's current addresses into the allocator, oldest first, so a
+/// conflict (two Services claiming one address they may not share) keeps the older one.
+async fn rebuild(ctx: &Context) -> Result<(), Error> {
+    let api: Api<Service> = Api::all(ctx.client.clone());
+    let mut services = api
+        .list(&Default::default())
+        .await
+        .map_err(|source| Error::List {
+            what: "Services",
+            source,
+        })?
+        .items;
+    services.sort_by(|a, b| {
+        let key = |s: &Service| {
+            (
+                s.metadata.creation_timestamp.clone(),
+                s.namespace(),
+                s.name_any(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let mut restored = 0;
+    let mut allocator = ctx.allocator.lock().expect("allocator lock");
+    for service in &services {
+        let ips = ingress_ips(service);
+        if ips.is_empty() || !handles(service, &ctx.config.lb_class) {
+            continue;
+        }
+        let key = service_key(service);
+        let request = ServiceRequest::from_service(service, ctx.namespace_labels(&key.namespace))
+            .unwrap_or_else(|_| {
+                ServiceRequest::auto(key.clone(), herald_config::IpFamily::of(ips[0]))
+            });
+        match allocator.restore(&request, &ips) {
+            Ok(_) => restored += 1,
+            Err(e) => {
+                tracing::warn!(service = %key, error = %e, "cannot keep the addresses in the Service's status")
+            }
+        }
+    }
+    tracing::info!(services = services.len(), restored, "rebuilt allocations");
+    Ok(())
+}
