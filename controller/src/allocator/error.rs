@@ -20,9 +20,7 @@ pub enum AllocError {
         #[source]
         source: AddressError,
     },
-    #[error(
-        "IPAddressPool {pool:?} (named by the herald.io/address-pool annotation) does not exist"
-    )]
+    #[error("IPAddressPool {pool:?} (named by the herald.io/address-pool annotation) does not exist")]
     UnknownPool { pool: String },
     #[error("IPAddressPool {pool:?} may not serve {service}: its serviceAllocation {restriction}")]
     PoolNotAllowed {
@@ -66,9 +64,7 @@ pub enum AllocError {
     },
     #[error("{count} addresses requested; at most two are allowed, one IPv4 and one IPv6")]
     TooManyIps { count: usize },
-    #[error(
-        "{first} and {second} are both {family} addresses; request at most one address per family"
-    )]
+    #[error("{first} and {second} are both {family} addresses; request at most one address per family")]
     TwoIpsOfOneFamily {
         first: IpAddr,
         second: IpAddr,
@@ -95,15 +91,11 @@ pub enum AllocError {
     NoIpFamilies,
     #[error("{value:?} in {field} is not an IP address")]
     BadRequestedIp { value: String, field: &'static str },
-    #[error(
-        "both the herald.io/loadBalancerIPs annotation and spec.loadBalancerIP are set; use only the annotation"
-    )]
+    #[error("both the herald.io/loadBalancerIPs annotation and spec.loadBalancerIP are set; use only the annotation")]
     ConflictingIpRequests,
     #[error("unknown IP family {family:?} in spec.ipFamilies (expected IPv4 or IPv6)")]
     BadIpFamily { family: String },
-    #[error(
-        "unknown ipFamilyPolicy {policy:?} (expected SingleStack, PreferDualStack or RequireDualStack)"
-    )]
+    #[error("unknown ipFamilyPolicy {policy:?} (expected SingleStack, PreferDualStack or RequireDualStack)")]
     BadFamilyPolicy { policy: String },
     #[error("unknown port protocol {protocol:?} in spec.ports (expected TCP, UDP or SCTP)")]
     BadProtocol { protocol: String },
@@ -121,11 +113,7 @@ fn families_text(families: &[IpFamily]) -> String {
 
 /// `IPv4`, `IPv4 and IPv6`.
 fn families_list(families: &[IpFamily]) -> String {
-    families
-        .iter()
-        .map(|f| f.as_k8s())
-        .collect::<Vec<_>>()
-        .join(" and ")
+    families.iter().map(|f| f.as_k8s()).collect::<Vec<_>>().join(" and ")
 }
 
 /// Pool names, quoted and comma-separated.
@@ -165,8 +153,5 @@ pub struct Displaced {
 }
 
 fn ips_text(ips: &[IpAddr]) -> String {
-    ips.iter()
-        .map(|ip| ip.to_string())
-        .collect::<Vec<_>>()
-        .join(" and ")
+    ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(" and ")
 }

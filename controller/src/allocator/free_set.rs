@@ -145,10 +145,7 @@ impl IntervalSet {
             count = count.saturating_add(span(start, end));
         }
         if count != self.len {
-            return Err(format!(
-                "len is {} but the intervals hold {count}",
-                self.len
-            ));
+            return Err(format!("len is {} but the intervals hold {count}", self.len));
         }
         Ok(())
     }

@@ -152,8 +152,7 @@ impl Allocator {
         self.uses.clear();
         self.shared_by_key.clear();
 
-        let mut old: Vec<(ServiceKey, Holding)> =
-            std::mem::take(&mut self.holdings).into_iter().collect();
+        let mut old: Vec<(ServiceKey, Holding)> = std::mem::take(&mut self.holdings).into_iter().collect();
         old.sort_by(|a, b| a.0.cmp(&b.0));
         let mut displaced = Vec::new();
         for (key, holding) in old {
@@ -171,11 +170,7 @@ impl Allocator {
     }
 
     /// The pool that can keep all of `ips` after a pool change.
-    fn home_for(
-        &self,
-        ips: &[IpAddr],
-        previous_pool: Option<&str>,
-    ) -> Result<usize, DisplacedReason> {
+    fn home_for(&self, ips: &[IpAddr], previous_pool: Option<&str>) -> Result<usize, DisplacedReason> {
         let mut common: Option<Vec<usize>> = None;
         let mut first_pools = Vec::new();
         for &ip in ips {
@@ -248,9 +243,7 @@ impl Allocator {
         self.pool_by_name
             .get(name)
             .copied()
-            .ok_or_else(|| AllocError::UnknownPool {
-                pool: name.to_string(),
-            })
+            .ok_or_else(|| AllocError::UnknownPool { pool: name.to_string() })
     }
 
     fn admits(&self, pool: usize, req: &ServiceRequest) -> bool {
@@ -290,11 +283,7 @@ impl Allocator {
     /// their other holders; `ipFamilies`, `serviceAllocation` and `autoAssign` are left to the
     /// following [`Allocator::allocate`], which keeps the addresses if the request allows them.
     /// If the request names a pool that lists the addresses, they are attributed to it.
-    pub fn restore(
-        &mut self,
-        req: &ServiceRequest,
-        ips: &[IpAddr],
-    ) -> Result<Allocation, AllocError> {
+    pub fn restore(&mut self, req: &ServiceRequest, ips: &[IpAddr]) -> Result<Allocation, AllocError> {
         check_distinct_families(ips)?;
         let previous = self.detach(&req.key);
         let choice = self.choose_explicit(req, ips, false);
@@ -417,12 +406,10 @@ impl Allocator {
             let Some(theirs) = self.holdings.get(holder) else {
                 continue;
             };
-            sharing::may_share(&req.sharing, &theirs.sharing).map_err(|reason| {
-                AllocError::IpInUse {
-                    ip,
-                    holder: holder.clone(),
-                    reason: Box::new(reason),
-                }
+            sharing::may_share(&req.sharing, &theirs.sharing).map_err(|reason| AllocError::IpInUse {
+                ip,
+                holder: holder.clone(),
+                reason: Box::new(reason),
             })?;
         }
         Ok(())
@@ -470,10 +457,7 @@ impl Allocator {
         }
         Err(AllocError::AllPoolsExhausted {
             families: wanted.to_vec(),
-            tried: candidates
-                .iter()
-                .map(|&p| self.pools[p].name().to_string())
-                .collect(),
+            tried: candidates.iter().map(|&p| self.pools[p].name().to_string()).collect(),
         })
     }
 
@@ -536,12 +520,7 @@ impl Allocator {
 
     /// The lowest address of `family` in `pool` already shared under the request's key that the
     /// Service may join. Work is bounded by the number of addresses shared under that key.
-    fn joinable_shared(
-        &self,
-        pool: usize,
-        family: IpFamily,
-        req: &ServiceRequest,
-    ) -> Option<IpAddr> {
+    fn joinable_shared(&self, pool: usize, family: IpFamily, req: &ServiceRequest) -> Option<IpAddr> {
         let key = req.sharing.key.as_deref()?;
         let space = self.pools[pool].space(family);
         self.shared_by_key
@@ -561,9 +540,7 @@ impl Allocator {
                     IpFamily::V4 => IpFamily::V6,
                     IpFamily::V6 => IpFamily::V4,
                 };
-                if req.family_policy == FamilyPolicy::RequireDualStack
-                    && !state.space(other).members.is_empty()
-                {
+                if req.family_policy == FamilyPolicy::RequireDualStack && !state.space(other).members.is_empty() {
                     AllocError::PoolNotDualStack {
                         pool: name,
                         family: other,
@@ -597,10 +574,7 @@ impl Allocator {
                 },
             );
             if let Some(sharing_key) = &holding.sharing.key {
-                self.shared_by_key
-                    .entry(sharing_key.clone())
-                    .or_default()
-                    .insert(ip);
+                self.shared_by_key.entry(sharing_key.clone()).or_default().insert(ip);
             }
         }
         self.holdings.insert(key, holding);
@@ -678,14 +652,8 @@ impl Allocator {
         for state in &self.pools {
             for space in [&state.v4, &state.v6] {
                 let at = format!("pool {:?} {}", state.name(), space.family);
-                space
-                    .free
-                    .check()
-                    .map_err(|e| format!("{at} free set: {e}"))?;
-                space
-                    .members
-                    .check()
-                    .map_err(|e| format!("{at} members: {e}"))?;
+                space.free.check().map_err(|e| format!("{at} free set: {e}"))?;
+                space.members.check().map_err(|e| format!("{at} members: {e}"))?;
                 if let Some((s, e)) = space
                     .free
                     .intervals()
@@ -728,9 +696,7 @@ impl Allocator {
                     return Err(format!("{ip} is held by {user}, which holds nothing"));
                 };
                 if !holding.ips.contains(&ip) {
-                    return Err(format!(
-                        "{ip} lists {user} as holder but {user} does not hold it"
-                    ));
+                    return Err(format!("{ip} lists {user} as holder but {user} does not hold it"));
                 }
                 key_of_address = holding.sharing.key.clone();
                 for other in &address_use.users[i + 1..] {
@@ -747,9 +713,7 @@ impl Allocator {
             if let Some(k) = key_of_address {
                 keyed += 1;
                 if !self.shared_by_key.get(&k).is_some_and(|s| s.contains(&ip)) {
-                    return Err(format!(
-                        "{ip} is shared under {k:?} but missing from the sharing index"
-                    ));
+                    return Err(format!("{ip} is shared under {k:?} but missing from the sharing index"));
                 }
             }
         }
@@ -760,13 +724,9 @@ impl Allocator {
             ));
         }
         for (key, holding) in &self.holdings {
-            let families: BTreeSet<IpFamily> =
-                holding.ips.iter().map(|ip| IpFamily::of(*ip)).collect();
+            let families: BTreeSet<IpFamily> = holding.ips.iter().map(|ip| IpFamily::of(*ip)).collect();
             if families.len() != holding.ips.len() || holding.ips.is_empty() {
-                return Err(format!(
-                    "{key} holds {:?}: not one address per family",
-                    holding.ips
-                ));
+                return Err(format!("{key} holds {:?}: not one address per family", holding.ips));
             }
             for ip in &holding.ips {
                 if !self.uses.get(ip).is_some_and(|u| u.users.contains(key)) {
@@ -774,10 +734,7 @@ impl Allocator {
                         "{key} holds {ip} but the address is not recorded as held by it"
                     ));
                 }
-                if !self.pools[holding.pool]
-                    .space(IpFamily::of(*ip))
-                    .usable(*ip)
-                {
+                if !self.pools[holding.pool].space(IpFamily::of(*ip)).usable(*ip) {
                     return Err(format!(
                         "{key} holds {ip} from pool {:?}, which cannot serve it",
                         self.pools[holding.pool].name()
@@ -842,13 +799,11 @@ fn wanted_families(req: &ServiceRequest) -> Result<Vec<IpFamily>, AllocError> {
 fn check_distinct_families(ips: &[IpAddr]) -> Result<(), AllocError> {
     match ips {
         [] => Err(AllocError::NoAddresses),
-        [first, second] if IpFamily::of(*first) == IpFamily::of(*second) => {
-            Err(AllocError::TwoIpsOfOneFamily {
-                first: *first,
-                second: *second,
-                family: IpFamily::of(*first),
-            })
-        }
+        [first, second] if IpFamily::of(*first) == IpFamily::of(*second) => Err(AllocError::TwoIpsOfOneFamily {
+            first: *first,
+            second: *second,
+            family: IpFamily::of(*first),
+        }),
         [_] | [_, _] => Ok(()),
         more => Err(AllocError::TooManyIps { count: more.len() }),
     }

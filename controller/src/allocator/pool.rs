@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use herald_config::address::{
-    IpFamily, IpRange, from_u128, is_buggy_ip, parse_address_entry, to_u128,
-};
+use herald_config::address::{IpFamily, IpRange, from_u128, is_buggy_ip, parse_address_entry, to_u128};
 use herald_config::pool::{IPAddressPoolSpec, ServiceAllocation};
 use herald_config::selector;
 
@@ -253,24 +251,16 @@ impl FamilySpace {
     }
 
     pub fn is_free(&self, ip: IpAddr) -> bool {
-        IpFamily::of(ip) == self.family
-            && self
-                .encoding
-                .encode(ip)
-                .is_some_and(|i| self.free.contains(i))
+        IpFamily::of(ip) == self.family && self.encoding.encode(ip).is_some_and(|i| self.free.contains(i))
     }
 
     pub fn lowest_free(&self) -> Option<IpAddr> {
-        self.free
-            .first()
-            .map(|i| self.encoding.decode(self.family, i))
+        self.free.first().map(|i| self.encoding.decode(self.family, i))
     }
 
     /// Marks `ip` as held. Returns whether it was free here.
     pub fn take(&mut self, ip: IpAddr) -> bool {
-        self.encoding
-            .encode(ip)
-            .is_some_and(|i| self.free.remove(i))
+        self.encoding.encode(ip).is_some_and(|i| self.free.remove(i))
     }
 
     /// Marks `ip` as free again if it is usable here.
@@ -358,10 +348,7 @@ mod tests {
     #[test]
     fn buggy_encoding_counts_like_metallb() {
         let count = |first: &str, last: &str| {
-            let (a, b) = (
-                to_u128(first.parse().unwrap()),
-                to_u128(last.parse().unwrap()),
-            );
+            let (a, b) = (to_u128(first.parse().unwrap()), to_u128(last.parse().unwrap()));
             Encoding::SkipBuggyV4
                 .encode_range(a, b)
                 .map_or(0, |(lo, hi)| hi - lo + 1)

@@ -111,24 +111,14 @@ impl ServiceRequest {
     /// `externalTrafficPolicy`, `selector`, `ports`. `namespace_labels` are the labels of the
     /// Service's namespace. Does not look at `type` or `loadBalancerClass`: deciding whether
     /// Herald handles the Service is the caller's job.
-    pub fn from_service(
-        service: &Service,
-        namespace_labels: BTreeMap<String, String>,
-    ) -> Result<Self, AllocError> {
+    pub fn from_service(service: &Service, namespace_labels: BTreeMap<String, String>) -> Result<Self, AllocError> {
         let meta = &service.metadata;
         let key = ServiceKey::new(
-            meta.namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_string()),
+            meta.namespace.clone().unwrap_or_else(|| "default".to_string()),
             meta.name.clone().unwrap_or_default(),
         );
         let annotations = meta.annotations.clone().unwrap_or_default();
-        let annotation = |name: &str| {
-            annotations
-                .get(name)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty())
-        };
+        let annotation = |name: &str| annotations.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let spec = service.spec.clone().unwrap_or_default();
 
         let legacy_ip = spec
@@ -148,11 +138,10 @@ impl ServiceRequest {
                     .map(str::trim)
                     .filter(|part| !part.is_empty())
                     .map(|part| {
-                        part.parse::<IpAddr>()
-                            .map_err(|_| AllocError::BadRequestedIp {
-                                value: part.to_string(),
-                                field,
-                            })
+                        part.parse::<IpAddr>().map_err(|_| AllocError::BadRequestedIp {
+                            value: part.to_string(),
+                            field,
+                        })
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
@@ -163,15 +152,13 @@ impl ServiceRequest {
             .ip_families
             .iter()
             .flatten()
-            .map(|f| {
-                IpFamily::from_k8s(f).ok_or_else(|| AllocError::BadIpFamily { family: f.clone() })
-            })
+            .map(|f| IpFamily::from_k8s(f).ok_or_else(|| AllocError::BadIpFamily { family: f.clone() }))
             .collect::<Result<Vec<_>, _>>()?;
         let family_policy = match spec.ip_family_policy.as_deref() {
             None => FamilyPolicy::SingleStack,
-            Some(p) => FamilyPolicy::from_k8s(p).ok_or_else(|| AllocError::BadFamilyPolicy {
-                policy: p.to_string(),
-            })?,
+            Some(p) => {
+                FamilyPolicy::from_k8s(p).ok_or_else(|| AllocError::BadFamilyPolicy { policy: p.to_string() })?
+            }
         };
         let backend = if spec.external_traffic_policy.as_deref() == Some("Local") {
             Backend::Local {
@@ -186,12 +173,10 @@ impl ServiceRequest {
             .flatten()
             .map(|p| {
                 let protocol_text = p.protocol.as_deref().unwrap_or("TCP");
-                let protocol =
-                    Protocol::from_k8s(protocol_text).ok_or_else(|| AllocError::BadProtocol {
-                        protocol: protocol_text.to_string(),
-                    })?;
-                let port =
-                    u16::try_from(p.port).map_err(|_| AllocError::BadPort { port: p.port })?;
+                let protocol = Protocol::from_k8s(protocol_text).ok_or_else(|| AllocError::BadProtocol {
+                    protocol: protocol_text.to_string(),
+                })?;
+                let port = u16::try_from(p.port).map_err(|_| AllocError::BadPort { port: p.port })?;
                 Ok(ServicePort::new(protocol, port))
             })
             .collect::<Result<Vec<_>, AllocError>>()?;
@@ -280,19 +265,13 @@ mod tests {
         assert_eq!(req.family_policy, FamilyPolicy::RequireDualStack);
         assert_eq!(
             req.requested_ips,
-            [
-                "fd00::1".parse::<IpAddr>().unwrap(),
-                "10.0.0.1".parse().unwrap()
-            ]
+            ["fd00::1".parse::<IpAddr>().unwrap(), "10.0.0.1".parse().unwrap()]
         );
         assert_eq!(req.pool.as_deref(), Some("blue"));
         assert_eq!(req.sharing.key.as_deref(), Some("k"));
         assert_eq!(
             req.sharing.ports,
-            [
-                ServicePort::new(Protocol::Udp, 53),
-                ServicePort::new(Protocol::Tcp, 80)
-            ]
+            [ServicePort::new(Protocol::Udp, 53), ServicePort::new(Protocol::Tcp, 80)]
         );
         assert!(matches!(req.sharing.backend, Backend::Local { .. }));
     }

@@ -80,11 +80,7 @@ impl fmt::Display for Backend {
             }
             Backend::Local { selector } => {
                 let pairs: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                write!(
-                    f,
-                    "externalTrafficPolicy Local with selector {}",
-                    pairs.join(",")
-                )
+                write!(f, "externalTrafficPolicy Local with selector {}", pairs.join(","))
             }
         }
     }
@@ -126,9 +122,7 @@ pub enum ShareRefusal {
     NoKeyHere,
     #[error("that Service has no herald.io/allow-shared-ip annotation")]
     NoKeyThere,
-    #[error(
-        "the herald.io/allow-shared-ip keys differ ({ours:?} on this Service, {theirs:?} on that one)"
-    )]
+    #[error("the herald.io/allow-shared-ip keys differ ({ours:?} on this Service, {theirs:?} on that one)")]
     DifferentKey { ours: String, theirs: String },
     #[error(
         "the backends differ ({ours} on this Service, {theirs} on that one); Services sharing an address with externalTrafficPolicy Local must select the same pods"
@@ -173,15 +167,9 @@ mod tests {
     #[test]
     fn sharing_rules() {
         let a = SharingInfo::shared("k", vec![tcp(80)]);
+        assert_eq!(may_share(&a, &SharingInfo::shared("k", vec![tcp(443)])), Ok(()));
         assert_eq!(
-            may_share(&a, &SharingInfo::shared("k", vec![tcp(443)])),
-            Ok(())
-        );
-        assert_eq!(
-            may_share(
-                &a,
-                &SharingInfo::shared("k", vec![ServicePort::new(Protocol::Udp, 80)])
-            ),
+            may_share(&a, &SharingInfo::shared("k", vec![ServicePort::new(Protocol::Udp, 80)])),
             Ok(())
         );
         assert_eq!(
@@ -205,10 +193,7 @@ mod tests {
         c.backend = local("x");
         assert_eq!(may_share(&b, &c), Ok(()));
         c.backend = local("y");
-        assert!(matches!(
-            may_share(&b, &c),
-            Err(ShareRefusal::DifferentBackend { .. })
-        ));
+        assert!(matches!(may_share(&b, &c), Err(ShareRefusal::DifferentBackend { .. })));
     }
 
     #[test]
@@ -230,9 +215,6 @@ mod tests {
             }),
             "the backends differ (externalTrafficPolicy Local with selector app=web on this Service, externalTrafficPolicy Cluster on that one); Services sharing an address with externalTrafficPolicy Local must select the same pods"
         );
-        assert_eq!(
-            msg(ShareRefusal::PortInUse { port: tcp(80) }),
-            "both use port TCP/80"
-        );
+        assert_eq!(msg(ShareRefusal::PortInUse { port: tcp(80) }), "both use port TCP/80");
     }
 }

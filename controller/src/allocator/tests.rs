@@ -62,11 +62,7 @@ fn tcp(port: u16) -> ServicePort {
     ServicePort::new(Protocol::Tcp, port)
 }
 
-fn with_sharing(
-    mut req: ServiceRequest,
-    sharing_key: Option<&str>,
-    ports: &[u16],
-) -> ServiceRequest {
+fn with_sharing(mut req: ServiceRequest, sharing_key: Option<&str>, ports: &[u16]) -> ServiceRequest {
     req.sharing = SharingInfo {
         key: sharing_key.map(str::to_string),
         backend: Backend::Cluster,
@@ -84,9 +80,7 @@ fn allocator(pools: Vec<Pool>) -> Allocator {
 fn ok(a: &mut Allocator, req: &ServiceRequest) -> Vec<IpAddr> {
     let result = a.allocate(req);
     a.verify().expect("invariants hold");
-    result
-        .unwrap_or_else(|e| panic!("{} refused: {e}", req.key))
-        .ips
+    result.unwrap_or_else(|e| panic!("{} refused: {e}", req.key)).ips
 }
 
 fn err(a: &mut Allocator, req: &ServiceRequest) -> String {
@@ -105,13 +99,7 @@ fn err(a: &mut Allocator, req: &ServiceRequest) -> String {
     }
 }
 
-fn restricted(
-    name: &str,
-    entries: &[&str],
-    namespaces: &[&str],
-    team: Option<&str>,
-    priority: i32,
-) -> Pool {
+fn restricted(name: &str, entries: &[&str], namespaces: &[&str], team: Option<&str>, priority: i32) -> Pool {
     let mut p = pool(name, entries);
     p.service_allocation = Some(ServiceAllocation {
         priority,
@@ -187,9 +175,7 @@ fn automatic_order_is_priority_then_zero_then_unrestricted_by_name() {
         restricted("prio-2", &["10.2.0.0/32"], &[], None, 2),
         restricted("other-ns", &["10.7.0.0/32"], &["elsewhere"], None, 1),
     ]);
-    let order: Vec<IpAddr> = (0..5)
-        .map(|i| ok(&mut a, &auto4(&format!("s{i}")))[0])
-        .collect();
+    let order: Vec<IpAddr> = (0..5).map(|i| ok(&mut a, &auto4(&format!("s{i}")))[0]).collect();
     assert_eq!(
         order,
         [
@@ -228,10 +214,7 @@ fn sharing_key_joins_an_existing_address_first() {
     ok(&mut a, &auto4("plain"));
     let web = ok(&mut a, &with_sharing(auto4("web"), Some("k"), &[80]));
     assert_eq!(web, [ip("10.0.0.1")]);
-    assert_eq!(
-        ok(&mut a, &with_sharing(auto4("dns"), Some("k"), &[53])),
-        web
-    );
+    assert_eq!(ok(&mut a, &with_sharing(auto4("dns"), Some("k"), &[53])), web);
     // Same port: cannot join, gets the next free address.
     assert_eq!(
         ok(&mut a, &with_sharing(auto4("web2"), Some("k"), &[80])),
@@ -249,18 +232,9 @@ fn sharing_key_joins_an_existing_address_first() {
 #[test]
 fn sole_holder_may_change_its_sharing_key_but_a_sharer_may_not() {
     let mut a = allocator(vec![pool("p", &["10.0.0.0/30"])]);
-    ok(
-        &mut a,
-        &with_sharing(explicit("a", &["10.0.0.1"]), Some("one"), &[80]),
-    );
-    ok(
-        &mut a,
-        &with_sharing(explicit("a", &["10.0.0.1"]), Some("two"), &[80]),
-    );
-    ok(
-        &mut a,
-        &with_sharing(explicit("b", &["10.0.0.1"]), Some("two"), &[443]),
-    );
+    ok(&mut a, &with_sharing(explicit("a", &["10.0.0.1"]), Some("one"), &[80]));
+    ok(&mut a, &with_sharing(explicit("a", &["10.0.0.1"]), Some("two"), &[80]));
+    ok(&mut a, &with_sharing(explicit("b", &["10.0.0.1"]), Some("two"), &[443]));
     assert_eq!(
         err(
             &mut a,
@@ -304,10 +278,7 @@ fn dual_stack_pairs_come_from_one_pool() {
         "no free IPv4 and IPv6 addresses in any IPAddressPool this Service may use (tried \"a-v4only\", \"b-both\")"
     );
     // PreferDualStack settles for what one pool can give now.
-    assert_eq!(
-        ok(&mut a, &dual("u", FamilyPolicy::PreferDualStack)),
-        [ip("10.0.0.0")]
-    );
+    assert_eq!(ok(&mut a, &dual("u", FamilyPolicy::PreferDualStack)), [ip("10.0.0.0")]);
 }
 
 #[test]
@@ -319,10 +290,7 @@ fn prefer_dual_stack_gains_the_missing_family_later_from_the_same_pool() {
     let mut req = dual("s", FamilyPolicy::PreferDualStack);
     req.pool = Some("p".into());
     assert_eq!(ok(&mut a, &req), [ip("10.0.0.0")]);
-    assert!(
-        a.set_pools(vec![pool("p", &["10.0.0.0/30", "fd00::/126"])])
-            .is_empty()
-    );
+    assert!(a.set_pools(vec![pool("p", &["10.0.0.0/30", "fd00::/126"])]).is_empty());
     assert_eq!(ok(&mut a, &req), [ip("10.0.0.0"), ip("fd00::")]);
     // Automatic PreferDualStack prefers a pool that has both families.
     let mut a = allocator(vec![
@@ -344,10 +312,7 @@ fn huge_ipv6_pools_are_not_enumerated() {
     assert_eq!(stats.available_v6, i64::MAX);
     assert_eq!(stats.assigned_v6, 1);
     assert_eq!(stats.available_v4, 1 << 24);
-    ok(
-        &mut a,
-        &explicit("t", &["fd00:0:0:ffff:ffff:ffff:ffff:ffff"]),
-    );
+    ok(&mut a, &explicit("t", &["fd00:0:0:ffff:ffff:ffff:ffff:ffff"]));
     a.verify().expect("invariants hold");
 }
 
@@ -402,15 +367,9 @@ fn overlapping_pools_never_hand_out_an_address_twice() {
         assert_eq!(ok(&mut a, &from_a), [ip(expected)]);
     }
     from_a.key = key("y9");
-    assert_eq!(
-        err(&mut a, &from_a),
-        "no free IPv4 address left in IPAddressPool \"a\""
-    );
+    assert_eq!(err(&mut a, &from_a), "no free IPv4 address left in IPAddressPool \"a\"");
     // Counters: b's available excludes 10.0.0.3, held through a.
-    assert_eq!(
-        a.pool_stats("b").map(|s| (s.assigned_v4, s.available_v4)),
-        Some((1, 2))
-    );
+    assert_eq!(a.pool_stats("b").map(|s| (s.assigned_v4, s.available_v4)), Some((1, 2)));
 }
 
 // ---------------------------------------------------------------- rebuild
@@ -424,8 +383,7 @@ fn restore_rebuilds_state_and_allocate_then_keeps_it() {
     let shared_a = with_sharing(auto4("a"), Some("k"), &[80]);
     let shared_b = with_sharing(auto4("b"), Some("k"), &[443]);
     a.restore(&shared_a, &[ip("10.0.0.9")]).expect("restores");
-    a.restore(&shared_b, &[ip("10.0.0.9")])
-        .expect("restores shared");
+    a.restore(&shared_b, &[ip("10.0.0.9")]).expect("restores shared");
     // Lenient: a namespace restriction is left to the next allocate.
     a.restore(&auto4("c"), &[ip("10.1.0.5")]).expect("restores");
     assert_eq!(
@@ -478,10 +436,7 @@ fn error_messages() {
     assert_eq!(ok(&mut a, &admitted), [ip("10.2.0.1")]);
 
     named.pool = Some("v6only".into());
-    assert_eq!(
-        err(&mut a, &named),
-        "IPAddressPool \"v6only\" has no IPv4 addresses"
-    );
+    assert_eq!(err(&mut a, &named), "IPAddressPool \"v6only\" has no IPv4 addresses");
     let mut pair = dual("s", FamilyPolicy::RequireDualStack);
     pair.pool = Some("v4only".into());
     assert_eq!(
@@ -494,10 +449,7 @@ fn error_messages() {
     named.key = key("s2");
     ok(&mut a, &named);
     named.key = key("s3");
-    assert_eq!(
-        err(&mut a, &named),
-        "no free IPv4 address left in IPAddressPool \"p\""
-    );
+    assert_eq!(err(&mut a, &named), "no free IPv4 address left in IPAddressPool \"p\"");
 
     assert_eq!(
         err(&mut a, &explicit("t", &["192.0.2.1"])),
@@ -514,16 +466,10 @@ fn error_messages() {
         "10.0.0.1 is in use by default/s2 and cannot be shared: this Service has no herald.io/allow-shared-ip annotation"
     );
     assert_eq!(
-        err(
-            &mut a,
-            &with_sharing(explicit("t", &["10.0.0.1"]), Some("k"), &[80])
-        ),
+        err(&mut a, &with_sharing(explicit("t", &["10.0.0.1"]), Some("k"), &[80])),
         "10.0.0.1 is in use by default/s2 and cannot be shared: that Service has no herald.io/allow-shared-ip annotation"
     );
-    ok(
-        &mut a,
-        &with_sharing(explicit("web", &["10.1.0.1"]), Some("k"), &[80]),
-    );
+    ok(&mut a, &with_sharing(explicit("web", &["10.1.0.1"]), Some("k"), &[80]));
     assert_eq!(
         err(
             &mut a,
@@ -718,11 +664,7 @@ fn v6_of(i: u8) -> IpAddr {
 }
 
 fn prop_request(svc: u8, share: Option<u8>, port: u8) -> ServiceRequest {
-    let namespace = if svc.is_multiple_of(3) {
-        "ns1"
-    } else {
-        "default"
-    };
+    let namespace = if svc.is_multiple_of(3) { "ns1" } else { "default" };
     let mut req = ServiceRequest::auto(ServiceKey::new(namespace, format!("s{svc}")), IpFamily::V4);
     if svc.is_multiple_of(2) {
         req.labels = [("team".to_string(), "blue".to_string())].into();
