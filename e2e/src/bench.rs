@@ -125,8 +125,7 @@ async fn bench_against(
     // Give every watcher time to be registered before the first create.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let responses: Arc<Mutex<HashMap<String, Instant>>> =
-        Arc::new(Mutex::new(HashMap::with_capacity(config.services)));
+    let responses: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(config.services)));
     let started = Instant::now();
     let mut creators = Vec::new();
     for c in 0..config.clients {

@@ -65,9 +65,7 @@ struct BenchArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
         Command::Apiserver(args) => run_apiserver(args).await,
@@ -96,9 +94,7 @@ async fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
         history_limit: args.history,
         ..ApiServerConfig::local()
     };
-    let server = ApiServer::start(config)
-        .await
-        .context("starting the lab apiserver")?;
+    let server = ApiServer::start(config).await.context("starting the lab apiserver")?;
     server
         .write_kubeconfig(&args.kubeconfig)
         .context("writing the kubeconfig")?;

@@ -83,10 +83,7 @@ pub fn field_set(object: &Value, scope: Scope) -> FieldSet {
             let mut path = vec![k.clone()];
             if k == "metadata" {
                 if let Value::Object(meta) = v {
-                    for (mk, mv) in meta
-                        .iter()
-                        .filter(|(mk, _)| !SYSTEM_METADATA.contains(&mk.as_str()))
-                    {
+                    for (mk, mv) in meta.iter().filter(|(mk, _)| !SYSTEM_METADATA.contains(&mk.as_str())) {
                         path.push(mk.clone());
                         collect_leaves(mv, &mut path, &mut out);
                         path.pop();
@@ -148,9 +145,7 @@ fn remove_path(object: &mut Value, path: &[String]) {
 /// as they do with kube-apiserver's per-item ownership.
 pub fn compatible(applied: Option<&Value>, live: Option<&Value>) -> bool {
     match (applied, live) {
-        (Some(Value::Object(a)), Some(Value::Object(l))) => {
-            a.iter().all(|(k, v)| compatible(Some(v), l.get(k)))
-        }
+        (Some(Value::Object(a)), Some(Value::Object(l))) => a.iter().all(|(k, v)| compatible(Some(v), l.get(k))),
         (Some(Value::Array(a)), Some(Value::Array(l))) => {
             a.len() == l.len() && a.iter().zip(l).all(|(x, y)| compatible(Some(x), Some(y)))
         }
@@ -173,8 +168,7 @@ fn merge_applied(target: &mut Value, applied: &Value) {
                 }
                 match t.get_mut(k) {
                     Some(existing)
-                        if (existing.is_object() && v.is_object())
-                            || (existing.is_array() && v.is_array()) =>
+                        if (existing.is_object() && v.is_object()) || (existing.is_array() && v.is_array()) =>
                     {
                         merge_applied(existing, v)
                     }
@@ -192,6 +186,11 @@ fn merge_applied(target: &mut Value, applied: &Value) {
 pub fn dotted(path: &[String]) -> String {
     path.iter().map(|p| format!(".{p}")).collect()
 }
+
+/// Conflicting fields of an apply: (manager, dotted field) pairs.
+pub type Conflicts = Vec<(String, String)>;
+/// Result of an apply: the merged object and its new managed fields.
+pub type Applied = (Value, Vec<ManagedEntry>);
 
 /// A server-side apply request.
 pub struct ApplyRequest<'a> {
@@ -214,28 +213,19 @@ pub fn server_side_apply(
     applied: &Value,
     entries: &[ManagedEntry],
     req: &ApplyRequest<'_>,
-) -> Result<(Value, Vec<ManagedEntry>), Vec<(String, String)>> {
+) -> Result<Applied, Conflicts> {
     let applied_set = field_set(applied, req.scope);
     let subresource = req.scope.subresource();
-    let is_self = |e: &ManagedEntry| {
-        e.manager == req.manager && e.operation == "Apply" && e.subresource == subresource
-    };
+    let is_self = |e: &ManagedEntry| e.manager == req.manager && e.operation == "Apply" && e.subresource == subresource;
 
     let mut conflicts = Vec::new();
     let mut conflicting_paths: Vec<FieldPath> = Vec::new();
     for entry in entries.iter().filter(|e| !is_self(e)) {
         for path in &applied_set {
-            for owned in entry.fields.iter().filter(|o| overlaps(o, path)) {
-                let longer = if owned.len() >= path.len() {
-                    owned
-                } else {
-                    path
-                };
-                if !compatible(value_at(applied, longer), value_at(live, longer)) {
-                    conflicts.push((entry.manager.clone(), dotted(path)));
-                    conflicting_paths.push(path.clone());
-                    break;
-                }
+            let owned_elsewhere = entry.fields.iter().any(|o| overlaps(o, path));
+            if owned_elsewhere && !compatible(value_at(applied, path), value_at(live, path)) {
+                conflicts.push((entry.manager.clone(), dotted(path)));
+                conflicting_paths.push(path.clone());
             }
         }
     }
@@ -256,7 +246,7 @@ pub fn server_side_apply(
             .iter()
             .filter(|e| !is_self(e))
             .any(|e| e.fields.iter().any(|o| overlaps(o, dropped)));
-        if !owned_by_other && !applied_set.iter().any(|p| overlaps(p, dropped)) {
+        if !owned_by_other && !applied_set.iter().any(|p| p.starts_with(dropped)) {
             remove_path(&mut merged, dropped);
         }
     }
@@ -266,8 +256,7 @@ pub fn server_side_apply(
             Scope::Main => {
                 map.remove("status");
             }
-            Scope::Status => map
-                .retain(|k, _| matches!(k.as_str(), "status" | "apiVersion" | "kind" | "metadata")),
+            Scope::Status => map.retain(|k, _| matches!(k.as_str(), "status" | "apiVersion" | "kind" | "metadata")),
             Scope::Whole => {}
         }
         if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -283,8 +272,7 @@ pub fn server_side_apply(
     for entry in entries.iter().filter(|e| !is_self(e)) {
         let mut e = entry.clone();
         if req.force {
-            e.fields
-                .retain(|o| !conflicting_paths.iter().any(|c| overlaps(c, o)));
+            e.fields.retain(|o| !conflicting_paths.iter().any(|c| overlaps(c, o)));
         }
         if !e.fields.is_empty() {
             result.push(e);
@@ -327,10 +315,8 @@ pub fn record_update(
     let mut mine: FieldSet = FieldSet::new();
     for entry in entries {
         let mut e = entry.clone();
-        let is_mine =
-            e.manager == manager && e.operation == "Update" && e.subresource == subresource;
-        e.fields
-            .retain(|o| !removed.iter().any(|r| o.starts_with(r)));
+        let is_mine = e.manager == manager && e.operation == "Update" && e.subresource == subresource;
+        e.fields.retain(|o| !removed.iter().any(|r| o.starts_with(r)));
         if is_mine {
             mine = e.fields;
             continue;
@@ -347,12 +333,7 @@ pub fn record_update(
     mine.extend(changed.iter().cloned());
     let time = entries
         .iter()
-        .find(|e| {
-            e.manager == manager
-                && e.operation == "Update"
-                && e.subresource == subresource
-                && changed.is_empty()
-        })
+        .find(|e| e.manager == manager && e.operation == "Update" && e.subresource == subresource && changed.is_empty())
         .map(|e| e.time.clone())
         .unwrap_or_else(|| now.to_string());
     result.push(ManagedEntry {
@@ -368,20 +349,12 @@ pub fn record_update(
 
 /// Reads `metadata.managedFields` (FieldsV1) into entries; malformed entries are dropped.
 pub fn read_managed_fields(object: &Value) -> Vec<ManagedEntry> {
-    let Some(list) = object
-        .pointer("/metadata/managedFields")
-        .and_then(Value::as_array)
-    else {
+    let Some(list) = object.pointer("/metadata/managedFields").and_then(Value::as_array) else {
         return Vec::new();
     };
     list.iter()
         .filter_map(|e| {
-            let s = |k: &str| {
-                e.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
+            let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
             let mut fields = FieldSet::new();
             decode_fields(e.get("fieldsV1")?, &mut Vec::new(), &mut fields);
             Some(ManagedEntry {
@@ -400,10 +373,8 @@ fn decode_fields(node: &Value, path: &mut Vec<String>, out: &mut FieldSet) {
     let Some(map) = node.as_object() else {
         return;
     };
-    if map.is_empty() || map.contains_key(".") {
-        if !path.is_empty() {
-            out.insert(path.clone());
-        }
+    if (map.is_empty() || map.contains_key(".")) && !path.is_empty() {
+        out.insert(path.clone());
     }
     for (k, v) in map.iter().filter(|(k, _)| k.as_str() != ".") {
         path.push(k.strip_prefix("f:").unwrap_or(k).to_string());
@@ -491,42 +462,25 @@ mod tests {
 
     #[test]
     fn apply_creates_and_tracks_ownership() {
-        let (obj, entries) = server_side_apply(
-            &json!({}),
-            &cm(json!({"a": "1"})),
-            &[],
-            &req("alice", false),
-        )
-        .expect("no conflict");
+        let (obj, entries) =
+            server_side_apply(&json!({}), &cm(json!({"a": "1"})), &[], &req("alice", false)).expect("no conflict");
         assert_eq!(obj["data"]["a"], "1");
         assert_eq!(entries.len(), 1);
-        assert!(
-            entries[0]
-                .fields
-                .contains(&vec!["data".to_string(), "a".to_string()])
-        );
+        assert!(entries[0].fields.contains(&vec!["data".to_string(), "a".to_string()]));
         assert!(!entries[0].fields.iter().any(|p| p[0] == "metadata"));
     }
 
     #[test]
     fn conflicting_value_needs_force_and_equal_value_is_shared() {
-        let (obj, entries) = server_side_apply(
-            &json!({}),
-            &cm(json!({"a": "1"})),
-            &[],
-            &req("alice", false),
-        )
-        .expect("ok");
-        let err = server_side_apply(&obj, &cm(json!({"a": "2"})), &entries, &req("bob", false))
-            .expect_err("conflict");
+        let (obj, entries) =
+            server_side_apply(&json!({}), &cm(json!({"a": "1"})), &[], &req("alice", false)).expect("ok");
+        let err = server_side_apply(&obj, &cm(json!({"a": "2"})), &entries, &req("bob", false)).expect_err("conflict");
         assert_eq!(err, vec![("alice".to_string(), ".data.a".to_string())]);
         let (shared, shared_entries) =
-            server_side_apply(&obj, &cm(json!({"a": "1"})), &entries, &req("bob", false))
-                .expect("same value shares");
+            server_side_apply(&obj, &cm(json!({"a": "1"})), &entries, &req("bob", false)).expect("same value shares");
         assert_eq!(shared_entries.len(), 2);
         let (forced, forced_entries) =
-            server_side_apply(&shared, &cm(json!({"a": "2"})), &entries, &req("bob", true))
-                .expect("forced");
+            server_side_apply(&shared, &cm(json!({"a": "2"})), &entries, &req("bob", true)).expect("forced");
         assert_eq!(forced["data"]["a"], "2");
         assert_eq!(forced_entries.len(), 1);
         assert_eq!(forced_entries[0].manager, "bob");
@@ -534,16 +488,10 @@ mod tests {
 
     #[test]
     fn fields_dropped_from_apply_are_removed_unless_owned_elsewhere() {
-        let (obj, entries) = server_side_apply(
-            &json!({}),
-            &cm(json!({"a": "1", "b": "2"})),
-            &[],
-            &req("alice", false),
-        )
-        .expect("ok");
+        let (obj, entries) =
+            server_side_apply(&json!({}), &cm(json!({"a": "1", "b": "2"})), &[], &req("alice", false)).expect("ok");
         let (obj2, entries2) =
-            server_side_apply(&obj, &cm(json!({"b": "2"})), &entries, &req("alice", false))
-                .expect("ok");
+            server_side_apply(&obj, &cm(json!({"b": "2"})), &entries, &req("alice", false)).expect("ok");
         assert_eq!(obj2["data"], json!({"b": "2"}));
         let entries3 = record_update(
             Some(&obj2),
@@ -555,46 +503,28 @@ mod tests {
             "t",
         );
         let with_c = cm(json!({"b": "2", "c": "3"}));
-        let (obj4, _) = server_side_apply(&with_c, &cm(json!({})), &entries3, &req("alice", false))
-            .expect("ok");
+        let (obj4, _) = server_side_apply(&with_c, &cm(json!({})), &entries3, &req("alice", false)).expect("ok");
         assert_eq!(obj4["data"], json!({"c": "3"}));
     }
 
     #[test]
     fn update_takes_ownership_from_appliers() {
-        let (obj, entries) = server_side_apply(
-            &json!({}),
-            &cm(json!({"a": "1"})),
-            &[],
-            &req("alice", false),
-        )
-        .expect("ok");
+        let (obj, entries) =
+            server_side_apply(&json!({}), &cm(json!({"a": "1"})), &[], &req("alice", false)).expect("ok");
         let updated = cm(json!({"a": "9"}));
-        let entries = record_update(
-            Some(&obj),
-            &updated,
-            &entries,
-            "editor",
-            Scope::Main,
-            "v1",
-            "t",
-        );
+        let entries = record_update(Some(&obj), &updated, &entries, "editor", Scope::Main, "v1", "t");
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].manager, "editor");
-        let err = server_side_apply(
-            &updated,
-            &cm(json!({"a": "1"})),
-            &entries,
-            &req("alice", false),
-        )
-        .expect_err("conflict");
+        let err =
+            server_side_apply(&updated, &cm(json!({"a": "1"})), &entries, &req("alice", false)).expect_err("conflict");
         assert_eq!(err[0].0, "editor");
     }
 
     #[test]
     fn status_scope_touches_only_status() {
         let live = json!({"metadata": {"name": "s"}, "spec": {"x": 1}});
-        let applied = json!({"metadata": {"name": "s", "labels": {"l": "v"}}, "spec": {"x": 2}, "status": {"ok": true}});
+        let applied =
+            json!({"metadata": {"name": "s", "labels": {"l": "v"}}, "spec": {"x": 2}, "status": {"ok": true}});
         let mut r = req("ctl", false);
         r.scope = Scope::Status;
         let (obj, entries) = server_side_apply(&live, &applied, &[], &r).expect("ok");
@@ -607,13 +537,8 @@ mod tests {
     #[test]
     fn server_defaulted_fields_in_list_items_do_not_conflict() {
         let svc = |ports: Value| json!({"metadata": {"name": "s"}, "spec": {"ports": ports}});
-        let (created, entries) = server_side_apply(
-            &json!({}),
-            &svc(json!([{"port": 80}])),
-            &[],
-            &req("kubectl", false),
-        )
-        .expect("ok");
+        let (created, entries) =
+            server_side_apply(&json!({}), &svc(json!([{"port": 80}])), &[], &req("kubectl", false)).expect("ok");
         let mut defaulted = created.clone();
         defaulted["spec"]["ports"][0]["nodePort"] = json!(30000);
         let entries = record_update(
@@ -634,15 +559,7 @@ mod tests {
         )
         .expect("compatible");
         assert_eq!(merged["spec"]["ports"][0]["nodePort"], 30000);
-        assert!(
-            server_side_apply(
-                &live,
-                &svc(json!([{"port": 81}])),
-                &entries,
-                &req("kubectl", false)
-            )
-            .is_err()
-        );
+        assert!(server_side_apply(&live, &svc(json!([{"port": 81}])), &entries, &req("kubectl", false)).is_err());
     }
 
     #[test]
@@ -650,11 +567,7 @@ mod tests {
         let fields: FieldSet = [
             vec!["spec".to_string(), "a".to_string()],
             vec!["spec".to_string()],
-            vec![
-                "metadata".to_string(),
-                "labels".to_string(),
-                "x".to_string(),
-            ],
+            vec!["metadata".to_string(), "labels".to_string(), "x".to_string()],
         ]
         .into_iter()
         .collect();

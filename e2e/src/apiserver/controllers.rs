@@ -51,12 +51,7 @@ impl InUse {
         let Some(spec) = &svc.spec else {
             return;
         };
-        for ip in spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter())
-        {
+        for ip in spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter()) {
             if let Ok(addr) = ip.parse() {
                 self.cluster_ips.insert(addr);
             }
@@ -89,7 +84,9 @@ fn cidr_for(net: &ServiceNetwork, family: &str) -> Option<IpNet> {
 /// First free address of the family's CIDR, skipping the network address and the first
 /// host (kube-apiserver reserves it for the `kubernetes` Service).
 fn allocate_ip(cidr: IpNet, used: &HashSet<IpAddr>) -> Option<IpAddr> {
+    let network = cidr.network();
     cidr.hosts()
+        .filter(|ip| *ip != network)
         .skip(1)
         .take(1 << 20)
         .find(|ip| !used.contains(ip))
@@ -140,10 +137,7 @@ pub fn default_service(
         if !(1..=65535).contains(&p.port) {
             causes.push(Cause::invalid(
                 format!("spec.ports[{i}].port"),
-                format!(
-                    "Invalid value: {}: must be between 1 and 65535, inclusive",
-                    p.port
-                ),
+                format!("Invalid value: {}: must be between 1 and 65535, inclusive", p.port),
             ));
         }
         if !seen_ports.insert((p.port, protocol)) {
@@ -174,28 +168,21 @@ pub fn default_service(
         spec.ip_families = None;
         spec.ip_family_policy = None;
     } else {
-        spec.internal_traffic_policy
-            .get_or_insert_with(|| "Cluster".into());
+        spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
         assign_cluster_ips(spec, &old_spec, in_use, net, &mut causes);
     }
 
     // Node ports.
     if uses_node_ports(&type_) {
-        spec.external_traffic_policy
-            .get_or_insert_with(|| "Cluster".into());
-        let allocate =
-            type_ == "NodePort" || *spec.allocate_load_balancer_node_ports.get_or_insert(true);
+        spec.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
+        let allocate = type_ == "NodePort" || *spec.allocate_load_balancer_node_ports.get_or_insert(true);
         let mut taken: HashSet<i32> = in_use.node_ports.clone();
         let (lo, hi) = net.node_ports;
         let ports = spec.ports.get_or_insert_with(Vec::new);
         for (i, p) in ports.iter_mut().enumerate() {
             let protocol = p.protocol.clone().unwrap_or_default();
             if let Some(np) = p.node_port {
-                let kept = old_spec
-                    .ports
-                    .iter()
-                    .flatten()
-                    .any(|o| o.node_port == Some(np));
+                let kept = old_spec.ports.iter().flatten().any(|o| o.node_port == Some(np));
                 if !(lo..=hi).contains(&np) {
                     causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {np}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}")));
                 } else if !kept && in_use.node_ports.contains(&np) {
@@ -211,10 +198,7 @@ pub fn default_service(
                 .ports
                 .iter()
                 .flatten()
-                .find(|o| {
-                    o.port == p.port
-                        && o.protocol.clone().unwrap_or_else(|| "TCP".into()) == protocol
-                })
+                .find(|o| o.port == p.port && o.protocol.clone().unwrap_or_else(|| "TCP".into()) == protocol)
                 .and_then(|o| o.node_port);
             if let Some(np) = previous {
                 p.node_port = Some(np);
@@ -225,10 +209,7 @@ pub fn default_service(
                         p.node_port = Some(np);
                         taken.insert(np);
                     }
-                    None => causes.push(Cause::invalid(
-                        format!("spec.ports[{i}].nodePort"),
-                        "range is full",
-                    )),
+                    None => causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), "range is full")),
                 }
             }
         }
@@ -253,11 +234,7 @@ pub fn default_service(
     if type_ != "LoadBalancer" {
         spec.load_balancer_class = None;
     }
-    if causes.is_empty() {
-        Ok(())
-    } else {
-        Err(causes)
-    }
+    if causes.is_empty() { Ok(()) } else { Err(causes) }
 }
 
 fn assign_cluster_ips(
@@ -269,10 +246,10 @@ fn assign_cluster_ips(
 ) {
     // Requested IPs: clusterIPs wins, clusterIP is its first element.
     let mut requested: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
-    if requested.is_empty() {
-        if let Some(ip) = spec.cluster_ip.clone().filter(|s| !s.is_empty()) {
-            requested.push(ip);
-        }
+    if requested.is_empty()
+        && let Some(ip) = spec.cluster_ip.clone().filter(|s| !s.is_empty())
+    {
+        requested.push(ip);
     }
     let old_ips: Vec<String> = old
         .cluster_ips
@@ -300,10 +277,7 @@ fn assign_cluster_ips(
         .ip_family_policy
         .get_or_insert_with(|| "SingleStack".into())
         .clone();
-    if !matches!(
-        policy.as_str(),
-        "SingleStack" | "PreferDualStack" | "RequireDualStack"
-    ) {
+    if !matches!(policy.as_str(), "SingleStack" | "PreferDualStack" | "RequireDualStack") {
         causes.push(Cause::invalid(
             "spec.ipFamilyPolicy",
             format!("Unsupported value: {policy:?}"),
@@ -324,10 +298,7 @@ fn assign_cluster_ips(
         families = if !from_ips.is_empty() {
             from_ips
         } else {
-            configured
-                .first()
-                .map(|f| vec![f.to_string()])
-                .unwrap_or_default()
+            configured.first().map(|f| vec![f.to_string()]).unwrap_or_default()
         };
     }
     for (i, f) in families.iter().enumerate() {
@@ -342,7 +313,10 @@ fn assign_cluster_ips(
     match policy.as_str() {
         "SingleStack" => {
             if families.len() > 1 {
-                causes.push(Cause::invalid("spec.ipFamilies", "Invalid value: when ipFamilyPolicy is SingleStack, only one ipFamily may be specified"));
+                causes.push(Cause::invalid(
+                    "spec.ipFamilies",
+                    "Invalid value: when ipFamilyPolicy is SingleStack, only one ipFamily may be specified",
+                ));
                 return;
             }
         }
@@ -351,7 +325,10 @@ fn assign_cluster_ips(
                 if let Some(other) = configured.iter().find(|f| **f != families[0]) {
                     families.push(other.to_string());
                 } else if policy == "RequireDualStack" {
-                    causes.push(Cause::invalid("spec.ipFamilyPolicy", "Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services"));
+                    causes.push(Cause::invalid(
+                        "spec.ipFamilyPolicy",
+                        "Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services",
+                    ));
                     return;
                 }
             }
@@ -383,7 +360,10 @@ fn assign_cluster_ips(
                     return;
                 }
                 if !kept && in_use.cluster_ips.contains(&addr) {
-                    causes.push(Cause::invalid(format!("spec.clusterIPs[{i}]"), format!("Invalid value: {ip:?}: failed to allocate IP {ip}: provided IP is already allocated")));
+                    causes.push(Cause::invalid(
+                        format!("spec.clusterIPs[{i}]"),
+                        format!("Invalid value: {ip:?}: failed to allocate IP {ip}: provided IP is already allocated"),
+                    ));
                     return;
                 }
                 assigned.push(ip.clone());
@@ -391,10 +371,7 @@ fn assign_cluster_ips(
             None => match allocate_ip(cidr, &in_use.cluster_ips) {
                 Some(ip) => assigned.push(ip.to_string()),
                 None => {
-                    causes.push(Cause::invalid(
-                        format!("spec.clusterIPs[{i}]"),
-                        "range is full",
-                    ));
+                    causes.push(Cause::invalid(format!("spec.clusterIPs[{i}]"), "range is full"));
                     return;
                 }
             },
@@ -403,6 +380,10 @@ fn assign_cluster_ips(
     spec.cluster_ip = assigned.first().cloned();
     spec.cluster_ips = Some(assigned);
 }
+
+/// (name, protocol, resolved port) of each Service port for one Pod: endpoints with
+/// equal resolved ports share a slice.
+type ResolvedPorts = Vec<(Option<String>, String, i32)>;
 
 /// One EndpointSlice the controller wants for a Service.
 #[derive(Debug, Clone, PartialEq)]
@@ -458,10 +439,7 @@ pub fn desired_endpoint_slices(svc: &Service, pods: &[Pod]) -> Vec<DesiredSlice>
     if spec.type_.as_deref() == Some("ExternalName") {
         return Vec::new();
     }
-    let selector_map: serde_json::Map<String, Value> = selector
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
+    let selector_map: serde_json::Map<String, Value> = selector.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     let selector = LabelSelector::from_map(&selector_map);
     let families = spec
         .ip_families
@@ -486,8 +464,7 @@ pub fn desired_endpoint_slices(svc: &Service, pods: &[Pod]) -> Vec<DesiredSlice>
 
     let mut slices: Vec<DesiredSlice> = Vec::new();
     for family in &families {
-        let mut groups: BTreeMap<Vec<(Option<String>, String, i32)>, Vec<Endpoint>> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<ResolvedPorts, Vec<Endpoint>> = BTreeMap::new();
         for pod in &selected {
             let Some(ip) = pod_ip(pod, family) else {
                 continue;
@@ -602,17 +579,14 @@ mod tests {
     }
 
     fn lb() -> Service {
-        svc(
-            json!({"metadata": {"name": "web", "namespace": "default", "uid": "u1"},
-            "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}, {"name": "metrics", "port": 9090}]}}),
-        )
+        svc(json!({"metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}, {"name": "metrics", "port": 9090}]}}))
     }
 
     #[test]
     fn defaults_and_allocates_for_load_balancer() {
         let mut s = lb();
-        default_service(&mut s, None, &InUse::default(), &ServiceNetwork::default())
-            .expect("valid");
+        default_service(&mut s, None, &InUse::default(), &ServiceNetwork::default()).expect("valid");
         let spec = s.spec.expect("spec");
         assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.2"));
         assert_eq!(spec.ip_families, Some(vec!["IPv4".to_string()]));
@@ -630,13 +604,7 @@ mod tests {
     #[test]
     fn avoids_used_addresses_and_rejects_collisions() {
         let mut first = lb();
-        default_service(
-            &mut first,
-            None,
-            &InUse::default(),
-            &ServiceNetwork::default(),
-        )
-        .expect("valid");
+        default_service(&mut first, None, &InUse::default(), &ServiceNetwork::default()).expect("valid");
         let mut in_use = InUse::default();
         in_use.add(&first);
         let mut second = lb();
@@ -649,8 +617,7 @@ mod tests {
         if let Some(p) = colliding.spec.as_mut().and_then(|s| s.ports.as_mut()) {
             p[0].node_port = Some(30000);
         }
-        let causes = default_service(&mut colliding, None, &in_use, &ServiceNetwork::default())
-            .expect_err("collision");
+        let causes = default_service(&mut colliding, None, &in_use, &ServiceNetwork::default()).expect_err("collision");
         assert_eq!(causes[0].field, "spec.ports[0].nodePort");
         assert!(causes[0].message.contains("already allocated"));
     }
@@ -658,13 +625,7 @@ mod tests {
     #[test]
     fn update_keeps_allocations_and_type_change_releases_ports() {
         let mut created = lb();
-        default_service(
-            &mut created,
-            None,
-            &InUse::default(),
-            &ServiceNetwork::default(),
-        )
-        .expect("valid");
+        default_service(&mut created, None, &InUse::default(), &ServiceNetwork::default()).expect("valid");
         let mut updated = lb();
         default_service(
             &mut updated,
@@ -697,12 +658,7 @@ mod tests {
         )
         .expect("valid");
         let spec = to_cluster_ip.spec.expect("spec");
-        assert!(
-            spec.ports
-                .expect("ports")
-                .iter()
-                .all(|p| p.node_port.is_none())
-        );
+        assert!(spec.ports.expect("ports").iter().all(|p| p.node_port.is_none()));
         assert_eq!(spec.external_traffic_policy, None);
         let mut changed_ip = updated.clone();
         if let Some(s) = changed_ip.spec.as_mut() {
@@ -725,13 +681,9 @@ mod tests {
         let mut s = svc(
             json!({"metadata": {"name": "d"}, "spec": {"ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}}),
         );
-        default_service(&mut s, None, &InUse::default(), &ServiceNetwork::default())
-            .expect("valid");
+        default_service(&mut s, None, &InUse::default(), &ServiceNetwork::default()).expect("valid");
         let spec = s.spec.expect("spec");
-        assert_eq!(
-            spec.ip_families,
-            Some(vec!["IPv4".to_string(), "IPv6".to_string()])
-        );
+        assert_eq!(spec.ip_families, Some(vec!["IPv4".to_string(), "IPv6".to_string()]));
         assert_eq!(
             spec.cluster_ips,
             Some(vec!["10.96.0.2".to_string(), "fd00:10:96::2".to_string()])
@@ -739,8 +691,7 @@ mod tests {
         let mut v6 = svc(
             json!({"metadata": {"name": "d"}, "spec": {"ipFamilies": ["IPv6"], "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}}),
         );
-        default_service(&mut v6, None, &InUse::default(), &ServiceNetwork::default())
-            .expect("valid");
+        default_service(&mut v6, None, &InUse::default(), &ServiceNetwork::default()).expect("valid");
         assert_eq!(
             v6.spec.expect("spec").ip_families,
             Some(vec!["IPv6".to_string(), "IPv4".to_string()])
@@ -757,11 +708,9 @@ mod tests {
 
     #[test]
     fn validation_reports_causes() {
-        let mut s = svc(
-            json!({"metadata": {"name": "bad"}, "spec": {"ports": [{"port": 80}, {"port": 70000, "name": "x"}]}}),
-        );
-        let causes = default_service(&mut s, None, &InUse::default(), &ServiceNetwork::default())
-            .expect_err("invalid");
+        let mut s =
+            svc(json!({"metadata": {"name": "bad"}, "spec": {"ports": [{"port": 80}, {"port": 70000, "name": "x"}]}}));
+        let causes = default_service(&mut s, None, &InUse::default(), &ServiceNetwork::default()).expect_err("invalid");
         let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
         assert!(fields.contains(&"spec.ports[0].name"));
         assert!(fields.contains(&"spec.ports[1].port"));
@@ -779,13 +728,13 @@ mod tests {
     #[test]
     fn endpoint_slices_from_pods() {
         let mut s = lb();
-        default_service(&mut s, None, &InUse::default(), &ServiceNetwork::default())
-            .expect("valid");
+        default_service(&mut s, None, &InUse::default(), &ServiceNetwork::default()).expect("valid");
         let mut terminating = pod("c", "10.0.0.3", true, "n2");
-        terminating.metadata.deletion_timestamp = Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(chrono::Utc::now()),
-        );
-        let other: Pod = serde_json::from_value(json!({"metadata": {"name": "x", "labels": {"app": "db"}}, "status": {"podIP": "10.0.0.9"}})).expect("pod");
+        terminating.metadata.deletion_timestamp = serde_json::from_value(json!("2026-01-01T00:00:00Z")).ok();
+        let other: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "x", "labels": {"app": "db"}}, "status": {"podIP": "10.0.0.9"}}),
+        )
+        .expect("pod");
         let no_ip = Pod {
             status: None,
             ..pod("d", "", true, "n1")
@@ -802,17 +751,10 @@ mod tests {
         assert_eq!(slices.len(), 1);
         let slice = &slices[0];
         assert_eq!(slice.address_type, "IPv4");
-        let ports: Vec<(Option<String>, Option<i32>)> = slice
-            .ports
-            .iter()
-            .map(|p| (p.name.clone(), p.port))
-            .collect();
+        let ports: Vec<(Option<String>, Option<i32>)> = slice.ports.iter().map(|p| (p.name.clone(), p.port)).collect();
         assert_eq!(
             ports,
-            vec![
-                (Some("http".into()), Some(8080)),
-                (Some("metrics".into()), Some(9090))
-            ]
+            vec![(Some("http".into()), Some(8080)), (Some("metrics".into()), Some(9090))]
         );
         let names: Vec<String> = slice
             .endpoints
@@ -836,10 +778,7 @@ mod tests {
         assert_eq!(empty.len(), 1);
         assert!(empty[0].endpoints.is_empty());
         let object = endpoint_slice_object(&s, &slices[0]);
-        assert_eq!(
-            object["metadata"]["labels"]["kubernetes.io/service-name"],
-            "web"
-        );
+        assert_eq!(object["metadata"]["labels"]["kubernetes.io/service-name"], "web");
         assert_eq!(object["metadata"]["ownerReferences"][0]["uid"], "u1");
         assert!(slice_matches(&object, &object));
     }

@@ -52,21 +52,14 @@ impl Target {
     }
 }
 
-fn parse_target(
-    registry: &Registry,
-    group: &str,
-    version: &str,
-    rest: &[String],
-) -> ApiResult<Target> {
+fn parse_target(registry: &Registry, group: &str, version: &str, rest: &[String]) -> ApiResult<Target> {
     let (watch_prefix, rest) = match rest.first().map(String::as_str) {
         Some("watch") => (true, &rest[1..]),
         _ => (false, rest),
     };
     let namespaced_path = rest.len() >= 3
         && rest[0] == "namespaces"
-        && registry
-            .lookup(group, version, &rest[2])
-            .is_some_and(|t| t.namespaced);
+        && registry.lookup(group, version, &rest[2]).is_some_and(|t| t.namespaced);
     let (namespace, parts) = if namespaced_path {
         (Some(rest[1].clone()), &rest[2..])
     } else {
@@ -81,10 +74,10 @@ fn parse_target(
         .ok_or_else(ApiError::path_not_found)?;
     let name = parts.get(1).cloned();
     let subresource = parts.get(2).cloned();
-    if let Some(sub) = &subresource {
-        if !(sub == "status" && rt.has_status) {
-            return Err(ApiError::path_not_found());
-        }
+    if let Some(sub) = &subresource
+        && !(sub == "status" && rt.has_status)
+    {
+        return Err(ApiError::path_not_found());
     }
     if namespace.is_none() && rt.namespaced && name.is_some() {
         return Err(ApiError::path_not_found());
@@ -142,26 +135,19 @@ async fn handle(
         .unwrap_or_else(|| {
             let ua = header(&req, "user-agent");
             let prefix = ua.split('/').next().unwrap_or_default().to_string();
-            if prefix.is_empty() {
-                "unknown".into()
-            } else {
-                prefix
-            }
+            if prefix.is_empty() { "unknown".into() } else { prefix }
         });
     let method = req.method().clone();
     let body = axum::body::to_bytes(req.into_body(), 16 << 20)
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?;
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
-    let is_watch =
-        target.watch_prefix || query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let is_watch = target.watch_prefix || query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let as_table = table::wants_table(&accept);
 
     let m = method.as_str();
     match (m, target.name.is_some()) {
-        ("GET", false) if is_watch => {
-            Ok(super::watch::watch(server, target, query, as_table).await)
-        }
+        ("GET", false) if is_watch => Ok(super::watch::watch(server, target, query, as_table).await),
         ("GET", true) if is_watch => {
             let mut query = query;
             let by_name = format!("metadata.name={}", target.name());
@@ -196,23 +182,16 @@ async fn handle(
                 return Err(ApiError::method_not_allowed(m));
             }
             let body = parse_json_body(&body, &content_type)?;
-            let (code, obj) =
-                write(&server, &target, Change::Create(body), &manager, dry_run).await?;
+            let (code, obj) = write(&server, &target, Change::Create(body), &manager, dry_run).await?;
             Ok(json_response(code, &obj))
         }
         ("PUT", true) => {
             let body = parse_json_body(&body, &content_type)?;
-            let (code, obj) =
-                write(&server, &target, Change::Replace(body), &manager, dry_run).await?;
+            let (code, obj) = write(&server, &target, Change::Replace(body), &manager, dry_run).await?;
             Ok(json_response(code, &obj))
         }
         ("PATCH", true) => {
-            let media = content_type
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
+            let media = content_type.split(';').next().unwrap_or_default().trim().to_string();
             let force = query.get("force").is_some_and(|f| f == "true");
             let change = match media.as_str() {
                 "application/apply-patch+yaml" => {
@@ -221,8 +200,8 @@ async fn handle(
                             "PATCH, application/apply-patch+yaml: fieldManager is required for apply requests",
                         ));
                     }
-                    let text = std::str::from_utf8(&body)
-                        .map_err(|_| ApiError::bad_request("apply patch is not UTF-8"))?;
+                    let text =
+                        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("apply patch is not UTF-8"))?;
                     let yaml: serde_yaml::Value = serde_yaml::from_str(text)
                         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
                     let value = serde_json::to_value(yaml)
@@ -233,9 +212,7 @@ async fn handle(
                 | "application/merge-patch+json"
                 | "application/strategic-merge-patch+json" => {
                     if force {
-                        return Err(ApiError::bad_request(
-                            "force is not allowed for non-apply patch",
-                        ));
+                        return Err(ApiError::bad_request("force is not allowed for non-apply patch"));
                     }
                     if media == "application/strategic-merge-patch+json" && target.rt.custom {
                         return Err(ApiError::unsupported_media_type(
@@ -262,15 +239,7 @@ async fn handle(
         }
         ("DELETE", true) if target.subresource.is_none() => {
             let opts = delete_options(&body, &query)?;
-            let deleted = delete_cascade(
-                &server,
-                &target.rt.key(),
-                target.ns(),
-                target.name(),
-                &opts,
-                dry_run,
-            )
-            .await?;
+            let deleted = delete_cascade(&server, &target.rt.key(), target.ns(), target.name(), &opts, dry_run).await?;
             Ok(ok(&present(&deleted, &target)))
         }
         ("DELETE", false) => {
@@ -279,9 +248,7 @@ async fn handle(
             let mut deleted = Vec::new();
             for item in items {
                 let (ns, name) = object_key(&item);
-                if let Ok(d) =
-                    delete_cascade(&server, &target.rt.key(), &ns, &name, &opts, dry_run).await
-                {
+                if let Ok(d) = delete_cascade(&server, &target.rt.key(), &ns, &name, &opts, dry_run).await {
                     deleted.push(present(&d, &target));
                 }
             }
@@ -308,14 +275,12 @@ fn not_found(target: &Target) -> ApiError {
 fn parse_json_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
     match media {
-        "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the object provided is unrecognized: {e}"))
-        }),
+        "" | "application/json" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the object provided is unrecognized: {e}"))),
         "application/yaml" => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
-            let yaml: serde_yaml::Value = serde_yaml::from_str(text)
-                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+            let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
+            let yaml: serde_yaml::Value =
+                serde_yaml::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
             serde_json::to_value(yaml).map_err(|e| ApiError::bad_request(e.to_string()))
         }
         other => Err(ApiError::unsupported_media_type(format!(
@@ -328,42 +293,28 @@ fn parse_json_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
 pub(crate) fn present(obj: &Value, target: &Target) -> Value {
     let mut out = obj.clone();
     if let Some(map) = out.as_object_mut() {
-        map.insert(
-            "apiVersion".into(),
-            json!(target.rt.api_version(&target.version)),
-        );
+        map.insert("apiVersion".into(), json!(target.rt.api_version(&target.version)));
         map.insert("kind".into(), json!(target.rt.kind));
     }
     out
 }
 
 /// Parsed `labelSelector` and `fieldSelector` of a request.
-pub(crate) fn selectors(
-    target: &Target,
-    query: &HashMap<String, String>,
-) -> ApiResult<(LabelSelector, FieldSelector)> {
-    let labels = LabelSelector::parse(query_str(query, "labelSelector"))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let fields = FieldSelector::parse(query_str(query, "fieldSelector"))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+pub(crate) fn selectors(target: &Target, query: &HashMap<String, String>) -> ApiResult<(LabelSelector, FieldSelector)> {
+    let labels =
+        LabelSelector::parse(query_str(query, "labelSelector")).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields =
+        FieldSelector::parse(query_str(query, "fieldSelector")).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (group, plural) = (target.rt.group.clone(), target.rt.plural.clone());
     if let Some(bad) = fields.unsupported_fields(&|f| field_supported(&group, &plural, f)) {
-        return Err(ApiError::bad_request(format!(
-            "field label not supported: {bad}"
-        )));
+        return Err(ApiError::bad_request(format!("field label not supported: {bad}")));
     }
     Ok((labels, fields))
 }
 
-fn select(
-    server: &Server,
-    target: &Target,
-    query: &HashMap<String, String>,
-) -> ApiResult<(Vec<Arc<Value>>, u64)> {
+fn select(server: &Server, target: &Target, query: &HashMap<String, String>) -> ApiResult<(Vec<Arc<Value>>, u64)> {
     let (labels, fields) = selectors(target, query)?;
-    let (items, rv) = server
-        .store
-        .list(&target.rt.key(), target.namespace.as_deref());
+    let (items, rv) = server.store.list(&target.rt.key(), target.namespace.as_deref());
     let items = items
         .into_iter()
         .filter(|o| labels.matches(o.pointer("/metadata/labels")) && fields.matches(o))
@@ -379,7 +330,7 @@ fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
 }
 
 fn decode_continue(token: &str) -> Option<(u64, String, String)> {
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..token.len())
@@ -392,12 +343,7 @@ fn decode_continue(token: &str) -> Option<(u64, String, String)> {
     Some((rv, parts.next()?.to_string(), parts.next()?.to_string()))
 }
 
-fn list(
-    server: &Server,
-    target: &Target,
-    query: &HashMap<String, String>,
-    as_table: bool,
-) -> ApiResult<Response> {
+fn list(server: &Server, target: &Target, query: &HashMap<String, String>, as_table: bool) -> ApiResult<Response> {
     let limit: usize = match query.get("limit").filter(|l| !l.is_empty()) {
         Some(l) => l
             .parse::<i64>()
@@ -407,7 +353,11 @@ fn list(
     };
     let start = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
-            let (rv, ns, name) = decode_continue(token).ok_or_else(|| ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
+            let (rv, ns, name) = decode_continue(token).ok_or_else(|| {
+                ApiError::bad_request(
+                    "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+                )
+            })?;
             if !server.store.is_resumable(rv) {
                 return Err(ApiError::expired(
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
@@ -538,13 +488,9 @@ fn validate_metadata(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let label_names = matches!(
-        (rt.group.as_str(), rt.plural.as_str()),
-        ("", "namespaces" | "services")
-    );
+    let label_names = matches!((rt.group.as_str(), rt.plural.as_str()), ("", "namespaces" | "services"));
     let valid = if label_names {
-        is_dns_label(name)
-            && (rt.plural != "services" || name.starts_with(|c: char| c.is_ascii_lowercase()))
+        is_dns_label(name) && (rt.plural != "services" || name.starts_with(|c: char| c.is_ascii_lowercase()))
     } else {
         is_dns_subdomain(name)
     };
@@ -569,18 +515,15 @@ fn validate_metadata(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         match labels.as_object() {
             Some(map) => {
                 for (k, v) in map {
-                    let ok_value = v.as_str().is_some_and(|s| {
-                        LabelSelector::parse(&format!("k={s}")).is_ok() || s.is_empty()
-                    });
+                    let ok_value = v
+                        .as_str()
+                        .is_some_and(|s| LabelSelector::parse(&format!("k={s}")).is_ok() || s.is_empty());
                     if !ok_value || LabelSelector::parse(k).is_err() {
                         causes.push(Cause::invalid(format!("metadata.labels.{k}"), format!("Invalid value: {v}: a valid label must be 63 characters or less and consist of alphanumeric characters, '-', '_' or '.'")));
                     }
                 }
             }
-            None if !labels.is_null() => causes.push(Cause::invalid(
-                "metadata.labels",
-                "must be a map of strings",
-            )),
+            None if !labels.is_null() => causes.push(Cause::invalid("metadata.labels", "must be a map of strings")),
             None => {}
         }
     }
@@ -633,10 +576,10 @@ pub(crate) async fn write(
             (Change::Create(_), None) => None,
             _ => return Err(ApiError::method_not_allowed("write")),
         };
-        if let Change::Create(_) = change {
-            if target.subresource.is_some() {
-                return Err(ApiError::method_not_allowed("POST"));
-            }
+        if let Change::Create(_) = change
+            && target.subresource.is_some()
+        {
+            return Err(ApiError::method_not_allowed("POST"));
         }
         let (candidate, entries, creating) = match &change {
             Change::Create(body) => (body.clone(), None, true),
@@ -674,10 +617,7 @@ pub(crate) async fn write(
             }
             Change::Apply { body, force } => {
                 let live = old.as_deref().cloned().unwrap_or_else(|| json!({}));
-                let current = old
-                    .as_deref()
-                    .map(apply::read_managed_fields)
-                    .unwrap_or_default();
+                let current = old.as_deref().map(apply::read_managed_fields).unwrap_or_default();
                 let req = ApplyRequest {
                     manager,
                     force: *force,
@@ -686,14 +626,12 @@ pub(crate) async fn write(
                     now: &now,
                 };
                 let (merged, entries) = apply::server_side_apply(&live, body, &current, &req)
-                    .map_err(|conflicts| {
-                        ApiError::apply_conflict(&rt.group, &rt.plural, target.name(), &conflicts)
-                    })?;
+                    .map_err(|conflicts| ApiError::apply_conflict(&rt.group, &rt.plural, target.name(), &conflicts))?;
                 let mut merged = merged;
-                if old.is_none() {
-                    if let Some(meta) = merged.get_mut("metadata").and_then(Value::as_object_mut) {
-                        meta.insert("name".into(), json!(target.name()));
-                    }
+                if old.is_none()
+                    && let Some(meta) = merged.get_mut("metadata").and_then(Value::as_object_mut)
+                {
+                    meta.insert("name".into(), json!(target.name()));
                 }
                 (merged, Some(entries), old.is_none())
             }
@@ -733,11 +671,7 @@ pub(crate) async fn write(
             }
             Prepared::Store(obj) if dry_run => {
                 return Ok((
-                    if creating {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    },
+                    if creating { StatusCode::CREATED } else { StatusCode::OK },
                     present(&obj, target),
                 ));
             }
@@ -745,30 +679,20 @@ pub(crate) async fn write(
                 attempted_name = object_key(&obj).1;
                 server.store.create(&gr, obj)
             }
-            Prepared::Store(obj) => {
-                server
-                    .store
-                    .update(&gr, obj, old.as_deref().map(object_rv).unwrap_or_default())
-            }
+            Prepared::Store(obj) => server
+                .store
+                .update(&gr, obj, old.as_deref().map(object_rv).unwrap_or_default()),
         };
         match result {
             Ok(stored) => {
                 after_write(server, &gr, &stored, is_service).await;
                 return Ok((
-                    if creating {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    },
+                    if creating { StatusCode::CREATED } else { StatusCode::OK },
                     present(&stored, target),
                 ));
             }
             Err(StoreError::AlreadyExists) if matches!(change, Change::Create(_)) => {
-                return Err(ApiError::already_exists(
-                    &rt.group,
-                    &rt.plural,
-                    &attempted_name,
-                ));
+                return Err(ApiError::already_exists(&rt.group, &rt.plural, &attempted_name));
             }
             // Lost a race with another writer: recompute from the new state.
             Err(_) => continue,
@@ -791,24 +715,22 @@ fn prepare(
     let rt = &target.rt;
     let api_version = rt.api_version(&target.version);
     let Some(map) = obj.as_object_mut() else {
-        return Err(ApiError::bad_request(
-            "the object provided is not a JSON object",
-        ));
+        return Err(ApiError::bad_request("the object provided is not a JSON object"));
     };
-    if let Some(kind) = map.get("kind").and_then(Value::as_str) {
-        if kind != rt.kind {
-            return Err(ApiError::bad_request(format!(
-                "the kind of the object ({kind}) does not match the expected kind ({})",
-                rt.kind
-            )));
-        }
+    if let Some(kind) = map.get("kind").and_then(Value::as_str)
+        && kind != rt.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind of the object ({kind}) does not match the expected kind ({})",
+            rt.kind
+        )));
     }
-    if let Some(av) = map.get("apiVersion").and_then(Value::as_str) {
-        if av != api_version {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({av}) does not match the expected API version ({api_version})"
-            )));
-        }
+    if let Some(av) = map.get("apiVersion").and_then(Value::as_str)
+        && av != api_version
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({api_version})"
+        )));
     }
     map.insert("apiVersion".into(), json!(api_version));
     map.insert("kind".into(), json!(rt.kind));
@@ -818,11 +740,7 @@ fn prepare(
     };
 
     // Name and namespace.
-    let body_name = meta
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let body_name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
     match (&target.name, creating) {
         (Some(url), _) if !body_name.is_empty() && body_name != *url => {
             return Err(ApiError::bad_request(format!(
@@ -957,16 +875,12 @@ fn prepare(
         Scope::Whole => {}
     }
 
-    if let Some(old) = old {
-        if spec_part(&obj) != spec_part(old) {
-            let generation = old
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(1)
-                + 1;
-            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert("generation".into(), json!(generation));
-            }
+    if let Some(old) = old
+        && spec_part(&obj) != spec_part(old)
+    {
+        let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1) + 1;
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("generation".into(), json!(generation));
         }
     }
 
@@ -1003,12 +917,7 @@ fn prepare(
     Ok(Prepared::Store(obj))
 }
 
-fn per_kind(
-    server: &Server,
-    target: &Target,
-    old: Option<&Value>,
-    obj: &mut Value,
-) -> ApiResult<()> {
+fn per_kind(server: &Server, target: &Target, old: Option<&Value>, obj: &mut Value) -> ApiResult<()> {
     let rt = &target.rt;
     let name = obj
         .pointer("/metadata/name")
@@ -1030,8 +939,7 @@ fn per_kind(
             }
             controllers::default_service(&mut svc, old_svc.as_ref(), &in_use, &server.network)
                 .map_err(|causes| ApiError::invalid("", "Service", &name, causes))?;
-            let defaulted =
-                serde_json::to_value(&svc).map_err(|e| ApiError::internal(e.to_string()))?;
+            let defaulted = serde_json::to_value(&svc).map_err(|e| ApiError::internal(e.to_string()))?;
             // Keep the exact status and metadata; take the defaulted spec.
             if let (Some(out), Some(spec)) = (obj.as_object_mut(), defaulted.get("spec")) {
                 out.insert("spec".into(), spec.clone());
@@ -1039,25 +947,17 @@ fn per_kind(
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             let defined = type_from_crd(obj).map_err(|(field, message)| {
-                ApiError::invalid(
+                ApiError::invalid(&rt.group, &rt.kind, &name, vec![Cause::invalid(field, message)])
+            })?;
+            if let Some(old_type) = old.and_then(|o| type_from_crd(o).ok())
+                && old_type.namespaced != defined.namespaced
+            {
+                return Err(ApiError::invalid(
                     &rt.group,
                     &rt.kind,
                     &name,
-                    vec![Cause::invalid(field, message)],
-                )
-            })?;
-            if let Some(old_type) = old.and_then(|o| type_from_crd(o).ok()) {
-                if old_type.namespaced != defined.namespaced {
-                    return Err(ApiError::invalid(
-                        &rt.group,
-                        &rt.kind,
-                        &name,
-                        vec![Cause::invalid(
-                            "spec.scope",
-                            "Invalid value: field is immutable",
-                        )],
-                    ));
-                }
+                    vec![Cause::invalid("spec.scope", "Invalid value: field is immutable")],
+                ));
             }
             let now = now_rfc3339();
             let storage = obj
@@ -1102,12 +1002,7 @@ async fn after_write(server: &Arc<Server>, gr: &GroupResource, stored: &Value, l
 }
 
 /// Creates an object from inside the server (initial namespaces, the lab's fixtures).
-pub(crate) async fn create_internal(
-    server: &Arc<Server>,
-    group: &str,
-    plural: &str,
-    body: Value,
-) -> ApiResult<Value> {
+pub(crate) async fn create_internal(server: &Arc<Server>, group: &str, plural: &str, body: Value) -> ApiResult<Value> {
     let registry = server.registry();
     let rt = registry
         .types()
@@ -1135,9 +1030,7 @@ pub(crate) async fn create_internal(
 
 /// Recomputes the EndpointSlices of every Service in `namespace`. Caller holds the controller lock.
 fn reconcile_namespace_slices(server: &Server, namespace: &str) {
-    let (services, _) = server
-        .store
-        .list(&GroupResource::new("", "services"), Some(namespace));
+    let (services, _) = server.store.list(&GroupResource::new("", "services"), Some(namespace));
     for svc in services {
         let (_, name) = object_key(&svc);
         reconcile_service_slices(server, namespace, &name);
@@ -1166,9 +1059,7 @@ fn reconcile_service_slices(server: &Server, namespace: &str, name: &str) {
         .and_then(|s| serde_json::from_value((*s).clone()).ok());
     let desired = match &svc {
         Some(svc) => {
-            let (pods, _) = server
-                .store
-                .list(&GroupResource::new("", "pods"), Some(namespace));
+            let (pods, _) = server.store.list(&GroupResource::new("", "pods"), Some(namespace));
             let pods: Vec<Pod> = pods
                 .iter()
                 .filter_map(|p| serde_json::from_value((**p).clone()).ok())
@@ -1185,11 +1076,7 @@ fn reconcile_service_slices(server: &Server, namespace: &str, name: &str) {
         let pos = existing
             .iter()
             .position(|e| controllers::slice_matches(e, &want))
-            .or_else(|| {
-                existing
-                    .iter()
-                    .position(|e| e["addressType"] == want["addressType"])
-            });
+            .or_else(|| existing.iter().position(|e| e["addressType"] == want["addressType"]));
         match pos {
             Some(i) => {
                 let current = existing.remove(i);
@@ -1200,13 +1087,10 @@ fn reconcile_service_slices(server: &Server, namespace: &str, name: &str) {
                 updated["endpoints"] = want["endpoints"].clone();
                 updated["ports"] = want["ports"].clone();
                 if let Some(meta) = updated.get_mut("metadata").and_then(Value::as_object_mut) {
-                    let generation =
-                        meta.get("generation").and_then(Value::as_i64).unwrap_or(1) + 1;
+                    let generation = meta.get("generation").and_then(Value::as_i64).unwrap_or(1) + 1;
                     meta.insert("generation".into(), json!(generation));
                 }
-                let _ = server
-                    .store
-                    .update(&slices_gr, updated, object_rv(&current));
+                let _ = server.store.update(&slices_gr, updated, object_rv(&current));
             }
             None => {
                 let mut object = want;
@@ -1259,8 +1143,7 @@ fn delete_options(body: &[u8], query: &HashMap<String, String>) -> ApiResult<Del
     let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
     let policy = query
         .get("propagationPolicy")
@@ -1313,19 +1196,16 @@ async fn delete_cascade(
 ) -> ApiResult<Value> {
     let not_found = || ApiError::not_found(&gr.group, &gr.resource, name);
     for _attempt in 0..64 {
-        let current = server
-            .store
-            .get(gr, namespace, name)
-            .ok_or_else(not_found)?;
-        if let Some(uid) = &opts.uid {
-            if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid.as_str()) {
-                return Err(ApiError::conflict(&gr.group, &gr.resource, name));
-            }
+        let current = server.store.get(gr, namespace, name).ok_or_else(not_found)?;
+        if let Some(uid) = &opts.uid
+            && current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid.as_str())
+        {
+            return Err(ApiError::conflict(&gr.group, &gr.resource, name));
         }
-        if let Some(rv) = &opts.resource_version {
-            if *rv != object_rv(&current).to_string() {
-                return Err(ApiError::conflict(&gr.group, &gr.resource, name));
-            }
+        if let Some(rv) = &opts.resource_version
+            && *rv != object_rv(&current).to_string()
+        {
+            return Err(ApiError::conflict(&gr.group, &gr.resource, name));
         }
         if dry_run {
             return Ok((*current).clone());
@@ -1358,10 +1238,7 @@ async fn delete_cascade(
                 Err(_) => return Err(not_found()),
             }
         }
-        match server
-            .store
-            .delete(gr, namespace, name, Some(object_rv(&current)))
-        {
+        match server.store.delete(gr, namespace, name, Some(object_rv(&current))) {
             Ok(deleted) => {
                 after_delete(server, gr, &deleted, opts.propagation).await;
                 return Ok((*deleted).clone());
@@ -1373,12 +1250,7 @@ async fn delete_cascade(
     Err(ApiError::internal("too many concurrent modifications"))
 }
 
-async fn after_delete(
-    server: &Arc<Server>,
-    gr: &GroupResource,
-    deleted: &Value,
-    propagation: Propagation,
-) {
+async fn after_delete(server: &Arc<Server>, gr: &GroupResource, deleted: &Value, propagation: Propagation) {
     let (namespace, name) = object_key(deleted);
     match (gr.group.as_str(), gr.resource.as_str()) {
         ("", "namespaces") => {
@@ -1419,26 +1291,18 @@ async fn delete_dependents(server: &Arc<Server>, owner: &Value, propagation: Pro
         server.store.list_namespace(&namespace)
     };
     // Work list instead of recursion: dependents of dependents are handled in turn.
-    let mut queue: Vec<(GroupResource, Arc<Value>, String)> = candidates
-        .into_iter()
-        .map(|(g, o)| (g, o, uid.to_string()))
-        .collect();
+    let mut queue: Vec<(GroupResource, Arc<Value>, String)> =
+        candidates.into_iter().map(|(g, o)| (g, o, uid.to_string())).collect();
     let mut budget = 100_000usize;
     while let Some((gr, object, owner_uid)) = queue.pop() {
         budget = budget.saturating_sub(1);
         if budget == 0 {
             break;
         }
-        let Some(refs) = object
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-        else {
+        let Some(refs) = object.pointer("/metadata/ownerReferences").and_then(Value::as_array) else {
             continue;
         };
-        if !refs
-            .iter()
-            .any(|r| r["uid"].as_str() == Some(owner_uid.as_str()))
-        {
+        if !refs.iter().any(|r| r["uid"].as_str() == Some(owner_uid.as_str())) {
             continue;
         }
         let (ns, n) = object_key(&object);
@@ -1483,10 +1347,7 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let t = encode_continue(42, "ns", "name-1");
-        assert_eq!(
-            decode_continue(&t),
-            Some((42, "ns".into(), "name-1".into()))
-        );
+        assert_eq!(decode_continue(&t), Some((42, "ns".into(), "name-1".into())));
         assert_eq!(decode_continue("zz"), None);
         assert_eq!(decode_continue("abc"), None);
     }

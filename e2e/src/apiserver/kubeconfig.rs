@@ -30,11 +30,8 @@ pub fn write_kubeconfig(path: &Path, server_url: &str, token: Option<&str>) -> s
 pub async fn client(server_url: &str, token: Option<&str>) -> Result<kube::Client, kube::Error> {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig_yaml(server_url, token))
         .map_err(kube::Error::InferKubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .map_err(kube::Error::InferKubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(kube::Error::InferKubeconfig)?;
     kube::Client::try_from(config)
 }

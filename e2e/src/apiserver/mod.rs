@@ -145,10 +145,7 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn registry(&self) -> Arc<Registry> {
-        self.registry
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Re-reads CRDs from the store so their resources are served (or no longer).
@@ -206,8 +203,7 @@ impl ApiServer {
         server.refresh_registry();
         if !restored {
             for ns in INITIAL_NAMESPACES {
-                let body =
-                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
                 handlers::create_internal(&server, "", "namespaces", body)
                     .await
                     .map_err(|e| ServerError::LoadState {
@@ -231,10 +227,7 @@ impl ApiServer {
         let mut stop = server.shutdown.clone();
         let serve = tokio::spawn(async move {
             let graceful = async move { wait_until_set(&mut stop).await };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(graceful)
-                .await
-            {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
                 tracing::error!(error = %e, "lab apiserver stopped with an error");
             }
         });
@@ -372,10 +365,10 @@ impl RunningApiServer {
         if let Some(saver) = self.saver {
             let _ = saver.await;
         }
-        if let Some(path) = &self.state_file {
-            if let Err(e) = save_state(&self.server, path) {
-                tracing::warn!(error = %e, path = %path.display(), "cannot save lab apiserver state");
-            }
+        if let Some(path) = &self.state_file
+            && let Err(e) = save_state(&self.server, path)
+        {
+            tracing::warn!(error = %e, path = %path.display(), "cannot save lab apiserver state");
         }
     }
 }
@@ -447,9 +440,7 @@ async fn route(State(server): State<Arc<Server>>, req: Request) -> Response {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             handlers::resource_request(server.clone(), &group, &version, rest, req).await
         }
-        ["version" | "api" | "apis", ..] => {
-            ApiError::method_not_allowed(req.method().as_str()).into_response()
-        }
+        ["version" | "api" | "apis", ..] => ApiError::method_not_allowed(req.method().as_str()).into_response(),
         _ => ApiError::path_not_found().into_response(),
     }
 }

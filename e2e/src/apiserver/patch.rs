@@ -21,9 +21,7 @@ pub enum PatchError {
 /// Applies an RFC 7386 JSON merge patch.
 pub fn merge_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
     if !patch.is_object() {
-        return Err(PatchError::Malformed(
-            "a merge patch must be a JSON object".into(),
-        ));
+        return Err(PatchError::Malformed("a merge patch must be a JSON object".into()));
     }
     json_patch::merge(target, patch);
     Ok(())
@@ -50,26 +48,14 @@ pub enum ListStrategy {
 /// The strategy for the list at `path` (field names from the root, list indices omitted).
 pub fn list_strategy(path: &[&str]) -> ListStrategy {
     let field = path.last().copied().unwrap_or_default();
-    let parent = path
-        .len()
-        .checked_sub(2)
-        .map(|i| path[i])
-        .unwrap_or_default();
+    let parent = path.len().checked_sub(2).map(|i| path[i]).unwrap_or_default();
     match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "volumes"
-        | "env"
-        | "imagePullSecrets" => ListStrategy::MergeByKey("name"),
+        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => {
+            ListStrategy::MergeByKey("name")
+        }
         "volumeMounts" => ListStrategy::MergeByKey("mountPath"),
         "volumeDevices" => ListStrategy::MergeByKey("devicePath"),
-        "ports"
-            if matches!(
-                parent,
-                "containers" | "initContainers" | "ephemeralContainers"
-            ) =>
-        {
+        "ports" if matches!(parent, "containers" | "initContainers" | "ephemeralContainers") => {
             ListStrategy::MergeByKey("containerPort")
         }
         "ports" if path.len() == 2 && path[0] == "spec" => ListStrategy::MergeByKey("port"),
@@ -77,9 +63,7 @@ pub fn list_strategy(path: &[&str]) -> ListStrategy {
         "ownerReferences" => ListStrategy::MergeByKey("uid"),
         "finalizers" if parent == "metadata" => ListStrategy::Set,
         "taints" => ListStrategy::MergeByKey("key"),
-        "addresses" if parent == "status" && path.first() == Some(&"status") => {
-            ListStrategy::MergeByKey("type")
-        }
+        "addresses" if parent == "status" && path.first() == Some(&"status") => ListStrategy::MergeByKey("type"),
         "hostAliases" => ListStrategy::MergeByKey("ip"),
         "podIPs" | "hostIPs" => ListStrategy::MergeByKey("ip"),
         "containerStatuses" | "initContainerStatuses" => ListStrategy::MergeByKey("name"),
@@ -102,11 +86,7 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) -> Result<(), Pa
     merge_map(target, patch_map, &mut path)
 }
 
-fn merge_map(
-    target: &mut Value,
-    patch: &Map<String, Value>,
-    path: &mut Vec<String>,
-) -> Result<(), PatchError> {
+fn merge_map(target: &mut Value, patch: &Map<String, Value>, path: &mut Vec<String>) -> Result<(), PatchError> {
     match patch.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             let mut replaced = patch.clone();
@@ -119,9 +99,7 @@ fn merge_map(
             return Ok(());
         }
         Some(other) => {
-            return Err(PatchError::Malformed(format!(
-                "unknown patch directive {other:?}"
-            )));
+            return Err(PatchError::Malformed(format!("unknown patch directive {other:?}")));
         }
         None => {}
     }
@@ -143,19 +121,14 @@ fn merge_map(
             continue;
         }
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            let remove: Vec<&Value> = value
-                .as_array()
-                .map(|a| a.iter().collect())
-                .unwrap_or_default();
+            let remove: Vec<&Value> = value.as_array().map(|a| a.iter().collect()).unwrap_or_default();
             if let Some(Value::Array(items)) = target_map.get_mut(field) {
                 items.retain(|i| !remove.contains(&i));
             }
             continue;
         }
         if key.starts_with('$') {
-            return Err(PatchError::Malformed(format!(
-                "unknown patch directive {key:?}"
-            )));
+            return Err(PatchError::Malformed(format!("unknown patch directive {key:?}")));
         }
         if value.is_null() {
             target_map.remove(key);
@@ -173,9 +146,7 @@ fn merge_map(
             Value::Array(items) => {
                 let refs: Vec<&str> = path.iter().map(String::as_str).collect();
                 let strategy = list_strategy(&refs);
-                let slot = target_map
-                    .entry(key.clone())
-                    .or_insert(Value::Array(Vec::new()));
+                let slot = target_map.entry(key.clone()).or_insert(Value::Array(Vec::new()));
                 merge_list(slot, items, strategy, path)?;
             }
             other => {
@@ -198,11 +169,7 @@ fn merge_list(
         .iter()
         .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"));
     if replace_all || strategy == ListStrategy::Replace || !target.is_array() {
-        let items: Vec<Value> = patch
-            .iter()
-            .filter(|i| i.get("$patch").is_none())
-            .cloned()
-            .collect();
+        let items: Vec<Value> = patch.iter().filter(|i| i.get("$patch").is_none()).cloned().collect();
         *target = Value::Array(items);
         return Ok(());
     }
@@ -279,10 +246,7 @@ mod tests {
             Err(PatchError::Malformed(_))
         ));
         assert!(matches!(
-            json_patch(
-                &mut v,
-                &json!([{"op": "replace", "path": "/nope/x", "value": 1}])
-            ),
+            json_patch(&mut v, &json!([{"op": "replace", "path": "/nope/x", "value": 1}])),
             Err(PatchError::DoesNotApply(_))
         ));
         assert!(matches!(
@@ -327,10 +291,7 @@ mod tests {
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}
         })).expect("applies");
         assert_eq!(pod["metadata"]["finalizers"], json!(["a", "b"]));
-        assert_eq!(
-            pod["metadata"]["ownerReferences"].as_array().map(Vec::len),
-            Some(2)
-        );
+        assert_eq!(pod["metadata"]["ownerReferences"].as_array().map(Vec::len), Some(2));
         assert_eq!(pod["spec"]["containers"][0]["image"], "new");
         assert_eq!(
             pod["spec"]["containers"][0]["ports"][0],
@@ -357,8 +318,7 @@ mod tests {
         )
         .expect("applies");
         assert_eq!(v, json!({"spec": {"ips": ["c"], "m": {"z": 3}}}));
-        strategic_merge_patch(&mut v, &json!({"spec": {"m": {"$patch": "delete"}}}))
-            .expect("applies");
+        strategic_merge_patch(&mut v, &json!({"spec": {"m": {"$patch": "delete"}}})).expect("applies");
         assert_eq!(v, json!({"spec": {"ips": ["c"]}}));
         strategic_merge_patch(
             &mut v,

@@ -68,9 +68,7 @@ impl ResourceType {
 }
 
 /// (group, plural): the identity of a stored resource, whatever the version.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct GroupResource {
     /// API group.
     pub group: String,
@@ -117,60 +115,15 @@ fn builtin(
 /// The built-in resource types.
 pub fn builtin_types() -> Vec<ResourceType> {
     vec![
-        builtin(
-            "",
-            "v1",
-            "namespaces",
-            "Namespace",
-            false,
-            &["ns"],
-            true,
-            &[],
-        ),
+        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true, &[]),
         builtin("", "v1", "nodes", "Node", false, &["no"], true, &[]),
         builtin("", "v1", "pods", "Pod", true, &["po"], true, &["all"]),
-        builtin(
-            "",
-            "v1",
-            "services",
-            "Service",
-            true,
-            &["svc"],
-            true,
-            &["all"],
-        ),
+        builtin("", "v1", "services", "Service", true, &["svc"], true, &["all"]),
         builtin("", "v1", "events", "Event", true, &["ev"], false, &[]),
-        builtin(
-            "",
-            "v1",
-            "configmaps",
-            "ConfigMap",
-            true,
-            &["cm"],
-            false,
-            &[],
-        ),
+        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false, &[]),
         builtin("", "v1", "secrets", "Secret", true, &[], false, &[]),
-        builtin(
-            "",
-            "v1",
-            "serviceaccounts",
-            "ServiceAccount",
-            true,
-            &["sa"],
-            false,
-            &[],
-        ),
-        builtin(
-            "events.k8s.io",
-            "v1",
-            "events",
-            "Event",
-            true,
-            &["ev"],
-            false,
-            &[],
-        ),
+        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, &[]),
+        builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"], false, &[]),
         builtin(
             "discovery.k8s.io",
             "v1",
@@ -181,16 +134,7 @@ pub fn builtin_types() -> Vec<ResourceType> {
             false,
             &[],
         ),
-        builtin(
-            "coordination.k8s.io",
-            "v1",
-            "leases",
-            "Lease",
-            true,
-            &[],
-            false,
-            &[],
-        ),
+        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false, &[]),
         builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -209,12 +153,7 @@ pub fn type_from_crd(crd: &Value) -> Result<ResourceType, (String, String)> {
     let spec = crd
         .get("spec")
         .ok_or(("spec".to_string(), "Required value".to_string()))?;
-    let s = |p: &str| {
-        spec.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let s = |p: &str| spec.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
     let group = s("/group");
     let plural = s("/names/plural");
     let kind = s("/names/kind");
@@ -262,11 +201,7 @@ pub fn type_from_crd(crd: &Value) -> Result<ResourceType, (String, String)> {
         .iter()
         .filter(|v| v["storage"].as_bool() == Some(true))
         .collect();
-    ordered.extend(
-        versions
-            .iter()
-            .filter(|v| v["storage"].as_bool() != Some(true)),
-    );
+    ordered.extend(versions.iter().filter(|v| v["storage"].as_bool() != Some(true)));
     let served: Vec<&Value> = ordered
         .into_iter()
         .filter(|v| v["served"].as_bool().unwrap_or(true))
@@ -294,11 +229,7 @@ pub fn type_from_crd(crd: &Value) -> Result<ResourceType, (String, String)> {
     let list = |p: &str| -> Vec<String> {
         spec.pointer(p)
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
             .unwrap_or_default()
     };
     let singular = s("/names/singular");
@@ -344,9 +275,9 @@ impl Registry {
 
     /// The type served at `/…/{group}/{version}/{plural}`.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
-        self.types.iter().find(|t| {
-            t.group == group && t.plural == plural && t.versions.iter().any(|v| v == version)
-        })
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.plural == plural && t.versions.iter().any(|v| v == version))
     }
 
     /// Every type.
@@ -376,25 +307,18 @@ impl Registry {
 
     /// `/apis`: APIGroupList.
     pub fn api_group_list(&self) -> Value {
-        let groups: Vec<Value> = self
-            .groups()
-            .iter()
-            .map(|(g, vs)| api_group(g, vs))
-            .collect();
+        let groups: Vec<Value> = self.groups().iter().map(|(g, vs)| api_group(g, vs)).collect();
         json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups })
     }
 
     /// `/apis/{group}`: APIGroup, if the group exists.
     pub fn api_group(&self, group: &str) -> Option<Value> {
-        self.groups()
-            .into_iter()
-            .find(|(g, _)| g == group)
-            .map(|(g, vs)| {
-                let mut doc = api_group(&g, &vs);
-                doc["kind"] = json!("APIGroup");
-                doc["apiVersion"] = json!("v1");
-                doc
-            })
+        self.groups().into_iter().find(|(g, _)| g == group).map(|(g, vs)| {
+            let mut doc = api_group(&g, &vs);
+            doc["kind"] = json!("APIGroup");
+            doc["apiVersion"] = json!("v1");
+            doc
+        })
     }
 
     /// `/api/v1` or `/apis/{group}/{version}`: APIResourceList, if served.
@@ -438,9 +362,7 @@ impl Registry {
         } else {
             format!("{group}/{version}")
         };
-        Some(
-            json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources }),
-        )
+        Some(json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources }))
     }
 }
 
@@ -469,9 +391,7 @@ impl Registry {
             } else {
                 format!("apis/{group}/{version}")
             };
-            let doc = self
-                .openapi_v3_group_version(&group, &version)
-                .unwrap_or_default();
+            let doc = self.openapi_v3_group_version(&group, &version).unwrap_or_default();
             let hash = fnv1a(doc.to_string().as_bytes());
             paths.insert(
                 key.clone(),
@@ -523,7 +443,10 @@ impl Registry {
                     "x-kubernetes-group-version-kind": gvk,
                 })
             };
-            paths.insert(format!("{collection}/{{name}}"), json!({ "get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete") }));
+            paths.insert(
+                format!("{collection}/{{name}}"),
+                json!({ "get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete") }),
+            );
             paths.insert(collection, json!({ "get": op("list"), "post": op("post") }));
         }
         Some(json!({
@@ -596,9 +519,6 @@ mod tests {
     fn crd_name_must_match() {
         let mut bad = crd();
         bad["metadata"]["name"] = json!("wrong");
-        assert_eq!(
-            type_from_crd(&bad).map_err(|e| e.0),
-            Err("metadata.name".to_string())
-        );
+        assert_eq!(type_from_crd(&bad).map_err(|e| e.0), Err("metadata.name".to_string()));
     }
 }

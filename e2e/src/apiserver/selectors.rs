@@ -62,9 +62,7 @@ impl LabelSelector {
     pub fn from_map(map: &serde_json::Map<String, Value>) -> Self {
         Self(
             map.iter()
-                .map(|(k, v)| {
-                    LabelRequirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string())
-                })
+                .map(|(k, v)| LabelRequirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()))
                 .collect(),
         )
     }
@@ -110,9 +108,7 @@ fn checked_key(key: &str, term: &str) -> Result<String, SelectorError> {
     if valid_key(key) {
         Ok(key.to_string())
     } else {
-        Err(SelectorError(format!(
-            "invalid label key {key:?} in {term:?}"
-        )))
+        Err(SelectorError(format!("invalid label key {key:?} in {term:?}")))
     }
 }
 
@@ -121,9 +117,7 @@ fn checked_value(value: &str, term: &str) -> Result<String, SelectorError> {
     if valid_value(value) {
         Ok(value.to_string())
     } else {
-        Err(SelectorError(format!(
-            "invalid label value {value:?} in {term:?}"
-        )))
+        Err(SelectorError(format!("invalid label value {value:?} in {term:?}")))
     }
 }
 
@@ -138,16 +132,10 @@ fn parse_label_term(term: &str) -> Result<LabelRequirement, SelectorError> {
         ));
     }
     if let Some((k, v)) = term.split_once("==") {
-        return Ok(LabelRequirement::Equals(
-            checked_key(k, term)?,
-            checked_value(v, term)?,
-        ));
+        return Ok(LabelRequirement::Equals(checked_key(k, term)?, checked_value(v, term)?));
     }
     if let Some((k, v)) = term.split_once('=') {
-        return Ok(LabelRequirement::Equals(
-            checked_key(k, term)?,
-            checked_value(v, term)?,
-        ));
+        return Ok(LabelRequirement::Equals(checked_key(k, term)?, checked_value(v, term)?));
     }
     if let Some(open) = term.find('(') {
         let close = term
@@ -164,9 +152,7 @@ fn parse_label_term(term: &str) -> Result<LabelRequirement, SelectorError> {
         return match head.as_slice() {
             [key, "in"] => Ok(LabelRequirement::In(checked_key(key, term)?, values)),
             [key, "notin"] => Ok(LabelRequirement::NotIn(checked_key(key, term)?, values)),
-            _ => Err(SelectorError(format!(
-                "expected 'in' or 'notin' in {term:?}"
-            ))),
+            _ => Err(SelectorError(format!("expected 'in' or 'notin' in {term:?}"))),
         };
     }
     if term.split_whitespace().count() == 1 {
@@ -202,9 +188,7 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once('=') {
                 (f, v, false)
             } else {
-                return Err(SelectorError(format!(
-                    "invalid field selector term {term:?}"
-                )));
+                return Err(SelectorError(format!("invalid field selector term {term:?}")));
             };
             requirements.push(FieldRequirement {
                 field: field.trim().to_string(),
@@ -217,10 +201,7 @@ impl FieldSelector {
 
     /// The fields this selector uses that `supported` does not allow, if any.
     pub fn unsupported_fields<'a>(&'a self, supported: &dyn Fn(&str) -> bool) -> Option<&'a str> {
-        self.0
-            .iter()
-            .map(|r| r.field.as_str())
-            .find(|f| !supported(f))
+        self.0.iter().map(|r| r.field.as_str()).find(|f| !supported(f))
     }
 
     /// Whether `object` satisfies every requirement. A missing field compares as "".
@@ -268,12 +249,10 @@ pub fn field_supported(group: &str, resource: &str, field: &str) -> bool {
                 | "status.nominatedNodeName"
         ),
         ("", "events") => {
-            field.starts_with("involvedObject.")
-                || matches!(field, "reason" | "reportingComponent" | "source" | "type")
+            field.starts_with("involvedObject.") || matches!(field, "reason" | "reportingComponent" | "source" | "type")
         }
         ("events.k8s.io", "events") => {
-            field.starts_with("regarding.")
-                || matches!(field, "reason" | "reportingController" | "type")
+            field.starts_with("regarding.") || matches!(field, "reason" | "reportingController" | "type")
         }
         ("", "nodes") => field == "spec.unschedulable",
         ("", "namespaces") => field == "status.phase",
@@ -337,10 +316,6 @@ mod tests {
         assert!(field_supported("", "pods", "spec.nodeName"));
         assert!(field_supported("", "events", "involvedObject.name"));
         assert!(!field_supported("", "services", "spec.nodeName"));
-        assert!(field_supported(
-            "herald.io",
-            "servicel2statuses",
-            "metadata.name"
-        ));
+        assert!(field_supported("herald.io", "servicel2statuses", "metadata.name"));
     }
 }

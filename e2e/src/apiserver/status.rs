@@ -94,17 +94,11 @@ impl ApiError {
     /// 404 NotFound for a named object of `resource` in `group`.
     pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
         let gr = group_resource(group, resource);
-        Self::new(404, "NotFound", format!("{gr} \"{name}\" not found"))
-            .with_details(group, resource, name)
+        Self::new(404, "NotFound", format!("{gr} \"{name}\" not found")).with_details(group, resource, name)
     }
     /// 404 NotFound for a path that serves nothing.
     pub fn path_not_found() -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
-        .with_details("", "", "")
+        Self::new(404, "NotFound", "the server could not find the requested resource").with_details("", "", "")
     }
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed(method: &str) -> Self {
@@ -117,12 +111,7 @@ impl ApiError {
     /// 409 AlreadyExists.
     pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
         let gr = group_resource(group, resource);
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!("{gr} \"{name}\" already exists"),
-        )
-        .with_details(group, resource, name)
+        Self::new(409, "AlreadyExists", format!("{gr} \"{name}\" already exists")).with_details(group, resource, name)
     }
     /// 409 Conflict on a stale `resourceVersion` (optimistic concurrency).
     pub fn conflict(group: &str, resource: &str, name: &str) -> Self {
@@ -135,12 +124,7 @@ impl ApiError {
         .with_details(group, resource, name)
     }
     /// 409 Conflict from server-side apply, one cause per conflicting field.
-    pub fn apply_conflict(
-        group: &str,
-        resource: &str,
-        name: &str,
-        conflicts: &[(String, String)],
-    ) -> Self {
+    pub fn apply_conflict(group: &str, resource: &str, name: &str, conflicts: &[(String, String)]) -> Self {
         let listing: Vec<String> = conflicts
             .iter()
             .map(|(manager, field)| format!("conflict with \"{manager}\": {field}"))
@@ -176,10 +160,7 @@ impl ApiError {
         } else {
             format!("{kind}.{group}")
         };
-        let summary: Vec<String> = causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect();
+        let summary: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
         let mut err = Self::new(
             422,
             "Invalid",
@@ -244,12 +225,7 @@ impl IntoResponse for ApiError {
 /// A JSON response with the given code.
 pub fn json_response(code: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    (
-        code,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        bytes,
-    )
-        .into_response()
+    (code, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
 /// Shorthand for handler results.

@@ -68,6 +68,10 @@ pub struct TooOld {
     pub oldest: u64,
 }
 
+/// A resumed watch: past changes newer than the requested version, a receiver for
+/// what follows, and the current version.
+pub type Resumed = (Vec<Arc<StoredEvent>>, broadcast::Receiver<Arc<StoredEvent>>, u64);
+
 /// Contents of a state file.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -178,11 +182,7 @@ impl Store {
     }
 
     /// All objects of `resource` (in `namespace` if given) in key order, with the current RV.
-    pub fn list(
-        &self,
-        resource: &GroupResource,
-        namespace: Option<&str>,
-    ) -> (Vec<Arc<Value>>, u64) {
+    pub fn list(&self, resource: &GroupResource, namespace: Option<&str>) -> (Vec<Arc<Value>>, u64) {
         let inner = self.lock();
         let items = match inner.objects.get(resource) {
             None => Vec::new(),
@@ -249,18 +249,10 @@ impl Store {
     }
 
     /// Stores a new object; sets its resourceVersion.
-    pub fn create(
-        &self,
-        resource: &GroupResource,
-        mut object: Value,
-    ) -> Result<Arc<Value>, StoreError> {
+    pub fn create(&self, resource: &GroupResource, mut object: Value) -> Result<Arc<Value>, StoreError> {
         let key = object_key(&object);
         let mut inner = self.lock();
-        if inner
-            .objects
-            .get(resource)
-            .is_some_and(|m| m.contains_key(&key))
-        {
+        if inner.objects.get(resource).is_some_and(|m| m.contains_key(&key)) {
             return Err(StoreError::AlreadyExists);
         }
         inner.rv += 1;
@@ -337,31 +329,14 @@ impl Store {
         let mut last = (*previous).clone();
         set_rv(&mut last, inner.rv);
         let last = Arc::new(last);
-        self.record(
-            &mut inner,
-            resource,
-            EventType::Deleted,
-            last.clone(),
-            Some(previous),
-        );
+        self.record(&mut inner, resource, EventType::Deleted, last.clone(), Some(previous));
         Ok(last)
     }
 
     /// For a watch resuming after `since`: the recorded changes of `resource` newer than it,
     /// and a receiver for everything after them. Both are taken under the lock, so nothing
     /// is missed or repeated.
-    pub fn resume(
-        &self,
-        resource: &GroupResource,
-        since: u64,
-    ) -> Result<
-        (
-            Vec<Arc<StoredEvent>>,
-            broadcast::Receiver<Arc<StoredEvent>>,
-            u64,
-        ),
-        TooOld,
-    > {
+    pub fn resume(&self, resource: &GroupResource, since: u64) -> Result<Resumed, TooOld> {
         let inner = self.lock();
         if since < inner.oldest_resumable {
             return Err(TooOld {
@@ -477,9 +452,7 @@ mod tests {
             store.create(&gr, obj(&format!("o{i}"))).expect("created");
         }
         assert!(store.resume(&gr, start).is_err());
-        let (past, _, _) = store
-            .resume(&gr, store.current_rv() - 2)
-            .expect("recent is resumable");
+        let (past, _, _) = store.resume(&gr, store.current_rv() - 2).expect("recent is resumable");
         assert_eq!(past.len(), 2);
         store.compact();
         assert!(store.resume(&gr, store.current_rv() - 1).is_err());

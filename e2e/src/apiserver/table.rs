@@ -19,11 +19,7 @@ pub fn eval_json_path(object: &Value, path: &str) -> Option<Value> {
     let path = path.trim().trim_start_matches('{').trim_end_matches('}');
     let mut current: Vec<&Value> = vec![object];
     let mut many = false;
-    for segment in path
-        .trim_start_matches('.')
-        .split('.')
-        .filter(|s| !s.is_empty())
-    {
+    for segment in path.trim_start_matches('.').split('.').filter(|s| !s.is_empty()) {
         let (field, indexes) = match segment.find('[') {
             Some(i) => (&segment[..i], &segment[i..]),
             None => (segment, ""),
@@ -35,11 +31,7 @@ pub fn eval_json_path(object: &Value, path: &str) -> Option<Value> {
             let index = index.trim_end_matches(']');
             current = if index == "*" {
                 many = true;
-                current
-                    .into_iter()
-                    .filter_map(Value::as_array)
-                    .flatten()
-                    .collect()
+                current.into_iter().filter_map(Value::as_array).flatten().collect()
             } else {
                 let i: usize = index.parse().ok()?;
                 current.into_iter().filter_map(|v| v.get(i)).collect()
@@ -86,17 +78,10 @@ fn age_cell(o: &Value, now: DateTime<Utc>) -> Value {
     ))
 }
 fn str_at(o: &Value, p: &str) -> String {
-    o.pointer(p)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+    o.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string()
 }
 fn or_none(s: String) -> Value {
-    json!(if s.is_empty() {
-        "<none>".to_string()
-    } else {
-        s
-    })
+    json!(if s.is_empty() { "<none>".to_string() } else { s })
 }
 
 fn builtin_columns(group: &str, resource: &str) -> Vec<Column> {
@@ -137,12 +122,7 @@ fn builtin_columns(group: &str, resource: &str) -> Vec<Column> {
                         .and_then(Value::as_array)
                         .map(|a| {
                             a.iter()
-                                .filter_map(|i| {
-                                    i["ip"]
-                                        .as_str()
-                                        .or(i["hostname"].as_str())
-                                        .map(str::to_string)
-                                })
+                                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()).map(str::to_string))
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -215,13 +195,7 @@ fn builtin_columns(group: &str, resource: &str) -> Vec<Column> {
                         .pointer("/status/conditions")
                         .and_then(Value::as_array)
                         .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-                        .map(|c| {
-                            if c["status"] == "True" {
-                                "Ready"
-                            } else {
-                                "NotReady"
-                            }
-                        });
+                        .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" });
                     json!(ready.unwrap_or("Unknown"))
                 },
             });
@@ -316,16 +290,13 @@ pub fn table(
         (defs, rows)
     } else {
         let cols = builtin_columns(&rt.group, &rt.plural);
-        let defs = cols.iter().map(|c| json!({"name": c.name, "type": c.type_, "format": c.format, "description": "", "priority": 0})).collect();
+        let defs = cols
+            .iter()
+            .map(|c| json!({"name": c.name, "type": c.type_, "format": c.format, "description": "", "priority": 0}))
+            .collect();
         let rows = objects
             .iter()
-            .map(|o| {
-                row(
-                    cols.iter().map(|c| (c.cell)(o, now)).collect(),
-                    o,
-                    include_object,
-                )
-            })
+            .map(|o| row(cols.iter().map(|c| (c.cell)(o, now)).collect(), o, include_object))
             .collect();
         (defs, rows)
     };

@@ -21,6 +21,14 @@ use super::store::{EventType, StoredEvent};
 use super::table;
 use super::{Server, wait_until_clear, wait_until_set};
 
+/// Initial events, live receiver, version reached, whether to mark the end of initial events.
+type WatchStart = (
+    Vec<(&'static str, Arc<Value>)>,
+    broadcast::Receiver<Arc<StoredEvent>>,
+    u64,
+    bool,
+);
+
 struct Filter {
     namespace: Option<String>,
     labels: LabelSelector,
@@ -29,15 +37,14 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, object: &Value) -> bool {
-        if let Some(ns) = &self.namespace {
-            if object
+        if let Some(ns) = &self.namespace
+            && object
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 != ns
-            {
-                return false;
-            }
+        {
+            return false;
         }
         self.labels.matches(object.pointer("/metadata/labels")) && self.fields.matches(object)
     }
@@ -80,8 +87,7 @@ impl Encoder {
         } else {
             object
         };
-        let mut bytes =
-            serde_json::to_vec(&json!({ "type": type_, "object": object })).unwrap_or_default();
+        let mut bytes = serde_json::to_vec(&json!({ "type": type_, "object": object })).unwrap_or_default();
         bytes.push(b'\n');
         Bytes::from(bytes)
     }
@@ -92,16 +98,14 @@ impl Encoder {
             metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
         }
         let object = json!({ "kind": self.target.rt.kind, "apiVersion": self.target.rt.api_version(&self.target.version), "metadata": metadata });
-        let mut bytes = serde_json::to_vec(&json!({ "type": "BOOKMARK", "object": object }))
-            .unwrap_or_default();
+        let mut bytes = serde_json::to_vec(&json!({ "type": "BOOKMARK", "object": object })).unwrap_or_default();
         bytes.push(b'\n');
         Bytes::from(bytes)
     }
 }
 
 fn error_line(err: &ApiError) -> Bytes {
-    let mut bytes = serde_json::to_vec(&json!({ "type": "ERROR", "object": err.to_status() }))
-        .unwrap_or_default();
+    let mut bytes = serde_json::to_vec(&json!({ "type": "ERROR", "object": err.to_status() })).unwrap_or_default();
     bytes.push(b'\n');
     Bytes::from(bytes)
 }
@@ -138,8 +142,7 @@ pub(crate) async fn watch(
         other => match other.parse() {
             Ok(v) => Some(v),
             Err(_) => {
-                return ApiError::bad_request(format!("invalid resourceVersion {other:?}"))
-                    .into_response();
+                return ApiError::bad_request(format!("invalid resourceVersion {other:?}")).into_response();
             }
         },
     };
@@ -147,15 +150,12 @@ pub(crate) async fn watch(
         Some(t) => match t.parse::<u64>() {
             Ok(s) => Duration::from_secs(s),
             Err(_) => {
-                return ApiError::bad_request(format!("invalid timeoutSeconds {t:?}"))
-                    .into_response();
+                return ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")).into_response();
             }
         },
         None => Duration::from_secs(1800),
     };
-    let bookmarks = query
-        .get("allowWatchBookmarks")
-        .is_some_and(|b| b == "true");
+    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let send_initial = query.get("sendInitialEvents").is_some_and(|b| b == "true");
     let filter = Filter {
         namespace: target.namespace.clone(),
@@ -182,12 +182,7 @@ pub(crate) async fn watch(
         }
         epoch.mark_unchanged();
         let gr = target.rt.key();
-        let (initial, mut live, mut last_rv, initial_end): (
-            Vec<(&'static str, Arc<Value>)>,
-            broadcast::Receiver<Arc<StoredEvent>>,
-            u64,
-            bool,
-        ) = match since {
+        let (initial, mut live, mut last_rv, initial_end): WatchStart = match since {
             Some(rv) if !send_initial => match server.store.resume(&gr, rv) {
                 Ok((past, live, current)) => (
                     past.iter().filter_map(|e| filter.translate(e)).collect(),
@@ -223,10 +218,7 @@ pub(crate) async fn watch(
             return;
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut ticker = tokio::time::interval_at(
-            tokio::time::Instant::now() + bookmark_interval,
-            bookmark_interval,
-        );
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + bookmark_interval, bookmark_interval);
         loop {
             tokio::select! {
                 received = live.recv() => match received {
@@ -238,11 +230,10 @@ pub(crate) async fn watch(
                         if event.resource != gr {
                             continue;
                         }
-                        if let Some((type_, object)) = filter.translate(&event) {
-                            if tx.send(encoder.line(type_, &object)).await.is_err() {
+                        if let Some((type_, object)) = filter.translate(&event)
+                            && tx.send(encoder.line(type_, &object)).await.is_err() {
                                 return;
                             }
-                        }
                     }
                     // Too slow to keep up: end the watch; the client resumes or relists.
                     Err(_) => return,
