@@ -1,0 +1,232 @@
+//! Which network interfaces announce: the links the host has ([`InterfaceSource`]), the
+//! default selection rules, and the per-IP narrowing by an `L2Advertisement`'s `interfaces`.
+//!
+//! Invariant: an explicitly named interface (the announcer's `interfaces` setting or an IP's
+//! own list) wins over the default exclusions, because in labs and some CNIs the only path to
+//! the L2 segment is a veth. Being up, running (carrier) and broadcast-capable is always
+//! required: announcing from a NIC that is down keeps traffic away from a live node.
+
+use std::io;
+use std::path::Path;
+
+use super::frame::MacAddr;
+
+/// Name patterns excluded by default: container, CNI, tunnel and loopback devices. A trailing
+/// `*` matches any suffix; otherwise the name must be equal.
+pub const DEFAULT_EXCLUDED_INTERFACES: &[&str] = &[
+    "lo",
+    "veth*",
+    "docker*",
+    "cni*",
+    "lxc*",
+    "cali*",
+    "flannel*",
+    "kube-ipvs*",
+    "kube-bridge*",
+    "cilium*",
+    "vxlan*",
+    "tunl*",
+    "tun*",
+    "tap*",
+    "wg*",
+    "genev*",
+    "nodelocaldns*",
+    "virbr*",
+    "weave*",
+];
+
+/// One network interface as the announcer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub name: String,
+    pub index: u32,
+    pub mac: Option<MacAddr>,
+    pub up: bool,
+    /// The lower layer is up (carrier); a link that is up without carrier cannot announce.
+    pub running: bool,
+    pub broadcast: bool,
+    pub loopback: bool,
+    /// Enslaved to a bond or bridge: frames are handled by the master, announce there.
+    pub has_master: bool,
+}
+
+impl LinkInfo {
+    /// Whether frames can be announced on this link at all.
+    pub fn can_announce(&self) -> bool {
+        self.up && self.running && self.broadcast && !self.loopback && self.mac.is_some_and(|mac| mac != MacAddr::ZERO)
+    }
+}
+
+/// Lists the host's network interfaces (side effect behind a trait so tests use a fake).
+pub trait InterfaceSource: Send + Sync {
+    fn links(&self) -> io::Result<Vec<LinkInfo>>;
+}
+
+/// How the node-wide set of announcing interfaces is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfacePolicy {
+    /// When set, exactly these interfaces (if they can announce), exclusions notwithstanding.
+    pub explicit: Option<Vec<String>>,
+    /// Patterns ([`DEFAULT_EXCLUDED_INTERFACES`] syntax) left out of the default selection.
+    pub excluded: Vec<String>,
+}
+
+impl Default for InterfacePolicy {
+    fn default() -> Self {
+        InterfacePolicy {
+            explicit: None,
+            excluded: DEFAULT_EXCLUDED_INTERFACES
+                .iter()
+                .map(|pattern| pattern.to_string())
+                .collect(),
+        }
+    }
+}
+
+impl InterfacePolicy {
+    /// The node-wide announcing interfaces among `links`, sorted by name.
+    pub fn usable<'a>(&self, links: &'a [LinkInfo]) -> Vec<&'a LinkInfo> {
+        let mut usable: Vec<&LinkInfo> = links
+            .iter()
+            .filter(|link| link.can_announce())
+            .filter(|link| match &self.explicit {
+                Some(names) => names.contains(&link.name),
+                None => !link.has_master && !self.is_excluded(&link.name),
+            })
+            .collect();
+        usable.sort_by(|a, b| a.name.cmp(&b.name));
+        usable
+    }
+
+    fn is_excluded(&self, name: &str) -> bool {
+        self.excluded.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == pattern,
+        })
+    }
+}
+
+/// The interfaces one IP is announced on: the node-wide set, or, when the IP's advertisement
+/// names interfaces, those of them that can announce (even if excluded by default).
+pub fn interfaces_for_ip(links: &[LinkInfo], usable: &[&LinkInfo], only: Option<&[String]>) -> Vec<String> {
+    match only {
+        None => usable.iter().map(|link| link.name.clone()).collect(),
+        Some(names) => {
+            let mut chosen: Vec<String> = links
+                .iter()
+                .filter(|link| link.can_announce() && names.contains(&link.name))
+                .map(|link| link.name.clone())
+                .collect();
+            chosen.sort();
+            chosen
+        }
+    }
+}
+
+/// The host's interfaces from pnet (getifaddrs, so it follows the caller's network
+/// namespace) plus `/sys/class/net/<name>/master` for bond and bridge membership.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemInterfaces;
+
+// Linux `IFF_*` interface flags as reported by getifaddrs.
+const IFF_UP: u32 = 0x1;
+const IFF_BROADCAST: u32 = 0x2;
+const IFF_LOOPBACK: u32 = 0x8;
+const IFF_RUNNING: u32 = 0x40;
+
+impl InterfaceSource for SystemInterfaces {
+    fn links(&self) -> io::Result<Vec<LinkInfo>> {
+        Ok(pnet_datalink::interfaces()
+            .into_iter()
+            .map(|interface| {
+                let flags = interface.flags;
+                LinkInfo {
+                    has_master: Path::new("/sys/class/net")
+                        .join(&interface.name)
+                        .join("master")
+                        .exists(),
+                    mac: interface.mac.map(|mac| MacAddr(mac.octets())),
+                    name: interface.name,
+                    index: interface.index,
+                    up: flags & IFF_UP != 0,
+                    running: flags & IFF_RUNNING != 0,
+                    broadcast: flags & IFF_BROADCAST != 0,
+                    loopback: flags & IFF_LOOPBACK != 0,
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(name: &str, index: u32) -> LinkInfo {
+        LinkInfo {
+            name: name.to_string(),
+            index,
+            mac: Some(MacAddr([2, 0, 0, 0, 0, index as u8])),
+            up: true,
+            running: true,
+            broadcast: true,
+            loopback: false,
+            has_master: false,
+        }
+    }
+
+    fn names(links: &[&LinkInfo]) -> Vec<String> {
+        links.iter().map(|link| link.name.clone()).collect()
+    }
+
+    #[test]
+    fn default_selection_skips_container_devices_members_and_dead_links() {
+        let mut links = vec![
+            link("eth0", 2),
+            link("veth1234", 3),
+            link("cali99", 4),
+            link("cni0", 5),
+            link("kube-ipvs0", 6),
+            link("bond0", 7),
+            link("ens3", 8),
+            link("ens4", 9),
+            link("ens5", 10),
+            link("lo", 1),
+            link("ens6", 11),
+        ];
+        links[7].has_master = true; // ens4 enslaved to bond0
+        links[8].running = false; // ens5 has no carrier
+        links[9].loopback = true;
+        links[10].up = false;
+        let usable = InterfacePolicy::default().usable(&links);
+        assert_eq!(names(&usable), ["bond0", "ens3", "eth0"]);
+    }
+
+    #[test]
+    fn explicit_list_wins_over_exclusions_but_not_over_link_state() {
+        let mut links = vec![link("eth0", 2), link("veth-a", 3), link("veth-b", 4)];
+        links[2].up = false;
+        let policy = InterfacePolicy {
+            explicit: Some(vec!["veth-a".into(), "veth-b".into(), "missing".into()]),
+            ..InterfacePolicy::default()
+        };
+        assert_eq!(names(&policy.usable(&links)), ["veth-a"]);
+    }
+
+    #[test]
+    fn per_ip_list_narrows_or_reaches_excluded_links() {
+        let links = vec![link("eth0", 2), link("eth1", 3), link("veth-a", 4)];
+        let usable = InterfacePolicy::default().usable(&links);
+        assert_eq!(interfaces_for_ip(&links, &usable, None), ["eth0", "eth1"]);
+        let only = vec!["eth1".to_string()];
+        assert_eq!(interfaces_for_ip(&links, &usable, Some(&only)), ["eth1"]);
+        let only = vec!["veth-a".to_string(), "gone".to_string()];
+        assert_eq!(interfaces_for_ip(&links, &usable, Some(&only)), ["veth-a"]);
+    }
+
+    #[test]
+    fn exact_patterns_do_not_match_prefixes() {
+        let links = vec![link("lom1", 2)];
+        assert_eq!(names(&InterfacePolicy::default().usable(&links)), ["lom1"]);
+    }
+}

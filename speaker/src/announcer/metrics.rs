@@ -1,0 +1,128 @@
+//! Prometheus counters of the layer-2 announcer: per IP requests received, responses sent and
+//! gratuitous announcements sent, and dropped frames by reason.
+
+use std::net::IpAddr;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IpLabels {
+    ip: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: String,
+}
+
+/// The announcer's counters; clones share the same values.
+#[derive(Debug, Clone, Default)]
+pub struct AnnouncerMetrics {
+    requests_received: Family<IpLabels, Counter>,
+    responses_sent: Family<IpLabels, Counter>,
+    gratuitous_sent: Family<IpLabels, Counter>,
+    dropped_frames: Family<DropLabels, Counter>,
+}
+
+fn ip_labels(ip: IpAddr) -> IpLabels {
+    IpLabels { ip: ip.to_string() }
+}
+
+impl AnnouncerMetrics {
+    /// Registers the counters as `herald_layer2_*`, next to the speaker's other metrics.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("herald_layer2");
+        registry.register(
+            "requests_received",
+            "ARP requests and Neighbor Solicitations received for an announced IP",
+            self.requests_received.clone(),
+        );
+        registry.register(
+            "responses_sent",
+            "ARP replies and solicited Neighbor Advertisements sent for an announced IP",
+            self.responses_sent.clone(),
+        );
+        registry.register(
+            "gratuitous_sent",
+            "Gratuitous ARP requests and unsolicited Neighbor Advertisements sent",
+            self.gratuitous_sent.clone(),
+        );
+        registry.register(
+            "dropped_frames",
+            "Malformed or hostile ARP/NDP frames dropped, by reason",
+            self.dropped_frames.clone(),
+        );
+    }
+
+    pub(crate) fn request_received(&self, ip: IpAddr) {
+        self.requests_received.get_or_create(&ip_labels(ip)).inc();
+    }
+
+    pub(crate) fn response_sent(&self, ip: IpAddr) {
+        self.responses_sent.get_or_create(&ip_labels(ip)).inc();
+    }
+
+    pub(crate) fn gratuitous(&self, ip: IpAddr) {
+        self.gratuitous_sent.get_or_create(&ip_labels(ip)).inc();
+    }
+
+    pub(crate) fn dropped(&self, reason: &'static str) {
+        self.dropped_frames
+            .get_or_create(&DropLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Requests received for `ip` so far.
+    pub fn requests_received_for(&self, ip: IpAddr) -> u64 {
+        self.requests_received.get_or_create(&ip_labels(ip)).get()
+    }
+
+    /// Responses sent for `ip` so far.
+    pub fn responses_sent_for(&self, ip: IpAddr) -> u64 {
+        self.responses_sent.get_or_create(&ip_labels(ip)).get()
+    }
+
+    /// Gratuitous announcements sent for `ip` so far (one per frame per interface).
+    pub fn gratuitous_sent_for(&self, ip: IpAddr) -> u64 {
+        self.gratuitous_sent.get_or_create(&ip_labels(ip)).get()
+    }
+
+    /// Frames dropped so far with `reason` (a [`super::FrameError::reason`] label).
+    pub fn dropped_frames_for(&self, reason: &str) -> u64 {
+        self.dropped_frames
+            .get_or_create(&DropLabels {
+                reason: reason.to_string(),
+            })
+            .get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_encoded_with_prefix_and_labels() {
+        let metrics = AnnouncerMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let ip: IpAddr = "10.203.0.100".parse().unwrap();
+        metrics.request_received(ip);
+        metrics.response_sent(ip);
+        metrics.gratuitous(ip);
+        metrics.dropped("bad_checksum");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"herald_layer2_requests_received_total{ip="10.203.0.100"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"herald_layer2_dropped_frames_total{reason="bad_checksum"} 1"#));
+        assert_eq!(metrics.gratuitous_sent_for(ip), 1);
+    }
+}

@@ -1,0 +1,327 @@
+//! The running announcer on in-memory links: interface selection and changes, answering and
+//! not answering, the gratuitous schedule, multicast membership, metrics and shutdown.
+//! No root needed.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_speaker::announcer::fake::{FakeInterfaces, FakeMulticast, FakeNetwork, SentFrame};
+use herald_speaker::announcer::ndp::{self, NdpFrame, NdpMessage};
+use herald_speaker::announcer::{
+    AnnounceSchedule, AnnounceTarget, Announcer, AnnouncerConfig, Backends, InterfacePolicy, LinkInfo, MacAddr, arp,
+};
+
+const CLIENT_MAC: MacAddr = MacAddr([0x02, 0xcc, 0, 0, 0, 1]);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 100);
+
+fn link(name: &str, index: u32) -> LinkInfo {
+    LinkInfo {
+        name: name.to_string(),
+        index,
+        mac: Some(mac_of(index)),
+        up: true,
+        running: true,
+        broadcast: true,
+        loopback: false,
+        has_master: false,
+    }
+}
+
+fn mac_of(index: u32) -> MacAddr {
+    MacAddr([0x02, 0xaa, 0, 0, 0, index as u8])
+}
+
+fn vip6() -> Ipv6Addr {
+    "fd00:203::64".parse().unwrap()
+}
+
+struct Lab {
+    interfaces: FakeInterfaces,
+    network: FakeNetwork,
+    multicast: FakeMulticast,
+    announcer: Announcer,
+}
+
+fn fast_config() -> AnnouncerConfig {
+    AnnouncerConfig {
+        schedule: AnnounceSchedule {
+            burst: vec![Duration::ZERO, Duration::from_millis(40), Duration::from_millis(80)],
+            periodic: None,
+        },
+        interface_poll_interval: Duration::from_millis(20),
+        read_timeout: Duration::from_millis(10),
+        ..AnnouncerConfig::default()
+    }
+}
+
+fn lab_with(links: Vec<LinkInfo>, config: AnnouncerConfig, network: FakeNetwork) -> Lab {
+    let interfaces = FakeInterfaces::new(links);
+    let multicast = FakeMulticast::default();
+    let announcer = Announcer::start_with(
+        config,
+        Backends {
+            interfaces: Arc::new(interfaces.clone()),
+            links: Arc::new(network.clone()),
+            multicast: Box::new(multicast.clone()),
+        },
+    )
+    .expect("start");
+    Lab {
+        interfaces,
+        network,
+        multicast,
+        announcer,
+    }
+}
+
+fn lab(links: Vec<LinkInfo>) -> Lab {
+    lab_with(links, fast_config(), FakeNetwork::default())
+}
+
+fn own(ips: &[(IpAddr, Option<&[&str]>)]) -> BTreeMap<IpAddr, AnnounceTarget> {
+    ips.iter()
+        .map(|(ip, only)| {
+            let interfaces = only.map(|names| names.iter().map(|name| name.to_string()).collect());
+            (*ip, AnnounceTarget { interfaces })
+        })
+        .collect()
+}
+
+fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+    arp::build(&arp::ArpFrame {
+        ethernet_destination: MacAddr::BROADCAST,
+        ethernet_source: CLIENT_MAC,
+        operation: arp::OP_REQUEST,
+        sender_mac: CLIENT_MAC,
+        sender_ip: Ipv4Addr::new(10, 203, 0, 1),
+        target_mac: MacAddr::ZERO,
+        target_ip: target,
+    })
+}
+
+fn solicitation(target: Ipv6Addr) -> Vec<u8> {
+    ndp::build(&NdpFrame {
+        ethernet_destination: ndp::multicast_mac(ndp::solicited_node_group(target)),
+        ethernet_source: CLIENT_MAC,
+        source_ip: "fd00:203::1".parse().unwrap(),
+        destination_ip: ndp::solicited_node_group(target),
+        hop_limit: 255,
+        message: NdpMessage::Solicitation {
+            target,
+            source_link_layer: Some(CLIENT_MAC),
+        },
+    })
+}
+
+/// Replies (not gratuitous frames) among `sent`.
+fn arp_replies(sent: &[SentFrame]) -> Vec<(String, arp::ArpFrame)> {
+    sent.iter()
+        .filter_map(|frame| {
+            let parsed = arp::parse(&frame.frame).ok()?;
+            (parsed.operation == arp::OP_REPLY).then(|| (frame.link.clone(), parsed))
+        })
+        .collect()
+}
+
+/// Injects `frame` on `link` and waits (bounded) for the reader to have handled it.
+fn exchange(lab: &Lab, link: &str, frame: Vec<u8>) -> Vec<SentFrame> {
+    lab.network.take_sent();
+    assert!(lab.network.inject(link, frame), "link {link} not open");
+    // The answer, if any, comes within a few read timeouts; silence needs the full wait.
+    lab.network.wait_for_sent(1, Duration::from_millis(300));
+    lab.network.take_sent()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn default_selection_and_explicit_override() {
+    let links = vec![link("eth0", 2), link("veth-node", 3), link("cni0", 4)];
+    let lab = lab(links.clone());
+    assert_eq!(lab.announcer.usable_interfaces(), ["eth0"]);
+    assert!(lab.announcer.status().ready);
+
+    let config = AnnouncerConfig {
+        interfaces: InterfacePolicy {
+            explicit: Some(vec!["veth-node".into()]),
+            ..InterfacePolicy::default()
+        },
+        ..fast_config()
+    };
+    let explicit = lab_with(links, config, FakeNetwork::default());
+    assert_eq!(explicit.announcer.usable_interfaces(), ["veth-node"]);
+}
+
+#[test]
+fn answers_arp_for_owned_ip_on_its_link_only_and_stops_when_lost() {
+    let lab = lab(vec![link("eth0", 2), link("eth1", 3)]);
+    lab.announcer.set_owned(own(&[(IpAddr::V4(VIP), Some(&["eth1"]))]));
+    lab.network.wait_for_sent(1, Duration::from_secs(1));
+
+    let replies = arp_replies(&exchange(&lab, "eth1", arp_request(VIP)));
+    assert_eq!(replies.len(), 1, "one reply on eth1");
+    assert_eq!(replies[0].0, "eth1");
+    assert_eq!(replies[0].1.sender_mac, mac_of(3));
+    assert_eq!(replies[0].1.ethernet_destination, CLIENT_MAC);
+
+    assert!(arp_replies(&exchange(&lab, "eth0", arp_request(VIP))).is_empty());
+    let other = Ipv4Addr::new(10, 203, 0, 101);
+    assert!(arp_replies(&exchange(&lab, "eth1", arp_request(other))).is_empty());
+
+    lab.announcer.set_owned(BTreeMap::new());
+    assert!(arp_replies(&exchange(&lab, "eth1", arp_request(VIP))).is_empty());
+    let metrics = lab.announcer.metrics();
+    assert_eq!(metrics.requests_received_for(IpAddr::V4(VIP)), 1);
+    assert_eq!(metrics.responses_sent_for(IpAddr::V4(VIP)), 1);
+}
+
+#[test]
+fn gain_sends_a_gratuitous_burst_on_schedule_and_set_owned_is_idempotent() {
+    let lab = lab(vec![link("eth0", 2), link("eth1", 3)]);
+    let started = Instant::now();
+    let owned = own(&[(IpAddr::V4(VIP), None)]);
+    lab.announcer.set_owned(owned.clone());
+    lab.announcer.set_owned(owned);
+    let sent = lab.network.wait_for_sent(6, Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(150));
+    let sent_after = lab.network.sent();
+    assert_eq!(sent_after.len(), 6, "3 steps x 2 links, no second burst: {sent:?}");
+    for frame in &sent_after {
+        let garp = arp::parse(&frame.frame).unwrap();
+        assert!(garp.is_gratuitous());
+        assert_eq!(garp.operation, arp::OP_REQUEST);
+        assert_eq!(garp.ethernet_destination, MacAddr::BROADCAST);
+        assert_eq!(garp.target_mac, MacAddr::ZERO);
+    }
+    let first = sent_after[0].at.duration_since(started);
+    assert!(first < Duration::from_millis(30), "first GARP after {first:?}");
+    let last = sent_after[5].at.duration_since(started);
+    assert!(last >= Duration::from_millis(80), "last GARP after {last:?}");
+    assert_eq!(lab.announcer.metrics().gratuitous_sent_for(IpAddr::V4(VIP)), 6);
+}
+
+#[test]
+fn loss_during_the_burst_stops_it() {
+    let lab = lab(vec![link("eth0", 2)]);
+    lab.announcer.set_owned(own(&[(IpAddr::V4(VIP), None)]));
+    lab.network.wait_for_sent(1, Duration::from_secs(1));
+    lab.announcer.set_owned(BTreeMap::new());
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(lab.network.sent().len(), 1);
+}
+
+#[test]
+fn ipv6_joins_solicited_node_group_answers_and_leaves() {
+    let lab = lab(vec![link("eth0", 2)]);
+    lab.announcer.set_owned(own(&[(IpAddr::V6(vip6()), None)]));
+    let group = ndp::solicited_node_group(vip6());
+    assert!(lab.multicast.joined().contains(&(2, group)));
+
+    let unsolicited = lab.network.wait_for_sent(1, Duration::from_secs(1));
+    let na = ndp::parse(&unsolicited[0].frame).unwrap();
+    assert_eq!(na, ndp::unsolicited_advertisement(vip6(), mac_of(2)));
+
+    std::thread::sleep(Duration::from_millis(120));
+    let answer = exchange(&lab, "eth0", solicitation(vip6()));
+    assert_eq!(answer.len(), 1);
+    let na = ndp::parse(&answer[0].frame).unwrap();
+    let NdpMessage::Advertisement {
+        flags,
+        target_link_layer,
+        ..
+    } = na.message
+    else {
+        panic!("not an advertisement: {na:?}");
+    };
+    assert!(flags.solicited && flags.override_cache && !flags.router);
+    assert_eq!(target_link_layer, Some(mac_of(2)));
+    assert_eq!(na.ethernet_destination, CLIENT_MAC);
+
+    lab.announcer.set_owned(BTreeMap::new());
+    assert!(lab.multicast.joined().is_empty());
+    assert!(exchange(&lab, "eth0", solicitation(vip6())).is_empty());
+}
+
+#[test]
+fn interface_changes_are_followed_within_a_poll() {
+    let lab = lab(vec![link("eth0", 2)]);
+    let mut usable = lab.announcer.watch_usable_interfaces();
+    lab.announcer.set_owned(own(&[(IpAddr::V4(VIP), None)]));
+    lab.network.wait_for_sent(3, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(100));
+    lab.network.take_sent();
+    usable.mark_unchanged();
+
+    // A new link comes up: it becomes usable and the owned IP is announced on it at once.
+    lab.interfaces.set(vec![link("eth0", 2), link("eth1", 3)]);
+    wait_until("eth1 usable", Duration::from_secs(1), || {
+        usable.has_changed().unwrap_or(false)
+    });
+    assert_eq!(*usable.borrow_and_update(), ["eth0", "eth1"]);
+    let sent = lab.network.wait_for_sent(1, Duration::from_secs(1));
+    assert!(sent.iter().any(|frame| frame.link == "eth1"), "{sent:?}");
+    assert_eq!(lab.announcer.status().announced[&IpAddr::V4(VIP)], ["eth0", "eth1"]);
+
+    // eth0 loses carrier: no longer usable, no longer announced there.
+    let mut down = link("eth0", 2);
+    down.running = false;
+    lab.interfaces.set(vec![down, link("eth1", 3)]);
+    wait_until("eth0 gone", Duration::from_secs(1), || {
+        lab.announcer.usable_interfaces() == ["eth1"]
+    });
+    assert_eq!(lab.announcer.status().announced[&IpAddr::V4(VIP)], ["eth1"]);
+
+    // Renamed eth1 → lan0 (same index): followed as a removal plus an addition.
+    lab.interfaces.set(vec![link("lan0", 3)]);
+    wait_until("lan0 usable", Duration::from_secs(1), || {
+        lab.announcer.usable_interfaces() == ["lan0"]
+    });
+}
+
+#[test]
+fn interface_that_cannot_be_opened_is_not_usable() {
+    let network = FakeNetwork::default();
+    network.refuse_open("eth1");
+    let lab = lab_with(vec![link("eth0", 2), link("eth1", 3)], fast_config(), network);
+    assert_eq!(lab.announcer.usable_interfaces(), ["eth0"]);
+    assert!(lab.announcer.status().link_errors.contains_key("eth1"));
+}
+
+#[test]
+fn malformed_frames_are_counted_not_answered() {
+    let lab = lab(vec![link("eth0", 2)]);
+    lab.announcer.set_owned(own(&[(IpAddr::V6(vip6()), None)]));
+    lab.network.wait_for_sent(3, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(100));
+    let mut bad_hop = solicitation(vip6());
+    bad_hop[21] = 1;
+    assert!(exchange(&lab, "eth0", bad_hop).is_empty());
+    let mut bad_sum = solicitation(vip6());
+    bad_sum[60] ^= 0xff;
+    assert!(exchange(&lab, "eth0", bad_sum).is_empty());
+    assert!(exchange(&lab, "eth0", arp_request(VIP)[..20].to_vec()).is_empty());
+    let metrics = lab.announcer.metrics();
+    assert_eq!(metrics.dropped_frames_for("bad_hop_limit"), 1);
+    assert_eq!(metrics.dropped_frames_for("bad_checksum"), 1);
+    assert_eq!(metrics.dropped_frames_for("truncated"), 1);
+}
+
+#[test]
+fn shutdown_is_prompt_and_stops_answering() {
+    let lab = lab(vec![link("eth0", 2)]);
+    lab.announcer.set_owned(own(&[(IpAddr::V4(VIP), None)]));
+    let started = Instant::now();
+    lab.announcer.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(lab.announcer.usable_interfaces().is_empty());
+    assert!(lab.announcer.status().announced.is_empty());
+    assert!(!lab.network.inject("eth0", arp_request(VIP)));
+}
