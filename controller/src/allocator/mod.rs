@@ -491,7 +491,8 @@ impl Allocator {
         previous: Option<&Holding>,
     ) -> Result<Vec<IpAddr>, PickFailure> {
         let state = &self.pools[pool];
-        let mut picked = Vec::with_capacity(wanted.len());
+        // Vec::new does not allocate: trying a full pool costs no allocation.
+        let mut picked = Vec::new();
         let mut first_failure = None;
         for &family in wanted {
             let space = state.space(family);
