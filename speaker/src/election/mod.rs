@@ -1,0 +1,356 @@
+//! Election: which node announces each LoadBalancer IP, as a pure function of who is eligible.
+//!
+//! Every speaker runs the same computation over its own view of the cluster, so as long as the
+//! views agree the owners agree, without any further coordination.
+//!
+//! # Rule
+//! The owner of an election unit (one IP; every Service sharing that IP is the same unit) is
+//! the eligible node with the highest *rendezvous score* `score(node, ip)`; the runner-up is the
+//! eligible node with the second highest score. Scores are the first 8 bytes (big-endian) of
+//! `SHA-256(node ‖ 0x00 ‖ ip)`, where `ip` is the address in its canonical text form
+//! (`Ipv4Addr`/`Ipv6Addr` `Display`). SHA-256 is fixed by a standard, so every node, version
+//! and architecture computes the same scores; equal scores (astronomically unlikely) are broken
+//! by the larger node name, so the order is total.
+//!
+//! Rendezvous hashing moves as little as possible: a node that stops being eligible moves only
+//! the units it owned (each to its runner-up), and a node that becomes eligible takes only the
+//! units where it now ranks first. Nothing else changes hands.
+//!
+//! # Runner-up and close watching
+//! The runner-up of a unit is the node that takes it over when the owner fails, so it is the
+//! node that must notice that failure first: [`watch_targets`] gives, for one node, the owners
+//! of the units for which it is the runner-up; the membership layer probes those at a fast rate
+//! and everybody else slowly.
+//!
+//! # Partitions
+//! During a network partition each side elects among the nodes it can see, so both sides may
+//! announce the same IP (each for the clients on its side). When the partition heals, the
+//! membership layer merges the views (see `membership`) and the owners agree again.
+pub mod eligibility;
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
+
+/// One election unit: a LoadBalancer IP (all Services sharing it are announced together).
+pub type Unit = IpAddr;
+
+/// Rendezvous score of `node` for `ip`: higher wins. Stable across nodes, versions and
+/// architectures (see the module docs for the exact definition).
+pub fn rendezvous_score(node: &str, ip: IpAddr) -> u64 {
+    NodeHasher::new(node).score(ip)
+}
+
+/// SHA-256 state after `node ‖ 0x00`, reused for every IP of a bulk election.
+#[derive(Clone)]
+struct NodeHasher {
+    prefix: Sha256,
+}
+
+impl NodeHasher {
+    fn new(node: &str) -> Self {
+        let mut prefix = Sha256::new();
+        prefix.update(node.as_bytes());
+        prefix.update([0u8]);
+        NodeHasher { prefix }
+    }
+
+    fn score(&self, ip: IpAddr) -> u64 {
+        let mut hasher = self.prefix.clone();
+        hasher.update(ip.to_string().as_bytes());
+        let digest = hasher.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
+    }
+}
+
+/// The winner of one unit and the node that would win without it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ownership {
+    /// Node that announces the unit.
+    pub owner: String,
+    /// Node that takes over if the owner becomes ineligible; `None` with a single candidate.
+    pub runner_up: Option<String>,
+}
+
+/// Compares two (score, node) candidates: higher score first, then larger name.
+fn beats(a: (u64, &str), b: (u64, &str)) -> bool {
+    match a.0.cmp(&b.0) {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        Ordering::Equal => a.1 > b.1,
+    }
+}
+
+/// Owner and runner-up of `ip` among `candidates` (duplicates are ignored); `None` when there
+/// is no candidate.
+pub fn rank<'a>(ip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> Option<Ownership> {
+    let mut first: Option<(u64, &str)> = None;
+    let mut second: Option<(u64, &str)> = None;
+    for node in candidates {
+        let candidate = (rendezvous_score(node, ip), node);
+        push_candidate(&mut first, &mut second, candidate);
+    }
+    first.map(|(_, owner)| Ownership {
+        owner: owner.to_string(),
+        runner_up: second.map(|(_, n)| n.to_string()),
+    })
+}
+
+fn push_candidate<'a>(
+    first: &mut Option<(u64, &'a str)>,
+    second: &mut Option<(u64, &'a str)>,
+    candidate: (u64, &'a str),
+) {
+    match *first {
+        None => *first = Some(candidate),
+        Some(top) if top.1 == candidate.1 => {}
+        Some(top) if beats(candidate, top) => {
+            *second = Some(top);
+            *first = Some(candidate);
+        }
+        Some(_) => match *second {
+            Some(s) if s.1 == candidate.1 || beats(s, candidate) => {}
+            _ => *second = Some(candidate),
+        },
+    }
+}
+
+/// Elects every unit: `eligible` maps each unit to the nodes allowed to announce it (see
+/// [`eligibility`]). Units with no eligible node are absent from the result: nobody announces
+/// them.
+pub fn elect(eligible: &BTreeMap<Unit, BTreeSet<String>>) -> BTreeMap<Unit, Ownership> {
+    // Hash each node name once; most clusters have far fewer nodes than IPs.
+    let mut hashers: BTreeMap<&str, NodeHasher> = BTreeMap::new();
+    let mut result = BTreeMap::new();
+    for (&ip, nodes) in eligible {
+        let mut first = None;
+        let mut second = None;
+        for node in nodes {
+            let hasher = hashers.entry(node.as_str()).or_insert_with(|| NodeHasher::new(node));
+            push_candidate(&mut first, &mut second, (hasher.score(ip), node.as_str()));
+        }
+        if let Some((_, owner)) = first {
+            result.insert(
+                ip,
+                Ownership {
+                    owner: owner.to_string(),
+                    runner_up: second.map(|(_, n)| n.to_string()),
+                },
+            );
+        }
+    }
+    result
+}
+
+/// Memo of rendezvous scores, for drivers that re-elect often over mostly the same nodes and
+/// IPs (each score is one SHA-256; a cached one is a map lookup).
+#[derive(Clone, Debug, Default)]
+pub struct ScoreCache {
+    scores: HashMap<String, HashMap<IpAddr, u64>>,
+}
+
+impl ScoreCache {
+    /// Empty cache.
+    pub fn new() -> Self {
+        ScoreCache::default()
+    }
+
+    /// [`rendezvous_score`], memoized.
+    pub fn score(&mut self, node: &str, ip: IpAddr) -> u64 {
+        if let Some(score) = self.scores.get(node).and_then(|m| m.get(&ip)) {
+            return *score;
+        }
+        let score = rendezvous_score(node, ip);
+        self.scores.entry(node.to_string()).or_default().insert(ip, score);
+        score
+    }
+
+    /// [`rank`] with memoized scores.
+    pub fn rank<'a>(&mut self, ip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> Option<Ownership> {
+        let mut first: Option<(u64, &str)> = None;
+        let mut second: Option<(u64, &str)> = None;
+        for node in candidates {
+            let candidate = (self.score(node, ip), node);
+            push_candidate(&mut first, &mut second, candidate);
+        }
+        first.map(|(_, owner)| Ownership {
+            owner: owner.to_string(),
+            runner_up: second.map(|(_, n)| n.to_string()),
+        })
+    }
+
+    /// [`elect`] with memoized scores.
+    pub fn elect(&mut self, eligible: &BTreeMap<Unit, BTreeSet<String>>) -> BTreeMap<Unit, Ownership> {
+        eligible
+            .iter()
+            .filter_map(|(ip, nodes)| Some((*ip, self.rank(*ip, nodes.iter().map(String::as_str))?)))
+            .collect()
+    }
+}
+
+/// Units owned by `node` in an election result.
+pub fn owned_by(node: &str, result: &BTreeMap<Unit, Ownership>) -> BTreeSet<Unit> {
+    result
+        .iter()
+        .filter(|(_, o)| o.owner == node)
+        .map(|(ip, _)| *ip)
+        .collect()
+}
+
+/// Nodes that `node` must watch closely: the owners of the units for which it is the
+/// runner-up, i.e. the nodes whose failure it must detect first because it takes over.
+pub fn watch_targets(node: &str, result: &BTreeMap<Unit, Ownership>) -> BTreeSet<String> {
+    result
+        .values()
+        .filter(|o| o.runner_up.as_deref() == Some(node))
+        .map(|o| o.owner.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(i: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32.wrapping_add(i)))
+    }
+
+    fn nodes(n: usize) -> BTreeSet<String> {
+        (0..n).map(|i| format!("node-{i}")).collect()
+    }
+
+    fn units(count: u32, eligible: &BTreeSet<String>) -> BTreeMap<Unit, BTreeSet<String>> {
+        (0..count).map(|i| (ip(i), eligible.clone())).collect()
+    }
+
+    #[test]
+    fn score_is_pinned_so_all_versions_agree() {
+        // Changing this value changes every owner in a mixed-version cluster: don't.
+        let score = rendezvous_score("node-a", "192.0.2.10".parse().unwrap());
+        let expected = {
+            let digest = Sha256::digest(b"node-a\x00192.0.2.10");
+            u64::from_be_bytes(digest[..8].try_into().unwrap())
+        };
+        assert_eq!(score, expected);
+        assert_eq!(score, 0x03ce_e128_cc31_49c2, "pinned value {score:#x}");
+    }
+
+    #[test]
+    fn no_candidate_means_no_owner() {
+        assert_eq!(rank(ip(1), []), None);
+        let eligible = BTreeMap::from([(ip(1), BTreeSet::new())]);
+        assert!(elect(&eligible).is_empty());
+    }
+
+    #[test]
+    fn single_candidate_has_no_runner_up() {
+        let o = rank(ip(1), ["a"]).unwrap();
+        assert_eq!(o.owner, "a");
+        assert_eq!(o.runner_up, None);
+    }
+
+    #[test]
+    fn rank_and_elect_agree_and_duplicates_are_ignored() {
+        let all = nodes(5);
+        let result = elect(&units(200, &all));
+        for (unit, ownership) in &result {
+            let doubled = all.iter().chain(all.iter()).map(String::as_str);
+            assert_eq!(rank(*unit, doubled).as_ref(), Some(ownership));
+            assert_ne!(ownership.runner_up.as_deref(), Some(ownership.owner.as_str()));
+        }
+    }
+
+    #[test]
+    fn distribution_over_three_nodes_is_roughly_uniform() {
+        let result = elect(&units(3000, &nodes(3)));
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for o in result.values() {
+            *counts.entry(o.owner.as_str()).or_default() += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        for (node, count) in counts {
+            assert!((850..=1150).contains(&count), "{node} owns {count} of 3000");
+        }
+    }
+
+    #[test]
+    fn watch_targets_are_owners_of_units_where_node_is_runner_up() {
+        let result = elect(&units(100, &nodes(4)));
+        for node in nodes(4) {
+            let targets = watch_targets(&node, &result);
+            assert!(!targets.contains(&node));
+            for (unit, o) in &result {
+                if o.runner_up.as_deref() == Some(node.as_str()) {
+                    assert!(targets.contains(&o.owner), "{unit}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn election_is_deterministic_and_order_free(
+            mut names in proptest::collection::vec("[a-z]{1,8}", 1..8),
+            seeds in proptest::collection::vec(any::<u32>(), 1..40),
+        ) {
+            let eligible: BTreeMap<Unit, BTreeSet<String>> = seeds
+                .iter()
+                .map(|s| (ip(*s), names.iter().cloned().collect()))
+                .collect();
+            let once = elect(&eligible);
+            prop_assert_eq!(&once, &elect(&eligible));
+            prop_assert_eq!(&once, &ScoreCache::new().elect(&eligible));
+            names.reverse();
+            for (unit, o) in &once {
+                let ranked = rank(*unit, names.iter().map(String::as_str));
+                prop_assert_eq!(Some(o), ranked.as_ref());
+            }
+        }
+
+        #[test]
+        fn removing_a_node_moves_only_its_units_to_their_runner_up(
+            count in 2usize..8,
+            removed in 0usize..8,
+            seeds in proptest::collection::vec(any::<u32>(), 1..60),
+        ) {
+            let all = nodes(count);
+            let removed = format!("node-{}", removed % count);
+            let mut rest = all.clone();
+            rest.remove(&removed);
+            let before = elect(&seeds.iter().map(|s| (ip(*s), all.clone())).collect());
+            let after = elect(&seeds.iter().map(|s| (ip(*s), rest.clone())).collect());
+            for (unit, old) in &before {
+                let new = &after[unit];
+                if old.owner == removed {
+                    prop_assert_eq!(Some(&new.owner), old.runner_up.as_ref());
+                } else {
+                    prop_assert_eq!(&new.owner, &old.owner);
+                }
+            }
+        }
+
+        #[test]
+        fn adding_a_node_moves_units_only_to_it(
+            count in 1usize..8,
+            seeds in proptest::collection::vec(any::<u32>(), 1..60),
+        ) {
+            let before_nodes = nodes(count);
+            let mut after_nodes = before_nodes.clone();
+            after_nodes.insert("newcomer".to_string());
+            let before = elect(&seeds.iter().map(|s| (ip(*s), before_nodes.clone())).collect());
+            let after = elect(&seeds.iter().map(|s| (ip(*s), after_nodes.clone())).collect());
+            for (unit, old) in &before {
+                let new = &after[unit];
+                prop_assert!(new.owner == old.owner || new.owner == "newcomer");
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Membership: which speakers are alive, and what each says about its own health, learned
+//! speaker-to-speaker over gRPC (SWIM-style) so it keeps working while the API server is down.
+//!
+//! # Layout
+//! - [`state`]: the SWIM state machine, pure and driven by calls with the current time; it
+//!   returns the messages to send as [`state::Effect`]s. The simulation and the runtime drive
+//!   the same code.
+//! - [`auth`]: HMAC-SHA256 envelopes and replay rejection.
+//! - [`transport`]: [`transport::PeerTransport`] (gRPC client side), its tonic implementation
+//!   and an in-memory one, plus the tonic `Membership` service.
+//! - [`runtime`]: the tokio task that runs the state machine with real time; the wiring's API.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! # Failure detection
+//! Each speaker probes (Ping → Ack) the nodes it was told to *watch closely* (the owners of
+//! the IPs for which it is the runner-up, see `election::watch_targets`) every
+//! [`MembershipConfig::watch_probe_interval`] (100 ms), and everybody else round-robin, one
+//! probe per [`MembershipConfig::probe_interval`] (1 s) in total, so traffic grows with the
+//! number of IPs watched, not with the square of the cluster size. Dead members stay in the
+//! slow round-robin so that partitions heal.
+//!
+//! A probe without Ack within [`MembershipConfig::probe_timeout`] (150 ms) makes the member
+//! `Suspect` and starts a local suspicion timer ([`MembershipConfig::suspicion_timeout`],
+//! 200 ms). While it runs the speaker keeps pinging the suspect directly every
+//! [`MembershipConfig::suspicion_probe_interval`] (50 ms) and asks
+//! [`MembershipConfig::indirect_probes`] (3) other members to ping it (PingReq), twice. Any sign
+//! of life (an Ack, even late; a successful PingReq; any message from the suspect) cancels the
+//! timer; otherwise the member is declared `Dead`. Worst case from a crash to `Dead` at the
+//! runner-up: 100 + 150 + 200 = 450 ms; a refused connection (process gone, host up) skips the
+//! 150 ms.
+//!
+//! `Suspect` still counts as live for the election: a single lost packet never moves an IP.
+//! A suspicion learned from gossip starts no timer: only a speaker's own failed probes, or a
+//! `Dead` claim from one, kill a member. A `Dead` claim about a member this speaker heard from
+//! within the last suspicion timeout is downgraded to `Suspect` (after a partition heals, the
+//! runner-up that sees its owner alive does not give in to the other side's stale claim).
+//!
+//! # Incarnations and gossip
+//! Every member's state carries an incarnation number that only the member itself raises: to
+//! refute a suspicion or death claim about itself (it then also pings the speaker it heard the
+//! claim from), to announce new health (an interface went down, the announcer stopped), and to
+//! leave. Updates are ordered by (incarnation, Alive < Suspect < Dead < Left). Every message
+//! starts its gossip with the sender's own state, always carries the sender's view of the
+//! receiver when that is not `Alive` (so the receiver refutes at once), and piggybacks up to
+//! [`MembershipConfig::gossip_per_message`] recent changes, each retransmitted
+//! `gossip_retransmit_mult × ⌈log2(n+1)⌉` times. A full-state `Sync` runs with a few peers at
+//! start, with a member that comes back from `Dead`, and with a random member every
+//! [`MembershipConfig::sync_interval`].
+//!
+//! # Leaving
+//! `leave()` raises the incarnation, sets the local state `Left` and pings every live member
+//! directly (bounded by [`MembershipConfig::leave_timeout`]), so their elections move the IPs
+//! at once instead of after a detection period.
+//!
+//! # Partitions
+//! During a partition each side declares the other side dead and elects among the nodes it
+//! sees: both sides may announce the same IP. Dead members keep being probed in the slow
+//! round-robin; when a probe crosses the healed link, the probed node learns it was declared
+//! dead, refutes with a higher incarnation and pings back, both sides exchange full state
+//! (`Sync`), and the refutations spread by gossip, ending dual ownership.
+//!
+//! # Startup
+//! A fresh speaker knows its peers' addresses but not their health, so it would elect itself
+//! everywhere. [`MembershipView::settled`] turns true once the first `Sync` with a peer
+//! answered (or all of them failed, or there are no peers); the wiring should announce nothing
+//! before that.
+//!
+//! # Authentication
+//! See [`auth`]: messages without a valid HMAC under the shared secret, replays and messages
+//! with a timestamp outside ±[`MembershipConfig::max_clock_skew`] are dropped and counted before
+//! they reach the state machine.
+pub mod auth;
+pub mod metrics;
+pub mod runtime;
+pub mod sim;
+pub mod state;
+pub mod transport;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+// pub use runtime::{MembershipError, MembershipHandle, spawn};
+
+/// A speaker's state as others see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// A probe failed and it was not yet confirmed dead; still counts as live.
+    Suspect,
+    /// Confirmed dead: no answer, directly or indirectly, within the suspicion timeout.
+    Dead,
+    /// Left on purpose.
+    Left,
+}
+
+impl MemberState {
+    /// Whether the member counts as a live speaker for the election (`Alive` or `Suspect`).
+    pub fn is_live(self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Suspect)
+    }
+
+    /// Short stable name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A speaker's own view of whether it can serve the traffic it would own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeHealth {
+    /// The ARP/NDP announcer is running.
+    pub announcer_ready: bool,
+    /// The eBPF dataplane is running (false in announce-only mode).
+    pub dataplane_ready: bool,
+    /// Interfaces that are up and usable for announcing.
+    pub interfaces: BTreeSet<String>,
+}
+
+/// Another speaker, as listed from the API (speaker Pods / Nodes).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Peer {
+    /// Node name.
+    pub node: String,
+    /// Its membership gRPC address.
+    pub address: SocketAddr,
+}
+
+/// One member in a [`MembershipView`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Membership gRPC address.
+    pub address: SocketAddr,
+    /// Current state.
+    pub state: MemberState,
+    /// Incarnation of that state.
+    pub incarnation: u64,
+    /// Health it gossiped; `None` until heard.
+    pub health: Option<NodeHealth>,
+}
+
+/// What membership currently knows, including the local node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Local node name.
+    pub local: String,
+    /// Every known member, the local node included.
+    pub members: BTreeMap<String, MemberInfo>,
+    /// The first state exchange with peers finished (see the module docs, "Startup").
+    pub settled: bool,
+}
+
+impl MembershipView {
+    /// Names of members that count as live (`Alive` or `Suspect`).
+    pub fn live_nodes(&self) -> BTreeSet<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.state.is_live())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// State of `node`, if known.
+    pub fn state_of(&self, node: &str) -> Option<MemberState> {
+        self.members.get(node).map(|m| m.state)
+    }
+
+    /// Health of `node`, if known.
+    pub fn health_of(&self, node: &str) -> Option<&NodeHealth> {
+        self.members.get(node).and_then(|m| m.health.as_ref())
+    }
+}
+
+/// Membership settings. The wiring maps each field to a flag named after it
+/// (`--membership-port`, `--probe-interval`, `--watch-probe-interval`, ...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MembershipConfig {
+    /// Address the gRPC server listens on (`--membership-listen`, default `0.0.0.0:7946`).
+    pub listen: SocketAddr,
+    /// Interval of the slow round-robin probe: one probe per interval in total, across all
+    /// members not watched closely, dead ones included (`--probe-interval`, 1 s).
+    pub probe_interval: Duration,
+    /// Interval between probes of each closely watched member (`--watch-probe-interval`,
+    /// 100 ms).
+    pub watch_probe_interval: Duration,
+    /// Time to wait for an Ack before suspecting (`--probe-timeout`, 150 ms).
+    pub probe_timeout: Duration,
+    /// Time from suspicion to death unless the suspect shows a sign of life
+    /// (`--suspicion-timeout`, 200 ms).
+    pub suspicion_timeout: Duration,
+    /// Interval of direct re-probes of a suspect (`--suspicion-probe-interval`, 50 ms).
+    pub suspicion_probe_interval: Duration,
+    /// Members asked to probe a suspect on our behalf, per round (`--indirect-probes`, 3).
+    pub indirect_probes: usize,
+    /// Interval of the full-state exchange with one random member (`--sync-interval`, 30 s).
+    pub sync_interval: Duration,
+    /// Gossiped state changes per message, besides the sender's own (`--gossip-per-message`,
+    /// 8).
+    pub gossip_per_message: usize,
+    /// Each change is retransmitted `mult × ⌈log2(members+1)⌉` times
+    /// (`--gossip-retransmit-mult`, 3).
+    pub gossip_retransmit_mult: u32,
+    /// Messages whose timestamp differs more from the local clock are rejected
+    /// (`--max-clock-skew`, 30 s).
+    pub max_clock_skew: Duration,
+    /// Bound on a graceful leave (`--leave-timeout`, 500 ms).
+    pub leave_timeout: Duration,
+    /// Peers asked for a full state exchange at start (`--initial-sync-peers`, 3).
+    pub initial_sync_peers: usize,
+    /// Granularity of the runtime's timers (`--membership-tick`, 10 ms).
+    pub tick: Duration,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7946)),
+            probe_interval: Duration::from_secs(1),
+            watch_probe_interval: Duration::from_millis(100),
+            probe_timeout: Duration::from_millis(150),
+            suspicion_timeout: Duration::from_millis(200),
+            suspicion_probe_interval: Duration::from_millis(50),
+            indirect_probes: 3,
+            sync_interval: Duration::from_secs(30),
+            gossip_per_message: 8,
+            gossip_retransmit_mult: 3,
+            max_clock_skew: Duration::from_secs(30),
+            leave_timeout: Duration::from_millis(500),
+            initial_sync_peers: 3,
+            tick: Duration::from_millis(10),
+        }
+    }
+}

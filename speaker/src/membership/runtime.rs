@@ -1,0 +1,1 @@
+//! The tokio task that runs membership.

@@ -1,0 +1,1221 @@
+//! The SWIM state machine: pure, no I/O and no clock of its own.
+//!
+//! The driver (the tokio runtime, or the deterministic simulation) calls [`Core::tick`] with
+//! the current time, hands it every authenticated message ([`Core::handle_request`],
+//! [`Core::handle_response`], [`Core::handle_failure`]) and carries out the
+//! [`Effect`]s it returns: requests to send (each with a [`RequestId`] whose response or
+//! failure must be reported back) and deferred replies (to a PingReq, once the relayed ping
+//! finished). The protocol itself is described in the parent module.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use herald_proto::membership::v1 as pb;
+use pb::message::Body;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{RngExt, SeedableRng};
+
+use super::{MemberInfo, MemberState, MembershipConfig, MembershipView, NodeHealth, Peer};
+
+/// Identifies a request sent by [`Effect::Request`]; its outcome goes back to the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// Identifies a received request whose reply the core will give later ([`Effect::Reply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplyToken(pub u64);
+
+/// The three RPCs of the `Membership` service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rpc {
+    /// Direct probe (also used to push news: refutations, leave).
+    Ping,
+    /// Indirect probe through a helper.
+    PingReq,
+    /// Full state exchange.
+    Sync,
+}
+
+impl Rpc {
+    /// Short stable name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rpc::Ping => "ping",
+            Rpc::PingReq => "ping_req",
+            Rpc::Sync => "sync",
+        }
+    }
+}
+
+/// Something the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Send `message` to `to` at `address` and report the response with
+    /// [`Core::handle_response`] or the failure with [`Core::handle_failure`]. The core
+    /// applies its own timeouts; `timeout` only bounds how long the driver keeps the call open.
+    Request {
+        /// Correlates the outcome.
+        id: RequestId,
+        /// Destination node.
+        to: String,
+        /// Destination address.
+        address: SocketAddr,
+        /// Which RPC.
+        rpc: Rpc,
+        /// Message without sender stamp (the authenticator adds it).
+        message: pb::Message,
+        /// Give up on the call after this long.
+        timeout: Duration,
+    },
+    /// Answer the request that got [`Inbound::Deferred`] with this token.
+    Reply {
+        /// Which request.
+        token: ReplyToken,
+        /// The reply.
+        message: pb::Message,
+    },
+}
+
+/// What to do with a received request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inbound {
+    /// Answer at once with this message.
+    Reply(pb::Message),
+    /// The answer comes later as an [`Effect::Reply`] with this token.
+    Deferred(ReplyToken),
+    /// Not a request (e.g. an Ack sent as one): answer with an error.
+    Invalid,
+}
+
+/// A member changed state: for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberEvent {
+    /// The member.
+    pub node: String,
+    /// Previous state; `None` for a new member.
+    pub from: Option<MemberState>,
+    /// New state.
+    pub to: MemberState,
+    /// Incarnation of the new state.
+    pub incarnation: u64,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Counters the core keeps (the driver counts messages).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Suspicions started by our own failed probes.
+    pub suspicions: u64,
+    /// Local suspicions cancelled by a sign of life.
+    pub suspicions_cleared: u64,
+    /// Members we declared dead ourselves.
+    pub confirmed_dead: u64,
+    /// Times we raised our incarnation to refute a claim about us.
+    pub refutations: u64,
+    /// Gossip entries dropped as invalid (bad address or state).
+    pub invalid_updates: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    address: SocketAddr,
+    incarnation: u64,
+    state: MemberState,
+    health: Option<NodeHealth>,
+    /// Last authenticated message from the member itself.
+    last_heard: Option<Instant>,
+    /// Listed by the wiring's peer list (only those are forgotten when the list drops them).
+    listed: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Pending {
+    /// Our direct ping. After `fail_at` it counts as failed, but a late Ack until `expire_at`
+    /// is still a sign of life.
+    Probe {
+        target: String,
+        fail_at: Instant,
+        expire_at: Instant,
+        failed: bool,
+    },
+    /// Our PingReq to a helper about `target`.
+    Indirect { target: String, expire_at: Instant },
+    /// Our ping to `target` on behalf of a PingReq.
+    Relay {
+        token: ReplyToken,
+        target: String,
+        fail_at: Instant,
+    },
+    /// A Sync, Notify or Leave ping: only its reply's gossip matters.
+    Exchange { expire_at: Instant, initial: bool },
+}
+
+#[derive(Clone, Debug)]
+struct LocalSuspicion {
+    incarnation: u64,
+    deadline: Instant,
+    next_direct: Instant,
+    next_indirect: Instant,
+    indirect_rounds: u32,
+}
+
+/// Rounds of PingReqs during one suspicion.
+const INDIRECT_ROUNDS: u32 = 2;
+
+/// The membership state machine of one speaker.
+#[derive(Debug)]
+pub struct Core {
+    config: MembershipConfig,
+    node: String,
+    address: SocketAddr,
+    incarnation: u64,
+    health: NodeHealth,
+    leaving: bool,
+    members: BTreeMap<String, Member>,
+    /// node (possibly ourselves) → transmissions left.
+    gossip: BTreeMap<String, u32>,
+    /// Closely watched nodes → time of their next probe.
+    watch: BTreeMap<String, Instant>,
+    slow_next: Option<Instant>,
+    slow_order: Vec<String>,
+    next_sync: Option<Instant>,
+    pending: BTreeMap<RequestId, Pending>,
+    suspicions: BTreeMap<String, LocalSuspicion>,
+    /// Nodes that told us a claim about us we refuted: ping them with the refutation.
+    refute_to: BTreeSet<String>,
+    next_id: u64,
+    next_token: u64,
+    effects: Vec<Effect>,
+    events: Vec<MemberEvent>,
+    rng: StdRng,
+    started: bool,
+    settled: bool,
+    initial_syncs: usize,
+    view_dirty: bool,
+    stats: CoreStats,
+}
+
+impl Core {
+    /// A core for `node`, reachable at `address`. `incarnation` should grow across restarts
+    /// (the runtime uses the start time in ms) so a restarted speaker overrides stale claims;
+    /// `seed` drives every random choice (helpers, round-robin order).
+    pub fn new(
+        config: MembershipConfig,
+        node: impl Into<String>,
+        address: SocketAddr,
+        incarnation: u64,
+        health: NodeHealth,
+        seed: u64,
+    ) -> Self {
+        Core {
+            config,
+            node: node.into(),
+            address,
+            incarnation,
+            health,
+            leaving: false,
+            members: BTreeMap::new(),
+            gossip: BTreeMap::new(),
+            watch: BTreeMap::new(),
+            slow_next: None,
+            slow_order: Vec::new(),
+            next_sync: None,
+            pending: BTreeMap::new(),
+            suspicions: BTreeMap::new(),
+            refute_to: BTreeSet::new(),
+            next_id: 1,
+            next_token: 1,
+            effects: Vec::new(),
+            events: Vec::new(),
+            rng: StdRng::seed_from_u64(seed),
+            started: false,
+            settled: false,
+            initial_syncs: 0,
+            view_dirty: true,
+            stats: CoreStats::default(),
+        }
+    }
+
+    /// Local node name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Our current incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+
+    /// Takes the effects produced since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Takes the member state changes since the last call.
+    pub fn take_events(&mut self) -> Vec<MemberEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether the view changed since the last [`Core::view`] (cheap check for drivers).
+    pub fn view_changed(&self) -> bool {
+        self.view_dirty
+    }
+
+    /// The current view (the local node included); clears [`Core::view_changed`].
+    pub fn view(&mut self) -> MembershipView {
+        self.view_dirty = false;
+        let mut members: BTreeMap<String, MemberInfo> = self
+            .members
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    MemberInfo {
+                        address: m.address,
+                        state: m.state,
+                        incarnation: m.incarnation,
+                        health: m.health.clone(),
+                    },
+                )
+            })
+            .collect();
+        members.insert(
+            self.node.clone(),
+            MemberInfo {
+                address: self.address,
+                state: self.local_state(),
+                incarnation: self.incarnation,
+                health: Some(self.health.clone()),
+            },
+        );
+        MembershipView {
+            local: self.node.clone(),
+            members,
+            settled: self.settled,
+        }
+    }
+
+    /// State of `node` (not the local node).
+    pub fn member_state(&self, node: &str) -> Option<MemberState> {
+        self.members.get(node).map(|m| m.state)
+    }
+
+    fn local_state(&self) -> MemberState {
+        if self.leaving {
+            MemberState::Left
+        } else {
+            MemberState::Alive
+        }
+    }
+
+    // ----- inputs from the wiring -----
+
+    /// Replaces the peer list from the API: unknown peers are added (live, health unknown,
+    /// to be probed), addresses are updated, and dead or left members the list no longer
+    /// names are forgotten. Live members missing from the list stay until they die or leave.
+    pub fn set_peers(&mut self, peers: &[Peer]) {
+        let listed: BTreeSet<&str> = peers.iter().map(|p| p.node.as_str()).collect();
+        for peer in peers {
+            if peer.node == self.node {
+                continue;
+            }
+            match self.members.get_mut(&peer.node) {
+                Some(member) => {
+                    member.listed = true;
+                    if member.address != peer.address {
+                        member.address = peer.address;
+                        self.view_dirty = true;
+                    }
+                }
+                None => {
+                    self.members.insert(
+                        peer.node.clone(),
+                        Member {
+                            address: peer.address,
+                            incarnation: 0,
+                            state: MemberState::Alive,
+                            health: None,
+                            last_heard: None,
+                            listed: true,
+                        },
+                    );
+                    self.event(&peer.node, None, MemberState::Alive, 0, "listed by the API");
+                }
+            }
+        }
+        let forgotten: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(name, m)| m.listed && !m.state.is_live() && !listed.contains(name.as_str()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in forgotten {
+            self.members.remove(&name);
+            self.watch.remove(&name);
+            self.gossip.remove(&name);
+            self.view_dirty = true;
+        }
+    }
+
+    /// Sets our own health; a change raises our incarnation and is gossiped.
+    pub fn set_local_health(&mut self, health: NodeHealth) {
+        if health == self.health {
+            return;
+        }
+        self.health = health;
+        self.incarnation += 1;
+        self.queue_gossip(self.node.clone());
+        self.view_dirty = true;
+    }
+
+    /// Sets the nodes to probe at the fast rate (the owners of the IPs we are runner-up for).
+    pub fn watch_closely(&mut self, nodes: &BTreeSet<String>, now: Instant) {
+        self.watch.retain(|n, _| nodes.contains(n));
+        let interval = self.config.watch_probe_interval;
+        for node in nodes {
+            if *node == self.node || self.watch.contains_key(node) {
+                continue;
+            }
+            // A random phase spreads probes of many targets over the interval.
+            let phase = self.random_duration(interval);
+            self.watch.insert(node.clone(), now + phase);
+        }
+    }
+
+    /// Leaves on purpose: raises the incarnation, turns `Left` and pings every live member
+    /// with the news. Afterwards the core only answers requests.
+    pub fn leave(&mut self, now: Instant) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        self.incarnation += 1;
+        self.view_dirty = true;
+        self.suspicions.clear();
+        let targets: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state.is_live())
+            .map(|(n, m)| (n.clone(), m.address))
+            .collect();
+        let timeout = self.config.leave_timeout;
+        for (target, address) in targets {
+            self.request_ping_exchange(&target, address, now, timeout);
+        }
+    }
+
+    // ----- time -----
+
+    /// Advances timers: probes, probe timeouts, suspicions, syncs.
+    pub fn tick(&mut self, now: Instant) {
+        if !self.started {
+            self.start(now);
+        }
+        self.expire_pending(now);
+        if self.leaving {
+            return;
+        }
+        self.run_suspicions(now);
+        self.probe_watched(now);
+        self.probe_round_robin(now);
+        if self.next_sync.is_some_and(|t| now >= t) {
+            self.next_sync = Some(now + self.config.sync_interval);
+            let live: Vec<String> = self.live_members().collect();
+            if let Some(target) = live.choose(&mut self.rng).cloned() {
+                self.request_sync(&target, now, false);
+            }
+        }
+    }
+
+    fn start(&mut self, now: Instant) {
+        self.started = true;
+        self.slow_next = Some(now + self.random_duration(self.config.probe_interval));
+        self.next_sync = Some(now + self.config.sync_interval);
+        let mut peers: Vec<String> = self.live_members().collect();
+        peers.shuffle(&mut self.rng);
+        peers.truncate(self.config.initial_sync_peers);
+        if peers.is_empty() {
+            self.settle();
+        }
+        for peer in peers {
+            self.initial_syncs += 1;
+            self.request_sync(&peer, now, true);
+        }
+    }
+
+    fn settle(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.view_dirty = true;
+        }
+    }
+
+    fn expire_pending(&mut self, now: Instant) {
+        let mut failed_probes = Vec::new();
+        let mut failed_relays = Vec::new();
+        let mut expired = Vec::new();
+        for (id, pending) in self.pending.iter_mut() {
+            match pending {
+                Pending::Probe {
+                    target,
+                    fail_at,
+                    expire_at,
+                    failed,
+                } => {
+                    if !*failed && now >= *fail_at {
+                        *failed = true;
+                        failed_probes.push(target.clone());
+                    }
+                    if now >= *expire_at {
+                        expired.push(*id);
+                    }
+                }
+                Pending::Relay { token, target, fail_at } => {
+                    if now >= *fail_at {
+                        failed_relays.push((*token, target.clone()));
+                        expired.push(*id);
+                    }
+                }
+                Pending::Indirect { expire_at, .. } => {
+                    if now >= *expire_at {
+                        expired.push(*id);
+                    }
+                }
+                Pending::Exchange { expire_at, initial } => {
+                    if now >= *expire_at {
+                        expired.push(*id);
+                        if *initial {
+                            self.initial_syncs = self.initial_syncs.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+        }
+        for id in expired {
+            self.pending.remove(&id);
+        }
+        if self.initial_syncs == 0 && self.started {
+            self.settle();
+        }
+        for (token, target) in failed_relays {
+            self.reply_relay(token, &target, false);
+        }
+        for target in failed_probes {
+            self.probe_failed(&target, now);
+        }
+    }
+
+    fn probe_failed(&mut self, target: &str, now: Instant) {
+        if self.leaving || self.suspicions.contains_key(target) {
+            return;
+        }
+        let Some(member) = self.members.get(target) else {
+            return;
+        };
+        if !member.state.is_live() {
+            return;
+        }
+        let incarnation = member.incarnation;
+        self.stats.suspicions += 1;
+        if member.state == MemberState::Alive {
+            self.set_state(target, MemberState::Suspect, incarnation, "probe timed out");
+            self.queue_gossip(target.to_string());
+        }
+        self.suspicions.insert(
+            target.to_string(),
+            LocalSuspicion {
+                incarnation,
+                deadline: now + self.config.suspicion_timeout,
+                next_direct: now,
+                next_indirect: now,
+                indirect_rounds: 0,
+            },
+        );
+        self.run_suspicions(now);
+    }
+
+    fn run_suspicions(&mut self, now: Instant) {
+        let mut dead = Vec::new();
+        let mut direct = Vec::new();
+        let mut indirect = Vec::new();
+        let half = self.config.suspicion_timeout / INDIRECT_ROUNDS;
+        for (target, suspicion) in self.suspicions.iter_mut() {
+            if now >= suspicion.deadline {
+                dead.push((target.clone(), suspicion.incarnation));
+                continue;
+            }
+            if now >= suspicion.next_direct {
+                suspicion.next_direct = now + self.config.suspicion_probe_interval;
+                direct.push((target.clone(), suspicion.deadline));
+            }
+            if suspicion.indirect_rounds < INDIRECT_ROUNDS && now >= suspicion.next_indirect {
+                suspicion.indirect_rounds += 1;
+                suspicion.next_indirect = now + half;
+                indirect.push((target.clone(), suspicion.deadline));
+            }
+        }
+        for (target, incarnation) in dead {
+            self.suspicions.remove(&target);
+            let still_current = self
+                .members
+                .get(&target)
+                .is_some_and(|m| m.state.is_live() && m.incarnation == incarnation);
+            if still_current {
+                self.stats.confirmed_dead += 1;
+                self.set_state(
+                    &target,
+                    MemberState::Dead,
+                    incarnation,
+                    "no ack, direct or indirect, within the suspicion timeout",
+                );
+                self.queue_gossip(target);
+            }
+        }
+        for (target, deadline) in direct {
+            self.send_probe(&target, now, deadline);
+        }
+        for (target, deadline) in indirect {
+            self.send_indirect(&target, now, deadline);
+        }
+    }
+
+    fn probe_watched(&mut self, now: Instant) {
+        let interval = self.config.watch_probe_interval;
+        let due: Vec<String> = self
+            .watch
+            .iter_mut()
+            .filter(|(_, next)| now >= **next)
+            .map(|(node, next)| {
+                *next += interval;
+                if *next < now {
+                    *next = now + interval;
+                }
+                node.clone()
+            })
+            .collect();
+        for node in due {
+            let live = self.members.get(&node).is_some_and(|m| m.state.is_live());
+            if live && !self.suspicions.contains_key(&node) {
+                let expire = now + self.config.probe_timeout + self.config.suspicion_timeout;
+                self.send_probe(&node, now, expire);
+            }
+        }
+    }
+
+    fn probe_round_robin(&mut self, now: Instant) {
+        let Some(next) = self.slow_next else { return };
+        if now < next {
+            return;
+        }
+        self.slow_next = Some(now + self.config.probe_interval);
+        // Skip members watched closely (unless dead: those are probed here), left ones and
+        // those under suspicion; try at most one full round.
+        for _ in 0..=self.members.len() {
+            let target = match self.slow_order.pop() {
+                Some(t) => t,
+                None => {
+                    self.slow_order = self.members.keys().cloned().collect();
+                    self.slow_order.shuffle(&mut self.rng);
+                    match self.slow_order.pop() {
+                        Some(t) => t,
+                        None => return,
+                    }
+                }
+            };
+            let Some(member) = self.members.get(&target) else {
+                continue;
+            };
+            let skip = member.state == MemberState::Left
+                || (member.state.is_live() && self.watch.contains_key(&target))
+                || self.suspicions.contains_key(&target);
+            if !skip {
+                let expire = now + self.config.probe_timeout + self.config.suspicion_timeout;
+                self.send_probe(&target, now, expire);
+                return;
+            }
+        }
+    }
+
+    // ----- sending -----
+
+    fn next_request_id(&mut self) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn send_probe(&mut self, target: &str, now: Instant, expire_at: Instant) {
+        let Some(address) = self.members.get(target).map(|m| m.address) else {
+            return;
+        };
+        let id = self.next_request_id();
+        let fail_at = now + self.config.probe_timeout;
+        self.pending.insert(
+            id,
+            Pending::Probe {
+                target: target.to_string(),
+                fail_at,
+                expire_at: expire_at.max(fail_at),
+                failed: false,
+            },
+        );
+        let message = self.message(Some(target), Body::Ping(pb::Ping {}));
+        self.effects.push(Effect::Request {
+            id,
+            to: target.to_string(),
+            address,
+            rpc: Rpc::Ping,
+            message,
+            timeout: expire_at.max(fail_at) - now,
+        });
+    }
+
+    fn send_indirect(&mut self, target: &str, now: Instant, expire_at: Instant) {
+        let Some(target_address) = self.members.get(target).map(|m| m.address) else {
+            return;
+        };
+        let candidates: Vec<String> = self.live_members().filter(|n| n != target).collect();
+        let helpers: Vec<String> = candidates
+            .sample(&mut self.rng, self.config.indirect_probes)
+            .cloned()
+            .collect();
+        let timeout_ms = u32::try_from(self.config.probe_timeout.as_millis()).unwrap_or(u32::MAX);
+        for helper in helpers {
+            let Some(address) = self.members.get(&helper).map(|m| m.address) else {
+                continue;
+            };
+            let id = self.next_request_id();
+            self.pending.insert(
+                id,
+                Pending::Indirect {
+                    target: target.to_string(),
+                    expire_at,
+                },
+            );
+            let message = self.message(
+                Some(&helper),
+                Body::PingReq(pb::PingReq {
+                    target: target.to_string(),
+                    target_address: target_address.to_string(),
+                    timeout_ms,
+                }),
+            );
+            self.effects.push(Effect::Request {
+                id,
+                to: helper,
+                address,
+                rpc: Rpc::PingReq,
+                message,
+                timeout: expire_at.saturating_duration_since(now),
+            });
+        }
+    }
+
+    fn request_sync(&mut self, target: &str, now: Instant, initial: bool) {
+        let Some(address) = self.members.get(target).map(|m| m.address) else {
+            return;
+        };
+        let id = self.next_request_id();
+        let timeout = self.config.probe_timeout * 4;
+        self.pending.insert(
+            id,
+            Pending::Exchange {
+                expire_at: now + timeout,
+                initial,
+            },
+        );
+        let mut message = self.message(Some(target), Body::SyncRequest(pb::SyncRequest::default()));
+        message.body = Some(Body::SyncRequest(pb::SyncRequest {
+            members: self.full_state(),
+        }));
+        self.effects.push(Effect::Request {
+            id,
+            to: target.to_string(),
+            address,
+            rpc: Rpc::Sync,
+            message,
+            timeout,
+        });
+    }
+
+    fn request_ping_exchange(&mut self, target: &str, address: SocketAddr, now: Instant, timeout: Duration) {
+        let id = self.next_request_id();
+        self.pending.insert(
+            id,
+            Pending::Exchange {
+                expire_at: now + timeout,
+                initial: false,
+            },
+        );
+        let message = self.message(Some(target), Body::Ping(pb::Ping {}));
+        self.effects.push(Effect::Request {
+            id,
+            to: target.to_string(),
+            address,
+            rpc: Rpc::Ping,
+            message,
+            timeout,
+        });
+    }
+
+    fn reply_relay(&mut self, token: ReplyToken, target: &str, reachable: bool) {
+        let message = self.message(
+            None,
+            Body::PingReqResult(pb::PingReqResult {
+                target: target.to_string(),
+                reachable,
+            }),
+        );
+        self.effects.push(Effect::Reply { token, message });
+    }
+
+    /// A message to `to` with our gossip: our own state first, then our view of the receiver
+    /// when it is not `Alive`, then the most urgent queued changes.
+    fn message(&mut self, to: Option<&str>, body: Body) -> pb::Message {
+        let mut gossip = vec![self.self_update()];
+        if let Some(to) = to
+            && let Some(member) = self.members.get(to)
+            && member.state != MemberState::Alive
+        {
+            gossip.push(update_of(to, member));
+        }
+        if !self.gossip.is_empty() {
+            let mut queued: Vec<(u32, String)> = self.gossip.iter().map(|(n, left)| (*left, n.clone())).collect();
+            // Most transmissions left first: the newest changes.
+            queued.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            for (_, node) in queued.into_iter().take(self.config.gossip_per_message) {
+                if let Some(left) = self.gossip.get_mut(&node) {
+                    *left -= 1;
+                    if *left == 0 {
+                        self.gossip.remove(&node);
+                    }
+                }
+                if node == self.node || Some(node.as_str()) == to {
+                    continue;
+                }
+                if let Some(member) = self.members.get(&node) {
+                    gossip.push(update_of(&node, member));
+                }
+            }
+        }
+        pb::Message {
+            gossip,
+            body: Some(body),
+            ..Default::default()
+        }
+    }
+
+    fn self_update(&self) -> pb::MemberUpdate {
+        pb::MemberUpdate {
+            node: self.node.clone(),
+            address: self.address.to_string(),
+            incarnation: self.incarnation,
+            state: state_to_pb(self.local_state()) as i32,
+            health: Some(health_to_pb(&self.health)),
+        }
+    }
+
+    fn full_state(&self) -> Vec<pb::MemberUpdate> {
+        let mut all = vec![self.self_update()];
+        all.extend(self.members.iter().map(|(n, m)| update_of(n, m)));
+        all
+    }
+
+    fn queue_gossip(&mut self, node: String) {
+        let members = self.members.len() as u32 + 1;
+        let log = u32::BITS - members.leading_zeros();
+        let transmissions = self.config.gossip_retransmit_mult.max(1) * log.max(1);
+        self.gossip.insert(node, transmissions);
+    }
+
+    // ----- receiving -----
+
+    /// Handles an authenticated request.
+    pub fn handle_request(&mut self, message: pb::Message, now: Instant) -> Inbound {
+        let sender = message.sender.clone();
+        self.absorb(&message, now);
+        let inbound = match message.body {
+            Some(Body::Ping(_)) => Inbound::Reply(self.message(Some(&sender), Body::Ack(pb::Ack {}))),
+            Some(Body::PingReq(req)) => self.relay(req, now),
+            Some(Body::SyncRequest(req)) => {
+                for update in &req.members {
+                    self.apply_update(update, &sender, now);
+                }
+                let mut reply = self.message(Some(&sender), Body::SyncReply(pb::SyncReply::default()));
+                reply.body = Some(Body::SyncReply(pb::SyncReply {
+                    members: self.full_state(),
+                }));
+                Inbound::Reply(reply)
+            }
+            _ => Inbound::Invalid,
+        };
+        self.send_refutations(now);
+        inbound
+    }
+
+    fn relay(&mut self, req: pb::PingReq, now: Instant) -> Inbound {
+        let token = ReplyToken(self.next_token);
+        self.next_token += 1;
+        if req.target == self.node {
+            self.reply_relay(token, &req.target, true);
+            return Inbound::Deferred(token);
+        }
+        let address = match self.members.get(&req.target) {
+            Some(m) => Some(m.address),
+            None => req.target_address.parse().ok(),
+        };
+        let Some(address) = address else {
+            self.reply_relay(token, &req.target, false);
+            return Inbound::Deferred(token);
+        };
+        let wait = Duration::from_millis(u64::from(req.timeout_ms)).min(self.config.probe_timeout);
+        let id = self.next_request_id();
+        self.pending.insert(
+            id,
+            Pending::Relay {
+                token,
+                target: req.target.clone(),
+                fail_at: now + wait,
+            },
+        );
+        let message = self.message(Some(&req.target), Body::Ping(pb::Ping {}));
+        self.effects.push(Effect::Request {
+            id,
+            to: req.target,
+            address,
+            rpc: Rpc::Ping,
+            message,
+            timeout: wait,
+        });
+        Inbound::Deferred(token)
+    }
+
+    /// Handles the authenticated response to request `id`.
+    pub fn handle_response(&mut self, id: RequestId, message: pb::Message, now: Instant) {
+        let sender = message.sender.clone();
+        self.absorb(&message, now);
+        match (self.pending.get(&id).cloned(), &message.body) {
+            (Some(Pending::Probe { target, .. }), Some(Body::Ack(_))) if target == sender => {
+                self.pending.remove(&id);
+            }
+            (Some(Pending::Relay { token, target, .. }), Some(Body::Ack(_))) if target == sender => {
+                self.pending.remove(&id);
+                self.reply_relay(token, &target, true);
+            }
+            (Some(Pending::Indirect { target, .. }), Some(Body::PingReqResult(result))) if result.target == target => {
+                self.pending.remove(&id);
+                if result.reachable {
+                    self.sign_of_life(&target);
+                }
+            }
+            (Some(Pending::Exchange { initial, .. }), body) => {
+                self.pending.remove(&id);
+                if let Some(Body::SyncReply(reply)) = body {
+                    for update in &reply.members {
+                        self.apply_update(update, &sender, now);
+                    }
+                }
+                if initial {
+                    self.settle();
+                }
+            }
+            _ => {}
+        }
+        self.send_refutations(now);
+    }
+
+    /// The request `id` failed at the transport (refused, reset, timed out): a probe counts
+    /// as failed now instead of at its timeout.
+    pub fn handle_failure(&mut self, id: RequestId, now: Instant) {
+        match self.pending.get_mut(&id) {
+            Some(Pending::Probe { failed, target, .. }) => {
+                if !*failed {
+                    *failed = true;
+                    let target = target.clone();
+                    self.pending.remove(&id);
+                    self.probe_failed(&target, now);
+                } else {
+                    self.pending.remove(&id);
+                }
+            }
+            Some(Pending::Relay { token, target, .. }) => {
+                let (token, target) = (*token, target.clone());
+                self.pending.remove(&id);
+                self.reply_relay(token, &target, false);
+            }
+            Some(Pending::Exchange { initial, .. }) => {
+                if *initial {
+                    self.initial_syncs = self.initial_syncs.saturating_sub(1);
+                }
+                self.pending.remove(&id);
+                if self.initial_syncs == 0 {
+                    self.settle();
+                }
+            }
+            Some(Pending::Indirect { .. }) => {
+                self.pending.remove(&id);
+            }
+            None => {}
+        }
+    }
+
+    /// Takes in what every message says: the sender is alive (its own state comes first in
+    /// the gossip), and the gossip.
+    fn absorb(&mut self, message: &pb::Message, now: Instant) {
+        let sender = message.sender.as_str();
+        for update in &message.gossip {
+            self.apply_update(update, sender, now);
+        }
+        if let Some(member) = self.members.get_mut(sender) {
+            member.last_heard = Some(now);
+        }
+        self.sign_of_life(sender);
+    }
+
+    /// Direct or indirect proof that `node` is alive: cancels our death timer for it. Its
+    /// state returns to `Alive` only through its refutation (a higher incarnation).
+    fn sign_of_life(&mut self, node: &str) {
+        if self.suspicions.remove(node).is_some() {
+            self.stats.suspicions_cleared += 1;
+        }
+    }
+
+    fn apply_update(&mut self, update: &pb::MemberUpdate, from: &str, now: Instant) {
+        let Some(state) = state_from_pb(update.state) else {
+            self.stats.invalid_updates += 1;
+            return;
+        };
+        if update.node == self.node {
+            self.about_us(state, update.incarnation, from);
+            return;
+        }
+        let Ok(address) = update.address.parse::<SocketAddr>() else {
+            self.stats.invalid_updates += 1;
+            return;
+        };
+        if update.node.is_empty() {
+            self.stats.invalid_updates += 1;
+            return;
+        }
+        let health = update.health.as_ref().map(health_from_pb);
+        let is_sender = update.node == from;
+        let Some(member) = self.members.get_mut(&update.node) else {
+            self.members.insert(
+                update.node.clone(),
+                Member {
+                    address,
+                    incarnation: update.incarnation,
+                    state,
+                    health,
+                    last_heard: is_sender.then_some(now),
+                    listed: false,
+                },
+            );
+            self.event(&update.node, None, state, update.incarnation, "learned from gossip");
+            self.queue_gossip(update.node.clone());
+            return;
+        };
+        let newer = update.incarnation > member.incarnation;
+        let same = update.incarnation == member.incarnation;
+        let old_state = member.state;
+        // SWIM order: a higher incarnation wins; at equal incarnation Suspect beats Alive and
+        // Dead/Left beat both. Left is final for an incarnation.
+        let accept = match state {
+            MemberState::Alive => newer,
+            MemberState::Suspect => newer || (same && old_state == MemberState::Alive),
+            MemberState::Dead => (newer || same) && old_state.is_live(),
+            MemberState::Left => (newer || same) && old_state != MemberState::Left,
+        };
+        if !accept {
+            return;
+        }
+        let mut state = state;
+        let mut reason = match (state, is_sender) {
+            (MemberState::Left, _) => "left the cluster",
+            (_, true) => "its own message",
+            (_, false) => "gossip",
+        };
+        let mut spread = true;
+        let heard_recently = member
+            .last_heard
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.suspicion_timeout);
+        if state == MemberState::Dead && heard_recently {
+            // We heard from it more recently than anyone could have confirmed its death: keep
+            // it live and let it refute (our messages to it carry the claim).
+            if old_state == MemberState::Suspect && !newer {
+                return;
+            }
+            state = MemberState::Suspect;
+            reason = "dead claim contradicted by recent contact";
+            spread = false;
+        }
+        if newer {
+            member.address = address;
+            member.incarnation = update.incarnation;
+            if health.is_some() {
+                member.health = health;
+            }
+            self.view_dirty = true;
+        }
+        if state != old_state {
+            self.set_state(&update.node, state, update.incarnation, reason);
+        }
+        if spread {
+            self.queue_gossip(update.node.clone());
+        }
+        if !state.is_live() {
+            self.suspicions.remove(&update.node);
+        } else if newer && self.suspicions.remove(&update.node).is_some() {
+            // Refuted.
+            self.stats.suspicions_cleared += 1;
+        }
+        if !old_state.is_live() && state.is_live() && !self.leaving {
+            // Back from the dead (restart or healed partition): exchange full state.
+            self.request_sync(&update.node, now, false);
+        }
+    }
+
+    fn about_us(&mut self, state: MemberState, incarnation: u64, from: &str) {
+        if self.leaving {
+            return;
+        }
+        let refute = match state {
+            MemberState::Alive => incarnation > self.incarnation,
+            _ => incarnation >= self.incarnation,
+        };
+        if !refute {
+            return;
+        }
+        self.incarnation = incarnation + 1;
+        self.stats.refutations += 1;
+        self.view_dirty = true;
+        self.queue_gossip(self.node.clone());
+        if state != MemberState::Alive && from != self.node {
+            self.refute_to.insert(from.to_string());
+        }
+        tracing::info!(
+            node = %self.node,
+            claim = %state,
+            claimed_by = %from,
+            incarnation = self.incarnation,
+            "refuting a claim about this speaker"
+        );
+    }
+
+    fn send_refutations(&mut self, now: Instant) {
+        let targets = std::mem::take(&mut self.refute_to);
+        for target in targets {
+            if let Some(address) = self.members.get(&target).map(|m| m.address) {
+                let timeout = self.config.probe_timeout;
+                self.request_ping_exchange(&target, address, now, timeout);
+            }
+        }
+    }
+
+    // ----- helpers -----
+
+    fn set_state(&mut self, node: &str, to: MemberState, incarnation: u64, reason: &'static str) {
+        let Some(member) = self.members.get_mut(node) else {
+            return;
+        };
+        let from = member.state;
+        member.state = to;
+        member.incarnation = incarnation;
+        self.view_dirty = true;
+        if !to.is_live() {
+            self.suspicions.remove(node);
+        }
+        self.event(node, Some(from), to, incarnation, reason);
+    }
+
+    fn event(
+        &mut self,
+        node: &str,
+        from: Option<MemberState>,
+        to: MemberState,
+        incarnation: u64,
+        reason: &'static str,
+    ) {
+        self.view_dirty = true;
+        tracing::info!(
+            local = %self.node,
+            member = %node,
+            from = from.map(MemberState::as_str).unwrap_or("unknown"),
+            to = %to,
+            incarnation,
+            reason,
+            "member state changed"
+        );
+        self.events.push(MemberEvent {
+            node: node.to_string(),
+            from,
+            to,
+            incarnation,
+            reason,
+        });
+    }
+
+    fn live_members(&self) -> impl Iterator<Item = String> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.state.is_live())
+            .map(|(n, _)| n.clone())
+    }
+
+    fn random_duration(&mut self, max: Duration) -> Duration {
+        let max_us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX).max(1);
+        Duration::from_micros(self.rng.random_range(0..max_us))
+    }
+}
+
+fn update_of(node: &str, member: &Member) -> pb::MemberUpdate {
+    pb::MemberUpdate {
+        node: node.to_string(),
+        address: member.address.to_string(),
+        incarnation: member.incarnation,
+        state: state_to_pb(member.state) as i32,
+        health: member.health.as_ref().map(health_to_pb),
+    }
+}
+
+fn state_to_pb(state: MemberState) -> pb::MemberState {
+    match state {
+        MemberState::Alive => pb::MemberState::Alive,
+        MemberState::Suspect => pb::MemberState::Suspect,
+        MemberState::Dead => pb::MemberState::Dead,
+        MemberState::Left => pb::MemberState::Left,
+    }
+}
+
+fn state_from_pb(value: i32) -> Option<MemberState> {
+    match pb::MemberState::try_from(value).ok()? {
+        pb::MemberState::Alive => Some(MemberState::Alive),
+        pb::MemberState::Suspect => Some(MemberState::Suspect),
+        pb::MemberState::Dead => Some(MemberState::Dead),
+        pb::MemberState::Left => Some(MemberState::Left),
+        pb::MemberState::Unspecified => None,
+    }
+}
+
+fn health_to_pb(health: &NodeHealth) -> pb::NodeHealth {
+    pb::NodeHealth {
+        announcer_ready: health.announcer_ready,
+        dataplane_ready: health.dataplane_ready,
+        interfaces: health.interfaces.iter().cloned().collect(),
+    }
+}
+
+fn health_from_pb(health: &pb::NodeHealth) -> NodeHealth {
+    NodeHealth {
+        announcer_ready: health.announcer_ready,
+        dataplane_ready: health.dataplane_ready,
+        interfaces: health.interfaces.iter().cloned().collect(),
+    }
+}

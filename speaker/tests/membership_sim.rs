@@ -1,0 +1,213 @@
+//! Deterministic simulations of speaker membership + election (virtual time, seeded RNG):
+//! kill, graceful leave, partition and heal, message loss, slow peers, wrong secret, health.
+//! Times asserted here are virtual, so they are exact for a seed and never flaky.
+use std::time::Duration;
+
+use herald_speaker::membership::sim::{SimConfig, Simulation};
+use herald_speaker::membership::{MemberState, NodeHealth};
+
+const SETTLE: Duration = Duration::from_secs(3);
+
+fn converged(config: SimConfig) -> Simulation {
+    let mut sim = Simulation::new(config);
+    let took = sim.run_until_true(SETTLE, |s| s.one_owner_per_unit() && s.views_agree());
+    assert!(took.is_some(), "cluster did not converge within {SETTLE:?}");
+    // Let the close-watch sets and gossip settle.
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.one_owner_per_unit());
+    sim
+}
+
+/// Kills the owner of the first unit and returns the virtual time until every unit has
+/// exactly one running owner again.
+fn takeover_after_kill(sim: &mut Simulation) -> Duration {
+    let victim = (0..sim.len())
+        .find(|i| sim.is_running(*i) && !sim.owned_by(*i).is_empty())
+        .expect("some node owns something");
+    sim.kill(victim);
+    sim.run_until_true(Duration::from_secs(5), Simulation::one_owner_per_unit)
+        .expect("takeover within 5 s")
+}
+
+#[test]
+fn kill_moves_ips_within_500ms_for_3_10_and_50_speakers() {
+    for (nodes, seed) in [(3, 1), (3, 2), (10, 3), (10, 4), (50, 5)] {
+        let mut sim = converged(SimConfig {
+            nodes,
+            units: 60,
+            seed,
+            ..Default::default()
+        });
+        let took = takeover_after_kill(&mut sim);
+        println!("{nodes} speakers, seed {seed}: takeover after kill in {took:?} (virtual)");
+        assert!(took < Duration::from_millis(500), "{nodes} speakers: {took:?}");
+        let spread = sim
+            .run_until_true(Duration::from_secs(5), Simulation::views_agree)
+            .expect("every speaker learns of the death");
+        println!("  ... and every speaker knew {spread:?} later");
+        assert!(sim.one_owner_per_unit());
+    }
+}
+
+#[test]
+fn graceful_leave_moves_ips_at_once() {
+    let mut sim = converged(SimConfig {
+        nodes: 5,
+        units: 40,
+        seed: 11,
+        ..Default::default()
+    });
+    let leaver = (0..5).find(|i| !sim.owned_by(*i).is_empty()).unwrap();
+    sim.leave(leaver);
+    let took = sim
+        .run_until_true(Duration::from_secs(1), Simulation::one_owner_per_unit)
+        .expect("leave moves IPs");
+    println!("takeover after leave in {took:?} (virtual)");
+    assert!(took < Duration::from_millis(20), "{took:?}");
+    sim.kill(leaver);
+    sim.run_for(Duration::from_secs(2));
+    for observer in (0..5).filter(|i| *i != leaver) {
+        assert_eq!(sim.state_seen_by(observer, leaver), Some(MemberState::Left));
+    }
+    assert_eq!(sim.confirmed_deaths(), 0, "a leave is not a death");
+}
+
+#[test]
+fn partition_elects_on_each_side_and_heal_ends_dual_ownership() {
+    let mut sim = converged(SimConfig {
+        nodes: 6,
+        units: 40,
+        seed: 21,
+        ..Default::default()
+    });
+    sim.partition(&[0, 1, 2]);
+    sim.run_for(Duration::from_secs(3));
+    // Documented behaviour: each side elects among what it sees, one owner per side.
+    for (unit, owners) in sim.claims() {
+        let left = owners.iter().filter(|i| **i < 3).count();
+        let right = owners.len() - left;
+        assert_eq!((left, right), (1, 1), "{unit}: {owners:?}");
+    }
+    sim.heal();
+    let took = sim
+        .run_until_true(Duration::from_secs(10), |s| s.one_owner_per_unit() && s.views_agree())
+        .expect("heal converges");
+    println!("dual ownership ended {took:?} (virtual) after the heal");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn ten_percent_loss_causes_no_false_death_and_kill_still_moves_ips() {
+    let mut sim = converged(SimConfig {
+        nodes: 8,
+        units: 40,
+        seed: 31,
+        loss: 0.10,
+        ..Default::default()
+    });
+    sim.run_for(Duration::from_secs(120));
+    assert_eq!(sim.confirmed_deaths(), 0, "false deaths with 10% loss");
+    assert!(sim.one_owner_per_unit());
+    let suspicions: u64 = (0..8).map(|i| sim.core_stats(i).suspicions).sum();
+    println!("10% loss, 8 speakers, 120 s virtual: {suspicions} suspicions, 0 deaths");
+    let took = takeover_after_kill(&mut sim);
+    println!("takeover after kill with 10% loss: {took:?} (virtual)");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+#[test]
+fn twenty_percent_loss_still_converges_after_a_kill() {
+    let mut sim = converged(SimConfig {
+        nodes: 5,
+        units: 20,
+        seed: 32,
+        loss: 0.20,
+        ..Default::default()
+    });
+    sim.run_for(Duration::from_secs(20));
+    let took = takeover_after_kill(&mut sim);
+    println!("takeover after kill with 20% loss: {took:?} (virtual)");
+}
+
+#[test]
+fn slow_peer_near_the_timeout_is_not_declared_dead() {
+    for delay_ms in [120, 140, 200] {
+        let mut sim = converged(SimConfig {
+            nodes: 4,
+            units: 40,
+            seed: 41,
+            ..Default::default()
+        });
+        sim.slow_down(1, Duration::from_millis(delay_ms));
+        sim.run_for(Duration::from_secs(30));
+        assert_eq!(sim.confirmed_deaths(), 0, "slow peer ({delay_ms} ms) declared dead");
+        assert!(sim.one_owner_per_unit());
+    }
+}
+
+#[test]
+fn speaker_with_wrong_secret_convinces_nobody() {
+    let mut sim = Simulation::new(SimConfig {
+        nodes: 4,
+        units: 40,
+        seed: 51,
+        ..Default::default()
+    });
+    sim.change_secret(3, b"not the shared secret");
+    sim.run_for(Duration::from_secs(5));
+    for observer in 0..3 {
+        assert_eq!(sim.state_seen_by(observer, 3), Some(MemberState::Dead));
+        assert!(sim.counters(observer).rejected.get("bad_mac").copied().unwrap_or(0) > 0);
+    }
+    // Among the speakers with the right secret, exactly one owner per IP, none of them the
+    // impostor.
+    for (unit, owners) in sim.claims() {
+        let good: Vec<_> = owners.iter().filter(|i| **i < 3).collect();
+        assert_eq!(good.len(), 1, "{unit}: {owners:?}");
+    }
+}
+
+#[test]
+fn unhealthy_announcer_gives_its_ips_away_quickly() {
+    let mut sim = converged(SimConfig {
+        nodes: 5,
+        units: 40,
+        seed: 61,
+        ..Default::default()
+    });
+    let sick = (0..5).find(|i| !sim.owned_by(*i).is_empty()).unwrap();
+    sim.set_health(
+        sick,
+        NodeHealth {
+            announcer_ready: true,
+            dataplane_ready: true,
+            interfaces: Default::default(),
+        },
+    );
+    let took = sim
+        .run_until_true(Duration::from_secs(2), |s| {
+            s.one_owner_per_unit() && s.owned_by(sick).is_empty()
+        })
+        .expect("IPs move off a node whose interface went down");
+    println!("IPs moved off a node without interfaces in {took:?} (virtual)");
+    assert!(took < Duration::from_millis(300), "{took:?}");
+}
+
+#[test]
+fn traffic_per_node_stays_bounded_with_50_speakers() {
+    let mut sim = converged(SimConfig {
+        nodes: 50,
+        units: 100,
+        seed: 71,
+        ..Default::default()
+    });
+    let before: Vec<u64> = (0..50).map(|i| sim.counters(i).total_sent()).collect();
+    sim.run_for(Duration::from_secs(10));
+    let rates: Vec<f64> = (0..50)
+        .map(|i| (sim.counters(i).total_sent() - before[i]) as f64 / 10.0)
+        .collect();
+    let mean = rates.iter().sum::<f64>() / 50.0;
+    let max = rates.iter().cloned().fold(0.0, f64::max);
+    println!("50 speakers, 100 IPs: messages sent per node per second: mean {mean:.1}, max {max:.1}");
+    assert!(max < 200.0, "max {max}");
+}
