@@ -83,15 +83,11 @@ pub struct IpRange {
 impl IpRange {
     /// `first..=last`; both of one family and `first <= last`.
     pub fn new(first: IpAddr, last: IpAddr) -> Option<Self> {
-        (IpFamily::of(first) == IpFamily::of(last) && first <= last)
-            .then_some(IpRange { first, last })
+        (IpFamily::of(first) == IpFamily::of(last) && first <= last).then_some(IpRange { first, last })
     }
 
     pub fn single(ip: IpAddr) -> Self {
-        IpRange {
-            first: ip,
-            last: ip,
-        }
+        IpRange { first: ip, last: ip }
     }
 
     pub fn from_net(net: IpNet) -> Self {
@@ -147,8 +143,7 @@ impl IpRange {
                 bits -= 1;
             }
             let prefix = (max_len - bits) as u8;
-            let net = IpNet::new(from_u128(self.family(), start), prefix)
-                .expect("prefix within family length");
+            let net = IpNet::new(from_u128(self.family(), start), prefix).expect("prefix within family length");
             out.push(net);
             let last = block_last(start, bits);
             if last >= end {
@@ -262,10 +257,7 @@ mod tests {
         let r = parse_address_entry("10.0.0.0/30").unwrap();
         assert_eq!((r.first(), r.last()), (ip("10.0.0.0"), ip("10.0.0.3")));
         let r = parse_address_entry("10.0.0.10 - 10.0.0.20").unwrap();
-        assert_eq!(
-            (r.first(), r.last(), r.size()),
-            (ip("10.0.0.10"), ip("10.0.0.20"), 11)
-        );
+        assert_eq!((r.first(), r.last(), r.size()), (ip("10.0.0.10"), ip("10.0.0.20"), 11));
         let r = parse_address_entry("fd00::1-fd00::1").unwrap();
         assert_eq!(r.size(), 1);
         assert_eq!(parse_address_entry("fd00::/64").unwrap().size(), 1 << 64);
@@ -318,10 +310,7 @@ mod tests {
             ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]
         );
         assert_eq!(cidrs("0.0.0.0-255.255.255.255"), ["0.0.0.0/0"]);
-        assert_eq!(
-            cidrs("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
-            ["::/0"]
-        );
+        assert_eq!(cidrs("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), ["::/0"]);
     }
 
     #[test]

@@ -28,11 +28,7 @@ use crate::selector;
     doc = "Announces the addresses of IPAddressPools with ARP/NDP from selected nodes and interfaces.",
     printcolumn(name = "Pools", type_ = "string", json_path = ".spec.ipAddressPools"),
     printcolumn(name = "Interfaces", type_ = "string", json_path = ".spec.interfaces"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct L2AdvertisementSpec {
@@ -70,19 +66,11 @@ impl L2AdvertisementSpec {
 
     /// Whether a node with these labels may announce for this advertisement.
     pub fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.node_selectors.is_empty()
-            || self
-                .node_selectors
-                .iter()
-                .any(|s| selector::matches(s, labels))
+        self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| selector::matches(s, labels))
     }
 
     /// Whether a Service with these labels is announced by this advertisement.
     pub fn selects_service(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.service_selectors.is_empty()
-            || self
-                .service_selectors
-                .iter()
-                .any(|s| selector::matches(s, labels))
+        self.service_selectors.is_empty() || self.service_selectors.iter().any(|s| selector::matches(s, labels))
     }
 }

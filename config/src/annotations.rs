@@ -58,13 +58,9 @@ pub struct ServiceAnnotations {
 pub enum AnnotationError {
     #[error("{annotation}: {value:?} is not an IP address")]
     BadIp { annotation: String, value: String },
-    #[error(
-        "{annotation}: {count} addresses requested, at most 2 (one IPv4 and one IPv6) are allowed"
-    )]
+    #[error("{annotation}: {count} addresses requested, at most 2 (one IPv4 and one IPv6) are allowed")]
     TooManyIps { annotation: String, count: usize },
-    #[error(
-        "{annotation}: {first} and {second} are both {family}; request at most one address per family"
-    )]
+    #[error("{annotation}: {first} and {second} are both {family}; request at most one address per family")]
     SameFamilyTwice {
         annotation: String,
         first: IpAddr,
@@ -79,9 +75,7 @@ pub enum AnnotationError {
     BadSpecIp { value: String },
     #[error("{annotation} is empty; remove it or name a pool")]
     EmptyPool { annotation: String },
-    #[error(
-        "{first} ({first_value:?}) and {second} ({second_value:?}) disagree; remove the deprecated one"
-    )]
+    #[error("{first} ({first_value:?}) and {second} ({second_value:?}) disagree; remove the deprecated one")]
     ConflictingSpellings {
         first: String,
         first_value: String,
@@ -100,9 +94,7 @@ pub fn parse_service_annotations(
     let pool = lookup(annotations, ADDRESS_POOL, &mut deprecated)?;
     let sharing = lookup(annotations, ALLOW_SHARED_IP, &mut deprecated)?;
 
-    let spec_ip = spec_load_balancer_ip
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
+    let spec_ip = spec_load_balancer_ip.map(str::trim).filter(|s| !s.is_empty());
     let requested_ips = match (ips, spec_ip) {
         (Some((name, _)), Some(_)) => {
             return Err(AnnotationError::BothRequestForms { annotation: name });
@@ -120,9 +112,7 @@ pub fn parse_service_annotations(
         Some((_, value)) => Some(value.trim().to_string()),
         None => None,
     };
-    let sharing_key = sharing
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty());
+    let sharing_key = sharing.map(|(_, v)| v.trim().to_string()).filter(|v| !v.is_empty());
     Ok(ServiceAnnotations {
         requested_ips,
         pool,
@@ -139,8 +129,7 @@ fn lookup(
     deprecated: &mut Vec<DeprecatedAnnotation>,
 ) -> Result<Option<(String, String)>, AnnotationError> {
     let suffix = key.trim_start_matches("herald.io/");
-    let mut found: Option<(String, String)> =
-        annotations.get(key).map(|v| (key.to_string(), v.clone()));
+    let mut found: Option<(String, String)> = annotations.get(key).map(|v| (key.to_string(), v.clone()));
     for prefix in LEGACY_PREFIXES {
         let legacy = format!("{prefix}{suffix}");
         let Some(value) = annotations.get(&legacy) else {
@@ -167,11 +156,7 @@ fn lookup(
 }
 
 fn parse_ip_list(annotation: &str, value: &str) -> Result<Vec<IpAddr>, AnnotationError> {
-    let parts: Vec<&str> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let parts: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     if parts.len() > 2 {
         return Err(AnnotationError::TooManyIps {
             annotation: annotation.to_string(),
@@ -184,10 +169,7 @@ fn parse_ip_list(annotation: &str, value: &str) -> Result<Vec<IpAddr>, Annotatio
             annotation: annotation.to_string(),
             value: part.to_string(),
         })?;
-        if let Some(first) = ips
-            .iter()
-            .find(|other| IpFamily::of(**other) == IpFamily::of(ip))
-        {
+        if let Some(first) = ips.iter().find(|other| IpFamily::of(**other) == IpFamily::of(ip)) {
             return Err(AnnotationError::SameFamilyTwice {
                 annotation: annotation.to_string(),
                 first: *first,
@@ -205,16 +187,11 @@ mod tests {
     use super::*;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn err(pairs: &[(&str, &str)], spec_ip: Option<&str>) -> String {
-        parse_service_annotations(&ann(pairs), spec_ip)
-            .unwrap_err()
-            .to_string()
+        parse_service_annotations(&ann(pairs), spec_ip).unwrap_err().to_string()
     }
 
     #[test]
@@ -230,10 +207,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             parsed.requested_ips,
-            [
-                "10.0.0.5".parse::<IpAddr>().unwrap(),
-                "fd00::5".parse().unwrap()
-            ]
+            ["10.0.0.5".parse::<IpAddr>().unwrap(), "fd00::5".parse().unwrap()]
         );
         assert_eq!(parsed.pool.as_deref(), Some("prod"));
         assert_eq!(parsed.sharing_key.as_deref(), Some("web"));
@@ -243,10 +217,7 @@ mod tests {
     #[test]
     fn spec_load_balancer_ip_is_a_request() {
         let parsed = parse_service_annotations(&BTreeMap::new(), Some("10.1.1.1")).unwrap();
-        assert_eq!(
-            parsed.requested_ips,
-            ["10.1.1.1".parse::<IpAddr>().unwrap()]
-        );
+        assert_eq!(parsed.requested_ips, ["10.1.1.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(
             err(&[], Some("ten")),
             "spec.loadBalancerIP: \"ten\" is not an IP address"
@@ -298,10 +269,7 @@ mod tests {
             "herald.io/address-pool is empty; remove it or name a pool"
         );
         assert_eq!(
-            err(
-                &[(ADDRESS_POOL, "a"), ("metallb.io/address-pool", "b")],
-                None
-            ),
+            err(&[(ADDRESS_POOL, "a"), ("metallb.io/address-pool", "b")], None),
             "herald.io/address-pool (\"a\") and metallb.io/address-pool (\"b\") disagree; remove the deprecated one"
         );
     }

@@ -29,14 +29,8 @@ pub fn check_manifests(documents: &[Value], controller_namespace: &str) -> Vec<P
     let mut problems = Vec::new();
     let mut pools = Vec::new();
     for doc in documents {
-        let name = doc["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let namespace = doc["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string();
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
         let (label, herald_kind) = match doc["kind"].as_str() {
             Some("IPAddressPool") => (format!("pool {name}"), true),
             Some("L2Advertisement") => (format!("advertisement {name}"), true),
@@ -64,8 +58,7 @@ pub fn check_manifests(documents: &[Value], controller_namespace: &str) -> Vec<P
                 Ok(pool) => pools.push(pool),
                 Err(e) => problem(format!("not a valid IPAddressPool: {e}")),
             },
-            Some("L2Advertisement") => match serde_json::from_value::<L2Advertisement>(doc.clone())
-            {
+            Some("L2Advertisement") => match serde_json::from_value::<L2Advertisement>(doc.clone()) {
                 Ok(adv) => {
                     if let Err(e) = validate_l2_advertisement(&adv.spec) {
                         problem(e.to_string());
@@ -74,11 +67,8 @@ pub fn check_manifests(documents: &[Value], controller_namespace: &str) -> Vec<P
                 Err(e) => problem(format!("not a valid L2Advertisement: {e}")),
             },
             _ => {
-                let annotations = serde_json::from_value(doc["metadata"]["annotations"].clone())
-                    .unwrap_or_default();
-                if let Err(e) =
-                    parse_service_annotations(&annotations, doc["spec"]["loadBalancerIP"].as_str())
-                {
+                let annotations = serde_json::from_value(doc["metadata"]["annotations"].clone()).unwrap_or_default();
+                if let Err(e) = parse_service_annotations(&annotations, doc["spec"]["loadBalancerIP"].as_str()) {
                     problem(e.to_string());
                 }
             }

@@ -21,23 +21,11 @@ use serde::{Deserialize, Serialize};
     category = "herald",
     doc = "Reports the node announcing a LoadBalancer Service's addresses at layer 2.",
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
-    printcolumn(
-        name = "Service Namespace",
-        type_ = "string",
-        json_path = ".status.serviceNamespace"
-    ),
+    printcolumn(name = "Service Namespace", type_ = "string", json_path = ".status.serviceNamespace"),
     printcolumn(name = "Service", type_ = "string", json_path = ".status.serviceName"),
     printcolumn(name = "IPs", type_ = "string", json_path = ".status.ips"),
-    printcolumn(
-        name = "Interfaces",
-        type_ = "string",
-        json_path = ".status.interfaces"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Interfaces", type_ = "string", json_path = ".status.interfaces"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 pub struct ServiceL2StatusSpec {}
 

@@ -7,6 +7,7 @@
 //! - [`pool`], [`advertisement`], [`l2status`]: the custom resource types (`herald.io/v1beta1`).
 //! - [`selector`]: Kubernetes label selectors: validation and matching.
 //! - [`annotations`]: the Service annotations Herald reads and writes.
+//! - [`service`]: which Services Herald handles, and their current addresses.
 //! - [`validation`]: rules over pools and advertisements, alone and as a set.
 //! - [`check`]: a set of manifests judged as Herald will judge them once applied.
 //! - [`crds`]: the CustomResourceDefinitions as committed in `config/crd/`.
@@ -21,6 +22,7 @@ pub mod crds;
 pub mod l2status;
 pub mod pool;
 pub mod selector;
+pub mod service;
 pub mod validation;
 pub mod yaml;
 

@@ -25,31 +25,15 @@ use crate::selector;
     category = "herald",
     doc = "A pool of IP addresses that herald-controller assigns to LoadBalancer Services.",
     printcolumn(name = "Addresses", type_ = "string", json_path = ".spec.addresses"),
-    printcolumn(
-        name = "Auto Assign",
-        type_ = "boolean",
-        json_path = ".spec.autoAssign"
-    ),
-    printcolumn(
-        name = "Avoid Buggy IPs",
-        type_ = "boolean",
-        json_path = ".spec.avoidBuggyIPs"
-    ),
+    printcolumn(name = "Auto Assign", type_ = "boolean", json_path = ".spec.autoAssign"),
+    printcolumn(name = "Avoid Buggy IPs", type_ = "boolean", json_path = ".spec.avoidBuggyIPs"),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(
-        name = "Assigned v4",
-        type_ = "integer",
-        json_path = ".status.assignedIPv4"
-    ),
-    printcolumn(
-        name = "Available v4",
-        type_ = "integer",
-        json_path = ".status.availableIPv4"
-    ),
+    printcolumn(name = "Assigned v4", type_ = "integer", json_path = ".status.assignedIPv4"),
+    printcolumn(name = "Available v4", type_ = "integer", json_path = ".status.availableIPv4"),
     printcolumn(
         name = "Assigned v6",
         type_ = "integer",
@@ -62,11 +46,7 @@ use crate::selector;
         json_path = ".status.availableIPv6",
         priority = 1
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPAddressPoolSpec {
@@ -134,11 +114,7 @@ pub struct IPAddressPoolStatus {
 impl ServiceAllocation {
     /// Whether Services in this namespace may use the pool: any namespace when neither
     /// `namespaces` nor `namespaceSelectors` is given, else one listed or matched.
-    pub fn allows_namespace(
-        &self,
-        namespace: &str,
-        namespace_labels: &BTreeMap<String, String>,
-    ) -> bool {
+    pub fn allows_namespace(&self, namespace: &str, namespace_labels: &BTreeMap<String, String>) -> bool {
         (self.namespaces.is_empty() && self.namespace_selectors.is_empty())
             || self.namespaces.iter().any(|n| n == namespace)
             || self
@@ -149,10 +125,6 @@ impl ServiceAllocation {
 
     /// Whether a Service with these labels may use the pool: any when no `serviceSelectors`.
     pub fn allows_service(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.service_selectors.is_empty()
-            || self
-                .service_selectors
-                .iter()
-                .any(|s| selector::matches(s, labels))
+        self.service_selectors.is_empty() || self.service_selectors.iter().any(|s| selector::matches(s, labels))
     }
 }

@@ -142,9 +142,7 @@ fn validate_key(key: &str) -> Result<(), SelectorError> {
     };
     if let Some(prefix) = prefix {
         if prefix.is_empty() || prefix.len() > 253 {
-            return Err(bad(
-                "the prefix must be a DNS subdomain of 1 to 253 characters",
-            ));
+            return Err(bad("the prefix must be a DNS subdomain of 1 to 253 characters"));
         }
         let subdomain_ok = prefix.split('.').all(|label| {
             !label.is_empty()
@@ -197,10 +195,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
@@ -208,8 +203,7 @@ mod tests {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: key.into(),
                 operator: op.into(),
-                values: (!values.is_empty())
-                    .then(|| values.iter().map(|v| v.to_string()).collect()),
+                values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
             }]),
             ..Default::default()
         }

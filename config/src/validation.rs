@@ -29,9 +29,7 @@ pub enum PoolError {
         #[source]
         source: AddressError,
     },
-    #[error(
-        "spec.addresses[{second}] ({second_entry}) overlaps spec.addresses[{first}] ({first_entry})"
-    )]
+    #[error("spec.addresses[{second}] ({second_entry}) overlaps spec.addresses[{first}] ({first_entry})")]
     OverlapWithin {
         first: usize,
         first_entry: String,
@@ -106,11 +104,7 @@ pub struct WrongNamespace {
 }
 
 /// Whether an object of Herald's configuration lives where Herald reads it.
-pub fn check_namespace(
-    kind: &str,
-    namespace: &str,
-    controller_namespace: &str,
-) -> Result<(), WrongNamespace> {
+pub fn check_namespace(kind: &str, namespace: &str, controller_namespace: &str) -> Result<(), WrongNamespace> {
     if namespace == controller_namespace {
         Ok(())
     } else {
@@ -132,8 +126,7 @@ pub fn validate_pool(name: &str, spec: &IPAddressPoolSpec) -> Result<Vec<IpRange
     }
     let mut ranges: Vec<IpRange> = Vec::with_capacity(spec.addresses.len());
     for (index, entry) in spec.addresses.iter().enumerate() {
-        let range =
-            parse_address_entry(entry).map_err(|source| PoolError::BadAddress { index, source })?;
+        let range = parse_address_entry(entry).map_err(|source| PoolError::BadAddress { index, source })?;
         if let Some(first) = ranges.iter().position(|r| r.overlaps(&range)) {
             return Err(PoolError::OverlapWithin {
                 first,
@@ -153,10 +146,8 @@ pub fn validate_pool(name: &str, spec: &IPAddressPoolSpec) -> Result<Vec<IpRange
                 });
             }
         }
-        check_selectors("namespaceSelectors", &alloc.namespace_selectors)
-            .map_err(|e| e.into_pool_error())?;
-        check_selectors("serviceSelectors", &alloc.service_selectors)
-            .map_err(|e| e.into_pool_error())?;
+        check_selectors("namespaceSelectors", &alloc.namespace_selectors).map_err(|e| e.into_pool_error())?;
+        check_selectors("serviceSelectors", &alloc.service_selectors).map_err(|e| e.into_pool_error())?;
     }
     Ok(ranges)
 }
@@ -164,17 +155,10 @@ pub fn validate_pool(name: &str, spec: &IPAddressPoolSpec) -> Result<Vec<IpRange
 /// Checks a set of pools: each alone, then against the pools accepted before it. Pools are taken
 /// oldest first (by `creationTimestamp`, then name), so the newer of two overlapping pools is the
 /// one refused. Returns every pool's verdict by name.
-pub fn validate_pools(
-    pools: &[IPAddressPool],
-) -> BTreeMap<String, Result<Vec<IpRange>, PoolError>> {
+pub fn validate_pools(pools: &[IPAddressPool]) -> BTreeMap<String, Result<Vec<IpRange>, PoolError>> {
     let mut ordered: Vec<&IPAddressPool> = pools.iter().collect();
     ordered.sort_by(|a, b| {
-        let key = |p: &IPAddressPool| {
-            (
-                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                p.name_any(),
-            )
-        };
+        let key = |p: &IPAddressPool| (p.metadata.creation_timestamp.as_ref().map(|t| t.0), p.name_any());
         key(a).cmp(&key(b))
     });
     let mut accepted: Vec<(String, String, IpRange)> = Vec::new();
@@ -183,9 +167,7 @@ pub fn validate_pools(
         let name = pool.name_any();
         let verdict = validate_pool(&name, &pool.spec).and_then(|ranges| {
             for (index, range) in ranges.iter().enumerate() {
-                if let Some((other_pool, other_entry, _)) =
-                    accepted.iter().find(|(_, _, r)| r.overlaps(range))
-                {
+                if let Some((other_pool, other_entry, _)) = accepted.iter().find(|(_, _, r)| r.overlaps(range)) {
                     return Err(PoolError::OverlapsPool {
                         index,
                         entry: pool.spec.addresses[index].clone(),
@@ -255,15 +237,7 @@ enum SelectorListError {
 impl SelectorListError {
     fn into_pool_error(self) -> PoolError {
         match self {
-            SelectorListError::Bad {
-                field,
-                index,
-                source,
-            } => PoolError::BadSelector {
-                field,
-                index,
-                source,
-            },
+            SelectorListError::Bad { field, index, source } => PoolError::BadSelector { field, index, source },
             SelectorListError::Duplicate {
                 field,
                 index,
@@ -280,15 +254,9 @@ impl SelectorListError {
 
     fn into_l2_error(self) -> L2AdvertisementError {
         match self {
-            SelectorListError::Bad {
-                field,
-                index,
-                source,
-            } => L2AdvertisementError::BadSelector {
-                field,
-                index,
-                source,
-            },
+            SelectorListError::Bad { field, index, source } => {
+                L2AdvertisementError::BadSelector { field, index, source }
+            }
             SelectorListError::Duplicate {
                 field,
                 index,
@@ -305,16 +273,9 @@ impl SelectorListError {
 }
 
 /// Every selector valid, and no selector listed twice (a repeat is always a copy-paste slip).
-fn check_selectors(
-    field: &'static str,
-    selectors: &[LabelSelector],
-) -> Result<(), SelectorListError> {
+fn check_selectors(field: &'static str, selectors: &[LabelSelector]) -> Result<(), SelectorListError> {
     for (index, sel) in selectors.iter().enumerate() {
-        selector::validate(sel).map_err(|source| SelectorListError::Bad {
-            field,
-            index,
-            source,
-        })?;
+        selector::validate(sel).map_err(|source| SelectorListError::Bad { field, index, source })?;
         if let Some(first) = selectors[..index].iter().position(|earlier| earlier == sel) {
             return Err(SelectorListError::Duplicate {
                 field,
@@ -335,10 +296,7 @@ fn interface_name_problem(name: &str) -> Option<&'static str> {
         Some("longer than 15 bytes")
     } else if name == "." || name == ".." {
         Some("reserved name")
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
+    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
         Some("contains '/', ':' or whitespace")
     } else {
         None
@@ -362,9 +320,7 @@ mod tests {
     }
 
     fn pool_err(addresses: &[&str]) -> String {
-        validate_pool("p", &spec(addresses))
-            .unwrap_err()
-            .to_string()
+        validate_pool("p", &spec(addresses)).unwrap_err().to_string()
     }
 
     fn labels(k: &str, v: &str) -> LabelSelector {
@@ -378,9 +334,7 @@ mod tests {
         let mut p = IPAddressPool::new(name, spec(addresses));
         p.metadata = ObjectMeta {
             name: Some(name.into()),
-            creation_timestamp: Some(Time(
-                k8s_openapi::jiff::Timestamp::from_second(created_secs).unwrap(),
-            )),
+            creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::from_second(created_secs).unwrap())),
             ..Default::default()
         };
         p
@@ -389,9 +343,7 @@ mod tests {
     #[test]
     fn pool_address_rules() {
         assert_eq!(
-            validate_pool("", &spec(&["10.0.0.0/24"]))
-                .unwrap_err()
-                .to_string(),
+            validate_pool("", &spec(&["10.0.0.0/24"])).unwrap_err().to_string(),
             "metadata.name is empty: a pool needs a name"
         );
         assert_eq!(
@@ -414,11 +366,7 @@ mod tests {
             pool_err(&["10.0.0.0/24", "10.0.0.128-10.0.1.5"]),
             "spec.addresses[1] (10.0.0.128-10.0.1.5) overlaps spec.addresses[0] (10.0.0.0/24)"
         );
-        let ranges = validate_pool(
-            "p",
-            &spec(&["10.0.0.0/24", "fd00::/64", "10.0.1.1 - 10.0.1.1"]),
-        )
-        .unwrap();
+        let ranges = validate_pool("p", &spec(&["10.0.0.0/24", "fd00::/64", "10.0.1.1 - 10.0.1.1"])).unwrap();
         assert_eq!(ranges.len(), 3);
     }
 
@@ -475,23 +423,16 @@ mod tests {
 
     #[test]
     fn identical_cidrs_in_two_pools_overlap() {
-        let verdicts =
-            validate_pools(&[pool("a", 1, &["10.0.0.0/8"]), pool("b", 1, &["10.0.0.0/8"])]);
+        let verdicts = validate_pools(&[pool("a", 1, &["10.0.0.0/8"]), pool("b", 1, &["10.0.0.0/8"])]);
         assert!(verdicts["a"].is_ok());
         assert!(verdicts["b"].is_err());
     }
 
     #[test]
     fn refused_pool_does_not_block_later_pools() {
-        let verdicts = validate_pools(&[
-            pool("a", 1, &["10.0.0.0/24", "bad"]),
-            pool("b", 2, &["10.0.0.0/24"]),
-        ]);
+        let verdicts = validate_pools(&[pool("a", 1, &["10.0.0.0/24", "bad"]), pool("b", 2, &["10.0.0.0/24"])]);
         assert!(verdicts["a"].is_err());
-        assert!(
-            verdicts["b"].is_ok(),
-            "a refused pool must not reserve its addresses"
-        );
+        assert!(verdicts["b"].is_ok(), "a refused pool must not reserve its addresses");
     }
 
     #[test]

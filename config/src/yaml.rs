@@ -27,12 +27,8 @@ pub fn to_string<T: Serialize>(value: &T) -> Result<String, Error> {
 mod tests {
     #[test]
     fn reads_every_non_empty_document() {
-        let docs: Vec<serde_json::Value> =
-            super::documents("---\na: 1\n---\n---\nb: [x]\n").unwrap();
-        assert_eq!(
-            docs,
-            vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]
-        );
+        let docs: Vec<serde_json::Value> = super::documents("---\na: 1\n---\n---\nb: [x]\n").unwrap();
+        assert_eq!(docs, vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]);
         assert!(super::documents::<serde_json::Value>("a: [").is_err());
     }
 }

@@ -1,7 +1,6 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the reconcile loop is running)
 //! and `/readyz` (state rebuilt from the cluster and the API server answering).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use kube::Client;
+use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 use crate::metrics::Metrics;
@@ -44,14 +44,11 @@ impl Health {
         {
             return result.clone();
         }
-        let result =
-            match tokio::time::timeout(Duration::from_secs(2), self.client.apiserver_version())
-                .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("API server error: {e}")),
-                Err(_) => Err("API server did not answer within 2s".to_string()),
-            };
+        let result = match tokio::time::timeout(Duration::from_secs(2), self.client.apiserver_version()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("API server error: {e}")),
+            Err(_) => Err("API server did not answer within 2s".to_string()),
+        };
         *last = Some((Instant::now(), result.clone()));
         result
     }
@@ -62,14 +59,11 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-/// Serves until the listener fails.
-pub async fn serve(
-    addr: SocketAddr,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+/// Serves on a bound listener until it fails.
+pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
@@ -89,9 +83,7 @@ async fn metrics_handler(State(state): State<Arc<AppState>>) -> impl IntoRespons
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.health.reconciling.load(Ordering::SeqCst)
-        || !state.health.rebuilt.load(Ordering::SeqCst)
-    {
+    if state.health.reconciling.load(Ordering::SeqCst) || !state.health.rebuilt.load(Ordering::SeqCst) {
         (StatusCode::OK, "ok\n".to_string())
     } else {
         (

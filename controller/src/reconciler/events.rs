@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::Service;
 use kube::Resource;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 
 use super::Context;
 
@@ -16,13 +16,11 @@ pub const CLEAR_ASSIGNMENT: &str = "ClearAssignment";
 pub const DEPRECATED_ANNOTATION: &str = "DeprecatedAnnotation";
 
 /// Publishes an Event on the Service; failures are logged, never fatal.
-pub async fn publish(
-    ctx: &Context,
-    service: &Service,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
+///
+/// A fresh `Recorder` per Event: kube's recorder folds Events with the same reason into one
+/// series and keeps the first note, but here the note is the message (which address, which
+/// rule). Repeats of one message are suppressed by the caller instead.
+pub async fn publish(ctx: &Context, service: &Service, type_: EventType, reason: &str, note: String) {
     let event = Event {
         type_,
         reason: reason.to_string(),
@@ -36,7 +34,8 @@ pub async fn publish(
         .to_string(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &service.object_ref(&())).await {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &service.object_ref(&())).await {
         tracing::warn!(reason, error = %e, "cannot publish event");
     }
 }

@@ -22,7 +22,6 @@ pub mod service;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -30,7 +29,7 @@ use futures::StreamExt;
 use herald_config::IPAddressPool;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -75,7 +74,8 @@ pub struct Context {
     /// Held only for synchronous allocator calls, never across an await.
     pub allocator: Mutex<Allocator>,
     pub namespaces: Store<Namespace>,
-    pub recorder: Recorder,
+    /// Who Events come from.
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     /// Re-run every Service (capacity freed, pools or namespaces changed).
@@ -101,49 +101,34 @@ impl Context {
     }
 }
 
-/// Whether this controller handles the Service: `type: LoadBalancer` with no
-/// `loadBalancerClass` or with ours.
-pub fn handles(service: &Service, lb_class: &str) -> bool {
-    let Some(spec) = &service.spec else {
-        return false;
-    };
-    spec.type_.as_deref() == Some("LoadBalancer")
-        && spec
-            .load_balancer_class
-            .as_deref()
-            .is_none_or(|class| class == lb_class)
-}
-
-/// The addresses in a Service's `status.loadBalancer.ingress`, in order; hostnames ignored.
-pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
-    service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
-        .collect()
-}
+pub use herald_config::service::{handles, ingress_ips};
 
 pub fn service_key(service: &Service) -> ServiceKey {
     ServiceKey::new(service.namespace().unwrap_or_default(), service.name_any())
 }
 
-/// Runs the controller until `shutdown` completes or a part of it fails.
-pub async fn run(
+/// Runs the controller against the cluster of the ambient kubeconfig (or in-cluster config)
+/// until `shutdown` completes or a part of it fails.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    run_with_client(client, config, shutdown).await
+}
+
+/// [`run`] with a given client.
+pub async fn run_with_client(
+    client: Client,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
-    let client = Client::try_default().await.map_err(Error::Client)?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(client.clone()));
-    let http_task = tokio::spawn(http::serve(
-        config.metrics_addr,
-        health.clone(),
-        metrics.clone(),
-    ));
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| Error::Http {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let http_task = tokio::spawn(http::serve(listener, health.clone(), metrics.clone()));
 
     crate::secret::ensure_speaker_key(&client, &config.namespace, &config.speaker_secret).await;
 
@@ -151,13 +136,10 @@ pub async fn run(
     // which pool a Service may use.
     let retry_all = Arc::new(Notify::new());
     let (namespaces, ns_writer) = reflector::store();
-    let ns_stream = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(ns_writer)
-    .applied_objects();
+    let ns_stream = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(ns_writer)
+        .applied_objects();
     let ns_trigger = retry_all.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(ns_stream);
@@ -169,7 +151,7 @@ pub async fn run(
     });
 
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), Reporter::from("herald-controller")),
+        reporter: Reporter::from("herald-controller"),
         client: client.clone(),
         config: config.clone(),
         allocator: Mutex::new(Allocator::new()),
@@ -213,9 +195,7 @@ pub async fn run(
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| match event {
-            Ok(watcher::Event::Delete(service)) => {
-                service::released(&release_ctx, &service_key(service), "deleted")
-            }
+            Ok(watcher::Event::Delete(service)) => service::released(&release_ctx, &service_key(service), "deleted"),
             // After a relist, anything we hold for a Service that is gone was deleted unseen.
             Ok(watcher::Event::InitDone) => service::release_missing(&release_ctx, &release_reader),
             _ => {}
@@ -256,13 +236,7 @@ async fn rebuild(ctx: &Context) -> Result<(), Error> {
         })?
         .items;
     services.sort_by(|a, b| {
-        let key = |s: &Service| {
-            (
-                s.metadata.creation_timestamp.clone(),
-                s.namespace(),
-                s.name_any(),
-            )
-        };
+        let key = |s: &Service| (s.metadata.creation_timestamp.clone(), s.namespace(), s.name_any());
         key(a).cmp(&key(b))
     });
     let mut restored = 0;
@@ -274,9 +248,7 @@ async fn rebuild(ctx: &Context) -> Result<(), Error> {
         }
         let key = service_key(service);
         let request = ServiceRequest::from_service(service, ctx.namespace_labels(&key.namespace))
-            .unwrap_or_else(|_| {
-                ServiceRequest::auto(key.clone(), herald_config::IpFamily::of(ips[0]))
-            });
+            .unwrap_or_else(|_| ServiceRequest::auto(key.clone(), herald_config::IpFamily::of(ips[0])));
         match allocator.restore(&request, &ips) {
             Ok(_) => restored += 1,
             Err(e) => {

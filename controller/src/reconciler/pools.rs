@@ -43,11 +43,7 @@ pub fn apply_pool_set(ctx: &Context, pools: &[IPAddressPool]) {
         }
     }
     let valid_count = valid.len() as i64;
-    let displaced = ctx
-        .allocator
-        .lock()
-        .expect("allocator lock")
-        .set_pools(valid);
+    let displaced = ctx.allocator.lock().expect("allocator lock").set_pools(valid);
     {
         let mut moved = ctx.displaced.lock().expect("displaced lock");
         for d in displaced {
@@ -81,15 +77,17 @@ pub async fn watch_pools(ctx: Arc<Context>, api: Api<IPAddressPool>, initial: &[
         watcher(api, watcher::Config::default())
             .default_backoff()
             .reflect(writer)
-            .touched_objects()
     );
     while let Some(event) = stream.next().await {
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "IPAddressPool watch failed; retrying");
-            continue;
+        match event {
+            Err(e) => {
+                tracing::warn!(error = %e, "IPAddressPool watch failed; retrying");
+                continue;
+            }
+            // The store is complete only at InitDone; pages before it are not the pool set.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(_) => {}
         }
-        // Let a burst of edits (kubectl apply of many pools) settle into one pass.
-        tokio::time::sleep(Duration::from_millis(50)).await;
         let pools = ctx_pools(&store);
         let specs = current_specs(&pools);
         if specs != applied {
@@ -104,10 +102,7 @@ fn ctx_pools(store: &Store<IPAddressPool>) -> Vec<IPAddressPool> {
 }
 
 fn current_specs(pools: &[IPAddressPool]) -> BTreeMap<String, IPAddressPoolSpec> {
-    pools
-        .iter()
-        .map(|p| (p.name_any(), p.spec.clone()))
-        .collect()
+    pools.iter().map(|p| (p.name_any(), p.spec.clone())).collect()
 }
 
 /// Writes pools' statuses when counters or verdicts change, at most every 200 ms.
@@ -118,11 +113,7 @@ pub async fn write_statuses(ctx: Arc<Context>, api: Api<IPAddressPool>) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let verdicts = ctx.pool_verdicts.lock().expect("verdicts lock").clone();
         for (name, verdict) in verdicts {
-            let stats = ctx
-                .allocator
-                .lock()
-                .expect("allocator lock")
-                .pool_stats(&name);
+            let stats = ctx.allocator.lock().expect("allocator lock").pool_stats(&name);
             let status = desired_status(&verdict, stats.as_ref());
             publish_metrics(&ctx, &name, stats.as_ref());
             if written.get(&name).is_some_and(|w| same_status(w, &status)) {
@@ -180,19 +171,13 @@ fn same_status(a: &IPAddressPoolStatus, b: &IPAddressPoolStatus) -> bool {
     strip(a) == strip(b)
 }
 
-async fn write_status(
-    api: &Api<IPAddressPool>,
-    name: &str,
-    status: &IPAddressPoolStatus,
-) -> Result<(), kube::Error> {
+async fn write_status(api: &Api<IPAddressPool>, name: &str, status: &IPAddressPoolStatus) -> Result<(), kube::Error> {
     let patch = json!({"status": status});
     let params = PatchParams {
         field_manager: Some("herald-controller".to_string()),
         ..Default::default()
     };
-    api.patch_status(name, &params, &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
+    api.patch_status(name, &params, &Patch::Merge(&patch)).await.map(|_| ())
 }
 
 fn publish_metrics(ctx: &Context, pool: &str, stats: Option<&PoolStats>) {
@@ -205,13 +190,7 @@ fn publish_metrics(ctx: &Context, pool: &str, stats: Option<&PoolStats>) {
             pool: pool.to_string(),
             family,
         };
-        ctx.metrics
-            .addresses_in_use
-            .get_or_create(&labels)
-            .set(in_use);
-        ctx.metrics
-            .addresses_available
-            .get_or_create(&labels)
-            .set(available);
+        ctx.metrics.addresses_in_use.get_or_create(&labels).set(in_use);
+        ctx.metrics.addresses_available.get_or_create(&labels).set(available);
     }
 }

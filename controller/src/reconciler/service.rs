@@ -13,9 +13,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::events::{
-    self, ALLOCATION_FAILED, CLEAR_ASSIGNMENT, DEPRECATED_ANNOTATION, IP_ALLOCATED,
-};
+use super::events::{self, ALLOCATION_FAILED, CLEAR_ASSIGNMENT, DEPRECATED_ANNOTATION, IP_ALLOCATED};
 use super::{Context, Error, handles, ingress_ips, service_key};
 use crate::allocator::{ServiceKey, ServiceRequest};
 use crate::metrics::Outcome;
@@ -31,12 +29,7 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 
     let current = ingress_ips(&service);
     let request = ServiceRequest::from_service(&service, ctx.namespace_labels(&key.namespace));
-    let outcome = request.map(|request| {
-        ctx.allocator
-            .lock()
-            .expect("allocator lock")
-            .allocate(&request)
-    });
+    let outcome = request.map(|request| ctx.allocator.lock().expect("allocator lock").allocate(&request));
     let allocation = match outcome {
         Ok(Ok(allocation)) => allocation,
         Ok(Err(e)) => return failed(&service, &ctx, &key, &current, e.to_string()).await,
@@ -148,11 +141,7 @@ fn forget_failure(ctx: &Context, key: &ServiceKey) {
 }
 
 /// A Service Herald no longer handles: release and clear what Herald wrote, if anything.
-async fn clear_if_ours(
-    service: &Service,
-    ctx: &Context,
-    key: &ServiceKey,
-) -> Result<Action, Error> {
+async fn clear_if_ours(service: &Service, ctx: &Context, key: &ServiceKey) -> Result<Action, Error> {
     let released = ctx.allocator.lock().expect("allocator lock").release(key);
     forget_failure(ctx, key);
     let ours = released.is_some() || service.annotations().contains_key(IP_ALLOCATED_FROM_POOL);
@@ -181,9 +170,7 @@ async fn clear_if_ours(
         ),
     };
     // Another class's controller owns the status now; only clear it if the type changed.
-    if !current.is_empty()
-        && service.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer")
-    {
+    if !current.is_empty() && service.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
         write_ingress(ctx, service, &[]).await?;
     }
     write_pool_annotation(ctx, service, None).await?;
@@ -212,8 +199,7 @@ pub fn released(ctx: &Context, key: &ServiceKey, why: &str) {
 }
 
 pub fn release_missing(ctx: &Context, services: &Store<Service>) {
-    let present: std::collections::HashSet<ServiceKey> =
-        services.state().iter().map(|s| service_key(s)).collect();
+    let present: std::collections::HashSet<ServiceKey> = services.state().iter().map(|s| service_key(s)).collect();
     let held = ctx.allocator.lock().expect("allocator lock").services();
     for key in held.into_iter().filter(|k| !present.contains(k)) {
         released(ctx, &key, "deleted while the watch was down");
@@ -221,10 +207,7 @@ pub fn release_missing(ctx: &Context, services: &Store<Service>) {
 }
 
 async fn report_deprecations(service: &Service, ctx: &Context, key: &ServiceKey) {
-    let spec_ip = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.load_balancer_ip.as_deref());
+    let spec_ip = service.spec.as_ref().and_then(|s| s.load_balancer_ip.as_deref());
     let Ok(parsed) = parse_service_annotations(service.annotations(), spec_ip) else {
         return;
     };
@@ -248,8 +231,7 @@ async fn report_deprecations(service: &Service, ctx: &Context, key: &ServiceKey)
 }
 
 async fn write_ingress(ctx: &Context, service: &Service, ips: &[IpAddr]) -> Result<(), Error> {
-    let api: Api<Service> =
-        Api::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
     let ingress: Vec<_> = ips
         .iter()
         .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
@@ -265,16 +247,11 @@ async fn write_ingress(ctx: &Context, service: &Service, ips: &[IpAddr]) -> Resu
     Ok(())
 }
 
-async fn write_pool_annotation(
-    ctx: &Context,
-    service: &Service,
-    pool: Option<&str>,
-) -> Result<(), Error> {
+async fn write_pool_annotation(ctx: &Context, service: &Service, pool: Option<&str>) -> Result<(), Error> {
     if pool.is_none() && !service.annotations().contains_key(IP_ALLOCATED_FROM_POOL) {
         return Ok(());
     }
-    let api: Api<Service> =
-        Api::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
     let patch = json!({"metadata": {"annotations": {IP_ALLOCATED_FROM_POOL: pool}}});
     api.patch(&service.name_any(), &field_manager(), &Patch::Merge(&patch))
         .await
@@ -297,8 +274,5 @@ fn join(ips: &[IpAddr]) -> String {
     if ips.is_empty() {
         return "nothing".to_string();
     }
-    ips.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }

@@ -1,0 +1,61 @@
+//! What Herald reads from a `v1.Service`: whether Herald handles it, and its current addresses.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+
+/// Whether Herald handles the Service: `type: LoadBalancer` with no `loadBalancerClass` or
+/// with `lb_class`.
+pub fn handles(service: &Service, lb_class: &str) -> bool {
+    let Some(spec) = &service.spec else { return false };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && spec
+            .load_balancer_class
+            .as_deref()
+            .is_none_or(|class| class == lb_class)
+}
+
+/// The addresses in `status.loadBalancer.ingress`, in order; hostnames are ignored.
+pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(spec: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": "s"}, "spec": spec,
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}, {"hostname": "lb.example"}, {"ip": "fd00::1"}]}}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn handles_load_balancers_of_no_class_or_ours() {
+        assert!(handles(&svc(json!({"type": "LoadBalancer"})), "herald.io/l2"));
+        assert!(handles(
+            &svc(json!({"type": "LoadBalancer", "loadBalancerClass": "herald.io/l2"})),
+            "herald.io/l2"
+        ));
+        assert!(!handles(
+            &svc(json!({"type": "LoadBalancer", "loadBalancerClass": "other/x"})),
+            "herald.io/l2"
+        ));
+        assert!(!handles(&svc(json!({"type": "NodePort"})), "herald.io/l2"));
+    }
+
+    #[test]
+    fn ingress_ips_skip_hostnames() {
+        let ips: Vec<String> = ingress_ips(&svc(json!({}))).iter().map(ToString::to_string).collect();
+        assert_eq!(ips, ["10.0.0.1", "fd00::1"]);
+    }
+}

@@ -1,0 +1,458 @@
+//! The real kube-rs controller against a Kubernetes API over HTTP (the lab API server, in
+//! process): restart keeps IPs, deletion frees an IP for a pending Service, pool deletion moves
+//! a Service with an Event, sharing accepted and refused, dual stack, loadBalancerClass
+//! filtering, and a bad pool gets a condition without disturbing anything else.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use herald_config::{IPAddressPool, IPAddressPoolSpec};
+use herald_controller::config::{Config, LogFormat};
+use herald_e2e::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+struct Lab {
+    server: RunningApiServer,
+    client: Client,
+}
+
+impl Lab {
+    async fn start() -> Lab {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let server = ApiServer::start(ApiServerConfig::local())
+            .await
+            .expect("lab API server starts");
+        let client = server.client().await.expect("client");
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for (_, crd) in herald_config::crds::all() {
+            crds.create(&PostParams::default(), &crd).await.expect("CRD created");
+        }
+        Lab { server, client }
+    }
+
+    fn pools(&self) -> Api<IPAddressPool> {
+        Api::namespaced(self.client.clone(), "herald-system")
+    }
+
+    fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    async fn pool(&self, name: &str, addresses: &[&str]) {
+        let pool = IPAddressPool::new(
+            name,
+            IPAddressPoolSpec {
+                addresses: addresses.iter().map(|s| s.to_string()).collect(),
+                auto_assign: true,
+                avoid_buggy_ips: false,
+                service_allocation: None,
+            },
+        );
+        self.pools()
+            .create(&PostParams::default(), &pool)
+            .await
+            .expect("pool created");
+    }
+
+    async fn service(&self, name: &str, extra: serde_json::Value) {
+        let mut svc = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+        });
+        merge(&mut svc, extra);
+        let svc: Service = serde_json::from_value(svc).expect("Service");
+        self.services()
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("service created");
+    }
+
+    async fn ips(&self, name: &str) -> Vec<String> {
+        let svc = self.services().get(name).await.expect("service exists");
+        svc.status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip)
+            .collect()
+    }
+
+    async fn wait_ips(&self, name: &str, want: &[&str]) {
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        let (found, last) = poll_until(|| self.ips(name), |ips| *ips == want).await;
+        assert!(found, "{name}: wanted {want:?}, still {last:?}");
+    }
+
+    /// Every Event's (reason, note) about a Service.
+    async fn events(&self, name: &str) -> Vec<(String, String)> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        api.list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn wait_event(&self, name: &str, reason: &str, note_contains: &str) {
+        let (found, last) = poll_until(
+            || self.events(name),
+            |events| events.iter().any(|(r, n)| r == reason && n.contains(note_contains)),
+        )
+        .await;
+        assert!(
+            found,
+            "{name}: no {reason} event containing {note_contains:?}; events: {last:?}"
+        );
+    }
+}
+
+struct RunningController {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), herald_controller::reconciler::Error>>,
+}
+
+fn start_controller(lab: &Lab, lb_class: &str) -> RunningController {
+    let config = Config {
+        namespace: "herald-system".into(),
+        lb_class: lb_class.into(),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        log_format: LogFormat::Text,
+        speaker_secret: "herald-speaker-auth".into(),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(herald_controller::reconciler::run_with_client(
+        lab.client.clone(),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    RunningController { stop, task }
+}
+
+impl RunningController {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("controller stops within 10s");
+        result.expect("controller task").expect("controller ran without error");
+    }
+}
+
+/// Polls `probe` every 50 ms for up to 10 s until `done` accepts its value; returns whether it
+/// did and the last value seen.
+async fn poll_until<T, F, Fut>(mut probe: F, done: impl Fn(&T) -> bool) -> (bool, T)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = probe().await;
+        if done(&value) {
+            return (true, value);
+        }
+        if Instant::now() >= deadline {
+            return (false, value);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn eventually<F, Fut>(check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_until(check, |ok| *ok).await.0
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+#[tokio::test]
+async fn restart_keeps_every_ip_and_pending_services_take_only_free_ones() {
+    let lab = Lab::start().await;
+    lab.pool("main", &["10.80.0.1-10.80.0.4"]).await;
+    let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
+    for (name, ip) in [("a", "10.80.0.1"), ("b", "10.80.0.2"), ("c", "10.80.0.3")] {
+        lab.service(name, json!({})).await;
+        lab.wait_ips(name, &[ip]).await;
+    }
+    controller.stop().await;
+
+    // While the controller is down: free the lowest address and add a new Service.
+    lab.services()
+        .delete("a", &DeleteParams::default())
+        .await
+        .expect("delete a");
+    lab.service("d", json!({})).await;
+    let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
+    lab.wait_ips("d", &["10.80.0.1"]).await;
+    assert_eq!(lab.ips("b").await, ["10.80.0.2"]);
+    assert_eq!(lab.ips("c").await, ["10.80.0.3"]);
+    lab.wait_event("d", "IPAllocated", "assigned 10.80.0.1 from pool main")
+        .await;
+    assert!(
+        !lab.events("b")
+            .await
+            .iter()
+            .any(|(r, n)| r == "IPAllocated" && n.contains("changed")),
+        "b was not renumbered"
+    );
+    controller.stop().await;
+    lab.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_service_frees_its_ip_for_a_pending_one() {
+    let lab = Lab::start().await;
+    lab.pool("tiny", &["10.81.0.7/32"]).await;
+    let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
+    lab.service("first", json!({})).await;
+    lab.wait_ips("first", &["10.81.0.7"]).await;
+    lab.service("second", json!({})).await;
+    lab.wait_event("second", "AllocationFailed", "tiny").await;
+    assert!(lab.ips("second").await.is_empty());
+
+    lab.services()
+        .delete("first", &DeleteParams::default())
+        .await
+        .expect("delete");
+    lab.wait_ips("second", &["10.81.0.7"]).await;
+    controller.stop().await;
+    lab.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_pool_moves_its_services_with_an_event() {
+    let lab = Lab::start().await;
+    lab.pool("a-old", &["10.82.0.0/30"]).await;
+    lab.pool("b-new", &["10.82.1.0/30"]).await;
+    let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
+    lab.service("web", json!({})).await;
+    lab.wait_ips("web", &["10.82.0.0"]).await;
+
+    lab.pools()
+        .delete("a-old", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    lab.wait_ips("web", &["10.82.1.0"]).await;
+    lab.wait_event("web", "IPAllocated", "no longer in any IPAddressPool")
+        .await;
+    let svc = lab.services().get("web").await.unwrap();
+    assert_eq!(
+        svc.annotations()
+            .get("herald.io/ip-allocated-from-pool")
+            .map(String::as_str),
+        Some("b-new")
+    );
+    controller.stop().await;
+    lab.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_edit_that_keeps_the_ip_in_the_pool_changes_nothing() {
+    let lab = Lab::start().await;
+    lab.pool("p", &["10.83.0.0/29"]).await;
+    let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
+    lab.service("s1", json!({})).await;
+    lab.wait_ips("s1", &["10.83.0.0"]).await;
+    lab.service("s2", json!({})).await;
+    lab.wait_ips("s2", &["10.83.0.1"]).await;
+    // Shrink the pool from the bottom: s1's address leaves, s2's stays.
+    let mut pool = lab.pools().get("p").await.unwrap();
+    pool.spec.addresses = vec!["10.83.0.1-10.83.0.7".into()];
+    lab.pools()
+        .replace("p", &PostParams::default(), &pool)
+        .await
+        .expect("edit pool");
+    lab.wait_event("s1", "IPAllocated", "10.83.0.0 is no longer in any IPAddressPool")
+        .await;
+    lab.wait_ips("s1", &["10.83.0.2"]).await;
+    assert_eq!(lab.ips("s2").await, ["10.83.0.1"]);
+    controller.stop().await;
+    lab.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sharing_is_accepted_for_disjoint_ports_and_refused_otherwise() {
+    let lab = Lab::start().await;
+    lab.pool("p", &["10.84.0.10-10.84.0.20"]).await;
+    let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
+    let shared = |port: u16, protocol: &str| {
+        json!({
+            "metadata": {"annotations": {"herald.io/loadBalancerIPs": "10.84.0.15", "herald.io/allow-shared-ip": "dns"}},
+            "spec": {"ports": [{"name": "p", "port": port, "protocol": protocol}]}
+        })
+    };
+    lab.service("dns-tcp", shared(53, "TCP")).await;
+    lab.service("dns-udp", shared(53, "UDP")).await;
+    lab.wait_ips("dns-tcp", &["10.84.0.15"]).await;
+    lab.wait_ips("dns-udp", &["10.84.0.15"]).await;
+
+    lab.service("dns-tcp-again", shared(53, "TCP")).await;
+    lab.wait_event("dns-tcp-again", "AllocationFailed", "10.84.0.15").await;
+    assert!(lab.ips("dns-tcp-again").await.is_empty());
+
+    let no_key = json!({"metadata": {"annotations": {"herald.io/loadBalancerIPs": "10.84.0.15"}},
+                        "spec": {"ports": [{"name": "p", "port": 8080, "protocol": "TCP"}]}});
+    lab.service("no-key", no_key).await;
+    lab.wait_event("no-key", "AllocationFailed", "10.84.0.15").await;
+    controller.stop().await;
+    lab.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dual_stack_services_get_one_address_per_family() {
+    let lab = Lab::start().await;
+    lab.pool("dual", &["10.85.0.0/30", "fd00:85::/126"]).await;
+    let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
+    lab.service(
+        "both",
+        json!({"spec": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}}),
+    )
+    .await;
+    lab.wait_ips("both", &["10.85.0.0", "fd00:85::"]).await;
+    lab.service(
+        "v6-first",
+        json!({"spec": {"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv6", "IPv4"]}}),
+    )
+    .await;
+    lab.wait_ips("v6-first", &["fd00:85::1", "10.85.0.1"]).await;
+    controller.stop().await;
+    lab.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_services_of_our_class_or_no_class_are_handled() {
+    let lab = Lab::start().await;
+    lab.pool("p", &["10.86.0.0/29"]).await;
+    let controller = start_controller(&lab, "herald.io/l2");
+    lab.service("other", json!({"spec": {"loadBalancerClass": "example.com/other"}}))
+        .await;
+    lab.service("ours", json!({"spec": {"loadBalancerClass": "herald.io/l2"}}))
+        .await;
+    lab.wait_ips("ours", &["10.86.0.0"]).await;
+    lab.service("unclassed", json!({})).await;
+    lab.wait_ips("unclassed", &["10.86.0.1"]).await;
+    // Give the controller time to (wrongly) act on the other class before checking it did not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(lab.ips("other").await.is_empty());
+    assert!(
+        lab.events("other").await.is_empty(),
+        "another class's Service is left alone"
+    );
+
+    // Turning a handled Service into a ClusterIP Service releases its address.
+    let mut svc = lab.services().get("ours").await.unwrap();
+    let spec = svc.spec.as_mut().unwrap();
+    spec.type_ = Some("ClusterIP".into());
+    spec.load_balancer_class = None;
+    lab.services()
+        .replace("ours", &PostParams::default(), &svc)
+        .await
+        .expect("type change");
+    lab.wait_event("ours", "ClearAssignment", "type ClusterIP").await;
+    lab.service("late", json!({})).await;
+    lab.wait_ips("late", &["10.86.0.0"]).await;
+    controller.stop().await;
+    lab.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_pool_gets_an_invalid_condition_and_disturbs_nothing() {
+    let lab = Lab::start().await;
+    lab.pool("good", &["10.87.0.0/30"]).await;
+    let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
+    lab.service("web", json!({})).await;
+    lab.wait_ips("web", &["10.87.0.0"]).await;
+
+    lab.pool("bad", &["10.87.9.20-10.87.9.10"]).await;
+    lab.pool("overlapping", &["10.87.0.0/31"]).await;
+    let invalid_message = |name: &'static str| {
+        let pools = lab.pools();
+        async move {
+            let pool = pools.get_status(name).await.unwrap();
+            pool.status
+                .as_ref()
+                .and_then(|s| s.conditions.first())
+                .filter(|c| c.status == "False" && c.reason == "Invalid")
+                .map(|c| c.message.clone())
+        }
+    };
+    let (found, bad) = poll_until(|| invalid_message("bad"), Option::is_some).await;
+    assert!(found, "the bad pool gets an Invalid condition");
+    let (found, overlapping) = poll_until(|| invalid_message("overlapping"), Option::is_some).await;
+    assert!(found, "the overlapping pool gets an Invalid condition");
+    assert!(bad.unwrap().contains("reversed range"));
+    assert!(overlapping.unwrap().contains("overlaps 10.87.0.0/30 of pool \"good\""));
+
+    let good = eventually(|| async {
+        let good = lab.pools().get_status("good").await.unwrap();
+        good.status.is_some_and(|s| {
+            s.assigned_ipv4 == 1 && s.available_ipv4 == 3 && s.conditions.first().is_some_and(|c| c.status == "True")
+        })
+    })
+    .await;
+    assert!(good, "the good pool reports its counters and stays Ready");
+    lab.service("web2", json!({})).await;
+    lab.wait_ips("web2", &["10.87.0.1"]).await;
+    assert_eq!(lab.ips("web").await, ["10.87.0.0"]);
+    controller.stop().await;
+    lab.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_service_input_is_reported_and_nothing_else_changes() {
+    let lab = Lab::start().await;
+    lab.pool("p", &["10.88.0.0/30"]).await;
+    let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
+    lab.service(
+        "unknown-pool",
+        json!({"metadata": {"annotations": {"herald.io/address-pool": "nope"}}}),
+    )
+    .await;
+    lab.service(
+        "outside",
+        json!({"metadata": {"annotations": {"herald.io/loadBalancerIPs": "192.0.2.1"}}}),
+    )
+    .await;
+    lab.service(
+        "legacy",
+        json!({"metadata": {"annotations": {"metallb.universe.tf/address-pool": "p"}}}),
+    )
+    .await;
+    lab.wait_event("unknown-pool", "AllocationFailed", "nope").await;
+    lab.wait_event("outside", "AllocationFailed", "192.0.2.1").await;
+    lab.wait_ips("legacy", &["10.88.0.0"]).await;
+    lab.wait_event("legacy", "DeprecatedAnnotation", "use herald.io/address-pool instead")
+        .await;
+    controller.stop().await;
+    lab.server.shutdown().await;
+}
