@@ -710,3 +710,101 @@ async fn watch_bookmarks_selectors_and_timeouts() {
     assert!(bookmarks > 0);
     lab.stop().await;
 }
+
+#[tokio::test]
+async fn streaming_list_collection_delete_and_method_not_allowed() {
+    let lab = Lab::start().await;
+    let client = lab.client().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    for name in ["s-1", "s-2"] {
+        let mut cm = configmap(name, "x");
+        cm.metadata.labels = Some([("batch".to_string(), "one".to_string())].into());
+        api.create(&PostParams::default(), &cm).await.expect("create");
+    }
+    // kube-rs's streaming-list watcher (sendInitialEvents + initial-events-end bookmark).
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let stream = reflector(
+        writer,
+        watcher(api.clone(), watcher::Config::default().streaming_lists()),
+    )
+    .default_backoff();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    eventually("streaming list", Duration::from_secs(10), || {
+        let n = reader.state().len();
+        async move { n == 2 }
+    })
+    .await;
+    task.abort();
+
+    api.delete_collection(&DeleteParams::default(), &ListParams::default().labels("batch=one"))
+        .await
+        .expect("delete collection");
+    assert!(api.list(&ListParams::default()).await.expect("list").items.is_empty());
+
+    let raw = http::Request::builder()
+        .method("POST")
+        .uri("/api/v1/namespaces/default/configmaps/s-1")
+        .body(b"{}".to_vec())
+        .expect("request");
+    assert_eq!(
+        error_code(client.request::<ConfigMap>(raw).await),
+        (405, "MethodNotAllowed".into())
+    );
+    lab.stop().await;
+}
+
+/// `herald-lab apiserver` as a process: env-var configuration, kubeconfig, state saved on SIGTERM.
+#[tokio::test]
+async fn cli_serves_until_sigterm_and_saves_state() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = TempDir::new("cli");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let state = dir.path().join("state.json");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-lab"))
+        .arg("apiserver")
+        .env("HERALD_LAB_LISTEN", "127.0.0.1:0")
+        .env("HERALD_LAB_KUBECONFIG", &kubeconfig)
+        .env("HERALD_LAB_STATE", &state)
+        .env("HERALD_LAB_TOKEN", "cli-token")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn herald-lab");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("prints")
+        .expect("read")
+        .expect("a line");
+    assert!(
+        line.starts_with("herald-lab apiserver listening on http://127.0.0.1:"),
+        "{line}"
+    );
+
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    let api: Api<ConfigMap> = Api::default_namespaced(kube::Client::try_from(config).expect("client"));
+    api.create(&PostParams::default(), &configmap("from-cli", "x"))
+        .await
+        .expect("create");
+
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "{status:?}");
+    let saved = std::fs::read_to_string(&state).expect("state saved");
+    assert!(saved.contains("from-cli"));
+}

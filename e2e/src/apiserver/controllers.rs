@@ -46,23 +46,31 @@ pub struct InUse {
 }
 
 impl InUse {
-    /// Adds everything `svc` holds.
-    pub fn add(&mut self, svc: &Service) {
-        let Some(spec) = &svc.spec else {
-            return;
-        };
-        for ip in spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter()) {
-            if let Ok(addr) = ip.parse() {
+    /// Adds everything a stored Service object holds, reading the JSON directly (this
+    /// runs over every Service on each Service write, so it avoids typed decoding).
+    pub fn add_json(&mut self, svc: &Value) {
+        let ips = svc
+            .pointer("/spec/clusterIPs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        for ip in ips.chain(svc.pointer("/spec/clusterIP")) {
+            if let Some(addr) = ip.as_str().and_then(|s| s.parse().ok()) {
                 self.cluster_ips.insert(addr);
             }
         }
-        for port in spec.ports.iter().flatten() {
-            if let Some(np) = port.node_port {
-                self.node_ports.insert(np);
+        for port in svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(np) = port.get("nodePort").and_then(Value::as_i64) {
+                self.node_ports.insert(np as i32);
             }
         }
-        if let Some(hc) = spec.health_check_node_port {
-            self.node_ports.insert(hc);
+        if let Some(hc) = svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_i64) {
+            self.node_ports.insert(hc as i32);
         }
     }
 }
@@ -606,7 +614,7 @@ mod tests {
         let mut first = lb();
         default_service(&mut first, None, &InUse::default(), &ServiceNetwork::default()).expect("valid");
         let mut in_use = InUse::default();
-        in_use.add(&first);
+        in_use.add_json(&serde_json::to_value(&first).expect("json"));
         let mut second = lb();
         default_service(&mut second, None, &in_use, &ServiceNetwork::default()).expect("valid");
         let spec = second.spec.expect("spec");

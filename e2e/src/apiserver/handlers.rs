@@ -933,9 +933,7 @@ fn per_kind(server: &Server, target: &Target, old: Option<&Value>, obj: &mut Val
             let mut in_use = InUse::default();
             let key = object_key(obj);
             for other in all.iter().filter(|o| object_key(o) != key) {
-                if let Ok(s) = serde_json::from_value::<Service>((**other).clone()) {
-                    in_use.add(&s);
-                }
+                in_use.add_json(other);
             }
             controllers::default_service(&mut svc, old_svc.as_ref(), &in_use, &server.network)
                 .map_err(|causes| ApiError::invalid("", "Service", &name, causes))?;

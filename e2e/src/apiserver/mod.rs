@@ -43,6 +43,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use serde_json::{Value, json};
 use tokio::sync::watch as signal;
 
@@ -227,7 +228,10 @@ impl ApiServer {
         let mut stop = server.shutdown.clone();
         let serve = tokio::spawn(async move {
             let graceful = async move { wait_until_set(&mut stop).await };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+            if let Err(e) = axum::serve(listener.tap_io(disable_nagle), app)
+                .with_graceful_shutdown(graceful)
+                .await
+            {
                 tracing::error!(error = %e, "lab apiserver stopped with an error");
             }
         });
@@ -257,6 +261,14 @@ pub(crate) async fn wait_until_set(flag: &mut signal::Receiver<bool>) {
 /// Resolves once the flag is false (or its sender is gone).
 pub(crate) async fn wait_until_clear(flag: &mut signal::Receiver<bool>) {
     let _ = flag.wait_for(|v| !*v).await.map(|_| ());
+}
+
+/// Watch events are small writes on a long-lived response: without TCP_NODELAY, Nagle's
+/// algorithm holds them until the client's delayed ACK (up to ~40 ms).
+fn disable_nagle(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
 }
 
 /// Saves the store after changes, at most every 200 ms, until shutdown.
