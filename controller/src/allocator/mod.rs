@@ -444,12 +444,18 @@ impl Allocator {
             return Ok((previous.pool, ips));
         }
         for &pool in &candidates {
+            if !self.could_serve(pool, req, wanted, true, previous) {
+                continue;
+            }
             if let Ok(ips) = self.pick_in_pool(pool, req, wanted, true, previous) {
                 return Ok((pool, ips));
             }
         }
         if !need_all {
             for &pool in &candidates {
+                if !self.could_serve(pool, req, wanted, false, previous) {
+                    continue;
+                }
                 if let Ok(ips) = self.pick_in_pool(pool, req, wanted, false, previous) {
                     return Ok((pool, ips));
                 }
@@ -459,6 +465,29 @@ impl Allocator {
             families: wanted.to_vec(),
             tried: candidates.iter().map(|&p| self.pools[p].name().to_string()).collect(),
         })
+    }
+
+    /// A cheap test that is false only when [`Allocator::pick_in_pool`] would surely fail: with
+    /// no previous addresses and no sharing key, a pool can only serve from its free sets. Skips
+    /// full pools quickly when there are many.
+    fn could_serve(
+        &self,
+        pool: usize,
+        req: &ServiceRequest,
+        wanted: &[IpFamily],
+        need_all: bool,
+        previous: Option<&Holding>,
+    ) -> bool {
+        if previous.is_some() || req.sharing.key.is_some() {
+            return true;
+        }
+        let state = &self.pools[pool];
+        let has_free = |family: &IpFamily| !state.space(*family).free.is_empty();
+        if need_all {
+            wanted.iter().all(has_free)
+        } else {
+            wanted.iter().any(has_free)
+        }
     }
 
     /// `autoAssign` pools in the order automatic allocation tries them for this Service.
