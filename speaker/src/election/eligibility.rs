@@ -346,7 +346,8 @@ mod tests {
     #[test]
     fn each_reason_is_reported() {
         let ads = [every_pool()];
-        let cases: Vec<(Ineligible, Box<dyn Fn(&mut UnitFacts, &mut NodeFacts)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut UnitFacts, &mut NodeFacts)>;
+        let cases: Vec<(Ineligible, Mutation)> = vec![
             (
                 Ineligible::NotLive,
                 Box::new(|_, n| n.member_state = Some(MemberState::Dead)),
@@ -435,7 +436,10 @@ mod tests {
             node_selectors: vec![selector("zone", "b")],
             ..Default::default()
         };
-        assert_eq!(check(&u, &n, &[other_zone.clone()]), Err(Ineligible::NodeNotSelected));
+        assert_eq!(
+            check(&u, &n, std::slice::from_ref(&other_zone)),
+            Err(Ineligible::NodeNotSelected)
+        );
         let this_zone = L2AdvertisementSpec {
             node_selectors: vec![selector("zone", "a")],
             service_selectors: vec![selector("app", "web")],

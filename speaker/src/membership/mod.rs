@@ -81,7 +81,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-// pub use runtime::{MembershipError, MembershipHandle, spawn};
+pub use metrics::MembershipMetrics;
+pub use runtime::{Membership, MembershipError};
 
 /// A speaker's state as others see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -188,8 +189,13 @@ impl MembershipView {
 /// (`--membership-port`, `--probe-interval`, `--watch-probe-interval`, ...).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MembershipConfig {
-    /// Address the gRPC server listens on (`--membership-listen`, default `0.0.0.0:7946`).
+    /// Address the gRPC server listens on (`--peer-port` sets its port; default
+    /// `0.0.0.0:7946`).
     pub listen: SocketAddr,
+    /// Address other speakers reach this one at, as gossiped; `None`: the bound address.
+    /// Peers listed by the API are always dialled at the API's address, so a wildcard here
+    /// only matters for speakers the API does not list.
+    pub advertise_address: Option<SocketAddr>,
     /// Interval of the slow round-robin probe: one probe per interval in total, across all
     /// members not watched closely, dead ones included (`--probe-interval`, 1 s).
     pub probe_interval: Duration,
@@ -228,6 +234,7 @@ impl Default for MembershipConfig {
     fn default() -> Self {
         MembershipConfig {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7946)),
+            advertise_address: None,
             probe_interval: Duration::from_secs(1),
             watch_probe_interval: Duration::from_millis(100),
             probe_timeout: Duration::from_millis(150),

@@ -1,1 +1,437 @@
-//! The tokio task that runs membership.
+//! The membership runtime: a tokio task that drives [`Core`] with real time, a tonic server
+//! for the `Membership` service, and the handle the speaker's wiring uses.
+//!
+//! ```text
+//! let membership = Membership::start(config, "node-a", key, &mut registry).await?;
+//! membership.set_peers(peers);                 // from the API, on every change
+//! membership.set_local_health(health);         // whenever the announcer/interfaces change
+//! membership.watch_closely(owners_i_back_up);  // election::watch_targets(node, &result)
+//! let mut view = membership.view();            // watch::Receiver<MembershipView>
+//! ...
+//! membership.leave().await;                    // on SIGTERM, before exiting
+//! ```
+//!
+//! The core sits behind a `std` mutex held only for synchronous calls, never across an
+//! `.await`; every call into it is followed by carrying out its effects (spawning one task per
+//! outgoing request), publishing the view if it changed, and updating metrics.
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald_proto::membership::v1::membership_server::MembershipServer;
+use herald_proto::membership::v1::{Envelope, Message};
+use prometheus_client::registry::Registry;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::Status;
+use tonic::transport::server::TcpIncoming;
+
+use super::auth::{Authenticator, SecretKey, unix_ms_now};
+use super::metrics::MembershipMetrics;
+use super::state::{Core, Effect, Inbound, ReplyToken, Rpc};
+use super::transport::{
+    BoxFuture, EnvelopeHandler, GrpcTransport, MembershipService, MemoryNetwork, PeerTransport, TransportError,
+};
+use super::{MembershipConfig, MembershipView, NodeHealth, Peer};
+
+/// Why membership could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The gRPC port could not be bound.
+    #[error("binding the membership gRPC server to {address}: {source}")]
+    Bind {
+        /// Address from the config.
+        address: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Shared {
+    config: MembershipConfig,
+    core: Mutex<Core>,
+    auth: Authenticator,
+    transport: Arc<dyn PeerTransport>,
+    deferred: Mutex<HashMap<ReplyToken, oneshot::Sender<Message>>>,
+    view: watch::Sender<MembershipView>,
+    metrics: MembershipMetrics,
+    /// Set by [`Membership::kill`]: behave like a vanished host.
+    killed: AtomicBool,
+}
+
+impl Shared {
+    /// Runs `f` on the core, then carries out what it produced.
+    fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut Core) -> R) -> R {
+        let (result, effects, view) = {
+            let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+            let before = core.stats();
+            let result = f(&mut core);
+            let events = core.take_events();
+            self.metrics.events(&events);
+            self.metrics.stats(before, core.stats());
+            let view = core.view_changed().then(|| core.view());
+            (result, core.take_effects(), view)
+        };
+        if let Some(view) = view {
+            self.metrics.view(&view);
+            self.view.send_replace(view);
+        }
+        self.dispatch(effects);
+        result
+    }
+
+    fn dispatch(self: &Arc<Self>, effects: Vec<Effect>) -> Vec<JoinHandle<()>> {
+        let mut calls = Vec::new();
+        if self.killed.load(Ordering::SeqCst) {
+            return calls;
+        }
+        for effect in effects {
+            match effect {
+                Effect::Request {
+                    id,
+                    to,
+                    address,
+                    rpc,
+                    message,
+                    timeout,
+                } => {
+                    let envelope = self.auth.seal(message, unix_ms_now());
+                    self.metrics.sent(rpc);
+                    let shared = self.clone();
+                    calls.push(tokio::spawn(async move {
+                        let outcome = shared.transport.call(address, rpc, envelope, timeout).await;
+                        if shared.killed.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let reply = match outcome {
+                            Ok(envelope) => match shared.auth.open(&envelope, unix_ms_now()) {
+                                Ok(message) => {
+                                    shared.metrics.received(rpc);
+                                    Some(message)
+                                }
+                                Err(rejection) => {
+                                    shared.metrics.rejected(rejection);
+                                    tracing::debug!(peer = %to, %rejection, "rejected reply");
+                                    None
+                                }
+                            },
+                            Err(error) => {
+                                shared.metrics.transport_error(rpc);
+                                if let TransportError::Rejected { .. } = error {
+                                    tracing::warn!(peer = %to, %error, "peer rejected our message: is the shared secret the same?");
+                                } else {
+                                    tracing::debug!(peer = %to, rpc = rpc.as_str(), %error, "membership call failed");
+                                }
+                                None
+                            }
+                        };
+                        shared.with_core(|core| match reply {
+                            Some(message) => core.handle_response(id, message, Instant::now()),
+                            None => core.handle_failure(id, Instant::now()),
+                        });
+                    }));
+                }
+                Effect::Reply { token, message } => {
+                    let waiting = self.deferred.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
+                    if let Some(waiting) = waiting {
+                        // The caller may have given up; nothing to do then.
+                        let _ = waiting.send(message);
+                    }
+                }
+            }
+        }
+        calls
+    }
+
+    async fn serve(self: Arc<Self>, rpc: Rpc, envelope: Envelope) -> Result<Envelope, Status> {
+        if self.killed.load(Ordering::SeqCst) {
+            // A vanished host: the caller hears nothing and times out.
+            std::future::pending::<()>().await;
+        }
+        let message = match self.auth.open(&envelope, unix_ms_now()) {
+            Ok(message) => message,
+            Err(rejection) => {
+                self.metrics.rejected(rejection);
+                tracing::debug!(%rejection, "rejected request");
+                return Err(Status::unauthenticated(rejection.to_string()));
+            }
+        };
+        if !rpc_matches(rpc, &message) {
+            return Err(Status::invalid_argument("message body does not match the RPC"));
+        }
+        self.metrics.received(rpc);
+        let shared = self.clone();
+        let inbound = self.with_core(move |core| match core.handle_request(message, Instant::now()) {
+            Inbound::Reply(reply) => Ok(reply),
+            Inbound::Deferred(token) => {
+                let (sender, receiver) = oneshot::channel();
+                shared
+                    .deferred
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(token, sender);
+                Err(Some((token, receiver)))
+            }
+            Inbound::Invalid => Err(None),
+        });
+        let reply = match inbound {
+            Ok(reply) => reply,
+            Err(Some((token, receiver))) => {
+                // The core answers a PingReq within its probe timeout; wait a little longer.
+                let wait = self.config.probe_timeout * 2;
+                match tokio::time::timeout(wait, receiver).await {
+                    Ok(Ok(reply)) => reply,
+                    _ => {
+                        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
+                        return Err(Status::deadline_exceeded("relayed probe did not finish"));
+                    }
+                }
+            }
+            Err(None) => return Err(Status::invalid_argument("not a request")),
+        };
+        self.metrics.sent(rpc);
+        Ok(self.auth.seal(reply, unix_ms_now()))
+    }
+}
+
+fn rpc_matches(rpc: Rpc, message: &Message) -> bool {
+    use herald_proto::membership::v1::message::Body;
+    matches!(
+        (rpc, &message.body),
+        (Rpc::Ping, Some(Body::Ping(_)))
+            | (Rpc::PingReq, Some(Body::PingReq(_)))
+            | (Rpc::Sync, Some(Body::SyncRequest(_)))
+    )
+}
+
+struct Handler(Arc<Shared>);
+
+impl EnvelopeHandler for Handler {
+    fn handle(&self, rpc: Rpc, envelope: Envelope) -> BoxFuture<Result<Envelope, Status>> {
+        Box::pin(self.0.clone().serve(rpc, envelope))
+    }
+}
+
+/// A running membership: the handle the wiring keeps. Dropping it stops nothing; call
+/// [`Membership::leave`] then [`Membership::shutdown`].
+pub struct Membership {
+    shared: Arc<Shared>,
+    view: watch::Receiver<MembershipView>,
+    local_addr: SocketAddr,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+/// Random per process start: tells a restarted speaker's messages from replays of the old
+/// one's.
+fn random_boot_id() -> u64 {
+    rand::random()
+}
+
+impl Membership {
+    /// Binds the gRPC server on `config.listen`, registers the metrics in `registry` and starts
+    /// the protocol as `node`, authenticating with `key`. Peers are probed once
+    /// [`Membership::set_peers`] gave them.
+    pub async fn start(
+        config: MembershipConfig,
+        node: &str,
+        key: SecretKey,
+        registry: &mut Registry,
+    ) -> Result<Membership, MembershipError> {
+        let metrics = MembershipMetrics::default();
+        metrics.register(registry);
+        Self::start_with_metrics(config, node, key, metrics).await
+    }
+
+    /// [`Membership::start`] with metrics the caller registered (or not).
+    pub async fn start_with_metrics(
+        config: MembershipConfig,
+        node: &str,
+        key: SecretKey,
+        metrics: MembershipMetrics,
+    ) -> Result<Membership, MembershipError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| MembershipError::Bind {
+                address: config.listen,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| MembershipError::Bind {
+            address: config.listen,
+            source,
+        })?;
+        let advertised = match config.advertise_address {
+            Some(address) => address,
+            None => bound,
+        };
+        let transport = Arc::new(GrpcTransport::new(config.probe_timeout));
+        let membership = Self::assemble(config, node, advertised, key, metrics, transport);
+        let service = MembershipServer::new(MembershipService::new(Arc::new(Handler(membership.shared.clone()))));
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut stop = membership.stop.subscribe();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            };
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "membership gRPC server failed");
+            }
+        });
+        membership.push_task(server);
+        Ok(membership)
+    }
+
+    /// A membership on an in-memory [`MemoryNetwork`] at `address` (tests, no sockets).
+    pub fn start_in_memory(
+        config: MembershipConfig,
+        node: &str,
+        address: SocketAddr,
+        key: SecretKey,
+        network: &MemoryNetwork,
+    ) -> Membership {
+        let transport = Arc::new(network.clone());
+        let mut membership = Self::assemble(config, node, address, key, MembershipMetrics::default(), transport);
+        membership.local_addr = address;
+        network.register(address, Arc::new(Handler(membership.shared.clone())));
+        membership
+    }
+
+    fn assemble(
+        config: MembershipConfig,
+        node: &str,
+        advertised: SocketAddr,
+        key: SecretKey,
+        metrics: MembershipMetrics,
+        transport: Arc<dyn PeerTransport>,
+    ) -> Membership {
+        let boot_id = random_boot_id();
+        // Start above any incarnation a previous run of this node reached (it raised its own
+        // at most a few times per second).
+        let incarnation = u64::try_from(unix_ms_now()).unwrap_or(0);
+        let mut core = Core::new(
+            config.clone(),
+            node,
+            advertised,
+            incarnation,
+            NodeHealth::default(),
+            boot_id,
+        );
+        let (view_tx, view_rx) = watch::channel(core.view());
+        let shared = Arc::new(Shared {
+            auth: Authenticator::new(key, node, boot_id, config.max_clock_skew),
+            config: config.clone(),
+            core: Mutex::new(core),
+            transport,
+            deferred: Mutex::default(),
+            view: view_tx,
+            metrics,
+            killed: AtomicBool::new(false),
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let driver_shared = shared.clone();
+        let tick = config.tick;
+        let driver = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {
+                        driver_shared.with_core(|core| core.tick(Instant::now()));
+                    }
+                    _ = stopped.wait_for(|s| *s) => break,
+                }
+            }
+        });
+        Membership {
+            shared,
+            view: view_rx,
+            local_addr: advertised,
+            tasks: Mutex::new(vec![driver]),
+            stop,
+        }
+    }
+
+    fn push_task(&self, task: JoinHandle<()>) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+    }
+
+    /// The view of live members and their health; changes whenever a member changes state or
+    /// health, or the view becomes settled.
+    pub fn view(&self) -> watch::Receiver<MembershipView> {
+        self.view.clone()
+    }
+
+    /// The address this node advertises (with the port actually bound).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Metrics handles.
+    pub fn metrics(&self) -> &MembershipMetrics {
+        &self.shared.metrics
+    }
+
+    /// Sets the peers listed by the API (see [`Core::set_peers`]). The first call starts the
+    /// protocol.
+    pub fn set_peers(&self, peers: Vec<Peer>) {
+        self.shared.with_core(|core| core.set_peers(&peers));
+    }
+
+    /// Sets this node's health; a change is gossiped with a raised incarnation.
+    pub fn set_local_health(&self, health: NodeHealth) {
+        self.shared.with_core(|core| core.set_local_health(health));
+    }
+
+    /// Sets the members to probe at the fast rate (`election::watch_targets`).
+    pub fn watch_closely(&self, nodes: BTreeSet<String>) {
+        self.shared.with_core(|core| core.watch_closely(&nodes, Instant::now()));
+    }
+
+    /// Leaves gracefully: tells every live member directly and waits for their answers, at
+    /// most [`MembershipConfig::leave_timeout`]. Keeps answering afterwards until
+    /// [`Membership::shutdown`].
+    pub async fn leave(&self) {
+        let deadline = tokio::time::Instant::now() + self.shared.config.leave_timeout;
+        let calls = {
+            let mut core = self.shared.core.lock().unwrap_or_else(|e| e.into_inner());
+            core.leave(Instant::now());
+            let effects = core.take_effects();
+            let view = core.view();
+            drop(core);
+            self.shared.view.send_replace(view);
+            self.shared.dispatch(effects)
+        };
+        tracing::info!(peers = calls.len(), "left the membership");
+        for call in calls {
+            if tokio::time::timeout_at(deadline, call).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Stops the driver and the gRPC server (in-flight calls finish).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+    }
+
+    /// Simulates a vanished host (for tests): from now on nothing is sent, received requests
+    /// are never answered, and the driver and server stop.
+    pub fn kill(&self) {
+        self.shared.killed.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        for task in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}

@@ -191,6 +191,7 @@ pub struct Core {
     events: Vec<MemberEvent>,
     rng: StdRng,
     started: bool,
+    peers_known: bool,
     settled: bool,
     initial_syncs: usize,
     view_dirty: bool,
@@ -231,6 +232,7 @@ impl Core {
             events: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
             started: false,
+            peers_known: false,
             settled: false,
             initial_syncs: 0,
             view_dirty: true,
@@ -320,7 +322,10 @@ impl Core {
     /// Replaces the peer list from the API: unknown peers are added (live, health unknown,
     /// to be probed), addresses are updated, and dead or left members the list no longer
     /// names are forgotten. Live members missing from the list stay until they die or leave.
+    ///
+    /// The first call also starts the protocol (before it the core cannot know whom to ask).
     pub fn set_peers(&mut self, peers: &[Peer]) {
+        self.peers_known = true;
         let listed: BTreeSet<&str> = peers.iter().map(|p| p.node.as_str()).collect();
         for peer in peers {
             if peer.node == self.node {
@@ -416,6 +421,9 @@ impl Core {
     /// Advances timers: probes, probe timeouts, suspicions, syncs.
     pub fn tick(&mut self, now: Instant) {
         if !self.started {
+            if !self.peers_known {
+                return;
+            }
             self.start(now);
         }
         self.expire_pending(now);
@@ -1057,7 +1065,11 @@ impl Core {
             spread = false;
         }
         if newer {
-            member.address = address;
+            // The API's peer list is authoritative for addresses; gossip only fills in members
+            // it does not list, and never with a wildcard address.
+            if !member.listed && !address.ip().is_unspecified() {
+                member.address = address;
+            }
             member.incarnation = update.incarnation;
             if health.is_some() {
                 member.health = health;

@@ -1,1 +1,228 @@
-//! Peer transport.
+//! Carrying sealed envelopes between speakers: the [`PeerTransport`] trait (client side), its
+//! tonic implementation, an in-memory implementation for tests, and the tonic `Membership`
+//! service that hands received envelopes to an [`EnvelopeHandler`].
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_proto::membership::v1::Envelope;
+use herald_proto::membership::v1::membership_client::MembershipClient;
+use herald_proto::membership::v1::membership_server::Membership;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::state::Rpc;
+
+/// A boxed, sendable future (the traits here are used as trait objects).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// No answer within the call's timeout.
+    #[error("no answer from {address} within {timeout:?}")]
+    Timeout {
+        /// Peer address.
+        address: SocketAddr,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Connecting or sending failed, or the peer answered with an error status.
+    #[error("calling {address}: {message}")]
+    Failed {
+        /// Peer address.
+        address: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+    /// The peer refused our message as unauthenticated (different secret?).
+    #[error("{address} rejected our message: {message}")]
+    Rejected {
+        /// Peer address.
+        address: SocketAddr,
+        /// The peer's reason.
+        message: String,
+    },
+}
+
+/// Sends one request envelope to a peer and returns its reply envelope.
+pub trait PeerTransport: Send + Sync + 'static {
+    /// Calls `rpc` at `address`, giving up after `timeout`.
+    fn call(
+        &self,
+        address: SocketAddr,
+        rpc: Rpc,
+        envelope: Envelope,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Envelope, TransportError>>;
+}
+
+/// Serves received request envelopes (implemented by the runtime).
+pub trait EnvelopeHandler: Send + Sync + 'static {
+    /// Handles one request; the `Status` goes back to the caller as a gRPC error.
+    fn handle(&self, rpc: Rpc, envelope: Envelope) -> BoxFuture<Result<Envelope, Status>>;
+}
+
+/// [`PeerTransport`] over gRPC (tonic), one lazily connected HTTP/2 channel per peer that
+/// reconnects by itself after failures.
+#[derive(Clone, Default)]
+pub struct GrpcTransport {
+    channels: Arc<Mutex<HashMap<SocketAddr, Channel>>>,
+    connect_timeout: Option<Duration>,
+}
+
+impl GrpcTransport {
+    /// A transport whose connection attempts give up after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        GrpcTransport {
+            channels: Arc::default(),
+            connect_timeout: Some(connect_timeout),
+        }
+    }
+
+    fn channel(&self, address: SocketAddr) -> Result<Channel, TransportError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(&address) {
+            return Ok(channel.clone());
+        }
+        let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| TransportError::Failed {
+                address,
+                message: e.to_string(),
+            })?
+            .tcp_nodelay(true);
+        if let Some(timeout) = self.connect_timeout {
+            endpoint = endpoint.connect_timeout(timeout);
+        }
+        let channel = endpoint.connect_lazy();
+        channels.insert(address, channel.clone());
+        Ok(channel)
+    }
+}
+
+impl PeerTransport for GrpcTransport {
+    fn call(
+        &self,
+        address: SocketAddr,
+        rpc: Rpc,
+        envelope: Envelope,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Envelope, TransportError>> {
+        let channel = self.channel(address);
+        Box::pin(async move {
+            let mut client = MembershipClient::new(channel?);
+            let mut request = Request::new(envelope);
+            request.set_timeout(timeout);
+            let call = async {
+                match rpc {
+                    Rpc::Ping => client.ping(request).await,
+                    Rpc::PingReq => client.ping_req(request).await,
+                    Rpc::Sync => client.sync(request).await,
+                }
+            };
+            match tokio::time::timeout(timeout, call).await {
+                Err(_) => Err(TransportError::Timeout { address, timeout }),
+                Ok(Ok(response)) => Ok(response.into_inner()),
+                Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => Err(TransportError::Rejected {
+                    address,
+                    message: status.message().to_string(),
+                }),
+                Ok(Err(status)) => Err(TransportError::Failed {
+                    address,
+                    message: status.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+/// The tonic `Membership` service: forwards every call to an [`EnvelopeHandler`].
+pub struct MembershipService {
+    handler: Arc<dyn EnvelopeHandler>,
+}
+
+impl MembershipService {
+    /// Serves with `handler`.
+    pub fn new(handler: Arc<dyn EnvelopeHandler>) -> Self {
+        MembershipService { handler }
+    }
+
+    async fn serve(&self, rpc: Rpc, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        self.handler.handle(rpc, request.into_inner()).await.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Membership for MembershipService {
+    async fn ping(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        self.serve(Rpc::Ping, request).await
+    }
+
+    async fn ping_req(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        self.serve(Rpc::PingReq, request).await
+    }
+
+    async fn sync(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        self.serve(Rpc::Sync, request).await
+    }
+}
+
+/// An in-memory network of [`EnvelopeHandler`]s by address, for tests without sockets.
+#[derive(Clone, Default)]
+pub struct MemoryNetwork {
+    endpoints: Arc<Mutex<HashMap<SocketAddr, Arc<dyn EnvelopeHandler>>>>,
+}
+
+impl MemoryNetwork {
+    /// Makes `handler` reachable at `address`.
+    pub fn register(&self, address: SocketAddr, handler: Arc<dyn EnvelopeHandler>) {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address, handler);
+    }
+
+    /// Makes `address` unreachable (calls to it fail as refused).
+    pub fn unregister(&self, address: SocketAddr) {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&address);
+    }
+}
+
+impl PeerTransport for MemoryNetwork {
+    fn call(
+        &self,
+        address: SocketAddr,
+        rpc: Rpc,
+        envelope: Envelope,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Envelope, TransportError>> {
+        let handler = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&address)
+            .cloned();
+        Box::pin(async move {
+            let Some(handler) = handler else {
+                return Err(TransportError::Failed {
+                    address,
+                    message: "connection refused".into(),
+                });
+            };
+            match tokio::time::timeout(timeout, handler.handle(rpc, envelope)).await {
+                Err(_) => Err(TransportError::Timeout { address, timeout }),
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(status)) => Err(TransportError::Failed {
+                    address,
+                    message: status.to_string(),
+                }),
+            }
+        })
+    }
+}
