@@ -1,0 +1,123 @@
+//! Command-line flags of `herald-speaker`, each with an environment-variable equivalent.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::membership::MembershipConfig;
+
+/// Elects an owner per LoadBalancer IP with the other speakers and announces the IPs it owns.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "herald-speaker", version, about)]
+pub struct Config {
+    /// This node's name (the DaemonSet passes `spec.nodeName`).
+    #[arg(long, env = "HERALD_NODE_NAME")]
+    pub node_name: String,
+    /// Namespace of Herald's configuration, the speakers' Secret and the ServiceL2Status objects.
+    #[arg(long, env = "HERALD_NAMESPACE", default_value = "herald-system")]
+    pub namespace: String,
+    /// `spec.loadBalancerClass` handled besides Services with no class.
+    #[arg(long, env = "HERALD_LB_CLASS", default_value = herald_config::DEFAULT_LB_CLASS)]
+    pub lb_class: String,
+    /// Port of the speaker-to-speaker gRPC protocol, on every node.
+    #[arg(long, env = "HERALD_PEER_PORT", default_value_t = 7946)]
+    pub peer_port: u16,
+    /// Address peers reach this speaker at (the DaemonSet passes the pod IP, which is the
+    /// node's with host networking); default: this Node's InternalIP from the API.
+    #[arg(long, env = "HERALD_POD_IP")]
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "HERALD_METRICS_ADDR", default_value = "0.0.0.0:7473")]
+    pub metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Secret (in --namespace) whose `secretkey` authenticates speaker messages.
+    #[arg(long, env = "HERALD_SPEAKER_SECRET", default_value = "herald-speaker-auth")]
+    pub speaker_secret: String,
+    /// Announce only on these interfaces (comma-separated), overriding the default selection
+    /// (every up, broadcast-capable interface that is not a bridge/bond member or a
+    /// container device).
+    #[arg(long, env = "HERALD_INTERFACES", value_delimiter = ',')]
+    pub interfaces: Vec<String>,
+    /// Slow round-robin probe interval (all members not watched closely share it).
+    #[arg(long, env = "HERALD_PROBE_INTERVAL", value_parser = parse_duration, default_value = "1s")]
+    pub probe_interval: Duration,
+    /// Probe interval of the members this node would take over from.
+    #[arg(long, env = "HERALD_WATCH_PROBE_INTERVAL", value_parser = parse_duration, default_value = "100ms")]
+    pub watch_probe_interval: Duration,
+    /// How long to wait for a probe's answer before suspecting a member.
+    #[arg(long, env = "HERALD_PROBE_TIMEOUT", value_parser = parse_duration, default_value = "150ms")]
+    pub probe_timeout: Duration,
+    /// How long a suspected member has to show a sign of life before it is declared dead.
+    #[arg(long, env = "HERALD_SUSPICION_TIMEOUT", value_parser = parse_duration, default_value = "200ms")]
+    pub suspicion_timeout: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Membership settings from the flags; the rest keep their defaults.
+    pub fn membership(&self, advertise: std::net::IpAddr) -> MembershipConfig {
+        MembershipConfig {
+            listen: SocketAddr::new(
+                match advertise {
+                    std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                },
+                self.peer_port,
+            ),
+            advertise_address: Some(SocketAddr::new(advertise, self.peer_port)),
+            probe_interval: self.probe_interval,
+            watch_probe_interval: self.watch_probe_interval,
+            probe_timeout: self.probe_timeout,
+            suspicion_timeout: self.suspicion_timeout,
+            ..MembershipConfig::default()
+        }
+    }
+}
+
+/// `250ms`, `1s`, `1.5s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return Err(format!("{text:?}: give a unit, e.g. 250ms or 1s"));
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 250ms or 1s)"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("{text:?}: the duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(value * unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5").unwrap_err(), "\"5\": give a unit, e.g. 250ms or 1s");
+        assert_eq!(
+            parse_duration("-1s").unwrap_err(),
+            "\"-1s\": the duration must be positive"
+        );
+        assert_eq!(
+            parse_duration("xs").unwrap_err(),
+            "\"xs\" is not a duration (e.g. 250ms or 1s)"
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! The speaker's HTTP endpoints: `/metrics`, `/healthz` (the election loop is turning) and
+//! `/readyz` (watches synced, peers authenticated, announcer running, state settled).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// Facts the endpoints report, updated by the election loop.
+#[derive(Default)]
+pub struct Health {
+    /// Unix seconds of the loop's last pass (it passes at least once a second).
+    pub last_pass: AtomicU64,
+    pub cluster_synced: AtomicBool,
+    pub key_loaded: AtomicBool,
+    pub announcer_ready: AtomicBool,
+    pub membership_settled: AtomicBool,
+}
+
+impl Health {
+    pub fn mark_pass(&self) {
+        self.last_pass.store(unix_now(), Ordering::SeqCst);
+    }
+
+    /// Every reason the speaker is not ready, empty when it is.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        for (flag, reason) in [
+            (&self.key_loaded, "the speakers' shared key is not loaded"),
+            (&self.cluster_synced, "Kubernetes watches have not synced"),
+            (&self.announcer_ready, "the ARP/NDP announcer is not running"),
+            (
+                &self.membership_settled,
+                "the first state exchange with peers has not finished",
+            ),
+        ] {
+            if !flag.load(Ordering::SeqCst) {
+                reasons.push(reason);
+            }
+        }
+        reasons
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+struct AppState {
+    health: Arc<Health>,
+    registry: Arc<Registry>,
+}
+
+/// Serves on a bound listener until it fails.
+pub async fn serve(listener: TcpListener, health: Arc<Health>, registry: Arc<Registry>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(AppState { health, registry }));
+    axum::serve(listener, app).await
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &state.registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let age = unix_now().saturating_sub(state.health.last_pass.load(Ordering::SeqCst));
+    if age <= 5 {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the election loop has not run for {age}s\n"),
+        )
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let reasons = state.health.not_ready();
+    if reasons.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", reasons.join("; ")),
+        )
+    }
+}

@@ -1,0 +1,22 @@
+//! herald-speaker: runs on every node. Speakers elect one owner node per LoadBalancer IP over
+//! gRPC; the owner answers ARP/NDP for it and forwards its traffic with an eBPF service map.
+//!
+//! # Layout
+//! One module per concept; decisions are pure functions, I/O sits at the edges behind traits.
+//! - [`run`]: the process: watches → [`plan`] → announcer, membership, [`status`].
+//! - [`cluster`]: Kubernetes watches and the facts election needs from them.
+//! - [`election`]: eligibility and rendezvous owner per IP (pure).
+//! - [`membership`]: SWIM-style failure detection between speakers over gRPC.
+//! - [`announcer`]: ARP/NDP answers and gratuitous announcements.
+//! - [`status`]: `ServiceL2Status` objects and `nodeAssigned` Events.
+//! - [`config`]: flags; [`http`]: `/metrics`, `/healthz`, `/readyz`.
+#![deny(unsafe_code)]
+pub mod announcer;
+pub mod cluster;
+pub mod config;
+pub mod election;
+pub mod http;
+pub mod membership;
+pub mod plan;
+pub mod run;
+pub mod status;

@@ -1,0 +1,279 @@
+//! The speaker process: Kubernetes watches → election → announcer (and, later, dataplane).
+//!
+//! The loop recomputes a [`Plan`] whenever anything it depends on changes — a watched object,
+//! the membership view (a peer died, left, or changed health), this node's interfaces — and at
+//! least once a second. The plan is pure; applying it is cheap and idempotent. Nothing in the
+//! loop waits on the API server, so announcing goes on while it is down.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use herald_config::IPAddressPool;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::{Api, Client};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, InterfacePolicy};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::election::Ownership;
+use crate::http::{self, Health};
+use crate::membership::auth::SecretKey;
+use crate::membership::{Membership, MembershipError, NodeHealth};
+use crate::plan::{Inputs, Plan, owner_changes, plan};
+use crate::status::{self, AnnouncedServices};
+
+/// The key inside the speakers' Secret.
+pub const SECRET_KEY_FIELD: &str = "secretkey";
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("connecting to the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error("serving metrics on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the ARP/NDP announcer: {0}")]
+    Announcer(#[from] AnnouncerError),
+    #[error("starting membership: {0}")]
+    Membership(#[from] MembershipError),
+}
+
+/// Counters of the loop itself.
+struct LoopMetrics {
+    owned: Gauge,
+    changes: Family<Vec<(String, String)>, Counter>,
+}
+
+impl LoopMetrics {
+    fn register(registry: &mut Registry) -> LoopMetrics {
+        let owned = Gauge::default();
+        let changes = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register("speaker_owned_ips", "IPs this node announces", owned.clone());
+        registry.register(
+            "speaker_ownership_changes",
+            "IPs this node gained (takeovers) or lost",
+            changes.clone(),
+        );
+        LoopMetrics { owned, changes }
+    }
+
+    fn count(&self, direction: &str) {
+        self.changes
+            .get_or_create(&vec![("direction".to_string(), direction.to_string())])
+            .inc();
+    }
+}
+
+/// Runs with the ambient kubeconfig (or in-cluster config) until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    run_with_client(client, config, shutdown).await
+}
+
+/// [`run`] with a given client.
+pub async fn run_with_client(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let node = config.node_name.clone();
+    let mut registry = Registry::with_prefix("herald");
+    let health = Arc::new(Health::default());
+    health.mark_pass();
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| Error::Http {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    let Some(key) = wait_for_key(&client, &config, &mut shutdown).await else {
+        return Ok(());
+    };
+    health.key_loaded.store(true, Ordering::SeqCst);
+
+    let announcer_config = AnnouncerConfig {
+        interfaces: InterfacePolicy {
+            explicit: (!config.interfaces.is_empty()).then(|| config.interfaces.clone()),
+            ..InterfacePolicy::default()
+        },
+        ..AnnouncerConfig::default()
+    };
+    announcer_config.metrics.register(&mut registry);
+    let announcer = Announcer::start(announcer_config)?;
+    let Some(advertise) = advertise_address(&client, &config, &mut shutdown).await else {
+        return Ok(());
+    };
+    let membership = Membership::start(config.membership(advertise), &node, key, &mut registry).await?;
+    let metrics = LoopMetrics::register(&mut registry);
+    tokio::spawn(http::serve(listener, health.clone(), Arc::new(registry)));
+
+    let cluster = Cluster::start(&client, &config.namespace);
+    let (status_tx, status_rx) = watch::channel(AnnouncedServices::new());
+    let status_task = tokio::spawn(status::run(
+        client.clone(),
+        config.namespace.clone(),
+        node.clone(),
+        status_rx,
+    ));
+
+    let mut view_rx = membership.view();
+    let mut interfaces_rx = announcer.watch_usable_interfaces();
+    let mut ownership: BTreeMap<IpAddr, Ownership> = BTreeMap::new();
+    tracing::info!(%node, port = config.peer_port, "speaker running");
+    loop {
+        let announcer_status = announcer.status();
+        health.announcer_ready.store(announcer_status.ready, Ordering::SeqCst);
+        health.cluster_synced.store(cluster.synced(), Ordering::SeqCst);
+        let local_health = NodeHealth {
+            announcer_ready: announcer_status.ready,
+            dataplane_ready: false,
+            interfaces: announcer_status.usable_interfaces.iter().cloned().collect(),
+        };
+        membership.set_local_health(local_health.clone());
+        let view = view_rx.borrow_and_update().clone();
+        health.membership_settled.store(view.settled, Ordering::SeqCst);
+
+        let nodes = cluster.nodes.state();
+        let services = cluster.services.state();
+        let slices = cluster.endpoint_slices.state();
+        let pools: Vec<IPAddressPool> = cluster.pools.state().iter().map(|p| (**p).clone()).collect();
+        let advertisements = cluster.advertisements.state();
+        let next: Plan = plan(&Inputs {
+            node: &node,
+            lb_class: &config.lb_class,
+            peer_port: config.peer_port,
+            nodes: &nodes.iter().map(|n| &**n).collect::<Vec<_>>(),
+            services: &services.iter().map(|s| &**s).collect::<Vec<_>>(),
+            endpoint_slices: &slices.iter().map(|s| &**s).collect::<Vec<_>>(),
+            pools: &pools,
+            advertisements: &advertisements.iter().map(|a| &**a).collect::<Vec<_>>(),
+            view: &view,
+            local_health: &local_health,
+        });
+        membership.set_peers(next.peers.clone());
+        membership.watch_closely(next.watch_closely.clone());
+        // Until the first exchange with peers settles, this node does not know who else is
+        // alive, and announcing would fight the real owners.
+        if view.settled && cluster.synced() {
+            for change in owner_changes(&ownership, &next) {
+                let (gained, lost) = (
+                    change.to.as_deref() == Some(&node),
+                    change.from.as_deref() == Some(&node),
+                );
+                if gained {
+                    metrics.count("gained");
+                }
+                if lost {
+                    metrics.count("lost");
+                }
+                tracing::info!(ip = %change.ip, from = ?change.from, to = ?change.to, reason = %change.reason, "owner changed");
+            }
+            announcer.set_owned(next.owned.clone());
+            metrics.owned.set(next.owned.len() as i64);
+            status_tx.send_if_modified(|current| {
+                let changed = *current != next.announced;
+                if changed {
+                    current.clone_from(&next.announced);
+                }
+                changed
+            });
+            ownership = next.ownership;
+        }
+        health.mark_pass();
+
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = cluster.changed.notified() => {}
+            _ = view_rx.changed() => {}
+            _ = interfaces_rx.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+
+    // Graceful leave: peers learn it at once and take over (sending their own gratuitous
+    // announcements); then stop answering and withdraw what this node reported.
+    tracing::info!("leaving: handing IPs to their next owners");
+    membership.leave().await;
+    announcer.set_owned(BTreeMap::new());
+    announcer.shutdown();
+    status_tx.send_replace(AnnouncedServices::new());
+    drop(status_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), status_task).await;
+    Ok(())
+}
+
+/// The address peers reach this speaker at: the flag, else this Node's address from the API
+/// (waiting for the Node to exist). `None` if shutdown came first.
+async fn advertise_address(
+    client: &Client,
+    config: &Config,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<IpAddr> {
+    if let Some(address) = config.advertise_address {
+        return Some(address);
+    }
+    let api: Api<Node> = Api::all(client.clone());
+    let mut attempt: u64 = 0;
+    loop {
+        let problem = match api.get_opt(&config.node_name).await {
+            Ok(Some(node)) => match crate::cluster::facts::node_address(&node) {
+                Some(address) => return Some(address),
+                None => format!("Node {} has no address in its status", config.node_name),
+            },
+            Ok(None) => format!("Node {} does not exist (check --node-name)", config.node_name),
+            Err(e) => format!("cannot read Node {}: {e}", config.node_name),
+        };
+        if attempt.is_multiple_of(10) {
+            tracing::warn!("{problem}; waiting (or pass --advertise-address)");
+        }
+        attempt += 1;
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Reads the speakers' shared key, waiting (and saying so) until it exists. `None` if shutdown
+/// came first.
+async fn wait_for_key(
+    client: &Client,
+    config: &Config,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<SecretKey> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    let mut attempt: u64 = 0;
+    loop {
+        let problem = match api.get_opt(&config.speaker_secret).await {
+            Ok(Some(secret)) => match secret.data.as_ref().and_then(|d| d.get(SECRET_KEY_FIELD)) {
+                Some(key) if !key.0.is_empty() => return Some(SecretKey::new(key.0.clone())),
+                _ => format!("Secret {} has no {SECRET_KEY_FIELD} yet", config.speaker_secret),
+            },
+            Ok(None) => format!("Secret {} does not exist", config.speaker_secret),
+            Err(e) => format!("cannot read Secret {}: {e}", config.speaker_secret),
+        };
+        if attempt.is_multiple_of(10) {
+            tracing::warn!(namespace = %config.namespace, "{problem}; speakers cannot authenticate each other until it does; waiting");
+        }
+        attempt += 1;
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Reports what this node announces: one `ServiceL2Status` per announced Service (removed when
+//! the node stops announcing it) and a `nodeAssigned` Event on the Service when it starts.
+//!
+//! Runs beside the election loop and never blocks it: the loop publishes the desired state on
+//! a watch channel; this task converges the API towards it and retries while the API is away.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use herald_config::{ServiceL2Status, ServiceL2StatusStatus};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+/// Labels on every `ServiceL2Status` the speakers write.
+pub const NODE_LABEL: &str = "herald.io/node";
+pub const SERVICE_NAMESPACE_LABEL: &str = "herald.io/service-namespace";
+pub const SERVICE_NAME_LABEL: &str = "herald.io/service-name";
+/// Reason of the Event on a Service whose announcement this node took.
+pub const NODE_ASSIGNED: &str = "nodeAssigned";
+
+/// A Service this node announces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announced {
+    pub ips: Vec<IpAddr>,
+    pub interfaces: Vec<String>,
+}
+
+/// `namespace/name` of a Service → what this node announces for it.
+pub type AnnouncedServices = BTreeMap<(String, String), Announced>;
+
+/// Object name: stable per (Service, node), within the 63-character label-value limit.
+pub fn status_name(namespace: &str, service: &str, node: &str) -> String {
+    let digest = Sha256::digest(format!("{namespace}/{service}/{node}").as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("l2-{hex}")
+}
+
+/// Converges `ServiceL2Status` objects and Events to `desired` until the channel closes.
+pub async fn run(client: Client, namespace: String, node: String, mut desired: watch::Receiver<AnnouncedServices>) {
+    let api: Api<ServiceL2Status> = Api::namespaced(client.clone(), &namespace);
+    let (store, writer) = reflector::store();
+    let stream = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    let reporter = Reporter::from(format!("herald-speaker/{node}").as_str());
+    let mut announced_before: BTreeSet<(String, String)> = BTreeSet::new();
+    loop {
+        let want = desired.borrow_and_update().clone();
+        for key in want.keys().filter(|k| !announced_before.contains(*k)) {
+            let entry = &want[key];
+            // A fresh recorder per Event: kube's folds same-reason Events and keeps the first note.
+            publish_assigned(&Recorder::new(client.clone(), reporter.clone()), key, &node, entry).await;
+        }
+        announced_before = want.keys().cloned().collect();
+        let converged = match store.wait_until_ready().await {
+            Ok(()) => converge(&api, &store, &node, &want).await,
+            Err(_) => false,
+        };
+        let retry = tokio::time::sleep(if converged {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(1)
+        });
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { return },
+            _ = retry => {},
+        }
+    }
+}
+
+/// One pass; true when every write succeeded.
+async fn converge(
+    api: &Api<ServiceL2Status>,
+    store: &Store<ServiceL2Status>,
+    node: &str,
+    want: &AnnouncedServices,
+) -> bool {
+    let mut ok = true;
+    let existing = store.state();
+    for ((namespace, service), announced) in want {
+        let name = status_name(namespace, service, node);
+        let status = ServiceL2StatusStatus {
+            node: node.to_string(),
+            service_namespace: namespace.clone(),
+            service_name: service.clone(),
+            ips: announced.ips.iter().map(ToString::to_string).collect(),
+            interfaces: announced.interfaces.clone(),
+        };
+        let current = existing.iter().find(|s| s.name_any() == name);
+        if current.is_none() {
+            let mut object = ServiceL2Status::new(&name, Default::default());
+            object.metadata.labels = Some(BTreeMap::from([
+                (NODE_LABEL.to_string(), node.to_string()),
+                (SERVICE_NAMESPACE_LABEL.to_string(), namespace.clone()),
+                (SERVICE_NAME_LABEL.to_string(), service.clone()),
+            ]));
+            if let Err(e) = api.create(&PostParams::default(), &object).await
+                && !matches!(&e, kube::Error::Api(s) if s.code == 409)
+            {
+                tracing::warn!(%name, error = %e, "cannot create ServiceL2Status");
+                ok = false;
+                continue;
+            }
+        }
+        if current.and_then(|c| c.status.as_ref()) != Some(&status) {
+            let patch = serde_json::json!({"status": status});
+            if let Err(e) = api.patch_status(&name, &field_manager(), &Patch::Merge(&patch)).await {
+                tracing::warn!(%name, error = %e, "cannot write ServiceL2Status");
+                ok = false;
+            }
+        }
+    }
+    for object in existing.iter() {
+        let labels = object.labels();
+        let key = (
+            labels.get(SERVICE_NAMESPACE_LABEL).cloned().unwrap_or_default(),
+            labels.get(SERVICE_NAME_LABEL).cloned().unwrap_or_default(),
+        );
+        let ours = labels.get(NODE_LABEL).map(String::as_str) == Some(node);
+        // Ours but no longer announced, or another node's for a Service we announce now (that
+        // node lost it, maybe by dying, and cannot clean up).
+        let stale = if ours {
+            !want.contains_key(&key)
+        } else {
+            want.contains_key(&key)
+        };
+        if stale {
+            match api.delete(&object.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(name = %object.name_any(), error = %e, "cannot delete stale ServiceL2Status");
+                    ok = false;
+                }
+            }
+        }
+    }
+    ok
+}
+
+async fn publish_assigned(recorder: &Recorder, (namespace, service): &(String, String), node: &str, entry: &Announced) {
+    let ips: Vec<String> = entry.ips.iter().map(ToString::to_string).collect();
+    let event = Event {
+        type_: EventType::Normal,
+        reason: NODE_ASSIGNED.to_string(),
+        note: Some(format!(
+            "announcing {} from node {node} on {}",
+            ips.join(", "),
+            if entry.interfaces.is_empty() {
+                "no interface yet".to_string()
+            } else {
+                entry.interfaces.join(", ")
+            }
+        )),
+        action: "Announce".to_string(),
+        secondary: None,
+    };
+    let reference = ObjectReference {
+        api_version: Some("v1".to_string()),
+        kind: Some("Service".to_string()),
+        name: Some(service.clone()),
+        namespace: Some(namespace.clone()),
+        ..Default::default()
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::warn!(service = %format!("{namespace}/{service}"), error = %e, "cannot publish nodeAssigned event");
+    }
+}
+
+fn field_manager() -> PatchParams {
+    PatchParams {
+        field_manager: Some("herald-speaker".to_string()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_are_stable_short_and_distinct() {
+        let a = status_name("default", "web", "node-1");
+        assert_eq!(a, status_name("default", "web", "node-1"));
+        assert_ne!(a, status_name("default", "web", "node-2"));
+        assert_eq!(a.len(), 19);
+    }
+}
