@@ -165,8 +165,12 @@ pub async fn run_with_client(
             view: &view,
             local_health: &local_health,
         });
-        membership.set_peers(next.peers.clone());
-        membership.watch_closely(next.watch_closely.clone());
+        // The first peer list starts membership (and its initial sync); an empty list before the
+        // Node watch has synced would make it "settle" with no peers and elect itself everywhere.
+        if cluster.synced() {
+            membership.set_peers(next.peers.clone());
+            membership.watch_closely(next.watch_closely.clone());
+        }
         // Until the first exchange with peers settles, this node does not know who else is
         // alive, and announcing would fight the real owners.
         if view.settled && cluster.synced() {
