@@ -378,8 +378,11 @@ impl Allocator {
                 second_pool: self.pools[listings[1][0]].name().to_string(),
             });
         }
+        // Several candidates only with overlapping pools: prefer one that can actually serve.
+        let serves = |p: usize| ips.iter().all(|ip| self.pools[p].space(IpFamily::of(*ip)).usable(*ip));
         let pool = named
             .filter(|n| common.contains(n))
+            .or_else(|| common.iter().copied().find(|&p| self.admits(p, req) && serves(p)))
             .or_else(|| common.iter().copied().find(|&p| self.admits(p, req)))
             .unwrap_or(common[0]);
         if strict && !self.admits(pool, req) {
