@@ -128,10 +128,14 @@ struct RunningController {
 }
 
 fn start_controller(lab: &Lab, lb_class: &str) -> RunningController {
+    start_controller_at(lab, lb_class, SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+fn start_controller_at(lab: &Lab, lb_class: &str, metrics_addr: SocketAddr) -> RunningController {
     let config = Config {
         namespace: "herald-system".into(),
         lb_class: lb_class.into(),
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_addr,
         log_format: LogFormat::Text,
         speaker_secret: "herald-speaker-auth".into(),
     };
@@ -455,4 +459,61 @@ async fn bad_service_input_is_reported_and_nothing_else_changes() {
         .await;
     controller.stop().await;
     lab.server.shutdown().await;
+}
+
+/// A plain HTTP/1.0 GET: (status code, body).
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+#[tokio::test]
+async fn health_and_metrics_report_real_state() {
+    let lab = Lab::start().await;
+    lab.pool("p", &["10.89.0.0/30"]).await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let controller = start_controller_at(&lab, herald_config::DEFAULT_LB_CLASS, free);
+    let ready = eventually(|| async { http_get(free, "/readyz").await.is_some_and(|(code, _)| code == 200) }).await;
+    assert!(ready, "ready once rebuilt and the API answers");
+    assert_eq!(http_get(free, "/healthz").await.map(|(c, _)| c), Some(200));
+    lab.service("web", json!({})).await;
+    lab.wait_ips("web", &["10.89.0.0"]).await;
+    let (found, metrics) = poll_until(
+        || async {
+            http_get(free, "/metrics")
+                .await
+                .map(|(_, body)| body)
+                .unwrap_or_default()
+        },
+        |body| body.contains("herald_allocator_addresses_in_use{pool=\"p\",family=\"ipv4\"} 1"),
+    )
+    .await;
+    assert!(found, "pool gauge in /metrics: {metrics}");
+    assert!(metrics.contains("herald_controller_allocations_total{outcome=\"allocated\"} 1"));
+
+    // The API server goes away: not ready, with the reason.
+    lab.server.shutdown().await;
+    let (found, last) = poll_until(
+        || http_get(free, "/readyz"),
+        |r| r.as_ref().is_some_and(|(code, _)| *code == 503),
+    )
+    .await;
+    assert!(found, "not ready without the API server: {last:?}");
+    assert!(last.unwrap().1.contains("not ready: API server"));
+    controller.stop().await;
 }
