@@ -18,6 +18,29 @@
 //!    deletion (or when it stops being a LoadBalancer) [`Allocator::release`].
 //! 4. Publish [`Allocator::pool_stats`] in each `IPAddressPool.status`.
 //!
+//! ```
+//! use herald_config::address::IpFamily;
+//! use herald_config::pool::IPAddressPoolSpec;
+//! use herald_controller::allocator::{Allocator, Pool, ServiceKey, ServiceRequest};
+//!
+//! let spec = IPAddressPoolSpec {
+//!     addresses: vec!["192.168.10.0/30".into(), "fd00:10::/120".into()],
+//!     auto_assign: true,
+//!     avoid_buggy_ips: false,
+//!     service_allocation: None,
+//! };
+//! let mut allocator = Allocator::new();
+//! let displaced = allocator.set_pools(vec![Pool::from_spec("blue", &spec)?]);
+//! assert!(displaced.is_empty());
+//!
+//! let web = ServiceRequest::auto(ServiceKey::new("shop", "web"), IpFamily::V4);
+//! let allocation = allocator.allocate(&web)?;
+//! assert_eq!(allocation.ips, ["192.168.10.0".parse::<std::net::IpAddr>()?]);
+//! assert_eq!(allocation.pool, "blue");
+//! assert_eq!(allocator.pool_stats("blue").map(|s| s.available_v4), Some(3));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Rules
 //! - Explicit addresses (`herald.io/loadBalancerIPs`, `spec.loadBalancerIP`): at most one per
 //!   family, of families allowed by `ipFamilies`/`ipFamilyPolicy`, all in one pool, admitted by
