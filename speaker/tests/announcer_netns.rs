@@ -1,0 +1,159 @@
+//! The announcer on real links, checked with tools we did not write: a client namespace and
+//! two node namespaces on one bridge (see `announcer_support`), `arping` (iputils) and
+//! `ndisc6` from the client, and the client kernel's own neighbour cache.
+//!
+//! Needs root, `ip`, `arping` and `ndisc6`; under `CI=true` their absence fails the test,
+//! elsewhere it is skipped with the reason printed.
+
+mod announcer_support;
+
+use std::time::{Duration, Instant};
+
+use announcer_support::{HELPER_ENV, Helper, Lab, NODE_A_MAC, NODE_B_MAC, VIP_V4, VIP_V6, lab_available, run_helper};
+
+const TOOLS: &[&str] = &["ip", "arping", "ndisc6"];
+
+/// Entry point of the announcer helper process (this binary re-executed inside a node
+/// namespace with `HERALD_ANNOUNCER_HELPER=1`); a no-op in a normal test run.
+#[test]
+fn helper_process_entry() {
+    if std::env::var_os(HELPER_ENV).is_some() {
+        run_helper();
+    }
+}
+
+fn helper(ns: &str) -> Helper {
+    helper_with_burst(ns, "")
+}
+
+/// `burst_ms`: comma-separated gratuitous offsets ("0": a single frame); empty: the default.
+fn helper_with_burst(ns: &str, burst_ms: &str) -> Helper {
+    let args = ["helper_process_entry", "--exact", "--nocapture", "--test-threads=1"].map(String::from);
+    // The node's links are veths: the explicit list overrides the default `veth*` exclusion.
+    let helper = Helper::start(ns, &args, "veth-lan", burst_ms);
+    assert_eq!(helper.usable, "veth-lan", "usable interfaces in {ns}");
+    helper
+}
+
+#[test]
+fn only_the_owner_answers_on_its_interface_and_stops_when_it_loses_the_ip() {
+    if !lab_available(TOOLS) {
+        return;
+    }
+    let lab = Lab::new(true);
+    let mut node_a = helper(&lab.node_a);
+    let mut node_b = helper(&lab.node_b);
+    node_a.own(&[VIP_V4, VIP_V6]);
+    node_b.own(&[]);
+
+    // Only A's announcing link answers: not B, and not A's second (excluded) veth.
+    assert_eq!(lab.arping(VIP_V4), [NODE_A_MAC]);
+    assert_eq!(lab.ndisc6(VIP_V6), [NODE_A_MAC]);
+    // Nobody answers for an IP nobody owns.
+    assert!(lab.arping("10.203.0.101").is_empty());
+    assert!(lab.ndisc6("fd00:203::101").is_empty());
+
+    node_a.own(&[]);
+    assert!(lab.arping(VIP_V4).is_empty(), "answered after losing the IP");
+    assert!(lab.ndisc6(VIP_V6).is_empty(), "answered after losing the IP");
+
+    node_b.own(&[VIP_V4, VIP_V6]);
+    assert_eq!(lab.arping(VIP_V4), [NODE_B_MAC]);
+    assert_eq!(lab.ndisc6(VIP_V6), [NODE_B_MAC]);
+}
+
+/// Waits (bounded) until the client's entry for `ip` is in `state`.
+fn wait_for_state(lab: &Lab, ip: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let entry = lab.client_neighbour(ip);
+        if entry.as_ref().is_some_and(|(_, got)| got == state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ip}: client entry {entry:?} never reached {state}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn takeover_switches_the_client_neighbour_cache_from_reachable_stale_and_delay() {
+    if !lab_available(TOOLS) {
+        return;
+    }
+    let lab = Lab::new(true);
+    // One gratuitous frame per gain: it alone must switch the entry (the default burst's
+    // repeats would also keep rewriting the states this test sets up).
+    let mut node_a = helper_with_burst(&lab.node_a, "0");
+    let mut node_b = helper_with_burst(&lab.node_b, "0");
+    let mut owner_is_a = true;
+    node_a.own(&[VIP_V4, VIP_V6]);
+    // Let A's own burst finish so the takeover is announced by B's frames alone.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut report = Vec::new();
+    for state in ["reachable", "stale", "delay"] {
+        let (old_mac, new_mac) = if owner_is_a {
+            (NODE_A_MAC, NODE_B_MAC)
+        } else {
+            (NODE_B_MAC, NODE_A_MAC)
+        };
+        let mut pings = Vec::new();
+        for ip in [VIP_V4, VIP_V6] {
+            if state == "delay" {
+                lab.set_client_neighbour(ip, old_mac, "stale");
+                pings.push(lab.ping_from_client(ip));
+            } else {
+                lab.set_client_neighbour(ip, old_mac, state);
+            }
+        }
+        for ip in [VIP_V4, VIP_V6] {
+            wait_for_state(&lab, ip, &state.to_uppercase());
+        }
+        for ip in [VIP_V4, VIP_V6] {
+            let (mac, got_state) = lab.client_neighbour(ip).expect("entry just set");
+            assert_eq!(
+                (mac.as_str(), got_state.as_str()),
+                (old_mac, state.to_uppercase().as_str())
+            );
+        }
+
+        let (loser, winner) = if owner_is_a {
+            (&mut node_a, &mut node_b)
+        } else {
+            (&mut node_b, &mut node_a)
+        };
+        loser.own(&[]);
+        let moved = Instant::now();
+        winner.own(&[VIP_V4, VIP_V6]);
+        owner_is_a = !owner_is_a;
+
+        for ip in [VIP_V4, VIP_V6] {
+            let deadline = moved + Duration::from_secs(2);
+            loop {
+                let entry = lab.client_neighbour(ip);
+                if entry.as_ref().is_some_and(|(mac, _)| mac == new_mac) {
+                    report.push((ip, state, moved.elapsed()));
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{ip}: client entry {entry:?} did not switch to {new_mac} from {state}"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        for mut ping in pings {
+            let _ = ping.wait();
+        }
+    }
+    for (ip, state, after) in &report {
+        eprintln!("{ip} from {state}: client switched {after:?} after the takeover");
+        assert!(
+            *after < Duration::from_millis(400),
+            "{ip} from {state}: switch took {after:?}"
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! Network-namespace lab for the announcer tests and the ARP flood bench.
+//!
+//! Layout: a bridge in its own namespace; a client namespace and node namespaces each reach
+//! it through a veth pair. Nodes name their segment link `veth-lan` (and node A has a second
+//! one, `veth-alt`), so the default exclusion of `veth*` is in force unless overridden, as on
+//! the lab machines. Every namespace is deleted when the [`Lab`] drops, also on panic.
+//!
+//! The announcer runs in a node namespace as a child process: the test (or bench) binary
+//! re-executes itself under `ip netns exec <node> …` in helper mode ([`run_helper`]), which
+//! gives it the namespace's links and its own `/sys`, and is driven by text lines on stdin.
+//! Separate processes also give the announcer's RSS on its own.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use herald_speaker::announcer::{AnnounceTarget, Announcer, AnnouncerConfig, InterfacePolicy};
+
+/// Environment variable that turns a re-executed test/bench binary into an announcer helper.
+pub const HELPER_ENV: &str = "HERALD_ANNOUNCER_HELPER";
+/// Comma-separated explicit interface list for the helper (empty: default selection).
+pub const HELPER_INTERFACES_ENV: &str = "HERALD_ANNOUNCER_INTERFACES";
+/// Comma-separated burst offsets in milliseconds for the helper (empty: the default burst).
+pub const HELPER_BURST_ENV: &str = "HERALD_ANNOUNCER_BURST_MS";
+
+pub const CLIENT_MAC: &str = "02:c0:00:00:00:01";
+pub const NODE_A_MAC: &str = "02:a0:00:00:00:01";
+pub const NODE_A_ALT_MAC: &str = "02:a0:00:00:00:02";
+pub const NODE_B_MAC: &str = "02:b0:00:00:00:01";
+pub const CLIENT_V4: &str = "10.203.0.1";
+pub const CLIENT_V6: &str = "fd00:203::1";
+pub const VIP_V4: &str = "10.203.0.100";
+pub const VIP_V6: &str = "fd00:203::100";
+
+/// Why the lab cannot run here (not root, tool missing), if it cannot.
+pub fn missing_prerequisite(tools: &[&str]) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        return Some("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
+    }
+    for tool in tools {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+        if !found {
+            return Some(format!("`{tool}` not found on PATH (make deps installs it)"));
+        }
+    }
+    None
+}
+
+/// Returns true if the test may run; under `CI=true` a missing prerequisite fails loudly,
+/// elsewhere the test is skipped with the reason printed.
+pub fn lab_available(tools: &[&str]) -> bool {
+    match missing_prerequisite(tools) {
+        None => true,
+        Some(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true but the namespace lab cannot run: {reason}")
+        }
+        Some(reason) => {
+            eprintln!("skipping namespace test: {reason}");
+            false
+        }
+    }
+}
+
+/// Runs `program args…`, panicking with its output if it fails.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("running {program} {args:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs a command inside namespace `ns`, returning stdout even if it exits non-zero.
+pub fn run_in(ns: &str, program: &str, args: &[&str]) -> String {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("running {program} in {ns}: {error}"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Namespaces of one test; all deleted on drop.
+pub struct Lab {
+    pub bridge: String,
+    pub client: String,
+    pub node_a: String,
+    pub node_b: String,
+    created: Vec<String>,
+}
+
+impl Lab {
+    /// Bridge, client and nodes A and B, with addresses and fixed MACs, all links up.
+    pub fn new(with_node_b: bool) -> Lab {
+        let prefix = format!(
+            "hrl-ann-{}-{}",
+            std::process::id(),
+            LAB_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut lab = Lab {
+            bridge: format!("{prefix}-br"),
+            client: format!("{prefix}-c"),
+            node_a: format!("{prefix}-a"),
+            node_b: format!("{prefix}-b"),
+            created: Vec::new(),
+        };
+        let mut namespaces = vec![lab.bridge.clone(), lab.client.clone(), lab.node_a.clone()];
+        if with_node_b {
+            namespaces.push(lab.node_b.clone());
+        }
+        for ns in namespaces {
+            run("ip", &["netns", "add", &ns]);
+            lab.created.push(ns.clone());
+            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        let br = lab.bridge.clone();
+        run("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"]);
+        // No STP delay and no multicast snooping: every frame floods at once.
+        run(
+            "ip",
+            &[
+                "-n",
+                &br,
+                "link",
+                "set",
+                "br0",
+                "type",
+                "bridge",
+                "forward_delay",
+                "0",
+                "mcast_snooping",
+                "0",
+            ],
+        );
+        run("ip", &["-n", &br, "link", "set", "br0", "up"]);
+        let client = lab.client.clone();
+        lab.attach(&client, "lan0", CLIENT_MAC, "pc");
+        run(
+            "ip",
+            &["-n", &client, "addr", "add", &format!("{CLIENT_V4}/24"), "dev", "lan0"],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &client,
+                "addr",
+                "add",
+                &format!("{CLIENT_V6}/64"),
+                "dev",
+                "lan0",
+                "nodad",
+            ],
+        );
+        let node_a = lab.node_a.clone();
+        lab.attach(&node_a, "veth-lan", NODE_A_MAC, "pa");
+        lab.attach(&node_a, "veth-alt", NODE_A_ALT_MAC, "pa2");
+        run(
+            "ip",
+            &["-n", &node_a, "addr", "add", "10.203.0.2/24", "dev", "veth-lan"],
+        );
+        if with_node_b {
+            let node_b = lab.node_b.clone();
+            lab.attach(&node_b, "veth-lan", NODE_B_MAC, "pb");
+            run(
+                "ip",
+                &["-n", &node_b, "addr", "add", "10.203.0.3/24", "dev", "veth-lan"],
+            );
+        }
+        lab
+    }
+
+    /// A veth pair from `ns` (as `name`, with `mac`) to the bridge (as `port`).
+    fn attach(&self, ns: &str, name: &str, mac: &str, port: &str) {
+        let br = &self.bridge;
+        run(
+            "ip",
+            &[
+                "-n", br, "link", "add", port, "type", "veth", "peer", "name", name, "netns", ns,
+            ],
+        );
+        run("ip", &["-n", br, "link", "set", port, "master", "br0", "up"]);
+        run("ip", &["-n", ns, "link", "set", name, "address", mac, "up"]);
+    }
+
+    /// MACs that answered `arping` for `ip` from the client within about a second.
+    pub fn arping(&self, ip: &str) -> Vec<String> {
+        // -c 2 with -w 1 waits up to 1 s for two replies, so a second answerer shows up.
+        let output = run_in(&self.client, "arping", &["-c", "2", "-w", "1", "-I", "lan0", ip]);
+        let mut macs: Vec<String> = output
+            .lines()
+            .filter(|line| line.contains("reply from"))
+            .filter_map(|line| Some(line.split('[').nth(1)?.split(']').next()?.to_lowercase()))
+            .collect();
+        macs.sort();
+        macs.dedup();
+        macs
+    }
+
+    /// MACs in the Neighbor Advertisements `ndisc6` got for `ip` within half a second.
+    pub fn ndisc6(&self, ip: &str) -> Vec<String> {
+        let output = run_in(
+            &self.client,
+            "ndisc6",
+            &["-m", "-n", "-r", "1", "-w", "500", ip, "lan0"],
+        );
+        let mut macs: Vec<String> = output
+            .lines()
+            .filter(|line| line.contains("Target link-layer address"))
+            .filter_map(|line| Some(line.split_once(':')?.1.trim().to_lowercase()))
+            .collect();
+        macs.sort();
+        macs.dedup();
+        macs
+    }
+
+    /// The client's neighbour entry for `ip`: (MAC, state), if any.
+    pub fn client_neighbour(&self, ip: &str) -> Option<(String, String)> {
+        let output = run_in(&self.client, "ip", &["neigh", "show", ip, "dev", "lan0"]);
+        let words: Vec<&str> = output.split_whitespace().collect();
+        let mac = words
+            .iter()
+            .position(|word| *word == "lladdr")
+            .and_then(|at| words.get(at + 1))?;
+        Some((mac.to_lowercase(), words.last()?.to_string()))
+    }
+
+    /// Sets the client's neighbour entry for `ip` to `mac` in `state` (reachable, stale, delay).
+    pub fn set_client_neighbour(&self, ip: &str, mac: &str, state: &str) {
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.client,
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                "lan0",
+                "nud",
+                state,
+            ],
+        );
+    }
+}
+
+impl Lab {
+    /// Sends one ping from the client to `ip` in the background: a STALE entry goes to
+    /// DELAY, the state a client is in right after it used a stale entry. (An entry set to
+    /// DELAY with `ip neigh` moves on to PROBE at once, since it was not used.)
+    pub fn ping_from_client(&self, ip: &str) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.client, "ping", "-c", "1", "-W", "1", ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ping")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in self.created.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// An announcer helper process in a node namespace.
+pub struct Helper {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// Usable interfaces reported at start.
+    pub usable: String,
+}
+
+impl Helper {
+    /// Starts `exe args…` (this binary in helper mode) inside `ns`.
+    pub fn start(ns: &str, exe_args: &[String], interfaces: &str, burst_ms: &str) -> Helper {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(exe)
+            .args(exe_args)
+            .env(HELPER_ENV, "1")
+            .env(HELPER_INTERFACES_ENV, interfaces)
+            .env(HELPER_BURST_ENV, burst_ms)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn helper");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut helper = Helper {
+            child,
+            stdin,
+            stdout,
+            usable: String::new(),
+        };
+        helper.usable = helper.expect_line("ready");
+        helper
+    }
+
+    /// Reads lines until one starting with `HERALD <word>`; returns the rest. Bounded: the
+    /// helper answers every command at once, and exits (EOF) if anything goes wrong.
+    fn expect_line(&mut self, word: &str) -> String {
+        let prefix = format!("HERALD {word}");
+        for _ in 0..1000 {
+            let mut line = String::new();
+            let read = self.stdout.read_line(&mut line).expect("read helper");
+            assert!(read > 0, "helper exited while waiting for {prefix}");
+            // The test harness may print "test … ... " on the same line before ours.
+            if let Some(at) = line.find(&prefix) {
+                return line[at + prefix.len()..].trim().to_string();
+            }
+        }
+        panic!("helper never said {prefix}");
+    }
+
+    fn command(&mut self, line: &str, answer: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("write helper");
+        self.stdin.flush().expect("flush helper");
+        self.expect_line(answer)
+    }
+
+    /// Replaces the owned set; returns once the helper's `set_owned` returned.
+    pub fn own(&mut self, ips: &[&str]) {
+        self.command(&format!("own {}", ips.join(" ")), "ok");
+    }
+
+    /// Owns `count` consecutive IPv4 addresses from `first`.
+    pub fn own_range(&mut self, first: Ipv4Addr, count: u32) {
+        self.command(&format!("own-range {first} {count}"), "ok");
+    }
+
+    /// (VmRSS, VmHWM) in kB.
+    pub fn rss_kb(&mut self) -> (u64, u64) {
+        let answer = self.command("rss", "rss");
+        let mut numbers = answer.split_whitespace().map(|n| n.parse().unwrap_or(0));
+        (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+    }
+
+    /// The helper's status line (debug text).
+    pub fn status(&mut self) -> String {
+        self.command("status", "status")
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn vm_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Helper mode: runs an announcer in this process, driven by lines on stdin:
+/// `own <ip>…`, `own-range <first-ipv4> <count>`, `status`, `rss`, `quit`.
+pub fn run_helper() {
+    let explicit = std::env::var(HELPER_INTERFACES_ENV).unwrap_or_default();
+    let explicit: Vec<String> = explicit
+        .split(',')
+        .filter(|name| !name.is_empty())
+        .map(String::from)
+        .collect();
+    let mut config = AnnouncerConfig {
+        interfaces: InterfacePolicy {
+            explicit: (!explicit.is_empty()).then_some(explicit),
+            ..InterfacePolicy::default()
+        },
+        ..AnnouncerConfig::default()
+    };
+    let burst = std::env::var(HELPER_BURST_ENV).unwrap_or_default();
+    if !burst.is_empty() {
+        config.schedule.burst = burst
+            .split(',')
+            .map(|ms| Duration::from_millis(ms.parse().expect("burst offset in ms")))
+            .collect();
+    }
+    let announcer = Announcer::start(config).expect("start announcer");
+    println!("HERALD ready {}", announcer.usable_interfaces().join(","));
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("own") => {
+                let owned: BTreeMap<IpAddr, AnnounceTarget> = words
+                    .map(|ip| (ip.parse().expect("ip"), AnnounceTarget::default()))
+                    .collect();
+                announcer.set_owned(owned);
+                println!("HERALD ok");
+            }
+            Some("own-range") => {
+                let first: Ipv4Addr = words.next().and_then(|ip| ip.parse().ok()).expect("first ip");
+                let count: u32 = words.next().and_then(|n| n.parse().ok()).expect("count");
+                let owned = (0..count)
+                    .map(|offset| {
+                        (
+                            IpAddr::V4(Ipv4Addr::from(u32::from(first) + offset)),
+                            AnnounceTarget::default(),
+                        )
+                    })
+                    .collect();
+                announcer.set_owned(owned);
+                println!("HERALD ok");
+            }
+            Some("status") => {
+                let status = announcer.status();
+                println!(
+                    "HERALD status usable={:?} announced={} errors={:?}",
+                    status.usable_interfaces,
+                    status.announced.len(),
+                    status.link_errors
+                );
+            }
+            Some("rss") => println!("HERALD rss {} {}", vm_kb("VmRSS:"), vm_kb("VmHWM:")),
+            Some("quit") => break,
+            _ => println!("HERALD error unknown command {line:?}"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+    announcer.shutdown();
+}
