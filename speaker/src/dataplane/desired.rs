@@ -1,0 +1,419 @@
+//! Desired service map: from plain descriptions of Services, their endpoints and this node,
+//! the frontends this node forwards and the backends behind each. Pure; no I/O.
+//!
+//! The wiring builds the inputs from Kubernetes objects:
+//! - [`ServiceInput`] from a `type: LoadBalancer` Service: its LoadBalancer IPs (those this node
+//!   may receive traffic for — passing every IP is harmless, traffic only arrives at the owner),
+//!   its ports, its `externalTrafficPolicy`, and the endpoints of all its EndpointSlices;
+//! - [`NodeInput`] from this node: its name (as in `EndpointSlice.endpoints[].nodeName`) and the
+//!   addresses NodePorts are served on.
+//!
+//! Rules (as kube-proxy):
+//! - an endpoint port belongs to a service port when their names and protocols are equal (the
+//!   EndpointSlice controller has already resolved `targetPort` into it);
+//! - backends are the `ready` endpoints; when none is ready, the `serving && terminating` ones;
+//! - `Local` policy keeps only endpoints on this node, and that choice is made among them alone;
+//! - frontends of one address family only get backends of that family;
+//! - a frontend with no backend is left out, so its traffic meets the kernel as without Herald.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// Transport protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as in the IP header.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+/// `spec.externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrafficPolicy {
+    /// Any ready endpoint; a remote one is reached with SNAT to this node's address.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node; the client's source address is preserved.
+    Local,
+}
+
+/// One entry of `Service.spec.ports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port name ("" when the Service has a single unnamed port).
+    pub name: String,
+    pub protocol: Protocol,
+    /// The port on the LoadBalancer IPs.
+    pub port: u16,
+    /// The NodePort, if allocated (`allocateLoadBalancerNodePorts` may turn them off).
+    pub node_port: Option<u16>,
+}
+
+/// One port of an endpoint (`EndpointSlice.ports[]`, which apply to every endpoint of a slice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPort {
+    /// Equal to the service port's name it serves.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// One address of `EndpointSlice.endpoints[]` with its slice's ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInput {
+    pub ip: IpAddr,
+    /// `nodeName`; `None` counts as remote.
+    pub node: Option<String>,
+    /// `conditions.ready` (a missing condition counts as true, as in Kubernetes).
+    pub ready: bool,
+    /// `conditions.serving`.
+    pub serving: bool,
+    /// `conditions.terminating`.
+    pub terminating: bool,
+    pub ports: Vec<EndpointPort>,
+}
+
+/// A Service as the dataplane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInput {
+    pub namespace: String,
+    pub name: String,
+    /// LoadBalancer IPs to forward (both families for dual-stack Services).
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub traffic_policy: TrafficPolicy,
+    pub endpoints: Vec<EndpointInput>,
+}
+
+/// This node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInput {
+    /// Node name, compared with [`EndpointInput::node`].
+    pub name: String,
+    /// Addresses NodePorts are served on (and the SNAT source for remote backends: the first
+    /// one of each family).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A frontend: traffic to this address, port and protocol is load-balanced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", SocketAddr::new(self.addr, self.port), self.protocol)
+    }
+}
+
+/// Whether a frontend is a LoadBalancer IP or a NodePort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    LoadBalancer,
+    NodePort,
+}
+
+/// A backend of a frontend.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// `Some(node address)` when the backend is on another node and the client's source is
+    /// translated to that address (Cluster policy); `None` keeps the client's source.
+    pub snat: Option<IpAddr>,
+}
+
+/// What a frontend forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendTarget {
+    /// `namespace/name` of the Service (metrics label).
+    pub service: String,
+    pub kind: FrontendKind,
+    /// Sorted, without duplicates, never empty.
+    pub backends: Vec<Backend>,
+}
+
+/// The whole desired service map of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Desired {
+    pub frontends: BTreeMap<Frontend, FrontendTarget>,
+}
+
+/// Builds the desired service map. When two Services claim the same frontend (a conflict the
+/// controller should have refused), the one whose `namespace/name` sorts first wins.
+pub fn desired(services: &[ServiceInput], node: &NodeInput) -> Desired {
+    let mut sorted: Vec<&ServiceInput> = services.iter().collect();
+    sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut frontends = BTreeMap::new();
+    for svc in sorted {
+        let service = format!("{}/{}", svc.namespace, svc.name);
+        for port in &svc.ports {
+            let mut addrs: Vec<(IpAddr, u16, FrontendKind)> = svc
+                .load_balancer_ips
+                .iter()
+                .map(|&ip| (ip, port.port, FrontendKind::LoadBalancer))
+                .collect();
+            if let Some(node_port) = port.node_port {
+                addrs.extend(node.addresses.iter().map(|&ip| (ip, node_port, FrontendKind::NodePort)));
+            }
+            for (addr, fport, kind) in addrs {
+                let backends = backends_for(svc, port, addr.is_ipv4(), node);
+                if backends.is_empty() {
+                    continue;
+                }
+                let frontend = Frontend {
+                    addr,
+                    port: fport,
+                    protocol: port.protocol,
+                };
+                frontends.entry(frontend).or_insert_with(|| FrontendTarget {
+                    service: service.clone(),
+                    kind,
+                    backends,
+                });
+            }
+        }
+    }
+    Desired { frontends }
+}
+
+fn backends_for(svc: &ServiceInput, port: &ServicePort, ipv4: bool, node: &NodeInput) -> Vec<Backend> {
+    let is_local = |e: &EndpointInput| e.node.as_deref() == Some(node.name.as_str());
+    let candidates: Vec<(&EndpointInput, u16)> = svc
+        .endpoints
+        .iter()
+        .filter(|e| e.ip.is_ipv4() == ipv4)
+        .filter(|e| svc.traffic_policy == TrafficPolicy::Cluster || is_local(e))
+        .filter_map(|e| {
+            e.ports
+                .iter()
+                .find(|p| p.name == port.name && p.protocol == port.protocol)
+                .map(|p| (e, p.port))
+        })
+        .collect();
+    let ready: Vec<_> = candidates.iter().filter(|(e, _)| e.ready).collect();
+    let chosen: Vec<_> = if ready.is_empty() {
+        candidates.iter().filter(|(e, _)| e.serving && e.terminating).collect()
+    } else {
+        ready
+    };
+    let snat_addr = node.addresses.iter().copied().find(|a| a.is_ipv4() == ipv4);
+    let mut backends: Vec<Backend> = chosen
+        .into_iter()
+        .map(|&(e, p)| Backend {
+            addr: SocketAddr::new(e.ip, p),
+            snat: if is_local(e) { None } else { snat_addr },
+        })
+        .collect();
+    backends.sort();
+    backends.dedup_by(|a, b| a.addr == b.addr);
+    backends
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn node() -> NodeInput {
+        NodeInput {
+            name: "node-a".into(),
+            addresses: vec![ip("192.168.1.10"), ip("fd00::10")],
+        }
+    }
+
+    fn endpoint(addr: &str, node: &str, ready: bool) -> EndpointInput {
+        EndpointInput {
+            ip: ip(addr),
+            node: Some(node.into()),
+            ready,
+            serving: ready,
+            terminating: false,
+            ports: vec![EndpointPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+            }],
+        }
+    }
+
+    fn service(policy: TrafficPolicy, endpoints: Vec<EndpointInput>) -> ServiceInput {
+        ServiceInput {
+            namespace: "default".into(),
+            name: "web".into(),
+            load_balancer_ips: vec![ip("203.0.113.7")],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: Some(30080),
+            }],
+            traffic_policy: policy,
+            endpoints,
+        }
+    }
+
+    fn fe(addr: &str, port: u16) -> Frontend {
+        Frontend {
+            addr: ip(addr),
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    #[test]
+    fn cluster_policy_uses_every_ready_endpoint_and_snats_remote_ones() {
+        let svc = service(
+            TrafficPolicy::Cluster,
+            vec![
+                endpoint("10.244.1.5", "node-a", true),
+                endpoint("10.244.2.5", "node-b", true),
+                endpoint("10.244.2.6", "node-b", false),
+            ],
+        );
+        let d = desired(&[svc], &node());
+        assert_eq!(d.frontends.len(), 2, "LB IP + NodePort on the IPv4 node address: {d:?}");
+        let target = &d.frontends[&fe("203.0.113.7", 80)];
+        assert_eq!(target.kind, FrontendKind::LoadBalancer);
+        assert_eq!(target.service, "default/web");
+        assert_eq!(
+            target.backends,
+            vec![
+                Backend {
+                    addr: "10.244.1.5:8080".parse().unwrap(),
+                    snat: None
+                },
+                Backend {
+                    addr: "10.244.2.5:8080".parse().unwrap(),
+                    snat: Some(ip("192.168.1.10"))
+                },
+            ]
+        );
+        assert_eq!(d.frontends[&fe("192.168.1.10", 30080)].kind, FrontendKind::NodePort);
+    }
+
+    #[test]
+    fn local_policy_keeps_only_local_endpoints_without_snat() {
+        let svc = service(
+            TrafficPolicy::Local,
+            vec![
+                endpoint("10.244.1.5", "node-a", true),
+                endpoint("10.244.2.5", "node-b", true),
+            ],
+        );
+        let d = desired(&[svc], &node());
+        let target = &d.frontends[&fe("203.0.113.7", 80)];
+        assert_eq!(
+            target.backends,
+            vec![Backend {
+                addr: "10.244.1.5:8080".parse().unwrap(),
+                snat: None
+            }]
+        );
+    }
+
+    #[test]
+    fn local_policy_without_local_endpoints_has_no_frontend() {
+        let svc = service(TrafficPolicy::Local, vec![endpoint("10.244.2.5", "node-b", true)]);
+        assert!(desired(&[svc], &node()).frontends.is_empty());
+    }
+
+    #[test]
+    fn terminating_serving_endpoints_only_when_nothing_is_ready() {
+        let mut term = endpoint("10.244.1.9", "node-a", false);
+        term.serving = true;
+        term.terminating = true;
+        let svc = service(
+            TrafficPolicy::Cluster,
+            vec![term.clone(), endpoint("10.244.1.5", "node-a", true)],
+        );
+        let d = desired(&[svc], &node());
+        assert_eq!(d.frontends[&fe("203.0.113.7", 80)].backends.len(), 1);
+        let svc = service(TrafficPolicy::Cluster, vec![term]);
+        let d = desired(&[svc], &node());
+        assert_eq!(
+            d.frontends[&fe("203.0.113.7", 80)].backends[0].addr,
+            "10.244.1.9:8080".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn endpoint_ports_match_by_name_and_protocol() {
+        let mut svc = service(TrafficPolicy::Cluster, vec![endpoint("10.244.1.5", "node-a", true)]);
+        svc.ports.push(ServicePort {
+            name: "dns".into(),
+            protocol: Protocol::Udp,
+            port: 53,
+            node_port: None,
+        });
+        svc.endpoints[0].ports.push(EndpointPort {
+            name: "dns".into(),
+            protocol: Protocol::Udp,
+            port: 5353,
+        });
+        let d = desired(&[svc], &node());
+        let udp = Frontend {
+            addr: ip("203.0.113.7"),
+            port: 53,
+            protocol: Protocol::Udp,
+        };
+        assert_eq!(d.frontends[&udp].backends[0].addr.port(), 5353);
+    }
+
+    #[test]
+    fn dual_stack_frontends_get_backends_of_their_family() {
+        let mut svc = service(
+            TrafficPolicy::Cluster,
+            vec![
+                endpoint("10.244.1.5", "node-a", true),
+                endpoint("fd00:244:1::5", "node-b", true),
+            ],
+        );
+        svc.load_balancer_ips.push(ip("2001:db8::7"));
+        let d = desired(&[svc], &node());
+        assert_eq!(d.frontends.len(), 4);
+        let v6 = &d.frontends[&fe("2001:db8::7", 80)];
+        assert_eq!(
+            v6.backends,
+            vec![Backend {
+                addr: "[fd00:244:1::5]:8080".parse().unwrap(),
+                snat: Some(ip("fd00::10"))
+            }]
+        );
+        assert_eq!(d.frontends[&fe("fd00::10", 30080)].kind, FrontendKind::NodePort);
+    }
+
+    #[test]
+    fn conflicting_frontends_go_to_the_first_service_by_name() {
+        let a = service(TrafficPolicy::Cluster, vec![endpoint("10.244.1.5", "node-a", true)]);
+        let mut b = a.clone();
+        b.name = "aaa".into();
+        b.endpoints = vec![endpoint("10.244.1.6", "node-a", true)];
+        let d = desired(&[a, b], &node());
+        assert_eq!(d.frontends[&fe("203.0.113.7", 80)].service, "default/aaa");
+    }
+}

@@ -1,0 +1,762 @@
+//! The BPF maps of the service map: Rust mirrors of the C structs, the [`ServiceMaps`] trait
+//! (aya-backed [`AyaServiceMaps`], in-memory [`FakeServiceMaps`]), and [`MapSync`], which diffs
+//! the desired state against what the maps hold and writes only the differences.
+//!
+//! Ordering invariant (what the datapath may see mid-update): a backend is written before any
+//! Maglev row names it, a row before its frontend, and removals go the other way round — so a
+//! frontend the program finds always has a row, and a row's ids always resolve.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use thiserror::Error;
+
+use super::desired::{Backend, Desired, Frontend, FrontendTarget};
+use super::maglev::{MAGLEV_TABLE_SIZE, maglev_table};
+
+pub use abi::{BACKEND_SNAT, BackendValue, Counters, FrontendKey, FrontendValue, MaglevRow};
+
+/// Rust mirrors of the structs in `bpf/lib/common.h`. This is the only module with unsafe code:
+/// `aya::Pod` promises the kernel's bytes are a valid value, which holds for these `repr(C)`
+/// structs of integers and byte arrays without implicit padding (checked by the size test).
+#[allow(unsafe_code)]
+mod abi {
+    use super::MAGLEV_TABLE_SIZE;
+
+    /// `lb_backend.flags` bit: translate the client's source to `snat_addr`.
+    pub const BACKEND_SNAT: u8 = 1;
+
+    /// Must match `struct lb_frontend_key` in bpf/lib/common.h (20 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct FrontendKey {
+        /// Network order; IPv4 in the first 4 bytes, the rest zero.
+        pub addr: [u8; 16],
+        /// Network order.
+        pub port: [u8; 2],
+        pub proto: u8,
+        /// 4 or 6.
+        pub family: u8,
+    }
+
+    /// Must match `struct lb_frontend` in bpf/lib/common.h (8 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct FrontendValue {
+        pub id: u32,
+        pub backend_count: u32,
+    }
+
+    /// Must match `struct lb_backend` in bpf/lib/common.h (36 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct BackendValue {
+        pub addr: [u8; 16],
+        pub snat_addr: [u8; 16],
+        pub port: [u8; 2],
+        pub family: u8,
+        pub flags: u8,
+    }
+
+    /// Must match `struct lb_maglev_row` in bpf/lib/common.h (4 × 1021 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct MaglevRow {
+        pub backend_ids: [u32; MAGLEV_TABLE_SIZE],
+    }
+
+    /// Must match `struct lb_counters` in bpf/lib/common.h (16 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct Counters {
+        pub packets: u64,
+        pub bytes: u64,
+    }
+
+    // SAFETY: repr(C), only integers and byte arrays, no padding (sizes asserted in tests), so
+    // every bit pattern the kernel hands back is a valid value.
+    unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for FrontendValue {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for MaglevRow {}
+    unsafe impl aya::Pod for Counters {}
+}
+
+fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            (b, 4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), 6),
+    }
+}
+
+impl FrontendKey {
+    pub fn from_frontend(f: &Frontend) -> Self {
+        let (addr, family) = addr_bytes(f.addr);
+        FrontendKey {
+            addr,
+            port: f.port.to_be_bytes(),
+            proto: f.protocol.number(),
+            family,
+        }
+    }
+}
+
+impl BackendValue {
+    pub fn from_backend(b: &Backend) -> Self {
+        let (addr, family) = addr_bytes(b.addr.ip());
+        let (snat_addr, flags) = match b.snat {
+            Some(ip) => (addr_bytes(ip).0, BACKEND_SNAT),
+            None => ([0; 16], 0),
+        };
+        BackendValue {
+            addr,
+            snat_addr,
+            port: b.addr.port().to_be_bytes(),
+            family,
+            flags,
+        }
+    }
+
+    /// The backend's `ip:port` (its Maglev name).
+    pub fn socket_addr(&self) -> SocketAddr {
+        let ip = if self.family == 4 {
+            IpAddr::from([self.addr[0], self.addr[1], self.addr[2], self.addr[3]])
+        } else {
+            IpAddr::from(self.addr)
+        };
+        SocketAddr::new(ip, u16::from_be_bytes(self.port))
+    }
+}
+
+/// A failed map operation, naming the map and the operation.
+#[derive(Debug, Error)]
+#[error("BPF map {map}: {op} failed: {source}")]
+pub struct MapsError {
+    pub map: &'static str,
+    pub op: &'static str,
+    #[source]
+    pub source: MapError,
+}
+
+/// What the service maps hold (the counters aside).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    pub backends: BTreeMap<u32, BackendValue>,
+    pub rows: BTreeMap<u32, Vec<u32>>,
+}
+
+/// One write to the service maps; the unit the sync logic is tested in.
+pub trait ServiceMaps {
+    /// Everything the maps hold now (after a restart: what the previous speaker left).
+    fn read_all(&self) -> Result<MapContents, MapsError>;
+    fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError>;
+    fn remove_backend(&mut self, id: u32) -> Result<(), MapsError>;
+    fn set_row(&mut self, id: u32, row: &MaglevRow) -> Result<(), MapsError>;
+    fn remove_row(&mut self, id: u32) -> Result<(), MapsError>;
+    fn set_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError>;
+    fn remove_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError>;
+    /// Zeroes a frontend id's counters (a new frontend must not inherit an old one's).
+    fn reset_counters(&mut self, id: u32) -> Result<(), MapsError>;
+    /// The id's counters summed over CPUs.
+    fn counters(&self, id: u32) -> Result<Counters, MapsError>;
+}
+
+/// One write, as the fake records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapOp {
+    SetBackend(u32),
+    RemoveBackend(u32),
+    SetRow(u32),
+    RemoveRow(u32),
+    SetFrontend(FrontendKey),
+    RemoveFrontend(FrontendKey),
+    ResetCounters(u32),
+}
+
+/// In-memory [`ServiceMaps`] recording every write.
+#[derive(Debug, Default, Clone)]
+pub struct FakeServiceMaps {
+    pub contents: MapContents,
+    pub counters: BTreeMap<u32, Counters>,
+    pub ops: Vec<MapOp>,
+}
+
+impl ServiceMaps for FakeServiceMaps {
+    fn read_all(&self) -> Result<MapContents, MapsError> {
+        Ok(self.contents.clone())
+    }
+    fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
+        self.contents.backends.insert(id, *value);
+        self.ops.push(MapOp::SetBackend(id));
+        Ok(())
+    }
+    fn remove_backend(&mut self, id: u32) -> Result<(), MapsError> {
+        self.contents.backends.remove(&id);
+        self.ops.push(MapOp::RemoveBackend(id));
+        Ok(())
+    }
+    fn set_row(&mut self, id: u32, row: &MaglevRow) -> Result<(), MapsError> {
+        self.contents.rows.insert(id, row.backend_ids.to_vec());
+        self.ops.push(MapOp::SetRow(id));
+        Ok(())
+    }
+    fn remove_row(&mut self, id: u32) -> Result<(), MapsError> {
+        self.contents.rows.remove(&id);
+        self.ops.push(MapOp::RemoveRow(id));
+        Ok(())
+    }
+    fn set_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError> {
+        self.contents.frontends.insert(*key, *value);
+        self.ops.push(MapOp::SetFrontend(*key));
+        Ok(())
+    }
+    fn remove_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError> {
+        self.contents.frontends.remove(key);
+        self.ops.push(MapOp::RemoveFrontend(*key));
+        Ok(())
+    }
+    fn reset_counters(&mut self, id: u32) -> Result<(), MapsError> {
+        self.counters.insert(id, Counters::default());
+        self.ops.push(MapOp::ResetCounters(id));
+        Ok(())
+    }
+    fn counters(&self, id: u32) -> Result<Counters, MapsError> {
+        Ok(self.counters.get(&id).copied().unwrap_or_default())
+    }
+}
+
+/// The kernel's maps, through aya.
+pub struct AyaServiceMaps {
+    pub(crate) frontends: BpfHashMap<MapData, FrontendKey, FrontendValue>,
+    pub(crate) backends: BpfHashMap<MapData, u32, BackendValue>,
+    pub(crate) rows: BpfHashMap<MapData, u32, MaglevRow>,
+    pub(crate) counters: PerCpuArray<MapData, Counters>,
+}
+
+fn err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError { map, op, source }
+}
+
+impl ServiceMaps for AyaServiceMaps {
+    fn read_all(&self) -> Result<MapContents, MapsError> {
+        let mut contents = MapContents::default();
+        for entry in self.frontends.iter() {
+            let (k, v) = entry.map_err(err("herald_frontends", "iterate"))?;
+            contents.frontends.insert(k, v);
+        }
+        for entry in self.backends.iter() {
+            let (k, v) = entry.map_err(err("herald_backends", "iterate"))?;
+            contents.backends.insert(k, v);
+        }
+        for entry in self.rows.iter() {
+            let (k, v) = entry.map_err(err("herald_maglev", "iterate"))?;
+            contents.rows.insert(k, v.backend_ids.to_vec());
+        }
+        Ok(contents)
+    }
+    fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
+        self.backends
+            .insert(id, value, 0)
+            .map_err(err("herald_backends", "update"))
+    }
+    fn remove_backend(&mut self, id: u32) -> Result<(), MapsError> {
+        ignore_missing(self.backends.remove(&id)).map_err(err("herald_backends", "delete"))
+    }
+    fn set_row(&mut self, id: u32, row: &MaglevRow) -> Result<(), MapsError> {
+        self.rows.insert(id, row, 0).map_err(err("herald_maglev", "update"))
+    }
+    fn remove_row(&mut self, id: u32) -> Result<(), MapsError> {
+        ignore_missing(self.rows.remove(&id)).map_err(err("herald_maglev", "delete"))
+    }
+    fn set_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError> {
+        self.frontends
+            .insert(key, value, 0)
+            .map_err(err("herald_frontends", "update"))
+    }
+    fn remove_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError> {
+        ignore_missing(self.frontends.remove(key)).map_err(err("herald_frontends", "delete"))
+    }
+    fn reset_counters(&mut self, id: u32) -> Result<(), MapsError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError {
+            map: "herald_counters",
+            op: "count CPUs",
+            source: MapError::IoError(e),
+        })?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| MapsError {
+            map: "herald_counters",
+            op: "build zero values",
+            source: MapError::IoError(e),
+        })?;
+        self.counters
+            .set(id, zeros, 0)
+            .map_err(err("herald_counters", "update"))
+    }
+    fn counters(&self, id: u32) -> Result<Counters, MapsError> {
+        let per_cpu = self.counters.get(&id, 0).map_err(err("herald_counters", "lookup"))?;
+        Ok(per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        }))
+    }
+}
+
+/// A delete of an entry that is already gone is fine (idempotent removal).
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Labels of a frontend for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendInfo {
+    pub frontend: Frontend,
+    pub target: FrontendTarget,
+}
+
+/// Keeps the maps equal to the desired state with as few writes as possible. Holds a copy of
+/// what the maps contain, read back from them at start (so a restarted speaker continues with
+/// the ids its predecessor wrote and established flows keep their backends).
+#[derive(Debug, Clone)]
+pub struct MapSync {
+    current: MapContents,
+    /// Frontend id → what it serves, for metric labels.
+    labels: BTreeMap<u32, FrontendInfo>,
+}
+
+/// How many writes one [`MapSync::apply`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub frontends_written: usize,
+    pub frontends_removed: usize,
+    pub backends_written: usize,
+    pub backends_removed: usize,
+    pub rows_written: usize,
+}
+
+fn lowest_free(used: &BTreeSet<u32>, next: &mut u32) -> u32 {
+    while used.contains(next) {
+        *next += 1;
+    }
+    let id = *next;
+    *next += 1;
+    id
+}
+
+impl MapSync {
+    /// Starts from what `maps` hold now.
+    pub fn resume(maps: &impl ServiceMaps) -> Result<Self, MapsError> {
+        Ok(MapSync {
+            current: maps.read_all()?,
+            labels: BTreeMap::new(),
+        })
+    }
+
+    /// What the maps hold, as far as this sync knows.
+    pub fn current(&self) -> &MapContents {
+        &self.current
+    }
+
+    /// Frontend id → labels, for every frontend applied by this process.
+    pub fn labels(&self) -> &BTreeMap<u32, FrontendInfo> {
+        &self.labels
+    }
+
+    /// Writes the differences between the maps and `desired`. On error the maps hold a mix of
+    /// old and new state that is still consistent (see the module's ordering invariant); the
+    /// next apply finishes the job.
+    pub fn apply(&mut self, maps: &mut impl ServiceMaps, desired: &Desired) -> Result<ApplyStats, MapsError> {
+        let mut stats = ApplyStats::default();
+
+        // 1. Backend ids: keep the id of every backend value already present.
+        let mut backend_ids: BTreeMap<BackendValue, u32> = BTreeMap::new();
+        for (&id, value) in &self.current.backends {
+            backend_ids.entry(*value).or_insert(id);
+        }
+        let mut wanted_backends: BTreeMap<BackendValue, u32> = BTreeMap::new();
+        let used_backend_ids: BTreeSet<u32> = self.current.backends.keys().copied().collect();
+        let mut next_backend = 1; // id 0 means "none" in the datapath
+        for target in desired.frontends.values() {
+            for b in &target.backends {
+                let value = BackendValue::from_backend(b);
+                if wanted_backends.contains_key(&value) {
+                    continue;
+                }
+                let id = match backend_ids.get(&value) {
+                    Some(&id) => id,
+                    None => {
+                        let id = lowest_free(&used_backend_ids, &mut next_backend);
+                        maps.set_backend(id, &value)?;
+                        self.current.backends.insert(id, value);
+                        stats.backends_written += 1;
+                        id
+                    }
+                };
+                wanted_backends.insert(value, id);
+            }
+        }
+
+        let wanted_keys: BTreeSet<FrontendKey> = desired.frontends.keys().map(FrontendKey::from_frontend).collect();
+        // 2. Frontends no longer wanted go first (freeing their ids), then their rows.
+        let stale: Vec<(FrontendKey, FrontendValue)> = self
+            .current
+            .frontends
+            .iter()
+            .filter(|(k, _)| !wanted_keys.contains(*k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (key, value) in stale {
+            maps.remove_frontend(&key)?;
+            self.current.frontends.remove(&key);
+            self.labels.remove(&value.id);
+            stats.frontends_removed += 1;
+        }
+        let live_ids: BTreeSet<u32> = self.current.frontends.values().map(|v| v.id).collect();
+        let stale_rows: Vec<u32> = self
+            .current
+            .rows
+            .keys()
+            .copied()
+            .filter(|id| !live_ids.contains(id))
+            .collect();
+        for id in stale_rows {
+            maps.remove_row(id)?;
+            self.current.rows.remove(&id);
+        }
+        // 3. Wanted frontends: row first, then the frontend entry.
+        let used_frontend_ids: BTreeSet<u32> = self.current.frontends.values().map(|v| v.id).collect();
+        let mut next_frontend = 0;
+        for (frontend, target) in &desired.frontends {
+            let key = FrontendKey::from_frontend(frontend);
+            let existing = self.current.frontends.get(&key).copied();
+            let id = match existing {
+                Some(v) => v.id,
+                None => lowest_free(&used_frontend_ids, &mut next_frontend),
+            };
+            let names: Vec<String> = target.backends.iter().map(|b| b.addr.to_string()).collect();
+            let ids: Vec<u32> = target
+                .backends
+                .iter()
+                .map(|b| wanted_backends[&BackendValue::from_backend(b)])
+                .collect();
+            let table: Vec<u32> = maglev_table(&names).into_iter().map(|i| ids[i as usize]).collect();
+            if self.current.rows.get(&id) != Some(&table) {
+                let mut row = MaglevRow {
+                    backend_ids: [0; MAGLEV_TABLE_SIZE],
+                };
+                row.backend_ids.copy_from_slice(&table);
+                maps.set_row(id, &row)?;
+                self.current.rows.insert(id, table);
+                stats.rows_written += 1;
+            }
+            let value = FrontendValue {
+                id,
+                backend_count: target.backends.len() as u32,
+            };
+            if existing != Some(value) {
+                if existing.is_none() {
+                    maps.reset_counters(id)?;
+                }
+                maps.set_frontend(&key, &value)?;
+                self.current.frontends.insert(key, value);
+                stats.frontends_written += 1;
+            }
+            self.labels.insert(
+                id,
+                FrontendInfo {
+                    frontend: *frontend,
+                    target: target.clone(),
+                },
+            );
+        }
+
+        // 4. Backends no row names any more.
+        let live_backends: BTreeSet<u32> = wanted_backends.values().copied().collect();
+        let stale_backends: Vec<u32> = self
+            .current
+            .backends
+            .keys()
+            .copied()
+            .filter(|id| !live_backends.contains(id))
+            .collect();
+        for id in stale_backends {
+            maps.remove_backend(id)?;
+            self.current.backends.remove(&id);
+            stats.backends_removed += 1;
+        }
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::desired::{FrontendKind, Protocol};
+
+    #[test]
+    fn mirrors_have_the_c_sizes() {
+        // Sizes of the C structs (bpf/lib/common.h) on bpf, where __u32 arrays are 4-aligned.
+        assert_eq!(std::mem::size_of::<FrontendKey>(), 20);
+        assert_eq!(std::mem::size_of::<FrontendValue>(), 8);
+        assert_eq!(std::mem::size_of::<BackendValue>(), 36);
+        assert_eq!(std::mem::size_of::<MaglevRow>(), 4 * MAGLEV_TABLE_SIZE);
+        assert_eq!(std::mem::size_of::<Counters>(), 16);
+        assert_eq!(std::mem::offset_of!(FrontendKey, port), 16);
+        assert_eq!(std::mem::offset_of!(BackendValue, snat_addr), 16);
+        assert_eq!(std::mem::offset_of!(BackendValue, port), 32);
+        assert_eq!(std::mem::offset_of!(BackendValue, flags), 35);
+    }
+
+    #[test]
+    fn ipv4_key_puts_the_address_first_in_network_order() {
+        let f = Frontend {
+            addr: "10.1.2.3".parse().unwrap(),
+            port: 0x1f90,
+            protocol: Protocol::Udp,
+        };
+        let k = FrontendKey::from_frontend(&f);
+        assert_eq!(&k.addr[..5], &[10, 1, 2, 3, 0]);
+        assert_eq!(k.port, [0x1f, 0x90]);
+        assert_eq!((k.proto, k.family), (17, 4));
+    }
+
+    fn desired_with(frontends: &[(&str, u16, &[&str])]) -> Desired {
+        let mut d = Desired::default();
+        for (addr, port, backends) in frontends {
+            d.frontends.insert(
+                Frontend {
+                    addr: addr.parse().unwrap(),
+                    port: *port,
+                    protocol: Protocol::Tcp,
+                },
+                FrontendTarget {
+                    service: "ns/svc".into(),
+                    kind: FrontendKind::LoadBalancer,
+                    backends: backends
+                        .iter()
+                        .map(|b| Backend {
+                            addr: b.parse().unwrap(),
+                            snat: None,
+                        })
+                        .collect(),
+                },
+            );
+        }
+        d
+    }
+
+    /// Checks the invariant the datapath relies on: every frontend has a full row, and every id
+    /// in a row resolves to a backend.
+    fn assert_consistent(c: &MapContents) {
+        for v in c.frontends.values() {
+            let row = c.rows.get(&v.id).expect("frontend without row");
+            assert_eq!(row.len(), MAGLEV_TABLE_SIZE);
+            for id in row {
+                assert!(c.backends.contains_key(id), "row names missing backend {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn first_apply_writes_everything_once_in_order() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        let d = desired_with(&[("203.0.113.1", 80, &["10.0.0.1:80", "10.0.0.2:80"])]);
+        let stats = sync.apply(&mut maps, &d).unwrap();
+        assert_eq!(
+            stats,
+            ApplyStats {
+                frontends_written: 1,
+                backends_written: 2,
+                rows_written: 1,
+                ..Default::default()
+            }
+        );
+        let pos = |op: &MapOp| maps.ops.iter().position(|o| o == op).unwrap();
+        let key = *maps.contents.frontends.keys().next().unwrap();
+        assert!(pos(&MapOp::SetBackend(1)) < pos(&MapOp::SetRow(0)));
+        assert!(pos(&MapOp::SetRow(0)) < pos(&MapOp::SetFrontend(key)));
+        assert_consistent(&maps.contents);
+        assert_eq!(&maps.contents, sync.current());
+    }
+
+    #[test]
+    fn applying_the_same_state_twice_writes_nothing() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        let d = desired_with(&[
+            ("203.0.113.1", 80, &["10.0.0.1:80"]),
+            ("203.0.113.2", 53, &["10.0.0.3:53"]),
+        ]);
+        sync.apply(&mut maps, &d).unwrap();
+        maps.ops.clear();
+        assert_eq!(sync.apply(&mut maps, &d).unwrap(), ApplyStats::default());
+        assert!(maps.ops.is_empty());
+    }
+
+    #[test]
+    fn backend_change_touches_only_the_changed_rows() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        let mut frontends: Vec<(String, u16, Vec<String>)> = (0..50)
+            .map(|i| {
+                (
+                    format!("203.0.113.{}", i + 1),
+                    80,
+                    vec![format!("10.0.{i}.1:80"), format!("10.0.{i}.2:80")],
+                )
+            })
+            .collect();
+        let build = |f: &Vec<(String, u16, Vec<String>)>| {
+            let refs: Vec<Vec<&str>> = f
+                .iter()
+                .map(|(_, _, b)| b.iter().map(String::as_str).collect())
+                .collect();
+            let rows: Vec<(&str, u16, &[&str])> = f
+                .iter()
+                .zip(&refs)
+                .map(|((a, p, _), b)| (a.as_str(), *p, b.as_slice()))
+                .collect();
+            desired_with(&rows)
+        };
+        sync.apply(&mut maps, &build(&frontends)).unwrap();
+        let row_before = maps.contents.rows.clone();
+        maps.ops.clear();
+
+        frontends[7].2.push("10.0.7.3:80".into());
+        let stats = sync.apply(&mut maps, &build(&frontends)).unwrap();
+        assert_eq!(
+            stats,
+            ApplyStats {
+                backends_written: 1,
+                rows_written: 1,
+                frontends_written: 1,
+                ..Default::default()
+            }
+        );
+        let key = FrontendKey::from_frontend(&Frontend {
+            addr: "203.0.113.8".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+        });
+        let id = maps.contents.frontends[&key].id;
+        assert_eq!(maps.ops.len(), 3, "{:?}", maps.ops);
+        assert!(maps.ops.contains(&MapOp::SetRow(id)));
+        // Maglev: the new backend takes about a third of the row; the rest stays.
+        let changed = row_before[&id]
+            .iter()
+            .zip(&maps.contents.rows[&id])
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(
+            changed < MAGLEV_TABLE_SIZE / 3 + MAGLEV_TABLE_SIZE / 20,
+            "changed {changed}"
+        );
+        assert_consistent(&maps.contents);
+
+        maps.ops.clear();
+        frontends[7].2.remove(0);
+        let stats = sync.apply(&mut maps, &build(&frontends)).unwrap();
+        assert_eq!(
+            stats,
+            ApplyStats {
+                backends_removed: 1,
+                rows_written: 1,
+                frontends_written: 1,
+                ..Default::default()
+            }
+        );
+        // The row stops naming the backend before the backend goes.
+        let set_row = maps.ops.iter().position(|o| *o == MapOp::SetRow(id)).unwrap();
+        let remove = maps
+            .ops
+            .iter()
+            .position(|o| matches!(o, MapOp::RemoveBackend(_)))
+            .unwrap();
+        assert!(set_row < remove);
+        assert_consistent(&maps.contents);
+    }
+
+    #[test]
+    fn removed_frontend_goes_before_its_row_and_backends() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        sync.apply(
+            &mut maps,
+            &desired_with(&[
+                ("203.0.113.1", 80, &["10.0.0.1:80"]),
+                ("203.0.113.2", 80, &["10.0.0.2:80"]),
+            ]),
+        )
+        .unwrap();
+        maps.ops.clear();
+        let stats = sync
+            .apply(&mut maps, &desired_with(&[("203.0.113.2", 80, &["10.0.0.2:80"])]))
+            .unwrap();
+        assert_eq!(
+            stats,
+            ApplyStats {
+                frontends_removed: 1,
+                backends_removed: 1,
+                ..Default::default()
+            }
+        );
+        assert!(matches!(maps.ops[0], MapOp::RemoveFrontend(_)));
+        assert!(matches!(maps.ops[1], MapOp::RemoveRow(_)));
+        assert!(matches!(maps.ops[2], MapOp::RemoveBackend(_)));
+        assert_consistent(&maps.contents);
+    }
+
+    #[test]
+    fn new_frontend_gets_fresh_counters_and_reuses_freed_ids() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        sync.apply(&mut maps, &desired_with(&[("203.0.113.1", 80, &["10.0.0.1:80"])]))
+            .unwrap();
+        maps.counters.insert(0, Counters { packets: 5, bytes: 500 });
+        sync.apply(&mut maps, &desired_with(&[("203.0.113.9", 80, &["10.0.0.1:80"])]))
+            .unwrap();
+        assert_eq!(maps.contents.frontends.values().next().unwrap().id, 0);
+        assert_eq!(maps.counters(0).unwrap(), Counters::default());
+    }
+
+    #[test]
+    fn restart_resumes_from_the_maps_without_rewriting() {
+        let mut maps = FakeServiceMaps::default();
+        let d = desired_with(&[
+            ("203.0.113.1", 80, &["10.0.0.1:80", "10.0.0.2:80"]),
+            ("2001:db8::1", 443, &["[fd00::1]:443"]),
+        ]);
+        MapSync::resume(&maps).unwrap().apply(&mut maps, &d).unwrap();
+        maps.ops.clear();
+        // A new process: it knows nothing but what the maps hold.
+        let mut sync = MapSync::resume(&maps).unwrap();
+        assert_eq!(sync.apply(&mut maps, &d).unwrap(), ApplyStats::default());
+        assert!(maps.ops.is_empty(), "{:?}", maps.ops);
+        assert_eq!(sync.labels().len(), 2);
+    }
+
+    #[test]
+    fn shared_backend_gets_one_id() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        let d = desired_with(&[
+            ("203.0.113.1", 80, &["10.0.0.1:80"]),
+            ("203.0.113.2", 80, &["10.0.0.1:80"]),
+        ]);
+        sync.apply(&mut maps, &d).unwrap();
+        assert_eq!(maps.contents.backends.len(), 1);
+        assert_eq!(
+            maps.contents.backends[&1].socket_addr(),
+            "10.0.0.1:80".parse::<SocketAddr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! Prometheus view of the per-frontend counters, read from the per-CPU counter map at scrape.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::desired::FrontendKind;
+use super::maps::{Counters, ServiceMaps};
+use super::{Shared, lock};
+
+/// Reads the counters under the dataplane's lock at each scrape.
+pub(crate) struct CounterCollector {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl CounterCollector {
+    pub(crate) fn new(shared: Arc<Mutex<Shared>>) -> Self {
+        CounterCollector { shared }
+    }
+}
+
+impl std::fmt::Debug for CounterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CounterCollector")
+    }
+}
+
+impl Collector for CounterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rows: Vec<(Vec<(String, String)>, Counters)> = {
+            let guard = lock(&self.shared);
+            guard
+                .sync
+                .labels()
+                .iter()
+                .map(|(id, info)| {
+                    let kind = match info.target.kind {
+                        FrontendKind::LoadBalancer => "LoadBalancer",
+                        FrontendKind::NodePort => "NodePort",
+                    };
+                    let labels = vec![
+                        ("service".to_owned(), info.target.service.clone()),
+                        ("frontend".to_owned(), info.frontend.to_string()),
+                        ("kind".to_owned(), kind.to_owned()),
+                    ];
+                    // A failed read shows as zero rather than failing the whole scrape.
+                    (labels, guard.maps.counters(*id).unwrap_or_default())
+                })
+                .collect()
+        };
+        let frontends = ConstGauge::new(rows.len() as i64);
+        let m = encoder.encode_descriptor(
+            "herald_dataplane_frontends",
+            "Frontends (LoadBalancer IP:port and NodePorts) in the eBPF service map",
+            None,
+            frontends.metric_type(),
+        )?;
+        frontends.encode(m)?;
+        for (name, help, pick) in [
+            (
+                "herald_dataplane_packets",
+                "Packets to a frontend seen by the eBPF service map",
+                (|c: &Counters| c.packets) as fn(&Counters) -> u64,
+            ),
+            (
+                "herald_dataplane_bytes",
+                "Bytes to a frontend seen by the eBPF service map",
+                |c: &Counters| c.bytes,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+            for (labels, counters) in &rows {
+                ConstCounter::new(pick(counters)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
