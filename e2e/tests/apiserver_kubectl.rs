@@ -282,6 +282,51 @@ async fn custom_resource_patches_and_status_subresource() {
         r#"{"status":{"ready":true},"spec":{"node":"ignored"}}"#,
     ])
     .await;
+    // The CRD schema is enforced: unknown fields (kubectl asks for strict validation) and wrong types.
+    let bogus = [
+        "patch",
+        "sl2s",
+        "web-node-a",
+        ns[0],
+        ns[1],
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"bogus":1}}"#,
+    ];
+    let (ok, _, err) = lab.kubectl(&bogus).await;
+    assert!(ok && err.contains("Warning: unknown field \"spec.bogus\""), "{err}");
+    let strict = ["apply", "--validate=strict", "-f", "-"];
+    let mut child = lab
+        .kubectl_command(&strict)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let manifest = "apiVersion: herald.io/v1beta1\nkind: ServiceL2Status\nmetadata: {name: x, namespace: herald-system}\nspec: {node: n, bogus: 1}\n";
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(manifest.as_bytes()).await.expect("write stdin");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("done")
+        .expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("strict decoding error: unknown field \"spec.bogus\""),
+        "{err}"
+    );
+    let wrong_type = [
+        "patch",
+        "sl2s",
+        "web-node-a",
+        ns[0],
+        ns[1],
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"ips":"192.0.2.1"}}"#,
+    ];
+    let (ok, _, err) = lab.kubectl(&wrong_type).await;
+    assert!(!ok && err.contains("spec.ips in body must be of type array"), "{err}");
     let got = lab
         .kubectl_ok(&[
             "get",
@@ -290,10 +335,11 @@ async fn custom_resource_patches_and_status_subresource() {
             ns[0],
             ns[1],
             "-o",
-            "jsonpath={.spec.node} {.spec.ips} {.status} {.metadata.generation}",
+            "jsonpath={.spec.node} {.spec.ips} {.status} {.metadata.generation} {.spec.bogus}",
         ])
         .await;
-    assert_eq!(got, r#"node-m ["192.0.2.10","2001:db8::10"] {"ready":true} 3"#);
+    // Empty last field: the unknown `spec.bogus` was dropped, and dropping it changed nothing.
+    assert_eq!(got, r#"node-m ["192.0.2.10","2001:db8::10"] {"ready":true} 3 "#);
     lab.stop().await;
 }
 

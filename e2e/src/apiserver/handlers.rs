@@ -19,6 +19,7 @@ use super::apply::{self, ApplyRequest, ManagedEntry, Scope};
 use super::controllers::{self, InUse, MANAGED_BY};
 use super::patch::{self, PatchError};
 use super::registry::{GroupResource, Registry, ResourceType, type_from_crd};
+use super::schema;
 use super::selectors::{FieldSelector, LabelSelector, field_supported};
 use super::status::{ApiError, ApiResult, Cause, json_response};
 use super::store::{StoreError, object_key, object_rv};
@@ -142,6 +143,19 @@ async fn handle(
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?;
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
+    let field_validation = query.get("fieldValidation").map(String::as_str).unwrap_or("Warn");
+    if !matches!(field_validation, "Strict" | "Warn" | "Ignore") {
+        return Err(ApiError::bad_request(format!(
+            "fieldValidation: invalid value {field_validation:?}: must be Ignore, Warn or Strict"
+        )));
+    }
+    let opts = WriteOptions {
+        manager: &manager,
+        dry_run,
+        strict: field_validation == "Strict",
+        ignore_unknown: field_validation == "Ignore",
+        warnings: Default::default(),
+    };
     let is_watch = target.watch_prefix || query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let as_table = table::wants_table(&accept);
 
@@ -182,13 +196,13 @@ async fn handle(
                 return Err(ApiError::method_not_allowed(m));
             }
             let body = parse_json_body(&body, &content_type)?;
-            let (code, obj) = write(&server, &target, Change::Create(body), &manager, dry_run).await?;
-            Ok(json_response(code, &obj))
+            let (code, obj) = write(&server, &target, Change::Create(body), &opts).await?;
+            Ok(opts.respond(code, &obj))
         }
         ("PUT", true) => {
             let body = parse_json_body(&body, &content_type)?;
-            let (code, obj) = write(&server, &target, Change::Replace(body), &manager, dry_run).await?;
-            Ok(json_response(code, &obj))
+            let (code, obj) = write(&server, &target, Change::Replace(body), &opts).await?;
+            Ok(opts.respond(code, &obj))
         }
         ("PATCH", true) => {
             let media = content_type.split(';').next().unwrap_or_default().trim().to_string();
@@ -234,8 +248,8 @@ async fn handle(
                     )));
                 }
             };
-            let (code, obj) = write(&server, &target, change, &manager, dry_run).await?;
-            Ok(json_response(code, &obj))
+            let (code, obj) = write(&server, &target, change, &opts).await?;
+            Ok(opts.respond(code, &obj))
         }
         ("DELETE", true) if target.subresource.is_none() => {
             let opts = delete_options(&body, &query)?;
@@ -548,6 +562,38 @@ enum Prepared {
     Delete,
 }
 
+/// Request options of a write.
+pub(crate) struct WriteOptions<'a> {
+    /// Field manager recorded in managedFields.
+    pub(crate) manager: &'a str,
+    /// `dryRun=All`: compute, validate, but do not store.
+    pub(crate) dry_run: bool,
+    /// `fieldValidation=Strict`: unknown fields are an error instead of being dropped.
+    pub(crate) strict: bool,
+    /// `fieldValidation=Ignore`: unknown fields are dropped without a warning.
+    pub(crate) ignore_unknown: bool,
+    /// Warnings for the response's `Warning` headers (unknown fields under the default `Warn`).
+    pub(crate) warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl WriteOptions<'_> {
+    fn warn(&self, message: String) {
+        self.warnings.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    }
+
+    /// A JSON response carrying the collected warnings as `Warning: 299 - "..."` headers.
+    fn respond(&self, code: StatusCode, body: &Value) -> Response {
+        let mut response = json_response(code, body);
+        for w in self.warnings.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+            if let Ok(value) = axum::http::HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+                response.headers_mut().append(axum::http::header::WARNING, value);
+            }
+        }
+        response
+    }
+}
+
 /// Runs a create/update/patch/apply through the same steps as kube-apiserver: compute the
 /// candidate, apply status-subresource rules, system metadata, field ownership, per-kind
 /// defaulting and validation, then compare-and-swap into the store (retrying on races).
@@ -555,9 +601,9 @@ pub(crate) async fn write(
     server: &Arc<Server>,
     target: &Target,
     change: Change,
-    manager: &str,
-    dry_run: bool,
+    opts: &WriteOptions<'_>,
 ) -> ApiResult<(StatusCode, Value)> {
+    let (manager, dry_run) = (opts.manager, opts.dry_run);
     let rt = &target.rt;
     let gr = rt.key();
     let is_service = rt.group.is_empty() && rt.plural == "services";
@@ -639,16 +685,7 @@ pub(crate) async fn write(
         if creating && matches!(change, Change::Apply { .. }) && scope == Scope::Status {
             return Err(not_found(target));
         }
-        let prepared = prepare(
-            server,
-            target,
-            old.as_deref(),
-            candidate,
-            creating,
-            entries,
-            manager,
-            &now,
-        )?;
+        let prepared = prepare(server, target, old.as_deref(), candidate, creating, entries, opts, &now)?;
         let result = match prepared {
             Prepared::Delete => {
                 let Some(old) = &old else {
@@ -709,9 +746,12 @@ fn prepare(
     mut obj: Value,
     creating: bool,
     apply_entries: Option<Vec<ManagedEntry>>,
-    manager: &str,
+    opts: &WriteOptions<'_>,
     now: &str,
 ) -> ApiResult<Prepared> {
+    let manager = opts.manager;
+    // A retried write starts over: only the last attempt's warnings count.
+    opts.warnings.lock().unwrap_or_else(|p| p.into_inner()).clear();
     let rt = &target.rt;
     let api_version = rt.api_version(&target.version);
     let Some(map) = obj.as_object_mut() else {
@@ -875,6 +915,25 @@ fn prepare(
         Scope::Whole => {}
     }
 
+    // Custom resources: prune unknown fields and default, as decoding does.
+    let crd_schema = rt.schemas.get(&target.version).filter(|_| rt.custom);
+    if let Some(schema) = crd_schema {
+        let unknown = schema::prune(&mut obj, schema);
+        if opts.strict && !unknown.is_empty() {
+            let listed: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                listed.join(", ")
+            )));
+        }
+        if !opts.ignore_unknown {
+            for field in unknown {
+                opts.warn(format!("unknown field \"{field}\""));
+            }
+        }
+        schema::apply_defaults(&mut obj, schema);
+    }
+
     if let Some(old) = old
         && spec_part(&obj) != spec_part(old)
     {
@@ -884,7 +943,10 @@ fn prepare(
         }
     }
 
-    let causes = validate_metadata(rt, &obj);
+    let mut causes = validate_metadata(rt, &obj);
+    if let Some(schema) = crd_schema {
+        causes.extend(schema::validate(&obj, schema));
+    }
     if !causes.is_empty() {
         let name = obj
             .pointer("/metadata/name")
@@ -1021,7 +1083,14 @@ pub(crate) async fn create_internal(server: &Arc<Server>, group: &str, plural: &
         subresource: None,
         watch_prefix: false,
     };
-    write(server, &target, Change::Create(body), "herald-lab", false)
+    let opts = WriteOptions {
+        manager: "herald-lab",
+        dry_run: false,
+        strict: false,
+        ignore_unknown: false,
+        warnings: Default::default(),
+    };
+    write(server, &target, Change::Create(body), &opts)
         .await
         .map(|(_, v)| v)
 }

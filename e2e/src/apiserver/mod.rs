@@ -28,6 +28,7 @@ mod handlers;
 mod kubeconfig;
 mod patch;
 mod registry;
+mod schema;
 mod selectors;
 mod status;
 mod store;

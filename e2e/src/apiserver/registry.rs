@@ -43,6 +43,8 @@ pub struct ResourceType {
     pub printer_columns: Vec<PrinterColumn>,
     /// Defined by a CRD (then strategic merge patch is refused).
     pub custom: bool,
+    /// CRD structural schemas (`openAPIV3Schema`) by version; empty for built-ins.
+    pub schemas: std::collections::BTreeMap<String, Value>,
 }
 
 impl ResourceType {
@@ -109,6 +111,7 @@ fn builtin(
         has_status: status,
         printer_columns: Vec::new(),
         custom: false,
+        schemas: Default::default(),
     }
 }
 
@@ -252,6 +255,15 @@ pub fn type_from_crd(crd: &Value) -> Result<ResourceType, (String, String)> {
         has_status,
         printer_columns,
         custom: true,
+        schemas: served
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v["name"].as_str()?.to_string(),
+                    v.pointer("/schema/openAPIV3Schema")?.clone(),
+                ))
+            })
+            .collect(),
     })
 }
 
