@@ -692,9 +692,11 @@ impl Allocator {
         self.uses.get(&ip).map_or(&[], |u| u.users.as_slice())
     }
 
-    /// Every Service holding addresses.
+    /// Every Service holding addresses, sorted (deterministic order for callers that act on each).
     pub fn services(&self) -> Vec<ServiceKey> {
-        self.holdings.keys().cloned().collect()
+        let mut keys: Vec<ServiceKey> = self.holdings.keys().cloned().collect();
+        keys.sort();
+        keys
     }
 
     /// Number of Services holding addresses.
