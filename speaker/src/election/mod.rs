@@ -29,7 +29,8 @@
 pub mod eligibility;
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
@@ -58,8 +59,14 @@ impl NodeHasher {
     }
 
     fn score(&self, ip: IpAddr) -> u64 {
+        // The canonical text of an IP is at most 39 bytes; format it without allocating.
+        let mut text = [0u8; 48];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        // Writing an IP's text into 48 bytes cannot run out of space.
+        let _ = write!(cursor, "{ip}");
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
         let mut hasher = self.prefix.clone();
-        hasher.update(ip.to_string().as_bytes());
+        hasher.update(&text[..len]);
         let digest = hasher.finalize();
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
@@ -88,10 +95,15 @@ fn beats(a: (u64, &str), b: (u64, &str)) -> bool {
 /// Owner and runner-up of `ip` among `candidates` (duplicates are ignored); `None` when there
 /// is no candidate.
 pub fn rank<'a>(ip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> Option<Ownership> {
+    rank_scored(candidates.into_iter().map(|node| (rendezvous_score(node, ip), node)))
+}
+
+/// [`rank`] for callers that computed (or memoized) the scores: `(rendezvous_score(node, ip),
+/// node)` pairs of one IP.
+pub fn rank_scored<'a>(scored: impl IntoIterator<Item = (u64, &'a str)>) -> Option<Ownership> {
     let mut first: Option<(u64, &str)> = None;
     let mut second: Option<(u64, &str)> = None;
-    for node in candidates {
-        let candidate = (rendezvous_score(node, ip), node);
+    for candidate in scored {
         push_candidate(&mut first, &mut second, candidate);
     }
     first.map(|(_, owner)| Ownership {
@@ -144,52 +156,6 @@ pub fn elect(eligible: &BTreeMap<Unit, BTreeSet<String>>) -> BTreeMap<Unit, Owne
         }
     }
     result
-}
-
-/// Memo of rendezvous scores, for drivers that re-elect often over mostly the same nodes and
-/// IPs (each score is one SHA-256; a cached one is a map lookup).
-#[derive(Clone, Debug, Default)]
-pub struct ScoreCache {
-    scores: HashMap<String, HashMap<IpAddr, u64>>,
-}
-
-impl ScoreCache {
-    /// Empty cache.
-    pub fn new() -> Self {
-        ScoreCache::default()
-    }
-
-    /// [`rendezvous_score`], memoized.
-    pub fn score(&mut self, node: &str, ip: IpAddr) -> u64 {
-        if let Some(score) = self.scores.get(node).and_then(|m| m.get(&ip)) {
-            return *score;
-        }
-        let score = rendezvous_score(node, ip);
-        self.scores.entry(node.to_string()).or_default().insert(ip, score);
-        score
-    }
-
-    /// [`rank`] with memoized scores.
-    pub fn rank<'a>(&mut self, ip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> Option<Ownership> {
-        let mut first: Option<(u64, &str)> = None;
-        let mut second: Option<(u64, &str)> = None;
-        for node in candidates {
-            let candidate = (self.score(node, ip), node);
-            push_candidate(&mut first, &mut second, candidate);
-        }
-        first.map(|(_, owner)| Ownership {
-            owner: owner.to_string(),
-            runner_up: second.map(|(_, n)| n.to_string()),
-        })
-    }
-
-    /// [`elect`] with memoized scores.
-    pub fn elect(&mut self, eligible: &BTreeMap<Unit, BTreeSet<String>>) -> BTreeMap<Unit, Ownership> {
-        eligible
-            .iter()
-            .filter_map(|(ip, nodes)| Some((*ip, self.rank(*ip, nodes.iter().map(String::as_str))?)))
-            .collect()
-    }
 }
 
 /// Units owned by `node` in an election result.
@@ -307,7 +273,6 @@ mod tests {
                 .collect();
             let once = elect(&eligible);
             prop_assert_eq!(&once, &elect(&eligible));
-            prop_assert_eq!(&once, &ScoreCache::new().elect(&eligible));
             names.reverse();
             for (unit, o) in &once {
                 let ranked = rank(*unit, names.iter().map(String::as_str));

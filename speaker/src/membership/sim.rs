@@ -17,7 +17,28 @@ use rand::{RngExt, SeedableRng};
 use super::auth::{Authenticator, Rejection, SecretKey};
 use super::state::{Core, Effect, Inbound, ReplyToken, RequestId, Rpc};
 use super::{MemberState, MembershipConfig, NodeHealth, Peer};
-use crate::election::{Ownership, ScoreCache, Unit};
+use crate::election::{Ownership, Unit, rank_scored, rendezvous_score};
+
+/// Memoized rendezvous scores: the simulation re-elects very often, in debug builds.
+#[derive(Default)]
+struct ScoreMemo {
+    scores: HashMap<String, HashMap<Unit, u64>>,
+}
+
+impl ScoreMemo {
+    fn rank(&mut self, unit: Unit, candidates: &[String]) -> Option<Ownership> {
+        let mut scored = Vec::with_capacity(candidates.len());
+        for node in candidates {
+            if !self.scores.contains_key(node) {
+                self.scores.insert(node.clone(), HashMap::new());
+            }
+            let per_node = self.scores.get_mut(node).expect("inserted above");
+            let score = *per_node.entry(unit).or_insert_with(|| rendezvous_score(node, unit));
+            scored.push((score, node.as_str()));
+        }
+        rank_scored(scored)
+    }
+}
 
 /// Wall clock of the simulated world at virtual time zero (Unix ms).
 const EPOCH_UNIX_MS: i64 = 1_800_000_000_000;
@@ -71,6 +92,8 @@ pub struct NodeCounters {
     pub received: BTreeMap<&'static str, u64>,
     /// Received messages rejected by authentication, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Bytes of envelopes sent (payload + MAC; no gRPC/HTTP/2/TCP framing).
+    pub bytes_sent: u64,
 }
 
 impl NodeCounters {
@@ -128,12 +151,16 @@ pub struct Simulation {
     /// Partition group per node; messages cross groups only when equal.
     groups: Vec<u32>,
     units: Vec<Unit>,
-    scores: ScoreCache,
+    scores: ScoreMemo,
 }
 
 fn node_address(index: usize) -> SocketAddr {
     let index = u32::try_from(index).unwrap_or(u32::MAX);
     SocketAddr::from((Ipv4Addr::from(0x0a64_0000u32.wrapping_add(index)), 7946))
+}
+
+fn envelope_size(envelope: &Envelope) -> u64 {
+    (envelope.payload.len() + envelope.mac.len()) as u64
 }
 
 fn healthy() -> NodeHealth {
@@ -206,7 +233,7 @@ impl Simulation {
             rng,
             groups,
             units,
-            scores: ScoreCache::new(),
+            scores: ScoreMemo::default(),
         };
         if !sim.config.per_node_election {
             sim.global_election();
@@ -328,6 +355,7 @@ impl Simulation {
                 } => {
                     let envelope = self.nodes[index].auth.seal(message, self.unix_ms());
                     *self.nodes[index].counters.sent.entry(rpc.as_str()).or_default() += 1;
+                    self.nodes[index].counters.bytes_sent += envelope_size(&envelope);
                     let Some(&to) = self.by_address.get(&address) else {
                         continue;
                     };
@@ -357,6 +385,7 @@ impl Simulation {
 
     fn send_reply(&mut self, from: usize, to: usize, id: RequestId, rpc: Rpc, envelope: Envelope) {
         *self.nodes[from].counters.sent.entry(rpc.as_str()).or_default() += 1;
+        self.nodes[from].counters.bytes_sent += envelope_size(&envelope);
         if self.passes(from, to) {
             let at = self.now + self.one_way() + self.nodes[from].reply_delay;
             self.schedule(at, Event::Reply { to, id, rpc, envelope });
@@ -469,7 +498,7 @@ impl Simulation {
             let mut owned = BTreeSet::new();
             let mut watch = BTreeSet::new();
             for unit in self.units.clone() {
-                let ranked = self.scores.rank(unit, candidates.iter().map(String::as_str));
+                let ranked = self.scores.rank(unit, &candidates);
                 if let Some(Ownership { owner, runner_up }) = ranked {
                     if owner == me {
                         owned.insert(unit);
@@ -494,7 +523,7 @@ impl Simulation {
         let mut watch: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut owned: BTreeMap<String, BTreeSet<Unit>> = BTreeMap::new();
         for unit in self.units.clone() {
-            if let Some(o) = self.scores.rank(unit, running.iter().map(String::as_str)) {
+            if let Some(o) = self.scores.rank(unit, &running) {
                 owned.entry(o.owner.clone()).or_default().insert(unit);
                 if let Some(r) = o.runner_up {
                     watch.entry(r).or_default().insert(o.owner);

@@ -1,0 +1,82 @@
+//! Membership and election benchmark.
+//!
+//! 1. Simulation at the default settings (virtual time, so the numbers do not depend on the
+//!    machine): messages and bytes sent per node per second for 3, 50 and 500 speakers,
+//!    measured over one virtual minute after a 10 s warm-up.
+//! 2. Criterion: election of 10,000 IPs over 50 eligible nodes, and one rendezvous score.
+//!
+//! `cargo bench -p herald-speaker --bench membership`
+use std::collections::{BTreeMap, BTreeSet};
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use herald_speaker::election::{self, Unit};
+use herald_speaker::membership::sim::{SimConfig, Simulation};
+
+fn simulation_report() {
+    println!("membership traffic at the defaults (virtual minute after 10 s warm-up)");
+    println!("speakers | IPs | msgs sent/node/s mean | max | bytes sent/node/s mean | suspicions | wall time");
+    for (nodes, units) in [(3, 30), (50, 100), (500, 100), (500, 1000)] {
+        let wall = Instant::now();
+        let mut sim = Simulation::new(SimConfig {
+            nodes,
+            units,
+            seed: 7,
+            per_node_election: nodes <= 50,
+            ..Default::default()
+        });
+        sim.run_for(Duration::from_secs(10));
+        let before: Vec<(u64, u64)> = (0..nodes)
+            .map(|i| (sim.counters(i).total_sent(), sim.counters(i).bytes_sent))
+            .collect();
+        let suspicions_before: u64 = (0..nodes).map(|i| sim.core_stats(i).suspicions).sum();
+        sim.run_for(Duration::from_secs(60));
+        let rates: Vec<(f64, f64)> = (0..nodes)
+            .map(|i| {
+                let c = sim.counters(i);
+                (
+                    (c.total_sent() - before[i].0) as f64 / 60.0,
+                    (c.bytes_sent - before[i].1) as f64 / 60.0,
+                )
+            })
+            .collect();
+        let mean_msgs = rates.iter().map(|r| r.0).sum::<f64>() / nodes as f64;
+        let max_msgs = rates.iter().map(|r| r.0).fold(0.0, f64::max);
+        let mean_bytes = rates.iter().map(|r| r.1).sum::<f64>() / nodes as f64;
+        let suspicions: u64 = (0..nodes).map(|i| sim.core_stats(i).suspicions).sum::<u64>() - suspicions_before;
+        println!(
+            "{nodes:>8} | {units:>4} | {mean_msgs:>21.1} | {max_msgs:>5.1} | {mean_bytes:>22.0} | {suspicions:>10} | {:.1?}",
+            wall.elapsed()
+        );
+    }
+}
+
+fn units(count: u32) -> Vec<Unit> {
+    (0..count)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i)))
+        .collect()
+}
+
+fn election_benchmarks(c: &mut Criterion) {
+    let nodes: BTreeSet<String> = (0..50).map(|i| format!("node-{i}")).collect();
+    let eligible: BTreeMap<Unit, BTreeSet<String>> = units(10_000).into_iter().map(|u| (u, nodes.clone())).collect();
+    c.bench_function("elect 10000 IPs x 50 nodes", |b| {
+        b.iter(|| black_box(election::elect(black_box(&eligible))))
+    });
+    c.bench_function("rendezvous score of one (node, IP)", |b| {
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+        b.iter(|| black_box(election::rendezvous_score(black_box("node-17"), black_box(ip))))
+    });
+}
+
+fn main() {
+    simulation_report();
+    let mut criterion = Criterion::default()
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    election_benchmarks(&mut criterion);
+    criterion.final_summary();
+}
