@@ -27,6 +27,14 @@ pub struct AnnouncerMetrics {
     dropped_frames: Family<DropLabels, Counter>,
 }
 
+/// The counters of one IP, shared with the families (increments show up in the registry).
+#[derive(Debug, Clone)]
+pub(crate) struct IpCounters {
+    pub requests_received: Counter,
+    pub responses_sent: Counter,
+    pub gratuitous_sent: Counter,
+}
+
 fn ip_labels(ip: IpAddr) -> IpLabels {
     IpLabels { ip: ip.to_string() }
 }
@@ -57,16 +65,13 @@ impl AnnouncerMetrics {
         );
     }
 
-    pub(crate) fn request_received(&self, ip: IpAddr) {
-        self.requests_received.get_or_create(&ip_labels(ip)).inc();
-    }
-
-    pub(crate) fn response_sent(&self, ip: IpAddr) {
-        self.responses_sent.get_or_create(&ip_labels(ip)).inc();
-    }
-
-    pub(crate) fn gratuitous(&self, ip: IpAddr) {
-        self.gratuitous_sent.get_or_create(&ip_labels(ip)).inc();
+    pub(crate) fn counters_for(&self, ip: IpAddr) -> IpCounters {
+        let labels = ip_labels(ip);
+        IpCounters {
+            requests_received: self.requests_received.get_or_create_owned(&labels),
+            responses_sent: self.responses_sent.get_or_create_owned(&labels),
+            gratuitous_sent: self.gratuitous_sent.get_or_create_owned(&labels),
+        }
     }
 
     pub(crate) fn dropped(&self, reason: &'static str) {
@@ -112,9 +117,10 @@ mod tests {
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let ip: IpAddr = "10.203.0.100".parse().unwrap();
-        metrics.request_received(ip);
-        metrics.response_sent(ip);
-        metrics.gratuitous(ip);
+        let counters = metrics.counters_for(ip);
+        counters.requests_received.inc();
+        counters.responses_sent.inc();
+        counters.gratuitous_sent.inc();
         metrics.dropped("bad_checksum");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();

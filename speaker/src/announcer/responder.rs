@@ -20,7 +20,7 @@ pub enum Verdict {
 
 /// Decides what to answer to `frame`, received on a link whose address is `our_mac`;
 /// `owns_here(ip)` says whether we announce `ip` on that link right now.
-pub fn respond(frame: &[u8], our_mac: MacAddr, owns_here: impl Fn(IpAddr) -> bool) -> Verdict {
+pub fn respond(frame: &[u8], our_mac: MacAddr, owns_here: impl FnMut(IpAddr) -> bool) -> Verdict {
     // Cheap EtherType check first: the socket sees every frame on the link.
     match frame.get(12..14) {
         Some([0x08, 0x06]) => respond_arp(frame, our_mac, owns_here),
@@ -30,7 +30,7 @@ pub fn respond(frame: &[u8], our_mac: MacAddr, owns_here: impl Fn(IpAddr) -> boo
     }
 }
 
-fn respond_arp(frame: &[u8], our_mac: MacAddr, owns_here: impl Fn(IpAddr) -> bool) -> Verdict {
+fn respond_arp(frame: &[u8], our_mac: MacAddr, mut owns_here: impl FnMut(IpAddr) -> bool) -> Verdict {
     debug_assert_eq!(frame[12..14], ETHERTYPE_ARP.to_be_bytes());
     let request = match arp::parse(frame) {
         Ok(request) => request,
@@ -53,7 +53,7 @@ fn respond_arp(frame: &[u8], our_mac: MacAddr, owns_here: impl Fn(IpAddr) -> boo
     }
 }
 
-fn respond_ndp(frame: &[u8], our_mac: MacAddr, owns_here: impl Fn(IpAddr) -> bool) -> Verdict {
+fn respond_ndp(frame: &[u8], our_mac: MacAddr, mut owns_here: impl FnMut(IpAddr) -> bool) -> Verdict {
     debug_assert_eq!(frame[12..14], ETHERTYPE_IPV6.to_be_bytes());
     let solicitation = match ndp::parse(frame) {
         Ok(solicitation) => solicitation,

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::frame::MacAddr;
 use super::interfaces::{InterfacePolicy, InterfaceSource, LinkInfo, interfaces_for_ip};
 use super::io::{FrameSink, FrameSource, LinkOpener, MulticastMembership};
+use super::metrics::IpCounters;
 use super::responder::{Verdict, respond};
 use super::{
     AnnounceSchedule, AnnounceTarget, AnnouncerConfig, AnnouncerError, AnnouncerMetrics, AnnouncerStatus, Backends,
@@ -67,10 +68,18 @@ struct Shared {
     opener: Arc<dyn LinkOpener>,
     stopping: AtomicBool,
     /// IP → interfaces it is announced on; read by every reader for every request.
-    owned: RwLock<HashMap<IpAddr, Vec<String>>>,
+    owned: RwLock<HashMap<IpAddr, OwnedIp>>,
     senders: RwLock<HashMap<String, LinkSender>>,
     control: Mutex<Control>,
     usable_tx: watch::Sender<Vec<String>>,
+}
+
+/// An owned IP as the readers see it.
+struct OwnedIp {
+    /// Links it is announced on.
+    interfaces: Vec<String>,
+    /// Its counters, looked up once here so the receive path does not format label values.
+    counters: IpCounters,
 }
 
 /// State changed only by `set_owned` and the link watcher.
@@ -193,7 +202,10 @@ impl Announcer {
         AnnouncerStatus {
             ready: !self.shared.stopping.load(Ordering::Relaxed),
             usable_interfaces: self.usable_interfaces(),
-            announced: owned.iter().map(|(ip, interfaces)| (*ip, interfaces.clone())).collect(),
+            announced: owned
+                .iter()
+                .map(|(ip, entry)| (*ip, entry.interfaces.clone()))
+                .collect(),
             link_errors: control.link_errors.clone(),
         }
     }
@@ -243,10 +255,12 @@ impl Drop for Announcer {
 }
 
 impl Shared {
-    fn owns_on(&self, ip: IpAddr, link: &str) -> bool {
+    /// The counters of `ip` if it is announced on `link` right now.
+    fn owned_on(&self, ip: IpAddr, link: &str) -> Option<IpCounters> {
         read(&self.owned)
             .get(&ip)
-            .is_some_and(|interfaces| interfaces.iter().any(|name| name == link))
+            .filter(|entry| entry.interfaces.iter().any(|name| name == link))
+            .map(|entry| entry.counters.clone())
     }
 
     /// Brings open links, the owned table, multicast groups and the usable list in line with
@@ -321,13 +335,21 @@ impl Shared {
                     let before = owned.get(ip);
                     interfaces
                         .iter()
-                        .any(|name| reopened.contains(name) || before.is_none_or(|old| !old.contains(name)))
+                        .any(|name| reopened.contains(name) || before.is_none_or(|old| !old.interfaces.contains(name)))
                 })
                 .map(|(ip, _)| *ip)
                 .collect();
+            let mut previous = std::mem::take(&mut *owned);
             *owned = wanted
                 .iter()
-                .map(|(ip, interfaces)| (*ip, interfaces.clone()))
+                .map(|(ip, interfaces)| {
+                    let counters = match previous.remove(ip) {
+                        Some(entry) => entry.counters,
+                        None => self.metrics.counters_for(*ip),
+                    };
+                    let interfaces = interfaces.clone();
+                    (*ip, OwnedIp { interfaces, counters })
+                })
                 .collect();
             gained
         };
@@ -427,7 +449,10 @@ impl Shared {
     /// Sends one gratuitous ARP or unsolicited NA for `ip` on each of its links; false if
     /// the IP is no longer owned.
     fn announce_once(&self, ip: IpAddr) -> bool {
-        let Some(interfaces) = read(&self.owned).get(&ip).cloned() else {
+        let Some((interfaces, counters)) = read(&self.owned)
+            .get(&ip)
+            .map(|entry| (entry.interfaces.clone(), entry.counters.clone()))
+        else {
             return false;
         };
         for name in interfaces {
@@ -439,7 +464,9 @@ impl Shared {
                 IpAddr::V6(ip) => ndp::build(&ndp::unsolicited_advertisement(ip, sender.mac)),
             };
             match lock(&sender.sink).send(&frame) {
-                Ok(()) => self.metrics.gratuitous(ip),
+                Ok(()) => {
+                    counters.gratuitous_sent.inc();
+                }
                 Err(error) => tracing::debug!(%ip, interface = %name, %error, "announce failed"),
             }
         }
@@ -467,11 +494,20 @@ fn read_link(
                 return;
             }
         };
-        match respond(frame, mac, |ip| shared.owns_on(ip, name)) {
+        // The responder asks at most once per frame; keep that IP's counters from the answer.
+        let mut counters = None;
+        let verdict = respond(frame, mac, |ip| {
+            counters = shared.owned_on(ip, name);
+            counters.is_some()
+        });
+        match verdict {
             Verdict::Answer { ip, frame } => {
-                shared.metrics.request_received(ip);
+                let counters = counters.unwrap_or_else(|| shared.metrics.counters_for(ip));
+                counters.requests_received.inc();
                 match lock(sink).send(&frame) {
-                    Ok(()) => shared.metrics.response_sent(ip),
+                    Ok(()) => {
+                        counters.responses_sent.inc();
+                    }
                     Err(error) => tracing::debug!(%ip, interface = %name, %error, "reply failed"),
                 }
             }
