@@ -41,11 +41,7 @@ pub struct Config {
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Name of the Secret holding the speakers' shared key, filled with a random key if empty.
-    #[arg(
-        long,
-        env = "HERALD_SPEAKER_SECRET",
-        default_value = "herald-speaker-auth"
-    )]
+    #[arg(long, env = "HERALD_SPEAKER_SECRET", default_value = "herald-speaker-auth")]
     pub speaker_secret: String,
 }
 

@@ -86,11 +86,7 @@ impl Default for Metrics {
             "LoadBalancer Services that currently cannot get an address",
             services_pending.clone(),
         );
-        registry.register(
-            "controller_pools",
-            "IPAddressPools by validity",
-            pools.clone(),
-        );
+        registry.register("controller_pools", "IPAddressPools by validity", pools.clone());
         Metrics {
             registry,
             addresses_in_use,
@@ -104,9 +100,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn count(&self, outcome: Outcome) {
-        self.allocations
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
+        self.allocations.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// The registry in the Prometheus text format.

@@ -436,6 +436,7 @@ async fn a_bad_pool_gets_an_invalid_condition_and_disturbs_nothing() {
 async fn bad_service_input_is_reported_and_nothing_else_changes() {
     let lab = Lab::start().await;
     lab.pool("p", &["10.88.0.0/30"]).await;
+    lab.pool("q", &["10.88.1.0/30"]).await;
     let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
     lab.service(
         "unknown-pool",
@@ -449,12 +450,13 @@ async fn bad_service_input_is_reported_and_nothing_else_changes() {
     .await;
     lab.service(
         "legacy",
-        json!({"metadata": {"annotations": {"metallb.universe.tf/address-pool": "p"}}}),
+        json!({"metadata": {"annotations": {"metallb.universe.tf/address-pool": "q"}}}),
     )
     .await;
     lab.wait_event("unknown-pool", "AllocationFailed", "nope").await;
     lab.wait_event("outside", "AllocationFailed", "192.0.2.1").await;
-    lab.wait_ips("legacy", &["10.88.0.0"]).await;
+    // MetalLB's spelling is honoured: the named pool, not the first free address.
+    lab.wait_ips("legacy", &["10.88.1.0"]).await;
     lab.wait_event("legacy", "DeprecatedAnnotation", "use herald.io/address-pool instead")
         .await;
     controller.stop().await;

@@ -89,10 +89,8 @@ pub enum AllocError {
     NoAddresses,
     #[error("spec.ipFamilies is empty, so the Service's IP family is unknown")]
     NoIpFamilies,
-    #[error("{value:?} in {field} is not an IP address")]
-    BadRequestedIp { value: String, field: &'static str },
-    #[error("both the herald.io/loadBalancerIPs annotation and spec.loadBalancerIP are set; use only the annotation")]
-    ConflictingIpRequests,
+    #[error(transparent)]
+    Annotation(#[from] herald_config::annotations::AnnotationError),
     #[error("unknown IP family {family:?} in spec.ipFamilies (expected IPv4 or IPv6)")]
     BadIpFamily { family: String },
     #[error("unknown ipFamilyPolicy {policy:?} (expected SingleStack, PreferDualStack or RequireDualStack)")]

@@ -6,17 +6,11 @@ use std::fmt;
 use std::net::IpAddr;
 
 use herald_config::address::IpFamily;
+use herald_config::annotations::parse_service_annotations;
 use k8s_openapi::api::core::v1::Service;
 
 use super::error::AllocError;
 use super::sharing::{Backend, Protocol, ServicePort, SharingInfo};
-
-/// Annotation: comma-separated addresses the Service wants (at most one per family).
-pub const LOAD_BALANCER_IPS_ANNOTATION: &str = "herald.io/loadBalancerIPs";
-/// Annotation: the pool to allocate from.
-pub const ADDRESS_POOL_ANNOTATION: &str = "herald.io/address-pool";
-/// Annotation: Services with the same non-empty value may share an address.
-pub const ALLOW_SHARED_IP_ANNOTATION: &str = "herald.io/allow-shared-ip";
 
 /// A Service's identity: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,36 +111,13 @@ impl ServiceRequest {
             meta.namespace.clone().unwrap_or_else(|| "default".to_string()),
             meta.name.clone().unwrap_or_default(),
         );
-        let annotations = meta.annotations.clone().unwrap_or_default();
-        let annotation = |name: &str| annotations.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let spec = service.spec.clone().unwrap_or_default();
-
-        let legacy_ip = spec
-            .load_balancer_ip
-            .as_deref()
-            .map(str::trim)
-            .filter(|v| !v.is_empty());
-        let (ip_text, field) = match (annotation(LOAD_BALANCER_IPS_ANNOTATION), legacy_ip) {
-            (Some(_), Some(_)) => return Err(AllocError::ConflictingIpRequests),
-            (Some(list), None) => (Some(list), LOAD_BALANCER_IPS_ANNOTATION),
-            (None, Some(ip)) => (Some(ip), "spec.loadBalancerIP"),
-            (None, None) => (None, ""),
-        };
-        let requested_ips = ip_text
-            .map(|text| {
-                text.split(',')
-                    .map(str::trim)
-                    .filter(|part| !part.is_empty())
-                    .map(|part| {
-                        part.parse::<IpAddr>().map_err(|_| AllocError::BadRequestedIp {
-                            value: part.to_string(),
-                            field,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
+        // herald_config reads Herald's annotations and MetalLB's spellings of them.
+        let annotations = parse_service_annotations(
+            meta.annotations.as_ref().unwrap_or(&BTreeMap::new()),
+            spec.load_balancer_ip.as_deref(),
+        )?;
+        let requested_ips = annotations.requested_ips;
 
         let ip_families = spec
             .ip_families
@@ -188,9 +159,9 @@ impl ServiceRequest {
             ip_families,
             family_policy,
             requested_ips,
-            pool: annotation(ADDRESS_POOL_ANNOTATION).map(str::to_string),
+            pool: annotations.pool,
             sharing: SharingInfo {
-                key: annotation(ALLOW_SHARED_IP_ANNOTATION).map(str::to_string),
+                key: annotations.sharing_key,
                 backend,
                 ports,
             },
@@ -253,9 +224,9 @@ mod tests {
         };
         let svc = service(
             &[
-                (LOAD_BALANCER_IPS_ANNOTATION, "fd00::1, 10.0.0.1"),
-                (ADDRESS_POOL_ANNOTATION, "blue"),
-                (ALLOW_SHARED_IP_ANNOTATION, "k"),
+                (herald_config::annotations::LOAD_BALANCER_IPS, "fd00::1, 10.0.0.1"),
+                (herald_config::annotations::ADDRESS_POOL, "blue"),
+                (herald_config::annotations::ALLOW_SHARED_IP, "k"),
             ],
             spec,
         );
@@ -285,20 +256,20 @@ mod tests {
         };
         assert_eq!(
             msg(
-                &[(LOAD_BALANCER_IPS_ANNOTATION, "10.0.0.1,banana")],
+                &[(herald_config::annotations::LOAD_BALANCER_IPS, "10.0.0.1,banana")],
                 ServiceSpec::default()
             ),
-            "\"banana\" in herald.io/loadBalancerIPs is not an IP address"
+            "herald.io/loadBalancerIPs: \"banana\" is not an IP address"
         );
         assert_eq!(
             msg(
-                &[(LOAD_BALANCER_IPS_ANNOTATION, "10.0.0.1")],
+                &[(herald_config::annotations::LOAD_BALANCER_IPS, "10.0.0.1")],
                 ServiceSpec {
                     load_balancer_ip: Some("10.0.0.2".into()),
                     ..Default::default()
                 }
             ),
-            "both the herald.io/loadBalancerIPs annotation and spec.loadBalancerIP are set; use only the annotation"
+            "both herald.io/loadBalancerIPs and spec.loadBalancerIP are set; use only herald.io/loadBalancerIPs (spec.loadBalancerIP is deprecated by Kubernetes)"
         );
         assert_eq!(
             msg(
