@@ -5,6 +5,8 @@
 //! - [`apiserver`]: an in-memory stand-in for kube-apiserver (discovery, CRUD, watch,
 //!   patch strategies, server-side apply, CRDs, service IP/port allocation,
 //!   EndpointSlices). Start it with [`apiserver::ApiServer::start`].
+//! - [`lab`]: a bare-metal cluster from network namespaces running Herald's binaries
+//!   against the lab API server ([`lab::Lab::up`]), and `herald-lab up`/`down`.
 //! - [`bench`]: the `herald-lab bench-apiserver` load benchmark.
 //!
 //! Nothing here is used in production.
@@ -12,3 +14,4 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod lab;

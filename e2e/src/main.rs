@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use herald_e2e::apiserver::{ApiServer, ApiServerConfig};
 use herald_e2e::bench::{BenchConfig, run_bench};
+use herald_e2e::lab;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +27,81 @@ enum Command {
     Apiserver(ApiserverArgs),
     /// Load-test the lab API server with concurrent kube-rs clients and watchers.
     BenchApiserver(BenchArgs),
+    /// Build a lab cluster from network namespaces and run Herald in it until Ctrl-C/SIGTERM.
+    Up(UpArgs),
+    /// Remove a lab (running or crashed): processes, namespaces, state directory.
+    Down(DownArgs),
+    /// Backend pod program: HTTP and UDP servers answering with the pod name.
+    #[command(hide = true)]
+    Echo(EchoArgs),
+    /// Relay TCP connections to the lab API server's Unix socket (runs inside the lab).
+    #[command(hide = true)]
+    Relay(RelayArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Prefix of the lab's namespaces and state directory ([a-z][a-z0-9]*, at most 10 chars).
+    #[arg(long, env = "HERALD_LAB_PREFIX", default_value = "hlab")]
+    prefix: String,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Parent directory of the lab's state directory.
+    #[arg(long, env = "HERALD_LAB_STATE_ROOT", default_value = herald_e2e::lab::DEFAULT_STATE_ROOT)]
+    state_root: PathBuf,
+    /// Directory holding herald-controller, herald-speaker and herald-lab (default: next to this executable).
+    #[arg(long, env = herald_e2e::lab::BIN_DIR_ENV)]
+    bin_dir: Option<PathBuf>,
+    /// Milliseconds before a process that exited is started again.
+    #[arg(long, default_value_t = 1000)]
+    restart_delay_ms: u64,
+    /// Do not start the speakers.
+    #[arg(long)]
+    no_speakers: bool,
+    /// JSON logs from Herald's processes.
+    #[arg(long)]
+    json_logs: bool,
+    /// Extra herald-speaker flag (repeat for more), e.g. --speaker-arg=--probe-interval=500ms.
+    #[arg(long = "speaker-arg", allow_hyphen_values = true)]
+    speaker_args: Vec<String>,
+    /// Write a description of the lab (namespaces, addresses, kubeconfigs, pids) here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DownArgs {
+    /// Prefix of the lab to remove.
+    #[arg(long, env = "HERALD_LAB_PREFIX", default_value = "hlab")]
+    prefix: String,
+    /// Parent directory of the lab's state directory.
+    #[arg(long, env = "HERALD_LAB_STATE_ROOT", default_value = herald_e2e::lab::DEFAULT_STATE_ROOT)]
+    state_root: PathBuf,
+    /// Write what was removed here (JSON).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    /// Name to answer with.
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    #[arg(long, default_value_t = 5353)]
+    udp_port: u16,
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// TCP address to accept on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Unix socket to connect each stream to.
+    #[arg(long)]
+    unix: PathBuf,
 }
 
 #[derive(Args)]
@@ -65,7 +142,6 @@ struct BenchArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
@@ -84,6 +160,26 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Up(args) => {
+            let binaries = args.bin_dir.as_deref().map(lab::Binaries::in_dir).transpose()?;
+            let config = lab::LabConfig {
+                nodes: args.nodes,
+                state_root: args.state_root,
+                binaries,
+                restart_delay: Duration::from_millis(args.restart_delay_ms),
+                json_logs: args.json_logs,
+                speaker_args: args.speaker_args,
+                start_speakers: !args.no_speakers,
+                ..lab::LabConfig::new(&args.prefix)
+            };
+            Ok(lab::foreground::run_up(config, args.json).await?)
+        }
+        Command::Down(args) => {
+            lab::foreground::run_down(&args.prefix, &args.state_root, args.json).await?;
+            Ok(())
+        }
+        Command::Echo(args) => Ok(lab::echo::run_echo(args.name, args.http_port, args.udp_port).await?),
+        Command::Relay(args) => Ok(lab::relay::serve_tcp_to_unix(args.listen, args.unix).await?),
     }
 }
 

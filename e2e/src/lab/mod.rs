@@ -1,0 +1,991 @@
+//! A small bare-metal cluster on one machine, built from network namespaces, running
+//! Herald's real binaries against the lab API server. Demos, benchmarks and end-to-end
+//! scenarios are written on top of [`Lab`].
+//!
+//! # What `Lab::up` builds
+//! - namespaces and addresses as in [`plan`]: an L2 segment (bridge in `<prefix>-seg`)
+//!   joining `<prefix>-client` and `<prefix>-node1..N`, pods behind nodes on per-node pod
+//!   CIDRs with host-gw routes, IPv4 and IPv6 everywhere;
+//! - the lab API server in this process on 127.0.0.1 (host kubeconfig, for kubectl) and,
+//!   through [`relay`], at 10.203.0.1:6443 inside the lab (in-lab kubeconfig, for Herald);
+//! - Herald's CRDs, the empty speaker Secret, one Node and one speaker Pod per node;
+//! - `herald-controller` in the segment namespace and one `herald-speaker` per node
+//!   namespace, each supervised like a kubelet would (restart after a delay), logs in the
+//!   state directory ([`state`]).
+//!
+//! Backends ([`Lab::add_backend`]) are echo servers ([`echo`]) in pod namespaces with
+//! Pod objects, so the API server's EndpointSlices follow them. LoadBalancer addresses
+//! for L2 mode come from the segment, e.g. a pool `10.203.0.200/29` + `fd00:203::200/125`.
+//!
+//! # Scenario shape
+//! ```no_run
+//! # async fn demo() -> Result<(), herald_e2e::lab::LabError> {
+//! use herald_e2e::lab::{Lab, LabConfig, Signal};
+//! let lab = Lab::up(LabConfig::new("hlab")).await?;
+//! lab.add_backend(1, "web-a", [("app".to_string(), "web".to_string())].into()).await?;
+//! // kubectl --kubeconfig lab.kubeconfig_path() apply -f pool.yaml service.yaml
+//! let out = lab.exec_in(lab.client_namespace(), &["curl", "-s", "http://10.244.1.11:8080/"]).await?;
+//! let old = lab.kill_speaker(1, Signal::Kill).await?;
+//! lab.wait_speaker_restart(1, old, std::time::Duration::from_secs(5)).await?;
+//! lab.down().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod binaries;
+pub mod echo;
+pub mod foreground;
+mod net;
+pub mod objects;
+pub mod plan;
+pub mod relay;
+pub mod state;
+pub mod supervisor;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+
+use crate::apiserver::{ApiServer, ApiServerConfig, RunningApiServer, ServerError};
+
+pub use binaries::{BIN_DIR_ENV, Binaries};
+pub use plan::{LabPlan, NodePlan, PlanError, PodPlan};
+pub use state::{CleanupReport, DEFAULT_STATE_ROOT, StateDir, cleanup};
+pub use supervisor::Signal;
+
+use supervisor::{ProcessSpec, Supervised};
+
+/// How long `up` waits for the API relay, and `add_backend` for an echo server to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `exec_in` lets a command run.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The lab needs root (namespaces, veths).
+    #[error("the lab needs root (network namespaces and veth pairs); run it with sudo")]
+    NotRoot,
+    /// A command-line tool the lab drives is missing.
+    #[error("`{tool}` is not installed (needed for {why}); `make deps` installs it")]
+    MissingTool {
+        /// The tool.
+        tool: String,
+        /// What it is for.
+        why: String,
+    },
+    /// Herald's binaries are not built.
+    #[error(
+        "Herald binaries missing: {missing:?} (searched {searched:?}); run `cargo build --workspace --bins` first, or set HERALD_BIN_DIR"
+    )]
+    BinariesMissing {
+        /// Directories searched.
+        searched: Vec<PathBuf>,
+        /// Files not found.
+        missing: Vec<String>,
+    },
+    /// A lab with this prefix is running.
+    #[error("a lab with prefix {prefix:?} is running (pid {pid}); stop it or run `herald-lab down --prefix {prefix}`")]
+    AlreadyRunning {
+        /// The prefix.
+        prefix: String,
+        /// Its owner process.
+        pid: u32,
+    },
+    /// The prefix, node count or pod name does not fit the plan.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// No such node.
+    #[error("the lab has nodes 1..={count}, not {node}")]
+    UnknownNode {
+        /// Requested node.
+        node: usize,
+        /// Node count.
+        count: usize,
+    },
+    /// No such backend, or one with this name exists.
+    #[error("backend {name:?}: {problem}")]
+    Backend {
+        /// The backend.
+        name: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// A namespace that is not part of this lab.
+    #[error("namespace {0:?} is not part of this lab")]
+    ForeignNamespace(String),
+    /// A command failed.
+    #[error("`{command}` failed (exit {status:?}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit code.
+        status: Option<i32>,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A program could not be started.
+    #[error("cannot run {program}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something did not happen in time.
+    #[error("timed out waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+    },
+    /// A file operation failed.
+    #[error("{path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An API request failed.
+    #[error("{what}")]
+    Api {
+        /// What the lab was doing.
+        what: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server failed to start or stop.
+    #[error("lab API server")]
+    Server(#[source] ServerError),
+    /// A supervised process is not running right now.
+    #[error("{process} is not running")]
+    NotRunning {
+        /// The process.
+        process: String,
+    },
+}
+
+/// Receives one line per long step of [`Lab::up`] (and other slow operations).
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How to build a lab.
+#[derive(Clone)]
+pub struct LabConfig {
+    /// Namespace and state-directory prefix (`[a-z][a-z0-9]*`, ≤ 10 chars).
+    pub prefix: String,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Parent of the state directory.
+    pub state_root: PathBuf,
+    /// Binaries to run; None finds them with [`Binaries::locate`].
+    pub binaries: Option<Binaries>,
+    /// Pause before a supervised process that exited is started again.
+    pub restart_delay: Duration,
+    /// Extra `herald-speaker` flags (e.g. membership timings).
+    pub speaker_args: Vec<String>,
+    /// Extra `herald-controller` flags.
+    pub controller_args: Vec<String>,
+    /// Set `HERALD_LOG_FORMAT=json` for Herald's processes.
+    pub json_logs: bool,
+    /// `HERALD_LOG` filter for Herald's processes (e.g. `debug`).
+    pub log_filter: Option<String>,
+    /// Start the speakers (false: a lab for controller-only scenarios).
+    pub start_speakers: bool,
+    /// Where progress lines go; None is silent.
+    pub progress: Option<Progress>,
+}
+
+impl LabConfig {
+    /// Three nodes under `prefix`, state in `/run/herald-lab`, restart delay 1 s.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            nodes: 3,
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            binaries: None,
+            restart_delay: Duration::from_secs(1),
+            speaker_args: Vec::new(),
+            controller_args: Vec::new(),
+            json_logs: false,
+            log_filter: None,
+            start_speakers: true,
+            progress: None,
+        }
+    }
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self::new("hlab")
+    }
+}
+
+/// A running backend pod.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackendInfo {
+    /// Pod name (namespace `default`).
+    pub name: String,
+    /// Node number.
+    pub node: usize,
+    /// Its network namespace.
+    pub namespace: String,
+    /// Pod IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Pod IPv6 address.
+    pub ipv6: Ipv6Addr,
+    /// Labels of its Pod object.
+    pub labels: BTreeMap<String, String>,
+}
+
+struct Backend {
+    info: BackendInfo,
+    slot: usize,
+    process: Supervised,
+}
+
+/// What `herald-lab up --json` writes: enough to drive the lab from scripts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LabInfo {
+    /// Prefix.
+    pub prefix: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Kubeconfig for the host (kubectl).
+    pub kubeconfig: PathBuf,
+    /// Kubeconfig used inside the lab.
+    pub lab_kubeconfig: PathBuf,
+    /// API server URL on the host.
+    pub api_url: String,
+    /// API server URL inside the lab.
+    pub lab_api_url: String,
+    /// Namespaces and addresses.
+    pub plan: LabPlan,
+    /// Binaries running.
+    pub binaries: Binaries,
+    /// Controller pid.
+    pub controller_pid: Option<u32>,
+    /// Speaker pids by node (index 0 is node1).
+    pub speaker_pids: Vec<Option<u32>>,
+    /// Backends.
+    pub backends: Vec<BackendInfo>,
+}
+
+/// A running lab. Drop cleans up best-effort; [`Lab::down`] cleans up and reports.
+pub struct Lab {
+    plan: LabPlan,
+    config: LabConfig,
+    state: StateDir,
+    binaries: Binaries,
+    api: tokio::sync::Mutex<Option<RunningApiServer>>,
+    api_addr: SocketAddr,
+    unix_relay: tokio::task::JoinHandle<()>,
+    relay: Supervised,
+    controller: Supervised,
+    speakers: Vec<Supervised>,
+    backends: tokio::sync::Mutex<Vec<Backend>>,
+    client: kube::Client,
+    torn_down: AtomicBool,
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Fails unless running as root with every tool the lab drives.
+pub fn check_prerequisites() -> Result<(), LabError> {
+    if effective_uid() != Some(0) {
+        return Err(LabError::NotRoot);
+    }
+    let tools = [
+        ("ip", "namespaces, links, addresses (iproute2)"),
+        ("sysctl", "forwarding in node namespaces (procps)"),
+        ("kill", "signalling lab processes (procps)"),
+        ("curl", "readiness probes from inside the lab"),
+    ];
+    for (tool, why) in tools {
+        let found = std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return Err(LabError::MissingTool {
+                tool: tool.to_string(),
+                why: why.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// Builds the lab and starts everything; on failure removes what it built.
+    pub async fn up(config: LabConfig) -> Result<Lab, LabError> {
+        let plan = LabPlan::new(&config.prefix, config.nodes)?;
+        check_prerequisites()?;
+        let binaries = match &config.binaries {
+            Some(b) => b.clone(),
+            None => Binaries::locate()?,
+        };
+        let state = StateDir::new(&config.state_root, &plan.prefix);
+        if let Some(pid) = state.live_owner() {
+            return Err(LabError::AlreadyRunning {
+                prefix: plan.prefix.clone(),
+                pid,
+            });
+        }
+        let say = |line: &str| {
+            if let Some(progress) = &config.progress {
+                progress(line);
+            }
+        };
+        if state.root().exists() || !state::lab_namespaces(&plan.prefix).await?.is_empty() {
+            say("removing the leftovers of an earlier lab with this prefix");
+            cleanup(&plan.prefix, &config.state_root).await?;
+        }
+        match Self::build(config.clone(), plan, binaries, state, &say).await {
+            Ok(lab) => Ok(lab),
+            Err(e) => {
+                say("start failed; removing what was built");
+                state::cleanup_blocking(&config.prefix, &config.state_root);
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(
+        config: LabConfig,
+        plan: LabPlan,
+        binaries: Binaries,
+        state: StateDir,
+        say: &(dyn Fn(&str) + Sync),
+    ) -> Result<Lab, LabError> {
+        state.create()?;
+        state.write_owner()?;
+        say(&format!(
+            "creating namespaces {}-{{seg,client,node1..{}}}, bridge, veths, routes",
+            plan.prefix,
+            plan.nodes.len()
+        ));
+        net::build_base(&plan).await?;
+
+        say("starting the lab API server");
+        let api = ApiServer::start(ApiServerConfig {
+            state_file: Some(state.apiserver_state()),
+            ..ApiServerConfig::local()
+        })
+        .await
+        .map_err(LabError::Server)?;
+        let api_addr = api.addr();
+        api.write_kubeconfig(&state.kubeconfig()).map_err(LabError::Server)?;
+        let lab_url = format!("http://{}", plan.api_address());
+        write_file(
+            &state.lab_kubeconfig(),
+            &crate::apiserver::kubeconfig_yaml(&lab_url, None),
+        )?;
+        let client = api.client().await.map_err(LabError::Server)?;
+        let unix_relay = relay::bind_unix_to_tcp(&state.api_socket(), api_addr)
+            .await
+            .map_err(|source| LabError::Io {
+                path: state.api_socket(),
+                source,
+            })?;
+        let relay = Supervised::start(ProcessSpec {
+            name: "api-relay".into(),
+            netns: plan.segment_namespace.clone(),
+            program: binaries.lab.clone(),
+            args: vec![
+                "relay".into(),
+                "--listen".into(),
+                plan.api_address().to_string(),
+                "--unix".into(),
+                state.api_socket().display().to_string(),
+            ],
+            env: vec![("RUST_LOG".into(), "warn".into())],
+            log_file: state.log("api-relay"),
+            pid_file: state.pid("api-relay"),
+            restart_delay: config.restart_delay,
+        });
+        let first_node = &plan.nodes[0];
+        say(&format!("checking {lab_url} from {}", first_node.namespace));
+        wait_http_ok(&first_node.namespace, &format!("{lab_url}/healthz"), READY_TIMEOUT).await?;
+
+        say("installing Herald's CRDs, the speaker Secret, Nodes and speaker Pods");
+        objects::install_crds(&client).await?;
+        objects::install_cluster_objects(&client, &plan.nodes).await?;
+
+        let herald_env = herald_env(&config, &state);
+        say(&format!(
+            "starting herald-controller in {} (metrics on {})",
+            plan.segment_namespace,
+            plan.controller_metrics_address()
+        ));
+        let mut controller_args = vec![
+            "--metrics-addr".to_string(),
+            plan.controller_metrics_address().to_string(),
+        ];
+        controller_args.extend(config.controller_args.iter().cloned());
+        let controller = Supervised::start(ProcessSpec {
+            name: "controller".into(),
+            netns: plan.segment_namespace.clone(),
+            program: binaries.controller.clone(),
+            args: controller_args,
+            env: herald_env.clone(),
+            log_file: state.log("controller"),
+            pid_file: state.pid("controller"),
+            restart_delay: config.restart_delay,
+        });
+
+        let mut speakers = Vec::new();
+        if config.start_speakers {
+            say(&format!("starting {} herald-speaker processes", plan.nodes.len()));
+        }
+        for node in &plan.nodes {
+            let mut args = vec![
+                "--node-name".to_string(),
+                node.name.clone(),
+                "--interfaces".to_string(),
+                plan::NODE_UPLINK.to_string(),
+            ];
+            args.extend(config.speaker_args.iter().cloned());
+            let spec = ProcessSpec {
+                name: format!("speaker-{}", node.name),
+                netns: node.namespace.clone(),
+                program: binaries.speaker.clone(),
+                args,
+                env: herald_env.clone(),
+                log_file: state.log(&format!("speaker-{}", node.name)),
+                pid_file: state.pid(&format!("speaker-{}", node.name)),
+                restart_delay: config.restart_delay,
+            };
+            let speaker = Supervised::start(spec);
+            if !config.start_speakers {
+                speaker.stop().await;
+            }
+            speakers.push(speaker);
+        }
+
+        let lab = Lab {
+            plan,
+            config,
+            state,
+            binaries,
+            api: tokio::sync::Mutex::new(Some(api)),
+            api_addr,
+            unix_relay,
+            relay,
+            controller,
+            speakers,
+            backends: tokio::sync::Mutex::new(Vec::new()),
+            client,
+            torn_down: AtomicBool::new(false),
+        };
+        say("waiting for herald-controller to report ready");
+        let readyz = format!("http://{}/readyz", lab.plan.controller_metrics_address());
+        if let Err(e) = wait_http_ok(&lab.plan.segment_namespace, &readyz, READY_TIMEOUT).await {
+            say(&format!("warning: {e}; see {}", lab.state.log("controller").display()));
+        }
+        lab.write_info().await?;
+        Ok(lab)
+    }
+
+    /// The namespace and address plan.
+    pub fn plan(&self) -> &LabPlan {
+        &self.plan
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.plan.prefix
+    }
+
+    /// The state directory (logs, kubeconfigs, pid files).
+    pub fn state_dir(&self) -> &Path {
+        self.state.root()
+    }
+
+    /// The log file of a lab process: `controller`, `speaker-node1`, `api-relay`, `pod-<name>`.
+    pub fn log_path(&self, process: &str) -> PathBuf {
+        self.state.log(process)
+    }
+
+    /// Kubeconfig for the host (127.0.0.1): what `export KUBECONFIG=` should name.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.state.kubeconfig()
+    }
+
+    /// Kubeconfig used inside the lab (bridge address), for processes in lab namespaces.
+    pub fn lab_kubeconfig_path(&self) -> PathBuf {
+        self.state.lab_kubeconfig()
+    }
+
+    /// The API server URL on the host.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    /// A kube-rs client (host side); it keeps working across [`Lab::restart_apiserver`].
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Runs `f` with the API server (test hooks such as `expire_watches`); None while it is stopped.
+    pub async fn with_apiserver<R>(&self, f: impl FnOnce(&RunningApiServer) -> R) -> Option<R> {
+        self.api.lock().await.as_ref().map(f)
+    }
+
+    /// The binaries the lab runs.
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.plan.nodes.len()
+    }
+
+    /// The plan of node `node` (1-based).
+    pub fn node(&self, node: usize) -> Result<&NodePlan, LabError> {
+        self.plan.node(node).ok_or(LabError::UnknownNode {
+            node,
+            count: self.plan.nodes.len(),
+        })
+    }
+
+    /// The network namespace of node `node` (1-based).
+    pub fn node_namespace(&self, node: usize) -> Result<&str, LabError> {
+        Ok(self.node(node)?.namespace.as_str())
+    }
+
+    /// The external client's namespace.
+    pub fn client_namespace(&self) -> &str {
+        &self.plan.client_namespace
+    }
+
+    /// The segment namespace (bridge, API relay, controller).
+    pub fn segment_namespace(&self) -> &str {
+        &self.plan.segment_namespace
+    }
+
+    fn check_namespace(&self, ns: &str) -> Result<(), LabError> {
+        if LabPlan::owns_namespace(&self.plan.prefix, ns) {
+            Ok(())
+        } else {
+            Err(LabError::ForeignNamespace(ns.to_string()))
+        }
+    }
+
+    /// A command that runs `program` inside lab namespace `ns`, for long-running or
+    /// streaming uses (client loops, benchmarks). Killed when dropped.
+    pub fn command_in(
+        &self,
+        ns: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> Result<tokio::process::Command, LabError> {
+        self.check_namespace(ns)?;
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(program)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// Runs `args` inside lab namespace `ns` (at most 30 s) and returns its output,
+    /// whatever the exit status.
+    pub async fn exec_in(&self, ns: &str, args: &[&str]) -> Result<Output, LabError> {
+        let (program, rest) = args.split_first().ok_or(LabError::Backend {
+            name: String::new(),
+            problem: "exec_in needs a command",
+        })?;
+        let mut cmd = self.command_in(ns, program)?;
+        cmd.args(rest);
+        match tokio::time::timeout(EXEC_TIMEOUT, cmd.output()).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(source)) => Err(LabError::Spawn {
+                program: program.to_string(),
+                source,
+            }),
+            Err(_) => Err(LabError::Timeout {
+                what: format!("`{}` in {ns}", args.join(" ")),
+            }),
+        }
+    }
+
+    fn speaker(&self, node: usize) -> Result<&Supervised, LabError> {
+        self.node(node)?;
+        Ok(&self.speakers[node - 1])
+    }
+
+    /// Pid of node `node`'s speaker, if it runs right now.
+    pub fn speaker_pid(&self, node: usize) -> Result<Option<u32>, LabError> {
+        Ok(self.speaker(node)?.pid())
+    }
+
+    /// How many times node `node`'s speaker was started (1 + restarts).
+    pub fn speaker_starts(&self, node: usize) -> Result<u32, LabError> {
+        Ok(self.speaker(node)?.starts())
+    }
+
+    /// Sends `signal` to node `node`'s speaker and returns the pid signalled; if the
+    /// process exits, it is restarted after the restart delay, like a DaemonSet pod.
+    pub async fn kill_speaker(&self, node: usize, signal: Signal) -> Result<u32, LabError> {
+        self.speaker(node)?.signal(signal).await
+    }
+
+    /// Waits until node `node`'s speaker runs with a pid other than `old_pid`.
+    pub async fn wait_speaker_restart(&self, node: usize, old_pid: u32, timeout: Duration) -> Result<u32, LabError> {
+        self.speaker(node)?.wait_for_new_pid(Some(old_pid), timeout).await
+    }
+
+    /// Stops node `node`'s speaker and keeps it stopped (as if unscheduled).
+    pub async fn stop_speaker(&self, node: usize) -> Result<(), LabError> {
+        self.speaker(node)?.stop().await;
+        Ok(())
+    }
+
+    /// Starts a speaker stopped with [`Lab::stop_speaker`].
+    pub fn start_speaker(&self, node: usize) -> Result<(), LabError> {
+        self.speaker(node)?.resume();
+        Ok(())
+    }
+
+    /// Takes node `node`'s own uplink (`eth0` in its namespace) down or up: the node sees
+    /// its NIC go down. Bringing it up restores its addresses and routes.
+    pub async fn set_uplink(&self, node: usize, up: bool) -> Result<(), LabError> {
+        net::set_node_uplink(&self.plan, self.node(node)?, up).await
+    }
+
+    /// Takes the bridge side of node `node`'s cable down or up: the node sees carrier loss
+    /// while its interface stays administratively up.
+    pub async fn set_cable(&self, node: usize, connected: bool) -> Result<(), LabError> {
+        net::set_bridge_port(&self.plan, self.node(node)?, connected).await
+    }
+
+    /// Pid of the controller, if it runs right now.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller.pid()
+    }
+
+    /// Stops the controller (SIGTERM) and keeps it stopped.
+    pub async fn stop_controller(&self) {
+        self.controller.stop().await;
+    }
+
+    /// Starts the controller after [`Lab::stop_controller`].
+    pub fn start_controller(&self) {
+        self.controller.resume();
+    }
+
+    /// Stops the controller gracefully and starts it again; returns the new pid.
+    pub async fn restart_controller(&self) -> Result<u32, LabError> {
+        self.controller.stop().await;
+        self.controller.resume();
+        self.controller.wait_running(READY_TIMEOUT).await
+    }
+
+    /// Stops the API server (saving its objects); in-lab clients see refused connections.
+    pub async fn stop_apiserver(&self) {
+        if let Some(api) = self.api.lock().await.take() {
+            api.shutdown().await;
+        }
+    }
+
+    /// Starts the API server again on the same port with the saved objects.
+    pub async fn start_apiserver(&self) -> Result<(), LabError> {
+        let mut api = self.api.lock().await;
+        if api.is_some() {
+            return Ok(());
+        }
+        // The port may linger for a moment after shutdown; retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let started = ApiServer::start(ApiServerConfig {
+                listen: self.api_addr,
+                state_file: Some(self.state.apiserver_state()),
+                ..ApiServerConfig::local()
+            })
+            .await;
+            match started {
+                Ok(server) => {
+                    *api = Some(server);
+                    return Ok(());
+                }
+                Err(ServerError::Bind { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(LabError::Server(e)),
+            }
+        }
+    }
+
+    /// Stops the API server and starts it again with the same objects (watches end;
+    /// clients must resume).
+    pub async fn restart_apiserver(&self) -> Result<(), LabError> {
+        self.stop_apiserver().await;
+        self.start_apiserver().await
+    }
+
+    /// Starts an echo backend `name` behind node `node`: pod namespace, veth, addresses,
+    /// the echo process, and a Pod in `default` with `labels` (plus `app=<name>` unless
+    /// `app` is given) that turns Ready once the server answers HTTP from the node.
+    pub async fn add_backend(
+        &self,
+        node: usize,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<BackendInfo, LabError> {
+        let node_plan = self.node(node)?.clone();
+        let mut backends = self.backends.lock().await;
+        if backends.iter().any(|b| b.info.name == name) {
+            return Err(LabError::Backend {
+                name: name.to_string(),
+                problem: "exists",
+            });
+        }
+        let slot = (1..)
+            .find(|s| !backends.iter().any(|b| b.info.node == node && b.slot == *s))
+            .unwrap_or(1);
+        let pod = self.plan.pod(node, slot, name)?;
+        let mut labels = labels;
+        labels.entry("app".into()).or_insert_with(|| name.to_string());
+        net::add_pod(&node_plan, &pod).await?;
+        let process_name = format!("pod-{name}");
+        let process = Supervised::start(ProcessSpec {
+            name: process_name.clone(),
+            netns: pod.namespace.clone(),
+            program: self.binaries.lab.clone(),
+            args: vec![
+                "echo".into(),
+                "--name".into(),
+                name.to_string(),
+                "--http-port".into(),
+                plan::ECHO_HTTP_PORT.to_string(),
+                "--udp-port".into(),
+                plan::ECHO_UDP_PORT.to_string(),
+            ],
+            env: vec![("RUST_LOG".into(), "warn".into())],
+            log_file: self.state.log(&process_name),
+            pid_file: self.state.pid(&process_name),
+            restart_delay: self.config.restart_delay,
+        });
+        let info = BackendInfo {
+            name: name.to_string(),
+            node,
+            namespace: pod.namespace.clone(),
+            ipv4: pod.ipv4,
+            ipv6: pod.ipv6,
+            labels: labels.clone(),
+        };
+        backends.push(Backend {
+            info: info.clone(),
+            slot,
+            process,
+        });
+        drop(backends);
+
+        objects::create_backend_pod(&self.client, &objects::backend_pod_object(&pod, &node_plan, &labels)).await?;
+        let url = format!("http://{}:{}/", pod.ipv4, plan::ECHO_HTTP_PORT);
+        wait_http_ok(&node_plan.namespace, &url, READY_TIMEOUT).await?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), objects::BACKEND_NAMESPACE);
+        let status = objects::running_pod_status(
+            &pod.ipv4.to_string(),
+            &pod.ipv6.to_string(),
+            &node_plan.ipv4.to_string(),
+            true,
+        );
+        objects::patch_pod_status(&pods, name, status).await?;
+        Ok(info)
+    }
+
+    /// Marks a backend's Pod Ready or not (its server keeps running): EndpointSlices follow.
+    pub async fn set_backend_ready(&self, name: &str, ready: bool) -> Result<(), LabError> {
+        let info = self.backend(name).await?;
+        let node = self.node(info.node)?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), objects::BACKEND_NAMESPACE);
+        let status = objects::running_pod_status(
+            &info.ipv4.to_string(),
+            &info.ipv6.to_string(),
+            &node.ipv4.to_string(),
+            ready,
+        );
+        objects::patch_pod_status(&pods, name, status).await
+    }
+
+    /// The backend called `name`.
+    pub async fn backend(&self, name: &str) -> Result<BackendInfo, LabError> {
+        self.backends
+            .lock()
+            .await
+            .iter()
+            .find(|b| b.info.name == name)
+            .map(|b| b.info.clone())
+            .ok_or(LabError::Backend {
+                name: name.to_string(),
+                problem: "no such backend",
+            })
+    }
+
+    /// Every backend.
+    pub async fn backends(&self) -> Vec<BackendInfo> {
+        self.backends.lock().await.iter().map(|b| b.info.clone()).collect()
+    }
+
+    /// Deletes a backend: its Pod object, process and namespace.
+    pub async fn remove_backend(&self, name: &str) -> Result<(), LabError> {
+        let backend = {
+            let mut backends = self.backends.lock().await;
+            let index = backends
+                .iter()
+                .position(|b| b.info.name == name)
+                .ok_or(LabError::Backend {
+                    name: name.to_string(),
+                    problem: "no such backend",
+                })?;
+            backends.remove(index)
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), objects::BACKEND_NAMESPACE);
+        match pods.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(LabError::Api {
+                    what: format!("deleting pod {name}"),
+                    source,
+                });
+            }
+        }
+        backend.process.shutdown().await;
+        net::delete_namespace(&backend.info.namespace).await
+    }
+
+    /// A description of the running lab.
+    pub async fn info(&self) -> LabInfo {
+        LabInfo {
+            prefix: self.plan.prefix.clone(),
+            state_dir: self.state.root().to_path_buf(),
+            kubeconfig: self.kubeconfig_path(),
+            lab_kubeconfig: self.lab_kubeconfig_path(),
+            api_url: self.api_url(),
+            lab_api_url: format!("http://{}", self.plan.api_address()),
+            plan: self.plan.clone(),
+            binaries: self.binaries.clone(),
+            controller_pid: self.controller.pid(),
+            speaker_pids: self.speakers.iter().map(Supervised::pid).collect(),
+            backends: self.backends().await,
+        }
+    }
+
+    async fn write_info(&self) -> Result<(), LabError> {
+        let text = serde_json::to_string_pretty(&self.info().await).unwrap_or_default();
+        write_file(&self.state.info(), &text)
+    }
+
+    /// Stops every process (speakers and controller with SIGTERM), the API server and
+    /// the relays, deletes every namespace and the state directory.
+    pub async fn down(self) -> Result<CleanupReport, LabError> {
+        self.torn_down.store(true, Ordering::SeqCst);
+        let Lab {
+            config,
+            api,
+            unix_relay,
+            relay,
+            controller,
+            speakers,
+            backends,
+            ..
+        } = &self;
+        let mut stopping: Vec<&Supervised> = speakers.iter().collect();
+        stopping.push(controller);
+        futures::future::join_all(stopping.iter().map(|p| p.stop())).await;
+        let backends = std::mem::take(&mut *backends.lock().await);
+        futures::future::join_all(backends.into_iter().map(|b| b.process.shutdown())).await;
+        relay.stop().await;
+        if let Some(api) = api.lock().await.take() {
+            api.shutdown().await;
+        }
+        unix_relay.abort();
+        cleanup(&config.prefix, &config.state_root).await
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.torn_down.load(Ordering::SeqCst) {
+            return;
+        }
+        self.unix_relay.abort();
+        for process in self.speakers.iter().chain([&self.controller, &self.relay]) {
+            process.kill_now();
+        }
+        if let Ok(backends) = self.backends.try_lock() {
+            for backend in backends.iter() {
+                backend.process.kill_now();
+            }
+        }
+        state::cleanup_blocking(&self.config.prefix, &self.config.state_root);
+    }
+}
+
+fn herald_env(config: &LabConfig, state: &StateDir) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("KUBECONFIG".to_string(), state.lab_kubeconfig().display().to_string()),
+        // Logs go to files: no terminal colour codes in them.
+        ("NO_COLOR".to_string(), "1".to_string()),
+    ];
+    if config.json_logs {
+        env.push(("HERALD_LOG_FORMAT".into(), "json".into()));
+    }
+    if let Some(filter) = &config.log_filter {
+        env.push(("HERALD_LOG".into(), filter.clone()));
+    }
+    env
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
+    std::fs::write(path, text).map_err(|source| LabError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Polls `url` with curl from inside `ns` until it answers 2xx, for at most `timeout`.
+async fn wait_http_ok(ns: &str, url: &str, timeout: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = net::run_unchecked(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "curl",
+                "-sf",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "1",
+                url,
+            ],
+        )
+        .await?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: format!("{url} to answer from {ns}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

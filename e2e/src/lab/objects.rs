@@ -1,0 +1,259 @@
+//! The Kubernetes objects a real cluster would have and the lab must write itself: Nodes
+//! (what kubelets register), speaker Pods (what the DaemonSet creates), backend Pods with
+//! their status (what kubelets report), Herald's CRDs and the empty speaker Secret (what
+//! `kubectl apply -k config/` installs). Builders are pure; `install_*` write them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use super::LabError;
+use super::plan::{ECHO_HTTP_PORT, ECHO_UDP_PORT, NodePlan, PodPlan};
+
+/// Namespace of Herald's own objects.
+pub const HERALD_NAMESPACE: &str = "herald-system";
+/// Namespace backend pods go to.
+pub const BACKEND_NAMESPACE: &str = "default";
+/// The speakers' shared Secret, left empty for the controller to fill.
+pub const SPEAKER_SECRET: &str = "herald-speaker-auth";
+/// Field manager of the lab's writes.
+const FIELD_MANAGER: &str = "herald-lab";
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("lab object literals match the Kubernetes schema")
+}
+
+/// The Node a kubelet on `node` would register: InternalIPs of both families, hostname
+/// label, pod CIDRs, Ready.
+pub fn node_object(node: &NodePlan) -> Node {
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "labels": {
+                "kubernetes.io/hostname": node.name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "herald.io/lab-node": node.index.to_string(),
+            },
+        },
+        "spec": {
+            "podCIDR": node.pod_cidr_v4.to_string(),
+            "podCIDRs": [node.pod_cidr_v4.to_string(), node.pod_cidr_v6.to_string()],
+        },
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": node.ipv4.to_string()},
+                {"type": "InternalIP", "address": node.ipv6.to_string()},
+                {"type": "Hostname", "address": node.name},
+            ],
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "herald-lab node", "lastHeartbeatTime": now(), "lastTransitionTime": now(),
+            }],
+        },
+    }))
+}
+
+/// Labels of the speaker Pods, as the DaemonSet in `config/deploy/speaker.yaml` sets them.
+pub fn speaker_labels() -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", "herald"),
+        ("app.kubernetes.io/component", "speaker"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Name of the speaker Pod on `node`.
+pub fn speaker_pod_name(node: &NodePlan) -> String {
+    format!("herald-speaker-{}", node.name)
+}
+
+/// The speaker Pod the DaemonSet would run on `node` (host network: the node's addresses).
+pub fn speaker_pod_object(node: &NodePlan) -> Pod {
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": speaker_pod_name(node), "namespace": HERALD_NAMESPACE, "labels": speaker_labels()},
+        "spec": {
+            "nodeName": node.name,
+            "hostNetwork": true,
+            "containers": [{"name": "speaker", "image": "herald-speaker:lab",
+                "ports": [{"name": "peer", "containerPort": 7946, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 7473, "protocol": "TCP"}]}],
+        },
+    }))
+}
+
+/// The status a kubelet reports for a pod with these addresses.
+pub fn running_pod_status(ipv4: &str, ipv6: &str, host_ip: &str, ready: bool) -> Value {
+    let ready = if ready { "True" } else { "False" };
+    json!({
+        "status": {
+            "phase": "Running",
+            "hostIP": host_ip,
+            "podIP": ipv4,
+            "podIPs": [{"ip": ipv4}, {"ip": ipv6}],
+            "startTime": now(),
+            "conditions": [
+                {"type": "Ready", "status": ready, "lastTransitionTime": now()},
+                {"type": "ContainersReady", "status": ready, "lastTransitionTime": now()},
+            ],
+        }
+    })
+}
+
+/// A backend Pod (without status): the echo server, ports named `http` and `udp`.
+pub fn backend_pod_object(pod: &PodPlan, node: &NodePlan, labels: &BTreeMap<String, String>) -> Pod {
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": BACKEND_NAMESPACE, "labels": labels},
+        "spec": {
+            "nodeName": node.name,
+            "containers": [{"name": "echo", "image": "herald-lab-echo",
+                "ports": [{"name": "http", "containerPort": ECHO_HTTP_PORT, "protocol": "TCP"},
+                          {"name": "udp", "containerPort": ECHO_UDP_PORT, "protocol": "UDP"}]}],
+        },
+    }))
+}
+
+/// The empty speaker Secret of `config/deploy/speaker-auth-secret.yaml`.
+pub fn speaker_secret_object() -> Secret {
+    typed(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SPEAKER_SECRET, "namespace": HERALD_NAMESPACE,
+            "labels": {"app.kubernetes.io/name": "herald"}},
+        "type": "Opaque",
+    }))
+}
+
+/// Creates an object unless it exists (a restored API server state already has it).
+async fn create_if_absent<K>(api: &Api<K>, object: &K) -> Result<(), LabError>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(source) => Err(LabError::Api {
+            what: format!("creating {}", object.meta().name.as_deref().unwrap_or("?")),
+            source,
+        }),
+    }
+}
+
+/// Installs Herald's CRDs (server-side apply, so a restored state is simply updated).
+pub async fn install_crds(client: &kube::Client) -> Result<(), LabError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in herald_config::crds::all() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .map_err(|source| LabError::Api {
+                what: format!("applying CRD {name}"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Creates the empty speaker Secret, the Nodes and the speaker Pods (Running, Ready).
+pub async fn install_cluster_objects(client: &kube::Client, nodes: &[NodePlan]) -> Result<(), LabError> {
+    create_if_absent(
+        &Api::namespaced(client.clone(), HERALD_NAMESPACE),
+        &speaker_secret_object(),
+    )
+    .await?;
+    let node_api: Api<Node> = Api::all(client.clone());
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), HERALD_NAMESPACE);
+    for node in nodes {
+        create_if_absent(&node_api, &node_object(node)).await?;
+        create_if_absent(&pod_api, &speaker_pod_object(node)).await?;
+        let (v4, v6) = (node.ipv4.to_string(), node.ipv6.to_string());
+        patch_pod_status(
+            &pod_api,
+            &speaker_pod_name(node),
+            running_pod_status(&v4, &v6, &v4, true),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Merges `status` (a `{"status": ...}` document) into a Pod's status.
+pub async fn patch_pod_status(api: &Api<Pod>, name: &str, status: Value) -> Result<(), LabError> {
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .map(|_| ())
+        .map_err(|source| LabError::Api {
+            what: format!("updating the status of pod {name}"),
+            source,
+        })
+}
+
+/// Creates a backend Pod (status Pending until [`patch_pod_status`] reports it running).
+pub async fn create_backend_pod(client: &kube::Client, pod: &Pod) -> Result<(), LabError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), BACKEND_NAMESPACE);
+    api.create(&PostParams::default(), pod)
+        .await
+        .map(|_| ())
+        .map_err(|source| LabError::Api {
+            what: format!("creating pod {}", pod.metadata.name.as_deref().unwrap_or("?")),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::plan::LabPlan;
+
+    #[test]
+    fn node_has_both_internal_ips_and_is_ready() {
+        let plan = LabPlan::new("hlab", 2).unwrap();
+        let node = node_object(plan.node(2).unwrap());
+        let status = node.status.unwrap();
+        let internal: Vec<_> = status
+            .addresses
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.type_ == "InternalIP")
+            .map(|a| a.address)
+            .collect();
+        assert_eq!(internal, ["10.203.0.12", "fd00:203::12"]);
+        assert!(
+            status
+                .conditions
+                .unwrap()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        );
+        assert_eq!(node.metadata.labels.unwrap()["kubernetes.io/hostname"], "node2");
+    }
+
+    #[test]
+    fn speaker_pod_mirrors_the_daemonset() {
+        let plan = LabPlan::new("hlab", 1).unwrap();
+        let pod = speaker_pod_object(plan.node(1).unwrap());
+        assert_eq!(pod.metadata.namespace.as_deref(), Some(HERALD_NAMESPACE));
+        assert_eq!(pod.metadata.labels.unwrap()["app.kubernetes.io/component"], "speaker");
+        assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node1"));
+        let status: Pod = typed(
+            json!({"metadata": {}, "status": running_pod_status("1.2.3.4", "fd00::1", "1.2.3.4", true)["status"]}),
+        );
+        assert_eq!(status.status.unwrap().pod_ips.unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,72 @@
+//! Makes the lab API server (listening on 127.0.0.1 in the root namespace, for kubectl)
+//! reachable from inside the lab at the bridge address, without unsafe code.
+//!
+//! A Unix socket path belongs to no network namespace, so it can cross them: the lab
+//! process accepts on `<state>/api.sock` and connects each stream to the API server's TCP
+//! port ([`serve_unix_to_tcp`]); a helper process (`herald-lab relay`, started inside the
+//! segment namespace) accepts TCP on 10.203.0.1:6443 and connects each stream to that
+//! socket ([`serve_tcp_to_unix`]). The alternative, `setns(2)` from a thread of the lab,
+//! needs unsafe code and a libc dependency; one small helper process is simpler.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// Accepts on the Unix socket `socket` and relays every stream to `target` over TCP,
+/// until the task is aborted. Removes a stale socket file first.
+pub async fn bind_unix_to_tcp(socket: &Path, target: SocketAddr) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    Ok(tokio::spawn(serve_unix_to_tcp(listener, target)))
+}
+
+async fn serve_unix_to_tcp(listener: UnixListener, target: SocketAddr) {
+    loop {
+        let (mut inbound, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "api relay: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            match TcpStream::connect(target).await {
+                Ok(mut outbound) => {
+                    // Watch events are small writes; do not let Nagle hold them.
+                    let _ = outbound.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+                // The API server is down (restarting): the client sees its connection close.
+                Err(e) => tracing::debug!(error = %e, %target, "api relay: API server unreachable"),
+            }
+        });
+    }
+}
+
+/// Accepts TCP on `listen` and relays every stream to the Unix socket `socket`, forever.
+/// This is the body of the hidden `herald-lab relay` subcommand.
+pub async fn serve_tcp_to_unix(listen: SocketAddr, socket: PathBuf) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    loop {
+        let (mut inbound, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "api relay: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = inbound.set_nodelay(true);
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            match UnixStream::connect(&socket).await {
+                Ok(mut outbound) => {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+                Err(e) => tracing::debug!(error = %e, socket = %socket.display(), "api relay: lab unreachable"),
+            }
+        });
+    }
+}

@@ -1,0 +1,241 @@
+//! The lab's state directory (`/run/herald-lab/<prefix>/` by default) and the cleanup
+//! that works from it alone, so `herald-lab down` also clears up after a lab that crashed.
+//!
+//! Layout: `kubeconfig` (host, 127.0.0.1), `kubeconfig.lab` (inside the lab, bridge
+//! address), `apiserver.json` (API server objects across restarts), `api.sock` (relay
+//! socket), `lab.pid` (pid and executable of the process that owns the lab), `lab.json`
+//! (what `up` built), `logs/<process>.log`, `pids/<process>.pid`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::LabError;
+use super::net;
+use super::plan::LabPlan;
+use super::supervisor::{Signal, send_signal};
+
+/// Default parent of every lab's state directory.
+pub const DEFAULT_STATE_ROOT: &str = "/run/herald-lab";
+
+/// Paths inside one lab's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// `<state_root>/<prefix>`.
+    pub fn new(state_root: &Path, prefix: &str) -> Self {
+        Self {
+            root: state_root.join(prefix),
+        }
+    }
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// Host kubeconfig (127.0.0.1).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.root.join("kubeconfig")
+    }
+    /// In-lab kubeconfig (bridge address).
+    pub fn lab_kubeconfig(&self) -> PathBuf {
+        self.root.join("kubeconfig.lab")
+    }
+    /// API server state file.
+    pub fn apiserver_state(&self) -> PathBuf {
+        self.root.join("apiserver.json")
+    }
+    /// Unix socket of the API relay.
+    pub fn api_socket(&self) -> PathBuf {
+        self.root.join("api.sock")
+    }
+    /// Pid and executable of the lab's owner process.
+    pub fn lab_pid(&self) -> PathBuf {
+        self.root.join("lab.pid")
+    }
+    /// Description of the running lab (JSON).
+    pub fn info(&self) -> PathBuf {
+        self.root.join("lab.json")
+    }
+    /// Log file of a process.
+    pub fn log(&self, process: &str) -> PathBuf {
+        self.root.join("logs").join(format!("{process}.log"))
+    }
+    /// Pid file of a process.
+    pub fn pid(&self, process: &str) -> PathBuf {
+        self.root.join("pids").join(format!("{process}.pid"))
+    }
+
+    /// Creates the directory tree.
+    pub fn create(&self) -> Result<(), LabError> {
+        for dir in [self.root.clone(), self.root.join("logs"), self.root.join("pids")] {
+            std::fs::create_dir_all(&dir).map_err(|source| LabError::Io { path: dir, source })?;
+        }
+        Ok(())
+    }
+
+    /// Records the current process as the lab's owner.
+    pub fn write_owner(&self) -> Result<(), LabError> {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+        let text = format!("{}\n{}\n", std::process::id(), exe.display());
+        std::fs::write(self.lab_pid(), text).map_err(|source| LabError::Io {
+            path: self.lab_pid(),
+            source,
+        })
+    }
+
+    /// The recorded owner's pid if that process still runs the recorded executable (a
+    /// reused pid does not count) and is not the current process.
+    pub fn live_owner(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.lab_pid()).ok()?;
+        let mut lines = text.lines();
+        let pid: u32 = lines.next()?.trim().parse().ok()?;
+        let exe = lines.next().unwrap_or_default();
+        let running = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        (pid != std::process::id() && running.display().to_string() == exe).then_some(pid)
+    }
+
+    /// Pids from `pids/*.pid` whose process still runs something of Herald's.
+    fn recorded_children(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("pids")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|t| t.trim().parse::<u32>().ok())
+            .filter(|pid| is_herald_process(*pid))
+            .collect()
+    }
+}
+
+/// Whether `pid` runs a Herald executable (guards against signalling a reused pid).
+fn is_herald_process(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("herald"))
+        .unwrap_or(false)
+}
+
+fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// What a cleanup removed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CleanupReport {
+    /// The lab's owner process, asked to stop with SIGTERM.
+    pub owner_stopped: Option<u32>,
+    /// Processes killed.
+    pub killed: Vec<u32>,
+    /// Namespaces deleted.
+    pub namespaces: Vec<String>,
+    /// Whether the state directory was removed.
+    pub state_dir_removed: bool,
+}
+
+/// Namespaces that belong to the lab with `prefix`.
+pub async fn lab_namespaces(prefix: &str) -> Result<Vec<String>, LabError> {
+    Ok(net::list_namespaces()
+        .await?
+        .into_iter()
+        .filter(|ns| LabPlan::owns_namespace(prefix, ns))
+        .collect())
+}
+
+/// Removes everything of the lab with `prefix`: asks a live owner process to stop (it
+/// cleans up itself; SIGKILL after 15 s), kills recorded children and every process left
+/// in the lab's namespaces, deletes the namespaces and the state directory.
+pub async fn cleanup(prefix: &str, state_root: &Path) -> Result<CleanupReport, LabError> {
+    super::plan::validate_prefix(prefix)?;
+    let state = StateDir::new(state_root, prefix);
+    let mut report = CleanupReport::default();
+    if let Some(owner) = state.live_owner() {
+        report.owner_stopped = Some(owner);
+        let _ = send_signal(owner, Signal::Term).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while process_exists(owner) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if process_exists(owner) {
+            let _ = send_signal(owner, Signal::Kill).await;
+        }
+    }
+    for pid in state.recorded_children() {
+        if send_signal(pid, Signal::Kill).await.is_ok() {
+            report.killed.push(pid);
+        }
+    }
+    let namespaces = lab_namespaces(prefix).await?;
+    for ns in &namespaces {
+        for pid in net::namespace_pids(ns).await {
+            if pid != std::process::id() && send_signal(pid, Signal::Kill).await.is_ok() {
+                report.killed.push(pid);
+            }
+        }
+    }
+    // Killed processes may take a moment to leave; a namespace is deleted either way
+    // (its name goes at once, the kernel frees it when the last process is gone).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while report.killed.iter().any(|p| process_exists(*p)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut first_error = None;
+    for ns in namespaces {
+        match net::delete_namespace(&ns).await {
+            Ok(()) => report.namespaces.push(ns),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if state.root().exists() {
+        std::fs::remove_dir_all(state.root()).map_err(|source| LabError::Io {
+            path: state.root().to_path_buf(),
+            source,
+        })?;
+        report.state_dir_removed = true;
+    }
+    report.killed.sort_unstable();
+    report.killed.dedup();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// Blocking best-effort variant of [`cleanup`] for `Drop` (no owner handling: the caller
+/// is the owner).
+pub fn cleanup_blocking(prefix: &str, state_root: &Path) {
+    let state = StateDir::new(state_root, prefix);
+    let run = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let mut pids = state.recorded_children();
+    let namespaces: Vec<String> = run(&["netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| LabPlan::owns_namespace(prefix, ns))
+        .map(str::to_string)
+        .collect();
+    for ns in &namespaces {
+        pids.extend(
+            run(&["netns", "pids", ns])
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    for pid in pids.into_iter().filter(|p| *p != std::process::id()) {
+        super::supervisor::send_signal_blocking(pid, Signal::Kill);
+    }
+    for ns in &namespaces {
+        run(&["netns", "del", ns]);
+    }
+    let _ = std::fs::remove_dir_all(state.root());
+}

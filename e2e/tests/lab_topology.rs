@@ -1,0 +1,453 @@
+//! The lab world end to end, as root: topology and routing (v4 and v6), echo backends,
+//! Nodes/Pods/EndpointSlices in the API, real kubectl, the real controller assigning an
+//! address, speaker supervision, uplink and restart knobs, and cleanup — by `down`, by
+//! `Drop` during a panic, and by `herald-lab down` after the lab process was killed.
+//!
+//! Needs root, iproute2, ping, curl, kubectl and the workspace binaries (`cargo build
+//! --workspace --bins`). Outside CI a missing prerequisite skips with a message; with
+//! `CI=true` it fails.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use herald_e2e::lab::{Binaries, Lab, LabConfig, Signal, check_prerequisites};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use tokio::io::AsyncBufReadExt;
+
+/// A prefix no other test (or parallel run) uses: `hl<pid%10000><n>`.
+fn unique_prefix() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "hl{}{}",
+        std::process::id() % 10000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+}
+
+/// The binaries, or None (skip) when prerequisites are missing outside CI.
+fn prerequisites() -> Option<Binaries> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let mut problems = Vec::new();
+    if let Err(e) = check_prerequisites() {
+        problems.push(e.to_string());
+    }
+    for tool in ["ping", "kubectl", "bash"] {
+        if !on_path(tool) {
+            problems.push(format!("`{tool}` is not installed"));
+        }
+    }
+    if !problems.is_empty() {
+        assert!(!ci, "lab test prerequisites missing under CI=true: {problems:?}");
+        eprintln!("SKIPPED (not CI): {problems:?}");
+        return None;
+    }
+    match Binaries::locate() {
+        Ok(b) => Some(b),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn config(prefix: &str, nodes: usize, binaries: &Binaries) -> LabConfig {
+    LabConfig {
+        nodes,
+        binaries: Some(binaries.clone()),
+        restart_delay: Duration::from_millis(700),
+        progress: Some(std::sync::Arc::new(|line: &str| eprintln!("lab: {line}"))),
+        ..LabConfig::new(prefix)
+    }
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+async fn namespaces_with(prefix: &str) -> Vec<String> {
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .await
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| ns.starts_with(&format!("{prefix}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (bounded) until every pid is gone.
+async fn wait_all_dead(pids: &[u32], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while pids.iter().any(|p| process_alive(*p)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alive: Vec<_> = pids.iter().filter(|p| process_alive(**p)).collect();
+    assert!(alive.is_empty(), "processes still running: {alive:?}");
+}
+
+async fn ping(lab: &Lab, ns: &str, addr: &str) -> bool {
+    let out = lab
+        .exec_in(ns, &["ping", "-c", "1", "-W", "2", addr])
+        .await
+        .expect("ping runs");
+    out.status.success()
+}
+
+async fn http_get(lab: &Lab, ns: &str, url: &str) -> String {
+    let out = lab
+        .exec_in(ns, &["curl", "-sS", "-g", "--max-time", "3", url])
+        .await
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {url} from {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+}
+
+/// One UDP datagram to `addr`/`port` via bash's /dev/udp, and the first line back.
+async fn udp_ask(lab: &Lab, ns: &str, addr: &str, port: u16) -> String {
+    let script = format!("exec 3<>/dev/udp/{addr}/{port}; echo ping >&3; timeout 3 head -n1 <&3");
+    let out = lab.exec_in(ns, &["bash", "-c", &script]).await.expect("bash runs");
+    stdout(&out)
+}
+
+async fn kubectl(lab: &Lab, args: &[&str]) -> String {
+    let home = lab.state_dir().join("kubectl-home");
+    let out = tokio::process::Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", lab.kubeconfig_path())
+        .env("HOME", &home)
+        .env("KUBECACHEDIR", home.join("cache"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("kubectl within 20 s")
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_topology_api_controller_and_supervision() {
+    let Some(binaries) = prerequisites() else { return };
+    let started = Instant::now();
+    let prefix = unique_prefix();
+    let lab = Lab::up(config(&prefix, 3, &binaries)).await.expect("lab comes up");
+    let plan = lab.plan().clone();
+    let client_ns = lab.client_namespace().to_string();
+
+    // The client reaches every node on the segment, both families.
+    for node in &plan.nodes {
+        assert!(
+            ping(&lab, &client_ns, &node.ipv4.to_string()).await,
+            "client -> {} v4",
+            node.name
+        );
+        assert!(
+            ping(&lab, &client_ns, &node.ipv6.to_string()).await,
+            "client -> {} v6",
+            node.name
+        );
+    }
+
+    // Backends behind node1 and node2.
+    let web = labels(&[("app", "web")]);
+    let a = lab.add_backend(1, "web-a", web.clone()).await.expect("backend web-a");
+    let b = lab.add_backend(2, "web-b", web.clone()).await.expect("backend web-b");
+    assert_eq!(a.ipv4.to_string(), "10.244.1.11");
+    assert_eq!(b.ipv6.to_string(), "fd00:244:2::11");
+
+    // Pod to pod across nodes (host-gw routes), both families, ICMP and HTTP.
+    assert!(ping(&lab, &a.namespace, &b.ipv4.to_string()).await, "web-a -> web-b v4");
+    assert!(ping(&lab, &a.namespace, &b.ipv6.to_string()).await, "web-a -> web-b v6");
+    assert_eq!(
+        http_get(&lab, &a.namespace, &format!("http://{}:8080/", b.ipv4)).await,
+        "web-b"
+    );
+
+    // The client reaches the echo servers through the nodes: HTTP and UDP, v4 and v6.
+    assert_eq!(
+        http_get(&lab, &client_ns, &format!("http://{}:8080/", a.ipv4)).await,
+        "web-a"
+    );
+    assert_eq!(
+        http_get(&lab, &client_ns, &format!("http://[{}]:8080/", b.ipv6)).await,
+        "web-b"
+    );
+    assert_eq!(udp_ask(&lab, &client_ns, &a.ipv4.to_string(), 5353).await, "web-a");
+    assert_eq!(udp_ask(&lab, &client_ns, &b.ipv6.to_string(), 5353).await, "web-b");
+
+    // Nodes and Pods in the API with the plan's addresses.
+    let client = lab.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let listed = nodes.list(&ListParams::default()).await.expect("list nodes");
+    assert_eq!(listed.items.len(), 3);
+    for node in &plan.nodes {
+        let object = nodes.get(&node.name).await.expect("node exists");
+        let addresses: Vec<String> = object
+            .status
+            .and_then(|s| s.addresses)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.type_ == "InternalIP")
+            .map(|a| a.address)
+            .collect();
+        assert_eq!(addresses, [node.ipv4.to_string(), node.ipv6.to_string()]);
+    }
+    let speaker_pods: Api<Pod> = Api::namespaced(client.clone(), "herald-system");
+    let speakers = speaker_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=speaker"))
+        .await
+        .expect("list speaker pods");
+    assert_eq!(speakers.items.len(), 3);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod_a = pods.get("web-a").await.expect("pod web-a");
+    let status = pod_a.status.expect("pod status");
+    let ips: Vec<String> = status.pod_ips.unwrap_or_default().into_iter().map(|p| p.ip).collect();
+    assert_eq!(ips, [a.ipv4.to_string(), a.ipv6.to_string()]);
+    assert_eq!(pod_a.spec.and_then(|s| s.node_name).as_deref(), Some("node1"));
+
+    // A LoadBalancer Service over both backends: EndpointSlices list them, ready.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+    }))
+    .expect("service literal");
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create service");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready_addresses = loop {
+        let list = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+            .await
+            .expect("list slices");
+        let mut ready: Vec<String> = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .flat_map(|e| e.addresses.clone())
+            .collect();
+        ready.sort();
+        if ready.len() == 2 || Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready_addresses, [a.ipv4.to_string(), b.ipv4.to_string()]);
+
+    // Real kubectl on the host kubeconfig sees the nodes.
+    let names = kubectl(&lab, &["get", "nodes", "-o", "name"]).await;
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        ["node/node1", "node/node2", "node/node3"]
+    );
+
+    // The controller runs and assigns an address from a pool applied with kubectl.
+    assert!(lab.controller_pid().is_some(), "controller running");
+    let pool = lab.state_dir().join("pool.yaml");
+    std::fs::write(
+        &pool,
+        "apiVersion: herald.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: lab\n  namespace: herald-system\nspec:\n  addresses:\n  - 10.203.0.200/29\n",
+    )
+    .expect("write pool");
+    kubectl(&lab, &["apply", "-f", &pool.display().to_string()]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ingress = loop {
+        let svc = services.get("web").await.expect("get service");
+        let ip = svc
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .and_then(|i| i.into_iter().next())
+            .and_then(|i| i.ip);
+        if ip.is_some() || Instant::now() > deadline {
+            break ip;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(lab.log_path("controller")).unwrap_or_default();
+    assert_eq!(ingress.as_deref(), Some("10.203.0.200"), "controller log:\n{log}");
+
+    // A killed speaker comes back with a new pid, after the restart delay.
+    let old = lab.speaker_pid(2).unwrap().expect("speaker on node2 runs");
+    let killed_at = Instant::now();
+    assert_eq!(lab.kill_speaker(2, Signal::Kill).await.expect("kill"), old);
+    let new = lab
+        .wait_speaker_restart(2, old, Duration::from_secs(10))
+        .await
+        .expect("speaker restarted");
+    assert_ne!(new, old);
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(600),
+        "restarted before the delay"
+    );
+    assert!(!process_alive(old));
+
+    // Uplink down: node3 unreachable; up again: addresses and routes are back.
+    lab.set_uplink(3, false).await.expect("uplink down");
+    assert!(
+        !ping(&lab, &client_ns, "10.203.0.13").await,
+        "node3 answered with its uplink down"
+    );
+    lab.set_uplink(3, true).await.expect("uplink up");
+    let node3_back = async {
+        for _ in 0..20 {
+            if ping(&lab, &client_ns, "10.203.0.13").await && ping(&lab, &client_ns, "fd00:203::13").await {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(node3_back.await, "node3 unreachable after its uplink came back");
+
+    // Controller and API server restarts keep the world.
+    let controller_before = lab.controller_pid().expect("controller pid");
+    let controller_after = lab.restart_controller().await.expect("controller restarts");
+    assert_ne!(controller_before, controller_after);
+    lab.restart_apiserver().await.expect("apiserver restarts");
+    assert_eq!(kubectl(&lab, &["get", "nodes", "-o", "name"]).await.lines().count(), 3);
+    assert!(
+        services.get("web").await.is_ok(),
+        "service survived the API server restart"
+    );
+
+    // down removes every namespace and process.
+    let mut pids: Vec<u32> = (1..=3).filter_map(|n| lab.speaker_pid(n).unwrap()).collect();
+    pids.extend(lab.controller_pid());
+    for ns in [a.namespace.as_str(), b.namespace.as_str()] {
+        let out = tokio::process::Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .await
+            .expect("ip netns pids");
+        pids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    assert!(pids.len() >= 6, "speakers, controller and two echo servers: {pids:?}");
+    let state_dir = lab.state_dir().to_path_buf();
+    let report = lab.down().await.expect("down");
+    assert_eq!(report.namespaces.len(), 5 + 2, "{report:?}");
+    assert!(namespaces_with(&prefix).await.is_empty());
+    assert!(!state_dir.exists());
+    wait_all_dead(&pids, Duration::from_secs(5)).await;
+    eprintln!("lab topology test took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_test_still_removes_its_lab() {
+    let Some(binaries) = prerequisites() else { return };
+    let prefix = unique_prefix();
+    let config = config(&prefix, 1, &binaries);
+    let (pids_tx, pids_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let lab = Lab::up(config).await.expect("lab comes up");
+        lab.add_backend(1, "doomed", BTreeMap::new()).await.expect("backend");
+        let mut pids: Vec<u32> = lab.speaker_pid(1).unwrap().into_iter().collect();
+        pids.extend(lab.controller_pid());
+        let _ = pids_tx.send(pids);
+        panic!("deliberate panic with a lab up");
+    });
+    let joined = task.await;
+    assert!(joined.is_err_and(|e| e.is_panic()));
+    let pids = pids_rx.await.expect("pids were sent before the panic");
+    assert!(namespaces_with(&prefix).await.is_empty(), "Drop removed the namespaces");
+    wait_all_dead(&pids, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_lab_down_clears_a_crashed_lab() {
+    let Some(binaries) = prerequisites() else { return };
+    let prefix = unique_prefix();
+    let mut up = tokio::process::Command::new(&binaries.lab)
+        .args(["up", "--prefix", &prefix, "--nodes", "2"])
+        .env("HERALD_BIN_DIR", binaries.lab.parent().expect("bin dir"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("herald-lab up starts");
+    let mut lines = tokio::io::BufReader::new(up.stdout.take().expect("stdout")).lines();
+    let export_line = async {
+        for _ in 0..1000 {
+            match lines.next_line().await {
+                Ok(Some(line)) if line.starts_with("export ") => return line,
+                Ok(Some(_)) => {}
+                other => panic!("`herald-lab up` ended its output early: {other:?}"),
+            }
+        }
+        panic!("no export line in 1000 lines");
+    };
+    let export = tokio::time::timeout(Duration::from_secs(30), export_line)
+        .await
+        .expect("`up` prints the export line within 30 s");
+    assert_eq!(export, format!("export KUBECONFIG=/run/herald-lab/{prefix}/kubeconfig"));
+
+    // Simulate a crash: the lab process dies without cleaning up.
+    let mut children = Vec::new();
+    for ns in namespaces_with(&prefix).await {
+        let out = tokio::process::Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .await
+            .expect("ip netns pids");
+        children.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    assert!(children.len() >= 4, "relay, controller, two speakers: {children:?}");
+    up.start_kill().expect("kill herald-lab up");
+    let _ = up.wait().await;
+    assert_eq!(namespaces_with(&prefix).await.len(), 4, "a crash leaves the namespaces");
+
+    let down = tokio::process::Command::new(&binaries.lab)
+        .args(["down", "--prefix", &prefix])
+        .stdin(Stdio::null())
+        .output();
+    let down = tokio::time::timeout(Duration::from_secs(30), down)
+        .await
+        .expect("down within 30 s")
+        .expect("down runs");
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(namespaces_with(&prefix).await.is_empty());
+    assert!(!Path::new(&format!("/run/herald-lab/{prefix}")).exists());
+    wait_all_dead(&children, Duration::from_secs(5)).await;
+}
