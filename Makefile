@@ -4,7 +4,7 @@
 CARGO ?= cargo
 # Debian packages the build and the tests use: clang + libbpf-dev compile the eBPF programs;
 # the rest are the network tools the lab and the namespace tests drive.
-DEB_PACKAGES := clang libbpf-dev iproute2 iputils-arping ndisc6 tcpdump iptables nftables curl procps
+DEB_PACKAGES := clang libbpf-dev iproute2 iputils-arping ndisc6 tcpdump iptables nftables curl procps iputils-ping
 
 .PHONY: all deps build test fmt-check clippy unit demo crds bench clean
 
