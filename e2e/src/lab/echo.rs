@@ -14,10 +14,19 @@ use axum::extract::ConnectInfo;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 
-/// Runs both servers until the process is stopped.
+/// Binds both servers on `[::]` and runs them until the process is stopped.
 pub async fn run_echo(name: String, http_port: u16, udp_port: u16) -> std::io::Result<()> {
     let http = tokio::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, http_port))).await?;
     let udp = tokio::net::UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, udp_port))).await?;
+    serve_echo(name, http, udp).await
+}
+
+/// Serves HTTP on `http` and UDP on `udp`, answering with `name`, until an I/O error.
+pub async fn serve_echo(
+    name: String,
+    http: tokio::net::TcpListener,
+    udp: tokio::net::UdpSocket,
+) -> std::io::Result<()> {
     let body = format!("{name}\n");
     let app = axum::Router::new().fallback({
         let body = body.clone();
@@ -43,5 +52,42 @@ pub async fn run_echo(name: String, http_port: u16, udp_port: u16) -> std::io::R
     tokio::select! {
         r = http_server => r,
         r = udp_server => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_http_and_udp_with_the_pod_name() {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, udp_addr) = (http.local_addr().unwrap(), udp.local_addr().unwrap());
+        let server = tokio::spawn(serve_echo("web-a".into(), http, udp));
+
+        let mut stream = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+        let local = stream.local_addr().unwrap();
+        stream
+            .write_all(b"GET /anything HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        assert!(response.ends_with("\r\n\r\nweb-a\n"), "{response}");
+        assert!(response.contains(&format!("x-herald-client: {local}")), "{response}");
+
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(b"ping", udp_addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(std::time::Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"web-a\n");
+        server.abort();
     }
 }

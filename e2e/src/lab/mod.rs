@@ -401,7 +401,7 @@ impl Lab {
             })?;
         let relay = Supervised::start(ProcessSpec {
             name: "api-relay".into(),
-            netns: plan.segment_namespace.clone(),
+            netns: Some(plan.segment_namespace.clone()),
             program: binaries.lab.clone(),
             args: vec![
                 "relay".into(),
@@ -436,7 +436,7 @@ impl Lab {
         controller_args.extend(config.controller_args.iter().cloned());
         let controller = Supervised::start(ProcessSpec {
             name: "controller".into(),
-            netns: plan.segment_namespace.clone(),
+            netns: Some(plan.segment_namespace.clone()),
             program: binaries.controller.clone(),
             args: controller_args,
             env: herald_env.clone(),
@@ -459,7 +459,7 @@ impl Lab {
             args.extend(config.speaker_args.iter().cloned());
             let spec = ProcessSpec {
                 name: format!("speaker-{}", node.name),
-                netns: node.namespace.clone(),
+                netns: Some(node.namespace.clone()),
                 program: binaries.speaker.clone(),
                 args,
                 env: herald_env.clone(),
@@ -762,7 +762,7 @@ impl Lab {
         let process_name = format!("pod-{name}");
         let process = Supervised::start(ProcessSpec {
             name: process_name.clone(),
-            netns: pod.namespace.clone(),
+            netns: Some(pod.namespace.clone()),
             program: self.binaries.lab.clone(),
             args: vec![
                 "echo".into(),

@@ -70,3 +70,52 @@ pub async fn serve_tcp_to_unix(listen: SocketAddr, socket: PathBuf) -> std::io::
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// TCP client -> TCP relay -> Unix socket -> Unix relay -> TCP server, and back.
+    #[tokio::test]
+    async fn bytes_cross_both_hops_in_both_directions() {
+        let dir = std::env::temp_dir().join(format!("herald-relay-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut conn, _) = server.accept().await.unwrap();
+            let mut buf = [0u8; 5];
+            conn.read_exact(&mut buf).await.unwrap();
+            conn.write_all(&[&buf[..], b" back"].concat()).await.unwrap();
+        });
+        let unix_side = bind_unix_to_tcp(&socket, server_addr).await.unwrap();
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = probe.local_addr().unwrap();
+        drop(probe);
+        let tcp_side = tokio::spawn(serve_tcp_to_unix(listen, socket.clone()));
+
+        let mut client = None;
+        for _ in 0..100 {
+            if let Ok(c) = TcpStream::connect(listen).await {
+                client = Some(c);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut client = client.expect("relay listens");
+        client.write_all(b"hello").await.unwrap();
+        let mut answer = [0u8; 10];
+        tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&answer, b"hello back");
+        upstream.await.unwrap();
+        unix_side.abort();
+        tcp_side.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

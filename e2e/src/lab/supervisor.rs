@@ -76,8 +76,8 @@ pub(crate) fn send_signal_blocking(pid: u32, signal: Signal) {
 pub struct ProcessSpec {
     /// Name in logs and of the log and pid files, e.g. `speaker-node1`.
     pub name: String,
-    /// Network namespace to run in.
-    pub netns: String,
+    /// Network namespace to run in; None runs in the lab's own namespace.
+    pub netns: Option<String>,
     /// Executable.
     pub program: PathBuf,
     /// Arguments.
@@ -221,10 +221,15 @@ fn spawn(spec: &ProcessSpec) -> std::io::Result<tokio::process::Child> {
         .create(true)
         .append(true)
         .open(&spec.log_file)?;
-    let mut cmd = tokio::process::Command::new("ip");
-    cmd.args(["netns", "exec", &spec.netns])
-        .arg(&spec.program)
-        .args(&spec.args)
+    let mut cmd = match &spec.netns {
+        Some(ns) => {
+            let mut cmd = tokio::process::Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(&spec.program);
+            cmd
+        }
+        None => tokio::process::Command::new(&spec.program),
+    };
+    cmd.args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
@@ -305,5 +310,100 @@ async fn supervise(shared: Arc<Shared>) {
         } else {
             note(spec, &format!("pid {} stopped ({status})", pid.unwrap_or(0)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("herald-supervisor-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn spec(dir: &Scratch, script: &str, delay: Duration) -> ProcessSpec {
+        ProcessSpec {
+            name: "test".into(),
+            netns: None,
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("GREETING".into(), "hello".into())],
+            log_file: dir.0.join("test.log"),
+            pid_file: dir.0.join("test.pid"),
+            restart_delay: delay,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_process_that_exits_is_restarted_after_the_delay() {
+        let dir = Scratch::new("restart");
+        let process = Supervised::start(spec(&dir, "echo $GREETING; exit 3", Duration::from_millis(300)));
+        let first = process.wait_running(Duration::from_secs(5)).await.unwrap();
+        let started = Instant::now();
+        let second = process
+            .wait_for_new_pid(Some(first), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_ne!(first, second);
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        process.shutdown().await;
+        let log = std::fs::read_to_string(dir.0.join("test.log")).unwrap();
+        assert!(log.contains("hello"), "{log}");
+        assert!(log.contains("exited (exit status: 3); restarting in 300ms"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn signals_restart_and_stop_keeps_it_down() {
+        let dir = Scratch::new("signal");
+        let process = Supervised::start(spec(&dir, "exec sleep 30", Duration::from_millis(100)));
+        let pid = process.wait_running(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join("test.pid")).unwrap().trim(),
+            pid.to_string()
+        );
+        assert_eq!(process.signal(Signal::Kill).await.unwrap(), pid);
+        let restarted = process
+            .wait_for_new_pid(Some(pid), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(process.starts(), 2);
+
+        process.stop().await;
+        assert_eq!(process.pid(), None);
+        assert!(!std::path::Path::new(&format!("/proc/{restarted}")).exists());
+        assert!(!dir.0.join("test.pid").exists());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(process.starts(), 2, "a stopped process stays stopped");
+        assert!(matches!(
+            process.signal(Signal::Term).await,
+            Err(LabError::NotRunning { .. })
+        ));
+
+        process.resume();
+        let resumed = process.wait_running(Duration::from_secs(5)).await.unwrap();
+        assert_ne!(resumed, restarted);
+        process.shutdown().await;
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(Signal::Kill.to_string(), "SIGKILL");
+        assert_eq!(Signal::Stop.name(), "STOP");
     }
 }
