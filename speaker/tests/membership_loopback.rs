@@ -240,6 +240,8 @@ async fn speaker_with_another_secret_is_rejected_over_grpc() {
     // The impostor claimed node-0's name; the real node-0 is still alive everywhere.
     assert!(everyone_sees_everyone(&good));
     let impostor_view = impostor.view().borrow().clone();
+    // Nobody accepted it, so it does not think it is alone (it would announce everything).
+    assert!(!impostor_view.settled);
     // And it learned nothing from them either.
     assert!(impostor_view.health_of("node-1").is_none());
     assert_eq!(impostor_view.members.len(), 2);

@@ -106,31 +106,38 @@ impl Shared {
                         if shared.killed.load(Ordering::SeqCst) {
                             return;
                         }
-                        let reply = match outcome {
+                        enum Outcome {
+                            Reply(Message),
+                            Failed,
+                            Rejected,
+                        }
+                        let outcome = match outcome {
                             Ok(envelope) => match shared.auth.open(&envelope, unix_ms_now()) {
                                 Ok(message) => {
                                     shared.metrics.received(rpc);
-                                    Some(message)
+                                    Outcome::Reply(message)
                                 }
                                 Err(rejection) => {
                                     shared.metrics.rejected(rejection);
                                     tracing::debug!(peer = %to, %rejection, "rejected reply");
-                                    None
+                                    Outcome::Failed
                                 }
                             },
+                            Err(error @ TransportError::Rejected { .. }) => {
+                                shared.metrics.transport_error(rpc);
+                                tracing::warn!(peer = %to, %error, "peer rejected our message: is the shared secret the same?");
+                                Outcome::Rejected
+                            }
                             Err(error) => {
                                 shared.metrics.transport_error(rpc);
-                                if let TransportError::Rejected { .. } = error {
-                                    tracing::warn!(peer = %to, %error, "peer rejected our message: is the shared secret the same?");
-                                } else {
-                                    tracing::debug!(peer = %to, rpc = rpc.as_str(), %error, "membership call failed");
-                                }
-                                None
+                                tracing::debug!(peer = %to, rpc = rpc.as_str(), %error, "membership call failed");
+                                Outcome::Failed
                             }
                         };
-                        shared.with_core(|core| match reply {
-                            Some(message) => core.handle_response(id, message, Instant::now()),
-                            None => core.handle_failure(id, Instant::now()),
+                        shared.with_core(|core| match outcome {
+                            Outcome::Reply(message) => core.handle_response(id, message, Instant::now()),
+                            Outcome::Failed => core.handle_failure(id, Instant::now()),
+                            Outcome::Rejected => core.handle_rejected(id, Instant::now()),
                         });
                     }));
                 }

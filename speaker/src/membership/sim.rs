@@ -134,6 +134,10 @@ enum Event {
         to: usize,
         id: RequestId,
     },
+    Rejected {
+        to: usize,
+        id: RequestId,
+    },
 }
 
 /// The simulated cluster.
@@ -417,9 +421,10 @@ impl Simulation {
                 let message = match self.nodes[to].auth.open(&envelope, unix_ms) {
                     Ok(m) => m,
                     Err(rejection) => {
+                        // The gRPC server answers `Unauthenticated`.
                         self.reject(to, rejection);
                         let at = now + self.one_way();
-                        self.schedule(at, Event::Failure { to: from, id });
+                        self.schedule(at, Event::Rejected { to: from, id });
                         return;
                     }
                 };
@@ -458,6 +463,12 @@ impl Simulation {
             Event::Failure { to, id } => {
                 if self.nodes[to].running {
                     self.nodes[to].core.handle_failure(id, now);
+                    self.flush(to);
+                }
+            }
+            Event::Rejected { to, id } => {
+                if self.nodes[to].running {
+                    self.nodes[to].core.handle_rejected(id, now);
                     self.flush(to);
                 }
             }
@@ -592,6 +603,11 @@ impl Simulation {
     }
 
     // ----- observations -----
+
+    /// Whether node `index` settled its view (see the membership docs, "Startup").
+    pub fn is_settled(&mut self, index: usize) -> bool {
+        self.nodes[index].core.view().settled
+    }
 
     /// Whether node `index` is running.
     pub fn is_running(&self, index: usize) -> bool {

@@ -194,6 +194,10 @@ pub struct Core {
     peers_known: bool,
     settled: bool,
     initial_syncs: usize,
+    /// An initial sync failed for another reason than our messages being rejected.
+    initial_sync_failed_plainly: bool,
+    /// Every initial sync was rejected (wrong secret?): try again at this time.
+    initial_sync_retry: Option<Instant>,
     view_dirty: bool,
     stats: CoreStats,
 }
@@ -235,6 +239,8 @@ impl Core {
             peers_known: false,
             settled: false,
             initial_syncs: 0,
+            initial_sync_failed_plainly: false,
+            initial_sync_retry: None,
             view_dirty: true,
             stats: CoreStats::default(),
         }
@@ -430,6 +436,9 @@ impl Core {
         if self.leaving {
             return;
         }
+        if self.initial_sync_retry.is_some_and(|t| now >= t) && self.initial_syncs == 0 {
+            self.send_initial_syncs(now);
+        }
         self.run_suspicions(now);
         self.probe_watched(now);
         self.probe_round_robin(now);
@@ -446,7 +455,18 @@ impl Core {
         self.started = true;
         self.slow_next = Some(now + self.random_duration(self.config.probe_interval));
         self.next_sync = Some(now + self.config.sync_interval);
-        let mut peers: Vec<String> = self.live_members().collect();
+        self.send_initial_syncs(now);
+    }
+
+    fn send_initial_syncs(&mut self, now: Instant) {
+        self.initial_sync_failed_plainly = false;
+        self.initial_sync_retry = None;
+        let mut peers: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state != MemberState::Left)
+            .map(|(n, _)| n.clone())
+            .collect();
         peers.shuffle(&mut self.rng);
         peers.truncate(self.config.initial_sync_peers);
         if peers.is_empty() {
@@ -455,6 +475,28 @@ impl Core {
         for peer in peers {
             self.initial_syncs += 1;
             self.request_sync(&peer, now, true);
+        }
+    }
+
+    /// An initial sync ended without an answer. The view settles once all have ended,
+    /// unless every one was refused as unauthenticated: a speaker that nobody accepts (wrong
+    /// secret) must not conclude it is alone and announce everything; it tries again later.
+    fn initial_sync_failed(&mut self, now: Instant, rejected: bool) {
+        self.initial_syncs = self.initial_syncs.saturating_sub(1);
+        if !rejected {
+            self.initial_sync_failed_plainly = true;
+        }
+        if self.initial_syncs > 0 || self.settled {
+            return;
+        }
+        if self.initial_sync_failed_plainly {
+            self.settle();
+        } else {
+            tracing::warn!(
+                node = %self.node,
+                "every peer asked for its state rejected our messages (is the shared secret the same?); not settling"
+            );
+            self.initial_sync_retry = Some(now + self.config.probe_interval);
         }
     }
 
@@ -469,6 +511,7 @@ impl Core {
         let mut failed_probes = Vec::new();
         let mut failed_relays = Vec::new();
         let mut expired = Vec::new();
+        let mut initial_expired = 0;
         for (id, pending) in self.pending.iter_mut() {
             match pending {
                 Pending::Probe {
@@ -500,7 +543,7 @@ impl Core {
                     if now >= *expire_at {
                         expired.push(*id);
                         if *initial {
-                            self.initial_syncs = self.initial_syncs.saturating_sub(1);
+                            initial_expired += 1;
                         }
                     }
                 }
@@ -509,8 +552,8 @@ impl Core {
         for id in expired {
             self.pending.remove(&id);
         }
-        if self.initial_syncs == 0 && self.started {
-            self.settle();
+        for _ in 0..initial_expired {
+            self.initial_sync_failed(now, false);
         }
         for (token, target) in failed_relays {
             self.reply_relay(token, &target, false);
@@ -959,18 +1002,28 @@ impl Core {
                 self.reply_relay(token, &target, false);
             }
             Some(Pending::Exchange { initial, .. }) => {
-                if *initial {
-                    self.initial_syncs = self.initial_syncs.saturating_sub(1);
-                }
+                let initial = *initial;
                 self.pending.remove(&id);
-                if self.initial_syncs == 0 {
-                    self.settle();
+                if initial {
+                    self.initial_sync_failed(now, false);
                 }
             }
             Some(Pending::Indirect { .. }) => {
                 self.pending.remove(&id);
             }
             None => {}
+        }
+    }
+
+    /// The peer refused request `id` as unauthenticated (it has another secret, or we do).
+    /// Like [`Core::handle_failure`], except that an initial sync refused this way does not
+    /// count towards settling the view.
+    pub fn handle_rejected(&mut self, id: RequestId, now: Instant) {
+        if let Some(Pending::Exchange { initial: true, .. }) = self.pending.get(&id) {
+            self.pending.remove(&id);
+            self.initial_sync_failed(now, true);
+        } else {
+            self.handle_failure(id, now);
         }
     }
 
@@ -1229,5 +1282,286 @@ fn health_from_pb(health: &pb::NodeHealth) -> NodeHealth {
         announcer_ready: health.announcer_ready,
         dataplane_ready: health.dataplane_ready,
         interfaces: health.interfaces.iter().cloned().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "node-a";
+
+    fn address(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 7946))
+    }
+
+    fn healthy() -> NodeHealth {
+        NodeHealth {
+            announcer_ready: true,
+            dataplane_ready: true,
+            interfaces: ["eth0".to_string()].into(),
+        }
+    }
+
+    /// `node-a` knowing `node-b` and `node-c` from the peer list.
+    fn core() -> (Core, Instant) {
+        let mut core = Core::new(MembershipConfig::default(), A, address(1), 5, healthy(), 7);
+        core.set_peers(&[
+            Peer {
+                node: "node-b".into(),
+                address: address(2),
+            },
+            Peer {
+                node: "node-c".into(),
+                address: address(3),
+            },
+        ]);
+        (core, Instant::now())
+    }
+
+    fn update(node: &str, incarnation: u64, state: MemberState) -> pb::MemberUpdate {
+        let i = node.bytes().last().map_or(9, |b| b - b'a' + 1);
+        pb::MemberUpdate {
+            node: node.into(),
+            address: address(i).to_string(),
+            incarnation,
+            state: state_to_pb(state) as i32,
+            health: Some(health_to_pb(&healthy())),
+        }
+    }
+
+    /// A Ping from `sender` (alive at incarnation 1) carrying `gossip`.
+    fn ping_from(sender: &str, gossip: Vec<pb::MemberUpdate>) -> pb::Message {
+        let mut all = vec![update(sender, 1, MemberState::Alive)];
+        all.extend(gossip);
+        pb::Message {
+            sender: sender.into(),
+            gossip: all,
+            body: Some(Body::Ping(pb::Ping {})),
+            ..Default::default()
+        }
+    }
+
+    fn ack_from(sender: &str, incarnation: u64) -> pb::Message {
+        pb::Message {
+            sender: sender.into(),
+            gossip: vec![update(sender, incarnation, MemberState::Alive)],
+            body: Some(Body::Ack(pb::Ack {})),
+            ..Default::default()
+        }
+    }
+
+    fn requests(effects: &[Effect]) -> Vec<(RequestId, String, Rpc)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Request { id, to, rpc, .. } => Some((*id, to.clone(), *rpc)),
+                Effect::Reply { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn updates_follow_incarnation_order() {
+        let (mut core, now) = core();
+        let gossip = |core: &mut Core, u: pb::MemberUpdate| {
+            core.handle_request(ping_from("node-c", vec![u]), now);
+        };
+        gossip(&mut core, update("node-b", 3, MemberState::Alive));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Alive));
+        gossip(&mut core, update("node-b", 3, MemberState::Suspect));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Suspect));
+        // Same incarnation: Alive does not clear a suspicion; a refutation (higher) does.
+        gossip(&mut core, update("node-b", 3, MemberState::Alive));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Suspect));
+        gossip(&mut core, update("node-b", 4, MemberState::Alive));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Alive));
+        // Stale news is ignored.
+        gossip(&mut core, update("node-b", 2, MemberState::Dead));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Alive));
+        gossip(&mut core, update("node-b", 4, MemberState::Dead));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Dead));
+        gossip(&mut core, update("node-b", 4, MemberState::Alive));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Dead));
+        // Back from the dead with a higher incarnation: alive again, and a full sync with it.
+        core.take_effects();
+        gossip(&mut core, update("node-b", 5, MemberState::Alive));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Alive));
+        let sent = requests(&core.take_effects());
+        assert!(sent.iter().any(|(_, to, rpc)| to == "node-b" && *rpc == Rpc::Sync));
+        gossip(&mut core, update("node-b", 5, MemberState::Left));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Left));
+        gossip(&mut core, update("node-b", 5, MemberState::Dead));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Left));
+    }
+
+    #[test]
+    fn claims_about_itself_are_refuted_and_the_claimer_is_told() {
+        let (mut core, now) = core();
+        let before = core.incarnation();
+        let reply = core.handle_request(ping_from("node-b", vec![update(A, before, MemberState::Suspect)]), now);
+        assert_eq!(core.incarnation(), before + 1);
+        assert_eq!(core.stats().refutations, 1);
+        let Inbound::Reply(reply) = reply else {
+            panic!("a ping is answered at once");
+        };
+        assert_eq!(reply.gossip[0].node, A);
+        assert_eq!(reply.gossip[0].incarnation, before + 1);
+        let sent = requests(&core.take_effects());
+        assert!(sent.iter().any(|(_, to, rpc)| to == "node-b" && *rpc == Rpc::Ping));
+        // An old claim does not raise it again.
+        core.handle_request(ping_from("node-c", vec![update(A, before, MemberState::Dead)]), now);
+        assert_eq!(core.incarnation(), before + 1);
+    }
+
+    #[test]
+    fn dead_claim_about_a_member_heard_from_just_now_is_downgraded() {
+        let (mut core, now) = core();
+        core.handle_request(ping_from("node-b", vec![]), now);
+        let later = now + Duration::from_millis(50);
+        core.handle_request(ping_from("node-c", vec![update("node-b", 1, MemberState::Dead)]), later);
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Suspect));
+        // Long after the last contact the claim stands.
+        let much_later = now + Duration::from_secs(2);
+        core.handle_request(
+            ping_from("node-c", vec![update("node-b", 2, MemberState::Dead)]),
+            much_later,
+        );
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Dead));
+    }
+
+    /// Ticks every 5 ms from `from` for `span`, answering nothing.
+    fn run(core: &mut Core, from: Instant, span: Duration) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut t = from;
+        while t <= from + span {
+            core.tick(t);
+            effects.extend(core.take_effects());
+            t += Duration::from_millis(5);
+        }
+        effects
+    }
+
+    #[test]
+    fn unanswered_probes_suspect_then_kill_a_watched_member() {
+        let (mut core, now) = core();
+        core.watch_closely(&["node-b".to_string()].into(), now);
+        let effects = run(&mut core, now, Duration::from_millis(240));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Suspect));
+        // Indirect probes went to the only other member.
+        assert!(
+            requests(&effects)
+                .iter()
+                .any(|(_, to, rpc)| to == "node-c" && *rpc == Rpc::PingReq)
+        );
+        run(&mut core, now + Duration::from_millis(245), Duration::from_millis(300));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Dead));
+        assert_eq!(core.stats().confirmed_dead, 1);
+    }
+
+    #[test]
+    fn a_late_ack_during_suspicion_prevents_the_death() {
+        let (mut core, now) = core();
+        core.watch_closely(&["node-b".to_string()].into(), now);
+        let effects = run(&mut core, now, Duration::from_millis(240));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Suspect));
+        let (first_probe, _, _) = requests(&effects)
+            .into_iter()
+            .find(|(_, to, rpc)| to == "node-b" && *rpc == Rpc::Ping)
+            .expect("a probe");
+        // The answer to the first probe arrives after its timeout (an overloaded peer).
+        core.handle_response(first_probe, ack_from("node-b", 1), now + Duration::from_millis(245));
+        run(&mut core, now + Duration::from_millis(250), Duration::from_millis(200));
+        assert_ne!(core.member_state("node-b"), Some(MemberState::Dead));
+        assert_eq!(core.stats().confirmed_dead, 0);
+        assert_eq!(core.stats().suspicions_cleared, 1);
+    }
+
+    #[test]
+    fn ping_req_is_relayed_and_answered() {
+        let (mut core, now) = core();
+        let request = pb::Message {
+            sender: "node-b".into(),
+            gossip: vec![update("node-b", 1, MemberState::Alive)],
+            body: Some(Body::PingReq(pb::PingReq {
+                target: "node-c".into(),
+                target_address: address(3).to_string(),
+                timeout_ms: 100,
+            })),
+            ..Default::default()
+        };
+        let Inbound::Deferred(token) = core.handle_request(request.clone(), now) else {
+            panic!("a ping-req is answered later");
+        };
+        let effects = core.take_effects();
+        let (relayed, _, _) = requests(&effects)
+            .into_iter()
+            .find(|(_, to, rpc)| to == "node-c" && *rpc == Rpc::Ping)
+            .expect("relayed ping");
+        core.handle_response(relayed, ack_from("node-c", 1), now);
+        let replies: Vec<_> = core
+            .take_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Reply { token, message } => Some((token, message.body)),
+                Effect::Request { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            replies,
+            vec![(
+                token,
+                Some(Body::PingReqResult(pb::PingReqResult {
+                    target: "node-c".into(),
+                    reachable: true
+                }))
+            )]
+        );
+        // Unanswered: reported unreachable after the timeout.
+        let Inbound::Deferred(token) = core.handle_request(request, now) else {
+            panic!("deferred");
+        };
+        core.take_effects();
+        core.tick(now + Duration::from_millis(120));
+        let unreachable = core.take_effects().into_iter().any(|e| {
+            matches!(e, Effect::Reply { token: t, message } if t == token
+            && message.body == Some(Body::PingReqResult(pb::PingReqResult {
+                target: "node-c".into(),
+                reachable: false,
+            })))
+        });
+        assert!(unreachable);
+    }
+
+    #[test]
+    fn health_change_raises_the_incarnation_and_leave_raises_it_again() {
+        let (mut core, now) = core();
+        let before = core.incarnation();
+        core.set_local_health(healthy());
+        assert_eq!(core.incarnation(), before, "no change, no new incarnation");
+        core.set_local_health(NodeHealth::default());
+        assert_eq!(core.incarnation(), before + 1);
+        // Make node-b live and known, then leave: every live member is told.
+        core.handle_request(ping_from("node-b", vec![]), now);
+        core.take_effects();
+        core.leave(now);
+        assert_eq!(core.incarnation(), before + 2);
+        let sent = requests(&core.take_effects());
+        assert!(sent.iter().any(|(_, to, _)| to == "node-b"));
+        assert!(sent.iter().any(|(_, to, _)| to == "node-c"));
+        assert_eq!(core.view().members[A].state, MemberState::Left);
+    }
+
+    #[test]
+    fn gossip_with_bad_address_or_state_is_ignored() {
+        let (mut core, now) = core();
+        let mut bad_address = update("node-x", 1, MemberState::Alive);
+        bad_address.address = "not an address".into();
+        let mut bad_state = update("node-y", 1, MemberState::Alive);
+        bad_state.state = 42;
+        core.handle_request(ping_from("node-b", vec![bad_address, bad_state]), now);
+        assert_eq!(core.member_state("node-x"), None);
+        assert_eq!(core.member_state("node-y"), None);
+        assert_eq!(core.stats().invalid_updates, 2);
     }
 }
