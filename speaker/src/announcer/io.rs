@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::time::Duration;
 
 use pnet_datalink::{Channel, Config, DataLinkReceiver, DataLinkSender};
+use socket2::{Domain, SockFilter, Socket, Type};
 
 use super::interfaces::LinkInfo;
 
@@ -37,6 +39,8 @@ pub trait MulticastMembership: Send {
 
 /// AF_PACKET channels through `pnet_datalink`, not promiscuous: the NIC delivers broadcast
 /// ARP, frames to our MAC and the multicast groups joined through [`MulticastMembership`].
+/// The socket is made here (safe `socket2` calls) so that a kernel filter passes only ARP and
+/// Neighbor Solicitations to the reader, and its receive buffer absorbs scheduling stalls.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PnetLinks;
 
@@ -46,10 +50,18 @@ impl LinkOpener for PnetLinks {
             .into_iter()
             .find(|interface| interface.index == link.index && interface.name == link.name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no interface {}", link.name)))?;
+        let socket_fd = match filtered_packet_socket() {
+            Ok(fd) => Some(fd),
+            Err(error) => {
+                tracing::warn!(interface = %link.name, %error, "no kernel frame filter; reading every frame");
+                None
+            }
+        };
         let config = Config {
             read_timeout: Some(read_timeout),
             write_timeout: Some(Duration::from_millis(100)),
             promiscuous: false,
+            socket_fd,
             ..Config::default()
         };
         match pnet_datalink::channel(&interface, config)? {
@@ -59,6 +71,45 @@ impl LinkOpener for PnetLinks {
             _ => Err(io::Error::other("pnet returned a non-Ethernet channel")),
         }
     }
+}
+
+/// Receive buffer asked for (the kernel caps it at `net.core.rmem_max`): room for a burst of
+/// requests while the reader thread waits for a CPU.
+const RECEIVE_BUFFER_BYTES: usize = 4 << 20;
+
+/// Classic BPF program run by the kernel on every frame of the link, so the reader thread
+/// only wakes for ARP and Neighbor Solicitations: drop frames we sent ourselves, accept
+/// EtherType ARP, accept IPv6 whose next header is ICMPv6 (58) with type 135, drop the rest.
+/// Jump offsets count from the next instruction.
+fn request_filter() -> [SockFilter; 11] {
+    const LOAD_BYTE: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const LOAD_HALF: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+    const JUMP_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    const PACKET_TYPE: u32 = 0xffff_f000 + 4; // SKF_AD_OFF + SKF_AD_PKTTYPE
+    const PACKET_OUTGOING: u32 = 4;
+    [
+        SockFilter::new(LOAD_BYTE, 0, 0, PACKET_TYPE),
+        SockFilter::new(JUMP_EQUAL, 8, 0, PACKET_OUTGOING), // → drop
+        SockFilter::new(LOAD_HALF, 0, 0, 12),               // EtherType
+        SockFilter::new(JUMP_EQUAL, 5, 0, 0x0806),          // ARP → accept
+        SockFilter::new(JUMP_EQUAL, 0, 5, 0x86dd),          // not IPv6 → drop
+        SockFilter::new(LOAD_BYTE, 0, 0, 14 + 6),           // IPv6 next header
+        SockFilter::new(JUMP_EQUAL, 0, 3, 58),              // not ICMPv6 → drop
+        SockFilter::new(LOAD_BYTE, 0, 0, 14 + 40),          // ICMPv6 type
+        SockFilter::new(JUMP_EQUAL, 0, 1, 135),             // not NS → drop
+        SockFilter::new(RETURN, 0, 0, 0xffff),              // accept
+        SockFilter::new(RETURN, 0, 0, 0),                   // drop
+    ]
+}
+
+/// An AF_PACKET socket with the request filter and a large receive buffer, for pnet to bind.
+/// Created with protocol 0 so nothing is queued before pnet binds it to the link.
+fn filtered_packet_socket() -> io::Result<RawFd> {
+    let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
+    socket.attach_filter(&request_filter())?;
+    socket.set_recv_buffer_size(RECEIVE_BUFFER_BYTES)?;
+    Ok(socket.into_raw_fd())
 }
 
 struct PnetSink {

@@ -299,9 +299,15 @@ pub struct Helper {
 impl Helper {
     /// Starts `exe args…` (this binary in helper mode) inside `ns`.
     pub fn start(ns: &str, exe_args: &[String], interfaces: &str, burst_ms: &str) -> Helper {
+        Helper::start_wrapped(ns, &[], exe_args, interfaces, burst_ms)
+    }
+
+    /// Like [`Helper::start`], with `wrapper` (e.g. `nice -n -10`) in front of the binary.
+    pub fn start_wrapped(ns: &str, wrapper: &[&str], exe_args: &[String], interfaces: &str, burst_ms: &str) -> Helper {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
+            .args(wrapper)
             .arg(exe)
             .args(exe_args)
             .env(HELPER_ENV, "1")
