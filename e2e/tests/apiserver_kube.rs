@@ -205,6 +205,15 @@ async fn status_subresource_and_generation() {
         created.spec.as_ref().and_then(|s| s.cluster_ip.clone())
     );
     assert!(spec.health_check_node_port.is_some());
+    // Status is validated: an ingress IP must be an IP.
+    let bad = json!({"status": {"loadBalancer": {"ingress": [{"ip": "not-an-ip"}]}}});
+    assert_eq!(
+        error_code(
+            api.patch_status("web", &PatchParams::default(), &Patch::Merge(&bad))
+                .await
+        ),
+        (422, "Invalid".into())
+    );
     // Server-side apply on /status, as Herald's controller may do it.
     let applied = api
         .patch_status("web", &PatchParams::apply("herald-controller").force(), &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service", "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.2"}]}}})))

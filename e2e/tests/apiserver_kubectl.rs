@@ -190,6 +190,19 @@ async fn service_apply_patch_label_delete() {
         .await;
     assert!(!ok && !err.is_empty());
 
+    // Unknown fields of built-in kinds: refused under kubectl's strict validation, dropped
+    // with a warning under --validate=warn.
+    let typo = std::fs::read_to_string(fixture("service.yaml"))
+        .expect("read")
+        .replace("  type: LoadBalancer", "  type: LoadBalancer\n  portz: []");
+    let typo_path = lab.dir.path().join("typo.yaml");
+    std::fs::write(&typo_path, typo).expect("write");
+    let typo_path = typo_path.to_str().expect("utf8");
+    let (ok, _, err) = lab.kubectl(&["apply", "-f", typo_path]).await;
+    assert!(!ok && err.contains("unknown field \"spec.portz\""), "{err}");
+    let (ok, _, err) = lab.kubectl(&["apply", "--validate=warn", "-f", typo_path]).await;
+    assert!(ok && err.contains("unknown field \"spec.portz\""), "{err}");
+
     // Its EndpointSlice exists and goes away with it.
     let slices = lab
         .kubectl_ok(&[

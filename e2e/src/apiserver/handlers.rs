@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::Server;
 use super::apply::{self, ApplyRequest, ManagedEntry, Scope};
+use super::builtin;
 use super::controllers::{self, InUse, MANAGED_BY};
 use super::patch::{self, PatchError};
 use super::registry::{GroupResource, Registry, ResourceType, type_from_crd};
@@ -545,11 +546,14 @@ fn validate_metadata(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
 }
 
 /// Without metadata and status: what `generation` tracks.
-fn spec_part(obj: &Value) -> Value {
+/// Without a status subresource, status changes count too, as in kube-apiserver.
+fn spec_part(obj: &Value, has_status: bool) -> Value {
     let mut v = obj.clone();
     if let Some(map) = v.as_object_mut() {
         map.remove("metadata");
-        map.remove("status");
+        if has_status {
+            map.remove("status");
+        }
         map.remove("apiVersion");
         map.remove("kind");
     }
@@ -915,6 +919,30 @@ fn prepare(
         Scope::Whole => {}
     }
 
+    // Built-ins: decode through the typed struct (type errors, unknown fields, normal form).
+    if !rt.custom
+        && let Some(decoded) = builtin::decode(&rt.group, &rt.plural, &obj)
+    {
+        let decoded = decoded.map_err(|e| ApiError::bad_request(format!("error decoding {}: {e}", rt.kind)))?;
+        if opts.strict && !decoded.unknown.is_empty() {
+            let listed: Vec<String> = decoded
+                .unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                listed.join(", ")
+            )));
+        }
+        if !opts.ignore_unknown {
+            for field in &decoded.unknown {
+                opts.warn(format!("unknown field \"{field}\""));
+            }
+        }
+        obj = decoded.object;
+    }
+
     // Custom resources: prune unknown fields and default, as decoding does.
     let crd_schema = rt.schemas.get(&target.version).filter(|_| rt.custom);
     if let Some(schema) = crd_schema {
@@ -935,7 +963,7 @@ fn prepare(
     }
 
     if let Some(old) = old
-        && spec_part(&obj) != spec_part(old)
+        && spec_part(&obj, rt.has_status) != spec_part(old, rt.has_status)
     {
         let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1) + 1;
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -987,6 +1015,29 @@ fn per_kind(server: &Server, target: &Target, old: Option<&Value>, obj: &mut Val
         .unwrap_or_default()
         .to_string();
     match (rt.group.as_str(), rt.plural.as_str()) {
+        ("", "services") if target.scope() == Scope::Status => {
+            let ingress = obj
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut causes = Vec::new();
+            for (i, entry) in ingress.iter().enumerate() {
+                if let Some(ip) = entry.get("ip").and_then(Value::as_str) {
+                    if ip.parse::<std::net::IpAddr>().is_err() {
+                        causes.push(Cause::invalid(
+                            format!("status.loadBalancer.ingress[{i}].ip"),
+                            format!("Invalid value: {ip:?}: must be a valid IP address"),
+                        ));
+                    }
+                } else if entry.get("ipMode").is_some() {
+                    causes.push(Cause::required(format!("status.loadBalancer.ingress[{i}].ip")));
+                }
+            }
+            if !causes.is_empty() {
+                return Err(ApiError::invalid("", "Service", &name, causes));
+            }
+        }
         ("", "services") if target.scope() != Scope::Status => {
             let mut svc: Service = serde_json::from_value(obj.clone())
                 .map_err(|e| ApiError::bad_request(format!("invalid Service: {e}")))?;

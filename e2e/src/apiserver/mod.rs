@@ -23,6 +23,7 @@
 //! `selectors`, `table`, `status` (errors), `kubeconfig`.
 
 mod apply;
+mod builtin;
 mod controllers;
 mod handlers;
 mod kubeconfig;
