@@ -157,3 +157,52 @@ fn takeover_switches_the_client_neighbour_cache_from_reachable_stale_and_delay()
         );
     }
 }
+
+/// Polls the helper (bounded) until its usable interfaces are `want`; returns how long it took.
+fn wait_for_usable(helper: &mut Helper, want: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let usable = helper.usable_now();
+        if usable == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "usable {usable:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn interface_changes_are_followed_within_a_second_and_veths_need_naming() {
+    if !lab_available(TOOLS) {
+        return;
+    }
+    let lab = Lab::new(false);
+    let args = ["helper_process_entry", "--exact", "--nocapture", "--test-threads=1"].map(String::from);
+    // Default selection: the node's only links are veths, excluded by default.
+    let default_selection = Helper::start(&lab.node_a, &args, "", "");
+    assert_eq!(default_selection.usable, "", "veths must not be picked by default");
+    drop(default_selection);
+
+    let mut node = Helper::start(&lab.node_a, &args, "veth-lan,veth-new", "");
+    assert_eq!(node.usable, "veth-lan");
+    node.own(&[VIP_V4]);
+
+    lab.attach(&lab.node_a, "veth-new", "02:a0:00:00:00:03", "pa3");
+    let took = wait_for_usable(&mut node, "veth-lan,veth-new");
+    eprintln!("new link usable after {took:?}");
+    assert!(took < Duration::from_secs(1), "new link noticed after {took:?}");
+
+    announcer_support::run("ip", &["-n", &lab.node_a, "link", "set", "veth-lan", "down"]);
+    let took = wait_for_usable(&mut node, "veth-new");
+    eprintln!("down link dropped after {took:?}");
+    assert!(took < Duration::from_secs(1), "down link noticed after {took:?}");
+    // Both of node A's remaining links share the bridge; only the usable one answers.
+    assert_eq!(lab.arping(VIP_V4), ["02:a0:00:00:00:03"]);
+
+    announcer_support::run("ip", &["-n", &lab.node_a, "link", "set", "veth-lan", "up"]);
+    let took = wait_for_usable(&mut node, "veth-lan,veth-new");
+    assert!(took < Duration::from_secs(1), "link back up noticed after {took:?}");
+}

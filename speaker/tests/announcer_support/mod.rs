@@ -190,7 +190,7 @@ impl Lab {
     }
 
     /// A veth pair from `ns` (as `name`, with `mac`) to the bridge (as `port`).
-    fn attach(&self, ns: &str, name: &str, mac: &str, port: &str) {
+    pub fn attach(&self, ns: &str, name: &str, mac: &str, port: &str) {
         let br = &self.bridge;
         run(
             "ip",
@@ -369,6 +369,11 @@ impl Helper {
         (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
     }
 
+    /// The helper's usable interfaces right now, comma-separated.
+    pub fn usable_now(&mut self) -> String {
+        self.command("usable", "usable")
+    }
+
     /// The helper's status line (debug text).
     pub fn status(&mut self) -> String {
         self.command("status", "status")
@@ -460,6 +465,7 @@ pub fn run_helper() {
                     status.link_errors
                 );
             }
+            Some("usable") => println!("HERALD usable {}", announcer.usable_interfaces().join(",")),
             Some("rss") => println!("HERALD rss {} {}", vm_kb("VmRSS:"), vm_kb("VmHWM:")),
             Some("quit") => break,
             _ => println!("HERALD error unknown command {line:?}"),
