@@ -78,6 +78,9 @@ struct DownArgs {
     /// Parent directory of the lab's state directory.
     #[arg(long, env = "HERALD_LAB_STATE_ROOT", default_value = herald_e2e::lab::DEFAULT_STATE_ROOT)]
     state_root: PathBuf,
+    /// Instead of one prefix: every lab under the state root whose `up` process is gone.
+    #[arg(long)]
+    stale: bool,
     /// Write what was removed here (JSON).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -174,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
             };
             Ok(lab::foreground::run_up(config, args.json).await?)
         }
+        Command::Down(args) if args.stale => Ok(lab::foreground::run_down_stale(&args.state_root, args.json).await?),
         Command::Down(args) => {
             lab::foreground::run_down(&args.prefix, &args.state_root, args.json).await?;
             Ok(())

@@ -107,6 +107,25 @@ async fn ping(lab: &Lab, ns: &str, addr: &str) -> bool {
     out.status.success()
 }
 
+/// Pings every address until all answer, for at most `timeout`.
+async fn reachable_within(lab: &Lab, ns: &str, addresses: &[&str], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    for _ in 0..50 {
+        let mut all = true;
+        for addr in addresses {
+            all &= ping(lab, ns, addr).await;
+        }
+        if all {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 async fn http_get(lab: &Lab, ns: &str, url: &str) -> String {
     let out = lab
         .exec_in(ns, &["curl", "-sS", "-g", "--max-time", "3", url])
@@ -323,15 +342,34 @@ async fn lab_topology_api_controller_and_supervision() {
         "node3 answered with its uplink down"
     );
     lab.set_uplink(3, true).await.expect("uplink up");
-    let node3_back = async {
-        for _ in 0..20 {
-            if ping(&lab, &client_ns, "10.203.0.13").await && ping(&lab, &client_ns, "fd00:203::13").await {
-                return true;
-            }
-        }
-        false
-    };
-    assert!(node3_back.await, "node3 unreachable after its uplink came back");
+    assert!(
+        reachable_within(
+            &lab,
+            &client_ns,
+            &["10.203.0.13", "fd00:203::13"],
+            Duration::from_secs(10)
+        )
+        .await,
+        "node3 unreachable after its uplink came back"
+    );
+
+    // Cable pulled on the bridge side: same, and back.
+    lab.set_cable(3, false).await.expect("cable out");
+    assert!(
+        !ping(&lab, &client_ns, "10.203.0.13").await,
+        "node3 answered without a cable"
+    );
+    lab.set_cable(3, true).await.expect("cable in");
+    assert!(
+        reachable_within(
+            &lab,
+            &client_ns,
+            &["10.203.0.13", "fd00:203::13"],
+            Duration::from_secs(10)
+        )
+        .await,
+        "node3 unreachable after its cable came back"
+    );
 
     // Controller and API server restarts keep the world.
     let controller_before = lab.controller_pid().expect("controller pid");
@@ -450,4 +488,54 @@ async fn herald_lab_down_clears_a_crashed_lab() {
     assert!(namespaces_with(&prefix).await.is_empty());
     assert!(!Path::new(&format!("/run/herald-lab/{prefix}")).exists());
     wait_all_dead(&children, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_cleanup_takes_labs_whose_owner_died_and_spares_live_ones() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("herald-lab-stale-{}", std::process::id()));
+    let (dead, live) = (unique_prefix(), unique_prefix());
+    let mut finished = std::process::Command::new("true").spawn().expect("spawn true");
+    let dead_pid = finished.id();
+    finished.wait().expect("true exits");
+    for (prefix, owner) in [(&dead, dead_pid), (&live, std::process::id())] {
+        let dir = root.join(prefix);
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let exe = std::fs::read_link(format!("/proc/{owner}/exe")).unwrap_or_else(|_| "/usr/bin/true".into());
+        std::fs::write(dir.join("lab.pid"), format!("{owner}\n{}\n", exe.display())).expect("lab.pid");
+        let ns = format!("{prefix}-seg");
+        let added = std::process::Command::new("ip").args(["netns", "add", &ns]).status();
+        assert!(added.expect("ip runs").success(), "ip netns add {ns}");
+    }
+    // A leftover process inside the dead lab's namespace.
+    let mut leftover = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &format!("{dead}-seg"), "sleep", "30"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sleep in the namespace");
+    let leftover_pid = leftover.id().expect("pid");
+
+    let removed = herald_e2e::lab::state::cleanup_stale(&root)
+        .await
+        .expect("stale cleanup");
+    let prefixes: Vec<&str> = removed.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(prefixes, [dead.as_str()]);
+    assert_eq!(removed[0].1.namespaces, [format!("{dead}-seg")]);
+    assert!(removed[0].1.killed.contains(&leftover_pid));
+    let _ = tokio::time::timeout(Duration::from_secs(5), leftover.wait()).await;
+    assert!(namespaces_with(&dead).await.is_empty());
+    assert_eq!(
+        namespaces_with(&live).await,
+        [format!("{live}-seg")],
+        "a live lab is left alone"
+    );
+
+    let report = herald_e2e::lab::cleanup(&live, &root)
+        .await
+        .expect("cleanup of the live one");
+    assert_eq!(report.owner_stopped, None, "never signals the current process");
+    assert!(namespaces_with(&live).await.is_empty());
+    let _ = std::fs::remove_dir_all(&root);
 }

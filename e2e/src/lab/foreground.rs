@@ -21,11 +21,7 @@ pub async fn run_up(mut config: LabConfig, json: Option<PathBuf>) -> Result<(), 
     let lab = Lab::up(config).await?;
     let info = lab.info().await;
     if let Some(path) = &json {
-        let text = serde_json::to_string_pretty(&info).unwrap_or_default();
-        std::fs::write(path, text).map_err(|source| LabError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        write_json(path, &info)?;
     }
     progress(&format!(
         "lab {} is up: {} nodes, client namespace {}, logs in {}",
@@ -35,6 +31,11 @@ pub async fn run_up(mut config: LabConfig, json: Option<PathBuf>) -> Result<(), 
         lab.state_dir().join("logs").display()
     ));
     progress("LoadBalancer pools for L2 mode must come from the segment, e.g. 10.203.0.200/29 and fd00:203::200/125");
+    progress(&format!(
+        "from the client: ip netns exec {} curl http://<EXTERNAL-IP>/ ; logs: tail -f {}/*.log",
+        lab.client_namespace(),
+        lab.state_dir().join("logs").display()
+    ));
     progress("Ctrl-C (or `herald-lab down`) removes everything");
     println!("export KUBECONFIG={}", lab.kubeconfig_path().display());
 
@@ -57,9 +58,41 @@ pub async fn run_up(mut config: LabConfig, json: Option<PathBuf>) -> Result<(), 
     Ok(())
 }
 
+/// Removes every lab under `state_root` whose owner is gone and prints what was removed.
+pub async fn run_down_stale(state_root: &Path, json: Option<PathBuf>) -> Result<(), LabError> {
+    let removed = super::state::cleanup_stale(state_root).await?;
+    if removed.is_empty() {
+        eprintln!("no stale labs under {}", state_root.display());
+    }
+    for (prefix, report) in &removed {
+        print_report(prefix, report);
+    }
+    if let Some(path) = &json {
+        let map: std::collections::BTreeMap<_, _> = removed.into_iter().collect();
+        write_json(path, &map)?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), LabError> {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    std::fs::write(path, text).map_err(|source| LabError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Removes the lab with `prefix` (running or crashed) and prints what was removed.
 pub async fn run_down(prefix: &str, state_root: &Path, json: Option<PathBuf>) -> Result<CleanupReport, LabError> {
     let report = cleanup(prefix, state_root).await?;
+    print_report(prefix, &report);
+    if let Some(path) = &json {
+        write_json(path, &report)?;
+    }
+    Ok(report)
+}
+
+fn print_report(prefix: &str, report: &CleanupReport) {
     if let Some(owner) = report.owner_stopped {
         eprintln!("asked the lab process {owner} to stop");
     }
@@ -74,12 +107,4 @@ pub async fn run_down(prefix: &str, state_root: &Path, json: Option<PathBuf>) ->
         report.killed.len(),
         if report.state_dir_removed { "removed" } else { "absent" }
     );
-    if let Some(path) = &json {
-        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-        std::fs::write(path, text).map_err(|source| LabError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok(report)
 }

@@ -117,6 +117,9 @@ pub enum LabError {
         /// What is wrong.
         problem: &'static str,
     },
+    /// `exec_in` was given no program.
+    #[error("no command given")]
+    EmptyCommand,
     /// A namespace that is not part of this lab.
     #[error("namespace {0:?} is not part of this lab")]
     ForeignNamespace(String),
@@ -603,10 +606,7 @@ impl Lab {
     /// Runs `args` inside lab namespace `ns` (at most 30 s) and returns its output,
     /// whatever the exit status.
     pub async fn exec_in(&self, ns: &str, args: &[&str]) -> Result<Output, LabError> {
-        let (program, rest) = args.split_first().ok_or(LabError::Backend {
-            name: String::new(),
-            problem: "exec_in needs a command",
-        })?;
+        let (program, rest) = args.split_first().ok_or(LabError::EmptyCommand)?;
         let mut cmd = self.command_in(ns, program)?;
         cmd.args(rest);
         match tokio::time::timeout(EXEC_TIMEOUT, cmd.output()).await {

@@ -86,14 +86,14 @@ impl StateDir {
     }
 
     /// The recorded owner's pid if that process still runs the recorded executable (a
-    /// reused pid does not count) and is not the current process.
+    /// reused pid does not count). May be the current process.
     pub fn live_owner(&self) -> Option<u32> {
         let text = std::fs::read_to_string(self.lab_pid()).ok()?;
         let mut lines = text.lines();
         let pid: u32 = lines.next()?.trim().parse().ok()?;
         let exe = lines.next().unwrap_or_default();
         let running = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-        (pid != std::process::id() && running.display().to_string() == exe).then_some(pid)
+        (running.display().to_string() == exe).then_some(pid)
     }
 
     /// Pids from `pids/*.pid` whose process still runs something of Herald's.
@@ -150,7 +150,8 @@ pub async fn cleanup(prefix: &str, state_root: &Path) -> Result<CleanupReport, L
     super::plan::validate_prefix(prefix)?;
     let state = StateDir::new(state_root, prefix);
     let mut report = CleanupReport::default();
-    if let Some(owner) = state.live_owner() {
+    // The current process cleans up its own lab itself (Lab::down); never signal it.
+    if let Some(owner) = state.live_owner().filter(|pid| *pid != std::process::id()) {
         report.owner_stopped = Some(owner);
         let _ = send_signal(owner, Signal::Term).await;
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -202,6 +203,35 @@ pub async fn cleanup(prefix: &str, state_root: &Path) -> Result<CleanupReport, L
         Some(e) => Err(e),
         None => Ok(report),
     }
+}
+
+/// Removes every lab under `state_root` whose owner process is gone (a crashed `up`, a
+/// killed test run), leaving running labs alone. Returns what each removal did.
+pub async fn cleanup_stale(state_root: &Path) -> Result<Vec<(String, CleanupReport)>, LabError> {
+    let entries = match std::fs::read_dir(state_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LabError::Io {
+                path: state_root.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut prefixes: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|name| super::plan::validate_prefix(name).is_ok())
+        .collect();
+    prefixes.sort();
+    let mut removed = Vec::new();
+    for prefix in prefixes {
+        if StateDir::new(state_root, &prefix).live_owner().is_none() {
+            removed.push((prefix.clone(), cleanup(&prefix, state_root).await?));
+        }
+    }
+    Ok(removed)
 }
 
 /// Blocking best-effort variant of [`cleanup`] for `Drop` (no owner handling: the caller
