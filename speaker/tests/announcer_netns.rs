@@ -206,3 +206,45 @@ fn interface_changes_are_followed_within_a_second_and_veths_need_naming() {
     let took = wait_for_usable(&mut node, "veth-lan,veth-new");
     assert!(took < Duration::from_secs(1), "link back up noticed after {took:?}");
 }
+
+#[test]
+fn unicast_reachability_probes_are_answered() {
+    if !lab_available(TOOLS) {
+        return;
+    }
+    let lab = Lab::new(false);
+    let mut node = helper(&lab.node_a);
+    node.own(&[VIP_V4, VIP_V6]);
+    // Probe one second after a stale entry is used, instead of the default five.
+    for sysctl in [
+        "net.ipv4.neigh.lan0.delay_first_probe_time=1",
+        "net.ipv6.neigh.lan0.delay_first_probe_time=1",
+    ] {
+        announcer_support::run("ip", &["netns", "exec", &lab.client, "sysctl", "-q", "-w", sysctl]);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut pings = Vec::new();
+    for ip in [VIP_V4, VIP_V6] {
+        lab.set_client_neighbour(ip, NODE_A_MAC, "stale");
+        pings.push(lab.ping_from_client(ip));
+    }
+    // STALE → DELAY → PROBE: the client kernel sends unicast probes to NODE_A_MAC and the
+    // target IP itself; only an answer to those makes the entry REACHABLE again.
+    for ip in [VIP_V4, VIP_V6] {
+        let deadline = Instant::now() + Duration::from_secs(4);
+        loop {
+            let entry = lab.client_neighbour(ip);
+            if entry
+                .as_ref()
+                .is_some_and(|(mac, state)| mac == NODE_A_MAC && state == "REACHABLE")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{ip}: probe not answered, entry {entry:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for mut ping in pings {
+        let _ = ping.wait();
+    }
+}
