@@ -18,7 +18,9 @@
 //!   reply from the backend's address). The SNAT source port is the client's port, or when
 //!   that is taken towards the same backend, one of 32768–61000 derived from the flow hash.
 //!   This is what kube-proxy does for external traffic to remote endpoints, minus masquerading
-//!   traffic to local ones.
+//!   traffic to local ones. The packet then carries a local source address on ingress, so
+//!   [`Dataplane::attach_interfaces`] sets `net.ipv4.conf.<interface>.accept_local=1`; the node
+//!   must forward (`ip_forward`, as every Kubernetes node does).
 //!
 //! # Maglev
 //! One table of [`maglev::MAGLEV_TABLE_SIZE`] (1021, prime) slots per frontend, built in Rust
@@ -51,7 +53,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader};
@@ -180,6 +182,12 @@ pub enum DataplaneError {
     },
     #[error("detaching the link pinned at {path}: {message}")]
     Detach { path: PathBuf, message: String },
+    #[error("setting {path} (needed for SNAT to remote backends): {source}")]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("updating the service maps: {0}")]
     Maps(#[from] MapsError),
 }
@@ -300,11 +308,11 @@ impl Dataplane {
             if self.attached.contains(&(interface.clone(), *direction)) {
                 continue;
             }
-            self.attach_one(
-                interface,
-                *direction,
-                &links_dir.join(link_pin_name(interface, *direction)),
-            )?;
+            let pin = links_dir.join(link_pin_name(interface, *direction));
+            self.attach_one(interface, *direction, &pin)?;
+            if *direction == Direction::Ingress {
+                accept_local_source(interface)?;
+            }
             self.attached.insert((interface.clone(), *direction));
         }
         self.config.interfaces = interfaces.to_vec();
@@ -332,26 +340,23 @@ impl Dataplane {
             path: pin.to_owned(),
             message,
         };
-        match PinnedLink::from_pin(pin) {
-            Ok(old) => {
-                // A previous speaker's link: swap our program in atomically; the pin stays.
-                let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| pin_err(e.to_string()))?;
-                let id = program.attach_to_link(link).map_err(attach_err)?;
-                program.take_link(id).map_err(attach_err)?;
-            }
-            Err(LinkError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
-                let id = program
-                    .attach_with_options(
-                        interface,
-                        direction.tc(),
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(attach_err)?;
-                let link = program.take_link(id).map_err(attach_err)?;
-                let fd_link = FdLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
-                fd_link.pin(pin).map_err(|e| pin_err(e.to_string()))?;
-            }
-            Err(e) => return Err(pin_err(e.to_string())),
+        if pin.exists() {
+            // A previous speaker's link: swap our program in atomically; the pin stays.
+            let old = PinnedLink::from_pin(pin).map_err(|e| pin_err(error_chain(&e)))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| pin_err(error_chain(&e)))?;
+            let id = program.attach_to_link(link).map_err(attach_err)?;
+            program.take_link(id).map_err(attach_err)?;
+        } else {
+            let id = program
+                .attach_with_options(
+                    interface,
+                    direction.tc(),
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(attach_err)?;
+            let link = program.take_link(id).map_err(attach_err)?;
+            let fd_link = FdLink::try_from(link).map_err(|e| pin_err(error_chain(&e)))?;
+            fd_link.pin(pin).map_err(|e| pin_err(error_chain(&e)))?;
         }
         Ok(())
     }
@@ -395,8 +400,32 @@ impl Dataplane {
     }
 }
 
+/// A flow to a remote backend is SNATed to the node's own address on ingress; without
+/// `accept_local` the kernel drops such a packet as a martian. IPv6 has no such check.
+fn accept_local_source(interface: &str) -> Result<(), DataplaneError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{interface}/accept_local"));
+    if std::fs::read_to_string(&path).map(|v| v.trim() == "1").unwrap_or(false) {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").map_err(|source| DataplaneError::Sysctl { path, source })
+}
+
+/// `error: cause: cause…`, since aya's messages name the syscall but keep errno in the source.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// bpffs refuses names with dots (reserved), and interface names may contain them (VLANs) but
+/// never a colon: so dots become colons and the hook follows a colon.
 fn link_pin_name(interface: &str, direction: Direction) -> String {
-    format!("{interface}.{}", direction.as_str())
+    format!("{}:{}", interface.replace('.', ":"), direction.as_str())
 }
 
 fn unpin_link(path: &Path) -> Result<(), DataplaneError> {
@@ -406,8 +435,8 @@ fn unpin_link(path: &Path) -> Result<(), DataplaneError> {
     };
     match PinnedLink::from_pin(path) {
         // Removing the pin and closing the last fd detaches the program.
-        Ok(link) => link.unpin().map(drop).map_err(|e| detach_err(e.to_string())),
-        Err(_) => std::fs::remove_file(path).map_err(|e| detach_err(e.to_string())),
+        Ok(link) => link.unpin().map(drop).map_err(|e| detach_err(error_chain(&e))),
+        Err(_) => std::fs::remove_file(path).map_err(|e| detach_err(error_chain(&e))),
     }
 }
 

@@ -1,0 +1,657 @@
+//! Network-namespace lab for the eBPF service map tests and benchmark: a client and two nodes
+//! on a bridge, backend "pods" behind each node (a veth each, /32 routes, host-gw routes
+//! between nodes), tiny echo servers that report their name and the peer they see, and a
+//! private bpffs for the pins. Everything is removed when the [`Lab`] drops (also on panic).
+//!
+//! Addresses (k = the lab's index, unique within the process):
+//! - LAN 10.204.k.0/24, fd00:204:k::/64: node i at .i / ::i, client at .100 (+m), VIPs at .200 (+m)
+//! - pods of node i: 10.205.k.(16i + j)/32, fd00:205:k:i::j/128
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use herald_speaker::dataplane::{Dataplane, DataplaneConfig, DataplaneError};
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
+
+/// Runs `f` on a thread that has entered network namespace `ns` and returns its result.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        enter_netns(&path);
+        f()
+    })
+    .join()
+    .expect("thread in netns panicked")
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter_netns(path: &str) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on a valid fd we own; it only changes this thread's network namespace.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// Runs a command; panics with its output on failure.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether privileged tests can run. Under `CI=true` a missing privilege fails the test.
+pub fn privileged_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    #[allow(unsafe_code)]
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root (network namespaces, eBPF) and CI=true forbids skipping");
+    }
+    eprintln!("SKIP {test}: not root");
+    false
+}
+
+/// A running echo server; stops when dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct Lab {
+    pub k: u8,
+    pub prefix: String,
+    namespaces: Vec<String>,
+    bpffs: PathBuf,
+    servers: Vec<Server>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.servers.clear();
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+        }
+        let _ = Command::new("umount").arg(&self.bpffs).output();
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}
+
+impl Lab {
+    /// Client, switch, `nodes` nodes (1 or 2); no pods yet.
+    pub fn new(nodes: u8) -> Lab {
+        let k = (NEXT_LAB.fetch_add(1, Ordering::Relaxed) % 250) as u8;
+        let prefix = format!("hrl-dp-{}-{k}", std::process::id());
+        let bpffs = PathBuf::from(format!("/tmp/{prefix}-bpffs"));
+        let mut lab = Lab {
+            k,
+            prefix,
+            namespaces: Vec::new(),
+            bpffs,
+            servers: Vec::new(),
+        };
+        std::fs::create_dir_all(&lab.bpffs).unwrap();
+        sh(&["mount", "-t", "bpf", "bpf", lab.bpffs.to_str().unwrap()]);
+        let sw = lab.add_ns("sw");
+        sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        let client = lab.add_ns("client");
+        lab.lan_port(
+            &client,
+            lab.client_addr(0, false),
+            lab.client_addr(0, true),
+            &format!("02:04:{k:02x}:00:00:64"),
+        );
+        for m in 1..4u8 {
+            let a = format!("{}/24", lab.client_addr(m, false));
+            sh(&["ip", "-n", &client, "addr", "add", &a, "dev", "eth0"]);
+            let a6 = format!("{}/64", lab.client_addr(m, true));
+            sh(&["ip", "-n", &client, "addr", "add", &a6, "dev", "eth0", "nodad"]);
+        }
+        for i in 1..=nodes {
+            let node = lab.add_ns(&format!("node{i}"));
+            lab.lan_port(&node, lab.node_addr(i, false), lab.node_addr(i, true), &node_mac(k, i));
+            for (key, value) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+                ("net.ipv4.conf.all.send_redirects", "0"),
+                ("net.ipv4.conf.eth0.send_redirects", "0"),
+            ] {
+                sh(&["ip", "netns", "exec", &node, "sysctl", "-qw", &format!("{key}={value}")]);
+            }
+        }
+        if nodes == 2 {
+            for (i, other) in [(1u8, 2u8), (2, 1)] {
+                let node = lab.node(i);
+                let pods4 = format!("{}/28", lab.pod_addr(other, 0, false));
+                let pods6 = format!("{}/64", lab.pod_addr(other, 0, true));
+                sh(&[
+                    "ip",
+                    "-n",
+                    &node,
+                    "route",
+                    "add",
+                    &pods4,
+                    "via",
+                    &lab.node_addr(other, false).to_string(),
+                ]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    &node,
+                    "-6",
+                    "route",
+                    "add",
+                    &pods6,
+                    "via",
+                    &lab.node_addr(other, true).to_string(),
+                ]);
+            }
+        }
+        lab
+    }
+
+    fn add_ns(&mut self, role: &str) -> String {
+        let name = format!("{}-{role}", self.prefix);
+        sh(&["ip", "netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    /// Connects `ns` to the bridge as eth0 with the given LAN addresses.
+    fn lan_port(&self, ns: &str, v4: IpAddr, v6: IpAddr, mac: &str) {
+        let sw = self.sw();
+        let peer = format!("p{}", self.namespaces.len());
+        sh(&[
+            "ip", "-n", &sw, "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ]);
+        sh(&["ip", "-n", &sw, "link", "set", &peer, "master", "br0", "up"]);
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "address", mac, "up"]);
+        sh(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+    }
+
+    pub fn sw(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+    pub fn client(&self) -> String {
+        format!("{}-client", self.prefix)
+    }
+    pub fn node(&self, i: u8) -> String {
+        format!("{}-node{i}", self.prefix)
+    }
+    pub fn pod(&self, i: u8, j: u8) -> String {
+        format!("{}-pod{i}-{j}", self.prefix)
+    }
+    pub fn node_addr(&self, i: u8, v6: bool) -> IpAddr {
+        if v6 {
+            Ipv6Addr::new(0xfd00, 0x204, self.k as u16, 0, 0, 0, 0, i as u16).into()
+        } else {
+            Ipv4Addr::new(10, 204, self.k, i).into()
+        }
+    }
+    /// Client source address number m (0 = its primary address).
+    pub fn client_addr(&self, m: u8, v6: bool) -> IpAddr {
+        if v6 {
+            Ipv6Addr::new(0xfd00, 0x204, self.k as u16, 0, 0, 0, 0, 100 + m as u16).into()
+        } else {
+            Ipv4Addr::new(10, 204, self.k, 100 + m).into()
+        }
+    }
+    pub fn vip(&self, m: u8, v6: bool) -> IpAddr {
+        if v6 {
+            Ipv6Addr::new(0xfd00, 0x204, self.k as u16, 0, 0, 0, 0, 200 + m as u16).into()
+        } else {
+            Ipv4Addr::new(10, 204, self.k, 200 + m).into()
+        }
+    }
+    pub fn pod_addr(&self, i: u8, j: u8, v6: bool) -> IpAddr {
+        if v6 {
+            Ipv6Addr::new(0xfd00, 0x205, self.k as u16, i as u16, 0, 0, 0, j as u16).into()
+        } else {
+            Ipv4Addr::new(10, 205, self.k, 16 * i + j).into()
+        }
+    }
+
+    /// Makes the client send traffic for VIP m to node `i` (ARP/NDP is another module's job).
+    pub fn route_vip_to_node(&self, m: u8, i: u8) {
+        let mac = node_mac(self.k, i);
+        for v6 in [false, true] {
+            let vip = self.vip(m, v6).to_string();
+            sh(&[
+                "ip",
+                "-n",
+                &self.client(),
+                "neigh",
+                "replace",
+                &vip,
+                "lladdr",
+                &mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+
+    /// A backend namespace behind node `i` with addresses pod_addr(i, j).
+    pub fn add_pod(&mut self, i: u8, j: u8) -> String {
+        let pod = self.add_ns(&format!("pod{i}-{j}"));
+        let node = self.node(i);
+        let veth = format!("vp{j}");
+        sh(&[
+            "ip", "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod,
+        ]);
+        sh(&["ip", "-n", &node, "link", "set", &veth, "up"]);
+        sh(&["ip", "-n", &node, "addr", "add", "169.254.1.1/32", "dev", &veth]);
+        sh(&["ip", "-n", &node, "addr", "add", "fe80::1/64", "dev", &veth, "nodad"]);
+        sh(&[
+            "ip",
+            "-n",
+            &node,
+            "route",
+            "add",
+            &format!("{}/32", self.pod_addr(i, j, false)),
+            "dev",
+            &veth,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &node,
+            "-6",
+            "route",
+            "add",
+            &format!("{}/128", self.pod_addr(i, j, true)),
+            "dev",
+            &veth,
+        ]);
+        sh(&["ip", "-n", &pod, "link", "set", "eth0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &pod,
+            "addr",
+            "add",
+            &format!("{}/32", self.pod_addr(i, j, false)),
+            "dev",
+            "eth0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &pod,
+            "addr",
+            "add",
+            &format!("{}/128", self.pod_addr(i, j, true)),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &pod,
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &pod,
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ]);
+        sh(&[
+            "ip", "-n", &pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+        ]);
+        pod
+    }
+
+    /// TCP echo server in pod (i, j) on `port` (both families): answers each line with
+    /// "<name> <peer ip>".
+    pub fn serve_tcp(&mut self, i: u8, j: u8, port: u16) {
+        let name = format!("pod{i}-{j}");
+        let path = format!("/run/netns/{}", self.pod(i, j));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter_netns(&path);
+            let v4 = TcpListener::bind(("0.0.0.0", port)).unwrap();
+            let v6 = bind_tcp_v6_only(port);
+            v4.set_nonblocking(true).unwrap();
+            v6.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !stop2.load(Ordering::Relaxed) {
+                let mut idle = true;
+                for l in [&v4, &v6] {
+                    if let Ok((stream, peer)) = l.accept() {
+                        idle = false;
+                        let name = name.clone();
+                        std::thread::spawn(move || echo_connection(stream, &name, peer));
+                    }
+                }
+                if idle {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
+        self.servers.push(Server {
+            stop,
+            thread: Some(thread),
+        });
+    }
+
+    /// UDP echo server in pod (i, j) on `port` (both families).
+    pub fn serve_udp(&mut self, i: u8, j: u8, port: u16) {
+        let name = format!("pod{i}-{j}");
+        let path = format!("/run/netns/{}", self.pod(i, j));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter_netns(&path);
+            let v4 = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            let v6 = bind_udp_v6_only(port);
+            for s in [&v4, &v6] {
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            }
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 1500];
+            while !stop2.load(Ordering::Relaxed) {
+                for s in [&v4, &v6] {
+                    if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(format!("{name} {}\n", peer.ip()).as_bytes(), peer);
+                    }
+                }
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
+        self.servers.push(Server {
+            stop,
+            thread: Some(thread),
+        });
+    }
+
+    /// Starts the dataplane in node `i` on its eth0, pins under this lab's bpffs.
+    pub fn start_dataplane(&self, i: u8) -> Result<Dataplane, DataplaneError> {
+        let config = self.dataplane_config(i);
+        in_netns(&self.node(i), move || Dataplane::start(config))
+    }
+
+    pub fn dataplane_config(&self, i: u8) -> DataplaneConfig {
+        DataplaneConfig {
+            interfaces: vec!["eth0".into()],
+            pin_dir: self.bpffs.join(format!("node{i}")),
+            node_name: format!("node{i}"),
+            node_addresses: vec![self.node_addr(i, false), self.node_addr(i, true)],
+        }
+    }
+
+    pub fn pin_dir(&self, i: u8) -> PathBuf {
+        self.bpffs.join(format!("node{i}"))
+    }
+}
+
+fn node_mac(k: u8, i: u8) -> String {
+    format!("02:04:{k:02x}:00:00:{i:02x}")
+}
+
+fn bind_tcp_v6_only(port: u16) -> TcpListener {
+    let fd = bind_v6_only(port, libc::SOCK_STREAM);
+    // SAFETY: a bound stream socket fd that we own.
+    #[allow(unsafe_code)]
+    unsafe {
+        assert_eq!(libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), 1024), 0);
+    }
+    TcpListener::from(fd)
+}
+
+fn bind_udp_v6_only(port: u16) -> UdpSocket {
+    UdpSocket::from(bind_v6_only(port, libc::SOCK_DGRAM))
+}
+
+/// A socket bound to [::]:port with IPV6_V6ONLY: std's [::] listeners are dual-stack and
+/// would collide with the IPv4 listener on the same port.
+fn bind_v6_only(port: u16, kind: libc::c_int) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket syscalls on a fresh fd that we own and hand to TcpListener.
+    #[allow(unsafe_code)]
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, kind | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &one as *const _ as *const libc::c_void,
+            len,
+        );
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            len,
+        );
+        let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        addr.sin6_port = port.to_be();
+        let rc = libc::bind(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "bind [::]:{port}: {}", std::io::Error::last_os_error());
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    }
+}
+
+fn echo_connection(stream: TcpStream, name: &str, peer: SocketAddr) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let reader = BufReader::new(stream);
+    for line in reader.lines().take(100_000) {
+        if line.is_err() {
+            return;
+        }
+        if writer.write_all(format!("{name} {}\n", peer.ip()).as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A persistent client connection (opened from the client namespace).
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    /// Sends a line and returns the answer "<backend name> <peer the backend saw>".
+    pub fn ask(&mut self) -> std::io::Result<String> {
+        self.writer.write_all(b"?\n")?;
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        Ok(line.trim().to_owned())
+    }
+}
+
+/// Opens a TCP connection from the client namespace (bound to `from`) to `to`.
+pub fn connect(ns: &str, from: IpAddr, to: SocketAddr) -> std::io::Result<Conn> {
+    let ns = ns.to_owned();
+    in_netns(&ns, move || {
+        let socket = tcp_socket_bound(from)?;
+        let stream = connect_timeout(socket, to, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(Conn {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    })
+}
+
+/// One request on a fresh connection: the backend's answer.
+pub fn ask_once(ns: &str, from: IpAddr, to: SocketAddr) -> std::io::Result<String> {
+    connect(ns, from, to)?.ask()
+}
+
+/// One UDP datagram from the client namespace; returns (answer, the address it came from).
+pub fn ask_udp(ns: &str, from: SocketAddr, to: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
+    let ns = ns.to_owned();
+    in_netns(&ns, move || {
+        let s = UdpSocket::bind(from)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(b"?", to)?;
+        let mut buf = [0u8; 512];
+        let (n, peer) = s.recv_from(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).trim().to_owned(), peer))
+    })
+}
+
+/// A TCP socket bound to `addr` (port 0), so the caller picks its source address.
+pub fn tcp_socket_bound(addr: IpAddr) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let sa: SocketAddr = SocketAddr::new(addr, 0);
+    // SAFETY: plain socket syscalls on a fresh fd that we own.
+    #[allow(unsafe_code)]
+    unsafe {
+        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let (storage, len) = sockaddr(&sa);
+        if libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(owned)
+    }
+}
+
+fn sockaddr(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; we fill the variant matching the family.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        match sa {
+            SocketAddr::V4(v4) => {
+                let p = &mut storage as *mut _ as *mut libc::sockaddr_in;
+                (*p).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*p).sin_port = v4.port().to_be();
+                (*p).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+                (storage, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            }
+            SocketAddr::V6(v6) => {
+                let p = &mut storage as *mut _ as *mut libc::sockaddr_in6;
+                (*p).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                (*p).sin6_port = v6.port().to_be();
+                (*p).sin6_addr.s6_addr = v6.ip().octets();
+                (storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+            }
+        }
+    }
+}
+
+/// Connects a bound socket with a timeout (blocking connect under SO_SNDTIMEO).
+pub fn connect_timeout(fd: std::os::fd::OwnedFd, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    let (storage, len) = sockaddr(&to);
+    // SAFETY: plain socket syscalls on an fd we own; ownership passes to TcpStream on success.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        if libc::connect(fd.as_raw_fd(), &storage as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        use std::os::fd::FromRawFd;
+        Ok(TcpStream::from_raw_fd(fd.into_raw_fd()))
+    }
+}
+
+/// Retries `f` until it returns Some, at most `tries` times over at most `limit`.
+pub fn eventually<T>(tries: usize, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    for _ in 0..tries {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
