@@ -147,25 +147,7 @@ async fn udp_ask(lab: &Lab, ns: &str, addr: &str, port: u16) -> String {
 }
 
 async fn kubectl(lab: &Lab, args: &[&str]) -> String {
-    let home = lab.state_dir().join("kubectl-home");
-    let out = tokio::process::Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", lab.kubeconfig_path())
-        .env("HOME", &home)
-        .env("KUBECACHEDIR", home.join("cache"))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(20), out)
-        .await
-        .expect("kubectl within 20 s")
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out)
+    lab.kubectl(args).await.expect("kubectl").trim().to_string()
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -302,7 +284,13 @@ async fn lab_topology_api_controller_and_supervision() {
         "apiVersion: herald.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: lab\n  namespace: herald-system\nspec:\n  addresses:\n  - 10.203.0.200/29\n",
     )
     .expect("write pool");
-    kubectl(&lab, &["apply", "-f", &pool.display().to_string()]).await;
+    let applied = kubectl(&lab, &["apply", "-f", &pool.display().to_string()]).await;
+    assert_eq!(applied, "ipaddresspool.herald.io/lab created");
+    let applied = lab
+        .kubectl_apply("apiVersion: herald.io/v1beta1\nkind: L2Advertisement\nmetadata:\n  name: lab\n  namespace: herald-system\nspec: {}\n")
+        .await
+        .expect("kubectl apply from stdin");
+    assert_eq!(applied.trim(), "l2advertisement.herald.io/lab created");
     let deadline = Instant::now() + Duration::from_secs(15);
     let ingress = loop {
         let svc = services.get("web").await.expect("get service");
@@ -323,6 +311,7 @@ async fn lab_topology_api_controller_and_supervision() {
     // A killed speaker comes back with a new pid, after the restart delay.
     let old = lab.speaker_pid(2).unwrap().expect("speaker on node2 runs");
     let killed_at = Instant::now();
+    assert_eq!(lab.node_index("node2").expect("node2 exists"), 2);
     assert_eq!(lab.kill_speaker(2, Signal::Kill).await.expect("kill"), old);
     let new = lab
         .wait_speaker_restart(2, old, Duration::from_secs(10))

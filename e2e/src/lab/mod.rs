@@ -109,6 +109,9 @@ pub enum LabError {
         /// Node count.
         count: usize,
     },
+    /// No node has this name.
+    #[error("the lab has no node called {0:?}")]
+    UnknownNodeName(String),
     /// No such backend, or one with this name exists.
     #[error("backend {name:?}: {problem}")]
     Backend {
@@ -564,6 +567,16 @@ impl Lab {
         })
     }
 
+    /// The number of the node called `name` (e.g. from a ServiceL2Status's `status.node`).
+    pub fn node_index(&self, name: &str) -> Result<usize, LabError> {
+        self.plan
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.index)
+            .ok_or(LabError::UnknownNodeName(name.to_string()))
+    }
+
     /// The network namespace of node `node` (1-based).
     pub fn node_namespace(&self, node: usize) -> Result<&str, LabError> {
         Ok(self.node(node)?.namespace.as_str())
@@ -619,6 +632,72 @@ impl Lab {
                 what: format!("`{}` in {ns}", args.join(" ")),
             }),
         }
+    }
+
+    /// A `kubectl` command on the host kubeconfig, with its own cache and HOME in the
+    /// state directory (so it never reads the user's config). Killed when dropped.
+    pub fn kubectl_command(&self, args: &[&str]) -> tokio::process::Command {
+        let home = self.state.root().join("kubectl-home");
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.args(args)
+            .env("KUBECONFIG", self.kubeconfig_path())
+            .env("HOME", &home)
+            .env("KUBECACHEDIR", home.join("cache"))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `kubectl args...` (at most 30 s) and returns its stdout; fails on a non-zero exit.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String, LabError> {
+        self.kubectl_with_input(args, None).await
+    }
+
+    /// `kubectl apply -f -` with `yaml` on stdin; returns kubectl's stdout.
+    pub async fn kubectl_apply(&self, yaml: &str) -> Result<String, LabError> {
+        self.kubectl_with_input(&["apply", "-f", "-"], Some(yaml)).await
+    }
+
+    async fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String, LabError> {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = self.kubectl_command(args);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if input.is_some() {
+            cmd.stdin(std::process::Stdio::piped());
+        }
+        let run = async {
+            let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
+                program: "kubectl".into(),
+                source,
+            })?;
+            if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+                stdin
+                    .write_all(text.as_bytes())
+                    .await
+                    .map_err(|source| LabError::Spawn {
+                        program: "kubectl".into(),
+                        source,
+                    })?;
+            }
+            child.wait_with_output().await.map_err(|source| LabError::Spawn {
+                program: "kubectl".into(),
+                source,
+            })
+        };
+        let output = tokio::time::timeout(EXEC_TIMEOUT, run)
+            .await
+            .map_err(|_| LabError::Timeout {
+                what: format!("kubectl {}", args.join(" ")),
+            })??;
+        if !output.status.success() {
+            return Err(LabError::Command {
+                command: format!("kubectl {}", args.join(" ")),
+                status: output.status.code(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     fn speaker(&self, node: usize) -> Result<&Supervised, LabError> {
