@@ -571,6 +571,16 @@ async fn finalizers_namespaces_generate_name_and_crds() {
     .expect("release");
     assert_eq!(error_code(api.get("held").await).0, 404);
 
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::default_namespaced(client.clone());
+    let secret =
+        serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"token": "abc"}})).expect("secret");
+    let stored = secrets.create(&PostParams::default(), &secret).await.expect("secret");
+    assert_eq!(
+        stored.data.and_then(|d| d.get("token").cloned()).map(|b| b.0),
+        Some(b"abc".to_vec())
+    );
+    assert!(stored.string_data.is_none());
+
     let mut generated = configmap("", "x");
     generated.metadata.name = None;
     generated.metadata.generate_name = Some("gen-".into());

@@ -477,5 +477,14 @@ async fn repository_crds_and_samples_apply() {
     for sample in files("samples") {
         lab.kubectl_ok(&["apply", "-f", sample.to_str().expect("utf8")]).await;
     }
+    // The documented install: kubectl apply -k config/deploy (namespace, CRDs, RBAC, workloads).
+    let deploy = root.join("deploy");
+    if deploy.join("kustomization.yaml").exists() {
+        lab.kubectl_ok(&["apply", "-k", deploy.to_str().expect("utf8")]).await;
+        let workloads = lab
+            .kubectl_ok(&["get", "deployments,daemonsets", "-n", "herald-system", "-o", "name"])
+            .await;
+        assert!(!workloads.trim().is_empty(), "{workloads}");
+    }
     lab.stop().await;
 }

@@ -7,12 +7,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event as CoreEvent, Namespace, Node, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as EventsEvent;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 /// Result of decoding: the normalised object and the paths of unknown fields.
@@ -43,6 +45,14 @@ pub fn decode(group: &str, plural: &str, object: &Value) -> Option<Result<Decode
         ("events.k8s.io", "events") => roundtrip::<EventsEvent>(object),
         ("discovery.k8s.io", "endpointslices") => roundtrip::<EndpointSlice>(object),
         ("coordination.k8s.io", "leases") => roundtrip::<Lease>(object),
+        ("apps", "deployments") => roundtrip::<Deployment>(object),
+        ("apps", "daemonsets") => roundtrip::<DaemonSet>(object),
+        ("apps", "replicasets") => roundtrip::<ReplicaSet>(object),
+        ("apps", "statefulsets") => roundtrip::<StatefulSet>(object),
+        ("rbac.authorization.k8s.io", "clusterroles") => roundtrip::<ClusterRole>(object),
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => roundtrip::<ClusterRoleBinding>(object),
+        ("rbac.authorization.k8s.io", "roles") => roundtrip::<Role>(object),
+        ("rbac.authorization.k8s.io", "rolebindings") => roundtrip::<RoleBinding>(object),
         ("apiextensions.k8s.io", "customresourcedefinitions") => roundtrip::<CustomResourceDefinition>(object),
         _ => return None,
     };

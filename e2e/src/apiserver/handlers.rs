@@ -1056,6 +1056,23 @@ fn per_kind(server: &Server, target: &Target, old: Option<&Value>, obj: &mut Val
                 out.insert("spec".into(), spec.clone());
             }
         }
+        ("", "secrets") => {
+            // stringData is write-only: merged into data (base64) and never stored.
+            let string_data = obj.as_object_mut().and_then(|m| m.remove("stringData"));
+            if let Some(Value::Object(entries)) = string_data {
+                let data = obj
+                    .as_object_mut()
+                    .map(|m| m.entry("data").or_insert_with(|| json!({})));
+                if let Some(Value::Object(data)) = data {
+                    for (key, value) in entries {
+                        let bytes = value.as_str().unwrap_or_default().as_bytes().to_vec();
+                        let encoded = serde_json::to_value(k8s_openapi::ByteString(bytes))
+                            .map_err(|e| ApiError::internal(e.to_string()))?;
+                        data.insert(key, encoded);
+                    }
+                }
+            }
+        }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             let defined = type_from_crd(obj).map_err(|(field, message)| {
                 ApiError::invalid(&rt.group, &rt.kind, &name, vec![Cause::invalid(field, message)])

@@ -70,7 +70,9 @@ pub const INITIAL_NAMESPACES: &[&str] = &[
 pub struct ApiServerConfig {
     /// Address to listen on; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// Bearer token clients must present; None accepts everyone.
+    /// Bearer token clients must present; None accepts everyone. Note: client-go (so
+    /// kubectl) sends bearer tokens only over TLS, and this server speaks plain HTTP, so a
+    /// token locks kubectl out; kube-rs clients send it.
     pub token: Option<String>,
     /// File to load objects from at start and save them to (debounced, and at shutdown).
     pub state_file: Option<PathBuf>,
