@@ -150,6 +150,32 @@ async fn kubectl(lab: &Lab, args: &[&str]) -> String {
     lab.kubectl(args).await.expect("kubectl").trim().to_string()
 }
 
+/// Ready IPv4 endpoint addresses of Service `service`, sorted, once they equal `want`
+/// (or whatever they are after 10 s).
+async fn ready_endpoints(lab: &Lab, service: &str, want: &[String]) -> Vec<String> {
+    let slices: Api<EndpointSlice> = Api::namespaced(lab.client(), "default");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = slices
+            .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+            .await
+            .expect("list slices");
+        let mut ready: Vec<String> = list
+            .items
+            .iter()
+            .filter(|s| s.address_type == "IPv4")
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .flat_map(|e| e.addresses.clone())
+            .collect();
+        ready.sort();
+        if ready == want || Instant::now() > deadline {
+            return ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
@@ -247,27 +273,26 @@ async fn lab_topology_api_controller_and_supervision() {
         .create(&PostParams::default(), &service)
         .await
         .expect("create service");
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let ready_addresses = loop {
-        let list = slices
-            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-            .await
-            .expect("list slices");
-        let mut ready: Vec<String> = list
-            .items
-            .iter()
-            .flat_map(|s| s.endpoints.iter().flatten())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-            .flat_map(|e| e.addresses.clone())
-            .collect();
-        ready.sort();
-        if ready.len() == 2 || Instant::now() > deadline {
-            break ready;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(ready_addresses, [a.ipv4.to_string(), b.ipv4.to_string()]);
+    let both = [a.ipv4.to_string(), b.ipv4.to_string()];
+    assert_eq!(ready_endpoints(&lab, "web", &both).await, both);
+
+    // Readiness flips follow into the slices; a removed backend leaves the API and the lab.
+    lab.set_backend_ready("web-b", false).await.expect("web-b not ready");
+    let only_a = [a.ipv4.to_string()];
+    assert_eq!(ready_endpoints(&lab, "web", &only_a).await, only_a);
+    lab.set_backend_ready("web-b", true).await.expect("web-b ready again");
+    assert_eq!(ready_endpoints(&lab, "web", &both).await, both);
+    let c = lab.add_backend(3, "web-c", web.clone()).await.expect("backend web-c");
+    let echo_pid = lab.backend_pid("web-c").await.expect("web-c").expect("echo runs");
+    assert_eq!(
+        lab.kill_backend("web-c", Signal::Kill).await.expect("kill echo"),
+        echo_pid
+    );
+    lab.remove_backend("web-c").await.expect("remove web-c");
+    assert!(pods.get_opt("web-c").await.expect("get pod").is_none());
+    assert!(!namespaces_with(&prefix).await.contains(&c.namespace));
+    assert!(lab.backend("web-c").await.is_err());
+    assert_eq!(ready_endpoints(&lab, "web", &both).await, both);
 
     // Real kubectl on the host kubeconfig sees the nodes.
     let names = kubectl(&lab, &["get", "nodes", "-o", "name"]).await;

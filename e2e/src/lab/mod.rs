@@ -23,8 +23,8 @@
 //! use herald_e2e::lab::{Lab, LabConfig, Signal};
 //! let lab = Lab::up(LabConfig::new("hlab")).await?;
 //! lab.add_backend(1, "web-a", [("app".to_string(), "web".to_string())].into()).await?;
-//! // kubectl --kubeconfig lab.kubeconfig_path() apply -f pool.yaml service.yaml
-//! let out = lab.exec_in(lab.client_namespace(), &["curl", "-s", "http://10.244.1.11:8080/"]).await?;
+//! lab.kubectl_apply("...IPAddressPool, L2Advertisement, Service...").await?;
+//! let out = lab.exec_in(lab.client_namespace(), &["curl", "-s", "http://10.203.0.200/"]).await?;
 //! let old = lab.kill_speaker(1, Signal::Kill).await?;
 //! lab.wait_speaker_restart(1, old, std::time::Duration::from_secs(5)).await?;
 //! lab.down().await?;
@@ -912,6 +912,27 @@ impl Lab {
                 name: name.to_string(),
                 problem: "no such backend",
             })
+    }
+
+    /// Pid of a backend's echo server, if it runs right now.
+    pub async fn backend_pid(&self, name: &str) -> Result<Option<u32>, LabError> {
+        let backends = self.backends.lock().await;
+        let backend = backends.iter().find(|b| b.info.name == name).ok_or(LabError::Backend {
+            name: name.to_string(),
+            problem: "no such backend",
+        })?;
+        Ok(backend.process.pid())
+    }
+
+    /// Sends `signal` to a backend's echo server (restarted after the delay if it exits;
+    /// its Pod stays Ready, as during a container crash before the readiness probe notices).
+    pub async fn kill_backend(&self, name: &str, signal: Signal) -> Result<u32, LabError> {
+        let backends = self.backends.lock().await;
+        let backend = backends.iter().find(|b| b.info.name == name).ok_or(LabError::Backend {
+            name: name.to_string(),
+            problem: "no such backend",
+        })?;
+        backend.process.signal(signal).await
     }
 
     /// Every backend.
