@@ -440,6 +440,14 @@ async fn a_panicking_test_still_removes_its_lab() {
     let pids = pids_rx.await.expect("pids were sent before the panic");
     assert!(namespaces_with(&prefix).await.is_empty(), "Drop removed the namespaces");
     wait_all_dead(&pids, Duration::from_secs(5)).await;
+    // The API server's last save must not bring the state directory back.
+    let state_dir = Path::new("/run/herald-lab").join(&prefix);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while state_dir.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!state_dir.exists(), "{} is left behind", state_dir.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

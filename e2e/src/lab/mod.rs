@@ -1033,6 +1033,21 @@ impl Drop for Lab {
             }
         }
         state::cleanup_blocking(&self.config.prefix, &self.config.state_root);
+        // The API server saves its state (debounced, and on shutdown) and would recreate
+        // the state directory just removed: stop it, then remove the directory again.
+        let api = self.api.try_lock().ok().and_then(|mut api| api.take());
+        let state_dir = self.state.root().to_path_buf();
+        match (api, tokio::runtime::Handle::try_current()) {
+            (Some(api), Ok(runtime)) => {
+                runtime.spawn(async move {
+                    api.shutdown().await;
+                    let _ = std::fs::remove_dir_all(&state_dir);
+                });
+            }
+            _ => {
+                let _ = std::fs::remove_dir_all(&state_dir);
+            }
+        }
     }
 }
 
