@@ -837,7 +837,10 @@ impl Lab {
         let pod = self.plan.pod(node, slot, name)?;
         let mut labels = labels;
         labels.entry("app".into()).or_insert_with(|| name.to_string());
-        net::add_pod(&node_plan, &pod).await?;
+        if let Err(e) = net::add_pod(&node_plan, &pod).await {
+            let _ = net::delete_namespace(&pod.namespace).await;
+            return Err(e);
+        }
         let process_name = format!("pod-{name}");
         let process = Supervised::start(ProcessSpec {
             name: process_name.clone(),
@@ -872,18 +875,27 @@ impl Lab {
         });
         drop(backends);
 
-        objects::create_backend_pod(&self.client, &objects::backend_pod_object(&pod, &node_plan, &labels)).await?;
-        let url = format!("http://{}:{}/", pod.ipv4, plan::ECHO_HTTP_PORT);
-        wait_http_ok(&node_plan.namespace, &url, READY_TIMEOUT).await?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), objects::BACKEND_NAMESPACE);
-        let status = objects::running_pod_status(
-            &pod.ipv4.to_string(),
-            &pod.ipv6.to_string(),
-            &node_plan.ipv4.to_string(),
-            true,
-        );
-        objects::patch_pod_status(&pods, name, status).await?;
-        Ok(info)
+        let started = async {
+            objects::create_backend_pod(&self.client, &objects::backend_pod_object(&pod, &node_plan, &labels)).await?;
+            let url = format!("http://{}:{}/", pod.ipv4, plan::ECHO_HTTP_PORT);
+            wait_http_ok(&node_plan.namespace, &url, READY_TIMEOUT).await?;
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), objects::BACKEND_NAMESPACE);
+            let status = objects::running_pod_status(
+                &pod.ipv4.to_string(),
+                &pod.ipv6.to_string(),
+                &node_plan.ipv4.to_string(),
+                true,
+            );
+            objects::patch_pod_status(&pods, name, status).await
+        };
+        match started.await {
+            Ok(()) => Ok(info),
+            Err(e) => {
+                // Leave nothing half-made behind: Pod object, process, namespace.
+                let _ = self.remove_backend(name).await;
+                Err(e)
+            }
+        }
     }
 
     /// Marks a backend's Pod Ready or not (its server keeps running): EndpointSlices follow.
