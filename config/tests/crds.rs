@@ -12,8 +12,7 @@ fn committed_crds_match_the_rust_types() {
         let want = herald_config::crds::to_yaml(&crd).expect("CRD serialises to YAML");
         let path = dir.join(file);
         if write {
-            std::fs::write(&path, &want)
-                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            std::fs::write(&path, &want).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
             continue;
         }
         let have = std::fs::read_to_string(&path).unwrap_or_default();
@@ -34,15 +33,9 @@ fn committed_crds_match_the_rust_types() {
         .filter(|n| n.ends_with(".yaml"))
         .collect();
     committed.sort();
-    let mut expected: Vec<String> = herald_config::crds::all()
-        .iter()
-        .map(|(f, _)| f.to_string())
-        .collect();
+    let mut expected: Vec<String> = herald_config::crds::all().iter().map(|(f, _)| f.to_string()).collect();
     expected.sort();
-    assert_eq!(
-        committed, expected,
-        "config/crd holds exactly one file per CRD"
-    );
+    assert_eq!(committed, expected, "config/crd holds exactly one file per CRD");
     assert!(
         drifted.is_empty(),
         "these CRD files differ from the Rust types; run `make crds` and commit: {drifted:?}"
@@ -57,11 +50,7 @@ fn crds_declare_status_printer_columns_and_short_names() {
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1beta1", "{file}");
         assert!(
-            crd.spec
-                .names
-                .short_names
-                .as_ref()
-                .is_some_and(|s| !s.is_empty()),
+            crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()),
             "{file} has a short name"
         );
         assert!(

@@ -41,10 +41,7 @@ fn kustomization_lists_existing_files_and_every_crd() {
     for r in &listed {
         assert!(deploy_dir().join(r).exists(), "{r} exists");
     }
-    assert!(
-        listed.contains(&"../crd".to_string()),
-        "the CRDs are deployed"
-    );
+    assert!(listed.contains(&"../crd".to_string()), "the CRDs are deployed");
 }
 
 #[test]
@@ -87,21 +84,12 @@ fn rbac_grants_nothing_by_wildcard_and_secrets_only_by_name() {
         for rule in object["rules"].as_array().expect("rules") {
             for field in ["apiGroups", "resources", "verbs"] {
                 let values = rule[field].as_array().expect(field);
-                assert!(
-                    !values.iter().any(|v| v == "*"),
-                    "{name}: wildcard in {field}"
-                );
+                assert!(!values.iter().any(|v| v == "*"), "{name}: wildcard in {field}");
             }
             let resources = rule["resources"].as_array().unwrap();
             if resources.iter().any(|r| r == "secrets") {
-                assert!(
-                    rule["resourceNames"].is_array(),
-                    "{name}: secrets only by name"
-                );
-                assert_eq!(
-                    object["kind"], "Role",
-                    "{name}: secrets only in herald-system"
-                );
+                assert!(rule["resourceNames"].is_array(), "{name}: secrets only by name");
+                assert_eq!(object["kind"], "Role", "{name}: secrets only in herald-system");
             }
         }
     }
@@ -110,24 +98,15 @@ fn rbac_grants_nothing_by_wildcard_and_secrets_only_by_name() {
 /// The real `kubectl kustomize` builds the deploy directory.
 #[test]
 fn kubectl_kustomize_builds_the_deployment() {
-    let output = match Command::new("kubectl")
-        .arg("kustomize")
-        .arg(deploy_dir())
-        .output()
-    {
+    let output = match Command::new("kubectl").arg("kustomize").arg(deploy_dir()).output() {
         Ok(output) => output,
         Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!("kubectl is required under CI: {e}")
         }
         Err(e) => panic!("kubectl not runnable ({e}); install kubectl v1.32+ (see README)"),
     };
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let built: Vec<Value> =
-        herald_config::yaml::documents(&String::from_utf8_lossy(&output.stdout)).expect("YAML");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let built: Vec<Value> = herald_config::yaml::documents(&String::from_utf8_lossy(&output.stdout)).expect("YAML");
     let kinds: Vec<&str> = built.iter().filter_map(|o| o["kind"].as_str()).collect();
     for kind in [
         "Namespace",

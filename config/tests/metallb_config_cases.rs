@@ -23,8 +23,7 @@ use herald_config::{IPAddressPool, L2Advertisement};
 use serde_json::Value;
 
 fn cases() -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/metallb-cases/config_cases.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/metallb-cases/config_cases.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{} must exist beside the repository: {e}", path.display()));
     serde_json::from_str(&text).expect("config_cases.json is JSON")
@@ -46,13 +45,9 @@ fn labels_of(doc: &Value) -> BTreeMap<String, String> {
 fn load(objects_yaml: &str, cluster_yaml: &str) -> Objects {
     let mut out = Objects::default();
     let docs: Vec<Value> = herald_config::yaml::documents(objects_yaml).expect("case YAML parses");
-    let cluster: Vec<Value> =
-        herald_config::yaml::documents(cluster_yaml).expect("cluster YAML parses");
+    let cluster: Vec<Value> = herald_config::yaml::documents(cluster_yaml).expect("cluster YAML parses");
     for doc in docs.into_iter().chain(cluster) {
-        let name = doc["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
         match doc["kind"].as_str() {
             Some("IPAddressPool") => match serde_json::from_value::<IPAddressPool>(doc.clone()) {
                 Ok(pool) => {
@@ -62,8 +57,7 @@ fn load(objects_yaml: &str, cluster_yaml: &str) -> Objects {
                 }
                 Err(e) => out.parse_errors.push(format!("pool {name}: {e}")),
             },
-            Some("L2Advertisement") => match serde_json::from_value::<L2Advertisement>(doc.clone())
-            {
+            Some("L2Advertisement") => match serde_json::from_value::<L2Advertisement>(doc.clone()) {
                 Ok(adv) => out.advertisements.push(adv),
                 Err(e) => out.parse_errors.push(format!("advertisement {name}: {e}")),
             },
@@ -97,11 +91,7 @@ fn errors_of(objects: &Objects) -> Vec<String> {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
         .unwrap_or_default()
 }
 
@@ -138,16 +128,8 @@ fn check_parsed(id: &str, objects: &Objects, parsed: &Value) {
         );
 
         if let Some(alloc) = want["serviceAllocation"].as_object() {
-            let ours = pool
-                .spec
-                .service_allocation
-                .as_ref()
-                .expect("serviceAllocation");
-            assert_eq!(
-                Value::from(ours.priority),
-                alloc["priority"],
-                "{id}: {name} priority"
-            );
+            let ours = pool.spec.service_allocation.as_ref().expect("serviceAllocation");
+            assert_eq!(Value::from(ours.priority), alloc["priority"], "{id}: {name} priority");
             let expected_ns: BTreeSet<String> = strings(&alloc["namespaces"]).into_iter().collect();
             for (ns, ns_labels) in &objects.namespaces {
                 assert_eq!(
@@ -239,21 +221,14 @@ fn metallb_config_cases_replay() {
 
         let objects = load(objects_yaml, cluster_yaml);
         let errors = errors_of(&objects);
-        assert_eq!(
-            errors.is_empty(),
-            want_valid,
-            "{id}: Herald said {errors:?}"
-        );
+        assert_eq!(errors.is_empty(), want_valid, "{id}: Herald said {errors:?}");
         if want_valid && let Some(parsed) = case["expected"]["parsed"].as_object() {
             check_parsed(id, &objects, &Value::Object(parsed.clone()));
         }
         replayed += 1;
     }
     // 28 config-parse + 2 webhook cases are observable through Kubernetes.
-    assert_eq!(
-        replayed, 30,
-        "every Kubernetes-observable case was replayed"
-    );
+    assert_eq!(replayed, 30, "every Kubernetes-observable case was replayed");
 }
 
 /// The confounded rows pass in MetalLB for another reason (a leading space makes the CIDR

@@ -27,10 +27,7 @@ fn samples_dir() -> PathBuf {
 }
 
 fn valid_samples() -> Vec<Value> {
-    yaml_files(&samples_dir())
-        .iter()
-        .flat_map(|p| documents(p))
-        .collect()
+    yaml_files(&samples_dir()).iter().flat_map(|p| documents(p)).collect()
 }
 
 #[test]
