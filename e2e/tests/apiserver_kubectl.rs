@@ -488,3 +488,70 @@ async fn repository_crds_and_samples_apply() {
     }
     lab.stop().await;
 }
+
+/// Events written the way kube-rs's `Recorder` writes them (events.k8s.io/v1) are the
+/// core Events `kubectl get events` and `kubectl describe` show.
+#[tokio::test]
+async fn events_v1_are_core_events() {
+    if !kubectl_available() {
+        return;
+    }
+    let lab = Lab::start().await;
+    lab.kubectl_ok(&["apply", "-f", fixture("service.yaml").to_str().expect("utf8")])
+        .await;
+    let client = lab.client().await;
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::default_namespaced(client.clone());
+    let uid = services.get("web").await.expect("service").metadata.uid.expect("uid");
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::default_namespaced(client.clone());
+    let event = serde_json::from_value(json!({
+        "metadata": {"generateName": "web."},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "herald.io/controller", "reportingInstance": "controller-0",
+        "action": "Allocate", "reason": "IPAllocated", "type": "Normal", "note": "assigned 192.0.2.10",
+        "regarding": {"apiVersion": "v1", "kind": "Service", "name": "web", "namespace": "default", "uid": uid}
+    }))
+    .expect("event");
+    let created = events
+        .create(&kube::api::PostParams::default(), &event)
+        .await
+        .expect("create event");
+    let name = created.metadata.name.clone().expect("name");
+    // A series update by merge patch in the events.k8s.io shape.
+    let series = json!({"series": {"count": 2, "lastObservedTime": "2026-01-01T00:00:05.000000Z"}});
+    events
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&series))
+        .await
+        .expect("patch series");
+    let listed = events
+        .list(&kube::api::ListParams::default().fields("regarding.name=web"))
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].note.as_deref(), Some("assigned 192.0.2.10"));
+
+    let table = lab.kubectl_ok(&["get", "events"]).await;
+    let header: Vec<&str> = table.lines().next().expect("header").split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{table}"
+    );
+    assert!(
+        table.contains("IPAllocated") && table.contains("service/web") && table.contains("assigned 192.0.2.10"),
+        "{table}"
+    );
+    let core = lab
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web",
+            "-o",
+            "jsonpath={.items[0].message}",
+        ])
+        .await;
+    assert_eq!(core, "assigned 192.0.2.10");
+    let described = lab.kubectl_ok(&["describe", "svc", "web"]).await;
+    assert!(described.contains("IPAllocated"), "{described}");
+    lab.stop().await;
+}

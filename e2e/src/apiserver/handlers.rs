@@ -18,6 +18,7 @@ use super::Server;
 use super::apply::{self, ApplyRequest, ManagedEntry, Scope};
 use super::builtin;
 use super::controllers::{self, InUse, MANAGED_BY};
+use super::events;
 use super::patch::{self, PatchError};
 use super::registry::{GroupResource, Registry, ResourceType, type_from_crd};
 use super::schema;
@@ -306,6 +307,9 @@ fn parse_json_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
 
 /// The object as served at the request's version.
 pub(crate) fn present(obj: &Value, target: &Target) -> Value {
+    if target.rt.is_events_v1() {
+        return events::core_to_v1(obj);
+    }
     let mut out = obj.clone();
     if let Some(map) = out.as_object_mut() {
         map.insert("apiVersion".into(), json!(target.rt.api_version(&target.version)));
@@ -332,7 +336,14 @@ fn select(server: &Server, target: &Target, query: &HashMap<String, String>) -> 
     let (items, rv) = server.store.list(&target.rt.key(), target.namespace.as_deref());
     let items = items
         .into_iter()
-        .filter(|o| labels.matches(o.pointer("/metadata/labels")) && fields.matches(o))
+        .filter(|o| {
+            labels.matches(o.pointer("/metadata/labels"))
+                && if target.rt.is_events_v1() {
+                    fields.matches(&present(o, target))
+                } else {
+                    fields.matches(o)
+                }
+        })
         .collect();
     Ok((items, rv))
 }
@@ -618,6 +629,23 @@ pub(crate) async fn write(
     };
     let scope = target.scope();
     let api_version = rt.api_version(&target.version);
+    let events_v1 = rt.is_events_v1();
+    let core_events_target;
+    let stored_target = if events_v1 {
+        let core = server
+            .registry()
+            .lookup("", "v1", "events")
+            .cloned()
+            .ok_or_else(ApiError::path_not_found)?;
+        core_events_target = Target {
+            version: "v1".into(),
+            rt: core,
+            ..target.clone()
+        };
+        &core_events_target
+    } else {
+        target
+    };
     let mut attempted_name = String::new();
     for _attempt in 0..64 {
         let now = now_rfc3339();
@@ -631,8 +659,11 @@ pub(crate) async fn write(
         {
             return Err(ApiError::method_not_allowed("POST"));
         }
+        // events.k8s.io Events are computed in their own shape, stored in core shape.
+        let to_view = |v: &Value| if events_v1 { events::core_to_v1(v) } else { v.clone() };
+        let to_stored = |v: Value| if events_v1 { events::v1_to_core(&v) } else { v };
         let (candidate, entries, creating) = match &change {
-            Change::Create(body) => (body.clone(), None, true),
+            Change::Create(body) => (to_stored(body.clone()), None, true),
             Change::Replace(body) => {
                 let old = old.as_ref().ok_or_else(|| not_found(target))?;
                 let given = body
@@ -642,11 +673,11 @@ pub(crate) async fn write(
                 if !given.is_empty() && given != object_rv(old).to_string() {
                     return Err(ApiError::conflict(&rt.group, &rt.plural, target.name()));
                 }
-                (body.clone(), None, false)
+                (to_stored(body.clone()), None, false)
             }
             Change::Patch { media, body } => {
                 let old = old.as_ref().ok_or_else(|| not_found(target))?;
-                let mut patched = (**old).clone();
+                let mut patched = to_view(old);
                 let result = match media.as_str() {
                     "application/json-patch+json" => patch::json_patch(&mut patched, body),
                     "application/merge-patch+json" => patch::merge_patch(&mut patched, body),
@@ -663,10 +694,10 @@ pub(crate) async fn write(
                 if !given.is_empty() && given != object_rv(old).to_string() {
                     return Err(ApiError::conflict(&rt.group, &rt.plural, target.name()));
                 }
-                (patched, None, false)
+                (to_stored(patched), None, false)
             }
             Change::Apply { body, force } => {
-                let live = old.as_deref().cloned().unwrap_or_else(|| json!({}));
+                let live = old.as_deref().map(to_view).unwrap_or_else(|| json!({}));
                 let current = old.as_deref().map(apply::read_managed_fields).unwrap_or_default();
                 let req = ApplyRequest {
                     manager,
@@ -683,13 +714,22 @@ pub(crate) async fn write(
                 {
                     meta.insert("name".into(), json!(target.name()));
                 }
-                (merged, Some(entries), old.is_none())
+                (to_stored(merged), Some(entries), old.is_none())
             }
         };
         if creating && matches!(change, Change::Apply { .. }) && scope == Scope::Status {
             return Err(not_found(target));
         }
-        let prepared = prepare(server, target, old.as_deref(), candidate, creating, entries, opts, &now)?;
+        let prepared = prepare(
+            server,
+            stored_target,
+            old.as_deref(),
+            candidate,
+            creating,
+            entries,
+            opts,
+            &now,
+        )?;
         let result = match prepared {
             Prepared::Delete => {
                 let Some(old) = &old else {

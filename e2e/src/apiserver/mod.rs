@@ -25,6 +25,7 @@
 mod apply;
 mod builtin;
 mod controllers;
+mod events;
 mod handlers;
 mod kubeconfig;
 mod patch;

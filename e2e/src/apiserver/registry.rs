@@ -60,8 +60,17 @@ impl ResourceType {
     pub fn preferred_version(&self) -> &str {
         self.versions.first().map(String::as_str).unwrap_or("v1")
     }
+    /// Whether this is `events.k8s.io` Events (stored in core form, converted on the way).
+    pub fn is_events_v1(&self) -> bool {
+        self.group == "events.k8s.io" && self.plural == "events"
+    }
+
     /// Key under which objects are stored.
     pub fn key(&self) -> GroupResource {
+        // events.k8s.io/v1 Events share the core Events' storage, as in kube-apiserver.
+        if self.is_events_v1() {
+            return GroupResource::new("", "events");
+        }
         GroupResource {
             group: self.group.clone(),
             resource: self.plural.clone(),

@@ -289,6 +289,9 @@ pub fn table(
             .collect();
         (defs, rows)
     } else {
+        if rt.plural == "events" && matches!(rt.group.as_str(), "" | "events.k8s.io") {
+            return event_table(objects, resource_version, continue_token, include_object, now);
+        }
         let cols = builtin_columns(&rt.group, &rt.plural);
         let defs = cols
             .iter()
@@ -300,6 +303,67 @@ pub fn table(
             .collect();
         (defs, rows)
     };
+    let mut metadata = json!({ "resourceVersion": resource_version.to_string() });
+    if let Some(token) = continue_token {
+        metadata["continue"] = json!(token);
+    }
+    json!({ "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": definitions, "rows": rows })
+}
+
+/// kubectl's event listing: LAST SEEN, TYPE, REASON, OBJECT, MESSAGE (Name at priority 1),
+/// from either the core or the events.k8s.io shape.
+fn event_table(
+    objects: &[&Value],
+    resource_version: u64,
+    continue_token: Option<&str>,
+    include_object: &str,
+    now: DateTime<Utc>,
+) -> Value {
+    let first = |o: &Value, pointers: &[&str]| -> Option<String> {
+        pointers.iter().find_map(|p| {
+            o.pointer(p)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        })
+    };
+    let definitions = json!([
+        {"name": "Last Seen", "type": "string", "format": "", "description": "", "priority": 0},
+        {"name": "Type", "type": "string", "format": "", "description": "", "priority": 0},
+        {"name": "Reason", "type": "string", "format": "", "description": "", "priority": 0},
+        {"name": "Object", "type": "string", "format": "", "description": "", "priority": 0},
+        {"name": "Message", "type": "string", "format": "", "description": "", "priority": 0},
+        {"name": "Name", "type": "string", "format": "name", "description": "", "priority": 1},
+    ]);
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let seen = first(
+                o,
+                &[
+                    "/series/lastObservedTime",
+                    "/lastTimestamp",
+                    "/deprecatedLastTimestamp",
+                    "/eventTime",
+                    "/metadata/creationTimestamp",
+                ],
+            )
+            .unwrap_or_default();
+            let kind = first(o, &["/involvedObject/kind", "/regarding/kind"])
+                .unwrap_or_default()
+                .to_lowercase();
+            let name = first(o, &["/involvedObject/name", "/regarding/name"]).unwrap_or_default();
+            let cells = vec![
+                json!(human_age(&seen, now)),
+                json!(first(o, &["/type"]).unwrap_or_default()),
+                json!(first(o, &["/reason"]).unwrap_or_default()),
+                json!(format!("{kind}/{name}")),
+                json!(first(o, &["/message", "/note"]).unwrap_or_default()),
+                name_cell(o, now),
+            ];
+            row(cells, o, include_object)
+        })
+        .collect();
     let mut metadata = json!({ "resourceVersion": resource_version.to_string() });
     if let Some(token) = continue_token {
         metadata["continue"] = json!(token);

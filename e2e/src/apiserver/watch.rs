@@ -30,6 +30,8 @@ type WatchStart = (
 );
 
 struct Filter {
+    /// Field selectors of events.k8s.io watches apply to the converted form.
+    events_v1: bool,
     namespace: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
@@ -46,7 +48,13 @@ impl Filter {
         {
             return false;
         }
-        self.labels.matches(object.pointer("/metadata/labels")) && self.fields.matches(object)
+        if !self.labels.matches(object.pointer("/metadata/labels")) {
+            return false;
+        }
+        if self.events_v1 {
+            return self.fields.matches(&super::events::core_to_v1(object));
+        }
+        self.fields.matches(object)
     }
 
     /// The event this watcher sees for a stored change, if any.
@@ -158,6 +166,7 @@ pub(crate) async fn watch(
     let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let send_initial = query.get("sendInitialEvents").is_some_and(|b| b == "true");
     let filter = Filter {
+        events_v1: target.rt.is_events_v1(),
         namespace: target.namespace.clone(),
         labels,
         fields,
