@@ -77,8 +77,9 @@ fn orchestrate() {
     let owned_at = Instant::now();
     announcer.own_range(FIRST_VIP, ips);
     let set_owned_took = owned_at.elapsed();
-    // Let the gratuitous burst for every IP (last repeat at 4 s) finish before measuring.
-    std::thread::sleep(Duration::from_millis(4500));
+    // Let the gratuitous burst for every IP (last repeat at 4 s, 10,000 frames per repeat)
+    // finish before measuring.
+    std::thread::sleep(Duration::from_millis(6000));
     let (rss_owned, _) = announcer.rss_kb();
 
     let capture = format!("/tmp/hrl-ann-flood-{}.pcap", std::process::id());
@@ -103,6 +104,7 @@ fn orchestrate() {
         .expect("start tcpdump");
     std::thread::sleep(Duration::from_millis(1500));
 
+    let (cpu_before, wait_before) = announcer.cpu_and_wait_ns();
     let exe = std::env::current_exe().unwrap();
     let flood_output = Command::new("ip")
         .args(["netns", "exec", &lab.client])
@@ -117,6 +119,7 @@ fn orchestrate() {
         .output()
         .expect("run flood");
     let flood_report = String::from_utf8_lossy(&flood_output.stdout).into_owned();
+    let (cpu_after, wait_after) = announcer.cpu_and_wait_ns();
     let (rss_after, rss_peak) = announcer.rss_kb();
     let announcer_status = announcer.status();
     drop(announcer);
@@ -162,6 +165,13 @@ fn orchestrate() {
     println!(
         "announcer RSS: idle {} kB, {ips} IPs owned {} kB, after flood {} kB, peak (VmHWM) {} kB",
         rss_idle, rss_owned, rss_after, rss_peak
+    );
+    let requests = (rate * seconds).max(1);
+    println!(
+        "announcer CPU during the flood: {:.0} ms ({:.1} µs per request); its threads waited {:.0} ms runnable for a CPU",
+        (cpu_after - cpu_before) as f64 / 1e6,
+        (cpu_after - cpu_before) as f64 / 1e3 / requests as f64,
+        (wait_after - wait_before) as f64 / 1e6,
     );
     println!("announcer status: {announcer_status}");
 }

@@ -374,6 +374,14 @@ impl Helper {
         self.command("usable", "usable")
     }
 
+    /// (CPU time, time spent runnable but waiting for a CPU) of all the helper's threads, in
+    /// nanoseconds, from `/proc/self/task/*/schedstat`.
+    pub fn cpu_and_wait_ns(&mut self) -> (u64, u64) {
+        let answer = self.command("sched", "sched");
+        let mut numbers = answer.split_whitespace().map(|n| n.parse().unwrap_or(0));
+        (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+    }
+
     /// The helper's status line (debug text).
     pub fn status(&mut self) -> String {
         self.command("status", "status")
@@ -403,6 +411,18 @@ fn vm_kb(field: &str) -> u64 {
         .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Sums (CPU time, run-queue wait) over this process's threads.
+fn thread_times_ns() -> (u64, u64) {
+    let mut totals = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let mut fields = text.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));
+        totals.0 += fields.next().unwrap_or(0);
+        totals.1 += fields.next().unwrap_or(0);
+    }
+    totals
 }
 
 /// Helper mode: runs an announcer in this process, driven by lines on stdin:
@@ -466,6 +486,10 @@ pub fn run_helper() {
                 );
             }
             Some("usable") => println!("HERALD usable {}", announcer.usable_interfaces().join(",")),
+            Some("sched") => {
+                let (cpu, wait) = thread_times_ns();
+                println!("HERALD sched {cpu} {wait}");
+            }
             Some("rss") => println!("HERALD rss {} {}", vm_kb("VmRSS:"), vm_kb("VmHWM:")),
             Some("quit") => break,
             _ => println!("HERALD error unknown command {line:?}"),
