@@ -827,3 +827,58 @@ async fn cli_serves_until_sigterm_and_saves_state() {
     let saved = std::fs::read_to_string(&state).expect("state saved");
     assert!(saved.contains("from-cli"));
 }
+
+#[tokio::test]
+async fn delete_propagation_orphan_keeps_dependents() {
+    let lab = Lab::start().await;
+    let client = lab.client().await;
+    let services: Api<Service> = Api::default_namespaced(client.clone());
+    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
+    let svc: Service = serde_json::from_value(
+        json!({"metadata": {"name": "kept-slices"}, "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]}}),
+    )
+    .expect("svc");
+    services.create(&PostParams::default(), &svc).await.expect("create");
+    let selector = ListParams::default().labels("kubernetes.io/service-name=kept-slices");
+    assert_eq!(slices.list(&selector).await.expect("list").items.len(), 1);
+    services
+        .delete("kept-slices", &DeleteParams::orphan())
+        .await
+        .expect("delete");
+    let left = slices.list(&selector).await.expect("list").items;
+    assert_eq!(left.len(), 1, "orphaned, not deleted");
+    assert!(left[0].metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()));
+    // An unsupported policy is refused.
+    let bad = DeleteParams {
+        propagation_policy: None,
+        ..DeleteParams::default()
+    };
+    let raw = http::Request::builder()
+        .method("DELETE")
+        .uri("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?propagationPolicy=Sometimes")
+        .body(serde_json::to_vec(&bad).expect("json"))
+        .expect("request");
+    assert_eq!(error_code(client.request::<Value>(raw).await).0, 422);
+    lab.stop().await;
+}
+
+/// A client holding a version from an earlier server (restarted without state) relists.
+#[tokio::test]
+async fn watch_from_the_future_is_expired() {
+    let lab = Lab::start().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(lab.client().await);
+    let future = (lab.server.resource_version() + 1000).to_string();
+    let mut stream = api
+        .watch(&WatchParams::default(), &future)
+        .await
+        .expect("watch")
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("event")
+    {
+        Some(Ok(WatchEvent::Error(status))) => assert_eq!(status.code, 410),
+        other => panic!("expected 410, got {other:?}"),
+    }
+    lab.stop().await;
+}

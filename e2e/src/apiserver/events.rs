@@ -54,21 +54,13 @@ pub fn v1_to_core(v1: &Value) -> Value {
     let swapped: Vec<(&str, &str)> = RENAMED.iter().map(|(a, b)| (*b, *a)).collect();
     let mut core = convert(v1, &swapped, "v1");
     // kube-apiserver fills the core timestamps from eventTime when only it is given.
-    if let Some(map) = core.as_object_mut() {
-        if let Some(Value::String(t)) = map.get("eventTime").cloned() {
-            let secs = t.split('.').next().map(|s| {
-                if s.ends_with('Z') {
-                    s.to_string()
-                } else {
-                    format!("{s}Z")
-                }
-            });
-            if let Some(secs) = secs {
-                map.entry("firstTimestamp")
-                    .or_insert_with(|| Value::String(secs.clone()));
-                map.entry("lastTimestamp").or_insert(Value::String(secs));
-            }
-        }
+    if let Some(map) = core.as_object_mut()
+        && let Some(Value::String(t)) = map.get("eventTime").cloned()
+    {
+        let whole_seconds = t.split('.').next().unwrap_or_default().trim_end_matches('Z');
+        let stamp = Value::String(format!("{whole_seconds}Z"));
+        map.entry("firstTimestamp").or_insert_with(|| stamp.clone());
+        map.entry("lastTimestamp").or_insert(stamp);
     }
     core
 }

@@ -336,9 +336,13 @@ impl Store {
     /// For a watch resuming after `since`: the recorded changes of `resource` newer than it,
     /// and a receiver for everything after them. Both are taken under the lock, so nothing
     /// is missed or repeated.
+    ///
+    /// A version newer than the current one can only come from an earlier server (one
+    /// restarted without its state file): it is refused like an expired one, so clients
+    /// relist instead of waiting for the counter to catch up.
     pub fn resume(&self, resource: &GroupResource, since: u64) -> Result<Resumed, TooOld> {
         let inner = self.lock();
-        if since < inner.oldest_resumable {
+        if since < inner.oldest_resumable || since > inner.rv {
             return Err(TooOld {
                 requested: since,
                 oldest: inner.oldest_resumable,
@@ -370,7 +374,8 @@ impl Store {
 
     /// Whether a list continuation taken at `rv` can still be served.
     pub fn is_resumable(&self, rv: u64) -> bool {
-        rv >= self.lock().oldest_resumable
+        let inner = self.lock();
+        rv >= inner.oldest_resumable && rv <= inner.rv
     }
 
     /// Forgets the change history, as etcd compaction does: watches resuming from any
@@ -457,5 +462,7 @@ mod tests {
         store.compact();
         assert!(store.resume(&gr, store.current_rv() - 1).is_err());
         assert!(store.resume(&gr, store.current_rv()).is_ok());
+        // From a previous server's future: relist.
+        assert!(store.resume(&gr, store.current_rv() + 100).is_err());
     }
 }
