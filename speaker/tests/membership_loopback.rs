@@ -1,7 +1,8 @@
 //! Real-network membership: three runtimes talk gRPC over 127.0.0.1 (ephemeral ports); one is
-//! killed ([`Membership::kill`]: its server and driver tasks are aborted, so its connections
-//! drop, as when the process dies) and the others must see it dead and move its IPs. Prints
-//! the measured times; asserts only a generous sanity bound.
+//! killed — as a crashed process ([`Membership::kill`]: its tasks are aborted and its
+//! connections drop) or as a vanished host ([`Membership::hang`]: calls to it never return) —
+//! and the others must see it dead and move its IPs. Prints the measured times; asserts only a
+//! generous sanity bound.
 //!
 //! `cargo test -p herald-speaker --release --test membership_loopback -- --ignored --nocapture`
 //! runs 20 rounds and prints p50/p99 (the numbers in BENCHMARKS.md).
@@ -94,9 +95,18 @@ async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> Optio
     None
 }
 
+/// How the victim dies.
+#[derive(Clone, Copy, Debug)]
+enum Death {
+    /// Process crash: its connections drop, calls fail at once.
+    Crash,
+    /// Host vanished: calls hang until the caller's timeout.
+    Vanish,
+}
+
 /// One round: start, converge, kill the owner of the first IP; returns (time until every
 /// survivor saw it dead, time until the survivors' elections moved all its IPs).
-async fn kill_round() -> (Duration, Duration) {
+async fn kill_round(death: Death) -> (Duration, Duration) {
     let nodes = start_cluster(b"loopback secret").await;
     wait_for(SANITY, || everyone_sees_everyone(&nodes))
         .await
@@ -114,7 +124,10 @@ async fn kill_round() -> (Duration, Duration) {
     let survivors: Vec<usize> = (0..NODES).filter(|i| *i != victim).collect();
 
     let killed_at = Instant::now();
-    nodes[victim].kill();
+    match death {
+        Death::Crash => nodes[victim].kill(),
+        Death::Vanish => nodes[victim].hang(),
+    }
     let mut all_dead_at = None;
     let moved_at = wait_for(SANITY, || {
         let views: Vec<MembershipView> = survivors.iter().map(|i| nodes[*i].view().borrow().clone()).collect();
@@ -156,19 +169,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-async fn rounds(count: usize) {
+async fn rounds(count: usize, death: Death) {
     let mut dead = Vec::new();
     let mut moved = Vec::new();
     for round in 0..count {
-        let (d, m) = kill_round().await;
-        println!("round {round}: dead seen by all survivors after {d:?}, IPs moved after {m:?}");
+        let (d, m) = kill_round(death).await;
+        println!("{death:?} round {round}: dead seen by all survivors after {d:?}, IPs moved after {m:?}");
         dead.push(d);
         moved.push(m);
     }
     dead.sort();
     moved.sort();
     println!(
-        "{count} rounds: detection p50 {:?} p99 {:?} max {:?}; takeover p50 {:?} p99 {:?} max {:?}",
+        "{death:?}, {count} rounds: detection p50 {:?} p99 {:?} max {:?}; takeover p50 {:?} p99 {:?} max {:?}",
         percentile(&dead, 0.5),
         percentile(&dead, 0.99),
         dead[count - 1],
@@ -181,13 +194,15 @@ async fn rounds(count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_speaker_is_detected_and_its_ips_move_over_loopback_grpc() {
-    rounds(3).await;
+    rounds(2, Death::Crash).await;
+    rounds(2, Death::Vanish).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: 20 rounds, run with --release --ignored --nocapture"]
 async fn failover_detection_percentiles_over_20_rounds() {
-    rounds(20).await;
+    rounds(20, Death::Crash).await;
+    rounds(20, Death::Vanish).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,15 +19,16 @@
 //! number of IPs watched, not with the square of the cluster size. Dead members stay in the
 //! slow round-robin so that partitions heal.
 //!
-//! A probe without Ack within [`MembershipConfig::probe_timeout`] (150 ms) makes the member
+//! A probe without Ack within [`MembershipConfig::probe_timeout`] (120 ms) makes the member
 //! `Suspect` and starts a local suspicion timer ([`MembershipConfig::suspicion_timeout`],
-//! 200 ms). While it runs the speaker keeps pinging the suspect directly every
+//! 180 ms). While it runs the speaker keeps pinging the suspect directly every
 //! [`MembershipConfig::suspicion_probe_interval`] (50 ms) and asks
 //! [`MembershipConfig::indirect_probes`] (3) other members to ping it (PingReq), twice. Any sign
 //! of life (an Ack, even late; a successful PingReq; any message from the suspect) cancels the
 //! timer; otherwise the member is declared `Dead`. Worst case from a crash to `Dead` at the
-//! runner-up: 100 + 150 + 200 = 450 ms; a refused connection (process gone, host up) skips the
-//! 150 ms.
+//! runner-up: 100 + 120 + 180 = 400 ms plus timer granularity; a refused connection (process
+//! gone, host up) skips the 120 ms. A live member is declared dead only after answering nothing,
+//! directly or through three helpers, for at least 300 ms.
 //!
 //! `Suspect` still counts as live for the election: a single lost packet never moves an IP.
 //! A suspicion learned from gossip starts no timer: only a speaker's own failed probes, or a
@@ -202,10 +203,10 @@ pub struct MembershipConfig {
     /// Interval between probes of each closely watched member (`--watch-probe-interval`,
     /// 100 ms).
     pub watch_probe_interval: Duration,
-    /// Time to wait for an Ack before suspecting (`--probe-timeout`, 150 ms).
+    /// Time to wait for an Ack before suspecting (`--probe-timeout`, 120 ms).
     pub probe_timeout: Duration,
     /// Time from suspicion to death unless the suspect shows a sign of life
-    /// (`--suspicion-timeout`, 200 ms).
+    /// (`--suspicion-timeout`, 180 ms).
     pub suspicion_timeout: Duration,
     /// Interval of direct re-probes of a suspect (`--suspicion-probe-interval`, 50 ms).
     pub suspicion_probe_interval: Duration,
@@ -226,7 +227,7 @@ pub struct MembershipConfig {
     pub leave_timeout: Duration,
     /// Peers asked for a full state exchange at start (`--initial-sync-peers`, 3).
     pub initial_sync_peers: usize,
-    /// Granularity of the runtime's timers (`--membership-tick`, 10 ms).
+    /// Granularity of the runtime's timers (`--membership-tick`, 5 ms).
     pub tick: Duration,
 }
 
@@ -237,8 +238,8 @@ impl Default for MembershipConfig {
             advertise_address: None,
             probe_interval: Duration::from_secs(1),
             watch_probe_interval: Duration::from_millis(100),
-            probe_timeout: Duration::from_millis(150),
-            suspicion_timeout: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(120),
+            suspicion_timeout: Duration::from_millis(180),
             suspicion_probe_interval: Duration::from_millis(50),
             indirect_probes: 3,
             sync_interval: Duration::from_secs(30),
@@ -247,7 +248,7 @@ impl Default for MembershipConfig {
             max_clock_skew: Duration::from_secs(30),
             leave_timeout: Duration::from_millis(500),
             initial_sync_peers: 3,
-            tick: Duration::from_millis(10),
+            tick: Duration::from_millis(5),
         }
     }
 }

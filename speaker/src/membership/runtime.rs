@@ -432,8 +432,20 @@ impl Membership {
         }
     }
 
-    /// Simulates a vanished host (for tests): from now on nothing is sent, received requests
-    /// are never answered, and the driver and server stop.
+    /// Simulates a host that vanished without a trace (for tests): from now on nothing is
+    /// sent and received requests are never answered (no connection reset), so peers only
+    /// notice through their timeouts.
+    pub fn hang(&self) {
+        self.shared.killed.store(true, Ordering::SeqCst);
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        // The first task is the driver; the server keeps accepting and never answering.
+        if let Some(driver) = tasks.first() {
+            driver.abort();
+        }
+    }
+
+    /// Simulates a crashed process (for tests): nothing is sent or answered any more, and
+    /// the driver and server tasks are aborted, which drops their connections.
     pub fn kill(&self) {
         self.shared.killed.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
