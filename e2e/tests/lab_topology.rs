@@ -348,6 +348,21 @@ async fn lab_topology_api_controller_and_supervision() {
         "restarted before the delay"
     );
     assert!(!process_alive(old));
+    // Its Pod shows the restart, Ready again, as a kubelet would report it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (restarts, ready) = loop {
+        let pod = speaker_pods.get("herald-speaker-node2").await.expect("speaker pod");
+        let container = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.into_iter().next())
+            .expect("container status");
+        if (container.restart_count, container.ready) == (1, true) || Instant::now() > deadline {
+            break (container.restart_count, container.ready);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((restarts, ready), (1, true), "speaker pod status after one restart");
 
     // Uplink down: node3 unreachable; up again: addresses and routes are back.
     lab.set_uplink(3, false).await.expect("uplink down");

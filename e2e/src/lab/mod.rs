@@ -297,6 +297,8 @@ pub struct Lab {
     relay: Supervised,
     controller: Supervised,
     speakers: Vec<Supervised>,
+    /// Tasks copying each speaker process's state into its Pod's status.
+    speaker_status_mirrors: Vec<tokio::task::JoinHandle<()>>,
     backends: tokio::sync::Mutex<Vec<Backend>>,
     client: kube::Client,
     torn_down: AtomicBool,
@@ -480,6 +482,18 @@ impl Lab {
             speakers.push(speaker);
         }
 
+        let speaker_status_mirrors = plan
+            .nodes
+            .iter()
+            .zip(&speakers)
+            .map(|(node, speaker)| {
+                tokio::spawn(mirror_speaker_pod(
+                    client.clone(),
+                    node.clone(),
+                    speaker.subscribe_pid(),
+                ))
+            })
+            .collect();
         let lab = Lab {
             plan,
             config,
@@ -491,6 +505,7 @@ impl Lab {
             relay,
             controller,
             speakers,
+            speaker_status_mirrors,
             backends: tokio::sync::Mutex::new(Vec::new()),
             client,
             torn_down: AtomicBool::new(false),
@@ -1006,6 +1021,9 @@ impl Lab {
     /// the relays, deletes every namespace and the state directory.
     pub async fn down(self) -> Result<CleanupReport, LabError> {
         self.torn_down.store(true, Ordering::SeqCst);
+        for mirror in &self.speaker_status_mirrors {
+            mirror.abort();
+        }
         let Lab {
             config,
             api,
@@ -1036,6 +1054,9 @@ impl Drop for Lab {
             return;
         }
         self.unix_relay.abort();
+        for mirror in &self.speaker_status_mirrors {
+            mirror.abort();
+        }
         for process in self.speakers.iter().chain([&self.controller, &self.relay]) {
             process.kill_now();
         }
@@ -1060,6 +1081,36 @@ impl Drop for Lab {
                 let _ = std::fs::remove_dir_all(&state_dir);
             }
         }
+    }
+}
+
+/// Keeps the speaker Pod on `node` as a kubelet would: NotReady while the speaker
+/// process is down, Ready with one more restart each time a new process runs. Patches
+/// that fail (API server restarting) are simply redone on the next change.
+async fn mirror_speaker_pod(client: kube::Client, node: NodePlan, mut pids: tokio::sync::watch::Receiver<Option<u32>>) {
+    let pods: Api<Pod> = Api::namespaced(client, objects::HERALD_NAMESPACE);
+    let name = objects::speaker_pod_name(&node);
+    // The last process seen running; None until the first start.
+    let mut last_started = *pids.borrow_and_update();
+    let mut restarts = 0u32;
+    let mut pid = last_started;
+    loop {
+        if let Some(pid) = pid
+            && last_started != Some(pid)
+        {
+            if last_started.is_some() {
+                restarts += 1;
+            }
+            last_started = Some(pid);
+        }
+        let status = objects::speaker_pod_status(&node, pid.is_some(), restarts);
+        if let Err(e) = objects::patch_pod_status(&pods, &name, status).await {
+            tracing::debug!(error = %e, pod = %name, "cannot mirror the speaker's state");
+        }
+        if pids.changed().await.is_err() {
+            return;
+        }
+        pid = *pids.borrow_and_update();
     }
 }
 

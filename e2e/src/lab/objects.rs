@@ -114,6 +114,29 @@ pub fn running_pod_status(ipv4: &str, ipv6: &str, host_ip: &str, ready: bool) ->
     })
 }
 
+/// The status a kubelet reports for the speaker Pod on `node`: Ready while the speaker
+/// process runs, and its container's restart count (what `kubectl get pods` shows as
+/// RESTARTS).
+pub fn speaker_pod_status(node: &NodePlan, running: bool, restarts: u32) -> Value {
+    let (v4, v6) = (node.ipv4.to_string(), node.ipv6.to_string());
+    let mut status = running_pod_status(&v4, &v6, &v4, running);
+    let state = if running {
+        json!({"running": {"startedAt": now()}})
+    } else {
+        json!({"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": now()}})
+    };
+    status["status"]["containerStatuses"] = json!([{
+        "name": "speaker",
+        "image": "herald-speaker:lab",
+        "imageID": "",
+        "ready": running,
+        "started": running,
+        "restartCount": restarts,
+        "state": state,
+    }]);
+    status
+}
+
 /// A backend Pod (without status): the echo server, ports named `http` and `udp`.
 pub fn backend_pod_object(pod: &PodPlan, node: &NodePlan, labels: &BTreeMap<String, String>) -> Pod {
     typed(json!({
@@ -182,13 +205,7 @@ pub async fn install_cluster_objects(client: &kube::Client, nodes: &[NodePlan]) 
     for node in nodes {
         create_if_absent(&node_api, &node_object(node)).await?;
         create_if_absent(&pod_api, &speaker_pod_object(node)).await?;
-        let (v4, v6) = (node.ipv4.to_string(), node.ipv6.to_string());
-        patch_pod_status(
-            &pod_api,
-            &speaker_pod_name(node),
-            running_pod_status(&v4, &v6, &v4, true),
-        )
-        .await?;
+        patch_pod_status(&pod_api, &speaker_pod_name(node), speaker_pod_status(node, true, 0)).await?;
     }
     Ok(())
 }
@@ -251,9 +268,12 @@ mod tests {
         assert_eq!(pod.metadata.namespace.as_deref(), Some(HERALD_NAMESPACE));
         assert_eq!(pod.metadata.labels.unwrap()["app.kubernetes.io/component"], "speaker");
         assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node1"));
-        let status: Pod = typed(
-            json!({"metadata": {}, "status": running_pod_status("1.2.3.4", "fd00::1", "1.2.3.4", true)["status"]}),
-        );
-        assert_eq!(status.status.unwrap().pod_ips.unwrap().len(), 2);
+        let status = speaker_pod_status(plan.node(1).unwrap(), false, 2)["status"].clone();
+        let status: Pod = typed(json!({"metadata": {}, "status": status}));
+        let status = status.status.unwrap();
+        assert_eq!(status.pod_ips.unwrap().len(), 2);
+        let container = &status.container_statuses.unwrap()[0];
+        assert_eq!((container.ready, container.restart_count), (false, 2));
+        assert!(container.state.as_ref().unwrap().terminated.is_some());
     }
 }

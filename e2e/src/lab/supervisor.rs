@@ -137,6 +137,11 @@ impl Supervised {
         *self.shared.pid.borrow()
     }
 
+    /// Follows the pid: `Some` while a process runs, `None` between runs.
+    pub fn subscribe_pid(&self) -> watch::Receiver<Option<u32>> {
+        self.shared.pid.subscribe()
+    }
+
     /// How many times the process was started so far.
     pub fn starts(&self) -> u32 {
         self.shared.starts.load(Ordering::SeqCst)
