@@ -7,7 +7,7 @@
 //!   EndpointSlices). Start it with [`apiserver::ApiServer::start`].
 //! - [`lab`]: a bare-metal cluster from network namespaces running Herald's binaries
 //!   against the lab API server ([`lab::Lab::up`]), and `herald-lab up`/`down`.
-//! - [`bench`]: the `herald-lab bench-apiserver` load benchmark.
+//! - [`bench`](mod@bench): the `herald-lab bench-apiserver` load benchmark.
 //!
 //! Nothing here is used in production.
 #![forbid(unsafe_code)]

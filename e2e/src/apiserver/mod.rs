@@ -16,11 +16,38 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Where it differs from kube-apiserver
+//! - Plain HTTP only. client-go (so kubectl) sends bearer tokens only over TLS, so a
+//!   configured token is for kube-rs clients; kubectl works against a token-less server.
+//! - No authorization or admission: RBAC objects are stored, not enforced.
+//! - CRD schemas: pruning, defaulting, types, `required`, `enum`, numeric/length/item
+//!   bounds; not `pattern`, `format` or CEL rules; no conversion between CRD versions.
+//! - Built-in kinds are decoded through k8s-openapi types (400 on type errors, unknown
+//!   fields warned or refused per `fieldValidation`), but validated only where Herald
+//!   cares: names, labels, Services (ports, IPs, node ports, families, status ingress), CRDs.
+//! - Server-side apply tracks ownership per leaf path with lists atomic (a list the live
+//!   object already satisfies does not conflict); no associative-list keys in managedFields.
+//! - Strategic merge patch knows the merge keys of a table of built-in list fields;
+//!   other lists are replaced.
+//! - Lists read the current state (not a snapshot at the list's version); continue
+//!   tokens resume by key. A watch from a version newer than the server's gets 410 (not
+//!   504) so clients of a server restarted without its state file relist.
+//! - No kubelet or workload controllers: Pods without finalizers are deleted at once,
+//!   Deployments/DaemonSets are only stored; namespace deletion is immediate.
+//!   Garbage collection follows ownerReferences on delete (Background, Foreground done
+//!   synchronously, Orphan).
+//! - `/openapi/v3` publishes operations and parameters, not schemas (enough for kubectl's
+//!   server-side field validation; `kubectl explain` does not work); no `/openapi/v2`,
+//!   no protobuf, no aggregated discovery (kubectl falls back to the legacy documents).
+//! - Cluster IPs and node ports are allocated first-free rather than at random.
+//!
 //! # Layout
-//! `store` (objects, versions, history, fan-out), `registry` (kinds and discovery),
-//! `handlers` (verbs), `watch` (watch streams), `patch` and `apply` (patch strategies and
-//! field ownership), `controllers` (what kube-apiserver/controller-manager compute),
-//! `selectors`, `table`, `status` (errors), `kubeconfig`.
+//! `store` (objects, versions, history, fan-out), `registry` (kinds, discovery, OpenAPI
+//! index), `handlers` (verbs), `watch` (watch streams), `patch` and `apply` (patch
+//! strategies and field ownership), `schema` (CRD structural schemas), `builtin` (typed
+//! decoding of built-in kinds), `events` (events.k8s.io ⇄ core Events), `controllers`
+//! (what kube-apiserver/controller-manager compute), `selectors`, `table`, `status`
+//! (errors), `kubeconfig`.
 
 mod apply;
 mod builtin;
