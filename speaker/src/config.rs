@@ -41,6 +41,15 @@ pub struct Config {
     /// container device).
     #[arg(long, env = "HERALD_INTERFACES", value_delimiter = ',')]
     pub interfaces: Vec<String>,
+    /// `ebpf`: forward LoadBalancer IPs and NodePorts with the embedded eBPF service map;
+    /// `off`: announce only (when kube-proxy or another dataplane forwards). If eBPF cannot be
+    /// loaded the speaker says why and runs announce-only.
+    #[arg(long, env = "HERALD_DATAPLANE", value_enum, default_value_t = DataplaneMode::Ebpf)]
+    pub dataplane: DataplaneMode,
+    /// Directory on a bpf filesystem under which this node's maps and links are pinned (in
+    /// `<root>/<node name>`), so a restarted speaker resumes them.
+    #[arg(long, env = "HERALD_BPF_PIN_ROOT", default_value = "/sys/fs/bpf/herald")]
+    pub bpf_pin_root: std::path::PathBuf,
     /// Slow round-robin probe interval (all members not watched closely share it).
     #[arg(long, env = "HERALD_PROBE_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub probe_interval: Duration,
@@ -56,12 +65,23 @@ pub struct Config {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataplaneMode {
+    Ebpf,
+    Off,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
 impl Config {
+    /// This node's pin directory.
+    pub fn pin_dir(&self) -> std::path::PathBuf {
+        self.bpf_pin_root.join(&self.node_name)
+    }
+
     /// Membership settings from the flags; the rest keep their defaults.
     pub fn membership(&self, advertise: std::net::IpAddr) -> MembershipConfig {
         MembershipConfig {

@@ -22,11 +22,24 @@ pub struct Health {
     pub key_loaded: AtomicBool,
     pub announcer_ready: AtomicBool,
     pub membership_settled: AtomicBool,
+    /// Why the speaker runs announce-only; `None` while the dataplane runs.
+    announce_only: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
     pub fn mark_pass(&self) {
         self.last_pass.store(unix_now(), Ordering::SeqCst);
+    }
+
+    pub fn set_dataplane(&self, state: Result<(), String>) {
+        *self.announce_only.lock().unwrap_or_else(|e| e.into_inner()) = state.err();
+    }
+
+    /// A note for `/readyz` when the speaker forwards nothing itself.
+    pub fn dataplane_note(&self) -> Option<String> {
+        let why = self.announce_only.lock().unwrap_or_else(|e| e.into_inner());
+        why.as_ref()
+            .map(|why| format!("announce-only: eBPF dataplane not running ({why})"))
     }
 
     /// Every reason the speaker is not ready, empty when it is.
@@ -99,7 +112,10 @@ async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let reasons = state.health.not_ready();
     if reasons.is_empty() {
-        (StatusCode::OK, "ok\n".to_string())
+        match state.health.dataplane_note() {
+            None => (StatusCode::OK, "ok\n".to_string()),
+            Some(note) => (StatusCode::OK, format!("ok; {note}\n")),
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -29,6 +29,8 @@ pub struct Inputs<'a> {
     pub advertisements: &'a [&'a L2Advertisement],
     pub view: &'a MembershipView,
     pub local_health: &'a NodeHealth,
+    /// This speaker forwards with the eBPF dataplane, so owners must have theirs running.
+    pub require_dataplane: bool,
 }
 
 /// Everything one pass decides.
@@ -46,6 +48,8 @@ pub struct Plan {
     pub watch_closely: BTreeSet<String>,
     /// Services this node announces, for `ServiceL2Status` and Events.
     pub announced: AnnouncedServices,
+    /// Services as the dataplane forwards them.
+    pub services: Vec<crate::dataplane::ServiceInput>,
 }
 
 pub fn plan(inputs: &Inputs<'_>) -> Plan {
@@ -86,8 +90,14 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
         inputs.lb_class,
     );
     let advertisements: Vec<_> = inputs.advertisements.iter().map(|a| a.spec.clone()).collect();
-    let outcome: BTreeMap<IpAddr, UnitEligibility> =
-        eligibility(&units, &node_facts, &advertisements, EligibilityOptions::default());
+    let outcome: BTreeMap<IpAddr, UnitEligibility> = eligibility(
+        &units,
+        &node_facts,
+        &advertisements,
+        EligibilityOptions {
+            require_dataplane: inputs.require_dataplane,
+        },
+    );
     let ownership = elect(&candidates(&outcome));
 
     let mine = owned_by(inputs.node, &ownership);
@@ -122,6 +132,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
         }
     }
     Plan {
+        services: facts::service_inputs(inputs.services, inputs.endpoint_slices, inputs.lb_class),
         peers,
         watch_closely: watch_targets(inputs.node, &ownership),
         ineligible: outcome.into_iter().map(|(ip, e)| (ip, e.ineligible)).collect(),
@@ -272,6 +283,7 @@ mod tests {
                 advertisements: &self.advertisements.iter().collect::<Vec<_>>(),
                 view,
                 local_health: &health,
+                require_dataplane: false,
             })
         }
     }

@@ -24,7 +24,8 @@ use tokio::sync::watch;
 
 use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, InterfacePolicy};
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Config, DataplaneMode};
+use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::election::Ownership;
 use crate::http::{self, Health};
 use crate::membership::auth::SecretKey;
@@ -119,6 +120,9 @@ pub async fn run_with_client(
         return Ok(());
     };
     let membership = Membership::start(config.membership(advertise), &node, key, &mut registry).await?;
+    let dataplane = start_dataplane(&config, &announcer, advertise, &mut registry);
+    health.set_dataplane(dataplane.as_ref().map(|_| ()).map_err(Clone::clone));
+    let mut dataplane = dataplane.take_ok();
     let metrics = LoopMetrics::register(&mut registry);
     tokio::spawn(http::serve(listener, health.clone(), Arc::new(registry)));
 
@@ -134,6 +138,7 @@ pub async fn run_with_client(
     let mut view_rx = membership.view();
     let mut interfaces_rx = announcer.watch_usable_interfaces();
     let mut ownership: BTreeMap<IpAddr, Ownership> = BTreeMap::new();
+    let mut dataplane_sync = DataplaneSync::default();
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
         let announcer_status = announcer.status();
@@ -141,7 +146,7 @@ pub async fn run_with_client(
         health.cluster_synced.store(cluster.synced(), Ordering::SeqCst);
         let local_health = NodeHealth {
             announcer_ready: announcer_status.ready,
-            dataplane_ready: false,
+            dataplane_ready: dataplane.is_some(),
             interfaces: announcer_status.usable_interfaces.iter().cloned().collect(),
         };
         membership.set_local_health(local_health.clone());
@@ -164,7 +169,17 @@ pub async fn run_with_client(
             advertisements: &advertisements.iter().map(|a| &**a).collect::<Vec<_>>(),
             view: &view,
             local_health: &local_health,
+            require_dataplane: config.dataplane == DataplaneMode::Ebpf,
         });
+        if let Some(dp) = dataplane.as_mut() {
+            let addresses = nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
+                .map(|n| crate::cluster::facts::node_addresses(n))
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| vec![advertise]);
+            dataplane_sync.update(dp, &announcer_status.usable_interfaces, addresses, &next.services);
+        }
         // The first peer list starts membership (and its initial sync); an empty list before the
         // Node watch has synced would make it "settle" with no peers and elect itself everywhere.
         if cluster.synced() {
@@ -215,10 +230,132 @@ pub async fn run_with_client(
     membership.leave().await;
     announcer.set_owned(BTreeMap::new());
     announcer.shutdown();
+    // The eBPF maps and links stay pinned: a restarted speaker resumes them without breaking
+    // established flows (see `dataplane`).
+    drop(dataplane);
     status_tx.send_replace(AnnouncedServices::new());
     drop(status_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), status_task).await;
     Ok(())
+}
+
+/// Starts the eBPF dataplane unless it is switched off; on failure says why (the speaker then
+/// runs announce-only).
+fn start_dataplane(
+    config: &Config,
+    announcer: &Announcer,
+    advertise: IpAddr,
+    registry: &mut Registry,
+) -> DataplaneStart {
+    if config.dataplane == DataplaneMode::Off {
+        tracing::info!("dataplane off (--dataplane off): announcing only");
+        return DataplaneStart::Failed("switched off with --dataplane off".to_string());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if let Some(fstype) = filesystem_of(&config.bpf_pin_root, &mounts)
+        && fstype != "bpf"
+    {
+        let why = format!(
+            "{} is on a {fstype} filesystem, not bpf: mount one (mount -t bpf bpf /sys/fs/bpf) or pass --bpf-pin-root on one",
+            config.bpf_pin_root.display()
+        );
+        tracing::error!("eBPF dataplane unavailable: announcing only; {why}");
+        return DataplaneStart::Failed(why);
+    }
+    let dp_config = DataplaneConfig {
+        interfaces: announcer.usable_interfaces(),
+        pin_dir: config.pin_dir(),
+        node_name: config.node_name.clone(),
+        node_addresses: vec![advertise],
+    };
+    match Dataplane::start(dp_config) {
+        Ok(dp) => {
+            dp.register(registry);
+            tracing::info!(pin_dir = %config.pin_dir().display(), "eBPF dataplane running");
+            DataplaneStart::Running(dp)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, detail = ?e, "eBPF dataplane unavailable: announcing only; LoadBalancer traffic is not forwarded by Herald on this node");
+            DataplaneStart::Failed(e.to_string())
+        }
+    }
+}
+
+/// The type of the filesystem `path` lives on, from `/proc/self/mounts` text (the mount point
+/// that is the longest prefix of `path`).
+fn filesystem_of(path: &std::path::Path, mounts: &str) -> Option<String> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, mount_point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            // /proc/mounts escapes spaces as \040.
+            let mount_point = mount_point.replace("\\040", " ");
+            path.starts_with(&mount_point)
+                .then(|| (mount_point.len(), fstype.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fstype)| fstype)
+}
+
+enum DataplaneStart {
+    Running(Dataplane),
+    Failed(String),
+}
+
+impl DataplaneStart {
+    fn as_ref(&self) -> Result<&Dataplane, &String> {
+        match self {
+            DataplaneStart::Running(dp) => Ok(dp),
+            DataplaneStart::Failed(why) => Err(why),
+        }
+    }
+
+    fn take_ok(self) -> Option<Dataplane> {
+        match self {
+            DataplaneStart::Running(dp) => Some(dp),
+            DataplaneStart::Failed(_) => None,
+        }
+    }
+}
+
+/// What was last given to the dataplane, so a pass writes only when something changed.
+#[derive(Default)]
+struct DataplaneSync {
+    interfaces: Vec<String>,
+    addresses: Vec<IpAddr>,
+    services: Vec<crate::dataplane::ServiceInput>,
+}
+
+impl DataplaneSync {
+    fn update(
+        &mut self,
+        dp: &mut Dataplane,
+        interfaces: &[String],
+        addresses: Vec<IpAddr>,
+        services: &[crate::dataplane::ServiceInput],
+    ) {
+        if self.interfaces != interfaces {
+            match dp.attach_interfaces(interfaces) {
+                Ok(()) => self.interfaces = interfaces.to_vec(),
+                Err(e) => tracing::warn!(error = %e, "cannot attach the eBPF dataplane"),
+            }
+        }
+        let addresses_changed = self.addresses != addresses;
+        if addresses_changed {
+            dp.set_node_addresses(addresses.clone());
+            self.addresses = addresses;
+        }
+        if addresses_changed || self.services != services {
+            match dp.apply_services(services) {
+                Ok(stats) => {
+                    self.services = services.to_vec();
+                    tracing::debug!(?stats, "service map updated");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot update the eBPF service map; retrying next pass"),
+            }
+        }
+    }
 }
 
 /// The address peers reach this speaker at: the flag, else this Node's address from the API
@@ -279,5 +416,30 @@ async fn wait_for_key(
             _ = shutdown.as_mut() => return None,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filesystem_of;
+    use std::path::Path;
+
+    #[test]
+    fn the_longest_mount_point_decides_the_filesystem() {
+        let mounts =
+            "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\ntmpfs /run tmpfs rw 0 0\n/dev/vda / ext4 rw 0 0\n";
+        assert_eq!(
+            filesystem_of(Path::new("/sys/fs/bpf/herald"), mounts).as_deref(),
+            Some("bpf")
+        );
+        assert_eq!(
+            filesystem_of(Path::new("/sys/fs/cgroup"), mounts).as_deref(),
+            Some("sysfs")
+        );
+        assert_eq!(filesystem_of(Path::new("/srv/x"), mounts).as_deref(), Some("ext4"));
+        assert_eq!(
+            filesystem_of(Path::new("/sys/fs/bpfx"), mounts).as_deref(),
+            Some("sysfs")
+        );
     }
 }

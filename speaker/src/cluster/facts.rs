@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
+use crate::dataplane as dp;
 use crate::election::eligibility::{NodeFacts, PoolFacts, ServiceFacts, TrafficPolicy, UnitFacts};
 use crate::membership::{MemberState, NodeHealth};
 
@@ -118,6 +119,103 @@ pub fn service_facts(service: &Service, slices: &[&EndpointSlice]) -> ServiceFac
     }
 }
 
+/// Services as the eBPF dataplane needs them: LoadBalancer IPs of the Services Herald handles
+/// (every node programs every IP, so a node that takes an IP over forwards it at once) and the
+/// NodePorts of every Service that has them, with their endpoints.
+pub fn service_inputs(services: &[&Service], slices: &[&EndpointSlice], lb_class: &str) -> Vec<dp::ServiceInput> {
+    let mut slices_by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
+            slices_by_service
+                .entry((slice.namespace().unwrap_or_default(), service.clone()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    let mut inputs = Vec::new();
+    for service in services {
+        let Some(spec) = &service.spec else { continue };
+        let load_balancer_ips = if handles(service, lb_class) {
+            ingress_ips(service)
+        } else {
+            Vec::new()
+        };
+        let ports: Vec<dp::ServicePort> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some(dp::ServicePort {
+                    name: p.name.clone().unwrap_or_default(),
+                    protocol: dp_protocol(p.protocol.as_deref())?,
+                    port: u16::try_from(p.port).ok()?,
+                    node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
+                })
+            })
+            .collect();
+        if ports.is_empty() || (load_balancer_ips.is_empty() && ports.iter().all(|p| p.node_port.is_none())) {
+            continue;
+        }
+        let key = (service.namespace().unwrap_or_default(), service.name_any());
+        let endpoints = slices_by_service
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .flat_map(|slice| {
+                let ports: Vec<dp::EndpointPort> = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        Some(dp::EndpointPort {
+                            name: p.name.clone().unwrap_or_default(),
+                            protocol: dp_protocol(p.protocol.as_deref())?,
+                            port: u16::try_from(p.port?).ok()?,
+                        })
+                    })
+                    .collect();
+                slice.endpoints.iter().flatten().flat_map(move |endpoint| {
+                    let conditions = endpoint.conditions.clone().unwrap_or_default();
+                    let ready = conditions.ready.unwrap_or(true);
+                    let ports = ports.clone();
+                    endpoint.addresses.iter().filter_map(move |address| {
+                        Some(dp::EndpointInput {
+                            ip: address.parse().ok()?,
+                            node: endpoint.node_name.clone(),
+                            ready,
+                            serving: conditions.serving.unwrap_or(ready),
+                            terminating: conditions.terminating.unwrap_or(false),
+                            ports: ports.clone(),
+                        })
+                    })
+                })
+            })
+            .collect();
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        inputs.push(dp::ServiceInput {
+            namespace: key.0,
+            name: key.1,
+            load_balancer_ips,
+            ports,
+            traffic_policy: if local {
+                dp::TrafficPolicy::Local
+            } else {
+                dp::TrafficPolicy::Cluster
+            },
+            endpoints,
+        });
+    }
+    inputs
+}
+
+fn dp_protocol(protocol: Option<&str>) -> Option<dp::Protocol> {
+    match protocol.unwrap_or("TCP") {
+        "TCP" => Some(dp::Protocol::Tcp),
+        "UDP" => Some(dp::Protocol::Udp),
+        _ => None,
+    }
+}
+
 /// A Node as election sees it, joined with what membership knows of its speaker.
 pub fn node_facts(node: &Node, member: Option<(MemberState, Option<NodeHealth>)>) -> NodeFacts {
     let network_unavailable = node
@@ -138,6 +236,18 @@ pub fn node_facts(node: &Node, member: Option<(MemberState, Option<NodeHealth>)>
         member_state,
         health,
     }
+}
+
+/// Every address in a Node's status that is an IP (NodePorts are served on these).
+pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
 }
 
 /// The address peers reach a node's speaker at: its first `InternalIP` (the speaker runs in
@@ -229,6 +339,35 @@ mod tests {
         assert_eq!(facts.ready_endpoint_nodes, BTreeSet::from(["n1".to_string()]));
         let none = service_facts(&svc, &[]);
         assert!(!none.has_serving_endpoint);
+    }
+
+    #[test]
+    fn dataplane_inputs_carry_lb_ips_node_ports_and_endpoint_ports() {
+        let mut svc = service("web", json!({"spec": {"externalTrafficPolicy": "Local"}}));
+        svc.spec.as_mut().unwrap().ports = Some(vec![
+            serde_json::from_value(json!({"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"})).unwrap(),
+        ]);
+        let mut s = slice(
+            "web",
+            json!([{"addresses": ["10.244.1.5"], "nodeName": "n1", "conditions": {"ready": true}}]),
+        );
+        s.ports = Some(vec![
+            serde_json::from_value(json!({"name": "http", "port": 8080, "protocol": "TCP"})).unwrap(),
+        ]);
+        let other_class = service("other", json!({"spec": {"loadBalancerClass": "x/y"}}));
+        let inputs = service_inputs(&[&svc, &other_class], &[&s], "herald.io/l2");
+        assert_eq!(
+            inputs.len(),
+            1,
+            "the other class's Service has no LB IP of ours and no NodePort"
+        );
+        let web = &inputs[0];
+        assert_eq!(web.load_balancer_ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(web.ports[0].node_port, Some(30080));
+        assert_eq!(web.traffic_policy, dp::TrafficPolicy::Local);
+        assert_eq!(web.endpoints.len(), 1);
+        assert_eq!(web.endpoints[0].ports[0].port, 8080);
+        assert_eq!(web.endpoints[0].node.as_deref(), Some("n1"));
     }
 
     #[test]
