@@ -203,6 +203,22 @@ async fn service_apply_patch_label_delete() {
     let (ok, _, err) = lab.kubectl(&["apply", "--validate=warn", "-f", typo_path]).await;
     assert!(ok && err.contains("unknown field \"spec.portz\""), "{err}");
 
+    // Server-side dry run (kubectl diff) changes nothing and keeps the version.
+    let port_81 = std::fs::read_to_string(fixture("service.yaml"))
+        .expect("read")
+        .replace("port: 80", "port: 81");
+    let port_81_path = lab.dir.path().join("port81.yaml");
+    std::fs::write(&port_81_path, port_81).expect("write");
+    let (ok, diff, err) = lab.kubectl(&["diff", "-f", port_81_path.to_str().expect("utf8")]).await;
+    assert!(
+        !ok && diff.contains("+    port: 81") && !diff.contains("resourceVersion"),
+        "{diff}{err}"
+    );
+    let port = lab
+        .kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].port}"])
+        .await;
+    assert_eq!(port, "80");
+
     // Its EndpointSlice exists and goes away with it.
     let slices = lab
         .kubectl_ok(&[

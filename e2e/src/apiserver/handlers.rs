@@ -750,7 +750,11 @@ pub(crate) async fn write(
                     Err(_) => return Err(not_found(target)),
                 }
             }
-            Prepared::Store(obj) if dry_run => {
+            Prepared::Store(mut obj) if dry_run => {
+                // Nothing was written: the object keeps the version it has.
+                if let (Some(old), Some(meta)) = (&old, obj.get_mut("metadata").and_then(Value::as_object_mut)) {
+                    meta.insert("resourceVersion".into(), json!(object_rv(old).to_string()));
+                }
                 return Ok((
                     if creating { StatusCode::CREATED } else { StatusCode::OK },
                     present(&obj, target),

@@ -39,6 +39,9 @@
 //! - `/openapi/v3` publishes operations and parameters, not schemas (enough for kubectl's
 //!   server-side field validation; `kubectl explain` does not work); no `/openapi/v2`,
 //!   no protobuf, no aggregated discovery (kubectl falls back to the legacy documents).
+//! - Request bodies are JSON or YAML only. kubectl's typed-client commands
+//!   (`kubectl create configmap|secret|service|deployment ...`) send protobuf and get 415;
+//!   `kubectl apply -f`/`create -f`/`patch`/`label`/`delete`/`get`/`wait`/`describe` use JSON.
 //! - Cluster IPs and node ports are allocated first-free rather than at random.
 //!
 //! # Layout
