@@ -37,6 +37,22 @@ enum Command {
     /// Relay TCP connections to the lab API server's Unix socket (runs inside the lab).
     #[command(hide = true)]
     Relay(RelayArgs),
+    /// Steady HTTP client: one new connection per interval, one JSON line per request.
+    #[command(hide = true)]
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// HTTP server address.
+    #[arg(long)]
+    target: SocketAddr,
+    #[arg(long, default_value_t = 10)]
+    interval_ms: u64,
+    #[arg(long, default_value_t = 10_000)]
+    duration_ms: u64,
+    #[arg(long, default_value_t = 200)]
+    timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -184,6 +200,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Echo(args) => Ok(lab::echo::run_echo(args.name, args.http_port, args.udp_port).await?),
         Command::Relay(args) => Ok(lab::relay::serve_tcp_to_unix(args.listen, args.unix).await?),
+        Command::Probe(args) => {
+            let config = lab::ProbeConfig {
+                target: args.target,
+                interval: Duration::from_millis(args.interval_ms.max(1)),
+                duration: Duration::from_millis(args.duration_ms),
+                timeout: Duration::from_millis(args.timeout_ms.max(1)),
+            };
+            Ok(lab::probe::run_probe(config, &mut std::io::stdout()).await?)
+        }
     }
 }
 

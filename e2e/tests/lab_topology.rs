@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use herald_e2e::lab::{Binaries, Lab, LabConfig, Signal, check_prerequisites};
+use herald_e2e::lab::{Binaries, Lab, LabConfig, ProbeConfig, Signal, check_prerequisites, summarize};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -229,6 +229,23 @@ async fn lab_topology_api_controller_and_supervision() {
     );
     assert_eq!(udp_ask(&lab, &client_ns, &a.ipv4.to_string(), 5353).await, "web-a");
     assert_eq!(udp_ask(&lab, &client_ns, &b.ipv6.to_string(), 5353).await, "web-b");
+
+    // The steady probe (what failover measurements use) gets every answer from web-a.
+    let probe = lab
+        .start_probe(
+            &client_ns,
+            &ProbeConfig {
+                target: std::net::SocketAddr::from((a.ipv4, 8080)),
+                interval: Duration::from_millis(10),
+                duration: Duration::from_millis(300),
+                timeout: Duration::from_millis(500),
+            },
+        )
+        .expect("probe starts");
+    let summary = summarize(&probe.finish().await.expect("probe finishes"));
+    assert!(summary.requests >= 20, "{summary:?}");
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    assert_eq!(summary.backends.keys().collect::<Vec<_>>(), ["web-a"]);
 
     // Nodes and Pods in the API with the plan's addresses.
     let client = lab.client();

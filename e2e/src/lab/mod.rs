@@ -37,6 +37,7 @@ pub mod foreground;
 mod net;
 pub mod objects;
 pub mod plan;
+pub mod probe;
 pub mod relay;
 pub mod state;
 pub mod supervisor;
@@ -56,6 +57,7 @@ use crate::apiserver::{ApiServer, ApiServerConfig, RunningApiServer, ServerError
 
 pub use binaries::{BIN_DIR_ENV, Binaries};
 pub use plan::{LabPlan, NodePlan, PlanError, PodPlan};
+pub use probe::{ProbeConfig, ProbeSample, ProbeSummary, summarize};
 pub use state::{CleanupReport, DEFAULT_STATE_ROOT, StateDir, cleanup};
 pub use supervisor::Signal;
 
@@ -256,6 +258,48 @@ struct Backend {
     info: BackendInfo,
     slot: usize,
     process: Supervised,
+}
+
+/// A running `herald-lab probe` (see [`Lab::start_probe`]); killed if dropped.
+pub struct ProbeRun {
+    child: tokio::process::Child,
+    reader: tokio::task::JoinHandle<String>,
+    deadline: Instant,
+}
+
+impl ProbeRun {
+    /// Waits for the probe to finish its duration and returns its samples (in completion order).
+    pub async fn finish(mut self) -> Result<Vec<ProbeSample>, LabError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let status = match tokio::time::timeout(left, self.child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(source)) => {
+                return Err(LabError::Spawn {
+                    program: "herald-lab probe".into(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(LabError::Timeout {
+                    what: "herald-lab probe to finish".into(),
+                });
+            }
+        };
+        let text = (&mut self.reader).await.unwrap_or_default();
+        if !status.success() {
+            let mut stderr = String::new();
+            if let Some(mut err) = self.child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = err.read_to_string(&mut stderr).await;
+            }
+            return Err(LabError::Command {
+                command: "herald-lab probe".into(),
+                status: status.code(),
+                stderr: stderr.trim().to_string(),
+            });
+        }
+        Ok(probe::parse_samples(&text))
+    }
 }
 
 /// What `herald-lab up --json` writes: enough to drive the lab from scripts.
@@ -713,6 +757,44 @@ impl Lab {
             });
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Starts `herald-lab probe` in lab namespace `ns` (usually the client's): a new HTTP
+    /// connection to `config.target` every `config.interval` for `config.duration`.
+    /// Collect the samples with [`ProbeRun::finish`].
+    pub fn start_probe(&self, ns: &str, config: &ProbeConfig) -> Result<ProbeRun, LabError> {
+        let mut cmd = self.command_in(ns, &self.binaries.lab)?;
+        cmd.args([
+            "probe".to_string(),
+            "--target".to_string(),
+            config.target.to_string(),
+            "--interval-ms".to_string(),
+            config.interval.as_millis().to_string(),
+            "--duration-ms".to_string(),
+            config.duration.as_millis().to_string(),
+            "--timeout-ms".to_string(),
+            config.timeout.as_millis().to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
+            program: "herald-lab probe".into(),
+            source,
+        })?;
+        // Read as the probe writes, so a full pipe never stalls it.
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text).await;
+            text
+        });
+        Ok(ProbeRun {
+            child,
+            reader,
+            deadline: Instant::now() + config.duration + config.timeout + Duration::from_secs(10),
+        })
     }
 
     fn speaker(&self, node: usize) -> Result<&Supervised, LabError> {
