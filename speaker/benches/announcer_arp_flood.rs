@@ -8,7 +8,8 @@
 //!
 //! Run as root: `cargo bench -p herald-speaker --bench announcer_arp_flood`
 //! (`HERALD_FLOOD_RATE`, `HERALD_FLOOD_SECS`, `HERALD_FLOOD_IPS` change the defaults 10000/s,
-//! 5 s, 10000 IPs). Without root or tcpdump it prints why and exits 0.
+//! 5 s, 10000 IPs; `HERALD_FLOOD_READER_NICE=-10` sets the announcer's `reader_nice`).
+//! Without root or tcpdump it prints why and exits 0.
 
 #[path = "../tests/announcer_support/mod.rs"]
 mod announcer_support;
@@ -21,7 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use announcer_support::{CLIENT_MAC, CLIENT_V4, HELPER_ENV, Helper, Lab, missing_prerequisite, run_helper};
+use announcer_support::{
+    CLIENT_MAC, CLIENT_V4, HELPER_ENV, HELPER_READER_NICE_ENV, Helper, Lab, missing_prerequisite, run_helper,
+};
 use herald_speaker::announcer::{MacAddr, arp};
 
 const FIRST_VIP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 0);
@@ -64,13 +67,14 @@ fn orchestrate() {
     let seconds = env_number("HERALD_FLOOD_SECS", 5);
     let ips = env_number("HERALD_FLOOD_IPS", 10_000) as u32;
     let lab = Lab::new(false);
-    // HERALD_FLOOD_ANNOUNCER_NICE=-10 runs the announcer at a higher CPU priority, to tell
-    // its own cost from the scheduling delay other load on the machine adds.
-    let nice = std::env::var("HERALD_FLOOD_ANNOUNCER_NICE").unwrap_or_default();
+    // HERALD_FLOOD_READER_NICE=-10 sets `AnnouncerConfig::reader_nice`, to tell the
+    // announcer's own cost from the time its reader waits behind other load for a CPU.
+    let nice = std::env::var("HERALD_FLOOD_READER_NICE").unwrap_or_default();
+    let nice_env = format!("{HELPER_READER_NICE_ENV}={nice}");
     let wrapper: Vec<&str> = if nice.is_empty() {
         vec![]
     } else {
-        vec!["nice", "-n", &nice]
+        vec!["env", &nice_env]
     };
     let mut announcer = Helper::start_wrapped(&lab.node_a, &wrapper, &[], "veth-lan", "");
     let (rss_idle, _) = announcer.rss_kb();
@@ -138,8 +142,8 @@ fn orchestrate() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("owned IPs: {ips}; set_owned took {set_owned_took:?}; flood {rate} req/s for {seconds} s");
     println!(
-        "announcer nice: {}; load average before the flood: {}",
-        if nice.is_empty() { "0" } else { &nice },
+        "reader_nice: {}; load average before the flood: {}",
+        if nice.is_empty() { "none" } else { &nice },
         load.trim()
     );
     print!("{flood_report}");

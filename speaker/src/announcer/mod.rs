@@ -8,6 +8,7 @@
 //! - [`responder`]: the pure decision for one received frame.
 //! - [`interfaces`]: which links announce (default rules, explicit lists, per-IP lists).
 //! - [`schedule`]: when gratuitous announcements go out after a gain.
+//! - [`priority`]: the reader threads' nice value (the only unsafe code, one call).
 //! - [`io`]: one trait per side effect (frames, link listing, multicast) and the real ones;
 //!   [`fake`] has the in-memory ones.
 //! - [`runtime`]: the threads: a link watcher, a reader per link, an announce scheduler.
@@ -26,6 +27,7 @@ pub mod interfaces;
 pub mod io;
 mod metrics;
 pub mod ndp;
+mod priority;
 pub mod responder;
 mod runtime;
 pub mod schedule;
@@ -64,6 +66,9 @@ pub struct AnnouncerConfig {
     pub read_timeout: Duration,
     /// Counters; register them with [`AnnouncerMetrics::register`].
     pub metrics: AnnouncerMetrics,
+    /// Nice value for the link reader threads (e.g. -10 so replies do not wait behind busy
+    /// workloads for a CPU; needs CAP_SYS_NICE). `None` (default): inherit.
+    pub reader_nice: Option<i32>,
 }
 
 impl Default for AnnouncerConfig {
@@ -74,6 +79,7 @@ impl Default for AnnouncerConfig {
             interface_poll_interval: Duration::from_millis(300),
             read_timeout: Duration::from_millis(100),
             metrics: AnnouncerMetrics::default(),
+            reader_nice: None,
         }
     }
 }

@@ -21,6 +21,7 @@ use super::frame::MacAddr;
 use super::interfaces::{InterfacePolicy, InterfaceSource, LinkInfo, interfaces_for_ip};
 use super::io::{FrameSink, FrameSource, LinkOpener, MulticastMembership};
 use super::metrics::IpCounters;
+use super::priority::set_current_thread_nice;
 use super::responder::{Verdict, respond};
 use super::{
     AnnounceSchedule, AnnounceTarget, AnnouncerConfig, AnnouncerError, AnnouncerMetrics, AnnouncerStatus, Backends,
@@ -63,6 +64,7 @@ struct Shared {
     policy: InterfacePolicy,
     schedule: AnnounceSchedule,
     read_timeout: Duration,
+    reader_nice: Option<i32>,
     metrics: AnnouncerMetrics,
     interfaces: Arc<dyn InterfaceSource>,
     opener: Arc<dyn LinkOpener>,
@@ -127,6 +129,7 @@ impl Announcer {
             policy: config.interfaces,
             schedule: config.schedule,
             read_timeout: config.read_timeout,
+            reader_nice: config.reader_nice,
             metrics: config.metrics,
             interfaces: backends.interfaces,
             opener: backends.links,
@@ -483,6 +486,11 @@ fn read_link(
     sink: &SharedSink,
     stop: &AtomicBool,
 ) {
+    if let Some(nice) = shared.reader_nice
+        && let Err(error) = set_current_thread_nice(nice)
+    {
+        tracing::warn!(interface = %name, nice, %error, "cannot set reader priority");
+    }
     while !stop.load(Ordering::Relaxed) && !shared.stopping.load(Ordering::Relaxed) {
         let frame = match source.recv() {
             Ok(Some(frame)) => frame,

@@ -26,6 +26,8 @@ pub const HELPER_ENV: &str = "HERALD_ANNOUNCER_HELPER";
 pub const HELPER_INTERFACES_ENV: &str = "HERALD_ANNOUNCER_INTERFACES";
 /// Comma-separated burst offsets in milliseconds for the helper (empty: the default burst).
 pub const HELPER_BURST_ENV: &str = "HERALD_ANNOUNCER_BURST_MS";
+/// Nice value for the helper's reader threads (`AnnouncerConfig::reader_nice`).
+pub const HELPER_READER_NICE_ENV: &str = "HERALD_ANNOUNCER_READER_NICE";
 
 pub const CLIENT_MAC: &str = "02:c0:00:00:00:01";
 pub const NODE_A_MAC: &str = "02:a0:00:00:00:01";
@@ -441,6 +443,9 @@ pub fn run_helper() {
         },
         ..AnnouncerConfig::default()
     };
+    config.reader_nice = std::env::var(HELPER_READER_NICE_ENV)
+        .ok()
+        .and_then(|nice| nice.parse().ok());
     let burst = std::env::var(HELPER_BURST_ENV).unwrap_or_default();
     if !burst.is_empty() {
         config.schedule.burst = burst
