@@ -81,6 +81,12 @@ struct UpArgs {
     /// Extra herald-speaker flag (repeat for more), e.g. --speaker-arg=--probe-interval=500ms.
     #[arg(long = "speaker-arg", allow_hyphen_values = true)]
     speaker_args: Vec<String>,
+    /// Extra herald-controller flag (repeat for more).
+    #[arg(long = "controller-arg", allow_hyphen_values = true)]
+    controller_args: Vec<String>,
+    /// Log filter for Herald's processes (their HERALD_LOG), e.g. `debug` or `herald_speaker=debug`.
+    #[arg(long)]
+    log: Option<String>,
     /// Write a description of the lab (namespaces, addresses, kubeconfigs, pids) here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -188,6 +194,8 @@ async fn main() -> anyhow::Result<()> {
                 restart_delay: Duration::from_millis(args.restart_delay_ms),
                 json_logs: args.json_logs,
                 speaker_args: args.speaker_args,
+                controller_args: args.controller_args,
+                log_filter: args.log,
                 start_speakers: !args.no_speakers,
                 ..lab::LabConfig::new(&args.prefix)
             };

@@ -285,6 +285,8 @@ async fn supervise(shared: Arc<Shared>) {
                 match tokio::time::timeout(STOP_GRACE, child.wait()).await {
                     Ok(status) => status,
                     Err(_) => {
+                        tracing::warn!(process = %spec.name, pid, "no exit within the grace period after SIGTERM; sending SIGKILL");
+                        note(spec, &format!("no exit {STOP_GRACE:?} after SIGTERM; sending SIGKILL"));
                         let _ = child.start_kill();
                         child.wait().await
                     }
