@@ -486,8 +486,19 @@ async fn a_panicking_test_still_removes_its_lab() {
 async fn herald_lab_down_clears_a_crashed_lab() {
     let Some(binaries) = prerequisites() else { return };
     let prefix = unique_prefix();
+    let json_dir = std::env::temp_dir().join(format!("herald-lab-json-{prefix}"));
+    std::fs::create_dir_all(&json_dir).expect("temp dir");
+    let json_path = json_dir.join("lab.json");
     let mut up = tokio::process::Command::new(&binaries.lab)
-        .args(["up", "--prefix", &prefix, "--nodes", "2"])
+        .args([
+            "up",
+            "--prefix",
+            &prefix,
+            "--nodes",
+            "2",
+            "--json",
+            &json_path.display().to_string(),
+        ])
         .env("HERALD_BIN_DIR", binaries.lab.parent().expect("bin dir"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -510,6 +521,13 @@ async fn herald_lab_down_clears_a_crashed_lab() {
         .await
         .expect("`up` prints the export line within 30 s");
     assert_eq!(export, format!("export KUBECONFIG=/run/herald-lab/{prefix}/kubeconfig"));
+
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("--json written")).expect("JSON");
+    assert_eq!(info["plan"]["nodes"][1]["ipv6"], "fd00:203::12");
+    assert_eq!(info["lab_api_url"], "http://10.203.0.1:6443");
+    assert_eq!(info["speaker_pids"].as_array().map(Vec::len), Some(2));
+    let _ = std::fs::remove_dir_all(&json_dir);
 
     // Simulate a crash: the lab process dies without cleaning up.
     let mut children = Vec::new();
