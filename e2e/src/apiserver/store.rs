@@ -42,6 +42,9 @@ pub struct StoredEvent {
     pub object: Arc<Value>,
     /// The object before the change, if any (lets selector watches see objects leave).
     pub previous: Option<Arc<Value>>,
+    /// The encoded watch line per event type (ADDED, MODIFIED, DELETED) in the stored
+    /// form, filled by the first watcher that needs it so the others reuse it.
+    pub encoded: [std::sync::OnceLock<axum::body::Bytes>; 3],
 }
 
 /// Why a write was refused.
@@ -236,6 +239,7 @@ impl Store {
             kind,
             object,
             previous,
+            encoded: Default::default(),
         });
         inner.history.push_back(event.clone());
         while inner.history.len() > inner.history_limit {

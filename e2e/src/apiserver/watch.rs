@@ -82,6 +82,26 @@ struct Encoder {
 }
 
 impl Encoder {
+    /// The line for a recorded change, shared between watchers when they would all encode
+    /// the same bytes (plain JSON at the stored apiVersion).
+    fn event_line(&self, type_: &'static str, event: &StoredEvent) -> Bytes {
+        let stored_version = event.object.get("apiVersion").and_then(Value::as_str);
+        let shareable = !self.as_table
+            && !self.target.rt.is_events_v1()
+            && stored_version == Some(self.target.rt.api_version(&self.target.version).as_str());
+        let slot = match type_ {
+            "ADDED" => 0,
+            "MODIFIED" => 1,
+            _ => 2,
+        };
+        if shareable {
+            return event.encoded[slot]
+                .get_or_init(|| self.line(type_, &event.object))
+                .clone();
+        }
+        self.line(type_, &event.object)
+    }
+
     fn line(&self, type_: &str, object: &Value) -> Bytes {
         let object = present(object, &self.target);
         let object = if self.as_table {
@@ -239,8 +259,8 @@ pub(crate) async fn watch(
                         if event.resource != gr {
                             continue;
                         }
-                        if let Some((type_, object)) = filter.translate(&event)
-                            && tx.send(encoder.line(type_, &object)).await.is_err() {
+                        if let Some((type_, _)) = filter.translate(&event)
+                            && tx.send(encoder.event_line(type_, &event)).await.is_err() {
                                 return;
                             }
                     }
