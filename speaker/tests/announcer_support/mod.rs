@@ -204,10 +204,11 @@ impl Lab {
         run("ip", &["-n", ns, "link", "set", name, "address", mac, "up"]);
     }
 
-    /// MACs that answered `arping` for `ip` from the client within about a second.
+    /// MACs that answered `arping` for `ip` from the client within two seconds.
     pub fn arping(&self, ip: &str) -> Vec<String> {
-        // -c 2 with -w 1 waits up to 1 s for two replies, so a second answerer shows up.
-        let output = run_in(&self.client, "arping", &["-c", "2", "-w", "1", "-I", "lan0", ip]);
+        // -c 2 with -w 2: two requests a second apart, waiting for two replies or 2 s, so a
+        // second answerer shows up and a reply slowed by a loaded machine still counts.
+        let output = run_in(&self.client, "arping", &["-c", "2", "-w", "2", "-I", "lan0", ip]);
         let mut macs: Vec<String> = output
             .lines()
             .filter(|line| line.contains("reply from"))
@@ -218,12 +219,12 @@ impl Lab {
         macs
     }
 
-    /// MACs in the Neighbor Advertisements `ndisc6` got for `ip` within half a second.
+    /// MACs in the Neighbor Advertisements `ndisc6` got for `ip` (two tries of 700 ms).
     pub fn ndisc6(&self, ip: &str) -> Vec<String> {
         let output = run_in(
             &self.client,
             "ndisc6",
-            &["-m", "-n", "-r", "1", "-w", "500", ip, "lan0"],
+            &["-m", "-n", "-r", "2", "-w", "700", ip, "lan0"],
         );
         let mut macs: Vec<String> = output
             .lines()
