@@ -318,8 +318,9 @@ async fn pagination_with_limit_and_continue() {
     lab.stop().await;
 }
 
-#[tokio::test]
-async fn error_codes() {
+/// A server with a token and a small history window, a client with the token, and a
+/// ConfigMap API in `default`: the setting of the error-code tests.
+async fn error_lab() -> (Lab, kube::Client, Api<ConfigMap>) {
     let lab = Lab::start_with(ApiServerConfig {
         token: Some("s3cret".into()),
         history_limit: 3,
@@ -328,7 +329,28 @@ async fn error_codes() {
     .await;
     let client = lab.client().await;
     let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    (lab, client, api)
+}
 
+#[tokio::test]
+async fn error_400_bad_request() {
+    let (lab, _client, api) = error_lab().await;
+    // 400: malformed selector, unsupported field selector.
+    assert_eq!(
+        error_code(api.list(&ListParams::default().labels("a in (b")).await),
+        (400, "BadRequest".into())
+    );
+    assert_eq!(
+        error_code(api.list(&ListParams::default().fields("spec.nodeName=x")).await).0,
+        400
+    );
+
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn error_401_unauthorized() {
+    let (lab, _client, _api) = error_lab().await;
     // 401: wrong token.
     let bad_client = {
         let yaml = herald_e2e::apiserver::kubeconfig_yaml(&lab.server.url(), Some("wrong"));
@@ -344,6 +366,12 @@ async fn error_codes() {
         (401, "Unauthorized".into())
     );
 
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn error_404_not_found() {
+    let (lab, client, api) = error_lab().await;
     // 404.
     assert_eq!(error_code(api.get("missing").await), (404, "NotFound".into()));
     let in_missing_ns: Api<ConfigMap> = Api::namespaced(client.clone(), "no-such-ns");
@@ -352,6 +380,12 @@ async fn error_codes() {
         404
     );
 
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn error_409_already_exists_and_conflict() {
+    let (lab, _client, api) = error_lab().await;
     // 409 AlreadyExists and Conflict on a stale resourceVersion.
     let first = api
         .create(&PostParams::default(), &configmap("dup", "1"))
@@ -371,16 +405,12 @@ async fn error_codes() {
         (409, "Conflict".into())
     );
 
-    // 400: malformed selector, unsupported field selector.
-    assert_eq!(
-        error_code(api.list(&ListParams::default().labels("a in (b")).await),
-        (400, "BadRequest".into())
-    );
-    assert_eq!(
-        error_code(api.list(&ListParams::default().fields("spec.nodeName=x")).await).0,
-        400
-    );
+    lab.stop().await;
+}
 
+#[tokio::test]
+async fn error_410_expired() {
+    let (lab, _client, api) = error_lab().await;
     // 410: a watch from a version that left the history window, and a stale continue token.
     for name in ["page-a", "page-b"] {
         api.create(&PostParams::default(), &configmap(name, "x"))
@@ -414,6 +444,12 @@ async fn error_codes() {
         (410, "Expired".into())
     );
 
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn error_415_unsupported_media_type() {
+    let (lab, client, _api) = error_lab().await;
     // 415: strategic merge patch on a custom resource; unknown patch media type.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.create(
@@ -448,6 +484,12 @@ async fn error_codes() {
         (415, "UnsupportedMediaType".into())
     );
 
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn error_422_invalid() {
+    let (lab, client, api) = error_lab().await;
     // 422: invalid name, and a node port already in use (with field causes).
     assert_eq!(
         error_code(api.create(&PostParams::default(), &configmap("Not_Valid", "1")).await),
