@@ -330,8 +330,11 @@ impl Shared {
             interfaces.retain(|name| control.open.contains_key(name));
         }
 
-        let gained: Vec<IpAddr> = {
-            let mut owned = write(&self.owned);
+        // Built under the read lock (only this function, under `control`, writes the table),
+        // swapped in under a short write lock: readers are not held up while 10,000 entries
+        // are built, and a lost IP stops being answered at the swap.
+        let (gained, table): (Vec<IpAddr>, HashMap<IpAddr, OwnedIp>) = {
+            let owned = read(&self.owned);
             let gained = wanted
                 .iter()
                 .filter(|(ip, interfaces)| {
@@ -342,20 +345,21 @@ impl Shared {
                 })
                 .map(|(ip, _)| *ip)
                 .collect();
-            let mut previous = std::mem::take(&mut *owned);
-            *owned = wanted
+            let table = wanted
                 .iter()
                 .map(|(ip, interfaces)| {
-                    let counters = match previous.remove(ip) {
-                        Some(entry) => entry.counters,
+                    let counters = match owned.get(ip) {
+                        Some(entry) => entry.counters.clone(),
                         None => self.metrics.counters_for(*ip),
                     };
                     let interfaces = interfaces.clone();
                     (*ip, OwnedIp { interfaces, counters })
                 })
                 .collect();
-            gained
+            (gained, table)
         };
+        let previous = std::mem::replace(&mut *write(&self.owned), table);
+        drop(previous);
         self.sync_multicast(control, &wanted);
         for ip in gained {
             let _ = control.commands.send(Command::Announce(ip));
