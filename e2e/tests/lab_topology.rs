@@ -71,6 +71,17 @@ fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// Whether `path` is a mount point of type `fstype`.
+fn is_mounted(path: &Path, fstype: &str) -> bool {
+    let target = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.get(1) == Some(&target.as_str()) && fields.get(2) == Some(&fstype)
+        })
+    })
+}
+
 fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -188,6 +199,10 @@ async fn lab_topology_api_controller_and_supervision() {
     let lab = Lab::up(config(&prefix, 3, &binaries)).await.expect("lab comes up");
     let plan = lab.plan().clone();
     let client_ns = lab.client_namespace().to_string();
+
+    // The speakers' bpf filesystem is mounted in the state directory.
+    let bpf_dir = lab.state_dir().join("bpf");
+    assert!(is_mounted(&bpf_dir, "bpf"), "{} is not a bpf mount", bpf_dir.display());
 
     // The client reaches every node on the segment, both families.
     for node in &plan.nodes {
@@ -449,6 +464,7 @@ async fn lab_topology_api_controller_and_supervision() {
     assert_eq!(report.namespaces.len(), 5 + 2, "{report:?}");
     assert!(namespaces_with(&prefix).await.is_empty());
     assert!(!state_dir.exists());
+    assert!(!is_mounted(&bpf_dir, "bpf"), "down left the bpf filesystem mounted");
     wait_all_dead(&pids, Duration::from_secs(5)).await;
     eprintln!("lab topology test took {:?}", started.elapsed());
 }
@@ -547,6 +563,8 @@ async fn herald_lab_down_clears_a_crashed_lab() {
     up.start_kill().expect("kill herald-lab up");
     let _ = up.wait().await;
     assert_eq!(namespaces_with(&prefix).await.len(), 4, "a crash leaves the namespaces");
+    let bpf_dir = Path::new("/run/herald-lab").join(&prefix).join("bpf");
+    assert!(is_mounted(&bpf_dir, "bpf"), "a crash leaves the bpf filesystem");
 
     let down = tokio::process::Command::new(&binaries.lab)
         .args(["down", "--prefix", &prefix])
@@ -559,6 +577,7 @@ async fn herald_lab_down_clears_a_crashed_lab() {
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
     assert!(namespaces_with(&prefix).await.is_empty());
     assert!(!Path::new(&format!("/run/herald-lab/{prefix}")).exists());
+    assert!(!is_mounted(&bpf_dir, "bpf"), "down unmounts the bpf filesystem");
     wait_all_dead(&children, Duration::from_secs(5)).await;
 }
 

@@ -208,6 +208,9 @@ pub struct LabConfig {
     pub log_filter: Option<String>,
     /// Start the speakers (false: a lab for controller-only scenarios).
     pub start_speakers: bool,
+    /// Mount a bpf filesystem in the state directory for the speakers' eBPF pins (their
+    /// dataplane needs one; inside `ip netns exec`, `/sys/fs/bpf` is not one).
+    pub bpf_filesystem: bool,
     /// Where progress lines go; None is silent.
     pub progress: Option<Progress>,
 }
@@ -226,6 +229,7 @@ impl LabConfig {
             json_logs: false,
             log_filter: None,
             start_speakers: true,
+            bpf_filesystem: true,
             progress: None,
         }
     }
@@ -476,6 +480,13 @@ impl Lab {
         objects::install_cluster_objects(&client, &plan.nodes).await?;
 
         let herald_env = herald_env(&config, &state);
+        let mut speaker_env = herald_env.clone();
+        if config.bpf_filesystem {
+            match state::mount_bpf(&state) {
+                Ok(path) => speaker_env.push(("HERALD_BPF_PIN_ROOT".into(), path.display().to_string())),
+                Err(e) => say(&format!("warning: no bpf filesystem for the speakers' dataplane: {e}")),
+            }
+        }
         say(&format!(
             "starting herald-controller in {} (metrics on {})",
             plan.segment_namespace,
@@ -514,7 +525,7 @@ impl Lab {
                 netns: Some(node.namespace.clone()),
                 program: binaries.speaker.clone(),
                 args,
-                env: herald_env.clone(),
+                env: speaker_env.clone(),
                 log_file: state.log(&format!("speaker-{}", node.name)),
                 pid_file: state.pid(&format!("speaker-{}", node.name)),
                 restart_delay: config.restart_delay,

@@ -4,7 +4,9 @@
 //! Layout: `kubeconfig` (host, 127.0.0.1), `kubeconfig.lab` (inside the lab, bridge
 //! address), `apiserver.json` (API server objects across restarts), `api.sock` (relay
 //! socket), `lab.pid` (pid and executable of the process that owns the lab), `lab.json`
-//! (what `up` built), `logs/<process>.log`, `pids/<process>.pid`.
+//! (what `up` built), `logs/<process>.log`, `pids/<process>.pid`, `bpf/` (a bpf
+//! filesystem mounted for the speakers' pins: `ip netns exec` gives each process a fresh
+//! `/sys`, so `/sys/fs/bpf` is no bpf filesystem there).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -58,6 +60,10 @@ impl StateDir {
     pub fn info(&self) -> PathBuf {
         self.root.join("lab.json")
     }
+    /// Mount point of the lab's bpf filesystem (speakers pin their maps under it).
+    pub fn bpf(&self) -> PathBuf {
+        self.root.join("bpf")
+    }
     /// Log file of a process.
     pub fn log(&self, process: &str) -> PathBuf {
         self.root.join("logs").join(format!("{process}.log"))
@@ -108,6 +114,64 @@ impl StateDir {
             .filter(|pid| is_herald_process(*pid))
             .collect()
     }
+}
+
+/// Whether `path` is a mount point (per /proc/self/mounts).
+fn is_mount_point(path: &Path) -> bool {
+    let target = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|mounts| {
+            mounts
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(target.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// Unmounts the lab's bpf filesystem if it is mounted (lazily: a process that still
+/// holds it does not block the cleanup).
+fn unmount_bpf(state: &StateDir) {
+    let path = state.bpf();
+    while is_mount_point(&path) {
+        let unmounted = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            break;
+        }
+    }
+}
+
+/// Mounts a bpf filesystem at the lab's `bpf/` directory; returns it.
+pub fn mount_bpf(state: &StateDir) -> Result<PathBuf, LabError> {
+    let path = state.bpf();
+    std::fs::create_dir_all(&path).map_err(|source| LabError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    if !is_mount_point(&path) {
+        let output = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| LabError::Spawn {
+                program: "mount".into(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(LabError::Command {
+                command: format!("mount -t bpf bpf {}", path.display()),
+                status: output.status.code(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+    }
+    Ok(path)
 }
 
 /// Whether `pid` runs a Herald executable (guards against signalling a reused pid).
@@ -190,6 +254,7 @@ pub async fn cleanup(prefix: &str, state_root: &Path) -> Result<CleanupReport, L
             }
         }
     }
+    unmount_bpf(&state);
     if state.root().exists() {
         std::fs::remove_dir_all(state.root()).map_err(|source| LabError::Io {
             path: state.root().to_path_buf(),
@@ -267,5 +332,6 @@ pub fn cleanup_blocking(prefix: &str, state_root: &Path) {
     for ns in &namespaces {
         run(&["netns", "del", ns]);
     }
+    unmount_bpf(&state);
     let _ = std::fs::remove_dir_all(state.root());
 }
