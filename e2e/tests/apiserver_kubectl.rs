@@ -219,6 +219,12 @@ async fn service_apply_patch_label_delete() {
         .await;
     assert_eq!(port, "80");
 
+    // No authorization in the lab: kubectl's access reviews say yes.
+    assert_eq!(
+        lab.kubectl_ok(&["auth", "can-i", "create", "services"]).await.trim(),
+        "yes"
+    );
+
     // Its EndpointSlice exists and goes away with it.
     let slices = lab
         .kubectl_ok(&[
