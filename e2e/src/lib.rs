@@ -15,3 +15,4 @@
 pub mod apiserver;
 pub mod bench;
 pub mod lab;
+pub mod story;

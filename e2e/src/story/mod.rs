@@ -1,0 +1,483 @@
+//! The user's story, told in the lab: apply a pool, create a Service, reach it from outside,
+//! kill the owner's speaker, measure the failover. [`demo`] tells it once with commentary
+//! (`herald-lab demo`); [`failover_bench`] repeats the kill many times and reports
+//! percentiles (`herald-lab failover-bench`).
+//!
+//! A failover is measured at the client, on the wire: a probe in the client namespace opens a
+//! new HTTP connection to the Service every 10 ms, and `tcpdump` there records the gratuitous
+//! ARP of the new owner. Both use the host's clock, as does the kill.
+
+pub mod garp;
+pub mod timeline;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use herald_config::ServiceL2Status;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::ListParams;
+use serde::Serialize;
+use tokio::io::AsyncBufReadExt;
+
+use crate::lab::probe::{ProbeConfig, ProbeSample};
+use crate::lab::{Lab, LabError, Signal};
+
+/// The sample pool, advertisement and Service the story applies with kubectl.
+pub const POOL_YAML: &str = include_str!("../../demo/pool.yaml");
+pub const SERVICE_YAML: &str = include_str!("../../demo/service.yaml");
+/// Name and namespace of the demo Service.
+pub const SERVICE: (&str, &str) = ("default", "web");
+
+/// One measured failover.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failover {
+    pub old_owner: String,
+    pub new_owner: Option<String>,
+    /// Kill → the new owner's first gratuitous ARP at the client.
+    pub kill_to_garp_ms: Option<f64>,
+    /// Kill → the first request that succeeded after the last failed one (or, if none failed,
+    /// the first that succeeded after the kill).
+    pub kill_to_traffic_ms: Option<f64>,
+    /// Requests sent during the measurement and how many failed.
+    pub requests: usize,
+    pub failed_requests: usize,
+    /// Longest stretch of failed requests, first failure to next success.
+    pub longest_gap_ms: f64,
+    /// For the timeline: (ms since the kill, answered).
+    #[serde(skip)]
+    pub marks: Vec<(f64, bool)>,
+}
+
+fn unix_ms_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// The demo Service's first IPv4 LoadBalancer address, waiting up to `timeout`.
+pub async fn wait_for_ip(lab: &Lab, timeout: Duration) -> Result<IpAddr, LabError> {
+    let api: Api<Service> = Api::namespaced(lab.client(), SERVICE.0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(service) = api.get(SERVICE.1).await
+            && let Some(ip) = herald_config::service::ingress_ips(&service)
+                .into_iter()
+                .find(IpAddr::is_ipv4)
+        {
+            return Ok(ip);
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: format!("an external IP on Service {}/{}", SERVICE.0, SERVICE.1),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node announcing the demo Service (from its `ServiceL2Status`), optionally waiting until
+/// it is not `other_than`.
+pub async fn wait_for_owner(lab: &Lab, other_than: Option<&str>, timeout: Duration) -> Result<String, LabError> {
+    let api: Api<ServiceL2Status> = Api::namespaced(lab.client(), "herald-system");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(list) = api.list(&ListParams::default()).await {
+            let owners: Vec<String> = list
+                .items
+                .iter()
+                .filter_map(|s| s.status.as_ref())
+                .filter(|s| s.service_namespace == SERVICE.0 && s.service_name == SERVICE.1)
+                .map(|s| s.node.clone())
+                .collect();
+            if let [owner] = owners.as_slice()
+                && other_than != Some(owner.as_str())
+            {
+                return Ok(owner.clone());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: format!("one node announcing {}/{}", SERVICE.0, SERVICE.1),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The MAC of a node's lab interface.
+pub async fn node_mac(lab: &Lab, node: usize) -> Result<String, LabError> {
+    let ns = lab.node_namespace(node)?.to_string();
+    let out = lab.exec_in(&ns, &["cat", "/sys/class/net/eth0/address"]).await?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Kills the speaker of the node announcing the demo Service while a probe sends a request
+/// every 10 ms, and measures the failover at the client.
+pub async fn measure_failover(lab: &Lab, ip: IpAddr, signal: Signal) -> Result<Failover, LabError> {
+    let old_owner = wait_for_owner(lab, None, Duration::from_secs(10)).await?;
+    let old_node = lab.node_index(&old_owner)?;
+    let old_mac = node_mac(lab, old_node).await?;
+
+    let client = lab.client_namespace().to_string();
+    let mut tcpdump = lab
+        .command_in(&client, "tcpdump")?
+        .args(["-l", "-tt", "-n", "-e", "-i", "eth0", "arp"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| LabError::Spawn {
+            program: "tcpdump".into(),
+            source,
+        })?;
+    let stdout = tcpdump.stdout.take().expect("stdout is piped");
+    let garps = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(g) = garp::parse_line(&line) {
+                seen.push(g);
+            }
+        }
+        seen
+    });
+    let probe_config = ProbeConfig {
+        target: SocketAddr::new(ip, 80),
+        interval: Duration::from_millis(10),
+        duration: Duration::from_millis(3500),
+        timeout: Duration::from_millis(250),
+    };
+    // tcpdump needs a moment to attach before the kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probe_started = unix_ms_now();
+    let probe = lab.start_probe(&client, &probe_config)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let killed_at = unix_ms_now();
+    lab.kill_speaker(old_node, signal).await?;
+    let samples = probe.finish().await?;
+    let new_owner = wait_for_owner(lab, Some(&old_owner), Duration::from_secs(5)).await.ok();
+    let _ = tcpdump.start_kill();
+    let _ = tcpdump.wait().await;
+    let garps = garps.await.unwrap_or_default();
+
+    let kill_to_garp_ms = garps
+        .iter()
+        .filter(|g| g.address == ip.to_string() && g.sender_mac != old_mac)
+        .map(|g| g.at_unix_s * 1000.0 - killed_at)
+        .find(|ms| *ms >= 0.0);
+    Ok(summarize(
+        old_owner,
+        new_owner,
+        &samples,
+        probe_started - killed_at,
+        kill_to_garp_ms,
+    ))
+}
+
+/// Failover numbers from probe samples; `offset_ms` places the probe's clock on the kill's
+/// (sample time + offset = ms since the kill).
+pub fn summarize(
+    old_owner: String,
+    new_owner: Option<String>,
+    samples: &[ProbeSample],
+    offset_ms: f64,
+    kill_to_garp_ms: Option<f64>,
+) -> Failover {
+    let mut marks: Vec<(f64, bool)> = samples.iter().map(|s| (s.sent_ms + offset_ms, s.ok())).collect();
+    marks.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let failed_requests = marks.iter().filter(|(_, ok)| !ok).count();
+    let mut longest_gap_ms: f64 = 0.0;
+    let mut gap_start: Option<f64> = None;
+    for &(t, ok) in &marks {
+        match (ok, gap_start) {
+            (false, None) => gap_start = Some(t),
+            (true, Some(start)) => {
+                longest_gap_ms = longest_gap_ms.max(t - start);
+                gap_start = None;
+            }
+            _ => {}
+        }
+    }
+    let last_failure_after_kill = marks.iter().filter(|(t, ok)| *t >= 0.0 && !ok).map(|(t, _)| *t).last();
+    let kill_to_traffic_ms = marks
+        .iter()
+        .find(|(t, ok)| *ok && *t >= last_failure_after_kill.unwrap_or(0.0))
+        .map(|(t, _)| *t);
+    Failover {
+        old_owner,
+        new_owner,
+        kill_to_garp_ms,
+        kill_to_traffic_ms,
+        requests: marks.len(),
+        failed_requests,
+        longest_gap_ms,
+        marks,
+    }
+}
+
+/// Percentile (nearest rank) of `values`; `None` when empty.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    Some(sorted[rank.min(sorted.len()) - 1])
+}
+
+/// Writes the timeline SVG of one failover.
+pub fn write_timeline(path: &Path, failover: &Failover) -> std::io::Result<()> {
+    let marks: Vec<timeline::Mark> = failover
+        .marks
+        .iter()
+        .map(|&(at_ms, ok)| timeline::Mark { at_ms, ok })
+        .collect();
+    let mut events = vec![timeline::Event {
+        at_ms: 0.0,
+        label: format!("SIGKILL speaker on {}", failover.old_owner),
+        colour: "#000000",
+    }];
+    if let Some(garp) = failover.kill_to_garp_ms {
+        events.push(timeline::Event {
+            at_ms: garp,
+            label: format!(
+                "gratuitous ARP from {} (+{garp:.0} ms)",
+                failover.new_owner.as_deref().unwrap_or("new owner")
+            ),
+            colour: "#0969da",
+        });
+    }
+    let start = failover.marks.first().map(|m| m.0).unwrap_or(-1000.0);
+    let end = failover.marks.last().map(|m| m.0).unwrap_or(2500.0);
+    let title = format!(
+        "Herald failover: {} requests, {} failed, longest gap {:.0} ms",
+        failover.requests, failover.failed_requests, failover.longest_gap_ms
+    );
+    std::fs::write(path, timeline::render(&title, &marks, &events, start, end))
+}
+
+/// Puts the demo's Service and its backends in the lab: the pool and advertisement, two echo
+/// backends (on the second and third node), and the Service, all applied like a user would.
+pub async fn apply_demo_objects(lab: &Lab, say: &dyn Fn(&str)) -> Result<(), LabError> {
+    say("kubectl apply -f e2e/demo/pool.yaml   # an IPAddressPool on the lab's segment and an L2Advertisement");
+    say(lab.kubectl_apply(POOL_YAML).await?.trim());
+    let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+    for (node, name) in [(2.min(lab.node_count()), "web-1"), (3.min(lab.node_count()), "web-2")] {
+        let backend = lab.add_backend(node, name, labels.clone()).await?;
+        say(&format!(
+            "backend pod {} on node{} at {}",
+            backend.name, backend.node, backend.ipv4
+        ));
+    }
+    say("kubectl apply -f e2e/demo/service.yaml   # type: LoadBalancer, port 80 -> 8080");
+    say(lab.kubectl_apply(SERVICE_YAML).await?.trim());
+    Ok(())
+}
+
+/// `herald-lab demo`: the story once, with commentary; returns the failover measured.
+pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failover, LabError> {
+    apply_demo_objects(lab, say).await?;
+    let asked = Instant::now();
+    let ip = wait_for_ip(lab, Duration::from_secs(20)).await?;
+    say(&format!(
+        "Service default/web got {ip} in {} ms:",
+        asked.elapsed().as_millis()
+    ));
+    say(lab.kubectl(&["get", "service", "web", "-o", "wide"]).await?.trim());
+
+    let client = lab.client_namespace().to_string();
+    let url = format!("http://{ip}/");
+    let owner = wait_for_owner(lab, None, Duration::from_secs(20)).await?;
+    let answer = reach(lab, &client, &url).await?;
+    say(&format!("from the client namespace: curl {url} -> {}", answer.trim()));
+    say("kubectl get servicel2status -A   # who announces what");
+    say(lab.kubectl(&["get", "servicel2status", "-A"]).await?.trim());
+    say(&format!(
+        "SIGKILL the speaker on {owner} while the client opens a connection every 10 ms ..."
+    ));
+    let failover = measure_failover(lab, ip, Signal::Kill).await?;
+    say(&format!(
+        "new owner: {}; gratuitous ARP reached the client {} after the kill; {} of {} requests failed (longest gap {:.0} ms); traffic flowing {} after the kill",
+        failover.new_owner.as_deref().unwrap_or("none"),
+        fmt_ms(failover.kill_to_garp_ms),
+        failover.failed_requests,
+        failover.requests,
+        failover.longest_gap_ms,
+        fmt_ms(failover.kill_to_traffic_ms),
+    ));
+    say(lab.kubectl(&["get", "servicel2status", "-A"]).await?.trim());
+
+    std::fs::create_dir_all(out_dir).map_err(|source| LabError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let svg = out_dir.join("failover-timeline.svg");
+    let json = out_dir.join("failover-summary.json");
+    write_timeline(&svg, &failover).map_err(|source| LabError::Io {
+        path: svg.clone(),
+        source,
+    })?;
+    let summary = serde_json::to_string_pretty(&failover).unwrap_or_default();
+    std::fs::write(&json, summary).map_err(|source| LabError::Io {
+        path: json.clone(),
+        source,
+    })?;
+    say(&format!("timeline: {}  summary: {}", svg.display(), json.display()));
+    Ok(failover)
+}
+
+/// `curl` from the client namespace, retried for a few seconds while the first ARP and the
+/// service map settle.
+pub async fn reach(lab: &Lab, ns: &str, url: &str) -> Result<String, LabError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = lab.exec_in(ns, &["curl", "-s", "-m", "1", url]).await;
+        match out {
+            Ok(out) if out.status.success() && !out.stdout.is_empty() => {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(out) => {
+                return Err(LabError::Command {
+                    command: format!("curl {url}"),
+                    status: out.status.code(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn fmt_ms(ms: Option<f64>) -> String {
+    ms.map(|ms| format!("{ms:.0} ms"))
+        .unwrap_or_else(|| "never".to_string())
+}
+
+/// What `herald-lab failover-bench --json` writes.
+#[derive(Debug, Serialize)]
+pub struct BenchSummary {
+    pub rounds: usize,
+    pub kill_to_garp_ms: Percentiles,
+    pub kill_to_traffic_ms: Percentiles,
+    pub failed_requests_total: usize,
+    pub requests_total: usize,
+    pub longest_gap_ms: f64,
+    pub failovers: Vec<Failover>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+    pub samples: usize,
+}
+
+impl Percentiles {
+    fn of(values: &[f64]) -> Percentiles {
+        Percentiles {
+            p50: percentile(values, 50.0),
+            p99: percentile(values, 99.0),
+            max: values.iter().copied().reduce(f64::max),
+            samples: values.len(),
+        }
+    }
+}
+
+/// `herald-lab failover-bench`: `rounds` SIGKILLs of the current owner's speaker, each after
+/// the previous victim's speaker was restarted and the cluster settled.
+pub async fn failover_bench(lab: &Lab, rounds: usize, say: &dyn Fn(&str)) -> Result<BenchSummary, LabError> {
+    apply_demo_objects(lab, say).await?;
+    let ip = wait_for_ip(lab, Duration::from_secs(20)).await?;
+    let client = lab.client_namespace().to_string();
+    reach(lab, &client, &format!("http://{ip}/")).await?;
+    let mut failovers = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
+        let failover = measure_failover(lab, ip, Signal::Kill).await?;
+        say(&format!(
+            "round {round}/{rounds}: {} -> {}: garp {} traffic {} failed {}/{}",
+            failover.old_owner,
+            failover.new_owner.as_deref().unwrap_or("none"),
+            fmt_ms(failover.kill_to_garp_ms),
+            fmt_ms(failover.kill_to_traffic_ms),
+            failover.failed_requests,
+            failover.requests
+        ));
+        // Let the supervisor restart the victim and the cluster settle before the next kill.
+        let victim = lab.node_index(&failover.old_owner)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lab.speaker_pid(victim)?.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        failovers.push(failover);
+    }
+    let garp: Vec<f64> = failovers.iter().filter_map(|f| f.kill_to_garp_ms).collect();
+    let traffic: Vec<f64> = failovers.iter().filter_map(|f| f.kill_to_traffic_ms).collect();
+    Ok(BenchSummary {
+        rounds,
+        kill_to_garp_ms: Percentiles::of(&garp),
+        kill_to_traffic_ms: Percentiles::of(&traffic),
+        failed_requests_total: failovers.iter().map(|f| f.failed_requests).sum(),
+        requests_total: failovers.iter().map(|f| f.requests).sum(),
+        longest_gap_ms: failovers.iter().map(|f| f.longest_gap_ms).fold(0.0, f64::max),
+        failovers,
+    })
+}
+
+/// Where the demo writes its picture and summary by default.
+pub fn default_out_dir() -> PathBuf {
+    PathBuf::from("target/herald-demo")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(sent_ms: f64, ok: bool) -> ProbeSample {
+        ProbeSample {
+            sent_ms,
+            latency_ms: ok.then_some(1.0),
+            backend: ok.then(|| "web-1".to_string()),
+            error: (!ok).then(|| "timeout".to_string()),
+        }
+    }
+
+    #[test]
+    fn a_gap_is_measured_from_first_failure_to_next_success() {
+        // Probe started 1000 ms before the kill; requests every 10 ms fail from +20 to +290.
+        let samples: Vec<ProbeSample> = (0..200)
+            .map(|i| {
+                let t = i as f64 * 10.0;
+                sample(t, !(1020.0..1300.0).contains(&t))
+            })
+            .collect();
+        let f = summarize("node1".into(), Some("node2".into()), &samples, -1000.0, Some(250.0));
+        assert_eq!(f.failed_requests, 28);
+        assert_eq!(f.longest_gap_ms, 280.0);
+        assert_eq!(f.kill_to_traffic_ms, Some(300.0));
+        assert_eq!(f.kill_to_garp_ms, Some(250.0));
+    }
+
+    #[test]
+    fn no_failure_means_traffic_right_after_the_kill() {
+        let samples: Vec<ProbeSample> = (0..100).map(|i| sample(i as f64 * 10.0, true)).collect();
+        let f = summarize("a".into(), None, &samples, -500.0, None);
+        assert_eq!((f.failed_requests, f.longest_gap_ms), (0, 0.0));
+        assert_eq!(f.kill_to_traffic_ms, Some(0.0));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), Some(10.0));
+        assert_eq!(percentile(&values, 99.0), Some(20.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}
