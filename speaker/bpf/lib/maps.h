@@ -38,9 +38,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } herald_counters SEC(".maps");
 
+/* Conntrack: per-CPU LRU lists, so new flows on different CPUs do not contend on one lock. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, HERALD_CT_ENTRIES);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct ct_key);
 	__type(value, struct ct_forward);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -49,6 +51,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, HERALD_CT_ENTRIES);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct ct_key);
 	__type(value, struct ct_reverse);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

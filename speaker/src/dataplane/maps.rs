@@ -330,6 +330,9 @@ pub struct MapSync {
     current: MapContents,
     /// Frontend id → what it serves, for metric labels.
     labels: BTreeMap<u32, FrontendInfo>,
+    /// Frontend id → the backend ids its row was built from: an unchanged backend list skips
+    /// the table computation (an id names the same backend for as long as a row uses it).
+    row_sources: BTreeMap<u32, Vec<u32>>,
 }
 
 /// How many writes one [`MapSync::apply`] did.
@@ -357,6 +360,7 @@ impl MapSync {
         Ok(MapSync {
             current: maps.read_all()?,
             labels: BTreeMap::new(),
+            row_sources: BTreeMap::new(),
         })
     }
 
@@ -417,6 +421,7 @@ impl MapSync {
             maps.remove_frontend(&key)?;
             self.current.frontends.remove(&key);
             self.labels.remove(&value.id);
+            self.row_sources.remove(&value.id);
             stats.frontends_removed += 1;
         }
         let live_ids: BTreeSet<u32> = self.current.frontends.values().map(|v| v.id).collect();
@@ -441,21 +446,26 @@ impl MapSync {
                 Some(v) => v.id,
                 None => lowest_free(&used_frontend_ids, &mut next_frontend),
             };
-            let names: Vec<String> = target.backends.iter().map(|b| b.addr.to_string()).collect();
             let ids: Vec<u32> = target
                 .backends
                 .iter()
                 .map(|b| wanted_backends[&BackendValue::from_backend(b)])
                 .collect();
-            let table: Vec<u32> = maglev_table(&names).into_iter().map(|i| ids[i as usize]).collect();
-            if self.current.rows.get(&id) != Some(&table) {
-                let mut row = MaglevRow {
-                    backend_ids: [0; MAGLEV_TABLE_SIZE],
-                };
-                row.backend_ids.copy_from_slice(&table);
-                maps.set_row(id, &row)?;
-                self.current.rows.insert(id, table);
-                stats.rows_written += 1;
+            let unchanged = self.row_sources.get(&id) == Some(&ids) && self.current.rows.contains_key(&id);
+            if !unchanged {
+                let names: Vec<String> = target.backends.iter().map(|b| b.addr.to_string()).collect();
+                let table: Vec<u32> = maglev_table(&names).into_iter().map(|i| ids[i as usize]).collect();
+                self.row_sources.insert(id, ids);
+                // The same table (e.g. after a restart) needs no write.
+                if self.current.rows.get(&id) != Some(&table) {
+                    let mut row = MaglevRow {
+                        backend_ids: [0; MAGLEV_TABLE_SIZE],
+                    };
+                    row.backend_ids.copy_from_slice(&table);
+                    maps.set_row(id, &row)?;
+                    self.current.rows.insert(id, table);
+                    stats.rows_written += 1;
+                }
             }
             let value = FrontendValue {
                 id,

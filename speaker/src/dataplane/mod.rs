@@ -39,6 +39,16 @@
 //! bpffs, so `pin_dir` must be unique per node. Kernels before 6.6 have no TCX: programs are
 //! attached through netlink and detached when the process exits.
 //!
+//! # Limits (known gaps)
+//! - Only packets arriving on the configured interfaces are translated: the node itself and
+//!   its pods reaching an LB IP or NodePort are not served (kube-proxy's job for cluster IPs).
+//! - IPv6 packets with extension headers and non-first IPv4 fragments pass untranslated; ICMP
+//!   errors about a translated flow (e.g. PMTU) are not translated back.
+//! - Conntrack entries expire by LRU only (262,144 flows per direction, per-CPU lists), not on
+//!   FIN/RST.
+//! - Kernels before 6.6 (no TCX): links cannot be pinned, so a crashed speaker leaves its
+//!   netlink filter attached and a restart adds a second one.
+//!
 //! # Threads and network namespaces
 //! Interfaces are looked up in the network namespace of the calling thread: call
 //! [`Dataplane::start`] and [`Dataplane::attach_interfaces`] from the node's namespace.

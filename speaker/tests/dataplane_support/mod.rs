@@ -108,6 +108,7 @@ impl Drop for Lab {
 impl Lab {
     /// Client, switch, `nodes` nodes (1 or 2); no pods yet.
     pub fn new(nodes: u8) -> Lab {
+        sweep_dead_labs();
         let k = (NEXT_LAB.fetch_add(1, Ordering::Relaxed) % 250) as u8;
         let prefix = format!("hrl-dp-{}-{k}", std::process::id());
         let bpffs = PathBuf::from(format!("/tmp/{prefix}-bpffs"));
@@ -130,7 +131,7 @@ impl Lab {
             lab.client_addr(0, true),
             &format!("02:04:{k:02x}:00:00:64"),
         );
-        for m in 1..4u8 {
+        for m in 1..8u8 {
             let a = format!("{}/24", lab.client_addr(m, false));
             sh(&["ip", "-n", &client, "addr", "add", &a, "dev", "eth0"]);
             let a6 = format!("{}/64", lab.client_addr(m, true));
@@ -442,6 +443,34 @@ impl Lab {
 
     pub fn pin_dir(&self, i: u8) -> PathBuf {
         self.bpffs.join(format!("node{i}"))
+    }
+}
+
+/// Removes namespaces and bpffs mounts left by a lab whose process was killed (no Drop ran).
+fn sweep_dead_labs() {
+    let dead = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix("hrl-dp-") else {
+            return false;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        !pid.is_empty()
+            && pid.chars().all(|c| c.is_ascii_digit())
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    };
+    for dir in ["/run/netns", "/tmp"] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten().take(10_000) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !dead(&name) {
+                continue;
+            }
+            if dir == "/run/netns" {
+                let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+            } else if name.ends_with("-bpffs") {
+                let _ = Command::new("umount").arg(entry.path()).output();
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 
