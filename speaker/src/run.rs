@@ -146,7 +146,9 @@ pub async fn run_with_client(
         health.cluster_synced.store(cluster.synced(), Ordering::SeqCst);
         let local_health = NodeHealth {
             announcer_ready: announcer_status.ready,
-            dataplane_ready: dataplane.is_some(),
+            // Announce-only nodes (by flag, or eBPF unavailable at start) serve as configured;
+            // a running dataplane that fails to program or attach does not.
+            dataplane_ready: dataplane.is_none() || dataplane_sync.healthy,
             interfaces: announcer_status.usable_interfaces.iter().cloned().collect(),
         };
         membership.set_local_health(local_health.clone());
@@ -169,7 +171,7 @@ pub async fn run_with_client(
             advertisements: &advertisements.iter().map(|a| &**a).collect::<Vec<_>>(),
             view: &view,
             local_health: &local_health,
-            require_dataplane: config.dataplane == DataplaneMode::Ebpf,
+            require_dataplane: true,
         });
         if let Some(dp) = dataplane.as_mut() {
             let addresses = nodes
@@ -320,11 +322,23 @@ impl DataplaneStart {
 }
 
 /// What was last given to the dataplane, so a pass writes only when something changed.
-#[derive(Default)]
 struct DataplaneSync {
+    /// The last attach and apply succeeded.
+    healthy: bool,
     interfaces: Vec<String>,
     addresses: Vec<IpAddr>,
     services: Vec<crate::dataplane::ServiceInput>,
+}
+
+impl Default for DataplaneSync {
+    fn default() -> Self {
+        DataplaneSync {
+            healthy: true,
+            interfaces: Vec::new(),
+            addresses: Vec::new(),
+            services: Vec::new(),
+        }
+    }
 }
 
 impl DataplaneSync {
@@ -335,10 +349,14 @@ impl DataplaneSync {
         addresses: Vec<IpAddr>,
         services: &[crate::dataplane::ServiceInput],
     ) {
+        let mut healthy = true;
         if self.interfaces != interfaces {
             match dp.attach_interfaces(interfaces) {
                 Ok(()) => self.interfaces = interfaces.to_vec(),
-                Err(e) => tracing::warn!(error = %e, "cannot attach the eBPF dataplane"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot attach the eBPF dataplane; this node gives up its IPs");
+                    healthy = false;
+                }
             }
         }
         let addresses_changed = self.addresses != addresses;
@@ -352,9 +370,13 @@ impl DataplaneSync {
                     self.services = services.to_vec();
                     tracing::debug!(?stats, "service map updated");
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot update the eBPF service map; retrying next pass"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot update the eBPF service map; this node gives up its IPs until it can");
+                    healthy = false;
+                }
             }
         }
+        self.healthy = healthy;
     }
 }
 
