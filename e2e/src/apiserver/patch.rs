@@ -46,6 +46,8 @@ pub enum ListStrategy {
 }
 
 /// The strategy for the list at `path` (field names from the root, list indices omitted).
+/// Lists kube-apiserver treats as atomic (Node `taints`, Pod `containerStatuses`, ...)
+/// fall through to [`ListStrategy::Replace`].
 pub fn list_strategy(path: &[&str]) -> ListStrategy {
     let field = path.last().copied().unwrap_or_default();
     let parent = path.len().checked_sub(2).map(|i| path[i]).unwrap_or_default();
@@ -62,11 +64,9 @@ pub fn list_strategy(path: &[&str]) -> ListStrategy {
         "conditions" => ListStrategy::MergeByKey("type"),
         "ownerReferences" => ListStrategy::MergeByKey("uid"),
         "finalizers" if parent == "metadata" => ListStrategy::Set,
-        "taints" => ListStrategy::MergeByKey("key"),
         "addresses" if parent == "status" && path.first() == Some(&"status") => ListStrategy::MergeByKey("type"),
         "hostAliases" => ListStrategy::MergeByKey("ip"),
         "podIPs" | "hostIPs" => ListStrategy::MergeByKey("ip"),
-        "containerStatuses" | "initContainerStatuses" => ListStrategy::MergeByKey("name"),
         _ => ListStrategy::Replace,
     }
 }

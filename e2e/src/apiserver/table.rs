@@ -196,7 +196,14 @@ fn builtin_columns(group: &str, resource: &str) -> Vec<Column> {
                         .and_then(Value::as_array)
                         .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
                         .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" });
-                    json!(ready.unwrap_or("Unknown"))
+                    {
+                        let ready = ready.unwrap_or("Unknown");
+                        if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+                            json!(format!("{ready},SchedulingDisabled"))
+                        } else {
+                            json!(ready)
+                        }
+                    }
                 },
             });
         }
