@@ -10,8 +10,11 @@
 //!   through [`relay`], at 10.203.0.1:6443 inside the lab (in-lab kubeconfig, for Herald);
 //! - Herald's CRDs, the empty speaker Secret, one Node and one speaker Pod per node;
 //! - `herald-controller` in the segment namespace and one `herald-speaker` per node
-//!   namespace, each supervised like a kubelet would (restart after a delay), logs in the
-//!   state directory ([`state`]).
+//!   namespace, each supervised like a kubelet would (restart after a delay, speaker Pod
+//!   status follows), logs in the state directory ([`state`]), where a bpf filesystem is
+//!   also mounted for the speakers' eBPF pins.
+//!
+//! [`Lab::start_probe`] runs a steady client ([`probe`]) for failover measurements.
 //!
 //! Backends ([`Lab::add_backend`]) are echo servers ([`echo`]) in pod namespaces with
 //! Pod objects, so the API server's EndpointSlices follow them. LoadBalancer addresses
@@ -25,7 +28,14 @@
 //! lab.add_backend(1, "web-a", [("app".to_string(), "web".to_string())].into()).await?;
 //! lab.kubectl_apply("...IPAddressPool, L2Advertisement, Service...").await?;
 //! let out = lab.exec_in(lab.client_namespace(), &["curl", "-s", "http://10.203.0.200/"]).await?;
-//! let old = lab.kill_speaker(1, Signal::Kill).await?;
+//! let probe = lab.start_probe(lab.client_namespace(), &herald_e2e::lab::ProbeConfig {
+//!     target: "10.203.0.200:80".parse().unwrap(),
+//!     interval: std::time::Duration::from_millis(10),
+//!     duration: std::time::Duration::from_secs(5),
+//!     timeout: std::time::Duration::from_millis(300),
+//! })?;
+//! let old = lab.kill_speaker(1, Signal::Kill).await?; // or lab.set_cable(1, false)
+//! let outage = herald_e2e::lab::summarize(&probe.finish().await?).longest_outage_ms;
 //! lab.wait_speaker_restart(1, old, std::time::Duration::from_secs(5)).await?;
 //! lab.down().await?;
 //! # Ok(()) }
