@@ -310,6 +310,18 @@ mod tests {
     }
 
     #[test]
+    fn strategic_atomic_builtin_lists_replace() {
+        let mut node =
+            json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "c", "effect": "NoExecute"}]}});
+        strategic_merge_patch(
+            &mut node,
+            &json!({"spec": {"taints": [{"key": "c", "effect": "NoExecute"}]}}),
+        )
+        .expect("applies");
+        assert_eq!(node["spec"]["taints"], json!([{"key": "c", "effect": "NoExecute"}]));
+    }
+
+    #[test]
     fn strategic_unknown_lists_replace_and_directives() {
         let mut v = json!({"spec": {"ips": ["a", "b"], "m": {"x": 1, "y": 2}}});
         strategic_merge_patch(
