@@ -199,6 +199,9 @@ impl Shared {
             }
             Err(None) => return Err(Status::invalid_argument("not a request")),
         };
+        if self.killed.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.metrics.sent(rpc);
         Ok(self.auth.seal(reply, unix_ms_now()))
     }

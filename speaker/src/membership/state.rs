@@ -566,6 +566,7 @@ impl Core {
     }
 
     fn probe_failed(&mut self, target: &str, sent_at: Instant, now: Instant) {
+        tracing::debug!(local = %self.node, member = %target, "probe failed");
         if self.leaving || self.suspicions.contains_key(target) {
             return;
         }
@@ -968,7 +969,7 @@ impl Core {
             (Some(Pending::Indirect { target, .. }), Some(Body::PingReqResult(result))) if result.target == target => {
                 self.pending.remove(&id);
                 if result.reachable {
-                    self.sign_of_life(&target);
+                    self.sign_of_life(&target, "a helper reached it");
                 }
             }
             (Some(Pending::Exchange { initial, .. }), body) => {
@@ -1047,14 +1048,15 @@ impl Core {
         if let Some(member) = self.members.get_mut(sender) {
             member.last_heard = Some(now);
         }
-        self.sign_of_life(sender);
+        self.sign_of_life(sender, "a message from it");
     }
 
     /// Direct or indirect proof that `node` is alive: cancels our death timer for it. Its
     /// state returns to `Alive` only through its refutation (a higher incarnation).
-    fn sign_of_life(&mut self, node: &str) {
+    fn sign_of_life(&mut self, node: &str, evidence: &'static str) {
         if self.suspicions.remove(node).is_some() {
             self.stats.suspicions_cleared += 1;
+            tracing::debug!(local = %self.node, member = %node, evidence, "suspicion cancelled by a sign of life");
         }
     }
 
