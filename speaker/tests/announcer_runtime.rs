@@ -329,3 +329,33 @@ fn shutdown_is_prompt_and_stops_answering() {
     assert!(lab.announcer.status().announced.is_empty());
     assert!(!lab.network.inject("eth0", arp_request(VIP)));
 }
+
+#[test]
+fn reader_threads_take_the_configured_nice_value() {
+    let config = AnnouncerConfig {
+        reader_nice: Some(4),
+        ..fast_config()
+    };
+    let lab = lab_with(vec![link("nice0", 2)], config, FakeNetwork::default());
+    lab.announcer.set_owned(own(&[(IpAddr::V4(VIP), None)]));
+    // Still answers; and the reader thread (named after its link, unique in this binary)
+    // runs at nice 4.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        arp_replies(&exchange(&lab, "nice0", arp_request(VIP), ANSWER_WAIT)).len(),
+        1
+    );
+    let reader_nice = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == "herald-l2-nice0")
+        })
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // Field 19 is the nice value; count from after the ")" closing the thread name.
+            let after_name = stat.rsplit(')').next().unwrap().to_string();
+            after_name.split_whitespace().nth(16).unwrap().parse::<i32>().unwrap()
+        });
+    assert_eq!(reader_nice, Some(4));
+}
