@@ -577,3 +577,64 @@ async fn events_v1_are_core_events() {
     assert!(described.contains("IPAllocated"), "{described}");
     lab.stop().await;
 }
+
+/// kubectl's typed-client commands send protobuf bodies; the lab decodes the kinds they
+/// create and refuses others with 415.
+#[tokio::test]
+async fn create_commands_in_protobuf() {
+    if !kubectl_available() {
+        return;
+    }
+    let lab = Lab::start().await;
+    lab.kubectl_ok(&["create", "namespace", "demo"]).await;
+    lab.kubectl_ok(&["create", "configmap", "cfg", "-n", "demo", "--from-literal=a=b"])
+        .await;
+    lab.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "-n",
+        "demo",
+        "--from-literal=token=abc",
+    ])
+    .await;
+    lab.kubectl_ok(&[
+        "create",
+        "service",
+        "loadbalancer",
+        "web",
+        "-n",
+        "demo",
+        "--tcp=80:8080",
+    ])
+    .await;
+    let got = lab
+        .kubectl_ok(&[
+            "get",
+            "cm/cfg",
+            "secret/sec",
+            "svc/web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.items[0].data.a} {.items[1].data.token} {.items[2].spec.type} {.items[2].spec.ports[0].port}:{.items[2].spec.ports[0].targetPort} {.items[2].spec.selector.app}",
+        ])
+        .await;
+    assert_eq!(got, "b YWJj LoadBalancer 80:8080 web");
+    let node_port = lab
+        .kubectl_ok(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ])
+        .await;
+    assert_eq!(node_port, "30000", "nodePort 0 on the wire means unset");
+    let (ok, _, err) = lab.kubectl(&["create", "deployment", "d", "--image=nginx"]).await;
+    assert!(!ok && err.contains("protobuf"), "{err}");
+    lab.stop().await;
+}

@@ -20,6 +20,7 @@ use super::builtin;
 use super::controllers::{self, InUse, MANAGED_BY};
 use super::events;
 use super::patch::{self, PatchError};
+use super::protobuf;
 use super::registry::{GroupResource, Registry, ResourceType, type_from_crd};
 use super::schema;
 use super::selectors::{FieldSelector, LabelSelector, field_supported};
@@ -317,6 +318,11 @@ fn parse_json_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
     match media {
         "" | "application/json" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the object provided is unrecognized: {e}"))),
+        "application/vnd.kubernetes.protobuf" => protobuf::decode(body).map_err(|e| {
+            ApiError::unsupported_media_type(format!(
+                "the body of the request was in an unknown format (application/vnd.kubernetes.protobuf): {e}"
+            ))
+        }),
         "application/yaml" => {
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
             let yaml: serde_yaml::Value =

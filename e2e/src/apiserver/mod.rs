@@ -39,16 +39,16 @@
 //! - `/openapi/v3` publishes operations and parameters, not schemas (enough for kubectl's
 //!   server-side field validation; `kubectl explain` does not work); no `/openapi/v2`,
 //!   no protobuf, no aggregated discovery (kubectl falls back to the legacy documents).
-//! - Request bodies are JSON or YAML only. kubectl's typed-client commands
-//!   (`kubectl create configmap|secret|service|deployment ...`) send protobuf and get 415;
-//!   `kubectl apply -f`/`create -f`/`patch`/`label`/`delete`/`get`/`wait`/`describe` use JSON.
+//! - Request bodies are JSON or YAML, plus protobuf for the v1 ConfigMap, Secret,
+//!   Namespace and Service that kubectl's typed `create` commands send; other protobuf
+//!   bodies (e.g. `kubectl create deployment`) get 415. Responses are always JSON.
 //! - Cluster IPs and node ports are allocated first-free rather than at random.
 //!
 //! # Layout
 //! `store` (objects, versions, history, fan-out), `registry` (kinds, discovery, OpenAPI
 //! index), `handlers` (verbs), `watch` (watch streams), `patch` and `apply` (patch
 //! strategies and field ownership), `schema` (CRD structural schemas), `builtin` (typed
-//! decoding of built-in kinds), `events` (events.k8s.io ⇄ core Events), `controllers`
+//! decoding of built-in kinds), `protobuf` (kubectl's typed-client bodies), `events` (events.k8s.io ⇄ core Events), `controllers`
 //! (what kube-apiserver/controller-manager compute), `selectors`, `table`, `status`
 //! (errors), `kubeconfig`.
 
@@ -59,6 +59,7 @@ mod events;
 mod handlers;
 mod kubeconfig;
 mod patch;
+mod protobuf;
 mod registry;
 mod schema;
 mod selectors;
