@@ -8,10 +8,11 @@
 //! - [`responder`]: the pure decision for one received frame.
 //! - [`interfaces`]: which links announce (default rules, explicit lists, per-IP lists).
 //! - [`schedule`]: when gratuitous announcements go out after a gain.
-//! - [`priority`]: the reader threads' nice value (the only unsafe code, one call).
+//! - `metrics`: the Prometheus counters ([`AnnouncerMetrics`]).
+//! - `priority`: the reader threads' nice value (the only unsafe code, one call).
 //! - [`io`]: one trait per side effect (frames, link listing, multicast) and the real ones;
 //!   [`fake`] has the in-memory ones.
-//! - [`runtime`]: the threads: a link watcher, a reader per link, an announce scheduler.
+//! - `runtime`: the threads: a link watcher, a reader per link, an announce scheduler.
 //!
 //! # Invariants
 //! - The responder consults the owned set for every request: an IP removed by
