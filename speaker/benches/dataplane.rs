@@ -19,8 +19,9 @@
 //! paths alternating in a rotating order, R rounds. Reported: the median rate and latency over
 //! rounds, and the median of the per-round ratios to the direct path (the machine's load
 //! drifts between rounds; within a round the paths see the same). Environment:
-//! `HERALD_BENCH_SIZES` (default `1,1000,10000`), `HERALD_BENCH_SECS` (2),
-//! `HERALD_BENCH_ROUNDS` (6), `HERALD_BENCH_THREADS` (4).
+//! `HERALD_BENCH_SIZES` (default `1,1000,10000`), `HERALD_BENCH_SECS` (1),
+//! `HERALD_BENCH_ROUNDS` (12), `HERALD_BENCH_THREADS` (4), `HERALD_BENCH_IPTABLES_SERVICES`
+//! (pins the iptables rule count to separate its effect).
 
 #[path = "../tests/dataplane_support/mod.rs"]
 mod dataplane_support;
@@ -271,8 +272,8 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let secs: u64 = env_or("HERALD_BENCH_SECS", 2);
-    let rounds: usize = env_or("HERALD_BENCH_ROUNDS", 6);
+    let secs: u64 = env_or("HERALD_BENCH_SECS", 1);
+    let rounds: usize = env_or("HERALD_BENCH_ROUNDS", 12);
     let threads: usize = env_or("HERALD_BENCH_THREADS", 4);
 
     let mut lab = Lab::new(2);
@@ -342,7 +343,12 @@ fn main() {
         dp.apply(&d).unwrap();
         eprintln!("n={n}: herald programmed in {herald_program:?}; one endpoint change {herald_update:?} ({stats:?})");
 
-        let iptables_svcs = services(&lab, n, &iptables_vips, 2);
+        // HERALD_BENCH_IPTABLES_SERVICES pins the iptables rule count (to separate its effect).
+        let iptables_n = std::env::var("HERALD_BENCH_IPTABLES_SERVICES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(n);
+        let iptables_svcs = services(&lab, iptables_n, &iptables_vips, 2);
         let rules = iptables_rules(&iptables_svcs);
         let iptables_program = iptables_restore(&lab.node(2), &rules);
         eprintln!(
@@ -392,6 +398,14 @@ fn main() {
             };
             println!("| {n} | {name} | {rate:.0} | {ratio:.2} | {p50:.0} µs | {p99:.0} µs | {errors} | {program} |");
         }
+        let herald_vs_iptables = median(
+            results[0]
+                .iter()
+                .zip(&results[1])
+                .map(|(h, i)| h.conns_per_sec / i.conns_per_sec)
+                .collect(),
+        );
+        println!("| {n} | herald ÷ iptables | {herald_vs_iptables:.2} (median of per-round ratios) | | | | | |");
         // Clear the nat table before the next size so its restore starts from scratch.
         iptables_restore(&lab.node(2), "*nat\nCOMMIT\n");
     }
