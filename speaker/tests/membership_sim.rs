@@ -74,26 +74,29 @@ fn graceful_leave_moves_ips_at_once() {
 
 #[test]
 fn partition_elects_on_each_side_and_heal_ends_dual_ownership() {
-    let mut sim = converged(SimConfig {
-        nodes: 6,
-        units: 40,
-        seed: 21,
-        ..Default::default()
-    });
-    sim.partition(&[0, 1, 2]);
-    sim.run_for(Duration::from_secs(3));
-    // Documented behaviour: each side elects among what it sees, one owner per side.
-    for (unit, owners) in sim.claims() {
-        let left = owners.iter().filter(|i| **i < 3).count();
-        let right = owners.len() - left;
-        assert_eq!((left, right), (1, 1), "{unit}: {owners:?}");
+    for (nodes, seed) in [(6, 21), (20, 22)] {
+        let mut sim = converged(SimConfig {
+            nodes,
+            units: 40,
+            seed,
+            ..Default::default()
+        });
+        let side: Vec<usize> = (0..nodes / 2).collect();
+        sim.partition(&side);
+        sim.run_for(Duration::from_secs(3));
+        // Documented behaviour: each side elects among what it sees, one owner per side.
+        for (unit, owners) in sim.claims() {
+            let left = owners.iter().filter(|i| **i < nodes / 2).count();
+            let right = owners.len() - left;
+            assert_eq!((left, right), (1, 1), "{unit}: {owners:?}");
+        }
+        sim.heal();
+        let took = sim
+            .run_until_true(Duration::from_secs(10), |s| s.one_owner_per_unit() && s.views_agree())
+            .expect("heal converges");
+        println!("{nodes} speakers: dual ownership ended {took:?} (virtual) after the heal");
+        assert!(took < Duration::from_secs(3), "{took:?}");
     }
-    sim.heal();
-    let took = sim
-        .run_until_true(Duration::from_secs(10), |s| s.one_owner_per_unit() && s.views_agree())
-        .expect("heal converges");
-    println!("dual ownership ended {took:?} (virtual) after the heal");
-    assert!(took < Duration::from_secs(3), "{took:?}");
 }
 
 #[test]
