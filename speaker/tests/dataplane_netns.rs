@@ -380,3 +380,52 @@ fn dataplane_start_error_names_the_interface() {
         other => panic!("expected an attach error naming the interface, got {other:?}"),
     }
 }
+
+#[test]
+fn dataplane_every_node_picks_the_same_backend_for_a_flow() {
+    let test = "dataplane_every_node_picks_the_same_backend_for_a_flow";
+    if !privileged_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    let pods = [(1, 1), (1, 2), (2, 1), (2, 2)];
+    for (i, j) in pods {
+        lab.add_pod(i, j);
+        lab.serve_udp(i, j, TARGET);
+    }
+    let endpoints: Vec<EndpointInput> = pods.iter().map(|&(i, j)| endpoint(&lab, i, j, false)).collect();
+    let svc = service(&lab, TrafficPolicy::Cluster, endpoints);
+    let Some(mut dp1) = start_or_skip(&lab, 1, test) else {
+        return;
+    };
+    let mut dp2 = lab.start_dataplane(2).expect("second node's dataplane");
+    dp1.apply_services(std::slice::from_ref(&svc)).unwrap();
+    dp2.apply_services(std::slice::from_ref(&svc)).unwrap();
+    let vip = sa(lab.vip(0, false), PORT);
+    let client = lab.client();
+    let flows: Vec<SocketAddr> = (0..16u16)
+        .map(|n| sa(lab.client_addr((n % 4) as u8, false), 41_000 + n))
+        .collect();
+    let mut picks = Vec::new();
+    for node in [1, 2] {
+        lab.route_vip_to_node(0, node);
+        let names: Vec<String> = flows
+            .iter()
+            .map(|&from| {
+                let (answer, replier) = eventually(20, Duration::from_secs(5), || ask_udp(&client, from, vip).ok())
+                    .unwrap_or_else(|| panic!("no UDP answer via node{node} from {from}"));
+                assert_eq!(replier, vip);
+                parts(&answer).0
+            })
+            .collect();
+        picks.push(names);
+    }
+    assert_eq!(
+        picks[0], picks[1],
+        "Maglev with a fixed seed: both nodes pick the same backend per flow"
+    );
+    let distinct: std::collections::BTreeSet<&String> = picks[0].iter().collect();
+    assert!(distinct.len() >= 2, "flows spread over backends: {distinct:?}");
+    dp1.shutdown().unwrap();
+    dp2.shutdown().unwrap();
+}
