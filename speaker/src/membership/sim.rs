@@ -156,6 +156,8 @@ pub struct Simulation {
     groups: Vec<u32>,
     units: Vec<Unit>,
     scores: ScoreMemo,
+    peers: Vec<Peer>,
+    key: SecretKey,
 }
 
 fn node_address(index: usize) -> SocketAddr {
@@ -238,6 +240,8 @@ impl Simulation {
             groups,
             units,
             scores: ScoreMemo::default(),
+            peers,
+            key,
         };
         if !sim.config.per_node_election {
             sim.global_election();
@@ -555,6 +559,37 @@ impl Simulation {
     pub fn kill(&mut self, index: usize) {
         self.nodes[index].running = false;
         self.nodes[index].owned.clear();
+        if !self.config.per_node_election {
+            self.global_election();
+        }
+    }
+
+    /// Starts node `index` again as a new process: new boot id, fresh state, an incarnation
+    /// above any it had (the runtime uses the clock for that).
+    pub fn restart(&mut self, index: usize) {
+        let incarnation = 2 + u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX - 2);
+        let mut core = Core::new(
+            self.config.membership.clone(),
+            self.nodes[index].name.clone(),
+            node_address(index),
+            incarnation,
+            healthy(),
+            self.rng.random(),
+        );
+        core.set_peers(&self.peers);
+        let auth = Authenticator::new(
+            self.key.clone(),
+            self.nodes[index].name.clone(),
+            self.rng.random(),
+            self.config.membership.max_clock_skew,
+        );
+        let node = &mut self.nodes[index];
+        node.core = core;
+        node.auth = auth;
+        node.running = true;
+        node.deferred.clear();
+        node.owned.clear();
+        node.election_dirty = true;
         if !self.config.per_node_election {
             self.global_election();
         }
