@@ -46,7 +46,8 @@
 //!
 //! # Layout
 //! `store` (objects, versions, history, fan-out), `registry` (kinds, discovery, OpenAPI
-//! index), `handlers` (verbs), `watch` (watch streams), `patch` and `apply` (patch
+//! index), `handlers` (verbs), `delete` (deletion, finalizers, GC), `endpoint_slices` (slice
+//! reconciliation), `watch` (watch streams), `patch` and `apply` (patch
 //! strategies and field ownership), `schema` (CRD structural schemas), `builtin` (typed
 //! decoding of built-in kinds), `protobuf` (kubectl's typed-client bodies), `events` (events.k8s.io ⇄ core Events), `controllers`
 //! (what kube-apiserver/controller-manager compute), `selectors`, `table`, `status`
@@ -55,6 +56,8 @@
 mod apply;
 mod builtin;
 mod controllers;
+mod delete;
+mod endpoint_slices;
 mod events;
 mod handlers;
 mod kubeconfig;
