@@ -1,6 +1,23 @@
 //! eBPF service map: LoadBalancer `IP:port` and NodePort frontends are looked up in BPF maps
 //! by TC programs (C, `speaker/bpf/`) and rewritten to a backend chosen by Maglev hashing.
 //!
+//! # Use
+//! ```no_run
+//! # use herald_speaker::dataplane::*;
+//! # fn services_from_k8s() -> Vec<ServiceInput> { Vec::new() }
+//! let config = DataplaneConfig {
+//!     interfaces: vec!["eth0".into()],
+//!     pin_dir: "/sys/fs/bpf/herald/node-a".into(),
+//!     node_name: "node-a".into(),
+//!     node_addresses: vec!["192.168.1.10".parse().unwrap()],
+//! };
+//! // An error here means announce-only mode; its message names the step and interface.
+//! let mut dataplane = Dataplane::start(config)?;
+//! // On every change of Services, EndpointSlices or ownership (cheap when nothing changed):
+//! dataplane.apply_services(&services_from_k8s())?;
+//! # Ok::<(), DataplaneError>(())
+//! ```
+//!
 //! # How a packet goes
 //! - TC ingress on each configured interface: a packet to a frontend is counted, matched to its
 //!   flow in the forward conntrack map (or, for a new flow, to a backend by the flow's Maglev
@@ -37,13 +54,17 @@
 //! detached. [`Dataplane::shutdown`] detaches everything and removes the pins; a crashed
 //! speaker leaves its last state forwarding until it restarts. In the lab every node shares one
 //! bpffs, so `pin_dir` must be unique per node. Kernels before 6.6 have no TCX: programs are
-//! attached through netlink and detached when the process exits.
+//! attached through netlink and detached when the process exits cleanly.
 //!
 //! # Limits (known gaps)
 //! - Only packets arriving on the configured interfaces are translated: the node itself and
 //!   its pods reaching an LB IP or NodePort are not served (kube-proxy's job for cluster IPs).
 //! - IPv6 packets with extension headers and non-first IPv4 fragments pass untranslated; ICMP
 //!   errors about a translated flow (e.g. PMTU) are not translated back.
+//! - Two frontends with the same backends (two LB IPs, or an LB IP and a NodePort) reached by
+//!   one client from the same source port at the same time look like one connection to a
+//!   backend without SNAT (the same holds for kube-proxy); the second flow's reverse entry
+//!   replaces the first's.
 //! - Conntrack entries expire by LRU only (262,144 flows per direction, per-CPU lists), not on
 //!   FIN/RST.
 //! - Kernels before 6.6 (no TCX): links cannot be pinned, so a crashed speaker leaves its
