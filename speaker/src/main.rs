@@ -7,8 +7,22 @@ use clap::Parser;
 use herald_speaker::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("herald-speaker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run());
+    tracing::info!("exiting");
+    // Background tasks (watches, servers) end with the process instead of being waited for.
+    runtime.shutdown_background();
+    code
+}
+
+async fn run() -> ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);

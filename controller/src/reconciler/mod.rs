@@ -219,6 +219,7 @@ pub async fn run_with_client(
         })
         .await;
     health.reconciling.store(false, Ordering::SeqCst);
+    tracing::info!("reconcile loop stopped");
     http_task.abort();
     Ok(())
 }

@@ -108,6 +108,28 @@ pub async fn wait_for_owner(lab: &Lab, other_than: Option<&str>, timeout: Durati
     }
 }
 
+/// The node announcing the demo Service once it has stayed the same for `quiet` (speakers
+/// that just started may still be reporting their interfaces, and the owner can move once).
+pub async fn wait_for_stable_owner(lab: &Lab, quiet: Duration, timeout: Duration) -> Result<String, LabError> {
+    let deadline = Instant::now() + timeout;
+    let mut current = wait_for_owner(lab, None, timeout).await?;
+    let mut since = Instant::now();
+    while since.elapsed() < quiet {
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: format!("a stable owner for {}/{}", SERVICE.0, SERVICE.1),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let owner = wait_for_owner(lab, None, deadline.saturating_duration_since(Instant::now())).await?;
+        if owner != current {
+            current = owner;
+            since = Instant::now();
+        }
+    }
+    Ok(current)
+}
+
 /// The MAC of a node's lab interface.
 pub async fn node_mac(lab: &Lab, node: usize) -> Result<String, LabError> {
     let ns = lab.node_namespace(node)?.to_string();
@@ -118,8 +140,12 @@ pub async fn node_mac(lab: &Lab, node: usize) -> Result<String, LabError> {
 /// Kills the speaker of the node announcing the demo Service while a probe sends a request
 /// every 10 ms, and measures the failover at the client.
 pub async fn measure_failover(lab: &Lab, ip: IpAddr, signal: Signal) -> Result<Failover, LabError> {
-    let old_owner = wait_for_owner(lab, None, Duration::from_secs(10)).await?;
+    let old_owner = wait_for_stable_owner(lab, Duration::from_millis(800), Duration::from_secs(15)).await?;
     let old_node = lab.node_index(&old_owner)?;
+    let mut macs = BTreeMap::new();
+    for node in 1..=lab.node_count() {
+        macs.insert(node_mac(lab, node).await?, lab.node(node)?.name.clone());
+    }
     let old_mac = node_mac(lab, old_node).await?;
 
     let client = lab.client_namespace().to_string();
@@ -159,16 +185,22 @@ pub async fn measure_failover(lab: &Lab, ip: IpAddr, signal: Signal) -> Result<F
     let killed_at = unix_ms_now();
     lab.kill_speaker(old_node, signal).await?;
     let samples = probe.finish().await?;
-    let new_owner = wait_for_owner(lab, Some(&old_owner), Duration::from_secs(5)).await.ok();
     let _ = tcpdump.start_kill();
     let _ = tcpdump.wait().await;
     let garps = garps.await.unwrap_or_default();
 
-    let kill_to_garp_ms = garps
+    // The first announcement after the kill from another node is the takeover; who sent it
+    // is the new owner (the victim's restarted speaker may win the IP back later).
+    let takeover = garps
         .iter()
         .filter(|g| g.address == ip.to_string() && g.sender_mac != old_mac)
-        .map(|g| g.at_unix_s * 1000.0 - killed_at)
-        .find(|ms| *ms >= 0.0);
+        .map(|g| (g.at_unix_s * 1000.0 - killed_at, g.sender_mac.clone()))
+        .find(|(ms, _)| *ms >= 0.0);
+    let kill_to_garp_ms = takeover.as_ref().map(|(ms, _)| *ms);
+    let new_owner = takeover.and_then(|(_, mac)| macs.get(&mac).cloned());
+    if new_owner.is_none() {
+        tracing::warn!(?macs, ?garps, "no takeover seen at the client");
+    }
     Ok(summarize(
         old_owner,
         new_owner,
@@ -202,7 +234,11 @@ pub fn summarize(
             _ => {}
         }
     }
-    let last_failure_after_kill = marks.iter().filter(|(t, ok)| *t >= 0.0 && !ok).map(|(t, _)| *t).last();
+    let last_failure_after_kill = marks
+        .iter()
+        .filter(|(t, ok)| *t >= 0.0 && !ok)
+        .map(|(t, _)| *t)
+        .next_back();
     let kill_to_traffic_ms = marks
         .iter()
         .find(|(t, ok)| *ok && *t >= last_failure_after_kill.unwrap_or(0.0))
@@ -292,7 +328,7 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
 
     let client = lab.client_namespace().to_string();
     let url = format!("http://{ip}/");
-    let owner = wait_for_owner(lab, None, Duration::from_secs(20)).await?;
+    let owner = wait_for_stable_owner(lab, Duration::from_millis(800), Duration::from_secs(20)).await?;
     let answer = reach(lab, &client, &url).await?;
     say(&format!("from the client namespace: curl {url} -> {}", answer.trim()));
     say("kubectl get servicel2status -A   # who announces what");

@@ -1,0 +1,453 @@
+//! The end-to-end suite: the user's story through Herald's real binaries in the lab (network
+//! namespaces, the lab API server, real `kubectl`, a client that reaches Services over ARP/NDP
+//! and the eBPF service map). One scenario per test, each in its own lab.
+//!
+//! Needs root (namespaces, eBPF) and the workspace binaries (`cargo build --workspace --bins`,
+//! which `make test` does first). Under `CI=true` a missing prerequisite fails the test.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use herald_config::{IPAddressPool, ServiceL2Status};
+use herald_e2e::lab::{Lab, LabConfig, Signal};
+use herald_e2e::story::{self, Failover};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::ListParams;
+
+/// A lab with the demo's pool, advertisement, backends and Service, or `None` (skip) outside CI
+/// when it cannot run here.
+async fn lab(tag: &str) -> Option<Lab> {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+    if let Err(e) = herald_e2e::lab::check_prerequisites() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("the end-to-end suite must run under CI: {e}");
+        }
+        eprintln!("skipping: {e}");
+        return None;
+    }
+    let prefix = format!("{tag}{}", std::process::id() % 10_000);
+    let config = LabConfig {
+        nodes: 3,
+        ..LabConfig::new(&prefix)
+    };
+    Some(Lab::up(config).await.expect("lab comes up"))
+}
+
+fn labels(app: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_string(), app.to_string())])
+}
+
+async fn ips_of(lab: &Lab, name: &str) -> Vec<IpAddr> {
+    let api: Api<Service> = Api::namespaced(lab.client(), "default");
+    match api.get(name).await {
+        Ok(svc) => herald_config::service::ingress_ips(&svc),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Polls `check` every 100 ms for up to `limit`.
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn owners_of(lab: &Lab, service: &str) -> Vec<String> {
+    let api: Api<ServiceL2Status> = Api::namespaced(lab.client(), "herald-system");
+    api.list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|s| s.status)
+                .filter(|s| s.service_name == service)
+                .map(|s| s.node)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn events_of(lab: &Lab, name: &str) -> Vec<(String, String)> {
+    let api: Api<Event> = Api::namespaced(lab.client(), "default");
+    api.list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+                .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn curl(lab: &Lab, url: &str) -> String {
+    let client = lab.client_namespace().to_string();
+    story::reach(lab, &client, url)
+        .await
+        .unwrap_or_else(|e| panic!("{url} unreachable: {e}"))
+}
+
+fn quiet() -> impl Fn(&str) {
+    |_line: &str| {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_pool_and_service_get_an_ip_the_owner_answers_for() {
+    let Some(lab) = lab("sa").await else { return };
+    let started = Instant::now();
+    story::apply_demo_objects(&lab, &quiet())
+        .await
+        .expect("objects applied");
+    let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.expect("an IP");
+    eprintln!(
+        "IP {ip} in status {} ms after the Service was applied",
+        started.elapsed().as_millis()
+    );
+    let answer = curl(&lab, &format!("http://{ip}/")).await;
+    assert!(answer.contains("web-"), "a backend answered: {answer}");
+
+    let owner = story::wait_for_stable_owner(&lab, Duration::from_millis(800), Duration::from_secs(15))
+        .await
+        .expect("an owner");
+    let owner_mac = story::node_mac(&lab, lab.node_index(&owner).unwrap()).await.unwrap();
+    let client = lab.client_namespace().to_string();
+    let arping = lab
+        .exec_in(
+            &client,
+            &["arping", "-c", "2", "-w", "3", "-I", "eth0", &ip.to_string()],
+        )
+        .await
+        .expect("arping runs");
+    let text = String::from_utf8_lossy(&arping.stdout).to_lowercase();
+    assert!(
+        text.contains(&owner_mac),
+        "the client resolves {ip} to {owner}'s MAC {owner_mac}: {text}"
+    );
+    let replies = text.lines().filter(|l| l.contains("reply from")).count();
+    let from_owner = text
+        .lines()
+        .filter(|l| l.contains("reply from") && l.contains(&owner_mac))
+        .count();
+    assert!(replies >= 1 && replies == from_owner, "only the owner answers: {text}");
+    lab.down().await.expect("lab down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_killing_the_owner_moves_the_ip_and_sigterm_hands_over() {
+    let Some(lab) = lab("sb").await else { return };
+    story::apply_demo_objects(&lab, &quiet()).await.unwrap();
+    let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.unwrap();
+    curl(&lab, &format!("http://{ip}/")).await;
+
+    let killed: Failover = story::measure_failover(&lab, ip, Signal::Kill)
+        .await
+        .expect("SIGKILL measured");
+    eprintln!(
+        "SIGKILL of {}'s speaker: {:?} announced after {:?} ms; {} of {} requests failed",
+        killed.old_owner, killed.new_owner, killed.kill_to_garp_ms, killed.failed_requests, killed.requests
+    );
+    let new_owner = killed.new_owner.clone().expect("another node announces");
+    assert_ne!(new_owner, killed.old_owner);
+    assert!(
+        killed.kill_to_garp_ms.is_some(),
+        "the new owner's gratuitous ARP reached the client"
+    );
+    curl(&lab, &format!("http://{ip}/")).await;
+
+    // Wait for the killed speaker's restart to settle, then stop the owner gracefully.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let termed = story::measure_failover(&lab, ip, Signal::Term)
+        .await
+        .expect("SIGTERM measured");
+    eprintln!(
+        "SIGTERM of {}'s speaker: {:?} announced after {:?} ms; {} of {} requests failed",
+        termed.old_owner, termed.new_owner, termed.kill_to_garp_ms, termed.failed_requests, termed.requests
+    );
+    assert!(termed.new_owner.is_some_and(|n| n != termed.old_owner), "handed over");
+    assert!(termed.kill_to_garp_ms.is_some(), "the next owner announced");
+    curl(&lab, &format!("http://{ip}/")).await;
+    lab.down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
+    let Some(lab) = lab("sc").await else { return };
+    story::apply_demo_objects(&lab, &quiet()).await.unwrap();
+    let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.unwrap();
+    curl(&lab, &format!("http://{ip}/")).await;
+    let owner = story::wait_for_stable_owner(&lab, Duration::from_millis(800), Duration::from_secs(15))
+        .await
+        .unwrap();
+    let node = lab.node_index(&owner).unwrap();
+
+    lab.set_uplink(node, false).await.expect("uplink down");
+    let moved = story::wait_for_owner(&lab, Some(&owner), Duration::from_secs(10)).await;
+    assert!(moved.is_ok(), "the IP moves off {owner}");
+    curl(&lab, &format!("http://{ip}/")).await;
+
+    lab.set_uplink(node, true).await.expect("uplink up");
+    // One owner again within a few seconds, and then it stays put.
+    let settled = eventually(Duration::from_secs(10), || async {
+        owners_of(&lab, "web").await.len() == 1
+    })
+    .await;
+    assert!(
+        settled,
+        "one ServiceL2Status after the link is back: {:?}",
+        owners_of(&lab, "web").await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let owners = owners_of(&lab, "web").await;
+        if seen.last() != Some(&owners) {
+            seen.push(owners);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(seen.len(), 1, "no flapping after the link came back: {seen:?}");
+    curl(&lab, &format!("http://{ip}/")).await;
+    lab.down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_local_policy_is_announced_by_a_node_with_a_local_backend() {
+    let Some(lab) = lab("sd").await else { return };
+    lab.kubectl_apply(story::POOL_YAML).await.unwrap();
+    lab.add_backend(3, "local-1", labels("local")).await.unwrap();
+    lab.kubectl_apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: default}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {app: local}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    )
+    .await
+    .unwrap();
+    let found = eventually(Duration::from_secs(10), || async {
+        !ips_of(&lab, "local").await.is_empty()
+    })
+    .await;
+    assert!(found, "an IP");
+    let ip = ips_of(&lab, "local").await[0];
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            owners_of(&lab, "local").await == ["node3"]
+        })
+        .await
+    );
+    for _ in 0..5 {
+        let answer = curl(&lab, &format!("http://{ip}/")).await;
+        assert!(
+            answer.contains("local-1"),
+            "traffic lands on the local backend: {answer}"
+        );
+    }
+    lab.down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_ipv6_and_dual_stack_are_announced_and_reachable() {
+    let Some(lab) = lab("se").await else { return };
+    lab.kubectl_apply(story::POOL_YAML).await.unwrap();
+    lab.add_backend(2, "dual-1", labels("dual")).await.unwrap();
+    lab.kubectl_apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: dual, namespace: default}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  selector: {app: dual}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ips_of(&lab, "dual").await.len() == 2
+        })
+        .await
+    );
+    let ips = ips_of(&lab, "dual").await;
+    let v6 = ips.iter().find(|ip| ip.is_ipv6()).copied().expect("an IPv6 address");
+    let v4 = ips.iter().find(|ip| ip.is_ipv4()).copied().expect("an IPv4 address");
+    assert!(curl(&lab, &format!("http://{v4}/")).await.contains("dual-1"));
+    assert!(curl(&lab, &format!("http://[{v6}]/")).await.contains("dual-1"));
+    let client = lab.client_namespace().to_string();
+    let ndisc = lab
+        .exec_in(
+            &client,
+            &["ndisc6", "-1", "-r", "3", "-w", "500", &v6.to_string(), "eth0"],
+        )
+        .await
+        .unwrap();
+    assert!(
+        ndisc.status.success(),
+        "NDP answers for {v6}: {}",
+        String::from_utf8_lossy(&ndisc.stdout)
+    );
+    lab.down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_two_services_sharing_an_ip_have_one_owner_and_both_answer() {
+    let Some(lab) = lab("sf").await else { return };
+    lab.kubectl_apply(story::POOL_YAML).await.unwrap();
+    lab.add_backend(1, "shared-1", labels("shared")).await.unwrap();
+    let service = |name: &str, port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n  annotations: {{herald.io/loadBalancerIPs: 10.203.0.230, herald.io/allow-shared-ip: shared}}\nspec:\n  type: LoadBalancer\n  selector: {{app: shared}}\n  ports: [{{name: http, port: {port}, targetPort: 8080}}]\n"
+        )
+    };
+    lab.kubectl_apply(&service("shared-a", 80)).await.unwrap();
+    lab.kubectl_apply(&service("shared-b", 8081)).await.unwrap();
+    let ip: IpAddr = "10.203.0.230".parse().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ips_of(&lab, "shared-b").await == [ip]
+        })
+        .await
+    );
+    assert_eq!(ips_of(&lab, "shared-a").await, [ip]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (a, b) = (owners_of(&lab, "shared-a").await, owners_of(&lab, "shared-b").await);
+            a.len() == 1 && a == b
+        })
+        .await,
+        "one owner for both"
+    );
+    assert!(curl(&lab, "http://10.203.0.230:80/").await.contains("shared-1"));
+    assert!(curl(&lab, "http://10.203.0.230:8081/").await.contains("shared-1"));
+    lab.down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_controller_and_apiserver_restarts_change_nothing() {
+    let Some(lab) = lab("sg").await else { return };
+    story::apply_demo_objects(&lab, &quiet()).await.unwrap();
+    let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.unwrap();
+    curl(&lab, &format!("http://{ip}/")).await;
+
+    lab.restart_controller().await.expect("controller restarted");
+    lab.kubectl_apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: after, namespace: default}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !ips_of(&lab, "after").await.is_empty()
+        })
+        .await
+    );
+    assert_eq!(
+        ips_of(&lab, "web").await,
+        [ip],
+        "no Service changed IP across the restart"
+    );
+    assert_ne!(ips_of(&lab, "after").await, [ip]);
+
+    // Traffic keeps flowing while the API server is down and comes back.
+    let client = lab.client_namespace().to_string();
+    let probe = lab
+        .start_probe(
+            &client,
+            &herald_e2e::lab::ProbeConfig {
+                target: std::net::SocketAddr::new(ip, 80),
+                interval: Duration::from_millis(20),
+                duration: Duration::from_secs(4),
+                timeout: Duration::from_millis(500),
+            },
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lab.restart_apiserver().await.expect("API server restarted");
+    let samples = probe.finish().await.unwrap();
+    let failed = samples.iter().filter(|s| !s.ok()).count();
+    assert!(!samples.is_empty());
+    assert_eq!(
+        failed,
+        0,
+        "no request failed while the API server restarted ({} sent)",
+        samples.len()
+    );
+    assert_eq!(ips_of(&lab, "web").await, [ip]);
+    lab.down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s8_bad_input_is_explained_and_disturbs_nothing() {
+    let Some(lab) = lab("sh").await else { return };
+    story::apply_demo_objects(&lab, &quiet()).await.unwrap();
+    let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.unwrap();
+
+    lab.kubectl_apply(
+        "apiVersion: herald.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: broken, namespace: herald-system}\nspec:\n  addresses: [\"10.203.0.250-10.203.0.240\"]\n",
+    )
+    .await
+    .unwrap();
+    let svc = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n  annotations: {{{annotations}}}\nspec:\n  type: LoadBalancer\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
+        )
+    };
+    lab.kubectl_apply(&svc("unknown-pool", "herald.io/address-pool: nope"))
+        .await
+        .unwrap();
+    lab.kubectl_apply(&svc("outside", "herald.io/loadBalancerIPs: 192.0.2.10"))
+        .await
+        .unwrap();
+    lab.kubectl_apply(&svc(
+        "clash",
+        &format!("herald.io/loadBalancerIPs: {ip}, herald.io/allow-shared-ip: other"),
+    ))
+    .await
+    .unwrap();
+
+    let pools: Api<IPAddressPool> = Api::namespaced(lab.client(), "herald-system");
+    let invalid = eventually(Duration::from_secs(10), || async {
+        pools
+            .get_status("broken")
+            .await
+            .ok()
+            .and_then(|p| p.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "False" && c.message.contains("reversed range"))
+            })
+    })
+    .await;
+    assert!(invalid, "the broken pool says why");
+    for (name, words) in [
+        ("unknown-pool", "nope"),
+        ("outside", "192.0.2.10"),
+        ("clash", &ip.to_string()),
+    ] {
+        let reported = eventually(Duration::from_secs(10), || async {
+            events_of(&lab, name)
+                .await
+                .iter()
+                .any(|(r, n)| r == "AllocationFailed" && n.contains(words))
+        })
+        .await;
+        assert!(
+            reported,
+            "{name}: AllocationFailed naming {words}: {:?}",
+            events_of(&lab, name).await
+        );
+        assert!(ips_of(&lab, name).await.is_empty());
+    }
+    assert_eq!(ips_of(&lab, "web").await, [ip], "the working Service keeps its IP");
+    assert!(curl(&lab, &format!("http://{ip}/")).await.contains("web-"));
+    lab.down().await.unwrap();
+}
