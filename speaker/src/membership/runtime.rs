@@ -391,7 +391,7 @@ impl Membership {
     /// Sets the peers listed by the API (see [`Core::set_peers`]). The first call starts the
     /// protocol.
     pub fn set_peers(&self, peers: Vec<Peer>) {
-        self.shared.with_core(|core| core.set_peers(&peers));
+        self.shared.with_core(|core| core.set_peers(&peers, Instant::now()));
     }
 
     /// Sets this node's health; a change is gossiped with a raised incarnation.

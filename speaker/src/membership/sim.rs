@@ -200,7 +200,7 @@ impl Simulation {
                 healthy(),
                 rng.random(),
             );
-            core.set_peers(&peers);
+            core.set_peers(&peers, start);
             nodes.push(SimNode {
                 name: peer.node.clone(),
                 core,
@@ -576,7 +576,7 @@ impl Simulation {
             healthy(),
             self.rng.random(),
         );
-        core.set_peers(&self.peers);
+        core.set_peers(&self.peers, self.now);
         let auth = Authenticator::new(
             self.key.clone(),
             self.nodes[index].name.clone(),

@@ -193,6 +193,8 @@ pub struct Core {
     rng: StdRng,
     started: bool,
     peers_known: bool,
+    /// Some authenticated message from a peer arrived.
+    had_contact: bool,
     settled: bool,
     initial_syncs: usize,
     /// An initial sync failed for another reason than our messages being rejected.
@@ -238,6 +240,7 @@ impl Core {
             rng: StdRng::seed_from_u64(seed),
             started: false,
             peers_known: false,
+            had_contact: false,
             settled: false,
             initial_syncs: 0,
             initial_sync_failed_plainly: false,
@@ -331,8 +334,13 @@ impl Core {
     /// names are forgotten. Live members missing from the list stay until they die or leave.
     ///
     /// The first call also starts the protocol (before it the core cannot know whom to ask).
-    pub fn set_peers(&mut self, peers: &[Peer]) {
+    /// Newly listed peers get a full state exchange at once. If the view settled before this
+    /// speaker heard from anybody (e.g. the first list was empty because the API cache was not
+    /// synced yet), newly listed peers make it unsettled again until that exchange ends: a
+    /// speaker must not elect itself everywhere just because its first peer list was empty.
+    pub fn set_peers(&mut self, peers: &[Peer], now: Instant) {
         self.peers_known = true;
+        let mut added = Vec::new();
         let listed: BTreeSet<&str> = peers.iter().map(|p| p.node.as_str()).collect();
         for peer in peers {
             if peer.node == self.node {
@@ -359,6 +367,23 @@ impl Core {
                         },
                     );
                     self.event(&peer.node, None, MemberState::Alive, 0, "listed by the API");
+                    added.push(peer.node.clone());
+                }
+            }
+        }
+        if self.started && !self.leaving && !added.is_empty() {
+            if self.had_contact {
+                // Joiners: learn their state now rather than at the next slow probe.
+                for node in added.iter().take(self.config.initial_sync_peers.max(1)) {
+                    self.request_sync(node, now, false);
+                }
+            } else {
+                self.settled = false;
+                self.view_dirty = true;
+                added.shuffle(&mut self.rng);
+                for node in added.iter().take(self.config.initial_sync_peers.max(1)) {
+                    self.initial_syncs += 1;
+                    self.request_sync(node, now, true);
                 }
             }
         }
@@ -1041,6 +1066,7 @@ impl Core {
     /// Takes in what every message says: the sender is alive (its own state comes first in
     /// the gossip), and the gossip.
     fn absorb(&mut self, message: &pb::Message, now: Instant) {
+        self.had_contact = true;
         let sender = message.sender.as_str();
         for update in &message.gossip {
             self.apply_update(update, sender, now);
@@ -1317,18 +1343,54 @@ mod tests {
 
     /// `node-a` knowing `node-b` and `node-c` from the peer list.
     fn core() -> (Core, Instant) {
+        let now = Instant::now();
         let mut core = Core::new(MembershipConfig::default(), A, address(1), 5, healthy(), 7);
-        core.set_peers(&[
-            Peer {
+        core.set_peers(
+            &[
+                Peer {
+                    node: "node-b".into(),
+                    address: address(2),
+                },
+                Peer {
+                    node: "node-c".into(),
+                    address: address(3),
+                },
+            ],
+            now,
+        );
+        (core, now)
+    }
+
+    #[test]
+    fn an_empty_first_peer_list_does_not_leave_the_view_settled() {
+        let now = Instant::now();
+        let mut core = Core::new(MembershipConfig::default(), A, address(1), 5, healthy(), 7);
+        core.set_peers(&[], now);
+        core.tick(now);
+        assert!(core.view().settled, "alone: settled at once");
+        let later = now + Duration::from_millis(10);
+        core.set_peers(
+            &[Peer {
                 node: "node-b".into(),
                 address: address(2),
-            },
-            Peer {
-                node: "node-c".into(),
-                address: address(3),
-            },
-        ]);
-        (core, Instant::now())
+            }],
+            later,
+        );
+        assert!(!core.view().settled, "peers appeared before any contact");
+        let sync = requests(&core.take_effects())
+            .into_iter()
+            .find(|(_, to, rpc)| to == "node-b" && *rpc == Rpc::Sync)
+            .expect("initial sync with the new peer");
+        let reply = pb::Message {
+            sender: "node-b".into(),
+            gossip: vec![update("node-b", 1, MemberState::Alive)],
+            body: Some(Body::SyncReply(pb::SyncReply::default())),
+            ..Default::default()
+        };
+        core.handle_response(sync.0, reply, later);
+        let view = core.view();
+        assert!(view.settled);
+        assert!(view.health_of("node-b").is_some());
     }
 
     fn update(node: &str, incarnation: u64, state: MemberState) -> pb::MemberUpdate {
