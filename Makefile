@@ -6,7 +6,7 @@ CARGO ?= cargo
 # the rest are the network tools the lab and the namespace tests drive.
 DEB_PACKAGES := clang libbpf-dev iproute2 iputils-arping ndisc6 tcpdump iptables nftables curl procps iputils-ping
 
-.PHONY: all deps build test fmt-check clippy unit demo crds bench clean
+.PHONY: all deps build test fmt-check clippy unit demo failover-bench crds bench clean
 
 all: build
 
@@ -24,7 +24,7 @@ deps:
 	@command -v $(CARGO) >/dev/null || { echo "make deps: cargo (Rust 1.95+) is required" >&2; exit 1; }
 
 build: deps
-	$(CARGO) build --workspace --release
+	$(CARGO) build --workspace --bins --locked
 
 # Everything CI runs (.ci/run calls this).
 test: deps fmt-check clippy unit
@@ -35,13 +35,20 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The end-to-end tests run the workspace's binaries (herald-controller, herald-speaker,
+# herald-lab) in network namespaces, so every binary is built before any test runs.
 unit:
+	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
 
+# The user's story in a lab on this machine (as root): a pool, a Service reached from a client,
+# its owner's speaker killed; writes target/herald-demo/failover-timeline.svg and a JSON summary.
 demo: build
-	@echo ">> herald binaries built in target/release: herald-controller, herald-speaker, herald-lab"
-	@if target/release/herald-lab demo --help >/dev/null 2>&1; then target/release/herald-lab demo; \
-	else echo ">> the lab demo (issue 8) is not built yet: nothing to run beyond the build"; fi
+	target/debug/herald-lab demo --json target/herald-demo/failover-summary.json
+
+# Failover percentiles over 20 SIGKILLs (see BENCHMARKS.md).
+failover-bench: build
+	target/debug/herald-lab failover-bench --rounds 20 --json target/herald-demo/failover-bench.json
 
 # Rewrite config/crd/*.yaml from the Rust types (the drift test fails until they match).
 crds:

@@ -31,6 +31,11 @@ enum Command {
     Up(UpArgs),
     /// Remove a lab (running or crashed): processes, namespaces, state directory.
     Down(DownArgs),
+    /// The user's story: a lab, a pool, a Service reached from outside, its owner's speaker
+    /// killed while a client sends requests; a timeline picture and a JSON summary.
+    Demo(DemoArgs),
+    /// SIGKILL the owner's speaker repeatedly and report failover percentiles.
+    FailoverBench(FailoverBenchArgs),
     /// Backend pod program: HTTP and UDP servers answering with the pod name.
     #[command(hide = true)]
     Echo(EchoArgs),
@@ -90,6 +95,35 @@ struct UpArgs {
     /// Write a description of the lab (namespaces, addresses, kubeconfigs, pids) here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Prefix of the demo lab's namespaces.
+    #[arg(long, default_value = "hdemo")]
+    prefix: String,
+    /// Directory for the timeline picture and the JSON summary.
+    #[arg(long, default_value = "target/herald-demo")]
+    out: PathBuf,
+    /// Also write the summary here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct FailoverBenchArgs {
+    /// Prefix of the benchmark lab's namespaces.
+    #[arg(long, default_value = "hbench")]
+    prefix: String,
+    /// Failovers to measure.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Write {"rounds", "kill_to_garp_ms": {p50, p99}, "kill_to_traffic_ms": {p50, p99}, ...} here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Extra herald-speaker flag (repeat for more), e.g. --speaker-arg=--probe-timeout=100ms.
+    #[arg(long = "speaker-arg", allow_hyphen_values = true)]
+    speaker_args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -202,6 +236,8 @@ async fn main() -> anyhow::Result<()> {
             };
             Ok(lab::foreground::run_up(config, args.json).await?)
         }
+        Command::Demo(args) => run_demo(args).await,
+        Command::FailoverBench(args) => run_failover_bench(args).await,
         Command::Down(args) if args.stale => Ok(lab::foreground::run_down_stale(&args.state_root, args.json).await?),
         Command::Down(args) => {
             lab::foreground::run_down(&args.prefix, &args.state_root, args.json).await?;
@@ -245,5 +281,85 @@ async fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     server.shutdown().await;
+    Ok(())
+}
+
+/// Brings a lab up with progress on stderr, runs `story` in it, and always takes it down.
+async fn in_lab<T>(
+    config: lab::LabConfig,
+    story: impl AsyncFnOnce(&lab::Lab, &dyn Fn(&str)) -> Result<T, lab::LabError>,
+) -> anyhow::Result<T> {
+    let progress = lab::foreground::stderr_progress();
+    let say = progress.clone();
+    let say: &dyn Fn(&str) = &move |line: &str| say(line);
+    say(&format!(
+        "bringing up lab {} (3 nodes, a client, the API server, Herald)",
+        config.prefix
+    ));
+    let running = lab::Lab::up(lab::LabConfig {
+        progress: Some(progress.clone()),
+        ..config
+    })
+    .await?;
+    let result = tokio::select! {
+        result = story(&running, say) => result.map_err(anyhow::Error::from),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    say("tearing the lab down");
+    running.down().await?;
+    result
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let out = args.out.clone();
+    // The killed speaker comes back after 5 s (a DaemonSet restart), so the takeover can be
+    // looked at before the restarted speaker wins its IP back.
+    let config = lab::LabConfig {
+        restart_delay: Duration::from_secs(5),
+        ..lab::LabConfig::new(&args.prefix)
+    };
+    let failover = in_lab(config, async |lab, say| herald_e2e::story::demo(lab, &out, say).await).await?;
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&failover)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!("demo finished in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn run_failover_bench(args: FailoverBenchArgs) -> anyhow::Result<()> {
+    let config = lab::LabConfig {
+        speaker_args: args.speaker_args,
+        ..lab::LabConfig::new(&args.prefix)
+    };
+    let rounds = args.rounds;
+    let summary = in_lab(config, async |lab, say| {
+        herald_e2e::story::failover_bench(lab, rounds, say).await
+    })
+    .await?;
+    let fmt = |p: &herald_e2e::story::Percentiles| {
+        format!(
+            "p50 {} ms, p99 {} ms, max {} ms ({} samples)",
+            p.p50.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+            p.p99.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+            p.max.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+            p.samples
+        )
+    };
+    println!("rounds: {}", summary.rounds);
+    println!(
+        "kill -> gratuitous ARP at the client: {}",
+        fmt(&summary.kill_to_garp_ms)
+    );
+    println!("kill -> traffic flowing: {}", fmt(&summary.kill_to_traffic_ms));
+    println!(
+        "requests failed: {} of {} (longest gap {:.0} ms)",
+        summary.failed_requests_total, summary.requests_total, summary.longest_gap_ms
+    );
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }

@@ -347,6 +347,18 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
         fmt_ms(failover.kill_to_traffic_ms),
     ));
     say(lab.kubectl(&["get", "servicel2status", "-A"]).await?.trim());
+    say("kubectl get events --field-selector involvedObject.name=web   # what Herald told the user");
+    say(lab
+        .kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web",
+            "-o",
+            "custom-columns=REASON:.reason,FROM:.reportingComponent,MESSAGE:.message",
+        ])
+        .await?
+        .trim());
 
     std::fs::create_dir_all(out_dir).map_err(|source| LabError::Io {
         path: out_dir.to_path_buf(),
