@@ -16,6 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use herald_speaker::announcer::{AnnounceTarget, Announcer, AnnouncerConfig, InterfacePolicy};
@@ -294,7 +295,8 @@ impl Drop for Lab {
 pub struct Helper {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    /// Lines of the helper's stdout, read by a thread so waits can time out.
+    lines: mpsc::Receiver<String>,
     /// Usable interfaces reported at start.
     pub usable: String,
 }
@@ -323,10 +325,12 @@ impl Helper {
             .expect("spawn helper");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (line_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || forward_lines(stdout, &line_tx));
         let mut helper = Helper {
             child,
             stdin,
-            stdout,
+            lines,
             usable: String::new(),
         };
         helper.usable = helper.expect_line("ready");
@@ -337,10 +341,16 @@ impl Helper {
     /// helper answers every command at once, and exits (EOF) if anything goes wrong.
     fn expect_line(&mut self, word: &str) -> String {
         let prefix = format!("HERALD {word}");
+        let deadline = Instant::now() + HELPER_ANSWER_TIMEOUT;
         for _ in 0..1000 {
-            let mut line = String::new();
-            let read = self.stdout.read_line(&mut line).expect("read helper");
-            assert!(read > 0, "helper exited while waiting for {prefix}");
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(wait) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("helper silent for {HELPER_ANSWER_TIMEOUT:?}, want {prefix}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("helper exited while waiting for {prefix}"),
+            };
             // The test harness may print "test … ... " on the same line before ours.
             if let Some(at) = line.find(&prefix) {
                 return line[at + prefix.len()..].trim().to_string();
@@ -404,6 +414,19 @@ impl Drop for Helper {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The longest the helper may take to answer a command (starting includes opening links).
+const HELPER_ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Sends each line of `stdout` to `lines` until EOF or the receiver is gone.
+fn forward_lines(stdout: BufReader<ChildStdout>, lines: &mpsc::Sender<String>) {
+    for line in stdout.lines() {
+        let Ok(line) = line else { return };
+        if lines.send(line).is_err() {
+            return;
+        }
     }
 }
 
