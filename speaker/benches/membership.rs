@@ -72,7 +72,10 @@ fn election_benchmarks(c: &mut Criterion) {
 }
 
 fn main() {
-    simulation_report();
+    // `HERALD_BENCH_SKIP_SIM=1` runs only the criterion part.
+    if std::env::var_os("HERALD_BENCH_SKIP_SIM").is_none() {
+        simulation_report();
+    }
     let mut criterion = Criterion::default()
         .sample_size(20)
         .measurement_time(Duration::from_secs(5))

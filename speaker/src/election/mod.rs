@@ -59,18 +59,37 @@ impl NodeHasher {
     }
 
     fn score(&self, ip: IpAddr) -> u64 {
-        // The canonical text of an IP is at most 39 bytes; format it without allocating.
+        self.score_text(IpText::new(ip).as_bytes())
+    }
+
+    fn score_text(&self, ip_text: &[u8]) -> u64 {
+        let mut hasher = self.prefix.clone();
+        hasher.update(ip_text);
+        let digest = hasher.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
+    }
+}
+
+/// The canonical text of an IP (at most 39 bytes), formatted without allocating.
+struct IpText {
+    text: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
         let mut text = [0u8; 48];
         let mut cursor = std::io::Cursor::new(&mut text[..]);
         // Writing an IP's text into 48 bytes cannot run out of space.
         let _ = write!(cursor, "{ip}");
         let len = usize::try_from(cursor.position()).unwrap_or(0);
-        let mut hasher = self.prefix.clone();
-        hasher.update(&text[..len]);
-        let digest = hasher.finalize();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest[..8]);
-        u64::from_be_bytes(first)
+        IpText { text, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
     }
 }
 
@@ -135,15 +154,29 @@ fn push_candidate<'a>(
 /// [`eligibility`]). Units with no eligible node are absent from the result: nobody announces
 /// them.
 pub fn elect(eligible: &BTreeMap<Unit, BTreeSet<String>>) -> BTreeMap<Unit, Ownership> {
-    // Hash each node name once; most clusters have far fewer nodes than IPs.
+    // Hash each node name once (most clusters have far fewer nodes than IPs), reuse the list
+    // of hashers while consecutive units have the same eligible set (the common case), and
+    // format each IP once.
     let mut hashers: BTreeMap<&str, NodeHasher> = BTreeMap::new();
+    let mut last_set: Option<&BTreeSet<String>> = None;
+    let mut row: Vec<(&str, NodeHasher)> = Vec::new();
     let mut result = BTreeMap::new();
     for (&ip, nodes) in eligible {
+        if last_set != Some(nodes) {
+            row = nodes
+                .iter()
+                .map(|n| {
+                    let hasher = hashers.entry(n.as_str()).or_insert_with(|| NodeHasher::new(n));
+                    (n.as_str(), hasher.clone())
+                })
+                .collect();
+            last_set = Some(nodes);
+        }
+        let text = IpText::new(ip);
         let mut first = None;
         let mut second = None;
-        for node in nodes {
-            let hasher = hashers.entry(node.as_str()).or_insert_with(|| NodeHasher::new(node));
-            push_candidate(&mut first, &mut second, (hasher.score(ip), node.as_str()));
+        for (node, hasher) in &row {
+            push_candidate(&mut first, &mut second, (hasher.score_text(text.as_bytes()), node));
         }
         if let Some((_, owner)) = first {
             result.insert(
