@@ -62,9 +62,13 @@
 //!
 //! # Startup
 //! A fresh speaker knows its peers' addresses but not their health, so it would elect itself
-//! everywhere. [`MembershipView::settled`] turns true once the first `Sync` with a peer
-//! answered (or all of them failed, or there are no peers); the wiring should announce nothing
-//! before that.
+//! everywhere. [`MembershipView::settled`] turns true once the first `Sync` with one of up to
+//! [`MembershipConfig::initial_sync_peers`] peers answered, or all of them failed (timeout,
+//! refused), or the peer list is empty; the wiring should announce nothing before that. Two
+//! exceptions keep a lonely view from settling: if every peer refused our messages as
+//! unauthenticated (wrong secret), the speaker retries and stays unsettled; and if the view
+//! settled with an empty list before any contact (an unsynced API cache), newly listed peers
+//! make it unsettled until the exchange with them ends.
 //!
 //! # Authentication
 //! See [`auth`]: messages without a valid HMAC under the shared secret, replays and messages
