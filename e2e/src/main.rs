@@ -329,8 +329,11 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn run_failover_bench(args: FailoverBenchArgs) -> anyhow::Result<()> {
+    // The victim's speaker comes back after 5 s, outside each 3.5 s measurement, so a round
+    // measures the takeover alone and not the restarted speaker winning its IP back.
     let config = lab::LabConfig {
         speaker_args: args.speaker_args,
+        restart_delay: Duration::from_secs(5),
         ..lab::LabConfig::new(&args.prefix)
     };
     let rounds = args.rounds;

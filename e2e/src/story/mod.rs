@@ -38,8 +38,8 @@ pub struct Failover {
     pub new_owner: Option<String>,
     /// Kill → the new owner's first gratuitous ARP at the client.
     pub kill_to_garp_ms: Option<f64>,
-    /// Kill → the first request that succeeded after the last failed one (or, if none failed,
-    /// the first that succeeded after the kill).
+    /// Kill → the first request that succeeded after the first one that failed after the kill
+    /// (or, if none failed, the first that succeeded after the kill).
     pub kill_to_traffic_ms: Option<f64>,
     /// Requests sent during the measurement and how many failed.
     pub requests: usize,
@@ -234,14 +234,12 @@ pub fn summarize(
             _ => {}
         }
     }
-    let last_failure_after_kill = marks
-        .iter()
-        .filter(|(t, ok)| *t >= 0.0 && !ok)
-        .map(|(t, _)| *t)
-        .next_back();
+    // The outage the kill caused ends with the first answer after the first failure that
+    // follows it; with no failure, traffic flowed from the first answer after the kill.
+    let first_failure_after_kill = marks.iter().find(|(t, ok)| *t >= 0.0 && !ok).map(|(t, _)| *t);
     let kill_to_traffic_ms = marks
         .iter()
-        .find(|(t, ok)| *ok && *t >= last_failure_after_kill.unwrap_or(0.0))
+        .find(|(t, ok)| *ok && *t >= first_failure_after_kill.unwrap_or(0.0))
         .map(|(t, _)| *t);
     Failover {
         old_owner,
@@ -459,11 +457,11 @@ pub async fn failover_bench(lab: &Lab, rounds: usize, say: &dyn Fn(&str)) -> Res
         ));
         // Let the supervisor restart the victim and the cluster settle before the next kill.
         let victim = lab.node_index(&failover.old_owner)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(15);
         while lab.speaker_pid(victim)?.is_none() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        wait_for_stable_owner(lab, Duration::from_millis(1500), Duration::from_secs(15)).await?;
         failovers.push(failover);
     }
     let garp: Vec<f64> = failovers.iter().filter_map(|f| f.kill_to_garp_ms).collect();
