@@ -429,3 +429,49 @@ fn dataplane_every_node_picks_the_same_backend_for_a_flow() {
     dp1.shutdown().unwrap();
     dp2.shutdown().unwrap();
 }
+
+#[test]
+fn dataplane_attach_interfaces_follows_the_interface_list() {
+    let test = "dataplane_attach_interfaces_follows_the_interface_list";
+    if !privileged_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    lab.add_pod(1, 1);
+    lab.serve_tcp(1, 1, TARGET);
+    lab.route_vip_to_node(0, 1);
+    let mut config = lab.dataplane_config(1);
+    config.interfaces = Vec::new();
+    let started = in_netns(&lab.node(1), move || Dataplane::start(config));
+    let mut dp = match started {
+        Ok(dp) => dp,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => return eprintln!("SKIP {test}: {e}"),
+        Err(e) => panic!("{test}: {e}"),
+    };
+    dp.apply_services(&[service(&lab, TrafficPolicy::Cluster, vec![endpoint(&lab, 1, 1, false)])])
+        .unwrap();
+    let client = lab.client_addr(0, false);
+    let vip = sa(lab.vip(0, false), PORT);
+    assert_eq!(tcx_programs(&lab), (0, 0));
+    assert!(
+        ask_once(&lab.client(), client, vip).is_err(),
+        "not attached: not forwarded"
+    );
+
+    let dp = attach(&lab, dp, &["eth0"]);
+    assert_eq!(tcx_programs(&lab), (1, 1));
+    assert_eq!(parts(&ask(&lab, client, vip)).0, "pod1-1");
+    // Attaching the same list again changes nothing.
+    let dp = attach(&lab, dp, &["eth0"]);
+    assert_eq!(tcx_programs(&lab), (1, 1));
+    let dp = attach(&lab, dp, &[]);
+    assert_eq!(tcx_programs(&lab), (0, 0), "removed interface is detached");
+    assert!(ask_once(&lab.client(), lab.client_addr(1, false), vip).is_err());
+    dp.shutdown().unwrap();
+}
+
+/// `attach_interfaces` from node 1's namespace (interfaces are looked up there).
+fn attach(lab: &Lab, mut dp: Dataplane, interfaces: &[&str]) -> Dataplane {
+    let interfaces: Vec<String> = interfaces.iter().map(|s| s.to_string()).collect();
+    in_netns(&lab.node(1), move || dp.attach_interfaces(&interfaces).map(|()| dp)).expect("attach_interfaces")
+}
