@@ -57,10 +57,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_WATCH_PROBE_INTERVAL", value_parser = parse_duration, default_value = "100ms")]
     pub watch_probe_interval: Duration,
     /// How long to wait for a probe's answer before suspecting a member.
-    #[arg(long, env = "HERALD_PROBE_TIMEOUT", value_parser = parse_duration, default_value = "150ms")]
+    #[arg(long, env = "HERALD_PROBE_TIMEOUT", value_parser = parse_duration, default_value = "120ms")]
     pub probe_timeout: Duration,
     /// How long a suspected member has to show a sign of life before it is declared dead.
-    #[arg(long, env = "HERALD_SUSPICION_TIMEOUT", value_parser = parse_duration, default_value = "200ms")]
+    #[arg(long, env = "HERALD_SUSPICION_TIMEOUT", value_parser = parse_duration, default_value = "180ms")]
     pub suspicion_timeout: Duration,
 }
 
@@ -125,6 +125,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flag_defaults_are_membership_defaults() {
+        let config = Config::parse_from(["herald-speaker", "--node-name", "n1"]);
+        let flags = config.membership("10.0.0.1".parse().unwrap());
+        let defaults = MembershipConfig::default();
+        assert_eq!(flags.probe_interval, defaults.probe_interval);
+        assert_eq!(flags.watch_probe_interval, defaults.watch_probe_interval);
+        assert_eq!(flags.probe_timeout, defaults.probe_timeout);
+        assert_eq!(flags.suspicion_timeout, defaults.suspicion_timeout);
+        assert_eq!(flags.advertise_address, Some("10.0.0.1:7946".parse().unwrap()));
+    }
 
     #[test]
     fn durations() {
