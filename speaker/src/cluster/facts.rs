@@ -20,6 +20,20 @@ use crate::membership::{MemberState, NodeHealth};
 /// The label EndpointSlices carry naming their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// EndpointSlices by the `(namespace, name)` of the Service they belong to.
+fn slices_by_service<'a>(slices: &[&'a EndpointSlice]) -> BTreeMap<(String, String), Vec<&'a EndpointSlice>> {
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
+            by_service
+                .entry((slice.namespace().unwrap_or_default(), service.clone()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    by_service
+}
+
 /// One election unit per LoadBalancer IP of a handled Service, with every Service sharing it.
 /// An IP that is in no valid pool is not Herald's to announce and yields no unit.
 pub fn units<'a>(
@@ -38,15 +52,7 @@ pub fn units<'a>(
             })
             .collect()
     };
-    let mut slices_by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in slices {
-        if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
-            slices_by_service
-                .entry((slice.namespace().unwrap_or_default(), service.clone()))
-                .or_default()
-                .push(slice);
-        }
-    }
+    let slices_by_service = slices_by_service(slices);
     let mut by_ip: BTreeMap<IpAddr, UnitFacts> = BTreeMap::new();
     for service in services {
         if !handles(service, lb_class) {
@@ -123,15 +129,7 @@ pub fn service_facts(service: &Service, slices: &[&EndpointSlice]) -> ServiceFac
 /// (every node programs every IP, so a node that takes an IP over forwards it at once) and the
 /// NodePorts of every Service that has them, with their endpoints.
 pub fn service_inputs(services: &[&Service], slices: &[&EndpointSlice], lb_class: &str) -> Vec<dp::ServiceInput> {
-    let mut slices_by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in slices {
-        if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
-            slices_by_service
-                .entry((slice.namespace().unwrap_or_default(), service.clone()))
-                .or_default()
-                .push(slice);
-        }
-    }
+    let slices_by_service = slices_by_service(slices);
     let mut inputs = Vec::new();
     for service in services {
         let Some(spec) = &service.spec else { continue };
