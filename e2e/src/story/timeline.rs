@@ -21,7 +21,7 @@ pub struct Event {
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 260.0;
-const LEFT: f64 = 60.0;
+const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
