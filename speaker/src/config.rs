@@ -119,7 +119,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !(value.is_finite() && value > 0.0) {
         return Err(format!("{text:?}: the duration must be positive"));
     }
-    Ok(Duration::from_secs_f64(value * unit))
+    Duration::try_from_secs_f64(value * unit).map_err(|_| format!("{text:?} is too long a duration"))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The speaker's HTTP endpoints: `/metrics`, `/healthz` (the election loop is turning) and
 //! `/readyz` (watches synced, peers authenticated, announcer running, state settled).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -71,11 +71,17 @@ fn unix_now() -> u64 {
 
 struct AppState {
     health: Arc<Health>,
-    registry: Arc<Registry>,
+    registry: Arc<OnceLock<Registry>>,
 }
 
-/// Serves on a bound listener until it fails.
-pub async fn serve(listener: TcpListener, health: Arc<Health>, registry: Arc<Registry>) -> std::io::Result<()> {
+/// Serves on a bound listener until it fails. Runs from the speaker's first moment, so probes
+/// see it waiting (healthy, not ready) rather than absent; `/metrics` is empty until `registry`
+/// is set once every part has registered its metrics.
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    registry: Arc<OnceLock<Registry>>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -86,8 +92,10 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, registry: Arc<Reg
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &state.registry);
+    if let Some(registry) = state.registry.get() {
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -100,9 +100,11 @@ pub async fn run_with_client(
             addr: config.metrics_addr,
             source,
         })?;
+    let registry_cell = Arc::new(std::sync::OnceLock::new());
+    tokio::spawn(http::serve(listener, health.clone(), registry_cell.clone()));
     let mut shutdown = std::pin::pin!(shutdown);
 
-    let Some(key) = wait_for_key(&client, &config, &mut shutdown).await else {
+    let Some(key) = wait_for_key(&client, &config, &health, &mut shutdown).await else {
         return Ok(());
     };
     health.key_loaded.store(true, Ordering::SeqCst);
@@ -116,7 +118,7 @@ pub async fn run_with_client(
     };
     announcer_config.metrics.register(&mut registry);
     let announcer = Announcer::start(announcer_config)?;
-    let Some(advertise) = advertise_address(&client, &config, &mut shutdown).await else {
+    let Some(advertise) = advertise_address(&client, &config, &health, &mut shutdown).await else {
         return Ok(());
     };
     let membership = Membership::start(config.membership(advertise), &node, key, &mut registry).await?;
@@ -124,7 +126,7 @@ pub async fn run_with_client(
     health.set_dataplane(dataplane.as_ref().map(|_| ()).map_err(Clone::clone));
     let mut dataplane = dataplane.take_ok();
     let metrics = LoopMetrics::register(&mut registry);
-    tokio::spawn(http::serve(listener, health.clone(), Arc::new(registry)));
+    let _ = registry_cell.set(registry);
 
     let cluster = Cluster::start(&client, &config.namespace);
     let (status_tx, status_rx) = watch::channel(AnnouncedServices::new());
@@ -385,6 +387,7 @@ impl DataplaneSync {
 async fn advertise_address(
     client: &Client,
     config: &Config,
+    health: &Health,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Option<IpAddr> {
     if let Some(address) = config.advertise_address {
@@ -404,6 +407,7 @@ async fn advertise_address(
         if attempt.is_multiple_of(10) {
             tracing::warn!("{problem}; waiting (or pass --advertise-address)");
         }
+        health.mark_pass();
         attempt += 1;
         tokio::select! {
             _ = shutdown.as_mut() => return None,
@@ -417,6 +421,7 @@ async fn advertise_address(
 async fn wait_for_key(
     client: &Client,
     config: &Config,
+    health: &Health,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Option<SecretKey> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
@@ -433,6 +438,7 @@ async fn wait_for_key(
         if attempt.is_multiple_of(10) {
             tracing::warn!(namespace = %config.namespace, "{problem}; speakers cannot authenticate each other until it does; waiting");
         }
+        health.mark_pass();
         attempt += 1;
         tokio::select! {
             _ = shutdown.as_mut() => return None,

@@ -124,19 +124,7 @@ async fn converge(
         }
     }
     for object in existing.iter() {
-        let labels = object.labels();
-        let key = (
-            labels.get(SERVICE_NAMESPACE_LABEL).cloned().unwrap_or_default(),
-            labels.get(SERVICE_NAME_LABEL).cloned().unwrap_or_default(),
-        );
-        let ours = labels.get(NODE_LABEL).map(String::as_str) == Some(node);
-        // Ours but no longer announced, or another node's for a Service we announce now (that
-        // node lost it, maybe by dying, and cannot clean up).
-        let stale = if ours {
-            !want.contains_key(&key)
-        } else {
-            want.contains_key(&key)
-        };
+        let stale = is_stale(object, node, want);
         if stale {
             match api.delete(&object.name_any(), &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -149,6 +137,27 @@ async fn converge(
         }
     }
     ok
+}
+
+/// Whether an existing `ServiceL2Status` should go: ours but the Service is no longer announced
+/// here; or another node's whose every IP this node announces now (that node lost them, maybe
+/// by dying, and cannot clean up). Election is per IP, so two nodes may each announce one IP of
+/// a dual-stack Service: both objects stay.
+pub fn is_stale(object: &ServiceL2Status, node: &str, want: &AnnouncedServices) -> bool {
+    let labels = object.labels();
+    let key = (
+        labels.get(SERVICE_NAMESPACE_LABEL).cloned().unwrap_or_default(),
+        labels.get(SERVICE_NAME_LABEL).cloned().unwrap_or_default(),
+    );
+    if labels.get(NODE_LABEL).map(String::as_str) == Some(node) {
+        return !want.contains_key(&key);
+    }
+    want.get(&key).is_some_and(|announced| {
+        let theirs = object.status.as_ref().map(|s| s.ips.as_slice()).unwrap_or_default();
+        theirs
+            .iter()
+            .all(|ip| announced.ips.iter().any(|mine| mine.to_string() == *ip))
+    })
 }
 
 async fn publish_assigned(recorder: &Recorder, (namespace, service): &(String, String), node: &str, entry: &Announced) {
@@ -190,6 +199,50 @@ fn field_manager() -> PatchParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn object(node: &str, ips: &[&str]) -> ServiceL2Status {
+        let mut o = ServiceL2Status::new(&status_name("default", "web", node), Default::default());
+        o.metadata.labels = Some(BTreeMap::from([
+            (NODE_LABEL.to_string(), node.to_string()),
+            (SERVICE_NAMESPACE_LABEL.to_string(), "default".to_string()),
+            (SERVICE_NAME_LABEL.to_string(), "web".to_string()),
+        ]));
+        o.status = Some(ServiceL2StatusStatus {
+            node: node.into(),
+            service_namespace: "default".into(),
+            service_name: "web".into(),
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            interfaces: vec!["eth0".into()],
+        });
+        o
+    }
+
+    fn announcing(ips: &[&str]) -> AnnouncedServices {
+        BTreeMap::from([(
+            ("default".to_string(), "web".to_string()),
+            Announced {
+                ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+                interfaces: vec!["eth0".into()],
+            },
+        )])
+    }
+
+    #[test]
+    fn stale_objects_are_ours_unannounced_or_others_fully_taken_over() {
+        let nothing = AnnouncedServices::new();
+        assert!(is_stale(&object("n1", &["10.0.0.1"]), "n1", &nothing));
+        assert!(!is_stale(
+            &object("n1", &["10.0.0.1"]),
+            "n1",
+            &announcing(&["10.0.0.1"])
+        ));
+        // n2 announced 10.0.0.1, n1 took it over: n2's object goes.
+        assert!(is_stale(&object("n2", &["10.0.0.1"]), "n1", &announcing(&["10.0.0.1"])));
+        // Dual stack split across nodes: n2 keeps its IPv6 object while n1 announces IPv4.
+        assert!(!is_stale(&object("n2", &["fd00::1"]), "n1", &announcing(&["10.0.0.1"])));
+        // Another node's object for a Service this node does not announce is not ours to touch.
+        assert!(!is_stale(&object("n2", &["10.0.0.1"]), "n1", &nothing));
+    }
 
     #[test]
     fn status_names_are_stable_short_and_distinct() {

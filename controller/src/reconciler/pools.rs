@@ -112,9 +112,35 @@ pub async fn write_statuses(ctx: Arc<Context>, api: Api<IPAddressPool>) {
         ctx.pools_changed.notified().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let verdicts = ctx.pool_verdicts.lock().expect("verdicts lock").clone();
+        // A deleted pool: forget what was written for it (a new pool of the same name must get
+        // its own status) and drop its gauges.
+        for gone in written
+            .keys()
+            .filter(|name| !verdicts.contains_key(*name))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            written.remove(&gone);
+            for family in [AddressFamily::ipv4, AddressFamily::ipv6] {
+                let labels = PoolLabels {
+                    pool: gone.clone(),
+                    family,
+                };
+                ctx.metrics.addresses_in_use.remove(&labels);
+                ctx.metrics.addresses_available.remove(&labels);
+            }
+        }
         for (name, verdict) in verdicts {
             let stats = ctx.allocator.lock().expect("allocator lock").pool_stats(&name);
-            let status = desired_status(&verdict, stats.as_ref());
+            let mut status = desired_status(&verdict, stats.as_ref());
+            // A condition's lastTransitionTime moves only when its status does.
+            if let (Some(before), Some(now)) = (
+                written.get(&name).and_then(|w| w.conditions.first()),
+                status.conditions.first_mut(),
+            ) && before.status == now.status
+            {
+                now.last_transition_time = before.last_transition_time.clone();
+            }
             publish_metrics(&ctx, &name, stats.as_ref());
             if written.get(&name).is_some_and(|w| same_status(w, &status)) {
                 continue;

@@ -25,21 +25,26 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     if !handles(&service, &ctx.config.lb_class) {
         return clear_if_ours(&service, &ctx, &key).await;
     }
-    report_deprecations(&service, &ctx, &key).await;
-
     let current = ingress_ips(&service);
     let request = ServiceRequest::from_service(&service, ctx.namespace_labels(&key.namespace));
+    // Allocate before any await, so a Delete handled meanwhile cannot be overtaken.
     let outcome = request.map(|request| ctx.allocator.lock().expect("allocator lock").allocate(&request));
+    report_deprecations(&service, &ctx, &key).await;
     let allocation = match outcome {
         Ok(Ok(allocation)) => allocation,
         Ok(Err(e)) => return failed(&service, &ctx, &key, &current, e.to_string()).await,
         Err(e) => return failed(&service, &ctx, &key, &current, e.to_string()).await,
     };
     forget_failure(&ctx, &key);
+    // Why a pool change displaced it, if it did; it is now served either way.
+    let moved_because = ctx.displaced.lock().expect("displaced lock").remove(&key);
 
     if current != allocation.ips {
         write_ingress(&ctx, &service, &allocation.ips).await?;
-        let moved_because = ctx.displaced.lock().expect("displaced lock").remove(&key);
+        if !current.is_empty() {
+            // Its old addresses are free now: a pending Service may take them.
+            ctx.retry_all.notify_one();
+        }
         let ips = join(&allocation.ips);
         let note = match (current.is_empty(), moved_because) {
             (_, Some(reason)) => {
@@ -190,6 +195,10 @@ pub fn released(ctx: &Context, key: &ServiceKey, why: &str) {
     let released = ctx.allocator.lock().expect("allocator lock").release(key);
     forget_failure(ctx, key);
     ctx.displaced.lock().expect("displaced lock").remove(key);
+    ctx.reported_deprecations
+        .lock()
+        .expect("deprecations lock")
+        .retain(|(service, _)| service != key);
     if let Some(allocation) = released {
         ctx.metrics.count(Outcome::released);
         tracing::info!(service = %key, ips = %join(&allocation.ips), why, "released");

@@ -33,6 +33,9 @@ pub struct ProbeConfig {
 pub struct ProbeSample {
     /// When the request was started, in ms since the probe started.
     pub sent_ms: f64,
+    /// The same instant in Unix ms (the host clock), to line samples up with other events.
+    #[serde(default)]
+    pub sent_unix_ms: f64,
     /// Time to the full answer, if there was one.
     pub latency_ms: Option<f64>,
     /// Backend named in the answer.
@@ -78,6 +81,10 @@ async fn request(target: SocketAddr) -> Result<String, String> {
 /// as they complete (not in send order). Returns once every request has finished.
 pub async fn run_probe(config: ProbeConfig, out: &mut (dyn Write + Send)) -> std::io::Result<()> {
     let start = Instant::now();
+    let start_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sender = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(config.interval);
@@ -86,24 +93,28 @@ pub async fn run_probe(config: ProbeConfig, out: &mut (dyn Write + Send)) -> std
             ticks.tick().await;
             let sent = Instant::now();
             let sent_ms = sent.duration_since(start).as_secs_f64() * 1000.0;
+            let sent_unix_ms = start_unix_ms + sent_ms;
             let tx = tx.clone();
             tokio::spawn(async move {
                 let outcome = tokio::time::timeout(config.timeout, request(config.target)).await;
                 let sample = match outcome {
                     Ok(Ok(backend)) => ProbeSample {
                         sent_ms,
+                        sent_unix_ms,
                         latency_ms: Some(sent.elapsed().as_secs_f64() * 1000.0),
                         backend: Some(backend),
                         error: None,
                     },
                     Ok(Err(e)) => ProbeSample {
                         sent_ms,
+                        sent_unix_ms,
                         latency_ms: None,
                         backend: None,
                         error: Some(e),
                     },
                     Err(_) => ProbeSample {
                         sent_ms,
+                        sent_unix_ms,
                         latency_ms: None,
                         backend: None,
                         error: Some("timeout".into()),
@@ -185,6 +196,7 @@ mod tests {
 
     fn sample(sent_ms: f64, backend: Option<&str>) -> ProbeSample {
         ProbeSample {
+            sent_unix_ms: sent_ms,
             sent_ms,
             latency_ms: backend.map(|_| 1.0),
             backend: backend.map(str::to_string),

@@ -179,7 +179,6 @@ pub async fn measure_failover(lab: &Lab, ip: IpAddr, signal: Signal) -> Result<F
     };
     // tcpdump needs a moment to attach before the kill.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let probe_started = unix_ms_now();
     let probe = lab.start_probe(&client, &probe_config)?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed_at = unix_ms_now();
@@ -201,25 +200,21 @@ pub async fn measure_failover(lab: &Lab, ip: IpAddr, signal: Signal) -> Result<F
     if new_owner.is_none() {
         tracing::warn!(?macs, ?garps, "no takeover seen at the client");
     }
-    Ok(summarize(
-        old_owner,
-        new_owner,
-        &samples,
-        probe_started - killed_at,
-        kill_to_garp_ms,
-    ))
+    Ok(summarize(old_owner, new_owner, &samples, killed_at, kill_to_garp_ms))
 }
 
-/// Failover numbers from probe samples; `offset_ms` places the probe's clock on the kill's
-/// (sample time + offset = ms since the kill).
+/// Failover numbers from probe samples, placed on the kill's clock (Unix ms, host clock).
 pub fn summarize(
     old_owner: String,
     new_owner: Option<String>,
     samples: &[ProbeSample],
-    offset_ms: f64,
+    killed_at_unix_ms: f64,
     kill_to_garp_ms: Option<f64>,
 ) -> Failover {
-    let mut marks: Vec<(f64, bool)> = samples.iter().map(|s| (s.sent_ms + offset_ms, s.ok())).collect();
+    let mut marks: Vec<(f64, bool)> = samples
+        .iter()
+        .map(|s| (s.sent_unix_ms - killed_at_unix_ms, s.ok()))
+        .collect();
     marks.sort_by(|a, b| a.0.total_cmp(&b.0));
     let failed_requests = marks.iter().filter(|(_, ok)| !ok).count();
     let mut longest_gap_ms: f64 = 0.0;
@@ -456,12 +451,16 @@ pub async fn failover_bench(lab: &Lab, rounds: usize, say: &dyn Fn(&str)) -> Res
             failover.requests
         ));
         // Let the supervisor restart the victim and the cluster settle before the next kill.
-        let victim = lab.node_index(&failover.old_owner)?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while lab.speaker_pid(victim)?.is_none() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // The restarted victim ranks highest for this IP and wins it back once it has settled;
+        // wait for that, so the next round kills the real owner.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let owner = wait_for_stable_owner(lab, Duration::from_millis(1000), Duration::from_secs(20)).await?;
+            if owner == failover.old_owner || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        wait_for_stable_owner(lab, Duration::from_millis(1500), Duration::from_secs(15)).await?;
         failovers.push(failover);
     }
     let garp: Vec<f64> = failovers.iter().filter_map(|f| f.kill_to_garp_ms).collect();
@@ -486,9 +485,11 @@ pub fn default_out_dir() -> PathBuf {
 mod tests {
     use super::*;
 
+    /// A sample sent `sent_ms` after the probe started at Unix ms 1,000,000.
     fn sample(sent_ms: f64, ok: bool) -> ProbeSample {
         ProbeSample {
             sent_ms,
+            sent_unix_ms: 1_000_000.0 + sent_ms,
             latency_ms: ok.then_some(1.0),
             backend: ok.then(|| "web-1".to_string()),
             error: (!ok).then(|| "timeout".to_string()),
@@ -504,7 +505,7 @@ mod tests {
                 sample(t, !(1020.0..1300.0).contains(&t))
             })
             .collect();
-        let f = summarize("node1".into(), Some("node2".into()), &samples, -1000.0, Some(250.0));
+        let f = summarize("node1".into(), Some("node2".into()), &samples, 1_001_000.0, Some(250.0));
         assert_eq!(f.failed_requests, 28);
         assert_eq!(f.longest_gap_ms, 280.0);
         assert_eq!(f.kill_to_traffic_ms, Some(300.0));
@@ -514,7 +515,7 @@ mod tests {
     #[test]
     fn no_failure_means_traffic_right_after_the_kill() {
         let samples: Vec<ProbeSample> = (0..100).map(|i| sample(i as f64 * 10.0, true)).collect();
-        let f = summarize("a".into(), None, &samples, -500.0, None);
+        let f = summarize("a".into(), None, &samples, 1_000_500.0, None);
         assert_eq!((f.failed_requests, f.longest_gap_ms), (0, 0.0));
         assert_eq!(f.kill_to_traffic_ms, Some(0.0));
     }

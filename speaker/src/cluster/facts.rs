@@ -249,14 +249,18 @@ pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
 }
 
 /// The address peers reach a node's speaker at: its first `InternalIP` (the speaker runs in
-/// the host network namespace), else its first address of any type.
+/// the host network namespace), else its first address of any type that is an IP.
 pub fn node_address(node: &Node) -> Option<IpAddr> {
     let addresses = node.status.as_ref()?.addresses.as_ref()?;
-    addresses
-        .iter()
-        .find(|a| a.type_ == "InternalIP")
-        .or_else(|| addresses.first())
-        .and_then(|a| a.address.parse().ok())
+    let ips = || {
+        addresses
+            .iter()
+            .filter_map(|a| Some((a.type_.as_str(), a.address.parse::<IpAddr>().ok()?)))
+    };
+    ips()
+        .find(|(kind, _)| *kind == "InternalIP")
+        .or_else(|| ips().next())
+        .map(|(_, ip)| ip)
 }
 
 #[cfg(test)]
