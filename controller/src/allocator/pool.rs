@@ -71,18 +71,7 @@ impl Pool {
         let Some(sa) = &self.service_allocation else {
             return true;
         };
-        let namespace_ok = (sa.namespaces.is_empty() && sa.namespace_selectors.is_empty())
-            || sa.namespaces.iter().any(|n| n == namespace)
-            || sa
-                .namespace_selectors
-                .iter()
-                .any(|s| selector::matches(s, namespace_labels));
-        let labels_ok = sa.service_selectors.is_empty()
-            || sa
-                .service_selectors
-                .iter()
-                .any(|s| selector::matches(s, service_labels));
-        namespace_ok && labels_ok
+        sa.allows_namespace(namespace, namespace_labels) && sa.allows_service(service_labels)
     }
 
     /// The restriction in words, for [`AllocError::PoolNotAllowed`].

@@ -77,7 +77,6 @@ pub struct Context {
     /// Who Events come from.
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
     /// Re-run every Service (capacity freed, pools or namespaces changed).
     pub retry_all: Arc<Notify>,
     /// Pools' counters or verdicts changed; their statuses need writing.
@@ -157,7 +156,6 @@ pub async fn run_with_client(
         allocator: Mutex::new(Allocator::new()),
         namespaces,
         metrics,
-        health: health.clone(),
         retry_all: retry_all.clone(),
         pools_changed: Arc::new(Notify::new()),
         displaced: Mutex::default(),

@@ -26,8 +26,15 @@ pub fn apply_pool_set(ctx: &Context, pools: &[IPAddressPool]) {
     let mut recorded = BTreeMap::new();
     for pool in pools {
         let name = pool.name_any();
-        let verdict = match &verdicts.get(&name) {
-            Some(Ok(_)) => Pool::from_spec(&name, &pool.spec).map_err(|e| e.to_string()),
+        // The ranges validation already parsed; nothing is parsed twice.
+        let verdict = match verdicts.get(&name) {
+            Some(Ok(ranges)) => Ok(Pool {
+                name: name.clone(),
+                ranges: ranges.clone(),
+                auto_assign: pool.spec.auto_assign,
+                avoid_buggy_ips: pool.spec.avoid_buggy_ips,
+                service_allocation: pool.spec.service_allocation.clone(),
+            }),
             Some(Err(e)) => Err(e.to_string()),
             None => continue,
         };

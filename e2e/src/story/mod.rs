@@ -12,7 +12,7 @@ pub mod timeline;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald_config::ServiceL2Status;
@@ -474,11 +474,6 @@ pub async fn failover_bench(lab: &Lab, rounds: usize, say: &dyn Fn(&str)) -> Res
         longest_gap_ms: failovers.iter().map(|f| f.longest_gap_ms).fold(0.0, f64::max),
         failovers,
     })
-}
-
-/// Where the demo writes its picture and summary by default.
-pub fn default_out_dir() -> PathBuf {
-    PathBuf::from("target/herald-demo")
 }
 
 #[cfg(test)]
