@@ -1,5 +1,8 @@
 # Herald: the two commands a newcomer needs are `make demo` and `make test`.
-# Both install what they need first (`make deps`), as root, on a fresh Debian machine.
+# Both install what they need first (`make deps`), as root, on a fresh Debian machine:
+# Debian packages, and the lab's Kubernetes control plane (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler) built once from the Go modules pinned in
+# e2e/controlplane/ into ~/.cache/herald (about 8 min on 2 cores the first time).
 
 CARGO ?= cargo
 # Debian packages the build and the tests use: clang + libbpf-dev compile the eBPF programs;
@@ -22,6 +25,8 @@ deps:
 	fi
 	@command -v kubectl >/dev/null || { echo "make deps: kubectl (v1.32+) is required by the lab tests and the demo; install it on PATH" >&2; exit 1; }
 	@command -v $(CARGO) >/dev/null || { echo "make deps: cargo (Rust 1.95+) is required" >&2; exit 1; }
+	@command -v go >/dev/null || { echo "make deps: Go 1.26+ is required to build the lab's Kubernetes control plane" >&2; exit 1; }
+	@bash e2e/controlplane/build.sh >/dev/null
 
 build: deps
 	$(CARGO) build --workspace --bins --locked

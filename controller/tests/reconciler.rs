@@ -1,17 +1,21 @@
-//! The real kube-rs controller against a Kubernetes API over HTTP (the lab API server, in
-//! process): restart keeps IPs, deletion frees an IP for a pending Service, pool deletion moves
-//! a Service with an Event, sharing accepted and refused, dual stack, loadBalancerClass
-//! filtering, and a bad pool gets a condition without disturbing anything else.
+//! The real kube-rs controller against the lab's real Kubernetes control plane (kube-apiserver,
+//! etcd, kube-controller-manager; see herald-e2e), running as its own ServiceAccount so the
+//! RBAC of `config/deploy` is what it is allowed: restart keeps IPs, deletion frees an IP for a
+//! pending Service, pool deletion moves a Service with an Event, sharing accepted and refused,
+//! dual stack, loadBalancerClass filtering, and a bad pool gets a condition without disturbing
+//! anything else. Each test has a lab (a control plane and one node) of its own.
+//!
+//! Needs root (the lab's network namespaces) and the control plane `make deps` builds; under
+//! `CI=true` a missing prerequisite fails the test.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_config::{IPAddressPool, IPAddressPoolSpec};
 use herald_controller::config::{Config, LogFormat};
-use herald_e2e::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -19,8 +23,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 struct Lab {
-    server: RunningApiServer,
+    lab: herald_e2e::lab::Lab,
+    /// Admin: the test's own reads and writes.
     client: Client,
+    /// The `herald-controller` ServiceAccount: what the controller under test runs as.
+    controller_client: Client,
 }
 
 impl Lab {
@@ -29,15 +36,39 @@ impl Lab {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let server = ApiServer::start(ApiServerConfig::local())
-            .await
-            .expect("lab API server starts");
-        let client = server.client().await.expect("client");
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for (_, crd) in herald_config::crds::all() {
-            crds.create(&PostParams::default(), &crd).await.expect("CRD created");
+        if let Err(e) = herald_e2e::lab::check_prerequisites() {
+            // Not skippable: the controller's behaviour is only proved against the real API.
+            panic!("the reconciler tests need the lab (root, iproute2, curl): {e}");
         }
-        Lab { server, client }
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "rc{}{}",
+            std::process::id() % 10_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = herald_e2e::lab::Lab::up(herald_e2e::lab::LabConfig {
+            nodes: 1,
+            start_controller: false,
+            start_speakers: false,
+            bpf_filesystem: false,
+            ..herald_e2e::lab::LabConfig::new(&prefix)
+        })
+        .await
+        .expect("lab comes up");
+        let client = lab.client();
+        let controller_client = lab
+            .service_account_client("herald-controller")
+            .await
+            .expect("a token for the herald-controller ServiceAccount");
+        Lab {
+            lab,
+            client,
+            controller_client,
+        }
+    }
+
+    async fn stop(self) {
+        self.lab.down().await.expect("lab removed");
     }
 
     fn pools(&self) -> Api<IPAddressPool> {
@@ -141,7 +172,7 @@ fn start_controller_at(lab: &Lab, lb_class: &str, metrics_addr: SocketAddr) -> R
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(herald_controller::reconciler::run_with_client(
-        lab.client.clone(),
+        lab.controller_client.clone(),
         config,
         async {
             let _ = stopped.await;
@@ -230,7 +261,7 @@ async fn restart_keeps_every_ip_and_pending_services_take_only_free_ones() {
         "b was not renumbered"
     );
     controller.stop().await;
-    lab.server.shutdown().await;
+    lab.stop().await;
 }
 
 #[tokio::test]
@@ -250,7 +281,7 @@ async fn deleting_a_service_frees_its_ip_for_a_pending_one() {
         .expect("delete");
     lab.wait_ips("second", &["10.81.0.7"]).await;
     controller.stop().await;
-    lab.server.shutdown().await;
+    lab.stop().await;
 }
 
 #[tokio::test]
@@ -277,7 +308,7 @@ async fn deleting_a_pool_moves_its_services_with_an_event() {
         Some("b-new")
     );
     controller.stop().await;
-    lab.server.shutdown().await;
+    lab.stop().await;
 }
 
 #[tokio::test]
@@ -301,7 +332,7 @@ async fn an_edit_that_keeps_the_ip_in_the_pool_changes_nothing() {
     lab.wait_ips("s1", &["10.83.0.2"]).await;
     assert_eq!(lab.ips("s2").await, ["10.83.0.1"]);
     controller.stop().await;
-    lab.server.shutdown().await;
+    lab.stop().await;
 }
 
 #[tokio::test]
@@ -329,7 +360,7 @@ async fn sharing_is_accepted_for_disjoint_ports_and_refused_otherwise() {
     lab.service("no-key", no_key).await;
     lab.wait_event("no-key", "AllocationFailed", "10.84.0.15").await;
     controller.stop().await;
-    lab.server.shutdown().await;
+    lab.stop().await;
 }
 
 #[tokio::test]
@@ -350,7 +381,7 @@ async fn dual_stack_services_get_one_address_per_family() {
     .await;
     lab.wait_ips("v6-first", &["fd00:85::1", "10.85.0.1"]).await;
     controller.stop().await;
-    lab.server.shutdown().await;
+    lab.stop().await;
 }
 
 #[tokio::test]
@@ -386,7 +417,7 @@ async fn only_services_of_our_class_or_no_class_are_handled() {
     lab.service("late", json!({})).await;
     lab.wait_ips("late", &["10.86.0.0"]).await;
     controller.stop().await;
-    lab.server.shutdown().await;
+    lab.stop().await;
 }
 
 #[tokio::test]
@@ -429,7 +460,7 @@ async fn a_bad_pool_gets_an_invalid_condition_and_disturbs_nothing() {
     lab.wait_ips("web2", &["10.87.0.1"]).await;
     assert_eq!(lab.ips("web").await, ["10.87.0.0"]);
     controller.stop().await;
-    lab.server.shutdown().await;
+    lab.stop().await;
 }
 
 #[tokio::test]
@@ -460,7 +491,7 @@ async fn bad_service_input_is_reported_and_nothing_else_changes() {
     lab.wait_event("legacy", "DeprecatedAnnotation", "use herald.io/address-pool instead")
         .await;
     controller.stop().await;
-    lab.server.shutdown().await;
+    lab.stop().await;
 }
 
 /// A plain HTTP/1.0 GET: (status code, body).
@@ -509,7 +540,7 @@ async fn health_and_metrics_report_real_state() {
     assert!(metrics.contains("herald_controller_allocations_total{outcome=\"allocated\"} 1"));
 
     // The API server goes away: not ready, with the reason.
-    lab.server.shutdown().await;
+    lab.lab.stop_apiserver().await;
     let (found, last) = poll_until(
         || http_get(free, "/readyz"),
         |r| r.as_ref().is_some_and(|(code, _)| *code == 503),
@@ -518,4 +549,5 @@ async fn health_and_metrics_report_real_state() {
     assert!(found, "not ready without the API server: {last:?}");
     assert!(last.unwrap().1.contains("not ready: API server"));
     controller.stop().await;
+    lab.stop().await;
 }

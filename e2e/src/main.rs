@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use herald_e2e::apiserver::{ApiServer, ApiServerConfig};
-use herald_e2e::bench::{BenchConfig, run_bench};
 use herald_e2e::lab;
 
 #[derive(Parser)]
 #[command(
     name = "herald-lab",
-    about = "Herald's lab: stand-in API server, topologies, demos, benchmarks"
+    about = "Herald's lab: network-namespace clusters on a real Kubernetes control plane, demos, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,10 +21,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the in-memory Kubernetes API server until SIGINT/SIGTERM.
-    Apiserver(ApiserverArgs),
-    /// Load-test the lab API server with concurrent kube-rs clients and watchers.
-    BenchApiserver(BenchArgs),
     /// Build a lab cluster from network namespaces and run Herald in it until Ctrl-C/SIGTERM.
     Up(UpArgs),
     /// Remove a lab (running or crashed): processes, namespaces, state directory.
@@ -39,7 +33,7 @@ enum Command {
     /// Backend pod program: HTTP and UDP servers answering with the pod name.
     #[command(hide = true)]
     Echo(EchoArgs),
-    /// Relay TCP connections to the lab API server's Unix socket (runs inside the lab).
+    /// Relay TCP connections to the Unix socket in front of kube-apiserver (runs inside the lab).
     #[command(hide = true)]
     Relay(RelayArgs),
     /// Steady HTTP client: one new connection per interval, one JSON line per request.
@@ -74,6 +68,10 @@ struct UpArgs {
     /// Directory holding herald-controller, herald-speaker and herald-lab (default: next to this executable).
     #[arg(long, env = herald_e2e::lab::BIN_DIR_ENV)]
     bin_dir: Option<PathBuf>,
+    /// Directory holding etcd, kube-apiserver, kube-controller-manager and kube-scheduler
+    /// (default: the cache `make deps` built them into).
+    #[arg(long, env = herald_e2e::lab::CONTROLPLANE_DIR_ENV)]
+    controlplane_dir: Option<PathBuf>,
     /// Milliseconds before a process that exited is started again.
     #[arg(long, default_value_t = 1000)]
     restart_delay_ms: u64,
@@ -163,41 +161,6 @@ struct RelayArgs {
     unix: PathBuf,
 }
 
-#[derive(Args)]
-struct ApiserverArgs {
-    /// Address to listen on (port 0 picks a free one).
-    #[arg(long, env = "HERALD_LAB_LISTEN", default_value = "127.0.0.1:6443")]
-    listen: SocketAddr,
-    /// Where to write a kubeconfig for kubectl and Herald's binaries.
-    #[arg(long, env = "HERALD_LAB_KUBECONFIG")]
-    kubeconfig: PathBuf,
-    /// Bearer token clients must present.
-    #[arg(long, env = "HERALD_LAB_TOKEN")]
-    token: Option<String>,
-    /// File to keep objects in across restarts.
-    #[arg(long, env = "HERALD_LAB_STATE")]
-    state: Option<PathBuf>,
-    /// Number of changes kept for watches that resume (older versions get 410 Gone).
-    #[arg(long, env = "HERALD_LAB_HISTORY", default_value_t = 10_000)]
-    history: usize,
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    /// Services to create.
-    #[arg(long, default_value_t = 1000)]
-    services: usize,
-    /// Concurrent creating clients.
-    #[arg(long, default_value_t = 4)]
-    clients: usize,
-    /// Open watchers on services.
-    #[arg(long, default_value_t = 10)]
-    watchers: usize,
-    /// Also write the results as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -205,27 +168,18 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
-        Command::Apiserver(args) => run_apiserver(args).await,
-        Command::BenchApiserver(args) => {
-            let report = run_bench(BenchConfig {
-                services: args.services,
-                clients: args.clients,
-                watchers: args.watchers,
-            })
-            .await?;
-            println!("{}", report.summary());
-            if let Some(path) = args.json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(())
-        }
         Command::Up(args) => {
             let binaries = args.bin_dir.as_deref().map(lab::Binaries::in_dir).transpose()?;
+            let control_plane = args
+                .controlplane_dir
+                .as_deref()
+                .map(lab::ControlPlaneBinaries::in_dir)
+                .transpose()?;
             let config = lab::LabConfig {
                 nodes: args.nodes,
                 state_root: args.state_root,
                 binaries,
+                control_plane,
                 restart_delay: Duration::from_millis(args.restart_delay_ms),
                 json_logs: args.json_logs,
                 speaker_args: args.speaker_args,
@@ -257,33 +211,6 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
-    let config = ApiServerConfig {
-        listen: args.listen,
-        token: args.token,
-        state_file: args.state,
-        history_limit: args.history,
-        ..ApiServerConfig::local()
-    };
-    let server = ApiServer::start(config).await.context("starting the lab apiserver")?;
-    server
-        .write_kubeconfig(&args.kubeconfig)
-        .context("writing the kubeconfig")?;
-    println!(
-        "herald-lab apiserver listening on {} (kubeconfig: {})",
-        server.url(),
-        args.kubeconfig.display()
-    );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    server.shutdown().await;
-    Ok(())
-}
-
 /// Brings a lab up with progress on stderr, runs `story` in it, and always takes it down.
 async fn in_lab<T>(
     config: lab::LabConfig,
@@ -293,7 +220,7 @@ async fn in_lab<T>(
     let say = progress.clone();
     let say: &dyn Fn(&str) = &move |line: &str| say(line);
     say(&format!(
-        "bringing up lab {} (3 nodes, a client, the API server, Herald)",
+        "bringing up lab {} (3 nodes, a client, the Kubernetes control plane, Herald)",
         config.prefix
     ));
     let running = lab::Lab::up(lab::LabConfig {

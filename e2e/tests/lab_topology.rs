@@ -1,7 +1,8 @@
 //! The lab world end to end, as root: topology and routing (v4 and v6), echo backends,
-//! Nodes/Pods/EndpointSlices in the API, real kubectl, the real controller assigning an
-//! address, speaker supervision, uplink and restart knobs, and cleanup — by `down`, by
-//! `Drop` during a panic, and by `herald-lab down` after the lab process was killed.
+//! Nodes/Pods in the real API server and EndpointSlices from kube-controller-manager, real
+//! kubectl, the real controller assigning an address, speaker supervision, uplink and
+//! restart knobs, and cleanup (control plane included) — by `down`, by `Drop` during a
+//! panic, and by `herald-lab down` after the lab process was killed.
 //!
 //! Needs root, iproute2, ping, curl, kubectl and the workspace binaries (`cargo build
 //! --workspace --bins`). Outside CI a missing prerequisite skips with a message; with
@@ -326,12 +327,29 @@ async fn lab_topology_api_controller_and_supervision() {
     assert!(lab.backend("web-c").await.is_err());
     assert_eq!(ready_endpoints(&lab, "web", &both).await, both);
 
-    // Real kubectl on the host kubeconfig sees the nodes.
+    // Real kubectl on the host kubeconfig sees the nodes, and the real server's version.
     let names = kubectl(&lab, &["get", "nodes", "-o", "name"]).await;
     assert_eq!(
         names.lines().collect::<Vec<_>>(),
         ["node/node1", "node/node2", "node/node3"]
     );
+    let version: serde_json::Value =
+        serde_json::from_str(&kubectl(&lab, &["version", "-o", "json"]).await).expect("kubectl version JSON");
+    let server_version = version["serverVersion"]["gitVersion"].as_str().unwrap_or_default().to_string();
+    assert!(
+        server_version.starts_with("v1.") && !server_version.contains("master") && server_version != "v0.0.0",
+        "kubectl version shows the real, stamped server version: {server_version:?}"
+    );
+    // Every node's Lease is renewed, as its kubelet would: the node lifecycle controller
+    // keeps the nodes Ready and untainted.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    for node in &plan.nodes {
+        let lease = leases.get(&node.name).await.expect("node lease exists");
+        assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some(node.name.as_str()));
+        let object = nodes.get(&node.name).await.expect("node exists");
+        let taints = object.spec.and_then(|s| s.taints).unwrap_or_default();
+        assert!(taints.is_empty(), "{} is tainted: {taints:?}", node.name);
+    }
 
     // The controller runs and assigns an address from a pool applied with kubectl.
     assert!(lab.controller_pid().is_some(), "controller running");
@@ -443,9 +461,12 @@ async fn lab_topology_api_controller_and_supervision() {
         "service survived the API server restart"
     );
 
-    // down removes every namespace and process.
+    // down removes every namespace and process, the control plane's too.
     let mut pids: Vec<u32> = (1..=3).filter_map(|n| lab.speaker_pid(n).unwrap()).collect();
     pids.extend(lab.controller_pid());
+    let control_plane: Vec<u32> = lab.control_plane().pids().into_iter().filter_map(|(_, p)| p).collect();
+    assert_eq!(control_plane.len(), 4, "etcd, kube-apiserver, kube-controller-manager, kube-scheduler");
+    pids.extend(control_plane);
     for ns in [a.namespace.as_str(), b.namespace.as_str()] {
         let out = tokio::process::Command::new("ip")
             .args(["netns", "pids", ns])
@@ -458,7 +479,7 @@ async fn lab_topology_api_controller_and_supervision() {
                 .filter_map(|p| p.parse::<u32>().ok()),
         );
     }
-    assert!(pids.len() >= 6, "speakers, controller and two echo servers: {pids:?}");
+    assert!(pids.len() >= 10, "speakers, controller, control plane and two echo servers: {pids:?}");
     let state_dir = lab.state_dir().to_path_buf();
     let report = lab.down().await.expect("down");
     assert_eq!(report.namespaces.len(), 5 + 2, "{report:?}");
@@ -480,6 +501,7 @@ async fn a_panicking_test_still_removes_its_lab() {
         lab.add_backend(1, "doomed", BTreeMap::new()).await.expect("backend");
         let mut pids: Vec<u32> = lab.speaker_pid(1).unwrap().into_iter().collect();
         pids.extend(lab.controller_pid());
+        pids.extend(lab.control_plane().pids().into_iter().filter_map(|(_, p)| p));
         let _ = pids_tx.send(pids);
         panic!("deliberate panic with a lab up");
     });
@@ -488,7 +510,6 @@ async fn a_panicking_test_still_removes_its_lab() {
     let pids = pids_rx.await.expect("pids were sent before the panic");
     assert!(namespaces_with(&prefix).await.is_empty(), "Drop removed the namespaces");
     wait_all_dead(&pids, Duration::from_secs(5)).await;
-    // The API server's last save must not bring the state directory back.
     let state_dir = Path::new("/run/herald-lab").join(&prefix);
     let deadline = Instant::now() + Duration::from_secs(3);
     while state_dir.exists() && Instant::now() < deadline {
@@ -533,15 +554,15 @@ async fn herald_lab_down_clears_a_crashed_lab() {
         }
         panic!("no export line in 1000 lines");
     };
-    let export = tokio::time::timeout(Duration::from_secs(30), export_line)
+    let export = tokio::time::timeout(Duration::from_secs(90), export_line)
         .await
-        .expect("`up` prints the export line within 30 s");
+        .expect("`up` prints the export line within 90 s");
     assert_eq!(export, format!("export KUBECONFIG=/run/herald-lab/{prefix}/kubeconfig"));
 
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).expect("--json written")).expect("JSON");
     assert_eq!(info["plan"]["nodes"][1]["ipv6"], "fd00:203::12");
-    assert_eq!(info["lab_api_url"], "http://10.203.0.1:6443");
+    assert_eq!(info["lab_api_url"], "https://10.203.0.1:6443");
     assert_eq!(info["speaker_pids"].as_array().map(Vec::len), Some(2));
     let _ = std::fs::remove_dir_all(&json_dir);
 
@@ -560,6 +581,17 @@ async fn herald_lab_down_clears_a_crashed_lab() {
         );
     }
     assert!(children.len() >= 4, "relay, controller, two speakers: {children:?}");
+    // The control plane runs on the host; its pid files are what `down` finds it by.
+    let pid_dir = Path::new("/run/herald-lab").join(&prefix).join("pids");
+    for component in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+        let pid: u32 = std::fs::read_to_string(pid_dir.join(format!("{component}.pid")))
+            .unwrap_or_else(|e| panic!("{component} pid file: {e}"))
+            .trim()
+            .parse()
+            .expect("pid");
+        assert!(process_alive(pid), "{component} runs");
+        children.push(pid);
+    }
     up.start_kill().expect("kill herald-lab up");
     let _ = up.wait().await;
     assert_eq!(namespaces_with(&prefix).await.len(), 4, "a crash leaves the namespaces");

@@ -1,6 +1,6 @@
 //! The end-to-end suite: the user's story through Herald's real binaries in the lab (network
-//! namespaces, the lab API server, real `kubectl`, a client that reaches Services over ARP/NDP
-//! and the eBPF service map). One scenario per test, each in its own lab.
+//! namespaces, a real Kubernetes control plane, real `kubectl`, a client that reaches Services
+//! over ARP/NDP and the eBPF service map). One scenario per test, each in its own lab.
 //!
 //! Needs root (namespaces, eBPF) and the workspace binaries (`cargo build --workspace --bins`,
 //! which `make test` does first). Under `CI=true` a missing prerequisite fails the test.
@@ -331,7 +331,7 @@ async fn s6_two_services_sharing_an_ip_have_one_owner_and_both_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s7_controller_and_apiserver_restarts_change_nothing() {
+async fn s7_controller_apiserver_and_etcd_restarts_change_nothing() {
     let Some(lab) = lab("sg").await else { return };
     story::apply_demo_objects(&lab, &quiet()).await.unwrap();
     let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.unwrap();
@@ -356,31 +356,52 @@ async fn s7_controller_and_apiserver_restarts_change_nothing() {
     );
     assert_ne!(ips_of(&lab, "after").await, [ip]);
 
-    // Traffic keeps flowing while the API server is down and comes back.
+    // Traffic keeps flowing while kube-apiserver, then etcd, is down and comes back, and
+    // the owner keeps announcing.
+    let owners = owners_of(&lab, "web").await;
     let client = lab.client_namespace().to_string();
-    let probe = lab
-        .start_probe(
-            &client,
-            &herald_e2e::lab::ProbeConfig {
-                target: std::net::SocketAddr::new(ip, 80),
-                interval: Duration::from_millis(20),
-                duration: Duration::from_secs(4),
-                timeout: Duration::from_millis(500),
-            },
-        )
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    lab.restart_apiserver().await.expect("API server restarted");
-    let samples = probe.finish().await.unwrap();
-    let failed = samples.iter().filter(|s| !s.ok()).count();
-    assert!(!samples.is_empty());
-    assert_eq!(
-        failed,
-        0,
-        "no request failed while the API server restarted ({} sent)",
-        samples.len()
+    for component in ["kube-apiserver", "etcd"] {
+        let probe = lab
+            .start_probe(
+                &client,
+                &herald_e2e::lab::ProbeConfig {
+                    target: std::net::SocketAddr::new(ip, 80),
+                    interval: Duration::from_millis(20),
+                    duration: Duration::from_secs(8),
+                    timeout: Duration::from_millis(500),
+                },
+            )
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match component {
+            "kube-apiserver" => lab.restart_apiserver().await.expect("kube-apiserver restarted"),
+            _ => lab.restart_etcd().await.expect("etcd restarted"),
+        }
+        let samples = probe.finish().await.unwrap();
+        let failed = samples.iter().filter(|s| !s.ok()).count();
+        assert!(!samples.is_empty());
+        assert_eq!(
+            failed,
+            0,
+            "no request failed while {component} restarted ({} sent)",
+            samples.len()
+        );
+        assert_eq!(ips_of(&lab, "web").await, [ip], "no IP moved across the {component} restart");
+        assert_eq!(owners_of(&lab, "web").await, owners, "the owner stayed across the {component} restart");
+    }
+    // The controller's watches resumed: a Service created after both restarts gets an address.
+    lab.kubectl_apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: later, namespace: default}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !ips_of(&lab, "later").await.is_empty()
+        })
+        .await,
+        "a Service created after the restarts gets an address"
     );
-    assert_eq!(ips_of(&lab, "web").await, [ip]);
     lab.down().await.unwrap();
 }
 

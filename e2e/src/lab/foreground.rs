@@ -24,10 +24,12 @@ pub async fn run_up(mut config: LabConfig, json: Option<PathBuf>) -> Result<(), 
         write_json(path, &info)?;
     }
     progress(&format!(
-        "lab {} is up: {} nodes, client namespace {}, logs in {}",
+        "lab {} is up: {} nodes, client namespace {}, Kubernetes control plane at {} (ready in {:.1} s), logs in {}",
         lab.prefix(),
         lab.node_count(),
         lab.client_namespace(),
+        lab.api_url(),
+        lab.control_plane().started_in().as_secs_f64(),
         lab.state_dir().join("logs").display()
     ));
     progress("LoadBalancer pools for L2 mode must come from the segment, e.g. 10.203.0.200/29 and fd00:203::200/125");

@@ -1,14 +1,19 @@
 //! A small bare-metal cluster on one machine, built from network namespaces, running
-//! Herald's real binaries against the lab API server. Demos, benchmarks and end-to-end
-//! scenarios are written on top of [`Lab`].
+//! Herald's real binaries against a real Kubernetes control plane. Demos, benchmarks and
+//! end-to-end scenarios are written on top of [`Lab`].
 //!
 //! # What `Lab::up` builds
 //! - namespaces and addresses as in [`plan`]: an L2 segment (bridge in `<prefix>-seg`)
 //!   joining `<prefix>-client` and `<prefix>-node1..N`, pods behind nodes on per-node pod
 //!   CIDRs with host-gw routes, IPv4 and IPv6 everywhere;
-//! - the lab API server in this process on 127.0.0.1 (host kubeconfig, for kubectl) and,
-//!   through [`relay`], at 10.203.0.1:6443 inside the lab (in-lab kubeconfig, for Herald);
-//! - Herald's CRDs, the empty speaker Secret, one Node and one speaker Pod per node;
+//! - the control plane ([`controlplane`]: etcd, kube-apiserver, kube-controller-manager,
+//!   kube-scheduler) on the host's loopback (admin kubeconfig, for kubectl) and, through
+//!   [`relay`], at 10.203.0.1:6443 inside the lab;
+//! - what `config/deploy` installs except the workloads (namespace, CRDs, RBAC, the empty
+//!   speaker Secret), one Node and one speaker Pod per node, and each Node's heartbeat
+//!   ([`kubelet`]);
+//! - kubeconfigs for Herald's ServiceAccounts (tokens from the TokenRequest API), so Herald
+//!   runs with exactly the RBAC of `config/deploy`;
 //! - `herald-controller` in the segment namespace and one `herald-speaker` per node
 //!   namespace, each supervised like a kubelet would (restart after a delay, speaker Pod
 //!   status follows), logs in the state directory ([`state`]), where a bpf filesystem is
@@ -17,7 +22,7 @@
 //! [`Lab::start_probe`] runs a steady client ([`probe`]) for failover measurements.
 //!
 //! Backends ([`Lab::add_backend`]) are echo servers ([`echo`]) in pod namespaces with
-//! Pod objects, so the API server's EndpointSlices follow them. LoadBalancer addresses
+//! Pod objects, so kube-controller-manager's EndpointSlices follow them. LoadBalancer addresses
 //! for L2 mode come from the segment, e.g. a pool `10.203.0.200/29` + `fd00:203::200/125`.
 //!
 //! # Scenario shape
@@ -42,8 +47,10 @@
 //! ```
 
 pub mod binaries;
+pub mod controlplane;
 pub mod echo;
 pub mod foreground;
+pub mod kubelet;
 mod net;
 pub mod objects;
 pub mod plan;
@@ -53,7 +60,7 @@ pub mod state;
 pub mod supervisor;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
@@ -63,9 +70,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
-use crate::apiserver::{ApiServer, ApiServerConfig, RunningApiServer, ServerError};
-
 pub use binaries::{BIN_DIR_ENV, Binaries};
+pub use controlplane::{CONTROLPLANE_DIR_ENV, ControlPlane, ControlPlaneBinaries, ControlPlaneConfig};
 pub use plan::{LabPlan, NodePlan, PlanError, PodPlan};
 pub use probe::{ProbeConfig, ProbeSample, ProbeSummary, summarize};
 pub use state::{CleanupReport, DEFAULT_STATE_ROOT, StateDir, cleanup};
@@ -181,9 +187,15 @@ pub enum LabError {
         #[source]
         source: kube::Error,
     },
-    /// The API server failed to start or stop.
-    #[error("lab API server")]
-    Server(#[source] ServerError),
+    /// The control plane's binaries are not built (or not where they were looked for).
+    #[error("the lab's Kubernetes control plane is not available: {why}")]
+    ControlPlaneMissing {
+        /// What is missing.
+        why: String,
+    },
+    /// The lab's certificates could not be made.
+    #[error("lab PKI")]
+    Pki(#[source] controlplane::pki::PkiError),
     /// A supervised process is not running right now.
     #[error("{process} is not running")]
     NotRunning {
@@ -206,6 +218,10 @@ pub struct LabConfig {
     pub state_root: PathBuf,
     /// Binaries to run; None finds them with [`Binaries::locate`].
     pub binaries: Option<Binaries>,
+    /// Control-plane binaries; None finds them with [`ControlPlaneBinaries::locate`].
+    pub control_plane: Option<ControlPlaneBinaries>,
+    /// Start herald-controller (false: a lab for tests that run the controller in process).
+    pub start_controller: bool,
     /// Pause before a supervised process that exited is started again.
     pub restart_delay: Duration,
     /// Extra `herald-speaker` flags (e.g. membership timings).
@@ -233,6 +249,8 @@ impl LabConfig {
             nodes: 3,
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             binaries: None,
+            control_plane: None,
+            start_controller: true,
             restart_delay: Duration::from_secs(1),
             speaker_args: Vec::new(),
             controller_args: Vec::new(),
@@ -325,12 +343,12 @@ pub struct LabInfo {
     pub state_dir: PathBuf,
     /// Kubeconfig for the host (kubectl).
     pub kubeconfig: PathBuf,
-    /// Kubeconfig used inside the lab.
-    pub lab_kubeconfig: PathBuf,
     /// API server URL on the host.
     pub api_url: String,
     /// API server URL inside the lab.
     pub lab_api_url: String,
+    /// Control-plane binaries running.
+    pub control_plane: ControlPlaneBinaries,
     /// Namespaces and addresses.
     pub plan: LabPlan,
     /// Binaries running.
@@ -349,8 +367,9 @@ pub struct Lab {
     config: LabConfig,
     state: StateDir,
     binaries: Binaries,
-    api: tokio::sync::Mutex<Option<RunningApiServer>>,
-    api_addr: SocketAddr,
+    control_plane: ControlPlane,
+    /// Renews every Node's Lease, as each node's kubelet would.
+    heartbeats: tokio::task::JoinHandle<()>,
     unix_relay: tokio::task::JoinHandle<()>,
     relay: Supervised,
     controller: Supervised,
@@ -402,6 +421,10 @@ impl Lab {
             Some(b) => b.clone(),
             None => Binaries::locate()?,
         };
+        let control_plane = match &config.control_plane {
+            Some(b) => b.clone(),
+            None => ControlPlaneBinaries::locate()?,
+        };
         let state = StateDir::new(&config.state_root, &plan.prefix);
         if let Some(pid) = state.live_owner() {
             return Err(LabError::AlreadyRunning {
@@ -418,7 +441,7 @@ impl Lab {
             say("removing the leftovers of an earlier lab with this prefix");
             cleanup(&plan.prefix, &config.state_root).await?;
         }
-        match Self::build(config.clone(), plan, binaries, state, &say).await {
+        match Self::build(config.clone(), plan, binaries, control_plane, state, &say).await {
             Ok(lab) => Ok(lab),
             Err(e) => {
                 say("start failed; removing what was built");
@@ -432,6 +455,7 @@ impl Lab {
         config: LabConfig,
         plan: LabPlan,
         binaries: Binaries,
+        control_plane: ControlPlaneBinaries,
         state: StateDir,
         say: &(dyn Fn(&str) + Sync),
     ) -> Result<Lab, LabError> {
@@ -444,22 +468,15 @@ impl Lab {
         ));
         net::build_base(&plan).await?;
 
-        say("starting the lab API server");
-        let api = ApiServer::start(ApiServerConfig {
-            state_file: Some(state.apiserver_state()),
-            ..ApiServerConfig::local()
-        })
-        .await
-        .map_err(LabError::Server)?;
-        let api_addr = api.addr();
-        api.write_kubeconfig(&state.kubeconfig()).map_err(LabError::Server)?;
-        let lab_url = format!("http://{}", plan.api_address());
-        write_file(
-            &state.lab_kubeconfig(),
-            &crate::apiserver::kubeconfig_yaml(&lab_url, None),
-        )?;
-        let client = api.client().await.map_err(LabError::Server)?;
-        let unix_relay = relay::bind_unix_to_tcp(&state.api_socket(), api_addr)
+        let mut control_plane_config = ControlPlaneConfig::new(IpAddr::V4(plan.bridge_v4), control_plane);
+        control_plane_config.restart_delay = config.restart_delay;
+        let control_plane = ControlPlane::start(&state, control_plane_config, say).await?;
+        std::fs::copy(control_plane.admin_kubeconfig(), state.kubeconfig()).map_err(|source| LabError::Io {
+            path: state.kubeconfig(),
+            source,
+        })?;
+        let client = control_plane.client();
+        let unix_relay = relay::bind_unix_to_tcp(&state.api_socket(), control_plane.api_addr())
             .await
             .map_err(|source| LabError::Io {
                 path: state.api_socket(),
@@ -481,42 +498,68 @@ impl Lab {
             pid_file: state.pid("api-relay"),
             restart_delay: config.restart_delay,
         });
+        let lab_url = format!("https://{}", plan.api_address());
         let first_node = &plan.nodes[0];
         say(&format!("checking {lab_url} from {}", first_node.namespace));
-        wait_http_ok(&first_node.namespace, &format!("{lab_url}/healthz"), READY_TIMEOUT).await?;
+        wait_https_ok(
+            &first_node.namespace,
+            &format!("{lab_url}/healthz"),
+            control_plane.ca_file(),
+            READY_TIMEOUT,
+        )
+        .await?;
 
-        say("installing Herald's CRDs, the speaker Secret, Nodes and speaker Pods");
-        objects::install_crds(&client).await?;
+        say("installing config/deploy (namespace, CRDs, RBAC, speaker Secret), Nodes and speaker Pods");
+        objects::install_deploy_manifests(&state, &objects::deploy_dir(), &client).await?;
         objects::install_cluster_objects(&client, &plan.nodes).await?;
+        let heartbeats = tokio::spawn(kubelet::heartbeat(client.clone(), plan.nodes.clone()));
 
-        let herald_env = herald_env(&config, &state);
-        let mut speaker_env = herald_env.clone();
+        say("issuing ServiceAccount tokens for herald-controller and herald-speaker");
+        for account in [objects::CONTROLLER_ACCOUNT, objects::SPEAKER_ACCOUNT] {
+            control_plane
+                .service_account_kubeconfig(
+                    objects::HERALD_NAMESPACE,
+                    account,
+                    &lab_url,
+                    &state.service_account_kubeconfig(account),
+                )
+                .await?;
+        }
+        let controller_env = herald_env(&config, &state.service_account_kubeconfig(objects::CONTROLLER_ACCOUNT));
+        let mut speaker_env = herald_env(&config, &state.service_account_kubeconfig(objects::SPEAKER_ACCOUNT));
         if config.bpf_filesystem {
             match state::mount_bpf(&state) {
                 Ok(path) => speaker_env.push(("HERALD_BPF_PIN_ROOT".into(), path.display().to_string())),
                 Err(e) => say(&format!("warning: no bpf filesystem for the speakers' dataplane: {e}")),
             }
         }
-        say(&format!(
-            "starting herald-controller in {} (metrics on {})",
-            plan.segment_namespace,
-            plan.controller_metrics_address()
-        ));
+        if config.start_controller {
+            say(&format!(
+                "starting herald-controller in {} (metrics on {})",
+                plan.segment_namespace,
+                plan.controller_metrics_address()
+            ));
+        }
         let mut controller_args = vec![
             "--metrics-addr".to_string(),
             plan.controller_metrics_address().to_string(),
         ];
         controller_args.extend(config.controller_args.iter().cloned());
-        let controller = Supervised::start(ProcessSpec {
+        let controller_spec = ProcessSpec {
             name: "controller".into(),
             netns: Some(plan.segment_namespace.clone()),
             program: binaries.controller.clone(),
             args: controller_args,
-            env: herald_env.clone(),
+            env: controller_env,
             log_file: state.log("controller"),
             pid_file: state.pid("controller"),
             restart_delay: config.restart_delay,
-        });
+        };
+        let controller = if config.start_controller {
+            Supervised::start(controller_spec)
+        } else {
+            Supervised::stopped(controller_spec)
+        };
 
         let mut speakers = Vec::new();
         if config.start_speakers {
@@ -540,11 +583,11 @@ impl Lab {
                 pid_file: state.pid(&format!("speaker-{}", node.name)),
                 restart_delay: config.restart_delay,
             };
-            let speaker = Supervised::start(spec);
-            if !config.start_speakers {
-                speaker.stop().await;
-            }
-            speakers.push(speaker);
+            speakers.push(if config.start_speakers {
+                Supervised::start(spec)
+            } else {
+                Supervised::stopped(spec)
+            });
         }
 
         let speaker_status_mirrors = plan
@@ -564,8 +607,8 @@ impl Lab {
             config,
             state,
             binaries,
-            api: tokio::sync::Mutex::new(Some(api)),
-            api_addr,
+            control_plane,
+            heartbeats,
             unix_relay,
             relay,
             controller,
@@ -575,10 +618,12 @@ impl Lab {
             client,
             torn_down: AtomicBool::new(false),
         };
-        say("waiting for herald-controller to report ready");
-        let readyz = format!("http://{}/readyz", lab.plan.controller_metrics_address());
-        if let Err(e) = wait_http_ok(&lab.plan.segment_namespace, &readyz, READY_TIMEOUT).await {
-            say(&format!("warning: {e}; see {}", lab.state.log("controller").display()));
+        if lab.config.start_controller {
+            say("waiting for herald-controller to report ready");
+            let readyz = format!("http://{}/readyz", lab.plan.controller_metrics_address());
+            if let Err(e) = wait_http_ok(&lab.plan.segment_namespace, &readyz, READY_TIMEOUT).await {
+                say(&format!("warning: {e}; see {}", lab.state.log("controller").display()));
+            }
         }
         lab.write_info().await?;
         Ok(lab)
@@ -609,24 +654,33 @@ impl Lab {
         self.state.kubeconfig()
     }
 
-    /// Kubeconfig used inside the lab (bridge address), for processes in lab namespaces.
-    pub fn lab_kubeconfig_path(&self) -> PathBuf {
-        self.state.lab_kubeconfig()
+    /// Kubeconfig of Herald's ServiceAccount `account` (`herald-controller`, `herald-speaker`)
+    /// for use inside the lab (the in-lab API address).
+    pub fn service_account_kubeconfig_path(&self, account: &str) -> PathBuf {
+        self.state.service_account_kubeconfig(account)
     }
 
     /// The API server URL on the host.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api_addr)
+        format!("https://{}", self.control_plane.api_addr())
     }
 
-    /// A kube-rs client (host side); it keeps working across [`Lab::restart_apiserver`].
+    /// An admin kube-rs client (host side); it keeps working across [`Lab::restart_apiserver`].
     pub fn client(&self) -> kube::Client {
         self.client.clone()
     }
 
-    /// Runs `f` with the API server (test hooks such as `expire_watches`); None while it is stopped.
-    pub async fn with_apiserver<R>(&self, f: impl FnOnce(&RunningApiServer) -> R) -> Option<R> {
-        self.api.lock().await.as_ref().map(f)
+    /// A kube-rs client on the host authenticated as Herald's ServiceAccount `account`
+    /// (`herald-controller`, `herald-speaker`): it has exactly the RBAC of `config/deploy`.
+    pub async fn service_account_client(&self, account: &str) -> Result<kube::Client, LabError> {
+        self.control_plane
+            .service_account_client(objects::HERALD_NAMESPACE, account)
+            .await
+    }
+
+    /// The control plane.
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.control_plane
     }
 
     /// The binaries the lab runs.
@@ -890,46 +944,24 @@ impl Lab {
         self.controller.wait_running(READY_TIMEOUT).await
     }
 
-    /// Stops the API server (saving its objects); in-lab clients see refused connections.
+    /// Stops kube-apiserver; in-lab clients see refused connections.
     pub async fn stop_apiserver(&self) {
-        if let Some(api) = self.api.lock().await.take() {
-            api.shutdown().await;
-        }
+        self.control_plane.stop_apiserver().await;
     }
 
-    /// Starts the API server again on the same port with the saved objects.
+    /// Starts kube-apiserver again and waits until it is ready.
     pub async fn start_apiserver(&self) -> Result<(), LabError> {
-        let mut api = self.api.lock().await;
-        if api.is_some() {
-            return Ok(());
-        }
-        // The port may linger for a moment after shutdown; retry briefly.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let started = ApiServer::start(ApiServerConfig {
-                listen: self.api_addr,
-                state_file: Some(self.state.apiserver_state()),
-                ..ApiServerConfig::local()
-            })
-            .await;
-            match started {
-                Ok(server) => {
-                    *api = Some(server);
-                    return Ok(());
-                }
-                Err(ServerError::Bind { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(LabError::Server(e)),
-            }
-        }
+        self.control_plane.start_apiserver().await
     }
 
-    /// Stops the API server and starts it again with the same objects (watches end;
-    /// clients must resume).
+    /// Restarts kube-apiserver (watches end; clients must resume).
     pub async fn restart_apiserver(&self) -> Result<(), LabError> {
-        self.stop_apiserver().await;
-        self.start_apiserver().await
+        self.control_plane.restart_apiserver().await
+    }
+
+    /// Restarts etcd under the running kube-apiserver and waits until the API is ready again.
+    pub async fn restart_etcd(&self) -> Result<(), LabError> {
+        self.control_plane.restart_etcd().await
     }
 
     /// Starts an echo backend `name` behind node `node`: pod namespace, veth, addresses,
@@ -1084,7 +1116,13 @@ impl Lab {
             backends.remove(index)
         };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), objects::BACKEND_NAMESPACE);
-        match pods.delete(name, &Default::default()).await {
+        // The lab is this pod's kubelet and stops its process below: finish the deletion at
+        // once instead of waiting for a kubelet to confirm it.
+        let now = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        match pods.delete(name, &now).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(source) => {
@@ -1104,9 +1142,9 @@ impl Lab {
             prefix: self.plan.prefix.clone(),
             state_dir: self.state.root().to_path_buf(),
             kubeconfig: self.kubeconfig_path(),
-            lab_kubeconfig: self.lab_kubeconfig_path(),
             api_url: self.api_url(),
-            lab_api_url: format!("http://{}", self.plan.api_address()),
+            lab_api_url: format!("https://{}", self.plan.api_address()),
+            control_plane: self.control_plane.config().binaries.clone(),
             plan: self.plan.clone(),
             binaries: self.binaries.clone(),
             controller_pid: self.controller.pid(),
@@ -1127,9 +1165,10 @@ impl Lab {
         for mirror in &self.speaker_status_mirrors {
             mirror.abort();
         }
+        self.heartbeats.abort();
         let Lab {
             config,
-            api,
+            control_plane,
             unix_relay,
             relay,
             controller,
@@ -1143,9 +1182,7 @@ impl Lab {
         let backends = std::mem::take(&mut *backends.lock().await);
         futures::future::join_all(backends.into_iter().map(|b| b.process.shutdown())).await;
         relay.stop().await;
-        if let Some(api) = api.lock().await.take() {
-            api.shutdown().await;
-        }
+        control_plane.stop().await;
         unix_relay.abort();
         cleanup(&config.prefix, &config.state_root).await
     }
@@ -1157,6 +1194,7 @@ impl Drop for Lab {
             return;
         }
         self.unix_relay.abort();
+        self.heartbeats.abort();
         for mirror in &self.speaker_status_mirrors {
             mirror.abort();
         }
@@ -1168,22 +1206,8 @@ impl Drop for Lab {
                 backend.process.kill_now();
             }
         }
+        self.control_plane.kill_now();
         state::cleanup_blocking(&self.config.prefix, &self.config.state_root);
-        // The API server saves its state (debounced, and on shutdown) and would recreate
-        // the state directory just removed: stop it, then remove the directory again.
-        let api = self.api.try_lock().ok().and_then(|mut api| api.take());
-        let state_dir = self.state.root().to_path_buf();
-        match (api, tokio::runtime::Handle::try_current()) {
-            (Some(api), Ok(runtime)) => {
-                runtime.spawn(async move {
-                    api.shutdown().await;
-                    let _ = std::fs::remove_dir_all(&state_dir);
-                });
-            }
-            _ => {
-                let _ = std::fs::remove_dir_all(&state_dir);
-            }
-        }
     }
 }
 
@@ -1217,9 +1241,9 @@ async fn mirror_speaker_pod(client: kube::Client, node: NodePlan, mut pids: toki
     }
 }
 
-fn herald_env(config: &LabConfig, state: &StateDir) -> Vec<(String, String)> {
+fn herald_env(config: &LabConfig, kubeconfig: &Path) -> Vec<(String, String)> {
     let mut env = vec![
-        ("KUBECONFIG".to_string(), state.lab_kubeconfig().display().to_string()),
+        ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
         // Logs go to files: no terminal colour codes in them.
         ("NO_COLOR".to_string(), "1".to_string()),
     ];
@@ -1241,24 +1265,22 @@ fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
 
 /// Polls `url` with curl from inside `ns` until it answers 2xx, for at most `timeout`.
 async fn wait_http_ok(ns: &str, url: &str, timeout: Duration) -> Result<(), LabError> {
+    wait_ok_with(ns, url, &[], timeout).await
+}
+
+/// [`wait_http_ok`] for an https `url` whose certificate `ca` signed.
+async fn wait_https_ok(ns: &str, url: &str, ca: &Path, timeout: Duration) -> Result<(), LabError> {
+    let ca = ca.display().to_string();
+    wait_ok_with(ns, url, &["--cacert", &ca], timeout).await
+}
+
+async fn wait_ok_with(ns: &str, url: &str, extra: &[&str], timeout: Duration) -> Result<(), LabError> {
     let deadline = Instant::now() + timeout;
+    let mut args = vec!["netns", "exec", ns, "curl", "-sf", "-o", "/dev/null", "--max-time", "1"];
+    args.extend_from_slice(extra);
+    args.push(url);
     loop {
-        let out = net::run_unchecked(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "curl",
-                "-sf",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "1",
-                url,
-            ],
-        )
-        .await?;
+        let out = net::run_unchecked("ip", &args).await?;
         if out.status.success() {
             return Ok(());
         }

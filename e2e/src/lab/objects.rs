@@ -1,12 +1,15 @@
 //! The Kubernetes objects a real cluster would have and the lab must write itself: Nodes
 //! (what kubelets register), speaker Pods (what the DaemonSet creates), backend Pods with
-//! their status (what kubelets report), Herald's CRDs and the empty speaker Secret (what
-//! `kubectl apply -k config/` installs). Builders are pure; `install_*` write them.
+//! their status (what kubelets report); and `config/deploy` itself, applied with kubectl
+//! except for its workloads (the lab runs Herald's processes). Builders are pure;
+//! `install_*` write them.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -20,8 +23,12 @@ pub const HERALD_NAMESPACE: &str = "herald-system";
 pub const BACKEND_NAMESPACE: &str = "default";
 /// The speakers' shared Secret, left empty for the controller to fill.
 pub const SPEAKER_SECRET: &str = "herald-speaker-auth";
-/// Field manager of the lab's writes.
-const FIELD_MANAGER: &str = "herald-lab";
+/// herald-controller's ServiceAccount in `config/deploy`.
+pub const CONTROLLER_ACCOUNT: &str = "herald-controller";
+/// herald-speaker's ServiceAccount in `config/deploy`.
+pub const SPEAKER_ACCOUNT: &str = "herald-speaker";
+/// Kinds of `config/deploy` the lab does not apply: it runs Herald's processes itself.
+const WORKLOAD_KINDS: [&str; 2] = ["Deployment", "DaemonSet"];
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -152,17 +159,6 @@ pub fn backend_pod_object(pod: &PodPlan, node: &NodePlan, labels: &BTreeMap<Stri
     }))
 }
 
-/// The empty speaker Secret of `config/deploy/speaker-auth-secret.yaml`.
-pub fn speaker_secret_object() -> Secret {
-    typed(json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": SPEAKER_SECRET, "namespace": HERALD_NAMESPACE,
-            "labels": {"app.kubernetes.io/name": "herald"}},
-        "type": "Opaque",
-    }))
-}
-
 /// Creates an object unless it exists (a restored API server state already has it).
 async fn create_if_absent<K>(api: &Api<K>, object: &K) -> Result<(), LabError>
 where
@@ -178,28 +174,111 @@ where
     }
 }
 
-/// Installs Herald's CRDs (server-side apply, so a restored state is simply updated).
-pub async fn install_crds(client: &kube::Client) -> Result<(), LabError> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in herald_config::crds::all() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
-            .await
-            .map_err(|source| LabError::Api {
-                what: format!("applying CRD {name}"),
-                source,
-            })?;
+/// `config/deploy` of this source tree.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/deploy")
+}
+
+/// The documents of a multi-document YAML stream except the workloads ([`WORKLOAD_KINDS`]).
+pub fn without_workloads(stream: &str) -> Result<String, serde_yaml::Error> {
+    use serde::Deserialize;
+    let mut kept = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(stream) {
+        let value = serde_yaml::Value::deserialize(document)?;
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        if value.is_null() || WORKLOAD_KINDS.contains(&kind) {
+            continue;
+        }
+        kept.push(serde_yaml::to_string(&value)?);
+    }
+    Ok(kept.join("---\n"))
+}
+
+/// Applies `config/deploy` (rendered with `kubectl kustomize`) without its workloads, then
+/// waits until Herald's CRDs are established and the ServiceAccounts exist.
+pub async fn install_deploy_manifests(state: &super::StateDir, deploy: &Path, client: &kube::Client) -> Result<(), LabError> {
+    let home = state.root().join("kubectl-home");
+    let kubectl = |args: &[&str], input: Option<String>| {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.args(args)
+            .env("KUBECONFIG", state.kubeconfig())
+            .env("HOME", &home)
+            .env("KUBECACHEDIR", home.join("cache"))
+            .kill_on_drop(true);
+        run_with_input(cmd, input)
+    };
+    let deploy_arg = deploy.display().to_string();
+    let rendered = kubectl(&["kustomize", &deploy_arg], None).await?;
+    let manifests = without_workloads(&rendered).map_err(|e| LabError::Command {
+        command: format!("kubectl kustomize {deploy_arg}"),
+        status: None,
+        stderr: format!("output is not YAML: {e}"),
+    })?;
+    kubectl(&["apply", "-f", "-"], Some(manifests)).await?;
+    let crds: Vec<String> = herald_config::crds::all()
+        .into_iter()
+        .filter_map(|(_, crd)| crd.metadata.name)
+        .map(|name| format!("crd/{name}"))
+        .collect();
+    let mut wait = vec!["wait", "--for=condition=Established", "--timeout=30s"];
+    wait.extend(crds.iter().map(String::as_str));
+    kubectl(&wait, None).await?;
+    // Pods need their namespace's `default` ServiceAccount, which kube-controller-manager creates.
+    for (namespace, account) in [(HERALD_NAMESPACE, "default"), (BACKEND_NAMESPACE, "default")] {
+        wait_service_account(client, namespace, account).await?;
     }
     Ok(())
 }
 
-/// Creates the empty speaker Secret, the Nodes and the speaker Pods (Running, Ready).
+/// Waits (at most 30 s) until ServiceAccount `namespace/name` exists.
+async fn wait_service_account(client: &kube::Client, namespace: &str, name: &str) -> Result<(), LabError> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(_)) = api.get_opt(name).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Timeout {
+                what: format!("ServiceAccount {namespace}/{name}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `cmd` (at most 60 s) with `input` on stdin; its stdout, or an error with its stderr.
+async fn run_with_input(mut cmd: tokio::process::Command, input: Option<String>) -> Result<String, LabError> {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    let line = format!("{cmd:?}");
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let spawn_error = |source| LabError::Spawn {
+        program: "kubectl".into(),
+        source,
+    };
+    let mut child = cmd.spawn().map_err(spawn_error)?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes()).await.map_err(spawn_error)?;
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .map_err(|_| LabError::Timeout { what: line.clone() })?
+        .map_err(spawn_error)?;
+    if !output.status.success() {
+        return Err(LabError::Command {
+            command: line,
+            status: output.status.code(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Creates the Nodes and the speaker Pods (Running, Ready).
 pub async fn install_cluster_objects(client: &kube::Client, nodes: &[NodePlan]) -> Result<(), LabError> {
-    create_if_absent(
-        &Api::namespaced(client.clone(), HERALD_NAMESPACE),
-        &speaker_secret_object(),
-    )
-    .await?;
     let node_api: Api<Node> = Api::all(client.clone());
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), HERALD_NAMESPACE);
     for node in nodes {
@@ -237,6 +316,18 @@ pub async fn create_backend_pod(client: &kube::Client, pod: &Pod) -> Result<(), 
 mod tests {
     use super::*;
     use crate::lab::plan::LabPlan;
+
+    #[test]
+    fn workloads_are_left_out_of_the_deploy_manifests() {
+        let stream = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\
+            apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: b}\n---\n\
+            apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: c}\n---\n\
+            apiVersion: v1\nkind: Secret\nmetadata: {name: d}\n";
+        let kept = without_workloads(stream).unwrap();
+        assert!(kept.contains("Namespace") && kept.contains("Secret"), "{kept}");
+        assert!(!kept.contains("DaemonSet") && !kept.contains("Deployment"), "{kept}");
+        assert_eq!(kept.matches("---").count(), 1, "{kept}");
+    }
 
     #[test]
     fn node_has_both_internal_ips_and_is_ready() {

@@ -1,4 +1,4 @@
-//! Makes the lab API server (listening on 127.0.0.1 in the root namespace, for kubectl)
+//! Makes kube-apiserver (listening on 127.0.0.1 in the root namespace, for kubectl)
 //! reachable from inside the lab at the bridge address, without unsafe code.
 //!
 //! A Unix socket path belongs to no network namespace, so it can cross them: the lab

@@ -1,9 +1,9 @@
 //! The lab's state directory (`/run/herald-lab/<prefix>/` by default) and the cleanup
 //! that works from it alone, so `herald-lab down` also clears up after a lab that crashed.
 //!
-//! Layout: `kubeconfig` (host, 127.0.0.1), `kubeconfig.lab` (inside the lab, bridge
-//! address), `apiserver.json` (API server objects across restarts), `api.sock` (relay
-//! socket), `lab.pid` (pid and executable of the process that owns the lab), `lab.json`
+//! Layout: `kubeconfig` (admin, host, 127.0.0.1), `kubeconfig.<account>` (Herald's
+//! ServiceAccounts, inside the lab, bridge address), `controlplane/` (PKI, etcd data,
+//! component kubeconfigs), `api.sock` (relay socket), `lab.pid` (pid and executable of the process that owns the lab), `lab.json`
 //! (what `up` built), `logs/<process>.log`, `pids/<process>.pid`, `bpf/` (a bpf
 //! filesystem mounted for the speakers' pins: `ip netns exec` gives each process a fresh
 //! `/sys`, so `/sys/fs/bpf` is no bpf filesystem there).
@@ -40,13 +40,9 @@ impl StateDir {
     pub fn kubeconfig(&self) -> PathBuf {
         self.root.join("kubeconfig")
     }
-    /// In-lab kubeconfig (bridge address).
-    pub fn lab_kubeconfig(&self) -> PathBuf {
-        self.root.join("kubeconfig.lab")
-    }
-    /// API server state file.
-    pub fn apiserver_state(&self) -> PathBuf {
-        self.root.join("apiserver.json")
+    /// In-lab kubeconfig (bridge address) of Herald's ServiceAccount `account`.
+    pub fn service_account_kubeconfig(&self, account: &str) -> PathBuf {
+        self.root.join(format!("kubeconfig.{account}"))
     }
     /// Unix socket of the API relay.
     pub fn api_socket(&self) -> PathBuf {

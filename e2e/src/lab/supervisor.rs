@@ -112,9 +112,18 @@ pub struct Supervised {
 impl Supervised {
     /// Starts supervising (the first start happens at once).
     pub fn start(spec: ProcessSpec) -> Self {
+        Self::supervise(spec, true)
+    }
+
+    /// Supervises a process that stays stopped until [`Supervised::resume`].
+    pub fn stopped(spec: ProcessSpec) -> Self {
+        Self::supervise(spec, false)
+    }
+
+    fn supervise(spec: ProcessSpec, running: bool) -> Self {
         let shared = Arc::new(Shared {
             spec,
-            wanted: watch::channel(true).0,
+            wanted: watch::channel(running).0,
             pid: watch::channel(None).0,
             starts: AtomicU32::new(0),
         });
