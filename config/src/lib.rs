@@ -9,6 +9,8 @@
 //! - [`annotations`]: the Service annotations Herald reads and writes.
 //! - [`service`]: which Services Herald handles, and their current addresses.
 //! - [`validation`]: rules over pools and advertisements, alone and as a set.
+//! - [`last_valid`]: what is in use when an object that was valid is edited into an invalid
+//!   spec (its last valid spec), shared by the controller and the speaker.
 //! - [`check`]: a set of manifests judged as Herald will judge them once applied.
 //! - [`crds`]: the CustomResourceDefinitions as committed in `config/crd/`.
 //! - [`yaml`]: the one place YAML is read and written.
@@ -20,6 +22,7 @@ pub mod annotations;
 pub mod check;
 pub mod crds;
 pub mod l2status;
+pub mod last_valid;
 pub mod pool;
 pub mod selector;
 pub mod service;

@@ -3,16 +3,19 @@
 //! Each rule yields one error variant whose message tells the user what is wrong and where. A
 //! pool is judged alone first ([`validate_pool`]) and then against the pools accepted before it
 //! ([`validate_pools`]): when two pools overlap, the newer one is refused, so adding a bad pool
-//! never takes addresses away from one that already works.
+//! never takes addresses away from one that already works. What happens to a pool that was
+//! valid and is edited into an invalid spec (its last valid spec stays in use) is
+//! [`crate::last_valid`]'s part.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::ResourceExt;
+use k8s_openapi::jiff::Timestamp;
 use thiserror::Error;
 
 use crate::address::{AddressError, IpRange, parse_address_entry};
 use crate::advertisement::L2AdvertisementSpec;
+use crate::last_valid::{LastValid, Verdict, judge_pools};
 use crate::pool::{IPAddressPool, IPAddressPoolSpec};
 use crate::selector::{self, SelectorError};
 
@@ -154,38 +157,21 @@ pub fn validate_pool(name: &str, spec: &IPAddressPoolSpec) -> Result<Vec<IpRange
 
 /// Checks a set of pools: each alone, then against the pools accepted before it. Pools are taken
 /// oldest first (by `creationTimestamp`, then name), so the newer of two overlapping pools is the
-/// one refused. Returns every pool's verdict by name.
+/// one refused. Returns every pool's verdict by name. This is [`judge_pools`] with no memory of
+/// earlier valid specs: the controller and the speaker call that, keeping the memory.
 pub fn validate_pools(pools: &[IPAddressPool]) -> BTreeMap<String, Result<Vec<IpRange>, PoolError>> {
-    let mut ordered: Vec<&IPAddressPool> = pools.iter().collect();
-    ordered.sort_by(|a, b| {
-        let key = |p: &IPAddressPool| (p.metadata.creation_timestamp.as_ref().map(|t| t.0), p.name_any());
-        key(a).cmp(&key(b))
-    });
-    let mut accepted: Vec<(String, String, IpRange)> = Vec::new();
-    let mut verdicts = BTreeMap::new();
-    for pool in ordered {
-        let name = pool.name_any();
-        let verdict = validate_pool(&name, &pool.spec).and_then(|ranges| {
-            for (index, range) in ranges.iter().enumerate() {
-                if let Some((other_pool, other_entry, _)) = accepted.iter().find(|(_, _, r)| r.overlaps(range)) {
-                    return Err(PoolError::OverlapsPool {
-                        index,
-                        entry: pool.spec.addresses[index].clone(),
-                        other_pool: other_pool.clone(),
-                        other_entry: other_entry.clone(),
-                    });
-                }
-            }
-            Ok(ranges)
-        });
-        if let Ok(ranges) = &verdict {
-            for (entry, range) in pool.spec.addresses.iter().zip(ranges) {
-                accepted.push((name.clone(), entry.clone(), *range));
-            }
-        }
-        verdicts.insert(name, verdict);
-    }
-    verdicts
+    let set = judge_pools(pools, &mut LastValid::new(), Timestamp::UNIX_EPOCH);
+    let mut ranges: BTreeMap<String, Vec<IpRange>> = set.in_use.into_iter().map(|p| (p.name, p.ranges)).collect();
+    set.verdicts
+        .into_iter()
+        .map(|(name, verdict)| {
+            let result = match verdict {
+                Verdict::Valid => Ok(ranges.remove(&name).unwrap_or_default()),
+                Verdict::Stale { error, .. } | Verdict::Refused { error } => Err(error),
+            };
+            (name, result)
+        })
+        .collect()
 }
 
 /// Checks one `L2Advertisement`.

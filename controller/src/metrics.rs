@@ -44,6 +44,9 @@ pub struct PoolStateLabels {
 #[allow(non_camel_case_types)]
 pub enum PoolState {
     valid,
+    /// Invalid, serving from its last valid spec.
+    stale,
+    /// Invalid and not used.
     invalid,
 }
 
@@ -86,7 +89,11 @@ impl Default for Metrics {
             "LoadBalancer Services that currently cannot get an address",
             services_pending.clone(),
         );
-        registry.register("controller_pools", "IPAddressPools by validity", pools.clone());
+        registry.register(
+            "controller_pools",
+            "IPAddressPools by state: valid, stale (invalid, serving from its last valid spec) or invalid (not used)",
+            pools.clone(),
+        );
         Metrics {
             registry,
             addresses_in_use,

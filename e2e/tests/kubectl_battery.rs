@@ -117,16 +117,33 @@ async fn kubectl_works_on_herald_objects_against_the_real_api_server() {
     // Printer columns and short names; wait on the condition the controller sets.
     ok(
         &lab,
-        &["wait", "-n", "herald-system", "--for=condition=Ready", "ippool/lab", "--timeout=30s"],
+        &[
+            "wait",
+            "-n",
+            "herald-system",
+            "--for=condition=Ready",
+            "ippool/lab",
+            "--timeout=30s",
+        ],
     )
     .await;
     let table = ok(&lab, &["get", "ippool", "-n", "herald-system"]).await;
-    for column in ["NAME", "ADDRESSES", "AUTO ASSIGN", "READY", "ASSIGNED V4", "AVAILABLE V4"] {
+    for column in [
+        "NAME",
+        "ADDRESSES",
+        "AUTO ASSIGN",
+        "READY",
+        "ASSIGNED V4",
+        "AVAILABLE V4",
+    ] {
         assert!(table.contains(column), "{column} missing:\n{table}");
     }
     assert!(table.contains("True"), "{table}");
     let wide = ok(&lab, &["get", "ipaddresspools", "-n", "herald-system", "-o", "wide"]).await;
-    assert!(wide.contains("ASSIGNED V6"), "-o wide shows the priority-1 columns:\n{wide}");
+    assert!(
+        wide.contains("ASSIGNED V6"),
+        "-o wide shows the priority-1 columns:\n{wide}"
+    );
     let yaml = ok(&lab, &["get", "ippool", "lab", "-n", "herald-system", "-o", "yaml"]).await;
     assert!(yaml.contains("availableIPv4: 8"), "{yaml}");
     let adv = ok(&lab, &["get", "l2adv", "-n", "herald-system"]).await;
@@ -137,10 +154,24 @@ async fn kubectl_works_on_herald_objects_against_the_real_api_server() {
     ok(&lab, &["annotate", "ippool", "lab", "-n", "herald-system", "owner=lab"]).await;
     ok(
         &lab,
-        &["patch", "ippool", "lab", "-n", "herald-system", "--type", "merge", "-p", r#"{"spec":{"avoidBuggyIPs":true}}"#],
+        &[
+            "patch",
+            "ippool",
+            "lab",
+            "-n",
+            "herald-system",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"avoidBuggyIPs":true}}"#,
+        ],
     )
     .await;
-    let labelled = ok(&lab, &["get", "ippool", "-n", "herald-system", "-l", "team=net", "-o", "name"]).await;
+    let labelled = ok(
+        &lab,
+        &["get", "ippool", "-n", "herald-system", "-l", "team=net", "-o", "name"],
+    )
+    .await;
     assert_eq!(labelled.trim(), "ipaddresspool.herald.io/lab");
     let described = ok(&lab, &["describe", "ippool", "lab", "-n", "herald-system"]).await;
     for line in ["team=net", "owner: lab", "Avoid Buggy", "Conditions:"] {
@@ -148,6 +179,8 @@ async fn kubectl_works_on_herald_objects_against_the_real_api_server() {
     }
 
     // A Service gets its address; wait on it, see the Events and who announces it.
+    let web = std::collections::BTreeMap::from([("app".to_string(), "web".to_string())]);
+    lab.add_backend(1, "web-a", web).await.expect("backend web-a");
     let (applied, out, err) = kubectl(&lab, &["apply", "-f", "-"], Some(SERVICE)).await;
     assert!(applied, "{out}{err}");
     ok(
@@ -180,7 +213,13 @@ async fn kubectl_works_on_herald_objects_against_the_real_api_server() {
         (speaker, "create", "servicel2statuses.herald.io", "herald-system", true),
         (speaker, "patch", "services/status", "default", false),
         (controller, "patch", "services/status", "default", true),
-        (controller, "create", "servicel2statuses.herald.io", "herald-system", false),
+        (
+            controller,
+            "create",
+            "servicel2statuses.herald.io",
+            "herald-system",
+            false,
+        ),
         (controller, "delete", "services", "default", false),
     ] {
         let (_, answer, _) = kubectl(&lab, &["auth", "can-i", who, verb, resource, "-n", namespace], None).await;
@@ -192,7 +231,15 @@ async fn kubectl_works_on_herald_objects_against_the_real_api_server() {
     ok(&lab, &["delete", "service", "web", "--wait=true", "--timeout=30s"]).await;
     until_contains(
         &lab,
-        &["get", "ippool", "lab", "-n", "herald-system", "-o", "jsonpath={.status.assignedIPv4}"],
+        &[
+            "get",
+            "ippool",
+            "lab",
+            "-n",
+            "herald-system",
+            "-o",
+            "jsonpath={.status.assignedIPv4}",
+        ],
         "0",
     )
     .await;

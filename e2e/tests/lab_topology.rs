@@ -335,7 +335,10 @@ async fn lab_topology_api_controller_and_supervision() {
     );
     let version: serde_json::Value =
         serde_json::from_str(&kubectl(&lab, &["version", "-o", "json"]).await).expect("kubectl version JSON");
-    let server_version = version["serverVersion"]["gitVersion"].as_str().unwrap_or_default().to_string();
+    let server_version = version["serverVersion"]["gitVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         server_version.starts_with("v1.") && !server_version.contains("master") && server_version != "v0.0.0",
         "kubectl version shows the real, stamped server version: {server_version:?}"
@@ -345,7 +348,10 @@ async fn lab_topology_api_controller_and_supervision() {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     for node in &plan.nodes {
         let lease = leases.get(&node.name).await.expect("node lease exists");
-        assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some(node.name.as_str()));
+        assert_eq!(
+            lease.spec.and_then(|s| s.holder_identity).as_deref(),
+            Some(node.name.as_str())
+        );
         let object = nodes.get(&node.name).await.expect("node exists");
         let taints = object.spec.and_then(|s| s.taints).unwrap_or_default();
         assert!(taints.is_empty(), "{} is tainted: {taints:?}", node.name);
@@ -465,7 +471,11 @@ async fn lab_topology_api_controller_and_supervision() {
     let mut pids: Vec<u32> = (1..=3).filter_map(|n| lab.speaker_pid(n).unwrap()).collect();
     pids.extend(lab.controller_pid());
     let control_plane: Vec<u32> = lab.control_plane().pids().into_iter().filter_map(|(_, p)| p).collect();
-    assert_eq!(control_plane.len(), 4, "etcd, kube-apiserver, kube-controller-manager, kube-scheduler");
+    assert_eq!(
+        control_plane.len(),
+        4,
+        "etcd, kube-apiserver, kube-controller-manager, kube-scheduler"
+    );
     pids.extend(control_plane);
     for ns in [a.namespace.as_str(), b.namespace.as_str()] {
         let out = tokio::process::Command::new("ip")
@@ -479,7 +489,10 @@ async fn lab_topology_api_controller_and_supervision() {
                 .filter_map(|p| p.parse::<u32>().ok()),
         );
     }
-    assert!(pids.len() >= 10, "speakers, controller, control plane and two echo servers: {pids:?}");
+    assert!(
+        pids.len() >= 10,
+        "speakers, controller, control plane and two echo servers: {pids:?}"
+    );
     let state_dir = lab.state_dir().to_path_buf();
     let report = lab.down().await.expect("down");
     assert_eq!(report.namespaces.len(), 5 + 2, "{report:?}");

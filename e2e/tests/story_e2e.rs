@@ -386,8 +386,16 @@ async fn s7_controller_apiserver_and_etcd_restarts_change_nothing() {
             "no request failed while {component} restarted ({} sent)",
             samples.len()
         );
-        assert_eq!(ips_of(&lab, "web").await, [ip], "no IP moved across the {component} restart");
-        assert_eq!(owners_of(&lab, "web").await, owners, "the owner stayed across the {component} restart");
+        assert_eq!(
+            ips_of(&lab, "web").await,
+            [ip],
+            "no IP moved across the {component} restart"
+        );
+        assert_eq!(
+            owners_of(&lab, "web").await,
+            owners,
+            "the owner stayed across the {component} restart"
+        );
     }
     // The controller's watches resumed: a Service created after both restarts gets an address.
     lab.kubectl_apply(

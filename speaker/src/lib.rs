@@ -4,7 +4,8 @@
 //! # Layout
 //! One module per concept; decisions are pure functions, I/O sits at the edges behind traits.
 //! - [`run`]: the process: watches → [`plan`] → announcer, membership, [`status`].
-//! - [`cluster`]: Kubernetes watches and the facts election needs from them.
+//! - [`cluster`]: Kubernetes watches, the pools and advertisements in use (an invalid edit keeps
+//!   the last valid spec) and the facts election needs from them.
 //! - [`election`]: eligibility and rendezvous owner per IP (pure).
 //! - [`membership`]: SWIM-style failure detection between speakers over gRPC.
 //! - [`announcer`]: ARP/NDP answers and gratuitous announcements.

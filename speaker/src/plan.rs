@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use herald_config::{IPAddressPool, L2Advertisement};
+use herald_config::L2AdvertisementSpec;
+use herald_config::last_valid::PoolInUse;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -25,8 +26,10 @@ pub struct Inputs<'a> {
     pub nodes: &'a [&'a Node],
     pub services: &'a [&'a Service],
     pub endpoint_slices: &'a [&'a EndpointSlice],
-    pub pools: &'a [IPAddressPool],
-    pub advertisements: &'a [&'a L2Advertisement],
+    /// Pools and advertisements in use ([`crate::cluster::in_use`]): an object edited into an
+    /// invalid spec is here with its last valid spec, one never valid is not.
+    pub pools: &'a [PoolInUse],
+    pub advertisements: &'a [L2AdvertisementSpec],
     pub view: &'a MembershipView,
     pub local_health: &'a NodeHealth,
     /// This speaker forwards with the eBPF dataplane, so owners must have theirs running.
@@ -89,11 +92,10 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
         inputs.pools,
         inputs.lb_class,
     );
-    let advertisements: Vec<_> = inputs.advertisements.iter().map(|a| a.spec.clone()).collect();
     let outcome: BTreeMap<IpAddr, UnitEligibility> = eligibility(
         &units,
         &node_facts,
-        &advertisements,
+        inputs.advertisements,
         EligibilityOptions {
             require_dataplane: inputs.require_dataplane,
         },
@@ -179,9 +181,12 @@ pub fn owner_changes(before: &BTreeMap<IpAddr, Ownership>, after: &Plan) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::in_use::ConfigMemory;
     use crate::membership::{MemberInfo, MemberState};
-    use herald_config::IPAddressPoolSpec;
+    use herald_config::{IPAddressPool, IPAddressPoolSpec, L2Advertisement};
+    use k8s_openapi::jiff::Timestamp;
     use serde_json::json;
+    use std::cell::RefCell;
 
     fn node(name: &str, ip: &str) -> Node {
         serde_json::from_value(json!({"metadata": {"name": name},
@@ -241,6 +246,8 @@ mod tests {
         slices: Vec<EndpointSlice>,
         pools: Vec<IPAddressPool>,
         advertisements: Vec<L2Advertisement>,
+        /// What the speaker remembers between passes (shared by every node's plan here).
+        memory: RefCell<ConfigMemory>,
     }
 
     impl World {
@@ -263,6 +270,7 @@ mod tests {
                     },
                 )],
                 advertisements: vec![L2Advertisement::new("all", Default::default())],
+                memory: RefCell::default(),
             }
         }
 
@@ -272,6 +280,11 @@ mod tests {
                 dataplane_ready: false,
                 interfaces: ["eth0".to_string()].into(),
             };
+            let in_use = self.memory.borrow_mut().judge(
+                &self.pools,
+                &self.advertisements,
+                Timestamp::from_second(1_000).unwrap(),
+            );
             plan(&Inputs {
                 node: me,
                 lb_class: "herald.io/l2",
@@ -279,8 +292,8 @@ mod tests {
                 nodes: &self.nodes.iter().collect::<Vec<_>>(),
                 services: &self.services.iter().collect::<Vec<_>>(),
                 endpoint_slices: &self.slices.iter().collect::<Vec<_>>(),
-                pools: &self.pools,
-                advertisements: &self.advertisements.iter().collect::<Vec<_>>(),
+                pools: &in_use.pools,
+                advertisements: &in_use.advertisements,
                 view,
                 local_health: &health,
                 require_dataplane: false,
@@ -365,5 +378,71 @@ mod tests {
         let empty = World::new("Cluster", &[]);
         let p = empty.plan_for("n1", &all_alive);
         assert!(p.ownership.is_empty() && p.owned.is_empty());
+    }
+
+    fn all_alive() -> MembershipView {
+        view(&[
+            ("n1", MemberState::Alive),
+            ("n2", MemberState::Alive),
+            ("n3", MemberState::Alive),
+        ])
+    }
+
+    #[test]
+    fn a_pool_edited_into_an_invalid_spec_stays_announced() {
+        let mut world = World::new("Cluster", &["n1"]);
+        let before = world.plan_for("n1", &all_alive()).ownership;
+        assert!(before.contains_key(&ip()));
+
+        world.pools[0].spec.addresses = vec!["10.80.0.0/244".into()];
+        let after = world.plan_for("n1", &all_alive());
+        assert_eq!(after.ownership, before, "the last valid spec keeps the IP announced");
+
+        // Deleting the pool is what stops the announcement.
+        world.pools.clear();
+        assert!(world.plan_for("n1", &all_alive()).ownership.is_empty());
+        // A pool that was never valid announces nothing.
+        world.pools = vec![IPAddressPool::new(
+            "p",
+            IPAddressPoolSpec {
+                addresses: vec!["10.80.0.0/244".into()],
+                auto_assign: true,
+                avoid_buggy_ips: false,
+                service_allocation: None,
+            },
+        )];
+        assert!(world.plan_for("n1", &all_alive()).ownership.is_empty());
+    }
+
+    #[test]
+    fn an_advertisement_edited_into_an_invalid_spec_keeps_its_last_valid_spec() {
+        let mut world = World::new("Cluster", &["n1"]);
+        let only_n2: herald_config::L2AdvertisementSpec =
+            serde_json::from_value(json!({"nodeSelectors": [{"matchLabels": {"kubernetes.io/hostname": "n2"}}]}))
+                .unwrap();
+        for node in &mut world.nodes {
+            let name = node.metadata.name.clone().unwrap();
+            node.metadata.labels = Some([("kubernetes.io/hostname".to_string(), name)].into());
+        }
+        world.advertisements = vec![L2Advertisement::new("edge", only_n2)];
+        assert_eq!(world.plan_for("n1", &all_alive()).ownership[&ip()].owner, "n2");
+
+        // An invalid edit (a repeated interface) that would also move the announcement to n3
+        // if it were used: the last valid spec stays, n2 keeps announcing.
+        world.advertisements[0].spec = serde_json::from_value(json!({
+            "nodeSelectors": [{"matchLabels": {"kubernetes.io/hostname": "n3"}}],
+            "interfaces": ["eth0", "eth0"]
+        }))
+        .unwrap();
+        assert_eq!(world.plan_for("n1", &all_alive()).ownership[&ip()].owner, "n2");
+
+        // An advertisement that was never valid is not used (this one would select every node).
+        world.advertisements.push(L2Advertisement::new(
+            "broken",
+            serde_json::from_value(json!({"interfaces": ["eth0", "eth0"]})).unwrap(),
+        ));
+        assert_eq!(world.plan_for("n1", &all_alive()).ownership[&ip()].owner, "n2");
+        world.advertisements.remove(0);
+        assert!(world.plan_for("n1", &all_alive()).ownership.is_empty());
     }
 }

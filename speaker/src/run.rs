@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use herald_config::IPAddressPool;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::{Api, Client};
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, InterfacePolicy};
 use crate::cluster::Cluster;
+use crate::cluster::in_use::ConfigMemory;
 use crate::config::{Config, DataplaneMode};
 use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::election::Ownership;
@@ -141,6 +141,7 @@ pub async fn run_with_client(
     let mut interfaces_rx = announcer.watch_usable_interfaces();
     let mut ownership: BTreeMap<IpAddr, Ownership> = BTreeMap::new();
     let mut dataplane_sync = DataplaneSync::default();
+    let mut config_memory = ConfigMemory::new();
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
         let announcer_status = announcer.status();
@@ -160,8 +161,13 @@ pub async fn run_with_client(
         let nodes = cluster.nodes.state();
         let services = cluster.services.state();
         let slices = cluster.endpoint_slices.state();
-        let pools: Vec<IPAddressPool> = cluster.pools.state().iter().map(|p| (**p).clone()).collect();
+        let pools = cluster.pools.state();
         let advertisements = cluster.advertisements.state();
+        let in_use = config_memory.judge(
+            pools.iter().map(|p| &**p),
+            advertisements.iter().map(|a| &**a),
+            k8s_openapi::jiff::Timestamp::now(),
+        );
         let next: Plan = plan(&Inputs {
             node: &node,
             lb_class: &config.lb_class,
@@ -169,8 +175,8 @@ pub async fn run_with_client(
             nodes: &nodes.iter().map(|n| &**n).collect::<Vec<_>>(),
             services: &services.iter().map(|s| &**s).collect::<Vec<_>>(),
             endpoint_slices: &slices.iter().map(|s| &**s).collect::<Vec<_>>(),
-            pools: &pools,
-            advertisements: &advertisements.iter().map(|a| &**a).collect::<Vec<_>>(),
+            pools: &in_use.pools,
+            advertisements: &in_use.advertisements,
             view: &view,
             local_health: &local_health,
             require_dataplane: true,

@@ -1,5 +1,7 @@
 //! Reports what this node announces: one `ServiceL2Status` per announced Service (removed when
 //! the node stops announcing it) and a `nodeAssigned` Event on the Service when it starts.
+//! It also removes what other nodes cannot clean up any more ([`is_stale`]): their objects for
+//! IPs this node took over, and their objects that list no IPs at all.
 //!
 //! Runs beside the election loop and never blocks it: the loop publishes the desired state on
 //! a watch channel; this task converges the API towards it and retries while the API is away.
@@ -11,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use herald_config::{ServiceL2Status, ServiceL2StatusStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -124,7 +127,7 @@ async fn converge(
         }
     }
     for object in existing.iter() {
-        let stale = is_stale(object, node, want);
+        let stale = is_stale(object, node, want, Timestamp::now());
         if stale {
             match api.delete(&object.name_any(), &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -139,11 +142,18 @@ async fn converge(
     ok
 }
 
+/// How long another node's `ServiceL2Status` may list no IPs before it counts as stale: a
+/// speaker creates its object and then writes the status, so a fresh one lists nothing for a
+/// moment.
+pub const EMPTY_GRACE: SignedDuration = SignedDuration::from_secs(30);
+
 /// Whether an existing `ServiceL2Status` should go: ours but the Service is no longer announced
-/// here; or another node's whose every IP this node announces now (that node lost them, maybe
-/// by dying, and cannot clean up). Election is per IP, so two nodes may each announce one IP of
-/// a dual-stack Service: both objects stay.
-pub fn is_stale(object: &ServiceL2Status, node: &str, want: &AnnouncedServices) -> bool {
+/// here; another node's whose every IP this node announces now (that node lost them, maybe by
+/// dying, and cannot clean up); or another node's that lists no IPs at all (it announces
+/// nothing, so it says nothing true; its node died before writing it) once it is older than
+/// [`EMPTY_GRACE`]. Election is per IP, so two nodes may each announce one IP of a dual-stack
+/// Service: both objects stay.
+pub fn is_stale(object: &ServiceL2Status, node: &str, want: &AnnouncedServices, now: Timestamp) -> bool {
     let labels = object.labels();
     let key = (
         labels.get(SERVICE_NAMESPACE_LABEL).cloned().unwrap_or_default(),
@@ -152,8 +162,15 @@ pub fn is_stale(object: &ServiceL2Status, node: &str, want: &AnnouncedServices) 
     if labels.get(NODE_LABEL).map(String::as_str) == Some(node) {
         return !want.contains_key(&key);
     }
+    let theirs = object.status.as_ref().map(|s| s.ips.as_slice()).unwrap_or_default();
+    if theirs.is_empty() {
+        return object
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_none_or(|created| now.duration_since(created.0) >= EMPTY_GRACE);
+    }
     want.get(&key).is_some_and(|announced| {
-        let theirs = object.status.as_ref().map(|s| s.ips.as_slice()).unwrap_or_default();
         theirs
             .iter()
             .all(|ip| announced.ips.iter().any(|mine| mine.to_string() == *ip))
@@ -199,6 +216,7 @@ fn field_manager() -> PatchParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn object(node: &str, ips: &[&str]) -> ServiceL2Status {
         let mut o = ServiceL2Status::new(&status_name("default", "web", node), Default::default());
@@ -227,21 +245,43 @@ mod tests {
         )])
     }
 
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_000_000).unwrap()
+    }
+
     #[test]
     fn stale_objects_are_ours_unannounced_or_others_fully_taken_over() {
         let nothing = AnnouncedServices::new();
-        assert!(is_stale(&object("n1", &["10.0.0.1"]), "n1", &nothing));
-        assert!(!is_stale(
-            &object("n1", &["10.0.0.1"]),
-            "n1",
-            &announcing(&["10.0.0.1"])
-        ));
+        let stale = |o: &ServiceL2Status, want: &AnnouncedServices| is_stale(o, "n1", want, now());
+        assert!(stale(&object("n1", &["10.0.0.1"]), &nothing));
+        assert!(!stale(&object("n1", &["10.0.0.1"]), &announcing(&["10.0.0.1"])));
         // n2 announced 10.0.0.1, n1 took it over: n2's object goes.
-        assert!(is_stale(&object("n2", &["10.0.0.1"]), "n1", &announcing(&["10.0.0.1"])));
+        assert!(stale(&object("n2", &["10.0.0.1"]), &announcing(&["10.0.0.1"])));
         // Dual stack split across nodes: n2 keeps its IPv6 object while n1 announces IPv4.
-        assert!(!is_stale(&object("n2", &["fd00::1"]), "n1", &announcing(&["10.0.0.1"])));
+        assert!(!stale(&object("n2", &["fd00::1"]), &announcing(&["10.0.0.1"])));
         // Another node's object for a Service this node does not announce is not ours to touch.
-        assert!(!is_stale(&object("n2", &["10.0.0.1"]), "n1", &nothing));
+        assert!(!stale(&object("n2", &["10.0.0.1"]), &nothing));
+    }
+
+    #[test]
+    fn another_nodes_object_listing_no_ips_is_stale_after_a_grace() {
+        let nothing = AnnouncedServices::new();
+        let empty = object("n2", &[]);
+        // Whether or not this node announces the Service, the object claims an announcement of
+        // nothing: it goes.
+        assert!(is_stale(&empty, "n1", &nothing, now()));
+        assert!(is_stale(&empty, "n1", &announcing(&["10.0.0.1"]), now()));
+        let mut no_status = object("n2", &[]);
+        no_status.status = None;
+        assert!(is_stale(&no_status, "n1", &nothing, now()));
+        // Just created: its speaker is about to write the status; leave it.
+        let mut fresh = object("n2", &[]);
+        fresh.metadata.creation_timestamp = Some(Time(now() - SignedDuration::from_secs(5)));
+        assert!(!is_stale(&fresh, "n1", &nothing, now()));
+        fresh.metadata.creation_timestamp = Some(Time(now() - EMPTY_GRACE));
+        assert!(is_stale(&fresh, "n1", &nothing, now()));
+        // Our own object is judged by what we announce, empty or not.
+        assert!(!is_stale(&object("n1", &[]), "n1", &announcing(&["10.0.0.1"]), now()));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum AllocError {
     },
     #[error("IPAddressPool {pool:?} (named by the herald.io/address-pool annotation) does not exist")]
     UnknownPool { pool: String },
+    #[error("IPAddressPool {pool:?} (named by the herald.io/address-pool annotation) is invalid: {rule}")]
+    InvalidPool { pool: String, rule: String },
     #[error("IPAddressPool {pool:?} may not serve {service}: its serviceAllocation {restriction}")]
     PoolNotAllowed {
         pool: String,

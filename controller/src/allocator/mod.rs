@@ -11,7 +11,8 @@
 //! # Using it from the controller
 //! 1. Build pools with [`Pool::from_spec`] and hand them to [`Allocator::set_pools`]; every
 //!    returned [`Displaced`] is a Service that lost its addresses (allocate it again, emit an
-//!    Event with the message).
+//!    Event with the message). Name the pools refused by validation with
+//!    [`Allocator::set_invalid_pools`], so Services naming them learn why.
 //! 2. On start, before allocating anything new, call [`Allocator::restore`] with each Service's
 //!    current `status.loadBalancer.ingress` addresses, so no address changes hands.
 //! 3. For each Service: [`Allocator::allocate`] with [`ServiceRequest::from_service`]; on
@@ -46,8 +47,8 @@
 //!   family, of families allowed by `ipFamilies`/`ipFamilyPolicy`, all in one pool, admitted by
 //!   that pool's `serviceAllocation`, not `.0`/`.255` if it has `avoidBuggyIPs`, and free or
 //!   shareable. `autoAssign: false` pools serve them.
-//! - Named pool (`herald.io/address-pool`): only that pool, which must exist and admit the
-//!   Service; never spills over.
+//! - Named pool (`herald.io/address-pool`): only that pool, which must exist, be in use and
+//!   admit the Service; never spills over.
 //! - Automatic: `autoAssign` pools whose `serviceAllocation` admits the Service, by priority
 //!   (lower first, 0 last, ties by name), then pools without `serviceAllocation` by name. A
 //!   pool with a `serviceAllocation` never serves as the unrestricted fallback.
@@ -147,6 +148,8 @@ pub struct Allocator {
     holdings: HashMap<ServiceKey, Holding>,
     /// Held addresses by the sharing key of their holders.
     shared_by_key: HashMap<String, BTreeSet<IpAddr>>,
+    /// Pools that exist but are not used, with the rule each breaks.
+    invalid_pools: BTreeMap<String, String>,
 }
 
 impl Allocator {
@@ -190,6 +193,14 @@ impl Allocator {
             }
         }
         displaced
+    }
+
+    /// Names the pools that exist but are invalid and not used, with the rule each breaks, so a
+    /// Service that names one ([`AllocError::InvalidPool`]) is told why instead of being told the
+    /// pool does not exist. Replaces the previous list; a name also given to
+    /// [`Allocator::set_pools`] is served as usual.
+    pub fn set_invalid_pools(&mut self, pools: BTreeMap<String, String>) {
+        self.invalid_pools = pools;
     }
 
     /// The pool that can keep all of `ips` after a pool change.
@@ -266,7 +277,13 @@ impl Allocator {
         self.pool_by_name
             .get(name)
             .copied()
-            .ok_or_else(|| AllocError::UnknownPool { pool: name.to_string() })
+            .ok_or_else(|| match self.invalid_pools.get(name) {
+                Some(rule) => AllocError::InvalidPool {
+                    pool: name.to_string(),
+                    rule: rule.clone(),
+                },
+                None => AllocError::UnknownPool { pool: name.to_string() },
+            })
     }
 
     fn admits(&self, pool: usize, req: &ServiceRequest) -> bool {

@@ -403,6 +403,34 @@ fn restore_rebuilds_state_and_allocate_then_keeps_it() {
 // ---------------------------------------------------------------- error messages, one per rule
 
 #[test]
+fn a_service_naming_an_invalid_pool_is_told_the_pool_is_invalid() {
+    let mut a = allocator(vec![pool("p", &["10.0.0.0/30"])]);
+    a.set_invalid_pools(BTreeMap::from([(
+        "typo".to_string(),
+        "spec.addresses[0]: \"10.0.0.0/33\" is not a valid CIDR".to_string(),
+    )]));
+    let mut named = auto4("s");
+    named.pool = Some("typo".into());
+    assert_eq!(
+        err(&mut a, &named),
+        "IPAddressPool \"typo\" (named by the herald.io/address-pool annotation) is invalid: spec.addresses[0]: \"10.0.0.0/33\" is not a valid CIDR"
+    );
+    named.pool = Some("nope".into());
+    assert_eq!(
+        err(&mut a, &named),
+        "IPAddressPool \"nope\" (named by the herald.io/address-pool annotation) does not exist"
+    );
+    // Once valid (given to set_pools), the pool serves.
+    assert!(
+        a.set_pools(vec![pool("p", &["10.0.0.0/30"]), pool("typo", &["10.9.0.0/30"])])
+            .is_empty()
+    );
+    a.set_invalid_pools(BTreeMap::new());
+    named.pool = Some("typo".into());
+    assert_eq!(ok(&mut a, &named), [ip("10.9.0.0")]);
+}
+
+#[test]
 fn error_messages() {
     let mut buggy = pool("buggy", &["10.3.0.0/24"]);
     buggy.avoid_buggy_ips = true;

@@ -11,7 +11,8 @@
 //!    Events. It is fed by a reflector whose Delete events release addresses at once.
 //! 3. [`pools`]: a watch on `IPAddressPool`s re-validates the set when a spec changes, replaces
 //!    the allocator's pools (moving Services whose address left every pool), and writes each
-//!    pool's status counters and `Ready` condition.
+//!    pool's status counters and `Ready` condition. A pool edited into an invalid spec keeps
+//!    serving from its last valid spec, so a bad edit moves nothing.
 //! 4. Anything that can free capacity or change the rules (a release, a pool change, a
 //!    Namespace label change) re-runs every Service through the reconciler; a Service that
 //!    could not get an address is thus retried exactly when it might succeed, never in a loop.
@@ -26,7 +27,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use herald_config::IPAddressPool;
+use herald_config::last_valid::{LastValid, Verdict};
+use herald_config::validation::PoolError;
+use herald_config::{IPAddressPool, IPAddressPoolSpec};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
@@ -87,8 +90,10 @@ pub struct Context {
     pub reported_failures: Mutex<HashMap<ServiceKey, String>>,
     /// Deprecated annotations already reported, per Service.
     pub reported_deprecations: Mutex<HashSet<(ServiceKey, String)>>,
-    /// Verdict per pool name: `Ok(())` or the validation message.
-    pub pool_verdicts: Mutex<std::collections::BTreeMap<String, Result<(), String>>>,
+    /// Verdict per pool name.
+    pub pool_verdicts: Mutex<std::collections::BTreeMap<String, Verdict<PoolError>>>,
+    /// The last valid spec of each pool, which stays in use while the pool is invalid.
+    pub last_valid: Mutex<LastValid<IPAddressPoolSpec>>,
 }
 
 impl Context {
@@ -162,6 +167,7 @@ pub async fn run_with_client(
         reported_failures: Mutex::default(),
         reported_deprecations: Mutex::default(),
         pool_verdicts: Mutex::default(),
+        last_valid: Mutex::default(),
     });
     ctx.namespaces.wait_until_ready().await.ok();
 

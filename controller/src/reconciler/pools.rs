@@ -1,11 +1,21 @@
-//! The pool set: validation, handing valid pools to the allocator, and each pool's status.
+//! The pool set: validation, handing the pools in use to the allocator, and each pool's status.
+//!
+//! A bad edit moves nothing: a pool that was valid and is edited into an invalid spec keeps
+//! serving from its last valid spec (the allocator keeps its old ranges; nothing is released or
+//! moved) and its status says `Ready=False`, reason `Invalid`, with the rule broken and "using
+//! the last valid spec from <time>". Only a valid edit changes a pool, so only a valid edit can
+//! shrink it; deleting a pool moves its Services (with an Event). A pool that was never valid
+//! is not used, and a Service naming it is told it is invalid. The decision is
+//! [`herald_config::last_valid::judge_pools`]; the memory of last valid specs lives in
+//! [`Context::last_valid`] and is lost on restart (a pool invalid at start is refused).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use herald_config::validation::validate_pools;
+use herald_config::last_valid::{PoolSet, Verdict, judge_pools};
+use herald_config::validation::PoolError;
 use herald_config::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
@@ -15,42 +25,29 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::Context;
-use crate::allocator::{Pool, PoolStats};
+use crate::allocator::{Allocator, Displaced, Pool, PoolStats};
 use crate::metrics::{AddressFamily, PoolLabels, PoolState};
 
-/// Validates the pools as a set and gives the valid ones to the allocator. Services whose
-/// addresses left every pool are remembered with the reason and re-run.
+/// Judges the pools as a set (remembering last valid specs) and gives the pools in use to the
+/// allocator. Services whose addresses left every pool are remembered with the reason and re-run.
 pub fn apply_pool_set(ctx: &Context, pools: &[IPAddressPool]) {
-    let verdicts = validate_pools(pools);
-    let mut valid = Vec::new();
-    let mut recorded = BTreeMap::new();
-    for pool in pools {
-        let name = pool.name_any();
-        // The ranges validation already parsed; nothing is parsed twice.
-        let verdict = match verdicts.get(&name) {
-            Some(Ok(ranges)) => Ok(Pool {
-                name: name.clone(),
-                ranges: ranges.clone(),
-                auto_assign: pool.spec.auto_assign,
-                avoid_buggy_ips: pool.spec.avoid_buggy_ips,
-                service_allocation: pool.spec.service_allocation.clone(),
-            }),
-            Some(Err(e)) => Err(e.to_string()),
-            None => continue,
-        };
+    let set = judge_pools(
+        pools,
+        &mut ctx.last_valid.lock().expect("last-valid lock"),
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    for (name, verdict) in &set.verdicts {
         match verdict {
-            Ok(parsed) => {
-                valid.push(parsed);
-                recorded.insert(name, Ok(()));
+            Verdict::Valid => {}
+            Verdict::Stale { .. } => {
+                tracing::warn!(pool = %name, message = %verdict, "IPAddressPool is invalid; serving from its last valid spec")
             }
-            Err(message) => {
-                tracing::warn!(pool = %name, %message, "IPAddressPool refused; it is not used");
-                recorded.insert(name, Err(message));
+            Verdict::Refused { .. } => {
+                tracing::warn!(pool = %name, message = %verdict, "IPAddressPool refused; it is not used")
             }
         }
     }
-    let valid_count = valid.len() as i64;
-    let displaced = ctx.allocator.lock().expect("allocator lock").set_pools(valid);
+    let displaced = give_to_allocator(&mut ctx.allocator.lock().expect("allocator lock"), &set);
     {
         let mut moved = ctx.displaced.lock().expect("displaced lock");
         for d in displaced {
@@ -58,21 +55,52 @@ pub fn apply_pool_set(ctx: &Context, pools: &[IPAddressPool]) {
             moved.insert(d.service, d.reason.to_string());
         }
     }
-    ctx.metrics
-        .pools
-        .get_or_create(&crate::metrics::PoolStateLabels {
-            state: PoolState::valid,
-        })
-        .set(valid_count);
-    ctx.metrics
-        .pools
-        .get_or_create(&crate::metrics::PoolStateLabels {
-            state: PoolState::invalid,
-        })
-        .set(recorded.len() as i64 - valid_count);
-    *ctx.pool_verdicts.lock().expect("verdicts lock") = recorded;
+    for state in [PoolState::valid, PoolState::stale, PoolState::invalid] {
+        let count = set.verdicts.values().filter(|v| pool_state(v) == state).count();
+        ctx.metrics
+            .pools
+            .get_or_create(&crate::metrics::PoolStateLabels { state })
+            .set(count as i64);
+    }
+    *ctx.pool_verdicts.lock().expect("verdicts lock") = set.verdicts;
     ctx.retry_all.notify_one();
     ctx.pools_changed.notify_one();
+}
+
+/// The allocator's side of a pool-set change: it serves the pools in use (a stale pool with its
+/// last valid ranges) and knows the refused ones by name. Returns the Services that lost their
+/// addresses.
+fn give_to_allocator(allocator: &mut Allocator, set: &PoolSet) -> Vec<Displaced> {
+    // The ranges validation already parsed; nothing is parsed twice.
+    let in_use = set
+        .in_use
+        .iter()
+        .map(|p| Pool {
+            name: p.name.clone(),
+            ranges: p.ranges.clone(),
+            auto_assign: p.spec.auto_assign,
+            avoid_buggy_ips: p.spec.avoid_buggy_ips,
+            service_allocation: p.spec.service_allocation.clone(),
+        })
+        .collect();
+    let refused = set
+        .verdicts
+        .iter()
+        .filter_map(|(name, verdict)| match verdict {
+            Verdict::Refused { error } => Some((name.clone(), error.to_string())),
+            _ => None,
+        })
+        .collect();
+    allocator.set_invalid_pools(refused);
+    allocator.set_pools(in_use)
+}
+
+fn pool_state(verdict: &Verdict<PoolError>) -> PoolState {
+    match verdict {
+        Verdict::Valid => PoolState::valid,
+        Verdict::Stale { .. } => PoolState::stale,
+        Verdict::Refused { .. } => PoolState::invalid,
+    }
 }
 
 /// Watches pools; re-applies the set when any pool's spec (not status) changes, so our own
@@ -170,11 +198,13 @@ pub async fn write_statuses(ctx: Arc<Context>, api: Api<IPAddressPool>) {
     }
 }
 
-fn desired_status(verdict: &Result<(), String>, stats: Option<&PoolStats>) -> IPAddressPoolStatus {
+/// `Ready=True` for a valid pool; `Ready=False`, reason `Invalid`, with the rule broken (and,
+/// for a pool serving from its last valid spec, since when) otherwise.
+fn desired_status(verdict: &Verdict<PoolError>, stats: Option<&PoolStats>) -> IPAddressPoolStatus {
     let stats = stats.cloned().unwrap_or_default();
     let (status, reason, message) = match verdict {
-        Ok(()) => ("True", "Valid", "the pool is valid and in use".to_string()),
-        Err(e) => ("False", "Invalid", e.clone()),
+        Verdict::Valid => ("True", "Valid", "the pool is valid and in use".to_string()),
+        Verdict::Stale { .. } | Verdict::Refused { .. } => ("False", "Invalid", verdict.to_string()),
     };
     IPAddressPoolStatus {
         assigned_ipv4: stats.assigned_v4,
@@ -225,5 +255,174 @@ fn publish_metrics(ctx: &Context, pool: &str, stats: Option<&PoolStats>) {
         };
         ctx.metrics.addresses_in_use.get_or_create(&labels).set(in_use);
         ctx.metrics.addresses_available.get_or_create(&labels).set(available);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_config::IpFamily;
+    use herald_config::last_valid::LastValid;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+
+    use crate::allocator::{ServiceKey, ServiceRequest};
+
+    fn pool(name: &str, created_secs: i64, addresses: &[&str]) -> IPAddressPool {
+        let mut p = IPAddressPool::new(
+            name,
+            IPAddressPoolSpec {
+                addresses: addresses.iter().map(|s| s.to_string()).collect(),
+                auto_assign: true,
+                avoid_buggy_ips: false,
+                service_allocation: None,
+            },
+        );
+        p.metadata = ObjectMeta {
+            name: Some(name.into()),
+            uid: Some(format!("uid-{name}")),
+            creation_timestamp: Some(Time(Timestamp::from_second(created_secs).unwrap())),
+            ..Default::default()
+        };
+        p
+    }
+
+    /// The controller's pool memory and allocator, as `apply_pool_set` drives them.
+    struct Pools {
+        memory: LastValid<IPAddressPoolSpec>,
+        allocator: Allocator,
+    }
+
+    impl Pools {
+        fn new() -> Self {
+            Pools {
+                memory: LastValid::new(),
+                allocator: Allocator::new(),
+            }
+        }
+
+        fn apply(&mut self, pools: &[IPAddressPool], now_secs: i64) -> (PoolSet, Vec<Displaced>) {
+            let set = judge_pools(pools, &mut self.memory, Timestamp::from_second(now_secs).unwrap());
+            let displaced = give_to_allocator(&mut self.allocator, &set);
+            (set, displaced)
+        }
+
+        fn allocate(&mut self, service: &str, pool: Option<&str>) -> Result<Vec<std::net::IpAddr>, String> {
+            let mut request = ServiceRequest::auto(ServiceKey::new("default", service), IpFamily::V4);
+            request.pool = pool.map(str::to_string);
+            self.allocator
+                .allocate(&request)
+                .map(|a| a.ips)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    fn ready(verdict: &Verdict<PoolError>) -> Condition {
+        desired_status(verdict, None).conditions.remove(0)
+    }
+
+    #[test]
+    fn a_typo_in_a_pool_in_use_moves_nothing_and_says_so() {
+        let mut pools = Pools::new();
+        let (set, _) = pools.apply(&[pool("lab", 1, &["10.203.0.200-10.203.0.239"])], 1_000);
+        assert_eq!(ready(&set.verdicts["lab"]).status, "True");
+        assert_eq!(
+            pools.allocate("web", None).unwrap(),
+            ["10.203.0.200".parse::<std::net::IpAddr>().unwrap()]
+        );
+
+        let (set, displaced) = pools.apply(&[pool("lab", 1, &["10.203.0.200-10.203.0.2399"])], 2_000);
+        assert!(displaced.is_empty(), "nothing is released or moved: {displaced:?}");
+        let key = ServiceKey::new("default", "web");
+        assert_eq!(
+            pools.allocator.ips_of(&key),
+            Some(&["10.203.0.200".parse::<std::net::IpAddr>().unwrap()][..])
+        );
+        // The old ranges still serve: counters and new allocations use them.
+        assert_eq!(pools.allocator.pool_stats("lab").map(|s| s.available_v4), Some(39));
+        assert_eq!(pools.allocate("api", Some("lab")).unwrap().len(), 1);
+
+        let condition = ready(&set.verdicts["lab"]);
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "Invalid")
+        );
+        assert_eq!(
+            condition.message,
+            "spec.addresses[0]: \"10.203.0.200-10.203.0.2399\": \"10.203.0.2399\" is not a valid IP address; using the last valid spec from 1970-01-01T00:16:40Z"
+        );
+    }
+
+    #[test]
+    fn only_a_valid_edit_or_a_deletion_moves_services() {
+        let mut pools = Pools::new();
+        pools.apply(&[pool("a", 1, &["10.0.0.0/30"]), pool("b", 2, &["10.1.0.0/30"])], 1);
+        assert_eq!(
+            pools.allocate("s1", Some("a")).unwrap(),
+            ["10.0.0.0".parse::<std::net::IpAddr>().unwrap()]
+        );
+
+        // A valid shrink takes the address away.
+        let (_, displaced) = pools.apply(&[pool("a", 1, &["10.0.0.2/31"]), pool("b", 2, &["10.1.0.0/30"])], 2);
+        assert_eq!(displaced.len(), 1);
+        assert_eq!(
+            displaced[0].reason.to_string(),
+            "10.0.0.0 is no longer in any IPAddressPool"
+        );
+
+        // Deleting a pool moves its Services too.
+        assert_eq!(
+            pools.allocate("s2", Some("b")).unwrap(),
+            ["10.1.0.0".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let (set, displaced) = pools.apply(&[pool("a", 1, &["10.0.0.2/31"])], 3);
+        assert_eq!(displaced.len(), 1);
+        assert_eq!(displaced[0].service, ServiceKey::new("default", "s2"));
+        assert!(!set.verdicts.contains_key("b"));
+    }
+
+    #[test]
+    fn a_pool_never_valid_is_unused_and_named_as_invalid() {
+        let mut pools = Pools::new();
+        let (set, _) = pools.apply(
+            &[
+                pool("good", 1, &["10.0.0.0/30"]),
+                pool("bad", 2, &["10.9.0.20-10.9.0.10"]),
+            ],
+            1,
+        );
+        assert!(matches!(set.verdicts["bad"], Verdict::Refused { .. }));
+        let condition = ready(&set.verdicts["bad"]);
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "Invalid")
+        );
+        assert!(condition.message.contains("reversed range"));
+        assert!(!condition.message.contains("last valid"));
+        assert!(pools.allocator.pool_stats("bad").is_none());
+        let refusal = pools.allocate("web", Some("bad")).unwrap_err();
+        assert!(
+            refusal.starts_with(
+                "IPAddressPool \"bad\" (named by the herald.io/address-pool annotation) is invalid: spec.addresses[0]: "
+            ),
+            "{refusal}"
+        );
+        assert!(refusal.contains("reversed range"), "{refusal}");
+    }
+
+    #[test]
+    fn an_edit_into_another_pool_is_refused_and_both_keep_their_addresses() {
+        let mut pools = Pools::new();
+        pools.apply(&[pool("a", 1, &["10.0.0.0/30"]), pool("b", 2, &["10.0.1.0/30"])], 1);
+        assert_eq!(
+            pools.allocate("s", Some("b")).unwrap(),
+            ["10.0.1.0".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // The older pool is edited to cover the newer one's addresses.
+        let (set, displaced) = pools.apply(&[pool("a", 1, &["10.0.0.0/23"]), pool("b", 2, &["10.0.1.0/30"])], 2);
+        assert!(displaced.is_empty());
+        assert!(matches!(set.verdicts["a"], Verdict::Stale { .. }));
+        assert_eq!(set.verdicts["b"], Verdict::Valid);
+        assert_eq!(pools.allocator.pool_stats("a").map(|s| s.available_v4), Some(4));
     }
 }

@@ -196,7 +196,11 @@ pub fn without_workloads(stream: &str) -> Result<String, serde_yaml::Error> {
 
 /// Applies `config/deploy` (rendered with `kubectl kustomize`) without its workloads, then
 /// waits until Herald's CRDs are established and the ServiceAccounts exist.
-pub async fn install_deploy_manifests(state: &super::StateDir, deploy: &Path, client: &kube::Client) -> Result<(), LabError> {
+pub async fn install_deploy_manifests(
+    state: &super::StateDir,
+    deploy: &Path,
+    client: &kube::Client,
+) -> Result<(), LabError> {
     let home = state.root().join("kubectl-home");
     let kubectl = |args: &[&str], input: Option<String>| {
         let mut cmd = tokio::process::Command::new("kubectl");

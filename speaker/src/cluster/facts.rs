@@ -4,11 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use herald_config::IPAddressPool;
-use herald_config::address::IpRange;
 use herald_config::annotations::IP_ALLOCATED_FROM_POOL;
+use herald_config::last_valid::PoolInUse;
 use herald_config::service::{handles, ingress_ips};
-use herald_config::validation::validate_pools;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -35,23 +33,15 @@ fn slices_by_service<'a>(slices: &[&'a EndpointSlice]) -> BTreeMap<(String, Stri
 }
 
 /// One election unit per LoadBalancer IP of a handled Service, with every Service sharing it.
-/// An IP that is in no valid pool is not Herald's to announce and yields no unit.
+/// An IP that is in no pool in use (see [`super::in_use`]) is not Herald's to announce and
+/// yields no unit.
 pub fn units<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: &[&EndpointSlice],
-    pools: &[IPAddressPool],
+    pools: &[PoolInUse],
     lb_class: &str,
 ) -> Vec<UnitFacts> {
-    let ranges: Vec<(String, BTreeMap<String, String>, Vec<IpRange>)> = {
-        let verdicts = validate_pools(pools);
-        pools
-            .iter()
-            .filter_map(|p| {
-                let ranges = verdicts.get(&p.name_any())?.as_ref().ok()?.clone();
-                Some((p.name_any(), p.labels().clone(), ranges))
-            })
-            .collect()
-    };
+    let lists = |pool: &PoolInUse, ip: IpAddr| pool.ranges.iter().any(|r| r.contains(ip));
     let slices_by_service = slices_by_service(slices);
     let mut by_ip: BTreeMap<IpAddr, UnitFacts> = BTreeMap::new();
     for service in services {
@@ -67,13 +57,13 @@ pub fn units<'a>(
         let facts = service_facts(service, slices);
         for ip in ingress_ips(service) {
             let named_pool = service.annotations().get(IP_ALLOCATED_FROM_POOL);
-            let pool = ranges
+            let pool = pools
                 .iter()
-                .filter(|(_, _, r)| r.iter().any(|r| r.contains(ip)))
-                .find(|(n, _, _)| named_pool.is_none_or(|p| p == n))
-                .or_else(|| ranges.iter().find(|(_, _, r)| r.iter().any(|r| r.contains(ip))));
-            let Some((pool_name, pool_labels, _)) = pool else {
-                tracing::debug!(service = %format!("{namespace}/{name}"), %ip, "address in no valid pool; not announced");
+                .filter(|p| lists(p, ip))
+                .find(|p| named_pool.is_none_or(|n| *n == p.name))
+                .or_else(|| pools.iter().find(|p| lists(p, ip)));
+            let Some(pool) = pool else {
+                tracing::debug!(service = %format!("{namespace}/{name}"), %ip, "address in no pool in use; not announced");
                 continue;
             };
             by_ip
@@ -81,8 +71,8 @@ pub fn units<'a>(
                 .or_insert_with(|| UnitFacts {
                     ip,
                     pool: PoolFacts {
-                        name: pool_name.clone(),
-                        labels: pool_labels.clone(),
+                        name: pool.name.clone(),
+                        labels: pool.labels.clone(),
                     },
                     services: Vec::new(),
                 })
@@ -266,7 +256,9 @@ pub fn node_address(node: &Node) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_config::IPAddressPoolSpec;
+    use herald_config::last_valid::{LastValid, judge_pools};
+    use herald_config::{IPAddressPool, IPAddressPoolSpec};
+    use k8s_openapi::jiff::Timestamp;
     use serde_json::json;
 
     fn service(name: &str, extra: serde_json::Value) -> Service {
@@ -303,12 +295,16 @@ mod tests {
         )
     }
 
+    fn in_use(pools: &[IPAddressPool]) -> Vec<PoolInUse> {
+        judge_pools(pools, &mut LastValid::new(), Timestamp::UNIX_EPOCH).in_use
+    }
+
     #[test]
     fn services_sharing_an_ip_form_one_unit() {
         let a = service("a", json!({}));
         let b = service("b", json!({}));
         let other_class = service("c", json!({"spec": {"loadBalancerClass": "x/y"}}));
-        let pools = [pool("p", &["10.0.0.0/24"])];
+        let pools = in_use(&[pool("p", &["10.0.0.0/24"])]);
         let units = units([&a, &b, &other_class], &[], &pools, "herald.io/l2");
         assert_eq!(units.len(), 1);
         assert_eq!(units[0].pool.name, "p");
@@ -319,9 +315,9 @@ mod tests {
     #[test]
     fn addresses_outside_every_valid_pool_are_not_announced() {
         let a = service("a", json!({}));
-        assert!(units([&a], &[], &[pool("p", &["10.9.0.0/24"])], "herald.io/l2").is_empty());
+        assert!(units([&a], &[], &in_use(&[pool("p", &["10.9.0.0/24"])]), "herald.io/l2").is_empty());
         // An invalid pool does not count even if it lists the address.
-        assert!(units([&a], &[], &[pool("bad", &["10.0.0.1/24"])], "herald.io/l2").is_empty());
+        assert!(units([&a], &[], &in_use(&[pool("bad", &["10.0.0.1/24"])]), "herald.io/l2").is_empty());
     }
 
     #[test]

@@ -3,8 +3,13 @@
 //! Every watch feeds a reflector store and pokes [`Cluster::changed`]; the speaker's loop
 //! recomputes ownership from the stores. Watches retry with backoff, so while the API server
 //! is away the stores keep their last contents and announcing goes on unchanged.
+//!
+//! - [`facts`]: objects → the plain facts election works on.
+//! - [`in_use`]: which pools and advertisements are used; one edited into an invalid spec keeps
+//!   its last valid spec, so a bad edit never stops an announcement.
 
 pub mod facts;
+pub mod in_use;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -61,11 +61,16 @@ impl ControlPlaneBinaries {
             controller_manager: dir.join("kube-controller-manager"),
             scheduler: dir.join("kube-scheduler"),
         };
-        let missing: Vec<String> = [&found.etcd, &found.apiserver, &found.controller_manager, &found.scheduler]
-            .into_iter()
-            .filter(|p| !p.is_file())
-            .map(|p| p.display().to_string())
-            .collect();
+        let missing: Vec<String> = [
+            &found.etcd,
+            &found.apiserver,
+            &found.controller_manager,
+            &found.scheduler,
+        ]
+        .into_iter()
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
         if missing.is_empty() {
             Ok(found)
         } else {
@@ -231,7 +236,12 @@ impl ControlPlane {
             let (cert, key) = files.client(identity);
             write_file(
                 &dir.join(format!("{identity}.kubeconfig")),
-                &kubeconfig_yaml(&host_url, &files.ca_cert, identity, &Credentials::ClientCert { cert, key }),
+                &kubeconfig_yaml(
+                    &host_url,
+                    &files.ca_cert,
+                    identity,
+                    &Credentials::ClientCert { cert, key },
+                ),
             )?;
         }
 
@@ -614,7 +624,11 @@ mod tests {
                 scheduler: "s".into(),
             },
         );
-        let ips: Vec<String> = config.kubernetes_service_ips().iter().map(ToString::to_string).collect();
+        let ips: Vec<String> = config
+            .kubernetes_service_ips()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(ips, ["10.96.0.1", "fd00:96::1"]);
     }
 

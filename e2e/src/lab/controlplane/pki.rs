@@ -186,7 +186,10 @@ impl Pki {
 
     /// The client certificate issued for `file` (see [`ClientIdentity::file`]).
     pub fn client(&self, file: &str) -> Option<&CertAndKey> {
-        self.clients.iter().find(|(id, _)| id.file == file).map(|(_, pair)| pair)
+        self.clients
+            .iter()
+            .find(|(id, _)| id.file == file)
+            .map(|(_, pair)| pair)
     }
 
     /// Writes `ca.crt`, `ca.key`, `apiserver.{crt,key}`, `<client>.{crt,key}` and `sa.{key,pub}` into
@@ -329,7 +332,11 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&files.ca_cert), 0o644);
         assert_eq!(mode(&files.service_account_key), 0o600);
-        assert!(std::fs::read_to_string(&files.service_account_public).unwrap().contains("BEGIN PUBLIC KEY"));
+        assert!(
+            std::fs::read_to_string(&files.service_account_public)
+                .unwrap()
+                .contains("BEGIN PUBLIC KEY")
+        );
         let (crt, key) = files.client("admin");
         assert!(std::fs::read_to_string(crt).unwrap().contains("BEGIN CERTIFICATE"));
         assert_eq!(mode(&key), 0o600);
