@@ -105,6 +105,25 @@ async fn curl(lab: &Lab, url: &str) -> String {
         .unwrap_or_else(|e| panic!("{url} unreachable: {e}"))
 }
 
+/// LIST requests for Services kube-apiserver has served so far (its `/metrics`).
+async fn service_lists(lab: &Lab) -> f64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    let metrics = lab
+        .client()
+        .request_text(request)
+        .await
+        .expect("kube-apiserver /metrics");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains("verb=\"LIST\"")
+                && l.contains("resource=\"services\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn quiet() -> impl Fn(&str) {
     |_line: &str| {}
 }
@@ -373,6 +392,8 @@ async fn s7_controller_apiserver_and_etcd_restarts_change_nothing() {
             )
             .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let lists_before = service_lists(&lab).await;
+        assert!(lists_before > 0.0, "Herald's start-up LISTs of Services are counted");
         match component {
             "kube-apiserver" => lab.restart_apiserver().await.expect("kube-apiserver restarted"),
             _ => lab.restart_etcd().await.expect("etcd restarted"),
@@ -396,6 +417,13 @@ async fn s7_controller_apiserver_and_etcd_restarts_change_nothing() {
             owners,
             "the owner stayed across the {component} restart"
         );
+        if component == "etcd" {
+            // kube-apiserver stayed up, so its counters did: Herald's watchers of Services
+            // (three speakers, the controller) resume or relist once each, never in a loop.
+            let relists = service_lists(&lab).await - lists_before;
+            assert!(relists <= 10.0, "{relists} LISTs of Services across the etcd restart");
+            eprintln!("LISTs of Services across the etcd restart: {relists}");
+        }
     }
     // The controller's watches resumed: a Service created after both restarts gets an address.
     lab.kubectl_apply(
