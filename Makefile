@@ -7,9 +7,9 @@
 CARGO ?= cargo
 # Debian packages the build and the tests use: clang + libbpf-dev compile the eBPF programs;
 # the rest are the network tools the lab and the namespace tests drive.
-DEB_PACKAGES := clang libbpf-dev iproute2 iputils-arping ndisc6 tcpdump iptables nftables curl procps iputils-ping
+DEB_PACKAGES := clang libbpf-dev iproute2 iputils-arping ndisc6 tcpdump iptables nftables curl procps iputils-ping skopeo umoci
 
-.PHONY: all deps build test fmt-check clippy unit demo failover-bench crds bench clean
+.PHONY: all deps build test fmt-check clippy unit demo failover-bench crds bench clean image
 
 all: build
 
@@ -54,6 +54,16 @@ demo: build
 # Failover percentiles over 20 SIGKILLs (see BENCHMARKS.md).
 failover-bench: build
 	target/debug/herald-lab failover-bench --rounds 20 --json target/herald-demo/failover-bench.json
+
+# Herald's OCI image (herald-controller, herald-speaker, the libraries they load; user 65534)
+# as an oci-archive for skopeo, podman/docker load and ctr images import; see README.
+IMAGE_TAG ?= herald:0.1.0
+image: deps
+	$(CARGO) build --release --locked -p herald-controller -p herald-speaker -p herald-e2e --bins
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) target/release/herald-lab image \
+	  --bin-dir target/release --tag $(IMAGE_TAG) --out target/image/herald-0.1.0.oci.tar \
+	  --revision $$(git rev-parse HEAD 2>/dev/null || echo unknown)
+	skopeo inspect oci-archive:target/image/herald-0.1.0.oci.tar >/dev/null
 
 # Rewrite config/crd/*.yaml from the Rust types (the drift test fails until they match).
 crds:

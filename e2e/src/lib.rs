@@ -7,9 +7,11 @@
 //! - [`lab`]: the cluster ([`lab::Lab::up`]) and `herald-lab up`/`down`; its control plane
 //!   is [`lab::controlplane`].
 //! - [`story`]: the demo and the failover benchmark on top of a lab.
+//! - [`image`](mod@image): `make image`, Herald's OCI image archive.
 //!
 //! Nothing here is used in production.
 #![forbid(unsafe_code)]
 
+pub mod image;
 pub mod lab;
 pub mod story;

@@ -30,6 +30,9 @@ enum Command {
     Demo(DemoArgs),
     /// SIGKILL the owner's speaker repeatedly and report failover percentiles.
     FailoverBench(FailoverBenchArgs),
+    /// Write Herald's OCI image (herald-controller, herald-speaker and the libraries they
+    /// load) as an oci-archive, without a daemon or a registry.
+    Image(ImageArgs),
     /// Backend pod program: HTTP and UDP servers answering with the pod name.
     #[command(hide = true)]
     Echo(EchoArgs),
@@ -125,6 +128,25 @@ struct FailoverBenchArgs {
 }
 
 #[derive(Args)]
+struct ImageArgs {
+    /// Directory holding the herald-controller and herald-speaker to put in the image.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// The archive to write.
+    #[arg(long, default_value = "target/image/herald-0.1.0.oci.tar")]
+    out: PathBuf,
+    /// Image name and tag.
+    #[arg(long, default_value = "herald:0.1.0")]
+    tag: String,
+    /// Source revision for the org.opencontainers.image.revision label.
+    #[arg(long, default_value = "unknown")]
+    revision: String,
+    /// Timestamp of the image's files and of its creation (seconds since the epoch).
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+    epoch: u64,
+}
+
+#[derive(Args)]
 struct DownArgs {
     /// Prefix of the lab to remove.
     #[arg(long, env = "HERALD_LAB_PREFIX", default_value = "hlab")]
@@ -191,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(lab::foreground::run_up(config, args.json).await?)
         }
         Command::Demo(args) => run_demo(args).await,
+        Command::Image(args) => run_image(args),
         Command::FailoverBench(args) => run_failover_bench(args).await,
         Command::Down(args) if args.stale => Ok(lab::foreground::run_down_stale(&args.state_root, args.json).await?),
         Command::Down(args) => {
@@ -209,6 +232,43 @@ async fn main() -> anyhow::Result<()> {
             Ok(lab::probe::run_probe(config, &mut std::io::stdout()).await?)
         }
     }
+}
+
+fn run_image(args: ImageArgs) -> anyhow::Result<()> {
+    use herald_e2e::image;
+    let (repository, tag) = args
+        .tag
+        .rsplit_once(':')
+        .with_context(|| format!("--tag {:?} must be NAME:TAG", args.tag))?;
+    let name = if repository.contains('/') {
+        args.tag.clone()
+    } else {
+        format!("docker.io/library/{repository}:{tag}")
+    };
+    let created = chrono::DateTime::from_timestamp(i64::try_from(args.epoch).unwrap_or(0), 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let meta = image::ImageMeta {
+        tag: tag.to_string(),
+        name,
+        labels: image::labels(tag, &args.revision, &created),
+        user: format!("{0}:{0}", image::IMAGE_USER),
+        epoch: args.epoch,
+    };
+    let binaries = [
+        args.bin_dir.join("herald-controller"),
+        args.bin_dir.join("herald-speaker"),
+    ];
+    let files = image::write_image(&binaries, &meta, &args.out)?;
+    let bytes: usize = files.iter().map(|f| f.contents.len()).sum();
+    println!(
+        "wrote {} ({} files, {:.1} MB uncompressed): {}",
+        args.out.display(),
+        files.len(),
+        bytes as f64 / 1e6,
+        meta.name
+    );
+    Ok(())
 }
 
 /// Brings a lab up with progress on stderr, runs `story` in it, and always takes it down.
