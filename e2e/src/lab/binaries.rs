@@ -24,6 +24,15 @@ pub struct Binaries {
     pub lab: PathBuf,
 }
 
+/// The paths of `files` that are not regular files.
+pub(crate) fn missing_files(files: &[&PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
 impl Binaries {
     /// The binaries in `dir`, if all three are there.
     pub fn in_dir(dir: &Path) -> Result<Self, LabError> {
@@ -32,11 +41,7 @@ impl Binaries {
             speaker: dir.join("herald-speaker"),
             lab: dir.join("herald-lab"),
         };
-        let missing: Vec<String> = [&found.controller, &found.speaker, &found.lab]
-            .into_iter()
-            .filter(|p| !p.is_file())
-            .map(|p| p.display().to_string())
-            .collect();
+        let missing = missing_files(&[&found.controller, &found.speaker, &found.lab]);
         if missing.is_empty() {
             Ok(found)
         } else {

@@ -10,7 +10,10 @@
 //! so the RBAC in `config/deploy` is what they are allowed.
 //!
 //! Files, under the lab's state directory: `controlplane/pki/`, `controlplane/etcd/` (data),
-//! `controlplane/*.kubeconfig`; logs and pid files with the lab's (`logs/etcd.log`, …).
+//! `controlplane/*.kubeconfig`; logs and pid files with the lab's (`logs/etcd.log`, …), and
+//! `logs/audit.log`: kube-apiserver's audit log of every request Herald's ServiceAccounts make
+//! (metadata level, one JSON object per line), which is how the lab checks that the RBAC in
+//! `config/deploy` is exactly what Herald calls.
 
 pub mod kubeconfig;
 pub mod pki;
@@ -38,6 +41,15 @@ pub const CONTROLPLANE_DIR_ENV: &str = "HERALD_CONTROLPLANE_DIR";
 const COMPONENT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lifetime requested for Herald's ServiceAccount tokens (a lab lives far shorter).
 const TOKEN_SECONDS: i64 = 24 * 3600;
+/// The users whose requests the audit log records: every ServiceAccount in Herald's namespace.
+const AUDITED_GROUP: &str = "system:serviceaccounts:herald-system";
+
+/// kube-apiserver's audit policy: metadata of every request by Herald's ServiceAccounts.
+pub fn audit_policy() -> String {
+    format!(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n    userGroups: [\"{AUDITED_GROUP}\"]\n  - level: None\n"
+    )
+}
 
 /// Paths of the control plane's executables.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -61,16 +73,12 @@ impl ControlPlaneBinaries {
             controller_manager: dir.join("kube-controller-manager"),
             scheduler: dir.join("kube-scheduler"),
         };
-        let missing: Vec<String> = [
+        let missing = super::binaries::missing_files(&[
             &found.etcd,
             &found.apiserver,
             &found.controller_manager,
             &found.scheduler,
-        ]
-        .into_iter()
-        .filter(|p| !p.is_file())
-        .map(|p| p.display().to_string())
-        .collect();
+        ]);
         if missing.is_empty() {
             Ok(found)
         } else {
@@ -232,6 +240,7 @@ impl ControlPlane {
             .write(&dir.join("pki"))
             .map_err(LabError::Pki)?;
         let host_url = format!("https://127.0.0.1:{}", ports.apiserver);
+        write_file(&dir.join("audit-policy.yaml"), &audit_policy())?;
         for identity in [ADMIN, CONTROLLER_MANAGER, SCHEDULER] {
             let (cert, key) = files.client(identity);
             write_file(
@@ -263,7 +272,13 @@ impl ControlPlane {
         let apiserver = Supervised::start(spec(
             "kube-apiserver",
             &config.binaries.apiserver,
-            apiserver_args(&config, &files, &ports),
+            apiserver_args(
+                &config,
+                &files,
+                &ports,
+                &dir.join("audit-policy.yaml"),
+                &state.log("audit"),
+            ),
         ));
         let (admin_cert, admin_key) = files.client(ADMIN);
         let admin_auth = curl_client_auth(&files.ca_cert, &admin_cert, &admin_key);
@@ -495,7 +510,13 @@ fn etcd_args(dir: &Path, ports: &Ports) -> Vec<String> {
     ]
 }
 
-fn apiserver_args(config: &ControlPlaneConfig, files: &PkiFiles, ports: &Ports) -> Vec<String> {
+fn apiserver_args(
+    config: &ControlPlaneConfig,
+    files: &PkiFiles,
+    ports: &Ports,
+    audit_policy: &Path,
+    audit_log: &Path,
+) -> Vec<String> {
     let cidrs: Vec<String> = config.service_cidrs.iter().map(ToString::to_string).collect();
     vec![
         flag("etcd-servers", format!("http://127.0.0.1:{}", ports.etcd_client)),
@@ -515,6 +536,9 @@ fn apiserver_args(config: &ControlPlaneConfig, files: &PkiFiles, ports: &Ports) 
         flag("enable-admission-plugins", "NodeRestriction"),
         flag("allow-privileged", "true"),
         flag("profiling", "false"),
+        flag("audit-policy-file", audit_policy.display()),
+        flag("audit-log-path", audit_log.display()),
+        flag("audit-log-format", "json"),
     ]
 }
 
@@ -613,9 +637,8 @@ fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_kubernetes_service_takes_the_first_address_of_each_range() {
-        let config = ControlPlaneConfig::new(
+    fn lab_config() -> ControlPlaneConfig {
+        ControlPlaneConfig::new(
             "10.203.0.1".parse().unwrap(),
             ControlPlaneBinaries {
                 etcd: "etcd".into(),
@@ -623,7 +646,21 @@ mod tests {
                 controller_manager: "c".into(),
                 scheduler: "s".into(),
             },
-        );
+        )
+    }
+
+    #[test]
+    fn the_audit_policy_records_herald_and_nothing_else() {
+        let policy: serde_json::Value = serde_yaml::from_str(&audit_policy()).unwrap();
+        assert_eq!(policy["kind"], "Policy");
+        assert_eq!(policy["rules"][0]["level"], "Metadata");
+        assert_eq!(policy["rules"][0]["userGroups"][0], AUDITED_GROUP);
+        assert_eq!(policy["rules"][1]["level"], "None");
+    }
+
+    #[test]
+    fn the_kubernetes_service_takes_the_first_address_of_each_range() {
+        let config = lab_config();
         let ips: Vec<String> = config
             .kubernetes_service_ips()
             .iter()
@@ -634,15 +671,7 @@ mod tests {
 
     #[test]
     fn apiserver_flags_name_the_lab_files_and_dual_stack_ranges() {
-        let config = ControlPlaneConfig::new(
-            "10.203.0.1".parse().unwrap(),
-            ControlPlaneBinaries {
-                etcd: "etcd".into(),
-                apiserver: "a".into(),
-                controller_manager: "c".into(),
-                scheduler: "s".into(),
-            },
-        );
+        let config = lab_config();
         let files = PkiFiles::in_dir(Path::new("/lab/pki"));
         let ports = Ports {
             etcd_client: 1,
@@ -651,7 +680,13 @@ mod tests {
             controller_manager: 4,
             scheduler: 5,
         };
-        let args = apiserver_args(&config, &files, &ports);
+        let args = apiserver_args(
+            &config,
+            &files,
+            &ports,
+            Path::new("/lab/audit-policy.yaml"),
+            Path::new("/lab/logs/audit.log"),
+        );
         for want in [
             "--etcd-servers=http://127.0.0.1:1",
             "--secure-port=3",
@@ -660,6 +695,7 @@ mod tests {
             "--authorization-mode=Node,RBAC",
             "--service-account-signing-key-file=/lab/pki/sa.key",
             "--client-ca-file=/lab/pki/ca.crt",
+            "--audit-log-path=/lab/logs/audit.log",
         ] {
             assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
         }
