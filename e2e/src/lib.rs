@@ -8,10 +8,12 @@
 //!   is [`lab::controlplane`].
 //! - [`story`]: the demo and the failover benchmark on top of a lab.
 //! - [`image`](mod@image): `make image`, Herald's OCI image archive.
+//! - [`bench`](mod@bench): `herald-lab bench-allocation`, addresses for many Services at once.
 //!
 //! Nothing here is used in production.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod image;
 pub mod lab;
 pub mod story;

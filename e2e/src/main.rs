@@ -30,6 +30,9 @@ enum Command {
     Demo(DemoArgs),
     /// SIGKILL the owner's speaker repeatedly and report failover percentiles.
     FailoverBench(FailoverBenchArgs),
+    /// Create many LoadBalancer Services at once and measure how fast herald-controller gives
+    /// them addresses (latency, CPU, API requests per Service).
+    BenchAllocation(BenchAllocationArgs),
     /// Write Herald's OCI image (herald-controller, herald-speaker and the libraries they
     /// load) as an oci-archive, without a daemon or a registry.
     Image(ImageArgs),
@@ -128,6 +131,22 @@ struct FailoverBenchArgs {
 }
 
 #[derive(Args)]
+struct BenchAllocationArgs {
+    /// Prefix of the benchmark lab's namespaces.
+    #[arg(long, default_value = "halloc")]
+    prefix: String,
+    /// Services to create.
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Concurrent creating clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ImageArgs {
     /// Directory holding the herald-controller and herald-speaker to put in the image.
     #[arg(long, default_value = "target/release")]
@@ -214,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo(args) => run_demo(args).await,
         Command::Image(args) => run_image(args),
+        Command::BenchAllocation(args) => run_bench_allocation(args).await,
         Command::FailoverBench(args) => run_failover_bench(args).await,
         Command::Down(args) if args.stale => Ok(lab::foreground::run_down_stale(&args.state_root, args.json).await?),
         Command::Down(args) => {
@@ -232,6 +252,29 @@ async fn main() -> anyhow::Result<()> {
             Ok(lab::probe::run_probe(config, &mut std::io::stdout()).await?)
         }
     }
+}
+
+async fn run_bench_allocation(args: BenchAllocationArgs) -> anyhow::Result<()> {
+    let config = lab::LabConfig {
+        nodes: 1,
+        start_speakers: false,
+        bpf_filesystem: false,
+        ..lab::LabConfig::new(&args.prefix)
+    };
+    let bench = herald_e2e::bench::AllocationBench {
+        services: args.services,
+        clients: args.clients,
+    };
+    let report = in_lab(config, async |lab, say| {
+        herald_e2e::bench::allocation(lab, &bench, say).await
+    })
+    .await?;
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(path) = args.json {
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn run_image(args: ImageArgs) -> anyhow::Result<()> {

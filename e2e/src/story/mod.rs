@@ -421,7 +421,8 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(values: &[f64]) -> Percentiles {
+    /// Nearest-rank p50, p99 and the maximum of `values`.
+    pub fn of(values: &[f64]) -> Percentiles {
         Percentiles {
             p50: percentile(values, 50.0),
             p99: percentile(values, 99.0),

@@ -1,0 +1,280 @@
+//! `herald-lab bench-allocation`: how fast herald-controller gives addresses to many Services
+//! created at once on the real control plane, as a CI system would create them.
+//!
+//! A lab with one node (no speakers: only allocation is measured) and one big pool; `clients`
+//! kube-rs clients create `services` LoadBalancer Services concurrently (without node ports,
+//! so Kubernetes' 2,768-port range is no limit); a watch notes when each Service's address
+//! appears. Reported: create rate, latency per Service (create answered → address seen),
+//! time from the last create to the last address, the controller's CPU time (from
+//! `/proc/<pid>/stat`) and its API requests per Service (from kube-apiserver's audit log).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::PostParams;
+use kube::runtime::watcher;
+use serde_json::json;
+
+use crate::lab::{Lab, LabError};
+use crate::story::Percentiles;
+
+/// The benchmark's shape.
+#[derive(Debug, Clone)]
+pub struct AllocationBench {
+    /// Services to create.
+    pub services: usize,
+    /// Concurrent creating clients.
+    pub clients: usize,
+}
+
+/// What one run measured.
+#[derive(Debug, serde::Serialize)]
+pub struct AllocationReport {
+    /// Services created.
+    pub services: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Wall time of all creates, seconds.
+    pub create_seconds: f64,
+    /// Creates per second.
+    pub creates_per_second: f64,
+    /// Create answered → address seen in a watch, milliseconds.
+    pub latency_ms: Percentiles,
+    /// Last create answered → last address seen, seconds.
+    pub last_create_to_all_allocated_seconds: f64,
+    /// herald-controller's CPU time during the run, seconds (user + system).
+    pub controller_cpu_seconds: f64,
+    /// herald-controller's API requests during the run, per Service.
+    pub controller_requests_per_service: f64,
+    /// herald-controller's API requests during the run by verb and resource.
+    pub controller_requests: BTreeMap<String, usize>,
+    /// Addresses handed out more than once (must be 0).
+    pub duplicate_addresses: usize,
+}
+
+const NAMESPACE: &str = "bench";
+const POOL: &str = "apiVersion: herald.io/v1beta1
+kind: IPAddressPool
+metadata: {name: bench, namespace: herald-system}
+spec:
+  addresses: [10.100.0.0/16]
+";
+
+/// CPU time (user + system) of process `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    cpu_seconds_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// CPU time in a `/proc/<pid>/stat` line: fields 14 and 15, counted after the parenthesised
+/// command name (which may itself hold spaces and parentheses).
+fn cpu_seconds_in(stat: &str) -> f64 {
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // Linux reports in USER_HZ, 100 on every architecture Herald runs on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// herald-controller's requests in the audit log, by "verb resource".
+fn controller_requests(audit: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in audit.lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if event["stage"] != "ResponseComplete"
+            || event["user"]["username"] != "system:serviceaccount:herald-system:herald-controller"
+        {
+            continue;
+        }
+        let object = &event["objectRef"];
+        let mut resource = object["resource"].as_str().unwrap_or("-").to_string();
+        if let Some(sub) = object["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        *counts
+            .entry(format!("{} {resource}", event["verb"].as_str().unwrap_or("?")))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+fn service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "type": "LoadBalancer",
+            "allocateLoadBalancerNodePorts": false,
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        },
+    }))
+    .expect("a Service literal")
+}
+
+/// Runs the benchmark in `lab` (which runs herald-controller).
+pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) -> Result<AllocationReport, LabError> {
+    let pid = lab.controller_pid().ok_or(LabError::NotRunning {
+        process: "herald-controller".into(),
+    })?;
+    lab.kubectl(&["create", "namespace", NAMESPACE]).await?;
+    lab.kubectl_apply(POOL).await?;
+    let audit_path = lab.log_path("audit");
+    let audit_offset = std::fs::metadata(&audit_path).map(|m| m.len()).unwrap_or(0);
+
+    // Watch first, so no address is missed.
+    let api: Api<Service> = Api::namespaced(lab.client(), NAMESPACE);
+    let seen: Arc<std::sync::Mutex<HashMap<String, (Instant, Vec<String>)>>> = Arc::default();
+    let watch = {
+        let seen = seen.clone();
+        let stream = watcher(api.clone(), watcher::Config::default());
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                let services: Vec<Service> = match event {
+                    Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => vec![s],
+                    _ => continue,
+                };
+                for svc in services {
+                    let ips: Vec<String> = herald_config::service::ingress_ips(&svc)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    if !ips.is_empty() {
+                        let name = svc.metadata.name.clone().unwrap_or_default();
+                        seen.lock()
+                            .expect("not poisoned")
+                            .entry(name)
+                            .or_insert((Instant::now(), ips));
+                    }
+                }
+            }
+        })
+    };
+    let cpu_before = cpu_seconds(pid);
+    say(&format!(
+        "creating {} Services with {} clients",
+        bench.services, bench.clients
+    ));
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut creators = Vec::new();
+    for _ in 0..bench.clients.max(1) {
+        let (api, next, total) = (api.clone(), next.clone(), bench.services);
+        creators.push(tokio::spawn(async move {
+            let mut answered = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, kube::Error>(answered);
+                }
+                let name = format!("svc-{i:05}");
+                api.create(&PostParams::default(), &service(&name)).await?;
+                answered.push((name, Instant::now()));
+            }
+        }));
+    }
+    let mut created: HashMap<String, Instant> = HashMap::new();
+    for creator in creators {
+        let answered = creator
+            .await
+            .map_err(|e| LabError::Timeout {
+                what: format!("a creating client ({e})"),
+            })?
+            .map_err(|source| LabError::Api {
+                what: "creating Services".into(),
+                source,
+            })?;
+        created.extend(answered);
+    }
+    let create_seconds = started.elapsed().as_secs_f64();
+    let last_create = created.values().max().copied().unwrap_or(started);
+    say(&format!("created in {create_seconds:.1} s; waiting for every address"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.lock().expect("not poisoned").len() < bench.services {
+        if Instant::now() > deadline {
+            watch.abort();
+            return Err(LabError::Timeout {
+                what: format!(
+                    "addresses for {} Services ({} seen)",
+                    bench.services,
+                    seen.lock().expect("not poisoned").len()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watch.abort();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let seen = seen.lock().expect("not poisoned").clone();
+    let last_seen = seen.values().map(|(t, _)| *t).max().unwrap_or(last_create);
+    let latencies: Vec<f64> = created
+        .iter()
+        .filter_map(|(name, answered)| {
+            let (at, _) = seen.get(name)?;
+            // An address seen before the create's answer arrived counts as 0.
+            Some(at.saturating_duration_since(*answered).as_secs_f64() * 1e3)
+        })
+        .collect();
+    let mut addresses = HashSet::new();
+    let duplicate_addresses = seen
+        .values()
+        .flat_map(|(_, ips)| ips.iter())
+        .filter(|ip| !addresses.insert((*ip).clone()))
+        .count();
+    // Let the audit log's writer catch up before reading it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let audit = std::fs::read(&audit_path).unwrap_or_default();
+    let fresh = String::from_utf8_lossy(audit.get(audit_offset as usize..).unwrap_or_default());
+    let requests = controller_requests(&fresh);
+    let total: usize = requests.values().sum();
+    Ok(AllocationReport {
+        services: bench.services,
+        clients: bench.clients,
+        create_seconds,
+        creates_per_second: bench.services as f64 / create_seconds.max(1e-9),
+        latency_ms: Percentiles::of(&latencies),
+        last_create_to_all_allocated_seconds: last_seen.saturating_duration_since(last_create).as_secs_f64(),
+        controller_cpu_seconds: cpu,
+        controller_requests_per_service: total as f64 / bench.services.max(1) as f64,
+        controller_requests: requests,
+        duplicate_addresses,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_the_command_name() {
+        // A command name with spaces and parentheses must not shift the fields.
+        let stat = "1234 (herald (x) y) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
+        assert_eq!(cpu_seconds_in(stat), 3.0);
+        assert!(
+            cpu_seconds(std::process::id()) > 0.0,
+            "this test process has used some CPU"
+        );
+    }
+
+    #[test]
+    fn requests_are_counted_for_the_controller_only() {
+        let audit = r#"{"stage":"ResponseComplete","verb":"patch","user":{"username":"system:serviceaccount:herald-system:herald-controller"},"objectRef":{"resource":"services","subresource":"status"}}
+{"stage":"ResponseComplete","verb":"create","user":{"username":"system:serviceaccount:herald-system:herald-controller"},"objectRef":{"resource":"events","apiGroup":"events.k8s.io"}}
+{"stage":"ResponseComplete","verb":"list","user":{"username":"system:serviceaccount:herald-system:herald-speaker"},"objectRef":{"resource":"services"}}
+{"stage":"ResponseStarted","verb":"watch","user":{"username":"system:serviceaccount:herald-system:herald-controller"},"objectRef":{"resource":"services"}}"#;
+        let counts = controller_requests(audit);
+        assert_eq!(
+            counts,
+            BTreeMap::from([
+                ("create events".to_string(), 1),
+                ("patch services/status".to_string(), 1)
+            ])
+        );
+    }
+}
