@@ -323,8 +323,8 @@ async fn in_lab<T>(
     let say = progress.clone();
     let say: &dyn Fn(&str) = &move |line: &str| say(line);
     say(&format!(
-        "bringing up lab {} (3 nodes, a client, the Kubernetes control plane, Herald)",
-        config.prefix
+        "bringing up lab {} ({} nodes, a client, the Kubernetes control plane, Herald)",
+        config.prefix, config.nodes
     ));
     let running = lab::Lab::up(lab::LabConfig {
         progress: Some(progress.clone()),
