@@ -29,6 +29,9 @@ pub struct AllocationBench {
     pub services: usize,
     /// Concurrent creating clients.
     pub clients: usize,
+    /// After the addresses: how long to measure the idle speakers' CPU (zero: the lab runs
+    /// no speakers).
+    pub speaker_idle: Duration,
 }
 
 /// What one run measured.
@@ -54,6 +57,8 @@ pub struct AllocationReport {
     pub controller_requests: BTreeMap<String, usize>,
     /// Addresses handed out more than once (must be 0).
     pub duplicate_addresses: usize,
+    /// CPU of each idle speaker while nothing changes, percent of one core (empty without speakers).
+    pub speaker_idle_cpu_percent: Vec<f64>,
 }
 
 const NAMESPACE: &str = "bench";
@@ -233,6 +238,22 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
     let fresh = String::from_utf8_lossy(audit.get(audit_offset as usize..).unwrap_or_default());
     let requests = controller_requests(&fresh);
     let total: usize = requests.values().sum();
+    let speaker_idle_cpu_percent = if bench.speaker_idle.is_zero() {
+        Vec::new()
+    } else {
+        // Let the speakers take in every Service first, then measure them doing nothing.
+        say("letting the speakers settle for 20 s, then measuring them idle");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let pids: Vec<u32> = (1..=lab.node_count())
+            .filter_map(|n| lab.speaker_pid(n).ok().flatten())
+            .collect();
+        let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+        tokio::time::sleep(bench.speaker_idle).await;
+        pids.iter()
+            .zip(before)
+            .map(|(pid, b)| (cpu_seconds(*pid) - b) / bench.speaker_idle.as_secs_f64() * 100.0)
+            .collect()
+    };
     Ok(AllocationReport {
         services: bench.services,
         clients: bench.clients,
@@ -244,6 +265,7 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
         controller_requests_per_service: total as f64 / bench.services.max(1) as f64,
         controller_requests: requests,
         duplicate_addresses,
+        speaker_idle_cpu_percent,
     })
 }
 

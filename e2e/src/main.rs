@@ -141,6 +141,9 @@ struct BenchAllocationArgs {
     /// Concurrent creating clients.
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Also run the speakers (3 nodes) and measure their CPU this many seconds while idle.
+    #[arg(long, default_value_t = 0)]
+    speaker_idle_seconds: u64,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -255,15 +258,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_bench_allocation(args: BenchAllocationArgs) -> anyhow::Result<()> {
+    let speakers = args.speaker_idle_seconds > 0;
     let config = lab::LabConfig {
-        nodes: 1,
-        start_speakers: false,
-        bpf_filesystem: false,
+        nodes: if speakers { 3 } else { 1 },
+        start_speakers: speakers,
+        bpf_filesystem: speakers,
         ..lab::LabConfig::new(&args.prefix)
     };
     let bench = herald_e2e::bench::AllocationBench {
         services: args.services,
         clients: args.clients,
+        speaker_idle: Duration::from_secs(args.speaker_idle_seconds),
     };
     let report = in_lab(config, async |lab, say| {
         herald_e2e::bench::allocation(lab, &bench, say).await
