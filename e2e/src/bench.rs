@@ -122,6 +122,9 @@ fn service(name: &str) -> Service {
     .expect("a Service literal")
 }
 
+/// When each Service (by name) was first seen with addresses, and those addresses.
+type FirstAddresses = HashMap<String, (Instant, Vec<String>)>;
+
 /// Runs the benchmark in `lab` (which runs herald-controller).
 pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) -> Result<AllocationReport, LabError> {
     let pid = lab.controller_pid().ok_or(LabError::NotRunning {
@@ -134,7 +137,7 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
 
     // Watch first, so no address is missed.
     let api: Api<Service> = Api::namespaced(lab.client(), NAMESPACE);
-    let seen: Arc<std::sync::Mutex<HashMap<String, (Instant, Vec<String>)>>> = Arc::default();
+    let seen: Arc<std::sync::Mutex<FirstAddresses>> = Arc::default();
     let watch = {
         let seen = seen.clone();
         let stream = watcher(api.clone(), watcher::Config::default());
