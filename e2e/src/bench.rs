@@ -71,17 +71,18 @@ spec:
 
 /// CPU time (user + system) of process `pid` so far, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    cpu_seconds_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_seconds_in(&stat).unwrap_or_else(|| panic!("/proc/{pid}/stat has no CPU times: {stat:?}"))
 }
 
 /// CPU time in a `/proc/<pid>/stat` line: fields 14 and 15, counted after the parenthesised
 /// command name (which may itself hold spaces and parentheses).
-fn cpu_seconds_in(stat: &str) -> f64 {
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+fn cpu_seconds_in(stat: &str) -> Option<f64> {
+    let (_, after) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
     // Linux reports in USER_HZ, 100 on every architecture Herald runs on.
-    (ticks(11) + ticks(12)) / 100.0
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// herald-controller's requests in the audit log, by "verb resource".
@@ -280,11 +281,12 @@ mod tests {
     fn cpu_time_is_read_after_the_command_name() {
         // A command name with spaces and parentheses must not shift the fields.
         let stat = "1234 (herald (x) y) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
-        assert_eq!(cpu_seconds_in(stat), 3.0);
-        assert!(
-            cpu_seconds(std::process::id()) > 0.0,
-            "this test process has used some CPU"
-        );
+        assert_eq!(cpu_seconds_in(stat), Some(3.0));
+        assert_eq!(cpu_seconds_in("1234 (short) S 1 2"), None, "too few fields");
+        assert_eq!(cpu_seconds_in("no parenthesis"), None);
+        // The kernel's own format parses (this process's times may still be 0 ticks).
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(cpu_seconds_in(&own).is_some(), "{own}");
     }
 
     #[test]
