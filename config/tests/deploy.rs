@@ -71,7 +71,7 @@ fn speaker_daemonset_can_announce_and_load_ebpf() {
         .iter()
         .find(|o| o["kind"] == "Deployment")
         .expect("controller Deployment");
-    assert_eq!(deploy["spec"]["replicas"], 1, "one allocator");
+    assert_eq!(deploy["spec"]["replicas"], 2, "two replicas: one leader, one standby");
 }
 
 #[test]

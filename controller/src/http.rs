@@ -1,5 +1,6 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the reconcile loop is running)
-//! and `/readyz` (state rebuilt from the cluster and the API server answering).
+//! and `/readyz` (state rebuilt from the cluster and the API server answering; the body says
+//! `leader` or `standby`: a healthy standby is ready, it is what takes over).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use kube::Client;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
 /// What the health endpoints look at.
@@ -23,16 +25,18 @@ pub struct Health {
     /// Cleared when the Service reconcile loop ends.
     pub reconciling: AtomicBool,
     client: Client,
+    leadership: Arc<Leadership>,
     /// Last API check, so probes do not hammer the API server.
     last_api_check: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Health {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, leadership: Arc<Leadership>) -> Self {
         Health {
             rebuilt: AtomicBool::new(false),
             reconciling: AtomicBool::new(false),
             client,
+            leadership,
             last_api_check: Mutex::new(None),
         }
     }
@@ -101,7 +105,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         );
     }
     match state.health.api_reachable().await {
-        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Ok(()) => (StatusCode::OK, format!("ok: {}\n", state.health.leadership.role())),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
 }

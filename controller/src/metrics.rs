@@ -59,6 +59,8 @@ pub struct Metrics {
     pub allocations: Family<OutcomeLabels, Counter>,
     pub services_pending: Gauge,
     pub pools: Family<PoolStateLabels, Gauge>,
+    /// 1 while this replica leads (writes), 0 on standby.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,6 +71,7 @@ impl Default for Metrics {
         let allocations = Family::<OutcomeLabels, Counter>::default();
         let services_pending = Gauge::default();
         let pools = Family::<PoolStateLabels, Gauge>::default();
+        let leader = Gauge::default();
         registry.register(
             "allocator_addresses_in_use",
             "Addresses of a pool held by Services (a shared address counts once)",
@@ -94,8 +97,14 @@ impl Default for Metrics {
             "IPAddressPools by state: valid, stale (invalid, serving from its last valid spec) or invalid (not used)",
             pools.clone(),
         );
+        registry.register(
+            "controller_leader",
+            "1 while this replica leads (allocates and writes), 0 while it stands by",
+            leader.clone(),
+        );
         Metrics {
             registry,
+            leader,
             addresses_in_use,
             addresses_available,
             allocations,

@@ -8,13 +8,15 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
+use crate::leader::Leadership;
+
 /// The key inside the Secret.
 pub const KEY_FIELD: &str = "secretkey";
 
 /// Fills `secretkey` with 32 random bytes if the Secret exists without one. Never replaces an
 /// existing key (speakers would stop trusting each other mid-flight). Problems are logged: the
-/// controller's own job does not depend on this.
-pub async fn ensure_speaker_key(client: &Client, namespace: &str, name: &str) {
+/// controller's own job does not depend on this. Only a leader writes it.
+pub async fn ensure_speaker_key(client: &Client, namespace: &str, name: &str, leadership: &Leadership) {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = match api.get_opt(name).await {
         Ok(Some(secret)) => secret,
@@ -41,6 +43,9 @@ pub async fn ensure_speaker_key(client: &Client, namespace: &str, name: &str) {
     let mut key = [0u8; 32];
     if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key)) {
         tracing::error!(error = %e, "cannot read random bytes for the speaker key");
+        return;
+    }
+    if !leadership.may_write() {
         return;
     }
     let patch = serde_json::json!({"data": {KEY_FIELD: ByteString(key.to_vec())}});

@@ -163,13 +163,28 @@ fn start_controller(lab: &Lab, lb_class: &str) -> RunningController {
 }
 
 fn start_controller_at(lab: &Lab, lb_class: &str, metrics_addr: SocketAddr) -> RunningController {
-    let config = Config {
+    start_controller_with(lab, controller_config(lb_class, metrics_addr))
+}
+
+/// The controller's configuration as `config/deploy` sets it, leader election on with the
+/// default timing and Lease name (each test has a lab, hence a Lease, of its own).
+fn controller_config(lb_class: &str, metrics_addr: SocketAddr) -> Config {
+    Config {
         namespace: "herald-system".into(),
         lb_class: lb_class.into(),
         metrics_addr,
         log_format: LogFormat::Text,
         speaker_secret: "herald-speaker-auth".into(),
-    };
+        leader_elect: true,
+        leader_elect_lease_duration: Duration::from_secs(15),
+        leader_elect_renew_deadline: Duration::from_secs(10),
+        leader_elect_retry_period: Duration::from_secs(2),
+        leader_elect_lease_name: "herald-controller".into(),
+        pod_name: None,
+    }
+}
+
+fn start_controller_with(lab: &Lab, config: Config) -> RunningController {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(herald_controller::reconciler::run_with_client(
         lab.controller_client.clone(),
@@ -188,6 +203,13 @@ impl RunningController {
             .await
             .expect("controller stops within 10s");
         result.expect("controller task").expect("controller ran without error");
+    }
+
+    /// Kills it without any cleanup (no Lease release): every task it started ends now.
+    async fn crash(self) {
+        self.task.abort();
+        let ended = self.task.await;
+        assert!(ended.is_err_and(|e| e.is_cancelled()), "aborted");
     }
 }
 
@@ -428,7 +450,9 @@ async fn a_bad_pool_gets_an_invalid_condition_and_disturbs_nothing() {
     lab.service("web", json!({})).await;
     lab.wait_ips("web", &["10.87.0.0"]).await;
 
-    lab.pool("bad", &["10.87.9.20-10.87.9.10"]).await;
+    // A reversed IPv4 range is refused by the CRD schema already; the IPv6 one is the
+    // controller's to find (CEL cannot order IPv6 addresses).
+    lab.pool("bad", &["fd00:87::20-fd00:87::10"]).await;
     lab.pool("overlapping", &["10.87.0.0/31"]).await;
     let invalid_message = |name: &'static str| {
         let pools = lab.pools();
@@ -524,6 +548,7 @@ async fn health_and_metrics_report_real_state() {
     let ready = eventually(|| async { http_get(free, "/readyz").await.is_some_and(|(code, _)| code == 200) }).await;
     assert!(ready, "ready once rebuilt and the API answers");
     assert_eq!(http_get(free, "/healthz").await.map(|(c, _)| c), Some(200));
+    assert_eq!(role(free).await.as_deref(), Some("leader"), "a lone replica leads");
     lab.service("web", json!({})).await;
     lab.wait_ips("web", &["10.89.0.0"]).await;
     let (found, metrics) = poll_until(
@@ -538,6 +563,7 @@ async fn health_and_metrics_report_real_state() {
     .await;
     assert!(found, "pool gauge in /metrics: {metrics}");
     assert!(metrics.contains("herald_controller_allocations_total{outcome=\"allocated\"} 1"));
+    assert!(metrics.contains("herald_controller_leader 1"), "{metrics}");
 
     // The API server goes away: not ready, with the reason.
     lab.lab.stop_apiserver().await;
@@ -549,5 +575,239 @@ async fn health_and_metrics_report_real_state() {
     assert!(found, "not ready without the API server: {last:?}");
     assert!(last.unwrap().1.contains("not ready: API server"));
     controller.stop().await;
+    lab.stop().await;
+}
+
+/// `leader` or `standby`, from a ready replica's `/readyz` body (`ok: <role>`).
+async fn role(addr: SocketAddr) -> Option<String> {
+    let (code, body) = http_get(addr, "/readyz").await?;
+    (code == 200)
+        .then(|| body.trim().strip_prefix("ok: ").map(str::to_string))
+        .flatten()
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Every Service's ingress IPs, by name.
+async fn all_ips(lab: &Lab) -> std::collections::BTreeMap<String, Vec<String>> {
+    lab.services()
+        .list(&ListParams::default())
+        .await
+        .expect("services")
+        .items
+        .into_iter()
+        .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
+        .map(|s| {
+            let ips = s
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|lb| lb.ingress)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|i| i.ip)
+                .collect();
+            (s.metadata.name.unwrap_or_default(), ips)
+        })
+        .collect()
+}
+
+/// No address is held by two Services.
+fn assert_distinct(ips: &std::collections::BTreeMap<String, Vec<String>>) {
+    let mut seen = std::collections::BTreeMap::new();
+    for (service, ips) in ips {
+        for ip in ips {
+            if let Some(other) = seen.insert(ip.clone(), service.clone()) {
+                panic!("{ip} is handed out twice: {other} and {service}; all: {ips:?}");
+            }
+        }
+    }
+}
+
+async fn lease_holder(lab: &Lab) -> (Option<String>, i32) {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(lab.client.clone(), "herald-system");
+    let spec = leases
+        .get("herald-controller")
+        .await
+        .expect("the Lease exists")
+        .spec
+        .unwrap_or_default();
+    (spec.holder_identity, spec.lease_transitions.unwrap_or(0))
+}
+
+#[tokio::test]
+async fn two_replicas_one_leads_and_a_standby_takes_over_a_crash_without_renumbering() {
+    let lab = Lab::start().await;
+    lab.pool("ha", &["10.90.0.0/25"]).await;
+    let (lease, renew, retry) = (
+        Duration::from_secs(2),
+        Duration::from_millis(1500),
+        Duration::from_millis(300),
+    );
+    let fast = |addr| Config {
+        leader_elect_lease_duration: lease,
+        leader_elect_renew_deadline: renew,
+        leader_elect_retry_period: retry,
+        ..controller_config(herald_config::DEFAULT_LB_CLASS, addr)
+    };
+    let addrs = [free_addr(), free_addr()];
+    let mut replicas: Vec<Option<RunningController>> = addrs
+        .iter()
+        .map(|addr| Some(start_controller_with(&lab, fast(*addr))))
+        .collect();
+
+    // Exactly one leads; the other is a ready standby.
+    let (found, roles) = poll_until(
+        || async { [role(addrs[0]).await, role(addrs[1]).await] },
+        |roles| {
+            let mut r: Vec<_> = roles.iter().map(|r| r.as_deref()).collect();
+            r.sort();
+            r == [Some("leader"), Some("standby")]
+        },
+    )
+    .await;
+    assert!(found, "one leader and one standby: {roles:?}");
+    let leader = roles.iter().position(|r| r.as_deref() == Some("leader")).unwrap();
+    let standby = 1 - leader;
+    for (i, gauge) in [(leader, 1), (standby, 0)] {
+        let metrics = http_get(addrs[i], "/metrics").await.unwrap().1;
+        assert!(
+            metrics.contains(&format!("herald_controller_leader {gauge}")),
+            "replica {i}: {metrics}"
+        );
+    }
+    let (holder, transitions_before) = lease_holder(&lab).await;
+    let first_leader = holder.expect("the Lease names the leader");
+
+    for i in 0..6 {
+        lab.service(&format!("before-{i}"), json!({})).await;
+    }
+    let (found, before) = poll_until(
+        || all_ips(&lab),
+        |ips| ips.len() == 6 && ips.values().all(|ips| ips.len() == 1),
+    )
+    .await;
+    assert!(found, "every Service gets an address: {before:?}");
+    assert_distinct(&before);
+    // The standby wrote nothing: every Event comes from the leader.
+    let events: Api<Event> = Api::namespaced(lab.client.clone(), "default");
+    let reporters: std::collections::BTreeSet<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    assert_eq!(
+        reporters,
+        std::collections::BTreeSet::from([first_leader.clone()]),
+        "only the leader publishes"
+    );
+
+    // A client keeps creating Services (one every 100 ms for 4 s) while the leader crashes.
+    let creator = {
+        let services = lab.services();
+        tokio::spawn(async move {
+            let mut created = Vec::new();
+            for i in 0..40 {
+                let svc: Service = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": format!("during-{i}"), "namespace": "default"},
+                    "spec": {"type": "LoadBalancer", "selector": {"app": "x"}, "ports": [{"port": 80, "protocol": "TCP"}]}
+                }))
+                .unwrap();
+                services
+                    .create(&PostParams::default(), &svc)
+                    .await
+                    .expect("service created");
+                created.push((format!("during-{i}"), Instant::now()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            created
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every Service with an address right before the crash, to compare after.
+    let at_crash = all_ips(&lab).await;
+    replicas[leader].take().unwrap().crash().await;
+    let crashed = Instant::now();
+
+    let (found, _) = poll_until(|| role(addrs[standby]), |r| r.as_deref() == Some("leader")).await;
+    assert!(found, "the standby takes over");
+    let takeover = crashed.elapsed();
+    eprintln!("takeover: standby leads {takeover:?} after the leader crashed");
+    assert!(
+        takeover <= lease + retry + Duration::from_millis(500),
+        "took over in {takeover:?}, lease {lease:?} + retry {retry:?}"
+    );
+    let (holder, transitions_after) = lease_holder(&lab).await;
+    assert_ne!(holder.as_deref(), Some(first_leader.as_str()));
+    assert_eq!(transitions_after, transitions_before + 1);
+
+    let created = creator.await.unwrap();
+    let (found, after) = poll_until(
+        || all_ips(&lab),
+        |ips| ips.len() == 46 && ips.values().all(|ips| ips.len() == 1),
+    )
+    .await;
+    let pending: Vec<_> = after.iter().filter(|(_, ips)| ips.is_empty()).collect();
+    assert!(
+        found,
+        "every Service gets an address after the takeover; pending: {pending:?}"
+    );
+    assert_distinct(&after);
+    for (service, ips) in at_crash.iter().filter(|(_, ips)| !ips.is_empty()) {
+        assert_eq!(&after[service], ips, "{service} was renumbered");
+    }
+    for (service, ips) in &before {
+        assert_eq!(&after[service], ips, "{service} was renumbered");
+    }
+    let moved: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("changed from") || n.contains("moved from"))
+        })
+        .map(|e| e.note)
+        .collect();
+    assert!(moved.is_empty(), "nothing moved: {moved:?}");
+
+    // How long Services created while nobody led waited: at most the takeover, plus about a
+    // second once the new leader holds the Lease.
+    let created_after_crash: Vec<_> = created.iter().filter(|(_, at)| *at > crashed).collect();
+    assert!(
+        !created_after_crash.is_empty(),
+        "the client kept creating through the takeover"
+    );
+    eprintln!(
+        "{} Services created after the crash, {} before it had no address at the crash",
+        created_after_crash.len(),
+        at_crash.values().filter(|ips| ips.is_empty()).count()
+    );
+
+    // The new leader gets the next Service at once.
+    let asked = Instant::now();
+    lab.service("late", json!({})).await;
+    let (found, ips) = poll_until(|| lab.ips("late"), |ips| !ips.is_empty()).await;
+    assert!(found);
+    eprintln!(
+        "a Service created after the takeover got {ips:?} in {:?}",
+        asked.elapsed()
+    );
+    assert_distinct(&all_ips(&lab).await);
+
+    replicas[standby].take().unwrap().stop().await;
+    // A graceful stop gives the Lease up.
+    assert_eq!(lease_holder(&lab).await.0.as_deref().unwrap_or(""), "");
     lab.stop().await;
 }

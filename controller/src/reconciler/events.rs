@@ -15,12 +15,17 @@ pub const CLEAR_ASSIGNMENT: &str = "ClearAssignment";
 /// The Service uses a MetalLB spelling of an annotation.
 pub const DEPRECATED_ANNOTATION: &str = "DeprecatedAnnotation";
 
-/// Publishes an Event on the Service; failures are logged, never fatal.
+/// Publishes an Event on the Service; failures are logged, never fatal. A standby publishes
+/// nothing.
 ///
 /// A fresh `Recorder` per Event: kube's recorder folds Events with the same reason into one
 /// series and keeps the first note, but here the note is the message (which address, which
 /// rule). Repeats of one message are suppressed by the caller instead.
 pub async fn publish(ctx: &Context, service: &Service, type_: EventType, reason: &str, note: String) {
+    if !ctx.leadership.may_write() {
+        tracing::debug!(reason, %note, "not the leader: Event not published");
+        return;
+    }
     let event = Event {
         type_,
         reason: reason.to_string(),

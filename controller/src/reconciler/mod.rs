@@ -13,7 +13,13 @@
 //!    the allocator's pools (moving Services whose address left every pool), and writes each
 //!    pool's status counters and `Ready` condition. A pool edited into an invalid spec keeps
 //!    serving from its last valid spec, so a bad edit moves nothing.
-//! 4. Anything that can free capacity or change the rules (a release, a pool change, a
+//! 4. Leader election ([`crate::leader`]): every replica does 1–3, but only the leader writes
+//!    (Service status and annotation, pool status, Events, the speaker key). A standby's
+//!    reconcile only makes its allocator follow each Service's status ([`service::follow`]), so
+//!    it is current when it takes over; a new term first re-syncs the allocator from the whole
+//!    Service cache ([`service::follow_all`]), then opens the write gate and re-runs every
+//!    Service. Every write asks the gate right before it is sent.
+//! 5. Anything that can free capacity or change the rules (a release, a pool change, a
 //!    Namespace label change) re-runs every Service through the reconciler; a Service that
 //!    could not get an address is thus retried exactly when it might succeed, never in a loop.
 
@@ -37,11 +43,13 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 
 use crate::allocator::{Allocator, ServiceKey, ServiceRequest};
 use crate::config::Config;
 use crate::http::{self, Health};
+use crate::leader::{self, Leadership, Role, TimingError};
 use crate::metrics::Metrics;
 
 /// Why a reconcile or the controller failed.
@@ -62,6 +70,11 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("leader election: {0}")]
+    Timing(#[source] TimingError),
+    /// This replica stepped down (or never led): it writes nothing.
+    #[error("not the leader: not writing {what} of {object}")]
+    NotLeader { what: &'static str, object: String },
     #[error("serving metrics on {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -80,6 +93,8 @@ pub struct Context {
     /// Who Events come from.
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
+    /// Whether this replica may write now; ask right before each write.
+    pub leadership: Arc<Leadership>,
     /// Re-run every Service (capacity freed, pools or namespaces changed).
     pub retry_all: Arc<Notify>,
     /// Pools' counters or verdicts changed; their statuses need writing.
@@ -118,23 +133,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + Syn
     run_with_client(client, config, shutdown).await
 }
 
-/// [`run`] with a given client.
+/// [`run`] with a given client. Every task it starts ends with it: dropping (aborting) this
+/// future is a crash, which the other candidates of the election survive.
 pub async fn run_with_client(
     client: Client,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
+    let timing = config.election_timing().map_err(Error::Timing)?;
+    let identity = leader::identity(config.pod_name.as_deref());
+    let leadership = if config.leader_elect {
+        Leadership::elected(identity)
+    } else {
+        Leadership::unelected(identity)
+    };
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::new(client.clone()));
+    metrics.leader.set(i64::from(leadership.may_write()));
+    let health = Arc::new(Health::new(client.clone(), leadership.clone()));
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .map_err(|source| Error::Http {
             addr: config.metrics_addr,
             source,
         })?;
-    let http_task = tokio::spawn(http::serve(listener, health.clone(), metrics.clone()));
-
-    crate::secret::ensure_speaker_key(&client, &config.namespace, &config.speaker_secret).await;
+    // Aborted when this future ends or is dropped.
+    let mut tasks = JoinSet::new();
+    let serving = (health.clone(), metrics.clone());
+    tasks.spawn(async move {
+        if let Err(e) = http::serve(listener, serving.0, serving.1).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
 
     // Namespaces: labels for serviceAllocation.namespaceSelectors; a label change may change
     // which pool a Service may use.
@@ -145,7 +174,7 @@ pub async fn run_with_client(
         .reflect(ns_writer)
         .applied_objects();
     let ns_trigger = retry_all.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut stream = std::pin::pin!(ns_stream);
         while let Some(event) = stream.next().await {
             if event.is_ok() {
@@ -155,12 +184,16 @@ pub async fn run_with_client(
     });
 
     let ctx = Arc::new(Context {
-        reporter: Reporter::from("herald-controller"),
+        reporter: Reporter {
+            controller: "herald-controller".into(),
+            instance: Some(leadership.identity().to_string()),
+        },
         client: client.clone(),
         config: config.clone(),
         allocator: Mutex::new(Allocator::new()),
         namespaces,
-        metrics,
+        metrics: metrics.clone(),
+        leadership: leadership.clone(),
         retry_all: retry_all.clone(),
         pools_changed: Arc::new(Notify::new()),
         displaced: Mutex::default(),
@@ -171,6 +204,7 @@ pub async fn run_with_client(
     });
     ctx.namespaces.wait_until_ready().await.ok();
 
+    // Leader or standby alike: the allocator is rebuilt before anything else happens.
     let pool_api: Api<IPAddressPool> = Api::namespaced(client.clone(), &config.namespace);
     let initial_pools = pool_api
         .list(&Default::default())
@@ -187,24 +221,59 @@ pub async fn run_with_client(
 
     let watch_ctx = ctx.clone();
     let watch_api = pool_api.clone();
-    tokio::spawn(async move { pools::watch_pools(watch_ctx, watch_api, &initial_pools).await });
-    tokio::spawn(pools::write_statuses(ctx.clone(), pool_api));
+    tasks.spawn(async move { pools::watch_pools(watch_ctx, watch_api, &initial_pools).await });
+    tasks.spawn(pools::write_statuses(ctx.clone(), pool_api));
+    tasks.spawn(on_role_changes(ctx.clone()));
 
     // Services: one reflector feeds the Controller; its Delete events release addresses.
     let services: Api<Service> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     let release_ctx = ctx.clone();
     let release_reader = reader.clone();
+    let (cache_ready_tx, cache_ready) = watch::channel(false);
     let service_events = watcher(services.clone(), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| match event {
             Ok(watcher::Event::Delete(service)) => service::released(&release_ctx, &service_key(service), "deleted"),
             // After a relist, anything we hold for a Service that is gone was deleted unseen.
-            Ok(watcher::Event::InitDone) => service::release_missing(&release_ctx, &release_reader),
+            Ok(watcher::Event::InitDone) => {
+                service::release_missing(&release_ctx, &release_reader);
+                cache_ready_tx.send_replace(true);
+            }
             _ => {}
         })
         .applied_objects();
+
+    // The election starts once the Service cache is complete, so a new term's re-sync from it
+    // sees every Service.
+    let (stop_election, election_stopped) = watch::channel(false);
+    let mut election = config.leader_elect.then(|| {
+        let ctx = ctx.clone();
+        let reader = reader.clone();
+        let election = leader::ElectionConfig {
+            namespace: config.namespace.clone(),
+            lease_name: config.leader_elect_lease_name.clone(),
+            timing,
+        };
+        AbortOnDrop(tokio::spawn(async move {
+            let mut cache_ready = cache_ready;
+            if cache_ready.wait_for(|ready| *ready).await.is_err() {
+                return;
+            }
+            let hook_ctx = ctx.clone();
+            leader::run(
+                ctx.client.clone(),
+                election,
+                ctx.leadership.clone(),
+                ctx.metrics.clone(),
+                move || service::follow_all(&hook_ctx, &reader),
+                election_stopped,
+            )
+            .await
+        }))
+    });
+
     let trigger = retry_all.clone();
     let retry_stream = futures::stream::unfold(trigger, |n| async move {
         n.notified().await;
@@ -224,8 +293,47 @@ pub async fn run_with_client(
         .await;
     health.reconciling.store(false, Ordering::SeqCst);
     tracing::info!("reconcile loop stopped");
-    http_task.abort();
+    // Only now that no reconcile is running: give the Lease up.
+    let _ = stop_election.send(true);
+    if let Some(AbortOnDrop(handle)) = &mut election {
+        let _ = handle.await;
+    }
+    tasks.abort_all();
     Ok(())
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a change of role starts: a new leader re-runs every Service (pending ones get addresses
+/// now), writes pools' statuses and fills the speaker key; a replica that steps down re-runs
+/// every Service too, which makes its allocator follow the statuses again (dropping anything it
+/// allocated but could not write).
+async fn on_role_changes(ctx: Arc<Context>) {
+    let mut roles = ctx.leadership.subscribe();
+    loop {
+        let role = *roles.borrow_and_update();
+        ctx.retry_all.notify_one();
+        if role == Role::Leader {
+            ctx.pools_changed.notify_one();
+            crate::secret::ensure_speaker_key(
+                &ctx.client,
+                &ctx.config.namespace,
+                &ctx.config.speaker_secret,
+                &ctx.leadership,
+            )
+            .await;
+        }
+        if roles.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Restores every handled Service's current addresses into the allocator, oldest first, so a

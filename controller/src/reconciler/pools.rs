@@ -140,13 +140,20 @@ fn current_specs(pools: &[IPAddressPool]) -> BTreeMap<String, IPAddressPoolSpec>
     pools.iter().map(|p| (p.name_any(), p.spec.clone())).collect()
 }
 
-/// Writes pools' statuses when counters or verdicts change, at most every 200 ms.
+/// Writes pools' statuses when counters or verdicts change, at most every 200 ms; only while
+/// leading (gauges are published either way).
 pub async fn write_statuses(ctx: Arc<Context>, api: Api<IPAddressPool>) {
     let mut written: BTreeMap<String, IPAddressPoolStatus> = BTreeMap::new();
     loop {
         ctx.pools_changed.notified().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let verdicts = ctx.pool_verdicts.lock().expect("verdicts lock").clone();
+        // A standby writes nothing; what it would have written is written when it leads (a new
+        // term notifies `pools_changed`), whatever another leader wrote meanwhile.
+        let leading = ctx.leadership.may_write();
+        if !leading {
+            written.clear();
+        }
         // A deleted pool: forget what was written for it (a new pool of the same name must get
         // its own status) and drop its gauges.
         for gone in written
@@ -177,8 +184,13 @@ pub async fn write_statuses(ctx: Arc<Context>, api: Api<IPAddressPool>) {
                 now.last_transition_time = before.last_transition_time.clone();
             }
             publish_metrics(&ctx, &name, stats.as_ref());
-            if written.get(&name).is_some_and(|w| same_status(w, &status)) {
+            if !leading || written.get(&name).is_some_and(|w| same_status(w, &status)) {
                 continue;
+            }
+            if !ctx.leadership.may_write() {
+                // Stepped down during this round.
+                written.clear();
+                break;
             }
             match write_status(&api, &name, &status).await {
                 Ok(()) => {

@@ -21,6 +21,10 @@ use crate::metrics::Outcome;
 const FIELD_MANAGER: &str = "herald-controller";
 
 pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leadership.may_write() {
+        follow(&ctx, &service);
+        return Ok(Action::await_change());
+    }
     let key = service_key(&service);
     if !handles(&service, &ctx.config.lb_class) {
         return clear_if_ours(&service, &ctx, &key).await;
@@ -81,6 +85,11 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 /// API failures are retried with a delay; allocation failures never get here (they wait for a
 /// change that could help, see the module docs of `reconciler`).
 pub fn error_policy(service: Arc<Service>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if matches!(error, Error::NotLeader { .. }) {
+        // Stepping down re-runs every Service anyway (as a standby, following its status).
+        tracing::debug!(service = %service_key(&service), error = %error, "stepped down mid-reconcile");
+        return Action::await_change();
+    }
     tracing::warn!(service = %service_key(&service), error = %error, "reconcile failed; retrying in 5s");
     Action::requeue(Duration::from_secs(5))
 }
@@ -215,6 +224,63 @@ pub fn release_missing(ctx: &Context, services: &Store<Service>) {
     }
 }
 
+/// A standby's reconcile: make the allocator hold what the Service's status says (the leader's
+/// decision), or nothing if it shows nothing. Writes nothing, allocates nothing.
+pub fn follow(ctx: &Context, service: &Service) {
+    let mut allocator = ctx.allocator.lock().expect("allocator lock");
+    if follow_locked(ctx, &mut allocator, service) {
+        ctx.pools_changed.notify_one();
+    }
+}
+
+/// A new term starts here, before the write gate opens: the allocator follows every Service in
+/// the cache (oldest first, as the rebuild does), and lets go of Services that are gone, so the
+/// first allocation of the term cannot hand out an address a Service's status already shows.
+pub fn follow_all(ctx: &Context, services: &Store<Service>) {
+    let mut all = services.state();
+    all.sort_by(|a, b| {
+        let key = |s: &Service| (s.metadata.creation_timestamp.clone(), s.namespace(), s.name_any());
+        key(a).cmp(&key(b))
+    });
+    let changed = {
+        let mut allocator = ctx.allocator.lock().expect("allocator lock");
+        all.iter().fold(false, |changed, service| {
+            follow_locked(ctx, &mut allocator, service) | changed
+        })
+    };
+    release_missing(ctx, services);
+    if changed {
+        ctx.pools_changed.notify_one();
+    }
+    tracing::info!(
+        services = all.len(),
+        changed,
+        "allocator follows every Service's status"
+    );
+}
+
+/// Returns whether the allocator changed.
+fn follow_locked(ctx: &Context, allocator: &mut crate::allocator::Allocator, service: &Service) -> bool {
+    let key = service_key(service);
+    let ips = ingress_ips(service);
+    if ips.is_empty() || !handles(service, &ctx.config.lb_class) {
+        return allocator.release(&key).is_some();
+    }
+    if allocator.ips_of(&key) == Some(&ips[..]) {
+        return false;
+    }
+    let request = ServiceRequest::from_service(service, ctx.namespace_labels(&key.namespace))
+        .unwrap_or_else(|_| ServiceRequest::auto(key.clone(), herald_config::IpFamily::of(ips[0])));
+    match allocator.restore(&request, &ips) {
+        Ok(_) => true,
+        Err(e) => {
+            // Often transient on a standby (the leader is moving it); the leader reports it.
+            tracing::debug!(service = %key, error = %e, "standby cannot follow the Service's status");
+            false
+        }
+    }
+}
+
 async fn report_deprecations(service: &Service, ctx: &Context, key: &ServiceKey) {
     let spec_ip = service.spec.as_ref().and_then(|s| s.load_balancer_ip.as_deref());
     let Ok(parsed) = parse_service_annotations(service.annotations(), spec_ip) else {
@@ -240,6 +306,7 @@ async fn report_deprecations(service: &Service, ctx: &Context, key: &ServiceKey)
 }
 
 async fn write_ingress(ctx: &Context, service: &Service, ips: &[IpAddr]) -> Result<(), Error> {
+    may_write(ctx, service, "status.loadBalancer")?;
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
     let ingress: Vec<_> = ips
         .iter()
@@ -260,6 +327,7 @@ async fn write_pool_annotation(ctx: &Context, service: &Service, pool: Option<&s
     if pool.is_none() && !service.annotations().contains_key(IP_ALLOCATED_FROM_POOL) {
         return Ok(());
     }
+    may_write(ctx, service, "annotation")?;
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
     let patch = json!({"metadata": {"annotations": {IP_ALLOCATED_FROM_POOL: pool}}});
     api.patch(&service.name_any(), &field_manager(), &Patch::Merge(&patch))
@@ -270,6 +338,18 @@ async fn write_pool_annotation(ctx: &Context, service: &Service, pool: Option<&s
             source,
         })?;
     Ok(())
+}
+
+/// The write gate, asked right before a write is sent.
+fn may_write(ctx: &Context, service: &Service, what: &'static str) -> Result<(), Error> {
+    if ctx.leadership.may_write() {
+        Ok(())
+    } else {
+        Err(Error::NotLeader {
+            what,
+            object: service_key(service).to_string(),
+        })
+    }
 }
 
 fn field_manager() -> PatchParams {
