@@ -31,6 +31,7 @@ use crate::selector;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::l2_advertisement_spec)]
 pub struct L2AdvertisementSpec {
     /// Pools announced, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -6,6 +6,7 @@
 //! - [`address`]: parsing `spec.addresses` entries into inclusive IP ranges.
 //! - [`pool`], [`advertisement`], [`l2status`]: the custom resource types (`herald.io/v1beta1`).
 //! - [`selector`]: Kubernetes label selectors: validation and matching.
+//! - [`schema`]: the validation rules the CRD schemas give the API server (OpenAPI and CEL).
 //! - [`annotations`]: the Service annotations Herald reads and writes.
 //! - [`service`]: which Services Herald handles, and their current addresses.
 //! - [`validation`]: rules over pools and advertisements, alone and as a set.
@@ -24,6 +25,7 @@ pub mod crds;
 pub mod l2status;
 pub mod last_valid;
 pub mod pool;
+pub mod schema;
 pub mod selector;
 pub mod service;
 pub mod validation;

@@ -49,6 +49,7 @@ use crate::selector;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::pool_spec)]
 pub struct IPAddressPoolSpec {
     /// CIDRs (`192.168.10.0/24`, `fd00:10::/120`) and inclusive ranges
     /// (`192.168.10.10-192.168.10.20`), IPv4 and IPv6. No two entries, in this or any other
@@ -75,6 +76,7 @@ fn default_true() -> bool {
 /// Restricts automatic allocation from a pool to some Services and ranks the pool among others.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::service_allocation)]
 pub struct ServiceAllocation {
     /// Lower numbers are tried first; 0 (the default) is tried after every positive priority.
     #[serde(default)]
