@@ -462,9 +462,7 @@ async fn s8_bad_input_is_explained_and_disturbs_nothing() {
         "kubectl says why: {refused}"
     );
     // A reversed IPv6 range gets past the schema (CEL cannot order IPv6): the controller says why.
-    lab.kubectl_apply(&pool("fd00:203::f0-fd00:203::e0"))
-        .await
-        .unwrap();
+    lab.kubectl_apply(&pool("fd00:203::f0-fd00:203::e0")).await.unwrap();
     let svc = |name: &str, annotations: &str| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n  annotations: {{{annotations}}}\nspec:\n  type: LoadBalancer\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
