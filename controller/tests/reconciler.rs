@@ -548,7 +548,9 @@ async fn health_and_metrics_report_real_state() {
     let ready = eventually(|| async { http_get(free, "/readyz").await.is_some_and(|(code, _)| code == 200) }).await;
     assert!(ready, "ready once rebuilt and the API answers");
     assert_eq!(http_get(free, "/healthz").await.map(|(c, _)| c), Some(200));
-    assert_eq!(role(free).await.as_deref(), Some("leader"), "a lone replica leads");
+    // Ready comes first (a standby is ready too); the lone replica then wins the Lease.
+    let (leads, last) = poll_until(|| role(free), |r| r.as_deref() == Some("leader")).await;
+    assert!(leads, "a lone replica leads: {last:?}");
     lab.service("web", json!({})).await;
     lab.wait_ips("web", &["10.89.0.0"]).await;
     let (found, metrics) = poll_until(
