@@ -1,16 +1,19 @@
 //! The speaker process: Kubernetes watches → election → announcer (and, later, dataplane).
 //!
 //! The loop recomputes a [`Plan`] whenever anything it depends on changes — a watched object,
-//! the membership view (a peer died, left, or changed health), this node's interfaces — and at
-//! least once a second. The plan is pure; applying it is cheap and idempotent. Nothing in the
-//! loop waits on the API server, so announcing goes on while it is down.
+//! the membership view (a peer died, left, or changed health), this node's health and
+//! interfaces. It also wakes once a second: that tick recomputes only while the last plan was
+//! incomplete (cluster not synced, view not settled, dataplane failing) and otherwise every
+//! [`FULL_PASS_EVERY`] as a safety net, so an idle speaker does no work that grows with the
+//! number of Services (see [`pass_needed`]). The plan is pure; applying it is idempotent.
+//! Nothing in the loop waits on the API server, so announcing goes on while it is down.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::{Api, Client};
@@ -50,6 +53,31 @@ pub enum Error {
     Announcer(#[from] AnnouncerError),
     #[error("starting membership: {0}")]
     Membership(#[from] MembershipError),
+}
+
+/// How often an idle loop recomputes its plan anyway: a safety net, since every input that can
+/// change the plan also wakes the loop.
+pub const FULL_PASS_EVERY: Duration = Duration::from_secs(10);
+
+/// The last time the loop computed and applied a plan.
+#[derive(Clone, Debug)]
+struct LastPass {
+    at: Instant,
+    /// This node's health as the plan saw it.
+    health: NodeHealth,
+    /// Cluster synced, view settled and dataplane healthy: nothing was waiting to be retried.
+    complete: bool,
+}
+
+/// Whether this loop iteration must compute and apply a plan. Only a quiet tick (no watched
+/// object, view or interface changed since the last pass) may skip it, and only when the last
+/// pass was complete, this node's health is the same, and the last pass is recent.
+fn pass_needed(woken_by_input: bool, last: Option<&LastPass>, health: &NodeHealth, now: Instant) -> bool {
+    let Some(last) = last else { return true };
+    woken_by_input
+        || !last.complete
+        || last.health != *health
+        || now.saturating_duration_since(last.at) >= FULL_PASS_EVERY
 }
 
 /// Counters of the loop itself.
@@ -142,6 +170,8 @@ pub async fn run_with_client(
     let mut ownership: BTreeMap<IpAddr, Ownership> = BTreeMap::new();
     let mut dataplane_sync = DataplaneSync::default();
     let mut config_memory = ConfigMemory::new();
+    let mut last_pass: Option<LastPass> = None;
+    let mut woken_by_input = true;
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
         let announcer_status = announcer.status();
@@ -155,83 +185,93 @@ pub async fn run_with_client(
             interfaces: announcer_status.usable_interfaces.iter().cloned().collect(),
         };
         membership.set_local_health(local_health.clone());
-        let view = view_rx.borrow_and_update().clone();
-        health.membership_settled.store(view.settled, Ordering::SeqCst);
-
-        let nodes = cluster.nodes.state();
-        let services = cluster.services.state();
-        let slices = cluster.endpoint_slices.state();
-        let pools = cluster.pools.state();
-        let advertisements = cluster.advertisements.state();
-        let in_use = config_memory.judge(
-            pools.iter().map(|p| &**p),
-            advertisements.iter().map(|a| &**a),
-            k8s_openapi::jiff::Timestamp::now(),
-        );
-        let next: Plan = plan(&Inputs {
-            node: &node,
-            lb_class: &config.lb_class,
-            peer_port: config.peer_port,
-            nodes: &nodes.iter().map(|n| &**n).collect::<Vec<_>>(),
-            services: &services.iter().map(|s| &**s).collect::<Vec<_>>(),
-            endpoint_slices: &slices.iter().map(|s| &**s).collect::<Vec<_>>(),
-            pools: &in_use.pools,
-            advertisements: &in_use.advertisements,
-            view: &view,
-            local_health: &local_health,
-            require_dataplane: true,
-        });
-        if let Some(dp) = dataplane.as_mut() {
-            let addresses = nodes
-                .iter()
-                .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
-                .map(|n| crate::cluster::facts::node_addresses(n))
-                .filter(|a| !a.is_empty())
-                .unwrap_or_else(|| vec![advertise]);
-            dataplane_sync.update(dp, &announcer_status.usable_interfaces, addresses, &next.services);
-        }
-        // The first peer list starts membership (and its initial sync); an empty list before the
-        // Node watch has synced would make it "settle" with no peers and elect itself everywhere.
-        if cluster.synced() {
-            membership.set_peers(next.peers.clone());
-            membership.watch_closely(next.watch_closely.clone());
-        }
-        // Until the first exchange with peers settles, this node does not know who else is
-        // alive, and announcing would fight the real owners.
-        if view.settled && cluster.synced() {
-            for change in owner_changes(&ownership, &next) {
-                let (gained, lost) = (
-                    change.to.as_deref() == Some(&node),
-                    change.from.as_deref() == Some(&node),
-                );
-                if gained {
-                    metrics.count("gained");
-                }
-                if lost {
-                    metrics.count("lost");
-                }
-                tracing::info!(ip = %change.ip, from = ?change.from, to = ?change.to, reason = %change.reason, "owner changed");
+        'pass: {
+            if !pass_needed(woken_by_input, last_pass.as_ref(), &local_health, Instant::now()) {
+                break 'pass;
             }
-            announcer.set_owned(next.owned.clone());
-            metrics.owned.set(next.owned.len() as i64);
-            status_tx.send_if_modified(|current| {
-                let changed = *current != next.announced;
-                if changed {
-                    current.clone_from(&next.announced);
-                }
-                changed
+            let view = view_rx.borrow_and_update().clone();
+            health.membership_settled.store(view.settled, Ordering::SeqCst);
+
+            let nodes = cluster.nodes.state();
+            let services = cluster.services.state();
+            let slices = cluster.endpoint_slices.state();
+            let pools = cluster.pools.state();
+            let advertisements = cluster.advertisements.state();
+            let in_use = config_memory.judge(
+                pools.iter().map(|p| &**p),
+                advertisements.iter().map(|a| &**a),
+                k8s_openapi::jiff::Timestamp::now(),
+            );
+            let next: Plan = plan(&Inputs {
+                node: &node,
+                lb_class: &config.lb_class,
+                peer_port: config.peer_port,
+                nodes: &nodes.iter().map(|n| &**n).collect::<Vec<_>>(),
+                services: &services.iter().map(|s| &**s).collect::<Vec<_>>(),
+                endpoint_slices: &slices.iter().map(|s| &**s).collect::<Vec<_>>(),
+                pools: &in_use.pools,
+                advertisements: &in_use.advertisements,
+                view: &view,
+                local_health: &local_health,
+                require_dataplane: true,
             });
-            ownership = next.ownership;
+            if let Some(dp) = dataplane.as_mut() {
+                let addresses = nodes
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
+                    .map(|n| crate::cluster::facts::node_addresses(n))
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| vec![advertise]);
+                dataplane_sync.update(dp, &announcer_status.usable_interfaces, addresses, &next.services);
+            }
+            // The first peer list starts membership (and its initial sync); an empty list before the
+            // Node watch has synced would make it "settle" with no peers and elect itself everywhere.
+            if cluster.synced() {
+                membership.set_peers(next.peers.clone());
+                membership.watch_closely(next.watch_closely.clone());
+            }
+            // Until the first exchange with peers settles, this node does not know who else is
+            // alive, and announcing would fight the real owners.
+            if view.settled && cluster.synced() {
+                for change in owner_changes(&ownership, &next) {
+                    let (gained, lost) = (
+                        change.to.as_deref() == Some(&node),
+                        change.from.as_deref() == Some(&node),
+                    );
+                    if gained {
+                        metrics.count("gained");
+                    }
+                    if lost {
+                        metrics.count("lost");
+                    }
+                    tracing::info!(ip = %change.ip, from = ?change.from, to = ?change.to, reason = %change.reason, "owner changed");
+                }
+                announcer.set_owned(next.owned.clone());
+                metrics.owned.set(next.owned.len() as i64);
+                status_tx.send_if_modified(|current| {
+                    let changed = *current != next.announced;
+                    if changed {
+                        current.clone_from(&next.announced);
+                    }
+                    changed
+                });
+                ownership = next.ownership;
+            }
+            last_pass = Some(LastPass {
+                at: Instant::now(),
+                complete: view.settled && cluster.synced() && (dataplane.is_none() || dataplane_sync.healthy),
+                health: local_health,
+            });
         }
         health.mark_pass();
 
-        tokio::select! {
+        woken_by_input = tokio::select! {
             _ = &mut shutdown => break,
-            _ = cluster.changed.notified() => {}
-            _ = view_rx.changed() => {}
-            _ = interfaces_rx.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+            _ = cluster.changed.notified() => true,
+            _ = view_rx.changed() => true,
+            _ = interfaces_rx.changed() => true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
     }
 
     // Graceful leave: peers learn it at once and take over (sending their own gratuitous
@@ -455,8 +495,50 @@ async fn wait_for_key(
 
 #[cfg(test)]
 mod tests {
-    use super::filesystem_of;
+    use super::{FULL_PASS_EVERY, LastPass, NodeHealth, filesystem_of, pass_needed};
     use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn only_a_quiet_tick_after_a_complete_pass_with_the_same_health_skips_the_plan() {
+        let t0 = Instant::now();
+        let healthy = NodeHealth {
+            announcer_ready: true,
+            dataplane_ready: true,
+            interfaces: ["eth0".to_string()].into(),
+        };
+        let last = |complete| LastPass {
+            at: t0,
+            health: healthy.clone(),
+            complete,
+        };
+        let soon = t0 + Duration::from_secs(1);
+        assert!(pass_needed(false, None, &healthy, t0), "the first pass");
+        assert!(!pass_needed(false, Some(&last(true)), &healthy, soon), "a quiet tick");
+        assert!(pass_needed(true, Some(&last(true)), &healthy, soon), "an input changed");
+        assert!(
+            pass_needed(false, Some(&last(false)), &healthy, soon),
+            "something waits to be retried"
+        );
+        let degraded = NodeHealth {
+            dataplane_ready: false,
+            ..healthy.clone()
+        };
+        assert!(pass_needed(false, Some(&last(true)), &degraded, soon), "health changed");
+        assert!(
+            !pass_needed(
+                false,
+                Some(&last(true)),
+                &healthy,
+                t0 + FULL_PASS_EVERY - Duration::from_millis(1)
+            ),
+            "before the safety net"
+        );
+        assert!(
+            pass_needed(false, Some(&last(true)), &healthy, t0 + FULL_PASS_EVERY),
+            "the safety net"
+        );
+    }
 
     #[test]
     fn the_longest_mount_point_decides_the_filesystem() {
