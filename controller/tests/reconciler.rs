@@ -16,7 +16,7 @@ use herald_config::{IPAddressPool, IPAddressPoolSpec};
 use herald_controller::config::{Config, LogFormat};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -343,10 +343,14 @@ async fn an_edit_that_keeps_the_ip_in_the_pool_changes_nothing() {
     lab.service("s2", json!({})).await;
     lab.wait_ips("s2", &["10.83.0.1"]).await;
     // Shrink the pool from the bottom: s1's address leaves, s2's stays.
-    let mut pool = lab.pools().get("p").await.unwrap();
-    pool.spec.addresses = vec!["10.83.0.1-10.83.0.7".into()];
+    // A patch, as kubectl would send: a get-then-replace races with the controller's status
+    // writes (409).
     lab.pools()
-        .replace("p", &PostParams::default(), &pool)
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"addresses": ["10.83.0.1-10.83.0.7"]}})),
+        )
         .await
         .expect("edit pool");
     lab.wait_event("s1", "IPAllocated", "10.83.0.0 is no longer in any IPAddressPool")
@@ -427,12 +431,12 @@ async fn only_services_of_our_class_or_no_class_are_handled() {
     );
 
     // Turning a handled Service into a ClusterIP Service releases its address.
-    let mut svc = lab.services().get("ours").await.unwrap();
-    let spec = svc.spec.as_mut().unwrap();
-    spec.type_ = Some("ClusterIP".into());
-    spec.load_balancer_class = None;
     lab.services()
-        .replace("ours", &PostParams::default(), &svc)
+        .patch(
+            "ours",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"type": "ClusterIP", "loadBalancerClass": null}})),
+        )
         .await
         .expect("type change");
     lab.wait_event("ours", "ClearAssignment", "type ClusterIP").await;
