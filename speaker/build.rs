@@ -20,7 +20,7 @@ fn main() {
         let source = bpf_dir.join(format!("{name}.c"));
         let object = out_dir.join(format!("{name}.o"));
         let output = Command::new(&clang)
-            .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
+            .args(["-target", "bpf", "-mcpu=v3", "-O2", "-g", "-Wall", "-Werror"])
             .arg("-I/usr/include/x86_64-linux-gnu")
             .arg("-I")
             .arg(&bpf_dir)

@@ -32,6 +32,13 @@ pub struct AllocationBench {
     /// After the addresses: how long to measure the idle speakers' CPU (zero: the lab runs
     /// no speakers).
     pub speaker_idle: Duration,
+    /// With speakers: Services changed one at a time after the idle measurement, to measure
+    /// how long a single change takes to be applied at this size.
+    pub single_changes: usize,
+    /// With speakers: every Service selects one echo backend (in the lab's backend namespace),
+    /// so kube-controller-manager gives each an EndpointSlice and the speakers elect owners,
+    /// announce, write ServiceL2Status and program the eBPF maps for all of them.
+    pub endpoints: bool,
 }
 
 /// What one run measured.
@@ -59,9 +66,111 @@ pub struct AllocationReport {
     pub duplicate_addresses: usize,
     /// CPU of each idle speaker while nothing changes, percent of one core (empty without speakers).
     pub speaker_idle_cpu_percent: Vec<f64>,
+    /// Per speaker, over the single changes: watched change arrived → pass applied
+    /// (`herald_speaker_change_apply_seconds`), in milliseconds.
+    pub speaker_change_apply_ms: Vec<HistogramDelta>,
+    /// Per speaker, the passes over the same window (`herald_speaker_pass_seconds`).
+    pub speaker_pass_ms: Vec<HistogramDelta>,
+}
+
+/// What a Prometheus histogram recorded between two scrapes: count, mean, and the bucket
+/// bounds that hold the median and the 99th percentile (a histogram knows no more).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistogramDelta {
+    pub count: u64,
+    pub mean_ms: Option<f64>,
+    /// Upper bound of the bucket holding the median, ms (`None`: above the last bound).
+    pub p50_at_most_ms: Option<f64>,
+    pub p99_at_most_ms: Option<f64>,
+}
+
+/// A histogram as scraped: cumulative counts by upper bound (seconds), sum and count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scraped {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// Reads histogram `name` from Prometheus text exposition.
+pub fn scrape_histogram(text: &str, name: &str) -> Scraped {
+    let mut scraped = Scraped::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if let Some(labels) = series.strip_prefix(&format!("{name}_bucket{{")) {
+            let bound = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("le=\""))
+                .and_then(|b| b.trim_end_matches('}').trim_end_matches('"').parse::<f64>().ok());
+            if let (Some(bound), Ok(count)) = (bound, value.parse::<u64>()) {
+                scraped.buckets.push((bound, count));
+            }
+        } else if series == format!("{name}_sum") {
+            scraped.sum = value.parse().unwrap_or_default();
+        } else if series == format!("{name}_count") {
+            scraped.count = value.parse().unwrap_or_default();
+        }
+    }
+    scraped
+}
+
+impl Scraped {
+    /// What was recorded after `before`.
+    pub fn since(&self, before: &Scraped) -> HistogramDelta {
+        let count = self.count.saturating_sub(before.count);
+        let cumulative: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .map(|(bound, n)| {
+                let earlier = before.buckets.iter().find(|(b, _)| b == bound).map_or(0, |(_, n)| *n);
+                (*bound, n.saturating_sub(earlier))
+            })
+            .collect();
+        // The bound of the first bucket holding at least `rank` observations.
+        let at_most = |quantile: f64| -> Option<f64> {
+            if count == 0 {
+                return None;
+            }
+            let rank = ((quantile * count as f64).ceil() as u64).max(1);
+            cumulative
+                .iter()
+                .find(|(_, n)| *n >= rank)
+                .map(|(bound, _)| bound * 1e3)
+                .filter(|b| b.is_finite())
+        };
+        HistogramDelta {
+            count,
+            mean_ms: (count > 0).then(|| (self.sum - before.sum) / count as f64 * 1e3),
+            p50_at_most_ms: at_most(0.5),
+            p99_at_most_ms: at_most(0.99),
+        }
+    }
+}
+
+/// The speakers' `/metrics` text, one per node.
+async fn speaker_metrics(lab: &Lab) -> Result<Vec<String>, LabError> {
+    let mut texts = Vec::new();
+    for node in 1..=lab.node_count() {
+        let ns = lab.node_namespace(node)?.to_string();
+        let out = lab
+            .exec_in(
+                &ns,
+                &["curl", "-sf", "--max-time", "5", "http://127.0.0.1:7473/metrics"],
+            )
+            .await?;
+        texts.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Ok(texts)
 }
 
 const NAMESPACE: &str = "bench";
+const ADVERTISEMENT: &str = "apiVersion: herald.io/v1beta1
+kind: L2Advertisement
+metadata: {name: bench, namespace: herald-system}
+spec: {}
+";
 const POOL: &str = "apiVersion: herald.io/v1beta1
 kind: IPAddressPool
 metadata: {name: bench, namespace: herald-system}
@@ -109,16 +218,20 @@ fn controller_requests(audit: &str) -> BTreeMap<String, usize> {
     counts
 }
 
-fn service(name: &str) -> Service {
+fn service(name: &str, namespace: &str, selector: Option<&str>) -> Service {
+    let mut spec = json!({
+        "type": "LoadBalancer",
+        "allocateLoadBalancerNodePorts": false,
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+    });
+    if let Some(app) = selector {
+        spec["selector"] = json!({"app": app});
+    }
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "type": "LoadBalancer",
-            "allocateLoadBalancerNodePorts": false,
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
-        },
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
     }))
     .expect("a Service literal")
 }
@@ -131,13 +244,21 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
     let pid = lab.controller_pid().ok_or(LabError::NotRunning {
         process: "herald-controller".into(),
     })?;
-    lab.kubectl(&["create", "namespace", NAMESPACE]).await?;
+    let (namespace, selector) = if bench.endpoints {
+        lab.kubectl_apply(ADVERTISEMENT).await?;
+        let labels = BTreeMap::from([("app".to_string(), "bench".to_string())]);
+        lab.add_backend(1, "bench-echo", labels).await?;
+        (crate::lab::objects::BACKEND_NAMESPACE, Some("bench"))
+    } else {
+        lab.kubectl(&["create", "namespace", NAMESPACE]).await?;
+        (NAMESPACE, None)
+    };
     lab.kubectl_apply(POOL).await?;
     let audit_path = lab.log_path("audit");
     let audit_offset = std::fs::metadata(&audit_path).map(|m| m.len()).unwrap_or(0);
 
     // Watch first, so no address is missed.
-    let api: Api<Service> = Api::namespaced(lab.client(), NAMESPACE);
+    let api: Api<Service> = Api::namespaced(lab.client(), namespace);
     let seen: Arc<std::sync::Mutex<FirstAddresses>> = Arc::default();
     let watch = {
         let seen = seen.clone();
@@ -183,7 +304,8 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
                     return Ok::<_, kube::Error>(answered);
                 }
                 let name = format!("svc-{i:05}");
-                api.create(&PostParams::default(), &service(&name)).await?;
+                api.create(&PostParams::default(), &service(&name, namespace, selector))
+                    .await?;
                 answered.push((name, Instant::now()));
             }
         }));
@@ -258,6 +380,39 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
             .map(|(pid, b)| (cpu_seconds(*pid) - b) / bench.speaker_idle.as_secs_f64() * 100.0)
             .collect()
     };
+    let (mut speaker_change_apply_ms, mut speaker_pass_ms) = (Vec::new(), Vec::new());
+    if !bench.speaker_idle.is_zero() && bench.single_changes > 0 {
+        say(&format!(
+            "changing {} Services one at a time (port 80 → 81), 1 s apart",
+            bench.single_changes
+        ));
+        let before = speaker_metrics(lab).await?;
+        for k in 0..bench.single_changes {
+            let name = format!("svc-{:05}", k * bench.services / bench.single_changes);
+            let patch =
+                json!({"spec": {"ports": [{"name": "http", "port": 81, "protocol": "TCP", "targetPort": 8080}]}});
+            api.patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|source| LabError::Api {
+                what: format!("changing Service {name}"),
+                source,
+            })?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let after = speaker_metrics(lab).await?;
+        for (before, after) in before.iter().zip(&after) {
+            for (name, out) in [
+                ("herald_speaker_change_apply_seconds", &mut speaker_change_apply_ms),
+                ("herald_speaker_pass_seconds", &mut speaker_pass_ms),
+            ] {
+                out.push(scrape_histogram(after, name).since(&scrape_histogram(before, name)));
+            }
+        }
+    }
     Ok(AllocationReport {
         services: bench.services,
         clients: bench.clients,
@@ -270,12 +425,45 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
         controller_requests: requests,
         duplicate_addresses,
         speaker_idle_cpu_percent,
+        speaker_change_apply_ms,
+        speaker_pass_ms,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_deltas_give_count_mean_and_bucket_bounds() {
+        let text = |b: [u64; 4], sum: f64| {
+            format!(
+                "# TYPE herald_speaker_pass_seconds histogram\n\
+                 herald_speaker_pass_seconds_sum {sum}\n\
+                 herald_speaker_pass_seconds_count {}\n\
+                 herald_speaker_pass_seconds_bucket{{le=\"0.01\"}} {}\n\
+                 herald_speaker_pass_seconds_bucket{{le=\"0.05\"}} {}\n\
+                 herald_speaker_pass_seconds_bucket{{le=\"0.1\"}} {}\n\
+                 herald_speaker_pass_seconds_bucket{{le=\"+Inf\"}} {}\n\
+                 herald_speaker_change_apply_seconds_count 99\n",
+                b[3], b[0], b[1], b[2], b[3]
+            )
+        };
+        let name = "herald_speaker_pass_seconds";
+        let before = scrape_histogram(&text([5, 5, 5, 5], 0.5), name);
+        assert_eq!(before.count, 5);
+        assert_eq!(before.buckets.len(), 4);
+        // 100 more: 60 under 10 ms, 39 more under 50 ms, 1 above 100 ms.
+        let after = scrape_histogram(&text([65, 104, 104, 105], 2.5), name);
+        let delta = after.since(&before);
+        assert_eq!(delta.count, 100);
+        assert!((delta.mean_ms.unwrap() - 20.0).abs() < 1e-9);
+        assert_eq!(delta.p50_at_most_ms, Some(10.0));
+        assert_eq!(delta.p99_at_most_ms, Some(50.0));
+        // The slowest one is above every finite bound: the 100th percentile is unknown.
+        assert_eq!(after.since(&after).count, 0);
+        assert_eq!(after.since(&after).p50_at_most_ms, None);
+    }
 
     #[test]
     fn cpu_time_is_read_after_the_command_name() {

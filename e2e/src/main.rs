@@ -144,6 +144,14 @@ struct BenchAllocationArgs {
     /// Also run the speakers (3 nodes) and measure their CPU this many seconds while idle.
     #[arg(long, default_value_t = 0)]
     speaker_idle_seconds: u64,
+    /// With speakers: afterwards change this many Services one at a time and report how long
+    /// each change took to be applied (the speakers' histograms).
+    #[arg(long, default_value_t = 20)]
+    single_changes: usize,
+    /// With speakers: every Service selects one echo backend, so each has an EndpointSlice and
+    /// an owner that announces it, writes its ServiceL2Status and programs its frontend.
+    #[arg(long)]
+    endpoints: bool,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -269,6 +277,8 @@ async fn run_bench_allocation(args: BenchAllocationArgs) -> anyhow::Result<()> {
         services: args.services,
         clients: args.clients,
         speaker_idle: Duration::from_secs(args.speaker_idle_seconds),
+        single_changes: args.single_changes,
+        endpoints: args.endpoints,
     };
     let report = in_lab(config, async |lab, say| {
         herald_e2e::bench::allocation(lab, &bench, say).await

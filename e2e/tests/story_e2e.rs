@@ -142,6 +142,35 @@ async fn s1_pool_and_service_get_an_ip_the_owner_answers_for() {
     );
     let answer = curl(&lab, &format!("http://{ip}/")).await;
     assert!(answer.contains("web-"), "a backend answered: {answer}");
+    // The backends sit on two different nodes, so one of them is always remote from the
+    // owner: both must come to see the client's own address (DSR, not SNAT to the owner). Right
+    // after start-up a speaker may still reach a peer with SNAT until it has heard that the
+    // peer's dataplane runs, so this waits (bounded) for the last answer of each to say so.
+    let client = lab.client_namespace().to_string();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dsr = |seen: &BTreeMap<String, String>| seen.len() == 2 && seen.values().all(|p| p == "10.203.0.100");
+    while !dsr(&seen) && Instant::now() < deadline {
+        let out = lab
+            .exec_in(&client, &["curl", "-s", "-m", "2", "-D", "-", &format!("http://{ip}/")])
+            .await
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // The echo server listens on both families: an IPv4 client shows as [::ffff:a.b.c.d].
+        let peer = text
+            .lines()
+            .find_map(|l| l.strip_prefix("x-herald-client: "))
+            .and_then(|v| v.trim().parse::<std::net::SocketAddr>().ok())
+            .map(|peer| peer.ip().to_canonical().to_string());
+        let backend = text.lines().last().unwrap_or_default().trim().to_string();
+        if let Some(peer) = peer {
+            seen.insert(backend, peer);
+        }
+    }
+    assert!(
+        dsr(&seen),
+        "both backends see the client's address 10.203.0.100 within 30 s: {seen:?}"
+    );
 
     let owner = story::wait_for_stable_owner(&lab, Duration::from_millis(800), Duration::from_secs(15))
         .await

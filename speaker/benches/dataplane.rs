@@ -26,20 +26,18 @@
 #[path = "../tests/dataplane_support/mod.rs"]
 mod dataplane_support;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dataplane_support::{Lab, connect_timeout, enter_netns, sh};
+use dataplane_support::{Lab, Sample, load, serve_http};
 use herald_speaker::dataplane::{
     EndpointInput, EndpointPort, NodeInput, Protocol, ServiceInput, ServicePort, TrafficPolicy, desired,
 };
 
 const PORT: u16 = 80;
 const TARGET: u16 = 8080;
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -54,121 +52,6 @@ fn filler_vip(i: usize) -> IpAddr {
         (i % 250 + 1) as u8,
     )
     .into()
-}
-
-/// A minimal HTTP server in a pod: each connection gets one response, then the server closes.
-fn serve_http(lab: &Lab, i: u8, j: u8) {
-    let path = format!("/run/netns/{}", lab.pod(i, j));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        enter_netns(&path);
-        let listener = TcpListener::bind(("0.0.0.0", TARGET)).unwrap();
-        let listener = std::sync::Arc::new(listener);
-        for _ in 0..2 {
-            let l = listener.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                loop {
-                    let Ok((mut s, _)) = l.accept() else { continue };
-                    let _ = s.read(&mut buf);
-                    let _ = s.write_all(RESPONSE);
-                }
-            });
-        }
-        tx.send(()).unwrap();
-        // The accept threads live until the process exits.
-        loop {
-            std::thread::park();
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
-}
-
-struct Sample {
-    conns_per_sec: f64,
-    p50_us: u32,
-    p99_us: u32,
-    errors: usize,
-}
-
-/// T threads in the client namespace doing connect/request/close; thread t uses the
-/// (source, destination) pair `flows[t % flows.len()]`.
-fn load(lab: &Lab, flows: &[(IpAddr, SocketAddr)], secs: u64, threads: usize) -> Sample {
-    let path = format!("/run/netns/{}", lab.client());
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let path = path.clone();
-            let (from, to) = flows[t % flows.len()];
-            std::thread::spawn(move || {
-                enter_netns(&path);
-                let mut lat = Vec::with_capacity(200_000);
-                let mut errors = 0;
-                let mut buf = [0u8; 256];
-                while Instant::now() < deadline && lat.len() < 5_000_000 {
-                    let t0 = Instant::now();
-                    let ok = (|| -> std::io::Result<()> {
-                        let fd = dataplane_support::tcp_socket_bound(from)?;
-                        // Let connect() pick the source port per destination (no bind-time
-                        // exhaustion of the port range).
-                        let one: libc::c_int = 1;
-                        // SAFETY: setsockopt on an fd we own with a c_int option.
-                        #[allow(unsafe_code)]
-                        unsafe {
-                            libc::setsockopt(
-                                fd.as_raw_fd(),
-                                libc::IPPROTO_IP,
-                                libc::IP_BIND_ADDRESS_NO_PORT,
-                                &one as *const _ as *const libc::c_void,
-                                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                            );
-                        }
-                        let mut s = connect_timeout(fd, to, Duration::from_secs(2))?;
-                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-                        let mut total = 0;
-                        loop {
-                            let n = s.read(&mut buf)?;
-                            if n == 0 {
-                                break;
-                            }
-                            total += n;
-                        }
-                        if total < RESPONSE.len() {
-                            return Err(std::io::Error::other("short response"));
-                        }
-                        Ok(())
-                    })();
-                    match ok {
-                        Ok(()) => lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
-                        Err(_) => errors += 1,
-                    }
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for h in handles {
-        let (lat, e) = h.join().unwrap();
-        all.extend(lat);
-        errors += e;
-    }
-    let elapsed = start.elapsed().as_secs_f64().max(secs as f64);
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    Sample {
-        conns_per_sec: all.len() as f64 / elapsed,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        errors,
-    }
 }
 
 /// n Services with two endpoints on `node`; the one in the middle has the `target_vips`.
@@ -203,6 +86,7 @@ fn services(lab: &Lab, n: usize, target_vips: &[IpAddr], node: u8) -> Vec<Servic
                 node_port: None,
             }],
             traffic_policy: TrafficPolicy::Cluster,
+            source_ranges: None,
             endpoints: endpoints.clone(),
         })
         .collect()
@@ -280,7 +164,7 @@ fn main() {
     for i in 1..=2 {
         for j in 1..=2 {
             lab.add_pod(i, j);
-            serve_http(&lab, i, j);
+            serve_http(&lab, i, j, TARGET);
         }
     }
     for m in [0, 2] {
@@ -289,17 +173,7 @@ fn main() {
     for m in [1, 3] {
         lab.route_vip_to_node(m, 2);
     }
-    let pods1 = format!("{}/28", lab.pod_addr(1, 0, false));
-    sh(&[
-        "ip",
-        "-n",
-        &lab.client(),
-        "route",
-        "add",
-        &pods1,
-        "via",
-        &lab.node_addr(1, false).to_string(),
-    ]);
+    lab.route_pods_via(1, 1);
     let mut dp = lab.start_dataplane(1).expect("eBPF dataplane");
 
     // Every path has two destinations for its client threads, each from its own source
@@ -323,6 +197,7 @@ fn main() {
     let node1 = NodeInput {
         name: "node1".into(),
         addresses: vec![lab.node_addr(1, false)],
+        ..NodeInput::default()
     };
 
     println!("| Services | path | new conns/s | ratio to direct | p50 | p99 | errors | time to program all Services |");

@@ -3,22 +3,27 @@
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/lb.h"
+#include "lib/tunnel.h"
 
-/* Ingress: replies of SNATed flows come back here; new and established flows to a frontend
- * are translated to their backend. */
+/* Ingress: packets another node tunnelled here (DSR) are unwrapped and go to their local
+ * backend; replies of SNATed flows are translated back; packets to a frontend go to their
+ * backend. */
 SEC("classifier/herald_ingress")
 int herald_ingress(struct __sk_buff *skb)
 {
 	struct lb_tuple t;
 
+	int tunnelled = lb_decap(skb, &t);
+	if (tunnelled < 0)
+		return TC_ACT_SHOT;
+	if (tunnelled)
+		return lb_forward(skb, &t, 1);
 	if (lb_parse(skb, &t) < 0)
 		return TC_ACT_OK;
-	int reply = lb_reverse(skb, &t);
-	if (reply < 0)
-		return TC_ACT_SHOT;
-	if (reply > 0)
-		return TC_ACT_OK;
-	return lb_forward(skb, &t);
+	int action;
+	if (lb_reverse(skb, &t, 1, &action))
+		return action;
+	return lb_forward(skb, &t, 0);
 }
 
 /* Egress: replies from local backends leave with the frontend as their source. */
@@ -29,8 +34,9 @@ int herald_egress(struct __sk_buff *skb)
 
 	if (lb_parse(skb, &t) < 0)
 		return TC_ACT_OK;
-	if (lb_reverse(skb, &t) < 0)
-		return TC_ACT_SHOT;
+	int action;
+	if (lb_reverse(skb, &t, 0, &action))
+		return action;
 	return TC_ACT_OK;
 }
 

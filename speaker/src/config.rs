@@ -11,6 +11,8 @@ use crate::membership::MembershipConfig;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "herald-speaker", version, about)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// This node's name (the DaemonSet passes `spec.nodeName`).
     #[arg(long, env = "HERALD_NODE_NAME")]
     pub node_name: String,
@@ -50,6 +52,18 @@ pub struct Config {
     /// `<root>/<node name>`), so a restarted speaker resumes them.
     #[arg(long, env = "HERALD_BPF_PIN_ROOT", default_value = "/sys/fs/bpf/herald")]
     pub bpf_pin_root: std::path::PathBuf,
+    /// How backends on other nodes are reached (Cluster policy). `dsr`: the client's packet is
+    /// tunnelled (IPIP / IP6IP6) to the backend's node, which answers the client directly:
+    /// backends see the client's address and flows survive the loss of the owner node; nodes
+    /// whose speaker is dead or known to run announce-only are reached with SNAT, and so are
+    /// NodePorts. `snat`: the source becomes this node's address, for networks that drop
+    /// packets from the LB IP leaving other nodes (anti-spoofing switch ports, stateful
+    /// firewalls that see one direction of a flow).
+    #[arg(long, env = "HERALD_FORWARDING", value_enum, default_value_t = ForwardingMode::Dsr)]
+    pub forwarding: ForwardingMode,
+    /// Source ports of SNATed flows, FIRST-LAST; must lie outside net.ipv4.ip_local_port_range.
+    #[arg(long, env = "HERALD_SNAT_PORTS", default_value = "10000-29999")]
+    pub snat_ports: crate::dataplane::SnatPorts,
     /// Slow round-robin probe interval (all members not watched closely share it).
     #[arg(long, env = "HERALD_PROBE_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub probe_interval: Duration,
@@ -64,10 +78,34 @@ pub struct Config {
     pub suspicion_timeout: Duration,
 }
 
+/// What to do instead of running the speaker.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Detach and remove the eBPF programs and maps a speaker pinned for this node (under
+    /// --bpf-pin-root/--node-name), e.g. after uninstalling Herald, then exit.
+    Cleanup,
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataplaneMode {
     Ebpf,
     Off,
+}
+
+/// `--forwarding`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardingMode {
+    Dsr,
+    Snat,
+}
+
+impl From<ForwardingMode> for crate::dataplane::Forwarding {
+    fn from(mode: ForwardingMode) -> Self {
+        match mode {
+            ForwardingMode::Dsr => crate::dataplane::Forwarding::Dsr,
+            ForwardingMode::Snat => crate::dataplane::Forwarding::Snat,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +174,11 @@ mod tests {
         assert_eq!(flags.probe_timeout, defaults.probe_timeout);
         assert_eq!(flags.suspicion_timeout, defaults.suspicion_timeout);
         assert_eq!(flags.advertise_address, Some("10.0.0.1:7946".parse().unwrap()));
+        assert_eq!(config.snat_ports, crate::dataplane::SnatPorts::default());
+        assert_eq!(config.command, None);
+        let cleanup = Config::parse_from(["herald-speaker", "--node-name", "n1", "cleanup"]);
+        assert_eq!(cleanup.command, Some(Command::Cleanup));
+        assert_eq!(config.forwarding, ForwardingMode::Dsr);
     }
 
     #[test]

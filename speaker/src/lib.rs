@@ -10,7 +10,6 @@
 //! - [`membership`]: SWIM-style failure detection between speakers over gRPC.
 //! - [`announcer`]: ARP/NDP answers and gratuitous announcements.
 //! - [`dataplane`]: the eBPF service map: LoadBalancer IPs and NodePorts to backends.
-//! - [`dataplane`]: eBPF service map forwarding LoadBalancer IPs and NodePorts to backends.
 //! - [`status`]: `ServiceL2Status` objects and `nodeAssigned` Events.
 //! - [`config`]: flags; [`http`]: `/metrics`, `/healthz`, `/readyz`.
 #![deny(unsafe_code)]

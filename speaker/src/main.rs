@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald_speaker::config::{Config, LogFormat};
+use herald_speaker::config::{Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -29,6 +29,19 @@ async fn run() -> ExitCode {
     match config.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
+    }
+    if config.command == Some(Command::Cleanup) {
+        let pin_dir = config.pin_dir();
+        return match herald_speaker::dataplane::remove_pinned(&pin_dir) {
+            Ok(()) => {
+                tracing::info!(pin_dir = %pin_dir.display(), "removed Herald's pinned eBPF programs and maps");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cleanup failed");
+                ExitCode::FAILURE
+            }
+        };
     }
     match herald_speaker::run::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

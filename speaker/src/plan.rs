@@ -3,29 +3,30 @@
 //! health to gossip, IPs to announce (and where), members to watch closely, and the
 //! `ServiceL2Status` objects to show.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use herald_config::L2AdvertisementSpec;
 use herald_config::last_valid::PoolInUse;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 
 use crate::announcer::AnnounceTarget;
-use crate::cluster::facts;
-use crate::election::eligibility::{EligibilityOptions, Ineligible, UnitEligibility, candidates, eligibility};
-use crate::election::{Ownership, elect, owned_by, watch_targets};
+use crate::cluster::facts::{self, ServiceDerived};
+use crate::election::eligibility::{
+    EligibilityOptions, Ineligible, NodeFacts, UnitEligibility, UnitFacts, unit_eligibility,
+};
+use crate::election::{Ownership, elect, watch_targets};
 use crate::membership::{MembershipView, NodeHealth, Peer};
 use crate::status::{Announced, AnnouncedServices};
 
 /// Everything one pass reads.
 pub struct Inputs<'a> {
     pub node: &'a str,
-    pub lb_class: &'a str,
     pub peer_port: u16,
     pub nodes: &'a [&'a Node],
-    pub services: &'a [&'a Service],
-    pub endpoint_slices: &'a [&'a EndpointSlice],
+    /// Every Service Herald handles, derived ([`facts::FactsCache`]).
+    pub services: &'a [Arc<ServiceDerived>],
     /// Pools and advertisements in use ([`crate::cluster::in_use`]): an object edited into an
     /// invalid spec is here with its last valid spec, one never valid is not.
     pub pools: &'a [PoolInUse],
@@ -44,7 +45,7 @@ pub struct Plan {
     /// Owner (and runner-up) of every unit that has an eligible node.
     pub ownership: BTreeMap<IpAddr, Ownership>,
     /// Per unit, nodes that may not announce it and why (for logs).
-    pub ineligible: BTreeMap<IpAddr, BTreeMap<String, Ineligible>>,
+    pub ineligible: BTreeMap<IpAddr, Arc<BTreeMap<String, Ineligible>>>,
     /// IPs this node announces, with the interfaces to announce them on.
     pub owned: BTreeMap<IpAddr, AnnounceTarget>,
     /// Owners this node would take over from: probe them closely.
@@ -52,95 +53,224 @@ pub struct Plan {
     /// Services this node announces, for `ServiceL2Status` and Events.
     pub announced: AnnouncedServices,
     /// Services as the dataplane forwards them.
-    pub services: Vec<crate::dataplane::ServiceInput>,
+    pub services: Vec<Arc<crate::dataplane::ServiceInput>>,
+    /// Other nodes whose dataplane takes tunnelled (DSR) traffic: live members not known to run
+    /// announce-only, with their Node addresses.
+    pub tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
 }
 
+/// One pass with nothing remembered: [`Planner::plan`] on a new planner.
 pub fn plan(inputs: &Inputs<'_>) -> Plan {
-    let peers = inputs
-        .nodes
-        .iter()
-        .filter(|n| n.metadata.name.as_deref() != Some(inputs.node))
-        .filter_map(|n| {
-            let address = facts::node_address(n)?;
-            Some(Peer {
-                node: n.metadata.name.clone()?,
-                address: SocketAddr::new(address, inputs.peer_port),
+    Planner::default().plan(inputs)
+}
+
+/// Computes plans, remembering each unit's eligibility and election between passes: a unit is
+/// judged again only when one of its Services changed (a new [`ServiceDerived`]) or something
+/// every unit depends on did (the nodes, their members' state and health, the pools and
+/// advertisements in use). So a pass after one Service changed judges one unit, not 10,000.
+/// Every plan equals the one [`plan`] computes from the same inputs.
+#[derive(Debug, Default)]
+pub struct Planner {
+    /// What every remembered unit was judged against.
+    context: Option<UnitContext>,
+    units: HashMap<IpAddr, JudgedUnit>,
+}
+
+#[derive(Debug, PartialEq)]
+struct UnitContext {
+    nodes: Vec<NodeFacts>,
+    pools: Vec<PoolInUse>,
+    advertisements: Vec<L2AdvertisementSpec>,
+    require_dataplane: bool,
+}
+
+#[derive(Debug)]
+struct JudgedUnit {
+    /// The Services sharing the IP when it was judged (compared by identity).
+    services: Vec<Arc<ServiceDerived>>,
+    /// `None` when no pool in use lists the IP.
+    judged: Option<Judged>,
+}
+
+#[derive(Debug)]
+struct Judged {
+    eligible: BTreeMap<String, BTreeSet<String>>,
+    ineligible: Arc<BTreeMap<String, Ineligible>>,
+    ownership: Option<Ownership>,
+    /// `(namespace, name)` of the unit's Services.
+    services: Vec<(String, String)>,
+}
+
+fn same_services(a: &[Arc<ServiceDerived>], b: &[&Arc<ServiceDerived>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+impl Planner {
+    pub fn plan(&mut self, inputs: &Inputs<'_>) -> Plan {
+        let peers = inputs
+            .nodes
+            .iter()
+            .filter(|n| n.metadata.name.as_deref() != Some(inputs.node))
+            .filter_map(|n| {
+                let address = facts::node_address(n)?;
+                Some(Peer {
+                    node: n.metadata.name.clone()?,
+                    address: SocketAddr::new(address, inputs.peer_port),
+                })
             })
-        })
-        .collect();
+            .collect();
 
-    let node_facts: Vec<_> = inputs
-        .nodes
-        .iter()
-        .map(|n| {
-            let name = n.metadata.name.as_deref().unwrap_or_default();
-            let member = inputs.view.members.get(name).map(|m| {
-                // Our own health is fresher than what we last gossiped.
-                let health = if name == inputs.node {
-                    Some(inputs.local_health.clone())
-                } else {
-                    m.health.clone()
-                };
-                (m.state, health)
-            });
-            facts::node_facts(n, member)
-        })
-        .collect();
-    let units = facts::units(
-        inputs.services.iter().copied(),
-        inputs.endpoint_slices,
-        inputs.pools,
-        inputs.lb_class,
-    );
-    let outcome: BTreeMap<IpAddr, UnitEligibility> = eligibility(
-        &units,
-        &node_facts,
-        inputs.advertisements,
-        EligibilityOptions {
-            require_dataplane: inputs.require_dataplane,
-        },
-    );
-    let ownership = elect(&candidates(&outcome));
-
-    let mine = owned_by(inputs.node, &ownership);
-    let mut owned = BTreeMap::new();
-    let mut announced: AnnouncedServices = BTreeMap::new();
-    for unit in units.iter().filter(|u| mine.contains(&u.ip)) {
-        let interfaces: Vec<String> = outcome[&unit.ip]
-            .eligible
-            .get(inputs.node)
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default();
-        owned.insert(
-            unit.ip,
-            AnnounceTarget {
-                interfaces: Some(interfaces.clone()),
-            },
-        );
-        for service in &unit.services {
-            let (namespace, name) = service.name.split_once('/').unwrap_or(("", &service.name));
-            let entry = announced
-                .entry((namespace.to_string(), name.to_string()))
-                .or_insert_with(|| Announced {
-                    ips: Vec::new(),
-                    interfaces: Vec::new(),
+        let node_facts: Vec<_> = inputs
+            .nodes
+            .iter()
+            .map(|n| {
+                let name = n.metadata.name.as_deref().unwrap_or_default();
+                let member = inputs.view.members.get(name).map(|m| {
+                    // Our own health is fresher than what we last gossiped.
+                    let health = if name == inputs.node {
+                        Some(inputs.local_health.clone())
+                    } else {
+                        m.health.clone()
+                    };
+                    (m.state, health)
                 });
-            entry.ips.push(unit.ip);
-            for interface in &interfaces {
-                if !entry.interfaces.contains(interface) {
-                    entry.interfaces.push(interface.clone());
+                facts::node_facts(n, member)
+            })
+            .collect();
+        let context = UnitContext {
+            nodes: node_facts,
+            pools: inputs.pools.to_vec(),
+            advertisements: inputs.advertisements.to_vec(),
+            require_dataplane: inputs.require_dataplane,
+        };
+        if self.context.as_ref() != Some(&context) {
+            self.units.clear();
+            self.context = Some(context);
+        }
+        let context = self.context.as_ref().expect("set above");
+
+        // Judge the units that are new or whose Services changed; elect them together.
+        let by_ip = facts::by_ip(inputs.services);
+        let mut fresh: Vec<(UnitFacts, UnitEligibility, &[&Arc<ServiceDerived>])> = Vec::new();
+        for (ip, sharing) in &by_ip {
+            let ip = *ip;
+            if self.units.get(&ip).is_some_and(|u| same_services(&u.services, sharing)) {
+                continue;
+            }
+            match facts::unit(ip, sharing, &context.pools) {
+                Some(unit) => {
+                    let options = EligibilityOptions {
+                        require_dataplane: context.require_dataplane,
+                    };
+                    let outcome = unit_eligibility(&unit, &context.nodes, &context.advertisements, options);
+                    fresh.push((unit, outcome, sharing));
+                }
+                None => {
+                    let services = sharing.iter().map(|s| Arc::clone(s)).collect();
+                    self.units.insert(ip, JudgedUnit { services, judged: None });
                 }
             }
         }
-    }
-    Plan {
-        services: facts::service_inputs(inputs.services, inputs.endpoint_slices, inputs.lb_class),
-        peers,
-        watch_closely: watch_targets(inputs.node, &ownership),
-        ineligible: outcome.into_iter().map(|(ip, e)| (ip, e.ineligible)).collect(),
-        ownership,
-        owned,
-        announced,
+        let mut elected = elect(
+            &fresh
+                .iter()
+                .map(|(u, e, _)| (u.ip, e.eligible.keys().cloned().collect()))
+                .collect(),
+        );
+        for (unit, outcome, sharing) in fresh {
+            let services = unit
+                .services
+                .iter()
+                .map(|s| {
+                    let (namespace, name) = s.name.split_once('/').unwrap_or(("", &s.name));
+                    (namespace.to_string(), name.to_string())
+                })
+                .collect();
+            self.units.insert(
+                unit.ip,
+                JudgedUnit {
+                    services: sharing.iter().map(|s| Arc::clone(s)).collect(),
+                    judged: Some(Judged {
+                        eligible: outcome.eligible,
+                        ineligible: Arc::new(outcome.ineligible),
+                        ownership: elected.remove(&unit.ip),
+                        services,
+                    }),
+                },
+            );
+        }
+        // Every current IP is remembered now; anything more is an IP no Service has any more.
+        if self.units.len() > by_ip.len() {
+            let current: HashSet<IpAddr> = by_ip.iter().map(|(ip, _)| *ip).collect();
+            self.units.retain(|ip, _| current.contains(ip));
+        }
+
+        // Collected in IP order, then built in bulk.
+        let mut ownership = Vec::with_capacity(by_ip.len());
+        let mut ineligible = Vec::with_capacity(by_ip.len());
+        let mut owned = Vec::new();
+        let mut announced: AnnouncedServices = BTreeMap::new();
+        for (ip, _) in &by_ip {
+            let Some(judged) = self.units.get(ip).and_then(|u| u.judged.as_ref()) else {
+                continue;
+            };
+            ineligible.push((*ip, judged.ineligible.clone()));
+            let Some(owner) = &judged.ownership else { continue };
+            ownership.push((*ip, owner.clone()));
+            if owner.owner != inputs.node {
+                continue;
+            }
+            let interfaces: Vec<String> = judged
+                .eligible
+                .get(inputs.node)
+                .map(|set| set.iter().cloned().collect())
+                .unwrap_or_default();
+            owned.push((
+                *ip,
+                AnnounceTarget {
+                    interfaces: Some(interfaces.clone()),
+                },
+            ));
+            for key in &judged.services {
+                let entry = announced.entry(key.clone()).or_insert_with(|| Announced {
+                    ips: Vec::new(),
+                    interfaces: Vec::new(),
+                });
+                entry.ips.push(*ip);
+                for interface in &interfaces {
+                    if !entry.interfaces.contains(interface) {
+                        entry.interfaces.push(interface.clone());
+                    }
+                }
+            }
+        }
+        let ownership: BTreeMap<IpAddr, Ownership> = ownership.into_iter().collect();
+        let tunnel_peers = inputs
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let name = n.metadata.name.as_deref()?;
+                let member = inputs.view.members.get(name)?;
+                // Every speaker runs the dataplane unless told otherwise, and a peer's health
+                // can take a while to be heard after start-up: only a peer known to run
+                // without one (announce-only) is reached with SNAT instead.
+                let takes_tunnels = name != inputs.node
+                    && member.state.is_live()
+                    && member.health.as_ref().is_none_or(|h| h.dataplane_ready);
+                let addresses = facts::node_addresses(n);
+                (takes_tunnels && !addresses.is_empty()).then(|| (name.to_string(), addresses))
+            })
+            .collect();
+        Plan {
+            tunnel_peers,
+            services: inputs.services.iter().filter_map(|s| s.forwarded.clone()).collect(),
+            peers,
+            watch_closely: watch_targets(inputs.node, &ownership),
+            ineligible: ineligible.into_iter().collect(),
+            ownership,
+            owned: owned.into_iter().collect(),
+            announced,
+        }
     }
 }
 
@@ -155,14 +285,38 @@ pub struct OwnerChange {
 
 /// Owner changes between two passes, for logs and metrics.
 pub fn owner_changes(before: &BTreeMap<IpAddr, Ownership>, after: &Plan) -> Vec<OwnerChange> {
-    let ips: BTreeSet<IpAddr> = before.keys().chain(after.ownership.keys()).copied().collect();
-    ips.into_iter()
-        .filter_map(|ip| {
-            let from = before.get(&ip).map(|o| o.owner.clone());
-            let to = after.ownership.get(&ip).map(|o| o.owner.clone());
-            if from == to {
-                return None;
+    // Both maps are sorted: walk them together, allocating only for changes.
+    let mut old = before.iter().peekable();
+    let mut new = after.ownership.iter().peekable();
+    let mut differing: Vec<(IpAddr, Option<&str>, Option<&str>)> = Vec::new();
+    loop {
+        let (ip, from, to) = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some((a, _)), Some((b, _))) if a == b => {
+                let ((ip, from), (_, to)) = (old.next().expect("peeked"), new.next().expect("peeked"));
+                (*ip, Some(from.owner.as_str()), Some(to.owner.as_str()))
             }
+            (Some((a, _)), Some((b, _))) if a > b => {
+                let (ip, to) = new.next().expect("peeked");
+                (*ip, None, Some(to.owner.as_str()))
+            }
+            (Some(_), _) => {
+                let (ip, from) = old.next().expect("peeked");
+                (*ip, Some(from.owner.as_str()), None)
+            }
+            (None, Some(_)) => {
+                let (ip, to) = new.next().expect("peeked");
+                (*ip, None, Some(to.owner.as_str()))
+            }
+        };
+        if from != to {
+            differing.push((ip, from, to));
+        }
+    }
+    differing
+        .into_iter()
+        .map(|(ip, from, to)| (ip, from.map(str::to_string), to.map(str::to_string)))
+        .map(|(ip, from, to)| {
             let reason = match &from {
                 None => "new eligible owner".to_string(),
                 Some(old) => match after.ineligible.get(&ip).and_then(|m| m.get(old)) {
@@ -173,7 +327,7 @@ pub fn owner_changes(before: &BTreeMap<IpAddr, Ownership>, after: &Plan) -> Vec<
                     None => format!("{} ranks higher", to.clone().unwrap_or_default()),
                 },
             };
-            Some(OwnerChange { ip, from, to, reason })
+            OwnerChange { ip, from, to, reason }
         })
         .collect()
 }
@@ -184,6 +338,8 @@ mod tests {
     use crate::cluster::in_use::ConfigMemory;
     use crate::membership::{MemberInfo, MemberState};
     use herald_config::{IPAddressPool, IPAddressPoolSpec, L2Advertisement};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use k8s_openapi::jiff::Timestamp;
     use serde_json::json;
     use std::cell::RefCell;
@@ -287,11 +443,13 @@ mod tests {
             );
             plan(&Inputs {
                 node: me,
-                lb_class: "herald.io/l2",
                 peer_port: 7946,
                 nodes: &self.nodes.iter().collect::<Vec<_>>(),
-                services: &self.services.iter().collect::<Vec<_>>(),
-                endpoint_slices: &self.slices.iter().collect::<Vec<_>>(),
+                services: &facts::FactsCache::new().derive_all(
+                    &self.services.iter().collect::<Vec<_>>(),
+                    &self.slices.iter().collect::<Vec<_>>(),
+                    "herald.io/l2",
+                ),
                 pools: &in_use.pools,
                 advertisements: &in_use.advertisements,
                 view,
@@ -303,6 +461,33 @@ mod tests {
 
     fn ip() -> IpAddr {
         "10.80.0.1".parse().unwrap()
+    }
+
+    #[test]
+    fn tunnels_go_to_live_peers_not_known_to_run_announce_only() {
+        let world = World::new("Cluster", &["n2"]);
+        let mut view = view(&[
+            ("n1", MemberState::Alive),
+            ("n2", MemberState::Alive),
+            ("n3", MemberState::Dead),
+        ]);
+        // The view's health says announce-only (dataplane_ready false) for everyone.
+        assert!(world.plan_for("n1", &view).tunnel_peers.is_empty());
+        view.members.get_mut("n2").unwrap().health = None;
+        let plan = world.plan_for("n1", &view);
+        let peers: Vec<&String> = plan.tunnel_peers.keys().collect();
+        assert_eq!(
+            peers,
+            ["n2"],
+            "health not heard yet counts as a dataplane; dead n3 and n1 itself do not"
+        );
+        assert_eq!(plan.tunnel_peers["n2"], vec!["10.203.0.12".parse::<IpAddr>().unwrap()]);
+        view.members.get_mut("n2").unwrap().health = Some(NodeHealth {
+            announcer_ready: true,
+            dataplane_ready: true,
+            interfaces: Default::default(),
+        });
+        assert_eq!(world.plan_for("n1", &view).tunnel_peers.len(), 1);
     }
 
     #[test]
@@ -444,5 +629,163 @@ mod tests {
         assert_eq!(world.plan_for("n1", &all_alive()).ownership[&ip()].owner, "n2");
         world.advertisements.remove(0);
         assert!(world.plan_for("n1", &all_alive()).ownership.is_empty());
+    }
+
+    #[test]
+    fn owner_changes_list_ips_gained_lost_and_moved_in_order() {
+        let own = |owner: &str| Ownership {
+            owner: owner.to_string(),
+            runner_up: None,
+        };
+        let ip = |last: u8| IpAddr::from([10, 80, 0, last]);
+        let before = BTreeMap::from([
+            (ip(1), own("n1")),
+            (ip(2), own("n1")),
+            (ip(4), own("n2")),
+            (ip(6), own("n3")),
+        ]);
+        let after = Plan {
+            ownership: BTreeMap::from([
+                (ip(2), own("n2")),
+                (ip(3), own("n1")),
+                (ip(4), own("n2")),
+                (ip(7), own("n1")),
+            ]),
+            ..Plan::default()
+        };
+        let changes: Vec<(IpAddr, Option<String>, Option<String>)> = owner_changes(&before, &after)
+            .into_iter()
+            .map(|c| (c.ip, c.from, c.to))
+            .collect();
+        let s = |n: &str| Some(n.to_string());
+        assert_eq!(
+            changes,
+            vec![
+                (ip(1), s("n1"), None),
+                (ip(2), s("n1"), s("n2")),
+                (ip(3), None, s("n1")),
+                (ip(6), s("n3"), None),
+                (ip(7), None, s("n1")),
+            ]
+        );
+    }
+
+    /// One change to the world of [`a_remembering_planner_plans_what_a_fresh_one_does`].
+    #[derive(Clone, Debug)]
+    enum Change {
+        /// Service `i` moves to IP `10.80.0.<ip>` (few IPs, so Services share them).
+        Address(usize, u8),
+        /// Service `i` switches between `Cluster` and `Local`.
+        Policy(usize),
+        /// Service `i`'s endpoints move to the nodes in the mask.
+        Endpoints(usize, u8),
+        /// Service `i` is deleted, or created again.
+        Toggle(usize),
+        /// Member `n` (1-3) dies, or comes back.
+        Member(usize),
+        /// The pool covers every test address, or only the lower half.
+        Pool(bool),
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..6usize, 1..5u8).prop_map(|(i, ip)| Change::Address(i, ip)),
+            (0..6usize).prop_map(Change::Policy),
+            (0..6usize, 0..8u8).prop_map(|(i, m)| Change::Endpoints(i, m)),
+            (0..6usize).prop_map(Change::Toggle),
+            (1..4usize).prop_map(Change::Member),
+            any::<bool>().prop_map(Change::Pool),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_remembering_planner_plans_what_a_fresh_one_does(changes in proptest::collection::vec(change(), 1..40)) {
+            let names = ["n1", "n2", "n3"];
+            let mut version = 0u64;
+            let mut bump = || { version += 1; version.to_string() };
+            // Per Service: (ip, Local?, endpoint node mask, exists), objects rebuilt on change.
+            let mut state: Vec<(u8, bool, u8, bool)> = (0..6).map(|i| (1 + (i % 4) as u8, false, 0b001 << (i % 3), true)).collect();
+            let mut services: Vec<Service> = Vec::new();
+            let mut slices: Vec<EndpointSlice> = Vec::new();
+            let mut rebuild = |state: &[(u8, bool, u8, bool)], services: &mut Vec<Service>, slices: &mut Vec<EndpointSlice>, changed: Option<usize>| {
+                let old_services = std::mem::take(services);
+                let old_slices = std::mem::take(slices);
+                for (i, (ip, local, mask, exists)) in state.iter().enumerate() {
+                    if !exists { continue; }
+                    let name = format!("s{i}");
+                    let keep = changed != Some(i);
+                    let old = old_services.iter().find(|s| s.metadata.name.as_deref() == Some(&name));
+                    let old_slice = old_slices.iter().find(|s| s.metadata.name.as_deref() == Some(&format!("{name}-1")));
+                    match (keep, old, old_slice) {
+                        (true, Some(svc), Some(sl)) => { services.push(svc.clone()); slices.push(sl.clone()); }
+                        _ => {
+                            let mut svc = service(&name, &format!("10.80.0.{ip}"), if *local { "Local" } else { "Cluster" });
+                            svc.metadata.uid = Some(format!("uid-{i}"));
+                            svc.metadata.resource_version = Some(bump());
+                            let on: Vec<&str> = (0..3).filter(|b| mask & (1 << b) != 0).map(|b| names[b]).collect();
+                            let mut sl = slice(&name, &on);
+                            sl.metadata.resource_version = Some(bump());
+                            services.push(svc);
+                            slices.push(sl);
+                        }
+                    }
+                }
+            };
+            rebuild(&state, &mut services, &mut slices, None);
+            let mut states = [MemberState::Alive; 3];
+            let mut whole_pool = true;
+            let mut cache = facts::FactsCache::new();
+            let mut planner = Planner::default();
+            let mut memory = ConfigMemory::default();
+            let health = NodeHealth {
+                announcer_ready: true,
+                dataplane_ready: false,
+                interfaces: ["eth0".to_string()].into(),
+            };
+            let nodes = World::new("Cluster", &[]).nodes;
+            let advertisements = vec![L2Advertisement::new("all", Default::default())];
+            for step in changes {
+                let changed = match step {
+                    Change::Address(i, ip) => { state[i].0 = ip; Some(i) }
+                    Change::Policy(i) => { state[i].1 = !state[i].1; Some(i) }
+                    Change::Endpoints(i, mask) => { state[i].2 = mask; Some(i) }
+                    Change::Toggle(i) => { state[i].3 = !state[i].3; Some(i) }
+                    Change::Member(n) => {
+                        states[n - 1] = if states[n - 1] == MemberState::Alive { MemberState::Dead } else { MemberState::Alive };
+                        None
+                    }
+                    Change::Pool(whole) => { whole_pool = whole; None }
+                };
+                rebuild(&state, &mut services, &mut slices, changed);
+                let pools = vec![IPAddressPool::new("p", IPAddressPoolSpec {
+                    addresses: vec![if whole_pool { "10.80.0.0/24" } else { "10.80.0.0/31" }.into()],
+                    auto_assign: true,
+                    avoid_buggy_ips: false,
+                    service_allocation: None,
+                })];
+                let in_use = memory.judge(&pools, &advertisements, Timestamp::from_second(1_000).unwrap());
+                let members: Vec<(&str, MemberState)> = names.iter().copied().zip(states).collect();
+                let view = view(&members);
+                let derived = cache.derive_all(
+                    &services.iter().collect::<Vec<_>>(),
+                    &slices.iter().collect::<Vec<_>>(),
+                    "herald.io/l2",
+                );
+                let inputs = Inputs {
+                    node: "n1",
+                    peer_port: 7946,
+                    nodes: &nodes.iter().collect::<Vec<_>>(),
+                    services: &derived,
+                    pools: &in_use.pools,
+                    advertisements: &in_use.advertisements,
+                    view: &view,
+                    local_health: &health,
+                    require_dataplane: false,
+                };
+                proptest::prop_assert_eq!(planner.plan(&inputs), plan(&inputs));
+            }
+        }
     }
 }

@@ -5,7 +5,12 @@
 //! interfaces. It also wakes once a second: that tick recomputes only while the last plan was
 //! incomplete (cluster not synced, view not settled, dataplane failing) and otherwise every
 //! [`FULL_PASS_EVERY`] as a safety net, so an idle speaker does no work that grows with the
-//! number of Services (see [`pass_needed`]). The plan is pure; applying it is idempotent.
+//! number of Services (see [`pass_needed`]). A pass itself is incremental: a pass woken by watch
+//! events derives again only the Services they name ([`FactsCache`]), and only the units whose
+//! Services changed are judged and elected again ([`Planner`]); the timer's passes read every
+//! object, deriving again what has a new resourceVersion. The plan is pure; applying it is
+//! idempotent. `herald_speaker_pass_seconds` and `herald_speaker_change_apply_seconds` show
+//! what a pass costs and how long a change waits.
 //! Nothing in the loop waits on the API server, so announcing goes on while it is down.
 
 use std::collections::BTreeMap;
@@ -16,16 +21,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, InterfacePolicy};
 use crate::cluster::Cluster;
+use crate::cluster::facts::FactsCache;
 use crate::cluster::in_use::ConfigMemory;
 use crate::config::{Config, DataplaneMode};
 use crate::dataplane::{Dataplane, DataplaneConfig};
@@ -33,7 +41,7 @@ use crate::election::Ownership;
 use crate::http::{self, Health};
 use crate::membership::auth::SecretKey;
 use crate::membership::{Membership, MembershipError, NodeHealth};
-use crate::plan::{Inputs, Plan, owner_changes, plan};
+use crate::plan::{Inputs, Plan, Planner, owner_changes};
 use crate::status::{self, AnnouncedServices};
 
 /// The key inside the speakers' Secret.
@@ -84,19 +92,43 @@ fn pass_needed(woken_by_input: bool, last: Option<&LastPass>, health: &NodeHealt
 struct LoopMetrics {
     owned: Gauge,
     changes: Family<Vec<(String, String)>, Counter>,
+    pass_seconds: Histogram,
+    change_seconds: Histogram,
 }
+
+/// Buckets of the loop's latency histograms, in seconds (1 ms to 2.5 s).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 2.5,
+];
 
 impl LoopMetrics {
     fn register(registry: &mut Registry) -> LoopMetrics {
         let owned = Gauge::default();
         let changes = Family::<Vec<(String, String)>, Counter>::default();
+        let pass_seconds = Histogram::new(LATENCY_BUCKETS);
+        let change_seconds = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "speaker_pass_seconds",
+            "Time one pass of the loop takes: derive, plan, and apply to the announcer, the eBPF maps and the status writer",
+            pass_seconds.clone(),
+        );
+        registry.register(
+            "speaker_change_apply_seconds",
+            "Time from a watched Kubernetes change arriving to the end of the pass that applied it",
+            change_seconds.clone(),
+        );
         registry.register("speaker_owned_ips", "IPs this node announces", owned.clone());
         registry.register(
             "speaker_ownership_changes",
             "IPs this node gained (takeovers) or lost",
             changes.clone(),
         );
-        LoopMetrics { owned, changes }
+        LoopMetrics {
+            owned,
+            changes,
+            pass_seconds,
+            change_seconds,
+        }
     }
 
     fn count(&self, direction: &str) {
@@ -170,31 +202,34 @@ pub async fn run_with_client(
     let mut ownership: BTreeMap<IpAddr, Ownership> = BTreeMap::new();
     let mut dataplane_sync = DataplaneSync::default();
     let mut config_memory = ConfigMemory::new();
+    let mut facts_cache = FactsCache::new();
+    let mut planner = Planner::default();
     let mut last_pass: Option<LastPass> = None;
     let mut woken_by_input = true;
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
-        let announcer_status = announcer.status();
-        health.announcer_ready.store(announcer_status.ready, Ordering::SeqCst);
+        // Not `announcer.status()`: it lists every owned IP, and this runs on every wake.
+        let (announcer_ready, usable_interfaces) = (announcer.ready(), announcer.usable_interfaces());
+        health.announcer_ready.store(announcer_ready, Ordering::SeqCst);
         health.cluster_synced.store(cluster.synced(), Ordering::SeqCst);
         let local_health = NodeHealth {
-            announcer_ready: announcer_status.ready,
+            announcer_ready,
             // Announce-only nodes (by flag, or eBPF unavailable at start) serve as configured;
             // a running dataplane that fails to program or attach does not.
             dataplane_ready: dataplane.is_none() || dataplane_sync.healthy,
-            interfaces: announcer_status.usable_interfaces.iter().cloned().collect(),
+            interfaces: usable_interfaces.iter().cloned().collect(),
         };
         membership.set_local_health(local_health.clone());
         'pass: {
             if !pass_needed(woken_by_input, last_pass.as_ref(), &local_health, Instant::now()) {
                 break 'pass;
             }
+            let started = Instant::now();
+            let pending_since = cluster.take_pending();
             let view = view_rx.borrow_and_update().clone();
             health.membership_settled.store(view.settled, Ordering::SeqCst);
 
             let nodes = cluster.nodes.state();
-            let services = cluster.services.state();
-            let slices = cluster.endpoint_slices.state();
             let pools = cluster.pools.state();
             let advertisements = cluster.advertisements.state();
             let in_use = config_memory.judge(
@@ -202,13 +237,28 @@ pub async fn run_with_client(
                 advertisements.iter().map(|a| &**a),
                 k8s_openapi::jiff::Timestamp::now(),
             );
-            let next: Plan = plan(&Inputs {
+            // Passes woken by watch events derive only what the events name; the timer's
+            // passes (the safety net, retries) and relists read everything.
+            let changes = cluster.take_changes();
+            let derived = if changes.everything || !woken_by_input {
+                facts_cache.derive_all(
+                    &cluster.services.state().iter().map(|s| &**s).collect::<Vec<_>>(),
+                    &cluster.endpoint_slices.state().iter().map(|s| &**s).collect::<Vec<_>>(),
+                    &config.lb_class,
+                )
+            } else {
+                facts_cache.derive_changed(
+                    &changes,
+                    |namespace, name| cluster.services.get(&ObjectRef::new(name).within(namespace)),
+                    |namespace, name| cluster.endpoint_slices.get(&ObjectRef::new(name).within(namespace)),
+                    &config.lb_class,
+                )
+            };
+            let next: Plan = planner.plan(&Inputs {
                 node: &node,
-                lb_class: &config.lb_class,
                 peer_port: config.peer_port,
                 nodes: &nodes.iter().map(|n| &**n).collect::<Vec<_>>(),
-                services: &services.iter().map(|s| &**s).collect::<Vec<_>>(),
-                endpoint_slices: &slices.iter().map(|s| &**s).collect::<Vec<_>>(),
+                services: &derived,
                 pools: &in_use.pools,
                 advertisements: &in_use.advertisements,
                 view: &view,
@@ -222,7 +272,7 @@ pub async fn run_with_client(
                     .map(|n| crate::cluster::facts::node_addresses(n))
                     .filter(|a| !a.is_empty())
                     .unwrap_or_else(|| vec![advertise]);
-                dataplane_sync.update(dp, &announcer_status.usable_interfaces, addresses, &next.services);
+                dataplane_sync.update(dp, &usable_interfaces, addresses, &next.tunnel_peers, &next.services);
             }
             // The first peer list starts membership (and its initial sync); an empty list before the
             // Node watch has synced would make it "settle" with no peers and elect itself everywhere.
@@ -256,6 +306,12 @@ pub async fn run_with_client(
                     changed
                 });
                 ownership = next.ownership;
+            }
+            metrics.pass_seconds.observe(started.elapsed().as_secs_f64());
+            if let Some(since) = pending_since
+                && cluster.synced()
+            {
+                metrics.change_seconds.observe(since.elapsed().as_secs_f64());
             }
             last_pass = Some(LastPass {
                 at: Instant::now(),
@@ -299,6 +355,7 @@ fn start_dataplane(
 ) -> DataplaneStart {
     if config.dataplane == DataplaneMode::Off {
         tracing::info!("dataplane off (--dataplane off): announcing only");
+        remove_left_behind(config);
         return DataplaneStart::Failed("switched off with --dataplane off".to_string());
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -317,16 +374,32 @@ fn start_dataplane(
         pin_dir: config.pin_dir(),
         node_name: config.node_name.clone(),
         node_addresses: vec![advertise],
+        forwarding: config.forwarding.into(),
+        snat_ports: config.snat_ports,
     };
     match Dataplane::start(dp_config) {
         Ok(dp) => {
             dp.register(registry);
             tracing::info!(pin_dir = %config.pin_dir().display(), "eBPF dataplane running");
-            DataplaneStart::Running(dp)
+            DataplaneStart::Running(Box::new(dp))
         }
         Err(e) => {
             tracing::error!(error = %e, detail = ?e, "eBPF dataplane unavailable: announcing only; LoadBalancer traffic is not forwarded by Herald on this node");
+            remove_left_behind(config);
             DataplaneStart::Failed(e.to_string())
+        }
+    }
+}
+
+/// A speaker that does not run the dataplane removes what an earlier one pinned, so frozen maps
+/// do not keep forwarding to addresses that may since belong to other pods.
+fn remove_left_behind(config: &Config) {
+    match crate::dataplane::remove_pinned(&config.pin_dir()) {
+        Ok(()) => {
+            tracing::info!(pin_dir = %config.pin_dir().display(), "removed any eBPF programs and maps an earlier speaker left")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot remove the eBPF programs an earlier speaker left; they stop translating two minutes after its last heartbeat")
         }
     }
 }
@@ -349,7 +422,7 @@ fn filesystem_of(path: &std::path::Path, mounts: &str) -> Option<String> {
 }
 
 enum DataplaneStart {
-    Running(Dataplane),
+    Running(Box<Dataplane>),
     Failed(String),
 }
 
@@ -363,7 +436,7 @@ impl DataplaneStart {
 
     fn take_ok(self) -> Option<Dataplane> {
         match self {
-            DataplaneStart::Running(dp) => Some(dp),
+            DataplaneStart::Running(dp) => Some(*dp),
             DataplaneStart::Failed(_) => None,
         }
     }
@@ -375,7 +448,8 @@ struct DataplaneSync {
     healthy: bool,
     interfaces: Vec<String>,
     addresses: Vec<IpAddr>,
-    services: Vec<crate::dataplane::ServiceInput>,
+    tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
+    services: Vec<Arc<crate::dataplane::ServiceInput>>,
 }
 
 impl Default for DataplaneSync {
@@ -384,6 +458,7 @@ impl Default for DataplaneSync {
             healthy: true,
             interfaces: Vec::new(),
             addresses: Vec::new(),
+            tunnel_peers: BTreeMap::new(),
             services: Vec::new(),
         }
     }
@@ -395,7 +470,8 @@ impl DataplaneSync {
         dp: &mut Dataplane,
         interfaces: &[String],
         addresses: Vec<IpAddr>,
-        services: &[crate::dataplane::ServiceInput],
+        tunnel_peers: &BTreeMap<String, Vec<IpAddr>>,
+        services: &[Arc<crate::dataplane::ServiceInput>],
     ) {
         let mut healthy = true;
         if self.interfaces != interfaces {
@@ -407,12 +483,17 @@ impl DataplaneSync {
                 }
             }
         }
-        let addresses_changed = self.addresses != addresses;
-        if addresses_changed {
+        let node_changed = self.addresses != addresses || self.tunnel_peers != *tunnel_peers;
+        if node_changed {
+            if self.tunnel_peers != *tunnel_peers {
+                tracing::info!(peers = ?tunnel_peers.keys().collect::<Vec<_>>(), "nodes that take tunnelled (DSR) traffic changed");
+            }
             dp.set_node_addresses(addresses.clone());
+            dp.set_tunnel_peers(tunnel_peers.clone());
             self.addresses = addresses;
+            self.tunnel_peers.clone_from(tunnel_peers);
         }
-        if addresses_changed || self.services != services {
+        if node_changed || self.services != services {
             match dp.apply_services(services) {
                 Ok(stats) => {
                     self.services = services.to_vec();

@@ -6,8 +6,9 @@
 //! Runs beside the election loop and never blocks it: the loop publishes the desired state on
 //! a watch channel; this task converges the API towards it and retries while the API is away.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,7 +17,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -60,6 +61,9 @@ pub async fn run(client: Client, namespace: String, node: String, mut desired: w
     });
     let reporter = Reporter::from(format!("herald-speaker/{node}").as_str());
     let mut announced_before: BTreeSet<(String, String)> = BTreeSet::new();
+    // Names this task created, kept until it deletes them: the watch cache can lag behind our
+    // own create, and an object we no longer want must go even if the cache has not shown it.
+    let mut written: BTreeSet<String> = BTreeSet::new();
     loop {
         let want = desired.borrow_and_update().clone();
         for key in want.keys().filter(|k| !announced_before.contains(*k)) {
@@ -68,11 +72,18 @@ pub async fn run(client: Client, namespace: String, node: String, mut desired: w
             publish_assigned(&Recorder::new(client.clone(), reporter.clone()), key, &node, entry).await;
         }
         announced_before = want.keys().cloned().collect();
-        let converged = match store.wait_until_ready().await {
-            Ok(()) => converge(&api, &store, &node, &want).await,
+        // Quiet only after a pass that found nothing to write: after writes, look again soon
+        // to see them in the cache (and to retry what failed).
+        let quiet = match store.wait_until_ready().await {
+            Ok(()) => {
+                let writes = plan_writes(&store.state(), &node, &want, &written, Timestamp::now());
+                let nothing_to_do = writes.is_empty();
+                apply(&api, writes, &mut written).await;
+                nothing_to_do
+            }
             Err(_) => false,
         };
-        let retry = tokio::time::sleep(if converged {
+        let retry = tokio::time::sleep(if quiet {
             Duration::from_secs(30)
         } else {
             Duration::from_secs(1)
@@ -84,15 +95,44 @@ pub async fn run(client: Client, namespace: String, node: String, mut desired: w
     }
 }
 
-/// One pass; true when every write succeeded.
-async fn converge(
-    api: &Api<ServiceL2Status>,
-    store: &Store<ServiceL2Status>,
+/// The API writes that bring the objects to what this node announces.
+#[derive(Debug, Default, PartialEq)]
+pub struct Writes {
+    /// Objects to create (empty; their status follows in `status`).
+    pub create: Vec<Labelled>,
+    /// Status to write, by object name.
+    pub status: Vec<(String, ServiceL2StatusStatus)>,
+    /// Objects to delete, by name.
+    pub delete: Vec<String>,
+}
+
+/// A new object's name and its labels' values.
+#[derive(Debug, PartialEq)]
+pub struct Labelled {
+    pub name: String,
+    pub node: String,
+    pub namespace: String,
+    pub service: String,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.status.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// Decides one pass from the watch cache (`existing`), what this node announces (`want`) and
+/// the names it created itself (`written`, which the cache may not show yet).
+pub fn plan_writes(
+    existing: &[Arc<ServiceL2Status>],
     node: &str,
     want: &AnnouncedServices,
-) -> bool {
-    let mut ok = true;
-    let existing = store.state();
+    written: &BTreeSet<String>,
+    now: Timestamp,
+) -> Writes {
+    let by_name: HashMap<String, &ServiceL2Status> = existing.iter().map(|o| (o.name_any(), o.as_ref())).collect();
+    let mut writes = Writes::default();
+    let mut wanted_names = BTreeSet::new();
     for ((namespace, service), announced) in want {
         let name = status_name(namespace, service, node);
         let status = ServiceL2StatusStatus {
@@ -102,44 +142,68 @@ async fn converge(
             ips: announced.ips.iter().map(ToString::to_string).collect(),
             interfaces: announced.interfaces.clone(),
         };
-        let current = existing.iter().find(|s| s.name_any() == name);
+        let current = by_name.get(&name);
         if current.is_none() {
-            let mut object = ServiceL2Status::new(&name, Default::default());
-            object.metadata.labels = Some(BTreeMap::from([
-                (NODE_LABEL.to_string(), node.to_string()),
-                (SERVICE_NAMESPACE_LABEL.to_string(), namespace.clone()),
-                (SERVICE_NAME_LABEL.to_string(), service.clone()),
-            ]));
-            if let Err(e) = api.create(&PostParams::default(), &object).await
-                && !matches!(&e, kube::Error::Api(s) if s.code == 409)
-            {
-                tracing::warn!(%name, error = %e, "cannot create ServiceL2Status");
-                ok = false;
+            writes.create.push(Labelled {
+                name: name.clone(),
+                node: node.to_string(),
+                namespace: namespace.clone(),
+                service: service.clone(),
+            });
+        }
+        if current.and_then(|c| c.status.as_ref()) != Some(&status) {
+            writes.status.push((name.clone(), status));
+        }
+        wanted_names.insert(name);
+    }
+    let mut delete: BTreeSet<String> = existing
+        .iter()
+        .filter(|o| is_stale(o, node, want, now))
+        .map(|o| o.name_any())
+        .collect();
+    delete.extend(written.iter().filter(|n| !wanted_names.contains(*n)).cloned());
+    writes.delete = delete.into_iter().collect();
+    writes
+}
+
+/// Performs `writes`, logging what fails (the next pass retries it).
+async fn apply(api: &Api<ServiceL2Status>, writes: Writes, written: &mut BTreeSet<String>) {
+    let mut failed_create = BTreeSet::new();
+    for new in writes.create {
+        let mut object = ServiceL2Status::new(&new.name, Default::default());
+        object.metadata.labels = Some(BTreeMap::from([
+            (NODE_LABEL.to_string(), new.node),
+            (SERVICE_NAMESPACE_LABEL.to_string(), new.namespace),
+            (SERVICE_NAME_LABEL.to_string(), new.service),
+        ]));
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(name = %new.name, error = %e, "cannot create ServiceL2Status");
+                failed_create.insert(new.name.clone());
                 continue;
             }
         }
-        if current.and_then(|c| c.status.as_ref()) != Some(&status) {
-            let patch = serde_json::json!({"status": status});
-            if let Err(e) = api.patch_status(&name, &field_manager(), &Patch::Merge(&patch)).await {
-                tracing::warn!(%name, error = %e, "cannot write ServiceL2Status");
-                ok = false;
-            }
+        written.insert(new.name);
+    }
+    for (name, status) in writes.status.into_iter().filter(|(n, _)| !failed_create.contains(n)) {
+        let patch = serde_json::json!({"status": status});
+        if let Err(e) = api.patch_status(&name, &field_manager(), &Patch::Merge(&patch)).await {
+            tracing::warn!(%name, error = %e, "cannot write ServiceL2Status");
         }
     }
-    for object in existing.iter() {
-        let stale = is_stale(object, node, want, Timestamp::now());
-        if stale {
-            match api.delete(&object.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => {
-                    tracing::warn!(name = %object.name_any(), error = %e, "cannot delete stale ServiceL2Status");
-                    ok = false;
-                }
+    for name in writes.delete {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(%name, error = %e, "cannot delete stale ServiceL2Status");
+                continue;
             }
         }
+        written.remove(&name);
     }
-    ok
 }
 
 /// How long another node's `ServiceL2Status` may list no IPs before it counts as stale: a
@@ -282,6 +346,35 @@ mod tests {
         assert!(is_stale(&fresh, "n1", &nothing, now()));
         // Our own object is judged by what we announce, empty or not.
         assert!(!is_stale(&object("n1", &[]), "n1", &announcing(&["10.0.0.1"]), now()));
+    }
+
+    #[test]
+    fn a_pass_writes_what_differs_and_deletes_what_it_created_even_before_the_cache_shows_it() {
+        let mine = status_name("default", "web", "n1");
+        // Nothing cached yet: create and write the status.
+        let writes = plan_writes(&[], "n1", &announcing(&["10.0.0.1"]), &BTreeSet::new(), now());
+        assert_eq!(writes.create.len(), 1);
+        assert_eq!(writes.create[0].name, mine);
+        assert_eq!(writes.status.len(), 1);
+        assert!(writes.delete.is_empty());
+        // Cached and equal: nothing to do.
+        let cached = [Arc::new(object("n1", &["10.0.0.1"]))];
+        let written = BTreeSet::from([mine.clone()]);
+        assert!(plan_writes(&cached, "n1", &announcing(&["10.0.0.1"]), &written, now()).is_empty());
+        // The node lost the Service before the cache showed its create: the object still goes.
+        let writes = plan_writes(&[], "n1", &AnnouncedServices::new(), &written, now());
+        assert_eq!(writes.delete, vec![mine.clone()]);
+        assert!(writes.create.is_empty() && writes.status.is_empty());
+        // A changed IP list is a status write, not a create.
+        let writes = plan_writes(&cached, "n1", &announcing(&["10.0.0.2"]), &written, now());
+        assert!(writes.create.is_empty());
+        assert_eq!(writes.status.len(), 1);
+        // Another node's object for the IP this node took over goes; one this node did not
+        // take stays.
+        let theirs = [Arc::new(object("n2", &["10.0.0.1"]))];
+        let writes = plan_writes(&theirs, "n1", &announcing(&["10.0.0.1"]), &BTreeSet::new(), now());
+        assert_eq!(writes.delete, vec![status_name("default", "web", "n2")]);
+        assert!(plan_writes(&theirs, "n1", &AnnouncedServices::new(), &BTreeSet::new(), now()).is_empty());
     }
 
     #[test]

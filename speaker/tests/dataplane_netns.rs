@@ -28,6 +28,22 @@ fn start_or_skip(lab: &Lab, i: u8, test: &str) -> Option<Dataplane> {
     }
 }
 
+/// One node with `pods` TCP echo pods, VIP 0 routed to it, and its dataplane; `None` when the
+/// test may skip (not root, or no eBPF outside CI).
+fn one_node_lab(test: &str, pods: u8) -> Option<(Lab, Dataplane)> {
+    if !privileged_or_skip(test) {
+        return None;
+    }
+    let mut lab = Lab::new(1);
+    for j in 1..=pods {
+        lab.add_pod(1, j);
+        lab.serve_tcp(1, j, TARGET);
+    }
+    lab.route_vip_to_node(0, 1);
+    let dp = start_or_skip(&lab, 1, test)?;
+    Some((lab, dp))
+}
+
 fn endpoint(lab: &Lab, node: u8, j: u8, v6: bool) -> EndpointInput {
     EndpointInput {
         ip: lab.pod_addr(node, j, v6),
@@ -70,6 +86,7 @@ fn service(lab: &Lab, policy: TrafficPolicy, endpoints: Vec<EndpointInput>) -> S
             },
         ],
         traffic_policy: policy,
+        source_ranges: None,
         endpoints,
     }
 }
@@ -103,14 +120,7 @@ fn tcx_programs(lab: &Lab) -> (usize, usize) {
 #[test]
 fn dataplane_lb_ip_and_nodeport_reach_local_backend_and_reply_from_the_ip() {
     let test = "dataplane_lb_ip_and_nodeport_reach_local_backend_and_reply_from_the_ip";
-    if !privileged_or_skip(test) {
-        return;
-    }
-    let mut lab = Lab::new(1);
-    lab.add_pod(1, 1);
-    lab.serve_tcp(1, 1, TARGET);
-    lab.route_vip_to_node(0, 1);
-    let Some(mut dp) = start_or_skip(&lab, 1, test) else {
+    let Some((lab, mut dp)) = one_node_lab(test, 1) else {
         return;
     };
     let svc = service(
@@ -226,16 +236,7 @@ fn dataplane_local_policy_uses_only_local_backends_and_preserves_the_client() {
 #[test]
 fn dataplane_backend_removal_moves_only_that_backends_flows() {
     let test = "dataplane_backend_removal_moves_only_that_backends_flows";
-    if !privileged_or_skip(test) {
-        return;
-    }
-    let mut lab = Lab::new(1);
-    for j in 1..=3 {
-        lab.add_pod(1, j);
-        lab.serve_tcp(1, j, TARGET);
-    }
-    lab.route_vip_to_node(0, 1);
-    let Some(mut dp) = start_or_skip(&lab, 1, test) else {
+    let Some((lab, mut dp)) = one_node_lab(test, 3) else {
         return;
     };
     let eps = |js: &[u8]| js.iter().map(|&j| endpoint(&lab, 1, j, false)).collect::<Vec<_>>();
@@ -274,14 +275,7 @@ fn dataplane_backend_removal_moves_only_that_backends_flows() {
 #[test]
 fn dataplane_without_an_entry_does_not_forward() {
     let test = "dataplane_without_an_entry_does_not_forward";
-    if !privileged_or_skip(test) {
-        return;
-    }
-    let mut lab = Lab::new(1);
-    lab.add_pod(1, 1);
-    lab.serve_tcp(1, 1, TARGET);
-    lab.route_vip_to_node(0, 1);
-    let Some(mut dp) = start_or_skip(&lab, 1, test) else {
+    let Some((lab, mut dp)) = one_node_lab(test, 1) else {
         return;
     };
     let client = lab.client_addr(0, false);
@@ -295,7 +289,7 @@ fn dataplane_without_an_entry_does_not_forward() {
     dp.apply_services(&[service(&lab, TrafficPolicy::Cluster, vec![endpoint(&lab, 1, 1, false)])])
         .unwrap();
     assert_eq!(parts(&ask(&lab, client, vip)).0, "pod1-1");
-    let stats = dp.apply_services(&[]).unwrap();
+    let stats = dp.apply_services::<ServiceInput>(&[]).unwrap();
     // TCP on the v4 LB IP and v4 NodePort, UDP on the v4 LB IP (the endpoints are IPv4 only).
     assert_eq!(stats.frontends_removed, 3, "{stats:?}");
     assert!(
@@ -308,16 +302,7 @@ fn dataplane_without_an_entry_does_not_forward() {
 #[test]
 fn dataplane_restart_keeps_established_flows_and_shutdown_removes_everything() {
     let test = "dataplane_restart_keeps_established_flows_and_shutdown_removes_everything";
-    if !privileged_or_skip(test) {
-        return;
-    }
-    let mut lab = Lab::new(1);
-    lab.add_pod(1, 1);
-    lab.add_pod(1, 2);
-    lab.serve_tcp(1, 1, TARGET);
-    lab.serve_tcp(1, 2, TARGET);
-    lab.route_vip_to_node(0, 1);
-    let Some(mut dp) = start_or_skip(&lab, 1, test) else {
+    let Some((lab, mut dp)) = one_node_lab(test, 2) else {
         return;
     };
     let svc = service(
@@ -474,4 +459,171 @@ fn dataplane_attach_interfaces_follows_the_interface_list() {
 fn attach(lab: &Lab, mut dp: Dataplane, interfaces: &[&str]) -> Dataplane {
     let interfaces: Vec<String> = interfaces.iter().map(|s| s.to_string()).collect();
     in_netns(&lab.node(1), move || dp.attach_interfaces(&interfaces).map(|()| dp)).expect("attach_interfaces")
+}
+
+/// Every node of the lab tunnels to every other (as the speaker does for live peers).
+fn tunnel_peers(lab: &Lab, nodes: u8, except: u8) -> std::collections::BTreeMap<String, Vec<IpAddr>> {
+    (1..=nodes)
+        .filter(|&i| i != except)
+        .map(|i| {
+            (
+                format!("node{i}"),
+                vec![lab.node_addr(i, false), lab.node_addr(i, true)],
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn dataplane_dsr_keeps_the_client_address_and_flows_survive_the_owner_losing_its_cable() {
+    let test = "dataplane_dsr_keeps_the_client_address_and_flows_survive_the_owner_losing_its_cable";
+    if !privileged_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    lab.add_pod(3, 1);
+    lab.serve_tcp(3, 1, TARGET);
+    lab.serve_udp(3, 1, TARGET);
+    let svc = service(
+        &lab,
+        TrafficPolicy::Cluster,
+        vec![endpoint(&lab, 3, 1, false), endpoint(&lab, 3, 1, true)],
+    );
+    let Some(dp1) = start_or_skip(&lab, 1, test) else {
+        return;
+    };
+    let mut dps = vec![dp1];
+    for i in 2..=3 {
+        dps.push(lab.start_dataplane(i).expect("dataplane"));
+    }
+    for (n, dp) in dps.iter_mut().enumerate() {
+        dp.set_tunnel_peers(tunnel_peers(&lab, 3, n as u8 + 1));
+        dp.apply_services(std::slice::from_ref(&svc)).unwrap();
+    }
+    lab.route_vip_to_node(0, 1);
+    let client = lab.client();
+
+    let mut conns = Vec::new();
+    let mut udp_flows = Vec::new();
+    for v6 in [false, true] {
+        let from = lab.client_addr(1, v6);
+        let vip = sa(lab.vip(0, v6), PORT);
+        let (name, peer) = parts(&ask(&lab, from, vip));
+        assert_eq!(name, "pod3-1");
+        assert_eq!(peer, from, "DSR: the remote backend sees the client's own address");
+        // A NodePort is node 1's own address: its remote backend is reached with SNAT.
+        let node_port = sa(lab.node_addr(1, v6), NODE_PORT);
+        assert_eq!(
+            parts(&ask(&lab, from, node_port)),
+            ("pod3-1".to_owned(), lab.node_addr(1, v6))
+        );
+        let mut conn = connect(&client, from, vip).expect("long-lived connection");
+        assert_eq!(parts(&conn.ask().unwrap()), ("pod3-1".to_owned(), from));
+        // Full-sized segments fit the tunnel only because the SYN-ACK's MSS was lowered.
+        assert_eq!(
+            parts(&conn.ask_with(200_000).expect("a 200 kB request through the tunnel")).0,
+            "pod3-1"
+        );
+        conns.push((v6, conn));
+        let udp_from = sa(lab.client_addr(2, v6), 40_000);
+        let (answer, replier) = eventually(20, Duration::from_secs(5), || ask_udp(&client, udp_from, vip).ok())
+            .unwrap_or_else(|| panic!("no UDP answer via {vip}"));
+        assert_eq!(replier, vip, "the backend's node answers from the LB IP:port");
+        assert_eq!(parts(&answer), ("pod3-1".to_owned(), udp_from.ip()));
+        udp_flows.push((udp_from, vip));
+    }
+    let events = dps[0].flow_events();
+    assert!(events["dsr_sent"] > 0 && events["flow_new"] > 0, "{events:?}");
+    assert!(dps[2].flow_events()["dsr_received"] > 0);
+    assert!(dps[2].flow_events()["mss_clamped"] > 0, "{:?}", dps[2].flow_events());
+
+    // The owner loses its cable; node 2 takes the IP over (what its gratuitous ARP/NA does to
+    // the client's neighbour entry). Node 2 never saw these flows: it picks the same backend
+    // and node 3's flow state carries the connections on.
+    lab.cut_uplink(1);
+    lab.route_vip_to_node(0, 2);
+    for (v6, conn) in &mut conns {
+        let answer = conn
+            .ask()
+            .unwrap_or_else(|e| panic!("the connection (v6: {v6}) did not survive: {e}"));
+        assert_eq!(parts(&answer).0, "pod3-1");
+    }
+    for (from, vip) in udp_flows {
+        let (answer, replier) = eventually(20, Duration::from_secs(5), || ask_udp(&client, from, vip).ok())
+            .unwrap_or_else(|| panic!("the UDP flow from {from} got no answer after the takeover"));
+        assert_eq!((parts(&answer), replier), (("pod3-1".to_owned(), from.ip()), vip));
+    }
+    assert!(dps[1].flow_events()["dsr_sent"] > 0);
+    for dp in dps {
+        dp.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn dataplane_source_ranges_admit_listed_clients_only() {
+    let test = "dataplane_source_ranges_admit_listed_clients_only";
+    let Some((lab, mut dp)) = one_node_lab(test, 1) else {
+        return;
+    };
+    let mut svc = service(
+        &lab,
+        TrafficPolicy::Cluster,
+        vec![endpoint(&lab, 1, 1, false), endpoint(&lab, 1, 1, true)],
+    );
+    let allowed = |v6: bool| ipnet::IpNet::new(lab.client_addr(1, v6), if v6 { 128 } else { 32 }).unwrap();
+    svc.source_ranges = Some(vec![allowed(false), allowed(true)]);
+    dp.apply_services(std::slice::from_ref(&svc)).unwrap();
+    let client = lab.client();
+    for v6 in [false, true] {
+        let vip = sa(lab.vip(0, v6), PORT);
+        let (name, peer) = parts(&ask(&lab, lab.client_addr(1, v6), vip));
+        assert_eq!((name.as_str(), peer), ("pod1-1", lab.client_addr(1, v6)));
+        let denied = ask_once(&client, lab.client_addr(2, v6), vip);
+        assert!(denied.is_err(), "a client outside the ranges got in: {denied:?}");
+        // NodePorts are not restricted (as with kube-proxy).
+        let node_port = sa(lab.node_addr(1, v6), NODE_PORT);
+        assert_eq!(parts(&ask(&lab, lab.client_addr(2, v6), node_port)).0, "pod1-1");
+    }
+    assert!(dp.flow_events()["source_range"] >= 2, "{:?}", dp.flow_events());
+    // Lifting the restriction admits everyone.
+    svc.source_ranges = None;
+    dp.apply_services(std::slice::from_ref(&svc)).unwrap();
+    assert_eq!(
+        parts(&ask(&lab, lab.client_addr(2, false), sa(lab.vip(0, false), PORT))).0,
+        "pod1-1"
+    );
+    dp.shutdown().unwrap();
+}
+
+#[test]
+fn dataplane_pins_of_a_dead_speaker_stop_translating_and_can_be_removed() {
+    let test = "dataplane_pins_of_a_dead_speaker_stop_translating_and_can_be_removed";
+    let Some((lab, mut dp)) = one_node_lab(test, 1) else {
+        return;
+    };
+    let svc = service(&lab, TrafficPolicy::Cluster, vec![endpoint(&lab, 1, 1, false)]);
+    dp.apply_services(std::slice::from_ref(&svc)).unwrap();
+    let vip = sa(lab.vip(0, false), PORT);
+    assert_eq!(parts(&ask(&lab, lab.client_addr(1, false), vip)).0, "pod1-1");
+    // The speaker goes away without cleaning up (a crash, an uninstalled DaemonSet): its pins
+    // keep forwarding for the grace period...
+    drop(dp);
+    assert_eq!(parts(&ask(&lab, lab.client_addr(1, false), vip)).0, "pod1-1");
+    // ...and stop once its last heartbeat is older than that (written here as if long ago).
+    let config_pin = lab.pin_dir(1).join("v2").join("herald_config");
+    let map =
+        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&config_pin).expect("pinned settings map")).unwrap();
+    let mut config: aya::maps::Array<_, herald_speaker::dataplane::maps::ConfigValue> =
+        aya::maps::Array::try_from(map).unwrap();
+    let mut value = config.get(&0, 0).unwrap();
+    assert!(value.heartbeat_ns > 0, "the speaker wrote heartbeats");
+    value.heartbeat_ns = 1;
+    config.set(0, value, 0).unwrap();
+    let stale = ask_once(&lab.client(), lab.client_addr(2, false), vip);
+    assert!(stale.is_err(), "orphaned pins still translate: {stale:?}");
+    // A speaker that will not run the dataplane removes everything.
+    drop(config);
+    herald_speaker::dataplane::remove_pinned(&lab.pin_dir(1)).unwrap();
+    assert_eq!(tcx_programs(&lab), (0, 0));
+    assert!(!lab.pin_dir(1).exists());
 }

@@ -1207,7 +1207,30 @@ impl Drop for Lab {
             }
         }
         self.control_plane.kill_now();
+        if std::thread::panicking() {
+            self.print_log_tails(40);
+        }
         state::cleanup_blocking(&self.config.prefix, &self.config.state_root);
+    }
+}
+
+impl Lab {
+    /// Prints the last `lines` lines of Herald's logs to stderr: a test that fails takes the
+    /// state directory with it, and CI keeps only what the test printed.
+    fn print_log_tails(&self, lines: usize) {
+        let mut processes = vec!["controller".to_string()];
+        processes.extend(self.plan.nodes.iter().map(|n| format!("speaker-{}", n.name)));
+        for process in processes {
+            let path = self.state.log(&process);
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let all: Vec<&str> = text.lines().collect();
+            eprintln!("---- last {} lines of {} ----", lines.min(all.len()), path.display());
+            for line in &all[all.len().saturating_sub(lines)..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

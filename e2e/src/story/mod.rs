@@ -84,6 +84,7 @@ pub async fn wait_for_ip(lab: &Lab, timeout: Duration) -> Result<IpAddr, LabErro
 pub async fn wait_for_owner(lab: &Lab, other_than: Option<&str>, timeout: Duration) -> Result<String, LabError> {
     let api: Api<ServiceL2Status> = Api::namespaced(lab.client(), "herald-system");
     let deadline = Instant::now() + timeout;
+    let mut last_seen = String::from("no list answered");
     loop {
         if let Ok(list) = api.list(&ListParams::default()).await {
             let owners: Vec<String> = list
@@ -98,10 +99,14 @@ pub async fn wait_for_owner(lab: &Lab, other_than: Option<&str>, timeout: Durati
             {
                 return Ok(owner.clone());
             }
+            last_seen = format!("{owners:?}");
         }
         if Instant::now() >= deadline {
             return Err(LabError::Timeout {
-                what: format!("one node announcing {}/{}", SERVICE.0, SERVICE.1),
+                what: format!(
+                    "one node announcing {}/{} (last seen: {last_seen})",
+                    SERVICE.0, SERVICE.1
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

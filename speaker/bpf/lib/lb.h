@@ -1,14 +1,15 @@
-/* Service load balancing: frontend lookup, Maglev backend choice, conntrack, NAT both ways. */
+/* Service load balancing: frontend lookup, Maglev backend choice, flow state, and the three
+ * ways to a backend (local: destination rewritten; SNAT: source too; DSR: tunnelled). */
 #pragma once
 
 #include "common.h"
 #include "maps.h"
 #include "nat.h"
+#include "ct.h"
+#include "tunnel.h"
 
-/* SNAT source ports, tried when the client's own port is taken towards that backend. */
-#define HERALD_SNAT_PORT_MIN 32768
-#define HERALD_SNAT_PORT_SPAN 28232
-#define HERALD_SNAT_TRIES 4
+/* Ports tried per new SNAT flow (each the next of the backend's round robin). */
+#define HERALD_SNAT_TRIES 16
 
 static __always_inline __u32 rotl32(__u32 x, __u32 r)
 {
@@ -46,17 +47,6 @@ static __always_inline __u32 lb_flow_hash(const struct lb_tuple *t)
 	return h;
 }
 
-static __always_inline void ct_key_from_tuple(struct ct_key *k, const struct lb_tuple *t)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	addr_copy(k->saddr, t->saddr);
-	addr_copy(k->daddr, t->daddr);
-	k->sport = t->sport;
-	k->dport = t->dport;
-	k->proto = t->proto;
-	k->family = t->family;
-}
-
 static __always_inline void lb_count(__u32 frontend_id, __u32 bytes)
 {
 	struct lb_counters *c = bpf_map_lookup_elem(&herald_counters, &frontend_id);
@@ -82,115 +72,198 @@ static __always_inline __u32 lb_maglev_pick(const struct lb_frontend *fe, const 
 	return row->backend_ids[slot];
 }
 
-/* Writes the reverse entry for a new flow, choosing a SNAT port when the backend needs one.
- * Returns the SNAT port (the client's port when free), or 0 when every try was taken. */
-static __always_inline __be16 lb_ct_reverse_create(const struct lb_tuple *t, const struct lb_backend *be,
-						   const struct ct_reverse *rev, __u32 flow_hash)
+static __always_inline struct lb_config *lb_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&herald_config, &zero);
+}
+
+/* Whether the speaker that owns these maps is alive (heartbeat within the grace period). A
+ * heartbeat written on another CPU after this program read its clock is slightly in the
+ * future: hence the signed difference. */
+static __always_inline int lb_owner_alive(const struct lb_config *cfg, __u64 now)
+{
+	return cfg->heartbeat_ns != 0 && (__s64)(now - cfg->heartbeat_ns) < (__s64)HERALD_OWNER_GRACE_NS;
+}
+
+/* The next SNAT port of the backend's round robin that no live flow holds, with the reverse
+ * entry for it written; 0 when HERALD_SNAT_TRIES ports in a row were held. */
+static __always_inline __be16 lb_snat_port(const struct lb_tuple *t, __u32 backend_id, const struct lb_backend *be,
+					   const struct ct_reverse *rev, const struct lb_config *cfg, __u64 now)
+{
+	__u32 *cursor = bpf_map_lookup_elem(&herald_snat_cursor, &backend_id);
+	__u32 count = cfg->snat_port_count;
+	struct ct_key rkey;
+
+	if (!cursor || count == 0)
+		return 0;
+	__builtin_memset(&rkey, 0, sizeof(rkey));
+	addr_copy(rkey.saddr, be->addr);
+	addr_copy(rkey.daddr, be->snat_addr);
+	rkey.sport = be->port;
+	rkey.proto = t->proto;
+	rkey.family = t->family;
+	for (int i = 0; i < HERALD_SNAT_TRIES; i++) {
+		__u32 n = __sync_fetch_and_add(cursor, 1);
+		rkey.dport = bpf_htons(cfg->snat_port_min + n % count);
+		if (bpf_map_update_elem(&herald_ct_reverse, &rkey, rev, BPF_NOEXIST) == 0)
+			return rkey.dport;
+		struct ct_reverse *held = bpf_map_lookup_elem(&herald_ct_reverse, &rkey);
+		struct ct_key fkey;
+		int in_new;
+		if (held && ct_owner_of(&rkey, held, now, &fkey, &in_new))
+			continue;
+		/* The port's last flow is over (and past its TIME_WAIT hold): take it. */
+		bpf_map_update_elem(&herald_ct_reverse, &rkey, rev, BPF_ANY);
+		return rkey.dport;
+	}
+	return 0;
+}
+
+/* Writes the reverse entry of a new flow to a local backend (keyed by the reply's tuple). */
+static __always_inline void lb_reverse_local(const struct lb_tuple *t, const struct lb_backend *be,
+					     const struct ct_reverse *rev)
 {
 	struct ct_key rkey;
 
 	__builtin_memset(&rkey, 0, sizeof(rkey));
 	addr_copy(rkey.saddr, be->addr);
 	rkey.sport = be->port;
+	addr_copy(rkey.daddr, t->saddr);
+	rkey.dport = t->sport;
 	rkey.proto = t->proto;
 	rkey.family = t->family;
-	if (!(be->flags & HERALD_BACKEND_SNAT)) {
-		addr_copy(rkey.daddr, t->saddr);
-		rkey.dport = t->sport;
-		bpf_map_update_elem(&herald_ct_reverse, &rkey, rev, BPF_ANY);
-		return t->sport;
-	}
-	addr_copy(rkey.daddr, be->snat_addr);
-#pragma unroll
-	for (int i = 0; i < HERALD_SNAT_TRIES; i++) {
-		__be16 port = t->sport;
-		if (i > 0)
-			port = bpf_htons(HERALD_SNAT_PORT_MIN + (flow_hash + i * 7919u) % HERALD_SNAT_PORT_SPAN);
-		rkey.dport = port;
-		if (bpf_map_update_elem(&herald_ct_reverse, &rkey, rev, BPF_NOEXIST) == 0)
-			return port;
-	}
-	return 0;
+	bpf_map_update_elem(&herald_ct_reverse, &rkey, rev, BPF_ANY);
 }
 
-/* Forward path: a packet to a frontend is translated to its backend. TC_ACT_OK lets the
- * kernel route the (possibly rewritten) packet; packets to no frontend are left untouched. */
-static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_tuple *t)
+/* Sends a packet of a flow to its backend the way the flow was set up. */
+static __always_inline int lb_send(struct __sk_buff *skb, const struct lb_tuple *t, const struct lb_backend *be,
+				   __u8 ct_flags, const __u32 *snat_addr, __be16 snat_port)
 {
-	struct lb_frontend_key fkey;
+	if (ct_flags & CT_FLAG_DSR)
+		return lb_tunnel(skb, t, be);
+	if (ct_flags & CT_FLAG_SNAT) {
+		if (lb_rewrite(skb, t, snat_addr, snat_port, be->addr, be->port) < 0) {
+			lb_stat(HERALD_STAT_DROP_REWRITE_FAILED);
+			return TC_ACT_SHOT;
+		}
+		return lb_redirect(skb, t->family, snat_addr, be->addr);
+	}
+	if (lb_rewrite(skb, t, t->saddr, t->sport, be->addr, be->port) < 0) {
+		lb_stat(HERALD_STAT_DROP_REWRITE_FAILED);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}
 
-	__builtin_memset(&fkey, 0, sizeof(fkey));
-	addr_copy(fkey.addr, t->daddr);
-	fkey.port = t->dport;
-	fkey.proto = t->proto;
-	fkey.family = t->family;
-	struct lb_frontend *fe = bpf_map_lookup_elem(&herald_frontends, &fkey);
+/* Forward path: a packet to a frontend goes to its flow's backend, or for a new flow to the
+ * backend its Maglev slot names. Packets to no frontend are left untouched. tunnelled: the
+ * packet came out of another node's DSR tunnel, so only a backend on this node may take it. */
+static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_tuple *t, int tunnelled)
+{
+	struct lb_frontend *fe = lb_frontend_of(t);
 	if (!fe)
 		return TC_ACT_OK;
+	struct lb_config *cfg = lb_config();
+	__u64 now = bpf_ktime_get_ns();
+	if (!cfg || !lb_owner_alive(cfg, now)) {
+		lb_stat(HERALD_STAT_OWNER_STALE);
+		return TC_ACT_OK;
+	}
 	lb_count(fe->id, skb->len);
 
-	struct ct_key fwd_key;
-	ct_key_from_tuple(&fwd_key, t);
-	struct ct_forward *ct = bpf_map_lookup_elem(&herald_ct_forward, &fwd_key);
-	struct lb_backend *be = 0;
-	if (ct) {
+	struct ct_key key;
+	ct_key_from_tuple(&key, t);
+	int in_new = 0;
+	struct ct_forward *ct = ct_lookup(&key, now, &in_new);
+	/* A SYN on the tuple of a closed flow: the client reused its port for a new connection. */
+	if (ct && ct->state == CT_CLOSING && (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+		lb_stat(HERALD_STAT_FLOW_REUSED);
+		ct = 0;
+	}
+	if (ct && ct->frontend_id == fe->id) {
 		__u32 id = ct->backend_id;
-		be = bpf_map_lookup_elem(&herald_backends, &id);
-		/* The backend was removed (or its id reused): choose again below. */
-		if (be && (!addr_eq(be->addr, ct->backend_addr) || be->port != ct->backend_port))
-			be = 0;
-		if (be) {
-			__u32 saddr[4];
-			__be16 sport = t->sport;
-			addr_copy(saddr, t->saddr);
-			if (be->flags & HERALD_BACKEND_SNAT) {
-				addr_copy(saddr, ct->snat_addr);
-				sport = ct->snat_port;
-			}
-			if (lb_rewrite(skb, t, saddr, sport, be->addr, be->port) < 0)
-				return TC_ACT_SHOT;
-			return TC_ACT_OK;
+		struct lb_backend *be = bpf_map_lookup_elem(&herald_backends, &id);
+		/* A removed backend (or its id given to another) is never followed: choose again. */
+		if (be && be->generation == ct->backend_generation) {
+			__u32 snat_addr[4];
+			__be16 snat_port = ct->snat_port;
+			__u8 flags = ct->flags;
+			addr_copy(snat_addr, ct->snat_addr);
+			ct_advance(&key, ct, in_new, t, 1, now);
+			return lb_send(skb, t, be, flags, snat_addr, snat_port);
 		}
 	}
 
-	__u32 flow_hash = lb_flow_hash(t);
+	/* loadBalancerSourceRanges: judged when a flow starts (as kube-proxy's rules are). */
+	if (fe->flags & HERALD_FRONTEND_SOURCE_RANGES) {
+		struct lb_source_key sk;
+		__builtin_memset(&sk, 0, sizeof(sk));
+		sk.prefixlen = 32 + (t->family == HERALD_FAMILY_V4 ? 32 : 128);
+		sk.frontend_id = fe->id;
+		addr_copy(sk.addr, t->saddr);
+		if (!bpf_map_lookup_elem(&herald_source_ranges, &sk)) {
+			lb_stat(HERALD_STAT_DROP_SOURCE_RANGE);
+			return TC_ACT_SHOT;
+		}
+	}
 	__u32 backend_id = lb_maglev_pick(fe, t);
-	be = bpf_map_lookup_elem(&herald_backends, &backend_id);
-	if (!be || be->family != t->family)
+	struct lb_backend *be = bpf_map_lookup_elem(&herald_backends, &backend_id);
+	if (!be || be->family != t->family) {
+		lb_stat(HERALD_STAT_DROP_NO_BACKEND);
 		return TC_ACT_SHOT;
+	}
+	/* The sender chose a backend on this node by the same table. If this node's pick differs
+	 * (its tables are mid-update, or lost the flow after a backend change), drop rather than
+	 * bounce the packet on; the client retransmits. */
+	if (tunnelled && (be->flags & (HERALD_BACKEND_SNAT | HERALD_BACKEND_DSR))) {
+		lb_stat(HERALD_STAT_DROP_TUNNEL_NOT_LOCAL);
+		return TC_ACT_SHOT;
+	}
 
+	struct ct_forward entry;
+	__builtin_memset(&entry, 0, sizeof(entry));
+	entry.frontend_id = fe->id;
+	entry.backend_id = backend_id;
+	entry.backend_generation = be->generation;
+	addr_copy(entry.backend_addr, be->addr);
+	entry.backend_port = be->port;
+	entry.flags = ct_next_flags((be->flags & (CT_FLAG_SNAT | CT_FLAG_DSR)) | (tunnelled ? CT_FLAG_TUNNELLED : 0), t, 1);
+	entry.state = ct_initial_state(t);
+	entry.expires = now + ct_timeout(entry.state, entry.flags);
+	entry.snat_port = t->sport;
+	addr_copy(entry.snat_addr, t->saddr);
 	struct ct_reverse rev;
 	__builtin_memset(&rev, 0, sizeof(rev));
 	addr_copy(rev.frontend_addr, t->daddr);
 	addr_copy(rev.client_addr, t->saddr);
 	rev.frontend_port = t->dport;
 	rev.client_port = t->sport;
-	__be16 sport = lb_ct_reverse_create(t, be, &rev, flow_hash);
-	if (!sport)
-		return TC_ACT_SHOT;
-
-	struct ct_forward entry;
-	__builtin_memset(&entry, 0, sizeof(entry));
-	entry.backend_id = backend_id;
-	addr_copy(entry.backend_addr, be->addr);
-	entry.backend_port = be->port;
-	__u32 saddr[4];
-	addr_copy(saddr, t->saddr);
+	/* The SNAT port is taken by writing the reverse entry, so that entry comes first there;
+	 * otherwise the forward entry does (a reverse entry without one looks like an orphan). */
 	if (be->flags & HERALD_BACKEND_SNAT) {
+		entry.snat_port = lb_snat_port(t, backend_id, be, &rev, cfg, now);
+		if (!entry.snat_port) {
+			lb_stat(HERALD_STAT_DROP_NO_SNAT_PORT);
+			return TC_ACT_SHOT;
+		}
 		addr_copy(entry.snat_addr, be->snat_addr);
-		addr_copy(saddr, be->snat_addr);
 	}
-	entry.snat_port = sport;
-	bpf_map_update_elem(&herald_ct_forward, &fwd_key, &entry, BPF_ANY);
-
-	if (lb_rewrite(skb, t, saddr, sport, be->addr, be->port) < 0)
-		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	/* Also drops a stale entry of the tuple (its flow ended or its backend is gone). */
+	ct_store(&key, &entry);
+	if (!(be->flags & (HERALD_BACKEND_SNAT | HERALD_BACKEND_DSR)))
+		lb_reverse_local(t, be, &rev);
+	lb_stat(HERALD_STAT_FLOW_NEW);
+	return lb_send(skb, t, be, entry.flags, entry.snat_addr, entry.snat_port);
 }
 
 /* Reverse path: a reply from a backend leaves with the frontend as its source (and, when the
- * flow was SNATed, goes back to the client). Returns 1 when the packet was a reply. */
-static __always_inline int lb_reverse(struct __sk_buff *skb, const struct lb_tuple *t)
+ * flow was SNATed, goes back to the client). Returns 0 when the packet is no reply of a live
+ * flow (untouched); else 1 with *action set. On ingress the rewritten reply is redirected to
+ * the client: its new source may be this node's own address (a NodePort), which the IP stack
+ * would drop as a martian. */
+static __always_inline int lb_reverse(struct __sk_buff *skb, const struct lb_tuple *t, int ingress, int *action)
 {
 	struct ct_key rkey;
 
@@ -198,8 +271,27 @@ static __always_inline int lb_reverse(struct __sk_buff *skb, const struct lb_tup
 	struct ct_reverse *rev = bpf_map_lookup_elem(&herald_ct_reverse, &rkey);
 	if (!rev)
 		return 0;
+	struct lb_config *cfg = lb_config();
+	__u64 now = bpf_ktime_get_ns();
+	if (!cfg || !lb_owner_alive(cfg, now))
+		return 0;
 	struct ct_reverse r = *rev;
-	if (lb_rewrite(skb, t, r.frontend_addr, r.frontend_port, r.client_addr, r.client_port) < 0)
-		return -1;
+	struct ct_key fkey;
+	int in_new = 0;
+	struct ct_forward *ct = ct_owner_of(&rkey, &r, now, &fkey, &in_new);
+	if (!ct)
+		return 0;
+	__u8 flags = ct->flags;
+	ct_advance(&fkey, ct, in_new, t, 0, now);
+	*action = TC_ACT_SHOT;
+	if ((flags & CT_FLAG_TUNNELLED) && (t->tcp_flags & TCP_FLAG_SYN) && lb_clamp_tunnelled_mss(skb, t) < 0) {
+		lb_stat(HERALD_STAT_DROP_REWRITE_FAILED);
+		return 1;
+	}
+	if (lb_rewrite(skb, t, r.frontend_addr, r.frontend_port, r.client_addr, r.client_port) < 0) {
+		lb_stat(HERALD_STAT_DROP_REWRITE_FAILED);
+		return 1;
+	}
+	*action = ingress ? lb_redirect(skb, t->family, r.frontend_addr, r.client_addr) : TC_ACT_OK;
 	return 1;
 }

@@ -15,7 +15,8 @@ static __always_inline __u32 l4_csum_off(const struct lb_tuple *t)
 	return t->l4_off + (t->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check) : offsetof(struct udphdr, check));
 }
 
-/* UDP over IPv4 may carry no checksum (0); BPF_F_MARK_MANGLED_0 keeps it that way. */
+/* UDP over IPv4 may carry no checksum (0), which BPF_F_MARK_MANGLED_0 keeps; over IPv6 a
+ * result of 0 must be sent as 0xffff, which the same flag does. */
 static __always_inline __u64 l4_csum_flags(const struct lb_tuple *t)
 {
 	return t->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
@@ -56,7 +57,7 @@ static __always_inline int lb6_addr_rewrite(struct __sk_buff *skb, const struct 
 	__s64 diff = bpf_csum_diff(old_copy, sizeof(old_copy), new_copy, sizeof(new_copy), 0);
 	if (diff < 0)
 		return -1;
-	if (bpf_l4_csum_replace(skb, l4_csum_off(t), 0, diff, BPF_F_PSEUDO_HDR) < 0)
+	if (bpf_l4_csum_replace(skb, l4_csum_off(t), 0, diff, l4_csum_flags(t) | BPF_F_PSEUDO_HDR) < 0)
 		return -1;
 	return bpf_skb_store_bytes(skb, off, new_copy, sizeof(new_copy), 0);
 }
@@ -92,4 +93,60 @@ static __always_inline int lb_rewrite(struct __sk_buff *skb, const struct lb_tup
 	if (t->family == HERALD_FAMILY_V4)
 		return lb4_rewrite(skb, t, saddr, sport, daddr, dport);
 	return lb6_rewrite(skb, t, saddr, sport, daddr, dport);
+}
+
+/* Lowers the MSS option of a TCP SYN or SYN-ACK to max_mss. Returns 1 when it changed the
+ * packet, 0 when there was nothing to do, -1 on a failed write. */
+static __always_inline int lb_clamp_mss(struct __sk_buff *skb, const struct lb_tuple *t, __u16 max_mss)
+{
+	__u8 doff;
+
+	if (bpf_skb_load_bytes(skb, t->l4_off + 12, &doff, 1) < 0)
+		return 0;
+	__u32 end = t->l4_off + (doff >> 4) * 4;
+	__u32 off = t->l4_off + sizeof(struct tcphdr);
+	/* Options are at most 40 bytes; MSS comes first in every stack we know. */
+	for (int i = 0; i < 12; i++) {
+		__u8 opt[2];
+		if (off + 4 > end || bpf_skb_load_bytes(skb, off, opt, 2) < 0)
+			return 0;
+		if (opt[0] == 0)
+			return 0;
+		if (opt[0] == 1) {
+			off += 1;
+			continue;
+		}
+		if (opt[0] == 2 && opt[1] == 4) {
+			__be16 mss;
+			if (bpf_skb_load_bytes(skb, off + 2, &mss, 2) < 0 || bpf_ntohs(mss) <= max_mss)
+				return 0;
+			__be16 clamped = bpf_htons(max_mss);
+			if (((off + 2 - t->l4_off) & 1) == 0) {
+				if (bpf_l4_csum_replace(skb, l4_csum_off(t), mss, clamped, sizeof(clamped)) < 0)
+					return -1;
+				if (bpf_skb_store_bytes(skb, off + 2, &clamped, sizeof(clamped), 0) < 0)
+					return -1;
+				return 1;
+			}
+			/* The checksum sums 16-bit words at even offsets of the header: an MSS at an
+			 * odd offset (after a lone NOP) straddles two, so update the 4 bytes from the
+			 * option's length byte on. */
+			__u8 word[4];
+			if (bpf_skb_load_bytes(skb, off + 1, word, 4) < 0)
+				return 0;
+			__be32 old_word, new_word;
+			__builtin_memcpy(&old_word, word, 4);
+			__builtin_memcpy(word + 1, &clamped, 2);
+			__builtin_memcpy(&new_word, word, 4);
+			if (bpf_l4_csum_replace(skb, l4_csum_off(t), old_word, new_word, 4) < 0)
+				return -1;
+			if (bpf_skb_store_bytes(skb, off + 1, word, 4, 0) < 0)
+				return -1;
+			return 1;
+		}
+		if (opt[1] < 2)
+			return 0;
+		off += opt[1];
+	}
+	return 0;
 }

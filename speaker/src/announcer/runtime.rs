@@ -198,12 +198,18 @@ impl Announcer {
         self.usable.clone()
     }
 
+    /// Whether the announcer runs (see [`AnnouncerStatus::ready`]); cheap, unlike
+    /// [`Announcer::status`], which lists every owned IP.
+    pub fn ready(&self) -> bool {
+        !self.shared.stopping.load(Ordering::Relaxed)
+    }
+
     /// Readiness and, per owned IP, the interfaces it is announced on.
     pub fn status(&self) -> AnnouncerStatus {
         let control = lock(&self.shared.control);
         let owned = read(&self.shared.owned);
         AnnouncerStatus {
-            ready: !self.shared.stopping.load(Ordering::Relaxed),
+            ready: self.ready(),
             usable_interfaces: self.usable_interfaces(),
             announced: owned
                 .iter()

@@ -11,13 +11,17 @@
 pub mod facts;
 pub mod in_use;
 
-use std::sync::Arc;
+use facts::{Changes, ObjectKey};
+
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::StreamExt;
 use herald_config::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -34,6 +38,10 @@ pub struct Cluster {
     pub advertisements: Store<L2Advertisement>,
     /// Notified after every change to any store.
     pub changed: Arc<Notify>,
+    /// When the oldest change not yet taken by the loop arrived ([`Cluster::take_pending`]).
+    pending_since: Arc<Mutex<Option<Instant>>>,
+    /// Services and EndpointSlices changed since the loop last took them.
+    changes: Arc<Mutex<Changes>>,
     synced: Arc<[AtomicBool; 5]>,
 }
 
@@ -41,17 +49,50 @@ impl Cluster {
     /// Starts the watches; Herald's own kinds are read from `namespace` only.
     pub fn start(client: &Client, namespace: &str) -> Cluster {
         let changed = Arc::new(Notify::new());
+        let pending_since = Arc::new(Mutex::new(None));
+        let changes = Arc::new(Mutex::new(Changes::default()));
         let synced: Arc<[AtomicBool; 5]> = Arc::new(Default::default());
-        let watch = |i: usize| (changed.clone(), synced.clone(), i);
+        let watch = |i: usize, record: Record| Watch {
+            changed: changed.clone(),
+            pending_since: pending_since.clone(),
+            changes: changes.clone(),
+            record,
+            synced: synced.clone(),
+            index: i,
+        };
+        let services: Record = |meta, changes| {
+            changes.services.insert(object_key(meta));
+        };
+        let slices: Record = |meta, changes| {
+            changes.slices.insert(object_key(meta));
+        };
+        let other: Record = |_, _| {};
         Cluster {
-            nodes: spawn_watch(Api::all(client.clone()), watch(0)),
-            services: spawn_watch(Api::all(client.clone()), watch(1)),
-            endpoint_slices: spawn_watch(Api::all(client.clone()), watch(2)),
-            pools: spawn_watch(Api::namespaced(client.clone(), namespace), watch(3)),
-            advertisements: spawn_watch(Api::namespaced(client.clone(), namespace), watch(4)),
+            nodes: spawn_watch(Api::all(client.clone()), watch(0, other)),
+            services: spawn_watch(Api::all(client.clone()), watch(1, services)),
+            endpoint_slices: spawn_watch(Api::all(client.clone()), watch(2, slices)),
+            pools: spawn_watch(Api::namespaced(client.clone(), namespace), watch(3, other)),
+            advertisements: spawn_watch(Api::namespaced(client.clone(), namespace), watch(4, other)),
             changed,
+            pending_since,
+            changes,
             synced,
         }
+    }
+
+    /// The Services and EndpointSlices changed since the last call (everything, the first
+    /// time and after a watch relisted).
+    pub fn take_changes(&self) -> Changes {
+        std::mem::replace(
+            &mut self.changes.lock().unwrap_or_else(|p| p.into_inner()),
+            Changes::none(),
+        )
+    }
+
+    /// When the oldest change since the last call arrived, if any: the loop takes it at the
+    /// start of a pass to measure how long a change waits until it is applied.
+    pub fn take_pending(&self) -> Option<Instant> {
+        self.pending_since.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Every store has had its first full list.
@@ -60,7 +101,45 @@ impl Cluster {
     }
 }
 
-fn spawn_watch<K>(api: Api<K>, (changed, synced, index): (Arc<Notify>, Arc<[AtomicBool; 5]>, usize)) -> Store<K>
+/// Notes an applied or deleted object in [`Changes`].
+type Record = fn(&ObjectMeta, &mut Changes);
+
+fn object_key(meta: &ObjectMeta) -> ObjectKey {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// What a watch task reports to.
+struct Watch {
+    changed: Arc<Notify>,
+    pending_since: Arc<Mutex<Option<Instant>>>,
+    changes: Arc<Mutex<Changes>>,
+    record: Record,
+    synced: Arc<[AtomicBool; 5]>,
+    index: usize,
+}
+
+impl Watch {
+    /// `object` was applied or deleted; `None`: the watch relisted, anything may have changed.
+    fn changed(&self, object: Option<&ObjectMeta>) {
+        {
+            let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+            match object {
+                Some(meta) => (self.record)(meta, &mut changes),
+                None => changes.everything = true,
+            }
+        }
+        self.pending_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
+        self.changed.notify_one();
+    }
+}
+
+fn spawn_watch<K>(api: Api<K>, watch: Watch) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -73,11 +152,13 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::InitDone) => {
-                    synced[index].store(true, Ordering::SeqCst);
-                    changed.notify_one();
+                    watch.synced[watch.index].store(true, Ordering::SeqCst);
+                    watch.changed(None);
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => changed.notify_one(),
+                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                    watch.changed(Some(object.meta()))
+                }
                 Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"),
             }
         }

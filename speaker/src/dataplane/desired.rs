@@ -5,8 +5,9 @@
 //! - [`ServiceInput`] from a `type: LoadBalancer` Service: its LoadBalancer IPs (those this node
 //!   may receive traffic for — passing every IP is harmless, traffic only arrives at the owner),
 //!   its ports, its `externalTrafficPolicy`, and the endpoints of all its EndpointSlices;
-//! - [`NodeInput`] from this node: its name (as in `EndpointSlice.endpoints[].nodeName`) and the
-//!   addresses NodePorts are served on.
+//! - [`NodeInput`] from this node: its name (as in `EndpointSlice.endpoints[].nodeName`), the
+//!   addresses NodePorts are served on, how remote backends are reached ([`Forwarding`]) and
+//!   which other nodes take tunnelled (DSR) traffic.
 //!
 //! Rules (as kube-proxy):
 //! - an endpoint port belongs to a service port when their names and protocols are equal (the
@@ -16,9 +17,12 @@
 //! - frontends of one address family only get backends of that family;
 //! - a frontend with no backend is left out, so its traffic meets the kernel as without Herald.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
 
 /// Transport protocol of a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,7 +53,7 @@ impl fmt::Display for Protocol {
 /// `spec.externalTrafficPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TrafficPolicy {
-    /// Any ready endpoint; a remote one is reached with SNAT to this node's address.
+    /// Any ready endpoint; a remote one is reached as [`Forwarding`] says.
     #[default]
     Cluster,
     /// Only endpoints on this node; the client's source address is preserved.
@@ -101,17 +105,36 @@ pub struct ServiceInput {
     pub load_balancer_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub traffic_policy: TrafficPolicy,
+    /// `loadBalancerSourceRanges`: `None` admits every client to the LoadBalancer IPs, `Some`
+    /// only those in the listed networks (NodePorts are not restricted, as with kube-proxy).
+    pub source_ranges: Option<Vec<IpNet>>,
     pub endpoints: Vec<EndpointInput>,
 }
 
+/// How this node reaches a backend on another node (`Cluster` policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Forwarding {
+    /// Direct server return: the client's packet goes unchanged through a tunnel to the
+    /// backend's node, which replies to the client itself. Backends see the client's address,
+    /// and a flow survives the loss of the node that owns the IP. Used for backends on nodes
+    /// listed in [`NodeInput::tunnel_peers`]; others are reached with SNAT.
+    #[default]
+    Dsr,
+    /// The client's source becomes this node's address, so replies come back through it.
+    Snat,
+}
+
 /// This node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeInput {
     /// Node name, compared with [`EndpointInput::node`].
     pub name: String,
-    /// Addresses NodePorts are served on (and the SNAT source for remote backends: the first
-    /// one of each family).
+    /// Addresses NodePorts are served on (and the source of SNAT and tunnels to remote
+    /// backends: the first one of each family).
     pub addresses: Vec<IpAddr>,
+    pub forwarding: Forwarding,
+    /// Other nodes whose dataplane takes tunnelled traffic, with their addresses.
+    pub tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// A frontend: traffic to this address, port and protocol is load-balanced.
@@ -139,9 +162,18 @@ pub enum FrontendKind {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
     pub addr: SocketAddr,
-    /// `Some(node address)` when the backend is on another node and the client's source is
-    /// translated to that address (Cluster policy); `None` keeps the client's source.
-    pub snat: Option<IpAddr>,
+    pub path: BackendPath,
+}
+
+/// How packets reach a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendPath {
+    /// On this node: only the destination is rewritten; the backend sees the client.
+    Local,
+    /// On another node, with the client's source translated to `source` (this node).
+    Snat { source: IpAddr },
+    /// On another node, through a tunnel from `source` (this node) to `node` (the backend's).
+    Dsr { source: IpAddr, node: IpAddr },
 }
 
 /// What a frontend forwards to.
@@ -152,6 +184,9 @@ pub struct FrontendTarget {
     pub kind: FrontendKind,
     /// Sorted, without duplicates, never empty.
     pub backends: Vec<Backend>,
+    /// Clients admitted (networks of the frontend's family), `None` for everyone. An empty
+    /// list admits no one (the Service lists only networks of the other family).
+    pub source_ranges: Option<Vec<IpNet>>,
 }
 
 /// The whole desired service map of this node.
@@ -162,8 +197,8 @@ pub struct Desired {
 
 /// Builds the desired service map. When two Services claim the same frontend (a conflict the
 /// controller should have refused), the one whose `namespace/name` sorts first wins.
-pub fn desired(services: &[ServiceInput], node: &NodeInput) -> Desired {
-    let mut sorted: Vec<&ServiceInput> = services.iter().collect();
+pub fn desired<S: Borrow<ServiceInput>>(services: &[S], node: &NodeInput) -> Desired {
+    let mut sorted: Vec<&ServiceInput> = services.iter().map(Borrow::borrow).collect();
     sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut frontends = BTreeMap::new();
     for svc in sorted {
@@ -178,7 +213,7 @@ pub fn desired(services: &[ServiceInput], node: &NodeInput) -> Desired {
                 addrs.extend(node.addresses.iter().map(|&ip| (ip, node_port, FrontendKind::NodePort)));
             }
             for (addr, fport, kind) in addrs {
-                let backends = backends_for(svc, port, addr.is_ipv4(), node);
+                let backends = backends_for(svc, port, addr.is_ipv4(), node, kind);
                 if backends.is_empty() {
                     continue;
                 }
@@ -187,10 +222,24 @@ pub fn desired(services: &[ServiceInput], node: &NodeInput) -> Desired {
                     port: fport,
                     protocol: port.protocol,
                 };
+                let source_ranges = match kind {
+                    FrontendKind::LoadBalancer => svc.source_ranges.as_ref().map(|ranges| {
+                        let mut of_family: Vec<IpNet> = ranges
+                            .iter()
+                            .filter(|n| n.addr().is_ipv4() == addr.is_ipv4())
+                            .copied()
+                            .collect();
+                        of_family.sort();
+                        of_family.dedup();
+                        of_family
+                    }),
+                    FrontendKind::NodePort => None,
+                };
                 frontends.entry(frontend).or_insert_with(|| FrontendTarget {
                     service: service.clone(),
                     kind,
                     backends,
+                    source_ranges,
                 });
             }
         }
@@ -198,7 +247,13 @@ pub fn desired(services: &[ServiceInput], node: &NodeInput) -> Desired {
     Desired { frontends }
 }
 
-fn backends_for(svc: &ServiceInput, port: &ServicePort, ipv4: bool, node: &NodeInput) -> Vec<Backend> {
+fn backends_for(
+    svc: &ServiceInput,
+    port: &ServicePort,
+    ipv4: bool,
+    node: &NodeInput,
+    kind: FrontendKind,
+) -> Vec<Backend> {
     let is_local = |e: &EndpointInput| e.node.as_deref() == Some(node.name.as_str());
     let candidates: Vec<(&EndpointInput, u16)> = svc
         .endpoints
@@ -218,12 +273,32 @@ fn backends_for(svc: &ServiceInput, port: &ServicePort, ipv4: bool, node: &NodeI
     } else {
         ready
     };
-    let snat_addr = node.addresses.iter().copied().find(|a| a.is_ipv4() == ipv4);
+    let source = node.addresses.iter().copied().find(|a| a.is_ipv4() == ipv4);
+    let path = |e: &EndpointInput| -> Option<BackendPath> {
+        if is_local(e) {
+            return Some(BackendPath::Local);
+        }
+        // Without an address of the family this node cannot reach a remote backend.
+        let source = source?;
+        let tunnel_end = e
+            .node
+            .as_ref()
+            .and_then(|n| node.tunnel_peers.get(n))
+            .and_then(|addrs| addrs.iter().copied().find(|a| a.is_ipv4() == ipv4));
+        // A NodePort is this node's own address: another node cannot answer from it, and has
+        // no frontend for it to take the tunnelled packet in.
+        Some(match (node.forwarding, tunnel_end, kind) {
+            (Forwarding::Dsr, Some(end), FrontendKind::LoadBalancer) => BackendPath::Dsr { source, node: end },
+            _ => BackendPath::Snat { source },
+        })
+    };
     let mut backends: Vec<Backend> = chosen
         .into_iter()
-        .map(|&(e, p)| Backend {
-            addr: SocketAddr::new(e.ip, p),
-            snat: if is_local(e) { None } else { snat_addr },
+        .filter_map(|&(e, p)| {
+            Some(Backend {
+                addr: SocketAddr::new(e.ip, p),
+                path: path(e)?,
+            })
         })
         .collect();
     backends.sort();
@@ -243,6 +318,8 @@ mod tests {
         NodeInput {
             name: "node-a".into(),
             addresses: vec![ip("192.168.1.10"), ip("fd00::10")],
+            forwarding: Forwarding::Snat,
+            tunnel_peers: BTreeMap::new(),
         }
     }
 
@@ -273,6 +350,7 @@ mod tests {
                 node_port: Some(30080),
             }],
             traffic_policy: policy,
+            source_ranges: None,
             endpoints,
         }
     }
@@ -305,11 +383,13 @@ mod tests {
             vec![
                 Backend {
                     addr: "10.244.1.5:8080".parse().unwrap(),
-                    snat: None
+                    path: BackendPath::Local
                 },
                 Backend {
                     addr: "10.244.2.5:8080".parse().unwrap(),
-                    snat: Some(ip("192.168.1.10"))
+                    path: BackendPath::Snat {
+                        source: ip("192.168.1.10")
+                    }
                 },
             ]
         );
@@ -331,7 +411,7 @@ mod tests {
             target.backends,
             vec![Backend {
                 addr: "10.244.1.5:8080".parse().unwrap(),
-                snat: None
+                path: BackendPath::Local
             }]
         );
     }
@@ -401,10 +481,96 @@ mod tests {
             v6.backends,
             vec![Backend {
                 addr: "[fd00:244:1::5]:8080".parse().unwrap(),
-                snat: Some(ip("fd00::10"))
+                path: BackendPath::Snat { source: ip("fd00::10") }
             }]
         );
         assert_eq!(d.frontends[&fe("fd00::10", 30080)].kind, FrontendKind::NodePort);
+    }
+
+    #[test]
+    fn dsr_tunnels_to_peers_that_take_it_and_snats_to_the_rest() {
+        let svc = service(
+            TrafficPolicy::Cluster,
+            vec![
+                endpoint("10.244.1.5", "node-a", true),
+                endpoint("10.244.2.5", "node-b", true),
+                endpoint("10.244.3.5", "node-c", true),
+            ],
+        );
+        let mut node = node();
+        node.forwarding = Forwarding::Dsr;
+        node.tunnel_peers
+            .insert("node-b".into(), vec![ip("fd00::11"), ip("192.168.1.11")]);
+        let d = desired(std::slice::from_ref(&svc), &node);
+        let paths: Vec<BackendPath> = d.frontends[&fe("203.0.113.7", 80)]
+            .backends
+            .iter()
+            .map(|b| b.path)
+            .collect();
+        let source = ip("192.168.1.10");
+        assert_eq!(
+            paths,
+            vec![
+                BackendPath::Local,
+                BackendPath::Dsr {
+                    source,
+                    node: ip("192.168.1.11")
+                },
+                BackendPath::Snat { source },
+            ],
+            "node-b takes tunnels (its IPv4 address is the end); node-c does not"
+        );
+        let node_port = &d.frontends[&fe("192.168.1.10", 30080)];
+        assert!(
+            node_port
+                .backends
+                .iter()
+                .all(|b| !matches!(b.path, BackendPath::Dsr { .. })),
+            "a NodePort is reached with SNAT: {node_port:?}"
+        );
+        node.forwarding = Forwarding::Snat;
+        let d = desired(&[svc], &node);
+        assert!(
+            d.frontends[&fe("203.0.113.7", 80)]
+                .backends
+                .iter()
+                .all(|b| !matches!(b.path, BackendPath::Dsr { .. })),
+            "SNAT mode never tunnels"
+        );
+    }
+
+    #[test]
+    fn a_remote_backend_needs_a_source_address_of_its_family() {
+        let svc = service(TrafficPolicy::Cluster, vec![endpoint("10.244.2.5", "node-b", true)]);
+        let mut node = node();
+        node.addresses = vec![ip("fd00::10")];
+        assert!(desired(&[svc], &node).frontends.is_empty());
+    }
+
+    #[test]
+    fn source_ranges_restrict_load_balancer_frontends_of_their_family_only() {
+        let mut svc = service(TrafficPolicy::Cluster, vec![endpoint("10.244.1.5", "node-a", true)]);
+        svc.load_balancer_ips.push(ip("2001:db8::7"));
+        svc.endpoints.push(endpoint("fd00:244:1::5", "node-a", true));
+        svc.source_ranges = Some(vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "198.51.100.0/24".parse().unwrap(),
+        ]);
+        let d = desired(&[svc], &node());
+        assert_eq!(
+            d.frontends[&fe("203.0.113.7", 80)].source_ranges,
+            Some(vec!["198.51.100.0/24".parse().unwrap()])
+        );
+        assert_eq!(
+            d.frontends[&fe("2001:db8::7", 80)].source_ranges,
+            Some(vec![]),
+            "only IPv4 networks listed: no IPv6 client is admitted"
+        );
+        assert_eq!(
+            d.frontends[&fe("192.168.1.10", 30080)].source_ranges,
+            None,
+            "NodePorts stay open"
+        );
     }
 
     #[test]

@@ -9,13 +9,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use ipnet::IpNet;
 use thiserror::Error;
 
-use super::desired::{Backend, Desired, Frontend, FrontendTarget};
+use super::desired::{Backend, BackendPath, Desired, Frontend, FrontendTarget};
 use super::maglev::{MAGLEV_TABLE_SIZE, maglev_table};
 
-pub use abi::{BACKEND_SNAT, BackendValue, Counters, FrontendKey, FrontendValue, MaglevRow};
+pub use abi::{
+    BACKEND_DSR, BACKEND_SNAT, BackendValue, ConfigValue, Counters, CtForward, CtKey, CtReverse,
+    FRONTEND_SOURCE_RANGES, FrontendKey, FrontendValue, MaglevRow, SourceData,
+};
 
 /// Rust mirrors of the structs in `bpf/lib/common.h`. This is the only module with unsafe code:
 /// `aya::Pod` promises the kernel's bytes are a valid value, which holds for these `repr(C)`
@@ -26,6 +31,8 @@ mod abi {
 
     /// `lb_backend.flags` bit: translate the client's source to `snat_addr`.
     pub const BACKEND_SNAT: u8 = 1;
+    /// `lb_backend.flags` bit: tunnel the client's packet from `snat_addr` to `node_addr`.
+    pub const BACKEND_DSR: u8 = 2;
 
     /// Must match `struct lb_frontend_key` in bpf/lib/common.h (20 bytes).
     #[repr(C)]
@@ -40,23 +47,92 @@ mod abi {
         pub family: u8,
     }
 
-    /// Must match `struct lb_frontend` in bpf/lib/common.h (8 bytes).
+    /// `lb_frontend.flags` bit: only clients in `herald_source_ranges` get in.
+    pub const FRONTEND_SOURCE_RANGES: u32 = 1;
+
+    /// Must match `struct lb_frontend` in bpf/lib/common.h (12 bytes).
     #[repr(C)]
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
     pub struct FrontendValue {
         pub id: u32,
         pub backend_count: u32,
+        pub flags: u32,
     }
 
-    /// Must match `struct lb_backend` in bpf/lib/common.h (36 bytes).
+    /// Must match `struct lb_source_key` in bpf/lib/common.h after its `prefixlen` (20 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+    pub struct SourceData {
+        pub frontend_id: u32,
+        /// Network order; IPv4 in the first 4 bytes.
+        pub addr: [u8; 16],
+    }
+
+    /// Must match `struct lb_backend` in bpf/lib/common.h (56 bytes).
     #[repr(C)]
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
     pub struct BackendValue {
         pub addr: [u8; 16],
         pub snat_addr: [u8; 16],
+        pub node_addr: [u8; 16],
+        /// Native order (the kernel only compares it).
+        pub generation: u32,
         pub port: [u8; 2],
         pub family: u8,
         pub flags: u8,
+    }
+
+    /// Must match `struct lb_config` in bpf/lib/common.h (16 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct ConfigValue {
+        /// CLOCK_MONOTONIC nanoseconds of the speaker's last heartbeat.
+        pub heartbeat_ns: u64,
+        pub snat_port_min: u16,
+        pub snat_port_count: u16,
+        pub pad: u32,
+    }
+
+    /// Must match `struct ct_key` in bpf/lib/common.h (40 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+    pub struct CtKey {
+        pub saddr: [u8; 16],
+        pub daddr: [u8; 16],
+        pub sport: [u8; 2],
+        pub dport: [u8; 2],
+        pub proto: u8,
+        pub family: u8,
+        pub pad: u16,
+    }
+
+    /// Must match `struct ct_forward` in bpf/lib/common.h (64 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct CtForward {
+        /// CLOCK_MONOTONIC nanoseconds after which the flow is over.
+        pub expires: u64,
+        pub frontend_id: u32,
+        pub backend_id: u32,
+        pub backend_generation: u32,
+        pub backend_addr: [u8; 16],
+        pub snat_addr: [u8; 16],
+        pub backend_port: [u8; 2],
+        pub snat_port: [u8; 2],
+        pub state: u8,
+        pub flags: u8,
+        pub pad: u16,
+        pub pad2: u32,
+    }
+
+    /// Must match `struct ct_reverse` in bpf/lib/common.h (36 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct CtReverse {
+        pub frontend_addr: [u8; 16],
+        pub client_addr: [u8; 16],
+        pub frontend_port: [u8; 2],
+        pub client_port: [u8; 2],
     }
 
     /// Must match `struct lb_maglev_row` in bpf/lib/common.h (4 × 1021 bytes).
@@ -81,6 +157,11 @@ mod abi {
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for MaglevRow {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for ConfigValue {}
+    unsafe impl aya::Pod for SourceData {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtForward {}
+    unsafe impl aya::Pod for CtReverse {}
 }
 
 fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -107,19 +188,28 @@ impl FrontendKey {
 }
 
 impl BackendValue {
+    /// The backend's value with generation 0 (its identity; [`MapSync`] sets the generation).
     pub fn from_backend(b: &Backend) -> Self {
         let (addr, family) = addr_bytes(b.addr.ip());
-        let (snat_addr, flags) = match b.snat {
-            Some(ip) => (addr_bytes(ip).0, BACKEND_SNAT),
-            None => ([0; 16], 0),
+        let (snat_addr, node_addr, flags) = match b.path {
+            BackendPath::Local => ([0; 16], [0; 16], 0),
+            BackendPath::Snat { source } => (addr_bytes(source).0, [0; 16], BACKEND_SNAT),
+            BackendPath::Dsr { source, node } => (addr_bytes(source).0, addr_bytes(node).0, BACKEND_DSR),
         };
         BackendValue {
             addr,
             snat_addr,
+            node_addr,
+            generation: 0,
             port: b.addr.port().to_be_bytes(),
             family,
             flags,
         }
+    }
+
+    /// The value without its generation: equal for the same backend reached the same way.
+    pub fn identity(&self) -> Self {
+        BackendValue { generation: 0, ..*self }
     }
 
     /// The backend's `ip:port` (its Maglev name).
@@ -143,12 +233,57 @@ pub struct MapsError {
     pub source: MapError,
 }
 
+/// One entry of `herald_source_ranges`: a network admitted to a frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceRange {
+    pub frontend_id: u32,
+    /// The network's prefix length (not counting the id's 32 bits).
+    pub prefix_len: u8,
+    pub addr: [u8; 16],
+}
+
+impl SourceRange {
+    pub fn new(frontend_id: u32, net: &IpNet) -> Self {
+        SourceRange {
+            frontend_id,
+            prefix_len: net.prefix_len(),
+            addr: addr_bytes(net.network()).0,
+        }
+    }
+
+    fn key(&self) -> LpmKey<SourceData> {
+        LpmKey::new(
+            32 + u32::from(self.prefix_len),
+            SourceData {
+                frontend_id: self.frontend_id,
+                addr: self.addr,
+            },
+        )
+    }
+
+    /// Every entry of frontend `id`, as a range of a sorted set.
+    fn of_frontend(id: u32) -> std::ops::RangeInclusive<SourceRange> {
+        let lowest = SourceRange {
+            frontend_id: id,
+            prefix_len: 0,
+            addr: [0; 16],
+        };
+        let highest = SourceRange {
+            frontend_id: id,
+            prefix_len: u8::MAX,
+            addr: [u8::MAX; 16],
+        };
+        lowest..=highest
+    }
+}
+
 /// What the service maps hold (the counters aside).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MapContents {
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
     pub backends: BTreeMap<u32, BackendValue>,
     pub rows: BTreeMap<u32, Vec<u32>>,
+    pub source_ranges: BTreeSet<SourceRange>,
 }
 
 /// One write to the service maps; the unit the sync logic is tested in.
@@ -161,6 +296,8 @@ pub trait ServiceMaps {
     fn remove_row(&mut self, id: u32) -> Result<(), MapsError>;
     fn set_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), MapsError>;
     fn remove_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError>;
+    fn set_source_range(&mut self, range: &SourceRange) -> Result<(), MapsError>;
+    fn remove_source_range(&mut self, range: &SourceRange) -> Result<(), MapsError>;
     /// Zeroes a frontend id's counters (a new frontend must not inherit an old one's).
     fn reset_counters(&mut self, id: u32) -> Result<(), MapsError>;
     /// The id's counters summed over CPUs.
@@ -176,6 +313,8 @@ pub enum MapOp {
     RemoveRow(u32),
     SetFrontend(FrontendKey),
     RemoveFrontend(FrontendKey),
+    SetSourceRange(SourceRange),
+    RemoveSourceRange(SourceRange),
     ResetCounters(u32),
 }
 
@@ -221,6 +360,16 @@ impl ServiceMaps for FakeServiceMaps {
         self.ops.push(MapOp::RemoveFrontend(*key));
         Ok(())
     }
+    fn set_source_range(&mut self, range: &SourceRange) -> Result<(), MapsError> {
+        self.contents.source_ranges.insert(*range);
+        self.ops.push(MapOp::SetSourceRange(*range));
+        Ok(())
+    }
+    fn remove_source_range(&mut self, range: &SourceRange) -> Result<(), MapsError> {
+        self.contents.source_ranges.remove(range);
+        self.ops.push(MapOp::RemoveSourceRange(*range));
+        Ok(())
+    }
     fn reset_counters(&mut self, id: u32) -> Result<(), MapsError> {
         self.counters.insert(id, Counters::default());
         self.ops.push(MapOp::ResetCounters(id));
@@ -237,6 +386,7 @@ pub struct AyaServiceMaps {
     pub(crate) backends: BpfHashMap<MapData, u32, BackendValue>,
     pub(crate) rows: BpfHashMap<MapData, u32, MaglevRow>,
     pub(crate) counters: PerCpuArray<MapData, Counters>,
+    pub(crate) source_ranges: LpmTrie<MapData, SourceData, u32>,
 }
 
 fn err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -257,6 +407,15 @@ impl ServiceMaps for AyaServiceMaps {
         for entry in self.rows.iter() {
             let (k, v) = entry.map_err(err("herald_maglev", "iterate"))?;
             contents.rows.insert(k, v.backend_ids.to_vec());
+        }
+        for key in self.source_ranges.keys() {
+            let key = key.map_err(err("herald_source_ranges", "iterate"))?;
+            let data = key.data();
+            contents.source_ranges.insert(SourceRange {
+                frontend_id: data.frontend_id,
+                prefix_len: key.prefix_len().saturating_sub(32).min(128) as u8,
+                addr: data.addr,
+            });
         }
         Ok(contents)
     }
@@ -281,6 +440,14 @@ impl ServiceMaps for AyaServiceMaps {
     }
     fn remove_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError> {
         ignore_missing(self.frontends.remove(key)).map_err(err("herald_frontends", "delete"))
+    }
+    fn set_source_range(&mut self, range: &SourceRange) -> Result<(), MapsError> {
+        self.source_ranges
+            .insert(&range.key(), 1, 0)
+            .map_err(err("herald_source_ranges", "update"))
+    }
+    fn remove_source_range(&mut self, range: &SourceRange) -> Result<(), MapsError> {
+        ignore_missing(self.source_ranges.remove(&range.key())).map_err(err("herald_source_ranges", "delete"))
     }
     fn reset_counters(&mut self, id: u32) -> Result<(), MapsError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError {
@@ -333,6 +500,9 @@ pub struct MapSync {
     /// Frontend id → the backend ids its row was built from: an unchanged backend list skips
     /// the table computation (an id names the same backend for as long as a row uses it).
     row_sources: BTreeMap<u32, Vec<u32>>,
+    /// Generation of the next backend written: flows remember the generation they were sent
+    /// to, so a reused id never carries a flow to a different backend.
+    next_generation: u32,
 }
 
 /// How many writes one [`MapSync::apply`] did.
@@ -357,10 +527,19 @@ fn lowest_free(used: &BTreeSet<u32>, next: &mut u32) -> u32 {
 impl MapSync {
     /// Starts from what `maps` hold now.
     pub fn resume(maps: &impl ServiceMaps) -> Result<Self, MapsError> {
+        let current = maps.read_all()?;
+        let next_generation = current
+            .backends
+            .values()
+            .map(|b| b.generation.wrapping_add(1))
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(MapSync {
-            current: maps.read_all()?,
+            current,
             labels: BTreeMap::new(),
             row_sources: BTreeMap::new(),
+            next_generation,
         })
     }
 
@@ -383,7 +562,7 @@ impl MapSync {
         // 1. Backend ids: keep the id of every backend value already present.
         let mut backend_ids: BTreeMap<BackendValue, u32> = BTreeMap::new();
         for (&id, value) in &self.current.backends {
-            backend_ids.entry(*value).or_insert(id);
+            backend_ids.entry(value.identity()).or_insert(id);
         }
         let mut wanted_backends: BTreeMap<BackendValue, u32> = BTreeMap::new();
         let used_backend_ids: BTreeSet<u32> = self.current.backends.keys().copied().collect();
@@ -398,8 +577,14 @@ impl MapSync {
                     Some(&id) => id,
                     None => {
                         let id = lowest_free(&used_backend_ids, &mut next_backend);
-                        maps.set_backend(id, &value)?;
-                        self.current.backends.insert(id, value);
+                        let written = BackendValue {
+                            generation: self.next_generation,
+                            ..value
+                        };
+                        // 0 is never a generation, so a zeroed entry matches nothing.
+                        self.next_generation = self.next_generation.checked_add(1).unwrap_or(1);
+                        maps.set_backend(id, &written)?;
+                        self.current.backends.insert(id, written);
                         stats.backends_written += 1;
                         id
                     }
@@ -425,6 +610,17 @@ impl MapSync {
             stats.frontends_removed += 1;
         }
         let live_ids: BTreeSet<u32> = self.current.frontends.values().map(|v| v.id).collect();
+        let stale_ranges: Vec<SourceRange> = self
+            .current
+            .source_ranges
+            .iter()
+            .filter(|r| !live_ids.contains(&r.frontend_id))
+            .copied()
+            .collect();
+        for range in stale_ranges {
+            maps.remove_source_range(&range)?;
+            self.current.source_ranges.remove(&range);
+        }
         let stale_rows: Vec<u32> = self
             .current
             .rows
@@ -467,9 +663,31 @@ impl MapSync {
                     stats.rows_written += 1;
                 }
             }
+            // Admitted networks go in before the frontend says to check them, and leave after.
+            let wanted_ranges: BTreeSet<SourceRange> = target
+                .source_ranges
+                .iter()
+                .flatten()
+                .map(|net| SourceRange::new(id, net))
+                .collect();
+            let held_ranges: BTreeSet<SourceRange> = self
+                .current
+                .source_ranges
+                .range(SourceRange::of_frontend(id))
+                .copied()
+                .collect();
+            for range in wanted_ranges.difference(&held_ranges) {
+                maps.set_source_range(range)?;
+                self.current.source_ranges.insert(*range);
+            }
             let value = FrontendValue {
                 id,
                 backend_count: target.backends.len() as u32,
+                flags: if target.source_ranges.is_some() {
+                    FRONTEND_SOURCE_RANGES
+                } else {
+                    0
+                },
             };
             if existing != Some(value) {
                 if existing.is_none() {
@@ -478,6 +696,10 @@ impl MapSync {
                 maps.set_frontend(&key, &value)?;
                 self.current.frontends.insert(key, value);
                 stats.frontends_written += 1;
+            }
+            for range in held_ranges.difference(&wanted_ranges) {
+                maps.remove_source_range(range)?;
+                self.current.source_ranges.remove(range);
             }
             self.labels.insert(
                 id,
@@ -515,14 +737,103 @@ mod tests {
     fn mirrors_have_the_c_sizes() {
         // Sizes of the C structs (bpf/lib/common.h) on bpf, where __u32 arrays are 4-aligned.
         assert_eq!(std::mem::size_of::<FrontendKey>(), 20);
-        assert_eq!(std::mem::size_of::<FrontendValue>(), 8);
-        assert_eq!(std::mem::size_of::<BackendValue>(), 36);
+        assert_eq!(std::mem::size_of::<FrontendValue>(), 12);
+        assert_eq!(std::mem::size_of::<SourceData>(), 20);
+        assert_eq!(std::mem::size_of::<BackendValue>(), 56);
         assert_eq!(std::mem::size_of::<MaglevRow>(), 4 * MAGLEV_TABLE_SIZE);
         assert_eq!(std::mem::size_of::<Counters>(), 16);
+        assert_eq!(std::mem::size_of::<ConfigValue>(), 16);
+        assert_eq!(std::mem::size_of::<CtKey>(), 40);
+        assert_eq!(std::mem::size_of::<CtForward>(), 64);
+        assert_eq!(std::mem::size_of::<CtReverse>(), 36);
         assert_eq!(std::mem::offset_of!(FrontendKey, port), 16);
         assert_eq!(std::mem::offset_of!(BackendValue, snat_addr), 16);
-        assert_eq!(std::mem::offset_of!(BackendValue, port), 32);
-        assert_eq!(std::mem::offset_of!(BackendValue, flags), 35);
+        assert_eq!(std::mem::offset_of!(BackendValue, node_addr), 32);
+        assert_eq!(std::mem::offset_of!(BackendValue, generation), 48);
+        assert_eq!(std::mem::offset_of!(BackendValue, port), 52);
+        assert_eq!(std::mem::offset_of!(BackendValue, flags), 55);
+        assert_eq!(std::mem::offset_of!(ConfigValue, snat_port_min), 8);
+        assert_eq!(std::mem::offset_of!(CtKey, sport), 32);
+        assert_eq!(std::mem::offset_of!(CtKey, proto), 36);
+        assert_eq!(std::mem::offset_of!(CtForward, frontend_id), 8);
+        assert_eq!(std::mem::offset_of!(CtForward, backend_addr), 20);
+        assert_eq!(std::mem::offset_of!(CtForward, snat_addr), 36);
+        assert_eq!(std::mem::offset_of!(CtForward, backend_port), 52);
+        assert_eq!(std::mem::offset_of!(CtForward, state), 56);
+        assert_eq!(std::mem::offset_of!(CtForward, flags), 57);
+        assert_eq!(std::mem::offset_of!(CtReverse, frontend_port), 32);
+    }
+
+    #[test]
+    fn source_ranges_go_in_before_their_frontend_checks_them_and_leave_after() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        let mut d = desired_with(&[("203.0.113.1", 80, &["10.0.0.1:80"])]);
+        let target = d.frontends.values_mut().next().unwrap();
+        target.source_ranges = Some(vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "192.0.2.7/32".parse().unwrap(),
+        ]);
+        sync.apply(&mut maps, &d).unwrap();
+        let first_frontend = maps
+            .ops
+            .iter()
+            .position(|op| matches!(op, MapOp::SetFrontend(_)))
+            .unwrap();
+        let ranges: Vec<usize> = (0..maps.ops.len())
+            .filter(|&i| matches!(maps.ops[i], MapOp::SetSourceRange(_)))
+            .collect();
+        assert_eq!(ranges.len(), 2);
+        assert!(ranges.iter().all(|&i| i < first_frontend), "{:?}", maps.ops);
+        let value = *maps.contents.frontends.values().next().unwrap();
+        assert_eq!(value.flags, FRONTEND_SOURCE_RANGES);
+        let r = maps.contents.source_ranges.iter().find(|r| r.prefix_len == 24).unwrap();
+        assert_eq!((r.frontend_id, &r.addr[..4]), (value.id, &[198, 51, 100, 0][..]));
+
+        // Open the frontend again: the flag goes first, then the ranges.
+        maps.ops.clear();
+        d.frontends.values_mut().next().unwrap().source_ranges = None;
+        sync.apply(&mut maps, &d).unwrap();
+        assert!(matches!(maps.ops[0], MapOp::SetFrontend(_)), "{:?}", maps.ops);
+        assert_eq!(maps.ops.len(), 3);
+        assert!(maps.contents.source_ranges.is_empty());
+        assert_eq!(maps.contents.frontends.values().next().unwrap().flags, 0);
+
+        // A removed frontend takes its ranges along, and a restart reads them back.
+        d.frontends.values_mut().next().unwrap().source_ranges = Some(vec!["198.51.100.0/24".parse().unwrap()]);
+        sync.apply(&mut maps, &d).unwrap();
+        assert_eq!(MapSync::resume(&maps).unwrap().current().source_ranges.len(), 1);
+        sync.apply(&mut maps, &Desired::default()).unwrap();
+        assert!(maps.contents.source_ranges.is_empty() && maps.contents.frontends.is_empty());
+    }
+
+    #[test]
+    fn a_backend_written_anew_gets_a_new_generation_even_with_its_old_id() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        let one = desired_with(&[("203.0.113.1", 80, &["10.0.0.1:80"])]);
+        sync.apply(&mut maps, &one).unwrap();
+        let first = maps.contents.backends[&1];
+        assert_ne!(first.generation, 0, "0 never names a backend");
+        // The backend goes away and its address comes back (another pod got it): same id, a
+        // generation no flow of the old one remembers.
+        sync.apply(&mut maps, &desired_with(&[("203.0.113.1", 80, &["10.0.0.2:80"])]))
+            .unwrap();
+        sync.apply(&mut maps, &one).unwrap();
+        let again = *maps
+            .contents
+            .backends
+            .values()
+            .find(|b| b.identity() == first.identity())
+            .unwrap();
+        assert!(again.generation > first.generation);
+        // A restarted speaker continues after the highest generation in the maps.
+        let mut resumed = MapSync::resume(&maps).unwrap();
+        resumed
+            .apply(&mut maps, &desired_with(&[("203.0.113.1", 80, &["10.0.0.3:80"])]))
+            .unwrap();
+        let newest = maps.contents.backends.values().map(|b| b.generation).max().unwrap();
+        assert!(newest > again.generation);
     }
 
     #[test]
@@ -550,11 +861,12 @@ mod tests {
                 FrontendTarget {
                     service: "ns/svc".into(),
                     kind: FrontendKind::LoadBalancer,
+                    source_ranges: None,
                     backends: backends
                         .iter()
                         .map(|b| Backend {
                             addr: b.parse().unwrap(),
-                            snat: None,
+                            path: BackendPath::Local,
                         })
                         .collect(),
                 },

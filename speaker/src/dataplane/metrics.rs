@@ -8,8 +8,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::desired::FrontendKind;
+use super::flows::STAT_NAMES;
 use super::maps::{Counters, ServiceMaps};
-use super::{Shared, lock};
+use super::{Flows, Shared, lock};
 
 /// Reads the counters under the dataplane's lock at each scrape.
 pub(crate) struct CounterCollector {
@@ -74,6 +75,77 @@ impl Collector for CounterCollector {
             let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
             for (labels, counters) in &rows {
                 ConstCounter::new(pick(counters)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Conntrack fill (from the last sweep), flows removed by sweeps, and the programs' event and
+/// drop counters (read at scrape).
+pub(crate) struct FlowCollector {
+    flows: Arc<Mutex<Flows>>,
+}
+
+impl FlowCollector {
+    pub(crate) fn new(flows: Arc<Mutex<Flows>>) -> Self {
+        FlowCollector { flows }
+    }
+}
+
+impl std::fmt::Debug for FlowCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlowCollector")
+    }
+}
+
+impl Collector for FlowCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (sweep, removed, stats) = {
+            let guard = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+            (guard.last_sweep, guard.removed_total, guard.maps.stats())
+        };
+        let mut family = encoder.encode_descriptor(
+            "herald_dataplane_flows",
+            "Live conntrack entries at the last sweep, by table (established: 262144 slots, new: 65536, reverse: 327680)",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (table, n) in [
+            ("established", sweep.established),
+            ("new", sweep.new),
+            ("reverse", sweep.reverse),
+        ] {
+            ConstGauge::new(n as i64).encode(family.encode_family(&[("table", table)])?)?;
+        }
+        let expired = ConstCounter::new(removed);
+        expired.encode(encoder.encode_descriptor(
+            "herald_dataplane_flows_expired",
+            "Conntrack entries removed by sweeps because their flow was over",
+            None,
+            expired.metric_type(),
+        )?)?;
+        let counter_type = ConstCounter::new(0u64).metric_type();
+        let mut events = encoder.encode_descriptor(
+            "herald_dataplane_flow_events",
+            "Flow events in the eBPF programs (new, established, reused tuple, DSR sent/received, MSS clamped, stale owner)",
+            None,
+            counter_type,
+        )?;
+        for ((kind, name), value) in STAT_NAMES.iter().zip(&stats) {
+            if *kind == "event" {
+                ConstCounter::new(*value).encode(events.encode_family(&[("event", *name)])?)?;
+            }
+        }
+        let mut drops = encoder.encode_descriptor(
+            "herald_dataplane_drops",
+            "Packets to a frontend the eBPF programs dropped, by reason",
+            None,
+            counter_type,
+        )?;
+        for ((kind, name), value) in STAT_NAMES.iter().zip(&stats) {
+            if *kind == "drop" {
+                ConstCounter::new(*value).encode(drops.encode_family(&[("reason", *name)])?)?;
             }
         }
         Ok(())

@@ -10,6 +10,8 @@
 //!     pin_dir: "/sys/fs/bpf/herald/node-a".into(),
 //!     node_name: "node-a".into(),
 //!     node_addresses: vec!["192.168.1.10".parse().unwrap()],
+//!     forwarding: Forwarding::Dsr,
+//!     snat_ports: SnatPorts::default(),
 //! };
 //! // An error here means announce-only mode; its message names the step and interface.
 //! let mut dataplane = Dataplane::start(config)?;
@@ -19,25 +21,39 @@
 //! ```
 //!
 //! # How a packet goes
-//! - TC ingress on each configured interface: a packet to a frontend is counted, matched to its
-//!   flow in the forward conntrack map (or, for a new flow, to a backend by the flow's Maglev
-//!   slot), and its destination rewritten to the backend; the kernel then routes it. The
-//!   reverse entry for the reply is written on this forward path, keyed by the full reply
-//!   5-tuple (never by backend address alone, which would also rewrite direct replies).
+//! - TC ingress on each configured interface: a packet another node tunnelled here (DSR) is
+//!   unwrapped first. A packet to a frontend is counted, matched to its flow in the conntrack
+//!   maps (or, for a new flow, to a backend by the flow's Maglev slot), and sent on its flow's
+//!   path (below); a new flow to a frontend with `loadBalancerSourceRanges` must come from one
+//!   of them (an LPM trie keyed by frontend id and network). The reverse entry for the reply
+//!   is written on this forward path, keyed by
+//!   the full reply 5-tuple (never by backend address alone, which would also rewrite direct
+//!   replies).
 //! - Replies get their source rewritten back to the frontend: on TC egress for local backends,
-//!   on TC ingress for remote backends (which reply to the node, see SNAT).
+//!   on TC ingress for SNATed flows (which reply to this node).
+//! - Packets whose new source is this node's own address (SNAT, tunnel, a NodePort's reply) are
+//!   sent by a FIB lookup and a redirect, not handed to the IP stack (which would drop them on
+//!   ingress as martians unless `accept_local` were set); the node must forward (`ip_forward`,
+//!   as every Kubernetes node does).
 //!
-//! # Traffic policy
+//! # Traffic policy and forwarding
 //! - `Local`: only this node's endpoints, no source translation: backends see the client.
-//! - `Cluster`: any ready endpoint. A local one is reached like under `Local` (client address
-//!   preserved). A remote one is reached with SNAT to this node's address of the same family, so
-//!   its reply returns through this node for the reverse translation (the client would drop a
-//!   reply from the backend's address). The SNAT source port is the client's port, or when
-//!   that is taken towards the same backend, one of 32768–61000 derived from the flow hash.
-//!   This is what kube-proxy does for external traffic to remote endpoints, minus masquerading
-//!   traffic to local ones. The packet then carries a local source address on ingress, so
-//!   [`Dataplane::attach_interfaces`] sets `net.ipv4.conf.<interface>.accept_local=1`; the node
-//!   must forward (`ip_forward`, as every Kubernetes node does).
+//! - `Cluster`: any ready endpoint. A local one is reached like under `Local`. A remote one as
+//!   [`Forwarding`] says: `Dsr` tunnels the client's packet unchanged (IPIP / IP6IP6, from this
+//!   node's address to the backend's node, for nodes in [`Dataplane::set_tunnel_peers`]); that
+//!   node translates it to the pod and replies to the client directly, lowering the SYN-ACK's
+//!   MSS by the tunnel's overhead. `Snat` (and `Dsr` towards nodes that take no tunnels)
+//!   translates the client's source to this node's address and a port of [`SnatPorts`], taken
+//!   round robin per backend, skipping ports a live flow holds (a closed flow holds its port
+//!   65 s: the backend's TIME_WAIT).
+//!
+//! # Flow state
+//! `bpf/lib/ct.h`: a flow's forward entry holds its state (SYN, established, closing, UDP),
+//! expiry, frontend and backend generation; new flows live in their own smaller map until the
+//! client's ACK (or, for UDP, a reply) confirms them. NodePorts reach remote backends with SNAT
+//! whatever the forwarding mode: another node cannot answer from this node's address.
+//! A flow whose backend id now names another backend generation is hashed again. The
+//! [`flows`] module sweeps what is over; the programs ignore expired entries anyway.
 //!
 //! # Maglev
 //! One table of [`maglev::MAGLEV_TABLE_SIZE`] (1021, prime) slots per frontend, built in Rust
@@ -47,26 +63,29 @@
 //! again.
 //!
 //! # Pinning and restart
-//! Maps are pinned by name under `<pin_dir>/v1/`, TCX links under `<pin_dir>/links/`. A new
+//! Maps are pinned by name under `<pin_dir>/v2/`, TCX links under `<pin_dir>/links/`. A new
 //! speaker reuses the maps (conntrack survives, so established flows keep going), reads back
 //! what they hold to continue incremental updates ([`maps::MapSync::resume`]), and atomically
-//! replaces the program behind each pinned link. Links of interfaces no longer configured are
-//! detached. [`Dataplane::shutdown`] detaches everything and removes the pins; a crashed
-//! speaker leaves its last state forwarding until it restarts. In the lab every node shares one
+//! replaces the program behind each pinned link (maps of the older layout `v1` are removed).
+//! Links of interfaces no longer configured are detached. [`Dataplane::shutdown`] and
+//! [`remove_pinned`] detach everything and remove the pins. A thread of the [`Dataplane`]
+//! writes a heartbeat into `herald_config` every second; two minutes after the last one the
+//! programs stop translating, so a crashed speaker's state forwards only until it restarts or
+//! for two minutes. In the lab every node shares one
 //! bpffs, so `pin_dir` must be unique per node. Kernels before 6.6 have no TCX: programs are
 //! attached through netlink and detached when the process exits cleanly.
 //!
 //! # Limits (known gaps)
 //! - Only packets arriving on the configured interfaces are translated: the node itself and
 //!   its pods reaching an LB IP or NodePort are not served (kube-proxy's job for cluster IPs).
-//! - IPv6 packets with extension headers and non-first IPv4 fragments pass untranslated; ICMP
-//!   errors about a translated flow (e.g. PMTU) are not translated back.
+//! - IPv6 packets with extension headers and IPv4 fragments pass untranslated (a datagram is
+//!   never half translated); ICMP errors about a translated flow (e.g. PMTU) are not
+//!   translated back; a tunnelled UDP datagram that no longer fits the MTU is dropped.
+//! - Decapsulation trusts any IPIP/IP6IP6 packet whose inner destination is a frontend.
 //! - Two frontends with the same backends (two LB IPs, or an LB IP and a NodePort) reached by
 //!   one client from the same source port at the same time look like one connection to a
 //!   backend without SNAT (the same holds for kube-proxy); the second flow's reverse entry
 //!   replaces the first's.
-//! - Conntrack entries expire by LRU only (262,144 flows per direction, per-CPU lists), not on
-//!   FIN/RST.
 //! - Kernels before 6.6 (no TCX): links cannot be pinned, so a crashed speaker leaves its
 //!   netlink filter attached and a restart adds a second one.
 //!
@@ -75,14 +94,18 @@
 //! [`Dataplane::start`] and [`Dataplane::attach_interfaces`] from the node's namespace.
 
 pub mod desired;
+pub mod flows;
 pub mod maglev;
 pub mod maps;
 mod metrics;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
@@ -92,29 +115,89 @@ use prometheus_client::registry::Registry;
 use thiserror::Error;
 
 pub use desired::{
-    Backend, Desired, EndpointInput, EndpointPort, Frontend, FrontendKind, FrontendTarget, NodeInput, Protocol,
-    ServiceInput, ServicePort, TrafficPolicy, desired,
+    Backend, BackendPath, Desired, EndpointInput, EndpointPort, Forwarding, Frontend, FrontendKind, FrontendTarget,
+    NodeInput, Protocol, ServiceInput, ServicePort, TrafficPolicy, desired,
 };
+pub use flows::SweepStats;
 pub use maps::{ApplyStats, MapsError};
 
-use maps::{AyaServiceMaps, MapSync, ServiceMaps};
+use aya::maps::{Array, MapData};
+use flows::FlowMaps;
+use maps::{AyaServiceMaps, ConfigValue, MapSync, ServiceMaps};
 
 /// The compiled programs (built by `speaker/build.rs` from `bpf/herald_lb.c`).
 static HERALD_LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/herald_lb.o"));
 
 /// Version of the map layout; pins of another layout are never reused.
-const MAP_LAYOUT_DIR: &str = "v1";
+const MAP_LAYOUT_DIR: &str = "v2";
+/// Map layouts an earlier speaker may have left: removed at start (their programs are gone).
+const OLD_MAP_LAYOUT_DIRS: [&str; 1] = ["v1"];
 const LINKS_DIR: &str = "links";
 const INGRESS_PROGRAM: &str = "herald_ingress";
 const EGRESS_PROGRAM: &str = "herald_egress";
-const MAP_NAMES: [&str; 6] = [
-    "herald_frontends",
-    "herald_backends",
-    "herald_maglev",
-    "herald_counters",
-    "herald_ct_forward",
-    "herald_ct_reverse",
-];
+/// How often the speaker tells the programs it is alive (they stop translating two minutes
+/// after the last heartbeat: `HERALD_OWNER_GRACE_NS` in bpf/lib/common.h).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How often flows that are over are removed from the conntrack maps.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Source ports of SNATed flows: `min..min + count`. Kept outside the node's own ephemeral
+/// ports (`net.ipv4.ip_local_port_range`), so a translated flow never meets a local socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatPorts {
+    pub min: u16,
+    pub count: u16,
+}
+
+impl Default for SnatPorts {
+    /// 10000–29999: below Linux's ephemeral range (32768–60999) and Kubernetes' NodePort range
+    /// (30000–32767).
+    fn default() -> Self {
+        SnatPorts {
+            min: 10000,
+            count: 20000,
+        }
+    }
+}
+
+impl std::str::FromStr for SnatPorts {
+    type Err = String;
+    /// `FIRST-LAST`, e.g. `10000-29999`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a port range FIRST-LAST (e.g. 10000-29999) with 1024 <= FIRST <= LAST");
+        let (first, last) = s.split_once('-').ok_or_else(bad)?;
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        if first < 1024 || last < first || u32::from(last) - u32::from(first) + 1 > u32::from(u16::MAX) {
+            return Err(bad());
+        }
+        Ok(SnatPorts {
+            min: first,
+            count: last - first + 1,
+        })
+    }
+}
+
+impl std::fmt::Display for SnatPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.last())
+    }
+}
+
+impl SnatPorts {
+    pub fn last(&self) -> u16 {
+        self.min + (self.count - 1)
+    }
+
+    /// Whether the range shares a port with `ip_local_port_range` text ("FIRST\tLAST").
+    pub fn overlaps_local_range(&self, ip_local_port_range: &str) -> Option<(u16, u16)> {
+        let mut fields = ip_local_port_range.split_whitespace().map(str::parse::<u16>);
+        let (Some(Ok(lo)), Some(Ok(hi))) = (fields.next(), fields.next()) else {
+            return None;
+        };
+        (self.min <= hi && lo <= self.last()).then_some((lo, hi))
+    }
+}
 
 /// What the dataplane needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,18 +208,11 @@ pub struct DataplaneConfig {
     pub pin_dir: PathBuf,
     /// This node's name, as in `EndpointSlice.endpoints[].nodeName`.
     pub node_name: String,
-    /// This node's addresses: NodePort frontends and SNAT sources.
+    /// This node's addresses: NodePort frontends, SNAT and tunnel sources.
     pub node_addresses: Vec<IpAddr>,
-}
-
-impl DataplaneConfig {
-    /// The node as [`desired`] wants it.
-    pub fn node(&self) -> NodeInput {
-        NodeInput {
-            name: self.node_name.clone(),
-            addresses: self.node_addresses.clone(),
-        }
-    }
+    /// How backends on other nodes are reached.
+    pub forwarding: Forwarding,
+    pub snat_ports: SnatPorts,
 }
 
 /// Which TC hook.
@@ -213,12 +289,17 @@ pub enum DataplaneError {
     },
     #[error("detaching the link pinned at {path}: {message}")]
     Detach { path: PathBuf, message: String },
-    #[error("setting {path} (needed for SNAT to remote backends): {source}")]
-    Sysctl {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
+    #[error(
+        "SNAT ports {snat} overlap this node's ephemeral ports {local_first}-{local_last} \
+         (net.ipv4.ip_local_port_range): pick a range outside it with --snat-ports"
+    )]
+    SnatPorts {
+        snat: SnatPorts,
+        local_first: u16,
+        local_last: u16,
     },
+    #[error("writing the dataplane's settings map: {0}")]
+    Config(#[source] MapsError),
     #[error("updating the service maps: {0}")]
     Maps(#[from] MapsError),
 }
@@ -229,12 +310,79 @@ pub(crate) struct Shared {
     pub(crate) sync: MapSync,
 }
 
+/// The conntrack maps and what the last sweep found, shared with the keeper thread and metrics.
+pub(crate) struct Flows {
+    pub(crate) maps: FlowMaps,
+    pub(crate) last_sweep: SweepStats,
+    pub(crate) removed_total: u64,
+}
+
 /// A loaded and attached service map.
 pub struct Dataplane {
     ebpf: Ebpf,
     shared: Arc<Mutex<Shared>>,
+    flows: Arc<Mutex<Flows>>,
     config: DataplaneConfig,
+    tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
     attached: BTreeSet<(String, Direction)>,
+    /// Stops the heartbeat and sweep thread when dropped.
+    _keeper: Keeper,
+}
+
+/// The thread that writes the heartbeat every second and sweeps the conntrack maps.
+struct Keeper {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Keeper {
+    fn spawn(mut config_map: Array<MapData, ConfigValue>, value: ConfigValue, flows: Arc<Mutex<Flows>>) -> Keeper {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("herald-dataplane-keeper".into())
+            .spawn(move || {
+                let mut last_sweep = Instant::now();
+                loop {
+                    match stopped.recv_timeout(HEARTBEAT_EVERY) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let heartbeat = ConfigValue {
+                        heartbeat_ns: flows::monotonic_ns(),
+                        ..value
+                    };
+                    if let Err(e) = config_map.set(0, heartbeat, 0) {
+                        tracing::warn!(error = %e, "cannot write the dataplane heartbeat; its programs stop translating two minutes after the last one");
+                    }
+                    if last_sweep.elapsed() >= SWEEP_EVERY {
+                        last_sweep = Instant::now();
+                        let mut guard = flows.lock().unwrap_or_else(|p| p.into_inner());
+                        match guard.maps.sweep(flows::monotonic_ns()) {
+                            Ok(stats) => {
+                                guard.removed_total += stats.removed as u64;
+                                guard.last_sweep = stats;
+                                tracing::debug!(?stats, took = ?last_sweep.elapsed(), "conntrack swept");
+                            }
+                            Err(e) => tracing::warn!(error = %e, "conntrack sweep failed"),
+                        }
+                    }
+                }
+            })
+            .expect("spawning a thread");
+        Keeper {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -271,21 +419,72 @@ impl Dataplane {
                 pin_dir: map_dir.clone(),
                 source: Box::new(source),
             })?;
+        for old in OLD_MAP_LAYOUT_DIRS {
+            remove_maps(&config.pin_dir.join(old));
+        }
+        if let Ok(local) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            && let Some((local_first, local_last)) = config.snat_ports.overlaps_local_range(&local)
+        {
+            return Err(DataplaneError::SnatPorts {
+                snat: config.snat_ports,
+                local_first,
+                local_last,
+            });
+        }
         for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
             program_mut(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
         }
+        // The settings and a first heartbeat go in before any program is attached.
+        let mut config_map: Array<MapData, ConfigValue> = take_map(&mut ebpf, "herald_config")?;
+        let settings = ConfigValue {
+            heartbeat_ns: 0,
+            snat_port_min: config.snat_ports.min,
+            snat_port_count: config.snat_ports.count,
+            pad: 0,
+        };
+        config_map
+            .set(
+                0,
+                ConfigValue {
+                    heartbeat_ns: flows::monotonic_ns(),
+                    ..settings
+                },
+                0,
+            )
+            .map_err(|source| {
+                DataplaneError::Config(MapsError {
+                    map: "herald_config",
+                    op: "update",
+                    source,
+                })
+            })?;
+        let flows = Arc::new(Mutex::new(Flows {
+            maps: FlowMaps {
+                established: take_map(&mut ebpf, "herald_ct_forward")?,
+                new: take_map(&mut ebpf, "herald_ct_new")?,
+                reverse: take_map(&mut ebpf, "herald_ct_reverse")?,
+                stats: take_map(&mut ebpf, "herald_stats")?,
+            },
+            last_sweep: SweepStats::default(),
+            removed_total: 0,
+        }));
         let maps = AyaServiceMaps {
             frontends: take_map(&mut ebpf, "herald_frontends")?,
             backends: take_map(&mut ebpf, "herald_backends")?,
             rows: take_map(&mut ebpf, "herald_maglev")?,
             counters: take_map(&mut ebpf, "herald_counters")?,
+            source_ranges: take_map(&mut ebpf, "herald_source_ranges")?,
         };
         let sync = MapSync::resume(&maps)?;
+        let keeper = Keeper::spawn(config_map, settings, flows.clone());
         let mut dataplane = Dataplane {
             ebpf,
             shared: Arc::new(Mutex::new(Shared { maps, sync })),
+            flows,
             config: config.clone(),
+            tunnel_peers: BTreeMap::new(),
             attached: BTreeSet::new(),
+            _keeper: keeper,
         };
         dataplane.attach_interfaces(&config.interfaces)?;
         Ok(dataplane)
@@ -303,9 +502,22 @@ impl Dataplane {
         Ok(sync.apply(maps, desired)?)
     }
 
+    /// This node as [`desired`] wants it.
+    pub fn node(&self) -> NodeInput {
+        NodeInput {
+            name: self.config.node_name.clone(),
+            addresses: self.config.node_addresses.clone(),
+            forwarding: self.config.forwarding,
+            tunnel_peers: self.tunnel_peers.clone(),
+        }
+    }
+
     /// [`desired`] for this node, then [`Dataplane::apply`].
-    pub fn apply_services(&mut self, services: &[ServiceInput]) -> Result<ApplyStats, DataplaneError> {
-        let desired = desired(services, &self.config.node());
+    pub fn apply_services<S: std::borrow::Borrow<ServiceInput>>(
+        &mut self,
+        services: &[S],
+    ) -> Result<ApplyStats, DataplaneError> {
+        let desired = desired(services, &self.node());
         self.apply(&desired)
     }
 
@@ -313,6 +525,31 @@ impl Dataplane {
     /// [`Dataplane::apply_services`].
     pub fn set_node_addresses(&mut self, addresses: Vec<IpAddr>) {
         self.config.node_addresses = addresses;
+    }
+
+    /// Sets the other nodes that take tunnelled (DSR) traffic, for the next
+    /// [`Dataplane::apply_services`]; backends on other nodes are reached with SNAT.
+    pub fn set_tunnel_peers(&mut self, peers: BTreeMap<String, Vec<IpAddr>>) {
+        self.tunnel_peers = peers;
+    }
+
+    /// Removes flows that are over now instead of at the next periodic sweep.
+    pub fn sweep_flows(&self) -> Result<SweepStats, DataplaneError> {
+        let mut guard = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = guard.maps.sweep(flows::monotonic_ns())?;
+        guard.removed_total += stats.removed as u64;
+        guard.last_sweep = stats;
+        Ok(stats)
+    }
+
+    /// Flow events and drops counted by the programs, by name ([`flows::STAT_NAMES`]).
+    pub fn flow_events(&self) -> BTreeMap<&'static str, u64> {
+        let guard = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+        flows::STAT_NAMES
+            .iter()
+            .map(|(_, name)| *name)
+            .zip(guard.maps.stats())
+            .collect()
     }
 
     /// Attaches to every interface in `interfaces` not yet attached (replacing a program a
@@ -341,9 +578,6 @@ impl Dataplane {
             }
             let pin = links_dir.join(link_pin_name(interface, *direction));
             self.attach_one(interface, *direction, &pin)?;
-            if *direction == Direction::Ingress {
-                accept_local_source(interface)?;
-            }
             self.attached.insert((interface.clone(), *direction));
         }
         self.config.interfaces = interfaces.to_vec();
@@ -397,6 +631,7 @@ impl Dataplane {
     /// `service`, `frontend`, `kind`; and `herald_dataplane_frontends`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register_collector(Box::new(metrics::CounterCollector::new(self.shared.clone())));
+        registry.register_collector(Box::new(metrics::FlowCollector::new(self.flows.clone())));
     }
 
     /// Packets and bytes seen by each frontend since it was created.
@@ -412,33 +647,38 @@ impl Dataplane {
     /// Detaches from every interface and removes the pinned links and maps: nothing of Herald
     /// stays in the kernel. Established flows through this node stop being translated.
     pub fn shutdown(self) -> Result<(), DataplaneError> {
-        let links_dir = self.config.pin_dir.join(LINKS_DIR);
-        if let Ok(entries) = std::fs::read_dir(&links_dir) {
-            for entry in entries.flatten() {
-                unpin_link(&entry.path())?;
-            }
-        }
-        drop(self.shared);
-        drop(self.ebpf);
-        let map_dir = self.config.pin_dir.join(MAP_LAYOUT_DIR);
-        for name in MAP_NAMES {
-            let _ = std::fs::remove_file(map_dir.join(name));
-        }
-        let _ = std::fs::remove_dir(&map_dir);
-        let _ = std::fs::remove_dir(&links_dir);
-        let _ = std::fs::remove_dir(&self.config.pin_dir);
-        Ok(())
+        let pin_dir = self.config.pin_dir.clone();
+        drop(self);
+        remove_pinned(&pin_dir)
     }
 }
 
-/// A flow to a remote backend is SNATed to the node's own address on ingress; without
-/// `accept_local` the kernel drops such a packet as a martian. IPv6 has no such check.
-fn accept_local_source(interface: &str) -> Result<(), DataplaneError> {
-    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{interface}/accept_local"));
-    if std::fs::read_to_string(&path).map(|v| v.trim() == "1").unwrap_or(false) {
-        return Ok(());
+/// Detaches and removes whatever a speaker pinned under `pin_dir` (links and maps of every
+/// layout): for a speaker that will not run the dataplane, so nothing it left keeps forwarding.
+/// Nothing pinned is fine.
+pub fn remove_pinned(pin_dir: &Path) -> Result<(), DataplaneError> {
+    let links_dir = pin_dir.join(LINKS_DIR);
+    if let Ok(entries) = std::fs::read_dir(&links_dir) {
+        for entry in entries.flatten() {
+            unpin_link(&entry.path())?;
+        }
     }
-    std::fs::write(&path, "1").map_err(|source| DataplaneError::Sysctl { path, source })
+    let _ = std::fs::remove_dir(&links_dir);
+    for layout in OLD_MAP_LAYOUT_DIRS.iter().chain([&MAP_LAYOUT_DIR]) {
+        remove_maps(&pin_dir.join(layout));
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(())
+}
+
+/// Removes a map layout directory's pins (the maps go when no program or fd holds them).
+fn remove_maps(map_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(map_dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(map_dir);
 }
 
 /// `error: cause: cause…`, since aya's messages name the syscall but keep errno in the source.
@@ -516,5 +756,31 @@ fn load_error(program: &'static str, error: ProgramError) -> DataplaneError {
             program,
             source: Box::new(source),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnatPorts;
+
+    #[test]
+    fn snat_ports_parse_and_refuse_with_the_expected_form() {
+        let p: SnatPorts = "10000-29999".parse().unwrap();
+        assert_eq!((p.min, p.count, p.last()), (10000, 20000, 29999));
+        assert_eq!(p.to_string(), "10000-29999");
+        assert_eq!(p, SnatPorts::default());
+        for bad in ["", "10000", "29999-10000", "80-90", "10000-70000", "a-b"] {
+            let err = bad.parse::<SnatPorts>().unwrap_err();
+            assert!(err.contains("FIRST-LAST"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn snat_ports_must_stay_out_of_the_ephemeral_range() {
+        let p = SnatPorts::default();
+        assert_eq!(p.overlaps_local_range("32768\t60999\n"), None);
+        assert_eq!(p.overlaps_local_range("20000 40000"), Some((20000, 40000)));
+        assert_eq!(p.overlaps_local_range("1024 10000"), Some((1024, 10000)));
+        assert_eq!(p.overlaps_local_range("garbage"), None);
     }
 }

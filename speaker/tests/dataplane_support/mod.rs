@@ -9,8 +9,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use herald_speaker::dataplane::{Dataplane, DataplaneConfig, DataplaneError};
+use herald_speaker::dataplane::{Dataplane, DataplaneConfig, DataplaneError, Forwarding, SnatPorts};
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
 
@@ -106,7 +107,7 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    /// Client, switch, `nodes` nodes (1 or 2); no pods yet.
+    /// Client, switch, `nodes` nodes (1 to 3, each routing the others' pods); no pods yet.
     pub fn new(nodes: u8) -> Lab {
         sweep_dead_labs();
         let k = (NEXT_LAB.fetch_add(1, Ordering::Relaxed) % 250) as u8;
@@ -149,8 +150,8 @@ impl Lab {
                 sh(&["ip", "netns", "exec", &node, "sysctl", "-qw", &format!("{key}={value}")]);
             }
         }
-        if nodes == 2 {
-            for (i, other) in [(1u8, 2u8), (2, 1)] {
+        for i in 1..=nodes {
+            for other in (1..=nodes).filter(|&o| o != i) {
                 let node = lab.node(i);
                 let pods4 = format!("{}/28", lab.pod_addr(other, 0, false));
                 let pods6 = format!("{}/64", lab.pod_addr(other, 0, true));
@@ -273,6 +274,25 @@ impl Lab {
                 "permanent",
             ]);
         }
+    }
+
+    /// Makes the client reach node `pods_of`'s pod addresses (IPv4) through node `via`.
+    pub fn route_pods_via(&self, pods_of: u8, via: u8) {
+        sh(&[
+            "ip",
+            "-n",
+            &self.client(),
+            "route",
+            "add",
+            &format!("{}/28", self.pod_addr(pods_of, 0, false)),
+            "via",
+            &self.node_addr(via, false).to_string(),
+        ]);
+    }
+
+    /// Pulls node `i`'s cable: its uplink goes down, so nothing reaches it or leaves it.
+    pub fn cut_uplink(&self, i: u8) {
+        sh(&["ip", "-n", &self.node(i), "link", "set", "eth0", "down"]);
     }
 
     /// A backend namespace behind node `i` with addresses pod_addr(i, j).
@@ -438,6 +458,8 @@ impl Lab {
             pin_dir: self.bpffs.join(format!("node{i}")),
             node_name: format!("node{i}"),
             node_addresses: vec![self.node_addr(i, false), self.node_addr(i, true)],
+            forwarding: Forwarding::Dsr,
+            snat_ports: SnatPorts::default(),
         }
     }
 
@@ -548,6 +570,132 @@ fn echo_connection(stream: TcpStream, name: &str, peer: SocketAddr) {
     }
 }
 
+/// Response of [`serve_http`]'s servers.
+pub const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+
+/// A minimal HTTP server in a pod: each connection gets one response, then the server closes.
+pub fn serve_http(lab: &Lab, i: u8, j: u8, port: u16) {
+    let path = format!("/run/netns/{}", lab.pod(i, j));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        enter_netns(&path);
+        let listener = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        let listener = std::sync::Arc::new(listener);
+        for _ in 0..2 {
+            let l = listener.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                loop {
+                    let Ok((mut s, _)) = l.accept() else { continue };
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(RESPONSE);
+                }
+            });
+        }
+        tx.send(()).unwrap();
+        // The accept threads live until the process exits.
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
+}
+
+pub struct Sample {
+    pub conns_per_sec: f64,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub errors: usize,
+}
+
+/// T threads in the client namespace doing connect/request/close for `secs`; connection k of
+/// thread t uses the (source, destination) pair `flows[(t + k * T) % flows.len()]`.
+pub fn load(lab: &Lab, flows: &[(IpAddr, SocketAddr)], secs: u64, threads: usize) -> Sample {
+    let path = format!("/run/netns/{}", lab.client());
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let path = path.clone();
+            let flows = flows.to_vec();
+            std::thread::spawn(move || {
+                enter_netns(&path);
+                let mut lat = Vec::with_capacity(200_000);
+                let mut errors = 0;
+                let mut buf = [0u8; 256];
+                let mut k = 0;
+                while Instant::now() < deadline && lat.len() < 5_000_000 {
+                    let (from, to) = flows[(t + k * threads) % flows.len()];
+                    k += 1;
+                    let t0 = Instant::now();
+                    let ok = (|| -> std::io::Result<()> {
+                        let fd = tcp_socket_bound(from)?;
+                        // Let connect() pick the source port per destination (no bind-time
+                        // exhaustion of the port range).
+                        let one: libc::c_int = 1;
+                        // SAFETY: setsockopt on an fd we own with a c_int option.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            libc::setsockopt(
+                                fd.as_raw_fd(),
+                                libc::IPPROTO_IP,
+                                libc::IP_BIND_ADDRESS_NO_PORT,
+                                &one as *const _ as *const libc::c_void,
+                                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                            );
+                        }
+                        let mut s = connect_timeout(fd, to, Duration::from_secs(2))?;
+                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                        let mut total = 0;
+                        loop {
+                            let n = s.read(&mut buf)?;
+                            if n == 0 {
+                                break;
+                            }
+                            total += n;
+                        }
+                        if total < RESPONSE.len() {
+                            return Err(std::io::Error::other("short response"));
+                        }
+                        Ok(())
+                    })();
+                    match ok {
+                        Ok(()) => lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                        Err(e) => {
+                            if std::env::var_os("HERALD_BENCH_DEBUG").is_some() {
+                                eprintln!("{from} -> {to}: {e}");
+                            }
+                            errors += 1
+                        }
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (lat, e) = h.join().unwrap();
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(secs as f64);
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Sample {
+        conns_per_sec: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors,
+    }
+}
+
 /// A persistent client connection (opened from the client namespace).
 pub struct Conn {
     reader: BufReader<TcpStream>,
@@ -557,7 +705,14 @@ pub struct Conn {
 impl Conn {
     /// Sends a line and returns the answer "<backend name> <peer the backend saw>".
     pub fn ask(&mut self) -> std::io::Result<String> {
-        self.writer.write_all(b"?\n")?;
+        self.ask_with(0)
+    }
+
+    /// [`Conn::ask`] with a request line of `padding` more bytes (many full-sized segments).
+    pub fn ask_with(&mut self, padding: usize) -> std::io::Result<String> {
+        let mut request = vec![b'x'; padding];
+        request.extend_from_slice(b"?\n");
+        self.writer.write_all(&request)?;
         let mut line = String::new();
         let n = self.reader.read_line(&mut line)?;
         if n == 0 {

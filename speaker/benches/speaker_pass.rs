@@ -1,0 +1,216 @@
+//! One pass of the speaker's loop at 1,000 and 10,000 Services, part by part: judging pools,
+//! deriving each Service's facts (from scratch, and from the cache when nothing changed), the
+//! plan (units, eligibility, election: with nothing remembered, with nothing changed, and
+//! after one Service changed), the dataplane's desired state, and the diff of an unchanged
+//! desired state against the maps (in memory; no map writes).
+//!
+//! `cargo bench -p herald-speaker --bench speaker_pass`
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::Criterion;
+use herald_config::{IPAddressPool, L2Advertisement};
+use herald_speaker::cluster::facts::{Changes, FactsCache};
+use herald_speaker::cluster::in_use::ConfigMemory;
+use herald_speaker::dataplane::maps::{FakeServiceMaps, MapSync};
+use herald_speaker::dataplane::{Forwarding, NodeInput, desired};
+use herald_speaker::membership::{MemberInfo, MemberState, MembershipView, NodeHealth};
+use herald_speaker::plan::{Inputs, Planner, plan};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+
+struct World {
+    nodes: Vec<Node>,
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+    pools: Vec<IPAddressPool>,
+    advertisements: Vec<L2Advertisement>,
+    view: MembershipView,
+    health: NodeHealth,
+}
+
+const NODES: usize = 3;
+
+fn world(count: usize) -> World {
+    let health = NodeHealth {
+        announcer_ready: true,
+        dataplane_ready: true,
+        interfaces: ["eth0".to_string()].into(),
+    };
+    let nodes = (1..=NODES)
+        .map(|i| {
+            serde_json::from_value(json!({"metadata": {"name": format!("node{i}")},
+                "status": {"addresses": [{"type": "InternalIP", "address": format!("10.203.0.{}", 10 + i)}]}}))
+            .unwrap()
+        })
+        .collect();
+    let ip = |i: usize| format!("10.90.{}.{}", i / 256, i % 256);
+    let services = (0..count)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("svc-{i}"), "namespace": "default", "uid": format!("uid-{i}"), "resourceVersion": "1",
+                    "annotations": {"herald.io/ip-allocated-from-pool": "bench"}},
+                "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": ip(i)}]}}}))
+            .unwrap()
+        })
+        .collect();
+    let slices = (0..count)
+        .map(|i| {
+            let endpoints: Vec<_> = (0..2)
+                .map(|e| {
+                    json!({"addresses": [format!("10.244.{}.{}", e + 1, i % 250 + 2)],
+                    "nodeName": format!("node{}", (i + e) % NODES + 1), "conditions": {"ready": true}})
+                })
+                .collect();
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("svc-{i}-abcde"), "namespace": "default", "resourceVersion": "1",
+                    "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+                "addressType": "IPv4", "endpoints": endpoints,
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))
+            .unwrap()
+        })
+        .collect();
+    let pools = vec![
+        serde_json::from_value(json!({"apiVersion": "herald.io/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": "bench", "namespace": "herald-system"},
+            "spec": {"addresses": ["10.90.0.0/16"]}}))
+        .unwrap(),
+    ];
+    let advertisements = vec![
+        serde_json::from_value(json!({"apiVersion": "herald.io/v1alpha1", "kind": "L2Advertisement",
+            "metadata": {"name": "all", "namespace": "herald-system"}, "spec": {}}))
+        .unwrap(),
+    ];
+    let members = (1..=NODES)
+        .map(|i| {
+            (
+                format!("node{i}"),
+                MemberInfo {
+                    address: format!("10.203.0.{}:7946", 10 + i).parse().unwrap(),
+                    state: MemberState::Alive,
+                    incarnation: 1,
+                    health: Some(health.clone()),
+                },
+            )
+        })
+        .collect();
+    World {
+        nodes,
+        services,
+        slices,
+        pools,
+        advertisements,
+        view: MembershipView {
+            local: "node1".into(),
+            members,
+            settled: true,
+        },
+        health,
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(20);
+    for n in [1_000usize, 10_000] {
+        let w = world(n);
+        let nodes: Vec<&Node> = w.nodes.iter().collect();
+        let services: Vec<&Service> = w.services.iter().collect();
+        let slices: Vec<&EndpointSlice> = w.slices.iter().collect();
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let mut memory = ConfigMemory::new();
+        let in_use = memory.judge(&w.pools, &w.advertisements, now);
+        let mut cache = FactsCache::new();
+        let derived = cache.derive_all(&services, &slices, "herald.io/l2");
+        let inputs = Inputs {
+            node: "node1",
+            peer_port: 7946,
+            nodes: &nodes,
+            services: &derived,
+            pools: &in_use.pools,
+            advertisements: &in_use.advertisements,
+            view: &w.view,
+            local_health: &w.health,
+            require_dataplane: true,
+        };
+        let planned = plan(&inputs);
+        assert_eq!(planned.services.len(), n, "every Service reaches the dataplane");
+        assert!(!planned.owned.is_empty(), "node1 owns some IPs");
+        c.bench_function(&format!("judge pools/{n}"), |b| {
+            b.iter(|| black_box(memory.judge(&w.pools, &w.advertisements, now)))
+        });
+        c.bench_function(&format!("derive Services, cold/{n}"), |b| {
+            b.iter(|| black_box(FactsCache::new().derive_all(&services, &slices, "herald.io/l2")))
+        });
+        c.bench_function(&format!("derive Services, cached/{n}"), |b| {
+            b.iter(|| black_box(cache.derive_all(&services, &slices, "herald.io/l2")))
+        });
+        c.bench_function(&format!("plan, nothing remembered/{n}"), |b| {
+            b.iter(|| black_box(plan(&inputs)))
+        });
+        let mut planner = Planner::default();
+        planner.plan(&inputs);
+        c.bench_function(&format!("plan, nothing changed/{n}"), |b| {
+            b.iter(|| black_box(planner.plan(&inputs)))
+        });
+        // One Service changed, as a watch event reports it: the cache derives that Service
+        // again and the planner judges its unit.
+        let mut edited = Arc::new(w.services[n / 2].clone());
+        let edited_key = ("default".to_string(), format!("svc-{}", n / 2));
+        let slice_of = |_: &str, name: &str| {
+            let i: usize = name.strip_prefix("svc-")?.strip_suffix("-abcde")?.parse().ok()?;
+            Some(Arc::new(w.slices[i].clone()))
+        };
+        let mut version = 1u64;
+        c.bench_function(&format!("derive changed + plan, one Service changed/{n}"), |b| {
+            b.iter(|| {
+                version += 1;
+                let service = Arc::make_mut(&mut edited);
+                service.metadata.resource_version = Some(version.to_string());
+                let policy = if version.is_multiple_of(2) { "Local" } else { "Cluster" };
+                service.spec.as_mut().unwrap().external_traffic_policy = Some(policy.to_string());
+                let changes = Changes {
+                    services: [edited_key.clone()].into(),
+                    ..Changes::none()
+                };
+                let current = edited.clone();
+                let derived = cache.derive_changed(&changes, |_, _| Some(current.clone()), slice_of, "herald.io/l2");
+                black_box(planner.plan(&Inputs {
+                    services: &derived,
+                    ..inputs
+                }))
+            })
+        });
+        let node = NodeInput {
+            name: "node1".into(),
+            addresses: vec!["10.203.0.11".parse().unwrap()],
+            forwarding: Forwarding::Dsr,
+            tunnel_peers: BTreeMap::from([
+                ("node2".to_string(), vec!["10.203.0.12".parse().unwrap()]),
+                ("node3".to_string(), vec!["10.203.0.13".parse().unwrap()]),
+            ]),
+        };
+        c.bench_function(&format!("dataplane desired/{n}"), |b| {
+            b.iter(|| black_box(desired(&planned.services, &node)))
+        });
+        let want = desired(&planned.services, &node);
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        sync.apply(&mut maps, &want).unwrap();
+        c.bench_function(&format!("dataplane diff, nothing changed/{n}"), |b| {
+            b.iter(|| black_box(sync.apply(&mut maps, &want).unwrap()))
+        });
+        let services_again = planned.services.clone();
+        c.bench_function(&format!("compare dataplane inputs/{n}"), |b| {
+            b.iter(|| black_box(services_again == planned.services))
+        });
+    }
+    c.final_summary();
+}

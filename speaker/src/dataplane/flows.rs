@@ -1,0 +1,398 @@
+//! Flow state kept by the eBPF programs (conntrack), seen from user space: the sweep that
+//! removes flows that are over, and the counters of flow events and drops.
+//!
+//! The programs treat an expired entry as absent, so the sweep is not needed for correctness;
+//! it frees the slots (the tables are LRU maps, which otherwise evict only when full) and
+//! counts live flows for the `herald_dataplane_flows` gauge. A reverse entry lives only as long
+//! as the forward entry it derives from names the same translation (see `bpf/lib/ct.h`).
+//!
+//! The programs keep working while a sweep runs, so it never removes what may have just
+//! become live: an entry the snapshot shows as over is read again (with its flow's forward
+//! entry) right before it is deleted, and a reverse entry goes only if it is unchanged since
+//! the snapshot. What remains is a window of microseconds between such a read and the delete.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+
+use super::maps::{BACKEND_SNAT, CtForward, CtKey, CtReverse, MapsError};
+
+/// Names of `herald_stats` entries, in index order (`HERALD_STAT_*` in bpf/lib/common.h).
+pub const STAT_NAMES: [(&str, &str); 13] = [
+    ("event", "flow_new"),
+    ("event", "flow_established"),
+    ("event", "flow_reused"),
+    ("drop", "no_backend"),
+    ("drop", "no_snat_port"),
+    ("drop", "tunnel_not_local"),
+    ("drop", "rewrite_failed"),
+    ("drop", "no_route"),
+    ("event", "dsr_sent"),
+    ("event", "dsr_received"),
+    ("event", "mss_clamped"),
+    ("event", "owner_stale"),
+    ("drop", "source_range"),
+];
+
+/// What one sweep found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Live flows left in the map of established flows.
+    pub established: usize,
+    /// Live flows left in the map of unestablished flows.
+    pub new: usize,
+    /// Reverse entries left.
+    pub reverse: usize,
+    /// Entries removed.
+    pub removed: usize,
+}
+
+/// The forward key a reverse entry derives from (client → frontend).
+pub fn forward_key_of(reverse_key: &CtKey, reverse: &CtReverse) -> CtKey {
+    CtKey {
+        saddr: reverse.client_addr,
+        daddr: reverse.frontend_addr,
+        sport: reverse.client_port,
+        dport: reverse.frontend_port,
+        proto: reverse_key.proto,
+        family: reverse_key.family,
+        pad: 0,
+    }
+}
+
+/// Whether a reverse entry belongs to `forward` (same backend, and same SNAT port for SNAT).
+/// Must agree with `ct_owner_of` in bpf/lib/ct.h.
+pub fn reverse_belongs_to(reverse_key: &CtKey, forward: &CtForward) -> bool {
+    if forward.backend_addr != reverse_key.saddr || forward.backend_port != reverse_key.sport {
+        return false;
+    }
+    forward.flags & BACKEND_SNAT == 0
+        || (forward.snat_port == reverse_key.dport && forward.snat_addr == reverse_key.daddr)
+}
+
+/// The keys of forward entries that are over at `now` (CLOCK_MONOTONIC ns).
+pub fn expired_forward(entries: impl IntoIterator<Item = (CtKey, CtForward)>, now: u64) -> (Vec<CtKey>, usize) {
+    let mut dead = Vec::new();
+    let mut live = 0;
+    for (key, value) in entries {
+        if value.expires <= now {
+            dead.push(key);
+        } else {
+            live += 1;
+        }
+    }
+    (dead, live)
+}
+
+/// The reverse entries whose flow is over or now carries another translation, and how many
+/// are not. `forward` looks a live forward entry up (in either table).
+pub fn orphaned_reverse(
+    entries: impl IntoIterator<Item = (CtKey, CtReverse)>,
+    forward: impl Fn(&CtKey) -> Option<CtForward>,
+) -> (Vec<(CtKey, CtReverse)>, usize) {
+    let mut dead = Vec::new();
+    let mut live = 0;
+    for (key, value) in entries {
+        match forward(&forward_key_of(&key, &value)) {
+            Some(f) if reverse_belongs_to(&key, &f) => live += 1,
+            _ => dead.push((key, value)),
+        }
+    }
+    (dead, live)
+}
+
+/// The conntrack maps.
+pub(crate) struct FlowMaps {
+    pub(crate) established: BpfHashMap<MapData, CtKey, CtForward>,
+    pub(crate) new: BpfHashMap<MapData, CtKey, CtForward>,
+    pub(crate) reverse: BpfHashMap<MapData, CtKey, CtReverse>,
+    pub(crate) stats: PerCpuArray<MapData, u64>,
+}
+
+/// Every entry of a conntrack map: in batches of [`BATCH`] per syscall where the kernel can
+/// (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+), else one entry at a time through aya (two syscalls
+/// per entry, about 2.5 µs each here). Entries the programs add or delete meanwhile may be
+/// missed or seen twice: the next sweep sees what this one missed.
+fn collect<V: aya::Pod + Default>(
+    map: &BpfHashMap<MapData, CtKey, V>,
+    name: &'static str,
+) -> Result<Vec<(CtKey, V)>, MapsError> {
+    match batch::lookup_all(map) {
+        Ok(entries) => return Ok(entries),
+        // EINVAL: no batch command (before 5.6); ENOTSUPP (524, kernel-internal): not for this map.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {}
+        Err(e) => {
+            return Err(MapsError {
+                map: name,
+                op: "batch lookup",
+                source: aya::maps::MapError::IoError(e),
+            });
+        }
+    }
+    let mut out = Vec::new();
+    for entry in map.iter() {
+        match entry {
+            Ok(kv) => out.push(kv),
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(source) => {
+                return Err(MapsError {
+                    map: name,
+                    op: "iterate",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Entries per `BPF_MAP_LOOKUP_BATCH` call.
+const BATCH: usize = 8192;
+
+/// The `bpf(2)` batch lookup, which aya 0.14 does not wrap. The only unsafe code here: one
+/// syscall with buffers this module owns and sizes.
+#[allow(unsafe_code)]
+mod batch {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData};
+
+    use super::{BATCH, CtKey};
+
+    /// `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd`.
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    pub(super) fn lookup_all<V: aya::Pod + Default>(
+        map: &BpfHashMap<MapData, CtKey, V>,
+    ) -> std::io::Result<Vec<(CtKey, V)>> {
+        let fd = map.map().fd().as_fd().as_raw_fd();
+        let mut keys = vec![CtKey::default(); BATCH];
+        let mut values = vec![V::default(); BATCH];
+        let mut out = Vec::new();
+        // Hash maps resume from a bucket index, which the kernel writes to out_batch.
+        let (mut cursor, mut next) = (0u32, 0u32);
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { std::ptr::from_ref(&cursor) as u64 },
+                out_batch: std::ptr::from_mut(&mut next) as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: BATCH as u32,
+                map_fd: fd as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: attr points at buffers of BATCH keys and BATCH values of the map's key and
+            // value types (repr(C) mirrors whose sizes equal the map's), and at two u32 cursors;
+            // all outlive the call, and the kernel writes at most `count` entries.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    std::ptr::from_mut(&mut attr),
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            let n = (attr.count as usize).min(BATCH);
+            out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+            if rc < 0 {
+                let error = std::io::Error::last_os_error();
+                // ENOENT: the walk is over (this call may still have returned entries).
+                if error.raw_os_error() == Some(libc::ENOENT) {
+                    return Ok(out);
+                }
+                return Err(error);
+            }
+            cursor = next;
+            first = false;
+        }
+    }
+}
+
+/// Deletes the entries among `keys` that are still expired (the programs may have put a new
+/// flow there since they were read); returns how many went.
+fn remove_still_expired(map: &mut BpfHashMap<MapData, CtKey, CtForward>, keys: &[CtKey], now: u64) -> usize {
+    let mut removed = 0;
+    for key in keys {
+        if map.get(key, 0).is_ok_and(|v| v.expires <= now) && map.remove(key).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+impl FlowMaps {
+    /// Removes every flow that is over at `now` and the reverse entries of flows that are gone.
+    pub(crate) fn sweep(&mut self, now: u64) -> Result<SweepStats, MapsError> {
+        let mut stats = SweepStats::default();
+        let established = collect(&self.established, "herald_ct_forward")?;
+        let new = collect(&self.new, "herald_ct_new")?;
+        let live: BTreeMap<CtKey, CtForward> = established
+            .iter()
+            .chain(new.iter())
+            .filter(|(_, v)| v.expires > now)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let (dead, live_established) = expired_forward(established, now);
+        stats.established = live_established;
+        stats.removed += remove_still_expired(&mut self.established, &dead, now);
+        let (dead, live_new) = expired_forward(new, now);
+        stats.new = live_new;
+        stats.removed += remove_still_expired(&mut self.new, &dead, now);
+        let reverse = collect(&self.reverse, "herald_ct_reverse")?;
+        let (orphans, live_reverse) = orphaned_reverse(reverse, |k| live.get(k).copied());
+        stats.reverse = live_reverse;
+        let recheck_now = monotonic_ns();
+        for (key, seen) in orphans {
+            // Read both entries again: a new flow may have taken this tuple since the snapshot
+            // (a reclaimed SNAT port is rewritten for its new client a moment before the new
+            // flow's forward entry exists), so only an unchanged entry without a flow goes.
+            let current = self.reverse.get(&key, 0).ok().filter(|rev| *rev == seen);
+            let owned = current.is_some_and(|rev| {
+                let fkey = forward_key_of(&key, &rev);
+                [&self.established, &self.new].into_iter().any(|map| {
+                    map.get(&fkey, 0)
+                        .is_ok_and(|f| f.expires > recheck_now && reverse_belongs_to(&key, &f))
+                })
+            });
+            if owned {
+                stats.reverse += 1;
+            } else if current.is_some() && self.reverse.remove(&key).is_ok() {
+                stats.removed += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// `herald_stats` summed over CPUs, in [`STAT_NAMES`] order.
+    pub(crate) fn stats(&self) -> Vec<u64> {
+        (0..STAT_NAMES.len() as u32)
+            .map(|i| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .collect()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into memory we own.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(client: u8, port: u16, frontend: u8) -> CtKey {
+        let mut k = CtKey {
+            proto: 6,
+            family: 4,
+            ..CtKey::default()
+        };
+        k.saddr[..4].copy_from_slice(&[10, 0, 0, client]);
+        k.daddr[..4].copy_from_slice(&[203, 0, 113, frontend]);
+        k.sport = port.to_be_bytes();
+        k.dport = 80u16.to_be_bytes();
+        k
+    }
+
+    fn forward(backend: u8, expires: u64, snat_port: Option<u16>) -> CtForward {
+        let mut f = CtForward {
+            expires,
+            backend_port: 8080u16.to_be_bytes(),
+            ..CtForward::default()
+        };
+        f.backend_addr[..4].copy_from_slice(&[10, 244, 2, backend]);
+        if let Some(p) = snat_port {
+            f.flags = BACKEND_SNAT;
+            f.snat_port = p.to_be_bytes();
+            f.snat_addr[..4].copy_from_slice(&[192, 168, 1, 10]);
+        }
+        f
+    }
+
+    /// The reverse entry the programs write for a flow (as lb_forward does).
+    fn reverse_of(fkey: &CtKey, f: &CtForward) -> (CtKey, CtReverse) {
+        let snat = f.flags & BACKEND_SNAT != 0;
+        let rkey = CtKey {
+            saddr: f.backend_addr,
+            sport: f.backend_port,
+            daddr: if snat { f.snat_addr } else { fkey.saddr },
+            dport: if snat { f.snat_port } else { fkey.sport },
+            proto: fkey.proto,
+            family: fkey.family,
+            pad: 0,
+        };
+        let rev = CtReverse {
+            frontend_addr: fkey.daddr,
+            client_addr: fkey.saddr,
+            frontend_port: fkey.dport,
+            client_port: fkey.sport,
+        };
+        (rkey, rev)
+    }
+
+    #[test]
+    fn expired_forward_entries_go_and_live_ones_stay() {
+        let entries = vec![
+            (key(1, 1000, 1), forward(5, 100, None)),
+            (key(2, 1000, 1), forward(5, 101, None)),
+        ];
+        let (dead, live) = expired_forward(entries, 100);
+        assert_eq!(dead, vec![key(1, 1000, 1)], "expires == now is over");
+        assert_eq!(live, 1);
+    }
+
+    #[test]
+    fn a_reverse_entry_lives_exactly_as_long_as_its_flow() {
+        let (fa, a) = (key(1, 1000, 1), forward(5, 500, None));
+        let (fb, b) = (key(2, 2000, 1), forward(6, 500, Some(20_001)));
+        let (fc, c) = (key(3, 3000, 1), forward(7, 500, Some(20_002)));
+        let reverse = vec![reverse_of(&fa, &a), reverse_of(&fb, &b), reverse_of(&fc, &c)];
+        // a: live; b: its client tuple now carries a new flow with another SNAT port; c: gone.
+        let mut live = BTreeMap::new();
+        live.insert(fa, a);
+        live.insert(fb, forward(6, 900, Some(20_777)));
+        let (dead, kept) = orphaned_reverse(reverse.clone(), |k| live.get(k).copied());
+        assert_eq!(kept, 1);
+        assert_eq!(dead, vec![reverse[1], reverse[2]]);
+        assert_eq!(forward_key_of(&reverse[0].0, &reverse[0].1), fa);
+    }
+
+    #[test]
+    fn stat_names_match_the_c_indices() {
+        let header = include_str!("../../bpf/lib/common.h");
+        let max: usize = header
+            .lines()
+            .find_map(|l| l.strip_prefix("#define HERALD_STAT_MAX "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("HERALD_STAT_MAX in common.h");
+        assert_eq!(STAT_NAMES.len(), max);
+        for (i, (_, name)) in STAT_NAMES.iter().enumerate() {
+            let define = header
+                .lines()
+                .filter_map(|l| l.strip_prefix("#define HERALD_STAT_"))
+                .find(|l| l.ends_with(&format!(" {i}")))
+                .unwrap_or_else(|| panic!("no HERALD_STAT_ with index {i}"));
+            let c_name = define.split_whitespace().next().unwrap().to_lowercase();
+            assert_eq!(c_name.trim_start_matches("drop_"), *name, "index {i}");
+        }
+    }
+}
