@@ -13,6 +13,7 @@
 //! - [`last_valid`]: what is in use when an object that was valid is edited into an invalid
 //!   spec (its last valid spec), shared by the controller and the speaker.
 //! - [`check`]: a set of manifests judged as Herald will judge them once applied.
+//! - [`migrate`]: MetalLB's layer-2 configuration rewritten as Herald's.
 //! - [`crds`]: the CustomResourceDefinitions as committed in `config/crd/`.
 //! - [`yaml`]: the one place YAML is read and written.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod check;
 pub mod crds;
 pub mod l2status;
 pub mod last_valid;
+pub mod migrate;
 pub mod pool;
 pub mod schema;
 pub mod selector;

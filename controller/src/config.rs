@@ -25,6 +25,19 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Rewrite MetalLB's layer-2 configuration (metallb.io/v1beta1 IPAddressPools and
+    /// L2Advertisements, and Services' metallb.io / metallb.universe.tf annotations) as
+    /// Herald's, print it as YAML, and list on stderr what was refused, what behaves
+    /// differently and what was left out; then `check` the result. Exits 1 if anything was
+    /// refused or check finds a problem. Reads `kubectl get -o yaml` output as well as files.
+    Migrate {
+        /// MetalLB's namespace: its configuration objects elsewhere were never served.
+        #[arg(long, default_value = herald_config::migrate::METALLB_NAMESPACE)]
+        from_namespace: String,
+        /// YAML files to migrate together (`-` reads standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -6,7 +6,8 @@
 //! - [`reconciler`]: the kube-rs controller around it: rebuild on start, Services, pools.
 //! - [`leader`]: leader election on a Lease; the gate every write passes.
 //! - [`config`]: flags; [`http`]: `/metrics`, `/healthz`, `/readyz`; [`metrics`]: Prometheus.
-//! - [`secret`]: fills the speakers' shared key; [`check`]: `herald-controller check FILE…`.
+//! - [`secret`]: fills the speakers' shared key; [`check`]: `herald-controller check FILE…` and
+//!   `herald-controller migrate FILE…`.
 #![forbid(unsafe_code)]
 
 pub mod allocator;

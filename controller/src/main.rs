@@ -1,12 +1,24 @@
-//! `herald-controller`: parses flags, sets up logging, and runs the reconciler until SIGTERM.
+//! `herald-controller`: parses flags, sets up logging, and runs the reconciler until SIGTERM;
+//! or runs one of the offline commands (`check`, `migrate`), which write only their output.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald_controller::config::{Cli, Command, LogFormat};
+use herald_controller::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { files }) => herald_controller::check::run(&files, &cli.config.namespace),
+        Some(Command::Migrate { from_namespace, files }) => {
+            herald_controller::check::migrate(&files, &from_namespace, &cli.config.namespace)
+        }
+        None => serve(cli.config),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -14,25 +26,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run());
+    let code = runtime.block_on(run(config));
     tracing::info!("exiting");
     // Background tasks (watches, servers) end with the process instead of being waited for.
     runtime.shutdown_background();
     code
 }
 
-async fn run() -> ExitCode {
-    let cli = Cli::parse();
+async fn run(config: Config) -> ExitCode {
     let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match cli.config.log_format {
+    match config.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
     }
-    if let Some(Command::Check { files }) = cli.command {
-        return herald_controller::check::run(&files, &cli.config.namespace);
-    }
-    match herald_controller::run(cli.config, shutdown_signal()).await {
+    match herald_controller::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "herald-controller stopped");

@@ -1,7 +1,8 @@
 //! The CRD schemas of `config/crd` judged by a real kube-apiserver: `kubectl apply` refuses
 //! what the schema can judge on one object (address syntax, empty address lists, repeated
 //! names, label-selector shapes, interface names) with the controller's own message, and
-//! accepts every valid sample. Each `config/samples/invalid` case is either refused at apply
+//! accepts every valid sample and what `herald-controller migrate` writes from the MetalLB-style
+//! samples. Each `config/samples/invalid` case is either refused at apply
 //! time or left to the controller, as listed below; the test prints which is which.
 //!
 //! One lab: one node, no speakers, no controller (only the API server judges here). Needs root
@@ -338,6 +339,37 @@ async fn api_server_refuses_what_the_schema_can_judge() {
         let text = std::fs::read_to_string(&file).unwrap();
         if let Err(stderr) = apply(&lab, &text).await {
             panic!("valid sample {} refused:\n{stderr}", file.display());
+        }
+    }
+    // What `herald-controller migrate` writes from MetalLB-style configuration is accepted too.
+    for file in yaml_files(&samples_dir().join("metallb")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let documents: Vec<serde_json::Value> = herald_config::yaml::documents(&text).unwrap();
+        let migrated = herald_config::migrate::migrate(
+            &documents,
+            &herald_config::migrate::Namespaces {
+                from: herald_config::migrate::METALLB_NAMESPACE,
+                to: "herald-system",
+            },
+        );
+        let mut yaml = String::new();
+        let namespaces: std::collections::BTreeSet<&str> = migrated
+            .objects
+            .iter()
+            .filter_map(|o| o["metadata"]["namespace"].as_str())
+            .filter(|ns| *ns != "herald-system")
+            .collect();
+        for ns in namespaces {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+            ));
+        }
+        for object in &migrated.objects {
+            yaml.push_str("---\n");
+            yaml.push_str(&herald_config::yaml::to_string(object).unwrap());
+        }
+        if let Err(stderr) = apply(&lab, &yaml).await {
+            panic!("{} migrated, refused:\n{stderr}\n{yaml}", file.display());
         }
     }
     for (kind, name, spec) in GOOD_OBJECTS {
