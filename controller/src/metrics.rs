@@ -36,6 +36,12 @@ pub enum Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// [`crate::allocator::AllocError::reason`].
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolStateLabels {
     pub state: PoolState,
 }
@@ -57,6 +63,7 @@ pub struct Metrics {
     pub addresses_in_use: Family<PoolLabels, Gauge>,
     pub addresses_available: Family<PoolLabels, Gauge>,
     pub allocations: Family<OutcomeLabels, Counter>,
+    pub allocation_failures: Family<FailureLabels, Counter>,
     pub services_pending: Gauge,
     pub pools: Family<PoolStateLabels, Gauge>,
     /// 1 while this replica leads (writes), 0 on standby.
@@ -69,6 +76,14 @@ impl Default for Metrics {
         let addresses_in_use = Family::<PoolLabels, Gauge>::default();
         let addresses_available = Family::<PoolLabels, Gauge>::default();
         let allocations = Family::<OutcomeLabels, Counter>::default();
+        let allocation_failures = Family::<FailureLabels, Counter>::default();
+        // Every series exists from the start, so rate() and alerts see the first failure.
+        for outcome in [Outcome::allocated, Outcome::moved, Outcome::failed, Outcome::released] {
+            drop(allocations.get_or_create(&OutcomeLabels { outcome }));
+        }
+        for reason in crate::allocator::AllocError::REASONS {
+            drop(allocation_failures.get_or_create(&FailureLabels { reason }));
+        }
         let services_pending = Gauge::default();
         let pools = Family::<PoolStateLabels, Gauge>::default();
         let leader = Gauge::default();
@@ -86,6 +101,11 @@ impl Default for Metrics {
             "controller_allocations",
             "Changes to Services' addresses, by outcome",
             allocations.clone(),
+        );
+        registry.register(
+            "controller_allocation_failures",
+            "Services refused an address, by the rule that refused (counted once per new refusal)",
+            allocation_failures.clone(),
         );
         registry.register(
             "controller_services_pending",
@@ -108,6 +128,7 @@ impl Default for Metrics {
             addresses_in_use,
             addresses_available,
             allocations,
+            allocation_failures,
             services_pending,
             pools,
         }
@@ -117,6 +138,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn count(&self, outcome: Outcome) {
         self.allocations.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts a refusal: `failed` among the outcomes, and its reason.
+    pub fn count_failure(&self, reason: &'static str) {
+        self.count(Outcome::failed);
+        self.allocation_failures.get_or_create(&FailureLabels { reason }).inc();
     }
 
     /// The registry in the Prometheus text format.

@@ -13,6 +13,13 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+/// The registry `/metrics` serves: every name it holds is exported with the prefix `herald_`,
+/// so what registers into it names metrics without that prefix. Tests encode through this
+/// same constructor, so they see the names a scrape sees.
+pub fn metrics_registry() -> Registry {
+    Registry::with_prefix("herald")
+}
+
 /// Facts the endpoints report, updated by the election loop.
 #[derive(Default)]
 pub struct Health {

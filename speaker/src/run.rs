@@ -151,7 +151,7 @@ pub async fn run_with_client(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let node = config.node_name.clone();
-    let mut registry = Registry::with_prefix("herald");
+    let mut registry = http::metrics_registry();
     let health = Arc::new(Health::default());
     health.mark_pass();
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)

@@ -103,6 +103,50 @@ pub enum AllocError {
     BadPort { port: i32 },
 }
 
+impl AllocError {
+    /// Every value [`AllocError::reason`] returns.
+    pub const REASONS: [&'static str; 12] = [
+        "invalid_pool",
+        "unknown_pool",
+        "pool_not_allowed",
+        "pool_exhausted",
+        "pool_lacks_family",
+        "no_eligible_pool",
+        "ip_not_in_pool",
+        "ip_in_use",
+        "family_mismatch",
+        "buggy_ip",
+        "bad_request",
+        "bad_service",
+    ];
+
+    /// The rule that refused, as a stable label value (`herald_controller_allocation_failures_total`).
+    pub fn reason(&self) -> &'static str {
+        use AllocError::*;
+        match self {
+            BadPoolAddress { .. } | InvalidPool { .. } => "invalid_pool",
+            UnknownPool { .. } => "unknown_pool",
+            PoolNotAllowed { .. } => "pool_not_allowed",
+            PoolExhausted { .. } | AllPoolsExhausted { .. } => "pool_exhausted",
+            PoolLacksFamily { .. } | PoolNotDualStack { .. } => "pool_lacks_family",
+            NoEligiblePool => "no_eligible_pool",
+            IpNotInAnyPool { .. } | IpNotInRequestedPool { .. } => "ip_not_in_pool",
+            IpInUse { .. } => "ip_in_use",
+            FamilyMismatch { .. } => "family_mismatch",
+            BuggyIp { .. } => "buggy_ip",
+            TooManyIps { .. }
+            | TwoIpsOfOneFamily { .. }
+            | IpsInDifferentPools { .. }
+            | DualStackNeedsTwoIps { .. }
+            | NoAddresses
+            | Annotation(_) => "bad_request",
+            NoIpFamilies | BadIpFamily { .. } | BadFamilyPolicy { .. } | BadProtocol { .. } | BadPort { .. } => {
+                "bad_service"
+            }
+        }
+    }
+}
+
 /// `IPv4 address`, `IPv4 and IPv6 addresses`.
 fn families_text(families: &[IpFamily]) -> String {
     match families {

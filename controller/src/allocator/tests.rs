@@ -95,8 +95,30 @@ fn err(a: &mut Allocator, req: &ServiceRequest) -> String {
     );
     match result {
         Ok(alloc) => panic!("{} unexpectedly got {:?}", req.key, alloc.ips),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            assert!(
+                AllocError::REASONS.contains(&e.reason()),
+                "{e:?}: its reason {} is listed (the metric's series are created from the list)",
+                e.reason()
+            );
+            e.to_string()
+        }
     }
+}
+
+#[test]
+fn refusals_have_stable_reasons() {
+    let mut a = allocator(vec![pool("p", &["10.0.0.0/32"])]);
+    ok(&mut a, &auto4("s"));
+    let reason = |a: &mut Allocator, req: &ServiceRequest| a.allocate(req).expect_err("refused").reason();
+    assert_eq!(reason(&mut a, &auto4("t")), "pool_exhausted");
+    assert_eq!(reason(&mut a, &explicit("t", &["10.0.0.0"])), "ip_in_use");
+    assert_eq!(reason(&mut a, &explicit("t", &["192.0.2.1"])), "ip_not_in_pool");
+    let mut named = auto4("t");
+    named.pool = Some("nope".into());
+    assert_eq!(reason(&mut a, &named), "unknown_pool");
+    let unique: std::collections::BTreeSet<_> = AllocError::REASONS.iter().collect();
+    assert_eq!(unique.len(), AllocError::REASONS.len(), "no reason listed twice");
 }
 
 fn restricted(name: &str, entries: &[&str], namespaces: &[&str], team: Option<&str>, priority: i32) -> Pool {

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::events::{self, ALLOCATION_FAILED, CLEAR_ASSIGNMENT, DEPRECATED_ANNOTATION, IP_ALLOCATED};
 use super::{Context, Error, handles, ingress_ips, service_key};
-use crate::allocator::{ServiceKey, ServiceRequest};
+use crate::allocator::{AllocError, ServiceKey, ServiceRequest};
 use crate::metrics::Outcome;
 
 const FIELD_MANAGER: &str = "herald-controller";
@@ -36,8 +36,7 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     report_deprecations(&service, &ctx, &key).await;
     let allocation = match outcome {
         Ok(Ok(allocation)) => allocation,
-        Ok(Err(e)) => return failed(&service, &ctx, &key, &current, e.to_string()).await,
-        Err(e) => return failed(&service, &ctx, &key, &current, e.to_string()).await,
+        Ok(Err(e)) | Err(e) => return failed(&service, &ctx, &key, &current, &e).await,
     };
     forget_failure(&ctx, &key);
     // Why a pool change displaced it, if it did; it is now served either way.
@@ -102,8 +101,9 @@ async fn failed(
     ctx: &Context,
     key: &ServiceKey,
     current: &[IpAddr],
-    message: String,
+    error: &AllocError,
 ) -> Result<Action, Error> {
+    let message = error.to_string();
     let held: Vec<IpAddr> = ctx
         .allocator
         .lock()
@@ -122,7 +122,7 @@ async fn failed(
         .services_pending
         .set(ctx.reported_failures.lock().expect("failures lock").len() as i64);
     if first_report {
-        ctx.metrics.count(Outcome::failed);
+        ctx.metrics.count_failure(error.reason());
         tracing::warn!(service = %key, %message, "cannot allocate");
         let note = if held.is_empty() {
             message

@@ -1,11 +1,12 @@
-//! Prometheus counters of the layer-2 announcer: per IP requests received, responses sent and
-//! gratuitous announcements sent, and dropped frames by reason.
+//! Prometheus metrics of the layer-2 announcer: per IP whether this node announces it, requests
+//! received, responses sent and gratuitous announcements sent; dropped frames by reason.
 
 use std::net::IpAddr;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,6 +22,7 @@ struct DropLabels {
 /// The announcer's counters; clones share the same values.
 #[derive(Debug, Clone, Default)]
 pub struct AnnouncerMetrics {
+    announced: Family<IpLabels, Gauge>,
     requests_received: Family<IpLabels, Counter>,
     responses_sent: Family<IpLabels, Counter>,
     gratuitous_sent: Family<IpLabels, Counter>,
@@ -42,7 +44,12 @@ fn ip_labels(ip: IpAddr) -> IpLabels {
 impl AnnouncerMetrics {
     /// Registers the counters as `herald_layer2_*`, next to the speaker's other metrics.
     pub fn register(&self, registry: &mut Registry) {
-        let registry = registry.sub_registry_with_prefix("herald_layer2");
+        let registry = registry.sub_registry_with_prefix("layer2");
+        registry.register(
+            "announced",
+            "1 for each IP this node answers ARP/NDP for (on at least one interface); an IP with two such nodes is split",
+            self.announced.clone(),
+        );
         registry.register(
             "requests_received",
             "ARP requests and Neighbor Solicitations received for an announced IP",
@@ -63,6 +70,15 @@ impl AnnouncerMetrics {
             "Malformed or hostile ARP/NDP frames dropped, by reason",
             self.dropped_frames.clone(),
         );
+    }
+
+    /// Marks `ip` as announced by this node, or removes its series.
+    pub(crate) fn set_announced(&self, ip: IpAddr, announced: bool) {
+        if announced {
+            self.announced.get_or_create(&ip_labels(ip)).set(1);
+        } else {
+            self.announced.remove(&ip_labels(ip));
+        }
     }
 
     pub(crate) fn counters_for(&self, ip: IpAddr) -> IpCounters {
@@ -114,7 +130,7 @@ mod tests {
     #[test]
     fn counters_are_encoded_with_prefix_and_labels() {
         let metrics = AnnouncerMetrics::default();
-        let mut registry = Registry::default();
+        let mut registry = crate::http::metrics_registry();
         metrics.register(&mut registry);
         let ip: IpAddr = "10.203.0.100".parse().unwrap();
         let counters = metrics.counters_for(ip);
@@ -122,6 +138,9 @@ mod tests {
         counters.responses_sent.inc();
         counters.gratuitous_sent.inc();
         metrics.dropped("bad_checksum");
+        metrics.set_announced(ip, true);
+        metrics.set_announced("10.203.0.101".parse().unwrap(), true);
+        metrics.set_announced("10.203.0.101".parse().unwrap(), false);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
@@ -129,6 +148,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"herald_layer2_dropped_frames_total{reason="bad_checksum"} 1"#));
+        assert!(
+            text.contains(r#"herald_layer2_announced{ip="10.203.0.100"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("10.203.0.101"), "a withdrawn IP has no series: {text}");
         assert_eq!(metrics.gratuitous_sent_for(ip), 1);
     }
 }

@@ -7,7 +7,7 @@
 //! two of these at once, so they cannot deadlock with the control path.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -364,8 +364,23 @@ impl Shared {
                 .collect();
             (gained, table)
         };
+        let announced = |table: &HashMap<IpAddr, OwnedIp>| -> HashSet<IpAddr> {
+            table
+                .iter()
+                .filter(|(_, entry)| !entry.interfaces.is_empty())
+                .map(|(ip, _)| *ip)
+                .collect()
+        };
+        let now = announced(&table);
         let previous = std::mem::replace(&mut *write(&self.owned), table);
+        let before = announced(&previous);
         drop(previous);
+        for ip in before.difference(&now) {
+            self.metrics.set_announced(*ip, false);
+        }
+        for ip in now.difference(&before) {
+            self.metrics.set_announced(*ip, true);
+        }
         self.sync_multicast(control, &wanted);
         for ip in gained {
             let _ = control.commands.send(Command::Announce(ip));

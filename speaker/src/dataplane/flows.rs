@@ -109,6 +109,19 @@ pub(crate) struct FlowMaps {
     pub(crate) stats: PerCpuArray<MapData, u64>,
 }
 
+impl FlowMaps {
+    /// Slots of each conntrack table as the kernel reports them (`None` if it cannot be read).
+    pub(crate) fn capacities(&self) -> [(&'static str, Option<u32>); 3] {
+        use aya::maps::IterableMap;
+        let slots = |map: &MapData| map.info().ok().map(|info| info.max_entries());
+        [
+            ("established", slots(self.established.map())),
+            ("new", slots(self.new.map())),
+            ("reverse", slots(self.reverse.map())),
+        ]
+    }
+}
+
 /// Every entry of a conntrack map: in batches of [`BATCH`] per syscall where the kernel can
 /// (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+), else one entry at a time through aya (two syscalls
 /// per entry, about 2.5 µs each here). Entries the programs add or delete meanwhile may be

@@ -54,7 +54,7 @@ impl Collector for CounterCollector {
         };
         let frontends = ConstGauge::new(rows.len() as i64);
         let m = encoder.encode_descriptor(
-            "herald_dataplane_frontends",
+            "dataplane_frontends",
             "Frontends (LoadBalancer IP:port and NodePorts) in the eBPF service map",
             None,
             frontends.metric_type(),
@@ -62,12 +62,12 @@ impl Collector for CounterCollector {
         frontends.encode(m)?;
         for (name, help, pick) in [
             (
-                "herald_dataplane_packets",
+                "dataplane_packets",
                 "Packets to a frontend seen by the eBPF service map",
                 (|c: &Counters| c.packets) as fn(&Counters) -> u64,
             ),
             (
-                "herald_dataplane_bytes",
+                "dataplane_bytes",
                 "Bytes to a frontend seen by the eBPF service map",
                 |c: &Counters| c.bytes,
             ),
@@ -101,13 +101,29 @@ impl std::fmt::Debug for FlowCollector {
 
 impl Collector for FlowCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (sweep, removed, stats) = {
+        let (sweep, removed, stats, capacities) = {
             let guard = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-            (guard.last_sweep, guard.removed_total, guard.maps.stats())
+            (
+                guard.last_sweep,
+                guard.removed_total,
+                guard.maps.stats(),
+                guard.maps.capacities(),
+            )
         };
+        let mut capacity = encoder.encode_descriptor(
+            "dataplane_flow_capacity",
+            "Slots of each conntrack table; a full table evicts its least recently used flows",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (table, slots) in capacities {
+            if let Some(slots) = slots {
+                ConstGauge::new(i64::from(slots)).encode(capacity.encode_family(&[("table", table)])?)?;
+            }
+        }
         let mut family = encoder.encode_descriptor(
-            "herald_dataplane_flows",
-            "Live conntrack entries at the last sweep, by table (established: 262144 slots, new: 65536, reverse: 327680)",
+            "dataplane_flows",
+            "Live conntrack entries at the last sweep, by table (see herald_dataplane_flow_capacity)",
             None,
             ConstGauge::new(0i64).metric_type(),
         )?;
@@ -120,14 +136,14 @@ impl Collector for FlowCollector {
         }
         let expired = ConstCounter::new(removed);
         expired.encode(encoder.encode_descriptor(
-            "herald_dataplane_flows_expired",
+            "dataplane_flows_expired",
             "Conntrack entries removed by sweeps because their flow was over",
             None,
             expired.metric_type(),
         )?)?;
         let counter_type = ConstCounter::new(0u64).metric_type();
         let mut events = encoder.encode_descriptor(
-            "herald_dataplane_flow_events",
+            "dataplane_flow_events",
             "Flow events in the eBPF programs (new, established, reused tuple, DSR sent/received, MSS clamped, stale owner)",
             None,
             counter_type,
@@ -138,7 +154,7 @@ impl Collector for FlowCollector {
             }
         }
         let mut drops = encoder.encode_descriptor(
-            "herald_dataplane_drops",
+            "dataplane_drops",
             "Packets to a frontend the eBPF programs dropped, by reason",
             None,
             counter_type,
