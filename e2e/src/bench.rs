@@ -149,22 +149,6 @@ impl Scraped {
     }
 }
 
-/// The speakers' `/metrics` text, one per node.
-async fn speaker_metrics(lab: &Lab) -> Result<Vec<String>, LabError> {
-    let mut texts = Vec::new();
-    for node in 1..=lab.node_count() {
-        let ns = lab.node_namespace(node)?.to_string();
-        let out = lab
-            .exec_in(
-                &ns,
-                &["curl", "-sf", "--max-time", "5", "http://127.0.0.1:7473/metrics"],
-            )
-            .await?;
-        texts.push(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    Ok(texts)
-}
-
 const NAMESPACE: &str = "bench";
 const ADVERTISEMENT: &str = "apiVersion: herald.io/v1beta1
 kind: L2Advertisement
@@ -386,7 +370,7 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
             "changing {} Services one at a time (port 80 → 81), 1 s apart",
             bench.single_changes
         ));
-        let before = speaker_metrics(lab).await?;
+        let before = lab.speaker_metrics().await?;
         for k in 0..bench.single_changes {
             let name = format!("svc-{:05}", k * bench.services / bench.single_changes);
             let patch =
@@ -403,7 +387,7 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
             })?;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let after = speaker_metrics(lab).await?;
+        let after = lab.speaker_metrics().await?;
         for (before, after) in before.iter().zip(&after) {
             for (name, out) in [
                 ("herald_speaker_change_apply_seconds", &mut speaker_change_apply_ms),

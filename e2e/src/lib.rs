@@ -9,6 +9,8 @@
 //! - [`story`]: the demo and the failover benchmark on top of a lab.
 //! - [`image`](mod@image): `make image`, Herald's OCI image archive.
 //! - [`bench`](mod@bench): `herald-lab bench-allocation`, addresses for many Services at once.
+//! - [`observability`]: the shipped Grafana dashboard and alert rules, parsed, and the metric
+//!   names they use.
 //!
 //! Nothing here is used in production.
 #![forbid(unsafe_code)]
@@ -16,4 +18,5 @@
 pub mod bench;
 pub mod image;
 pub mod lab;
+pub mod observability;
 pub mod story;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use herald_config::{IPAddressPool, ServiceL2Status};
 use herald_e2e::lab::{Lab, LabConfig, Signal};
+use herald_e2e::observability;
 use herald_e2e::story::{self, Failover};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
@@ -232,6 +233,19 @@ async fn s2_killing_the_owner_moves_the_ip_and_sigterm_hands_over() {
     assert!(termed.new_owner.is_some_and(|n| n != termed.old_owner), "handed over");
     assert!(termed.kill_to_garp_ms.is_some(), "the next owner announced");
     curl(&lab, &format!("http://{ip}/")).await;
+
+    // After traffic and two failovers, every metric the shipped dashboard and alert rules
+    // name is exported by the controller or a speaker.
+    let mut exported = observability::exported_names(&lab.controller_metrics().await.expect("controller /metrics"));
+    for text in lab.speaker_metrics().await.expect("speakers' /metrics") {
+        exported.extend(observability::exported_names(&text));
+    }
+    let queries = observability::shipped_queries().expect("dashboard and rules parse");
+    let missing = observability::missing_metrics(&queries, &exported).expect("queries parse");
+    assert!(
+        missing.is_empty(),
+        "named by the dashboard or rules but not exported: {missing:?}\nexported: {exported:?}"
+    );
     lab.down().await.unwrap();
 }
 

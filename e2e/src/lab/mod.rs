@@ -768,6 +768,36 @@ impl Lab {
         }
     }
 
+    /// `GET url` with curl from inside namespace `ns`: the body, or an error
+    /// when the request fails or answers with an error status.
+    pub async fn http_get_in(&self, ns: &str, url: &str) -> Result<String, LabError> {
+        let output = self.exec_in(ns, &["curl", "-sSf", "--max-time", "5", url]).await?;
+        if !output.status.success() {
+            return Err(LabError::Command {
+                command: format!("curl {url} (in {ns})"),
+                status: output.status.code(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The controller's `/metrics` text.
+    pub async fn controller_metrics(&self) -> Result<String, LabError> {
+        let url = format!("http://{}/metrics", self.plan.controller_metrics_address());
+        self.http_get_in(&self.plan.segment_namespace.clone(), &url).await
+    }
+
+    /// Each speaker's `/metrics` text, node 1 first.
+    pub async fn speaker_metrics(&self) -> Result<Vec<String>, LabError> {
+        let mut texts = Vec::new();
+        for node in 1..=self.node_count() {
+            let ns = self.node_namespace(node)?.to_string();
+            texts.push(self.http_get_in(&ns, "http://127.0.0.1:7473/metrics").await?);
+        }
+        Ok(texts)
+    }
+
     /// A `kubectl` command on the host kubeconfig, with its own cache and HOME in the
     /// state directory (so it never reads the user's config). Killed when dropped.
     pub fn kubectl_command(&self, args: &[&str]) -> tokio::process::Command {
