@@ -4,7 +4,7 @@
 //! committed files drift from the types (`make crds` rewrites them). The directory's kustomization
 //! is a file named `Kustomization` so that `kubectl apply -f config/crd/` applies only the CRDs.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSON};
 use kube::CustomResourceExt;
 
 use crate::{IPAddressPool, L2Advertisement, ServiceL2Status};
@@ -13,9 +13,29 @@ use crate::{IPAddressPool, L2Advertisement, ServiceL2Status};
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("herald.io_ipaddresspools.yaml", IPAddressPool::crd()),
-        ("herald.io_l2advertisements.yaml", L2Advertisement::crd()),
+        (
+            "herald.io_l2advertisements.yaml",
+            spec_defaults_to_empty(L2Advertisement::crd()),
+        ),
         ("herald.io_servicel2statuses.yaml", ServiceL2Status::crd()),
     ]
+}
+
+/// An L2Advertisement with no spec announces every pool from every node (MetalLB's manifests
+/// often omit it), so the API server fills in an empty spec instead of refusing the object.
+fn spec_defaults_to_empty(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        let spec = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"));
+        if let Some(spec) = spec {
+            spec.default = Some(JSON(serde_json::json!({})));
+        }
+    }
+    crd
 }
 
 /// A CRD as the YAML document committed for it.

@@ -341,6 +341,27 @@ async fn api_server_refuses_what_the_schema_can_judge() {
             panic!("valid sample {} refused:\n{stderr}", file.display());
         }
     }
+    // An L2Advertisement without a spec (as MetalLB's manifests often have it) is stored with
+    // an empty one: every pool, every node.
+    let no_spec =
+        "apiVersion: herald.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: no-spec, namespace: herald-system}\n";
+    if let Err(stderr) = apply(&lab, no_spec).await {
+        panic!("an L2Advertisement without a spec was refused:\n{stderr}");
+    }
+    let stored = lab
+        .kubectl(&[
+            "get",
+            "l2advertisement",
+            "-n",
+            "herald-system",
+            "no-spec",
+            "-o",
+            "jsonpath={.spec}",
+        ])
+        .await
+        .expect("kubectl get");
+    assert_eq!(stored.trim(), "{}", "stored with an empty spec");
+
     // What `herald-controller migrate` writes from MetalLB-style configuration is accepted too.
     for file in yaml_files(&samples_dir().join("metallb")) {
         let text = std::fs::read_to_string(&file).unwrap();
