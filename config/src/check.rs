@@ -24,11 +24,12 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Every problem in a multi-document YAML stream. Kinds Herald does not read are ignored.
+/// Every problem in a multi-document YAML stream (`List`s count as their items, so
+/// `kubectl get … -o yaml` output can be checked). Kinds Herald does not read are ignored.
 pub fn check_manifests(documents: &[Value], controller_namespace: &str) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut pools = Vec::new();
-    for doc in documents {
+    for doc in crate::yaml::objects(documents) {
         let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
         let (label, herald_kind) = match doc["kind"].as_str() {

@@ -68,7 +68,7 @@ pub fn migrate(documents: &[Value], namespaces: &Namespaces) -> Migration {
     let mut migration = Migration::default();
     let mut auto_pools = Vec::new();
     let mut requesting_services = Vec::new();
-    for doc in flatten(documents) {
+    for doc in crate::yaml::objects(documents) {
         let Some(kind) = doc["kind"].as_str() else {
             migration.left_out.push(note("a document", "has no kind".into()));
             continue;
@@ -166,21 +166,6 @@ fn note(object: &str, message: String) -> Note {
         object: object.to_string(),
         message,
     }
-}
-
-/// The documents, with `List`s (as `kubectl get -o yaml` prints) replaced by their items.
-fn flatten(documents: &[Value]) -> Vec<&Value> {
-    let mut out = Vec::new();
-    for doc in documents {
-        if doc["kind"].as_str().is_some_and(|k| k == "List" || k.ends_with("List"))
-            && let Some(items) = doc["items"].as_array()
-        {
-            out.extend(flatten(items));
-        } else {
-            out.push(doc);
-        }
-    }
-    out
 }
 
 enum Refusal {

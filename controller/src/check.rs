@@ -45,7 +45,10 @@ pub fn run(files: &[PathBuf], namespace: &str) -> ExitCode {
         println!("{problem}");
     }
     if problems.is_empty() {
-        println!("{} objects checked, no problems", documents.len());
+        println!(
+            "{} objects checked, no problems",
+            herald_config::yaml::objects(&documents).len()
+        );
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
