@@ -801,10 +801,17 @@ impl Lab {
     /// A `kubectl` command on the host kubeconfig, with its own cache and HOME in the
     /// state directory (so it never reads the user's config). Killed when dropped.
     pub fn kubectl_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = self.host_command("kubectl");
+        cmd.args(args);
+        cmd
+    }
+
+    /// `program` on the host with the environment [`Lab::kubectl_command`] gives kubectl
+    /// (KUBECONFIG, HOME, cache), so any kubectl it runs talks to this lab. Killed when dropped.
+    pub fn host_command(&self, program: &str) -> tokio::process::Command {
         let home = self.state.root().join("kubectl-home");
-        let mut cmd = tokio::process::Command::new("kubectl");
-        cmd.args(args)
-            .env("KUBECONFIG", self.kubeconfig_path())
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.env("KUBECONFIG", self.kubeconfig_path())
             .env("HOME", &home)
             .env("KUBECACHEDIR", home.join("cache"))
             .stdin(std::process::Stdio::null())

@@ -241,6 +241,30 @@ fn random_boot_id() -> u64 {
     rand::random()
 }
 
+/// The failure-detection timings in effect, as `herald_membership_timing_seconds{setting}`:
+/// what decides how fast a lost node is noticed, readable without the DaemonSet's arguments.
+fn register_timings(config: &MembershipConfig, registry: &mut Registry) {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    let timings = Family::<Vec<(&'static str, &'static str)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for (setting, value) in [
+        ("probe_interval", config.probe_interval),
+        ("watch_probe_interval", config.watch_probe_interval),
+        ("probe_timeout", config.probe_timeout),
+        ("suspicion_timeout", config.suspicion_timeout),
+        ("suspicion_probe_interval", config.suspicion_probe_interval),
+    ] {
+        timings
+            .get_or_create(&vec![("setting", setting)])
+            .set(value.as_secs_f64());
+    }
+    registry.register(
+        "membership_timing_seconds",
+        "Failure-detection timings in effect (--probe-interval, --watch-probe-interval, --probe-timeout, --suspicion-timeout, --suspicion-probe-interval)",
+        timings,
+    );
+}
+
 impl Membership {
     /// Binds the gRPC server on `config.listen`, registers the metrics in `registry` and starts
     /// the protocol as `node`, authenticating with `key`. Peers are probed once
@@ -253,6 +277,7 @@ impl Membership {
     ) -> Result<Membership, MembershipError> {
         let metrics = MembershipMetrics::default();
         metrics.register(registry);
+        register_timings(&config, registry);
         Self::start_with_metrics(config, node, key, metrics).await
     }
 
