@@ -1,15 +1,15 @@
 # Herald: the two commands a newcomer needs are `make demo` and `make test`.
 # Both install what they need first (`make deps`), as root, on a fresh Debian machine:
 # Debian packages, and the lab's Kubernetes control plane (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler) built once from the Go modules pinned in
-# e2e/controlplane/ into ~/.cache/herald (about 8 min on 2 cores the first time).
+# kube-controller-manager, kube-scheduler) and helm, built once from the Go modules pinned in
+# e2e/controlplane/ and e2e/helm/ into ~/.cache/herald (about 8 min on 2 cores the first time).
 
 CARGO ?= cargo
 # Debian packages the build and the tests use: clang + libbpf-dev compile the eBPF programs;
 # the rest are the network tools the lab and the namespace tests drive.
 DEB_PACKAGES := clang libbpf-dev iproute2 iputils-arping ndisc6 tcpdump iptables nftables curl procps iputils-ping skopeo umoci
 
-.PHONY: all deps build test fmt-check clippy unit demo failover-bench crds bench clean image
+.PHONY: all deps build test fmt-check clippy unit demo failover-bench crds manifests bench clean image
 
 all: build
 
@@ -27,6 +27,7 @@ deps:
 	@command -v $(CARGO) >/dev/null || { echo "make deps: cargo (Rust 1.95+) is required" >&2; exit 1; }
 	@command -v go >/dev/null || { echo "make deps: Go 1.26+ is required to build the lab's Kubernetes control plane" >&2; exit 1; }
 	@bash e2e/controlplane/build.sh >/dev/null
+	@bash e2e/helm/build.sh >/dev/null
 
 build: deps
 	$(CARGO) build --workspace --bins --locked
@@ -68,6 +69,10 @@ image: deps
 # Rewrite config/crd/*.yaml from the Rust types (the drift test fails until they match).
 crds:
 	HERALD_WRITE_CRDS=1 $(CARGO) test -p herald-config --test crds
+
+# config/deploy is rendered from the Helm chart (config/helm/herald); edit the chart, then run this.
+manifests:
+	HERALD_WRITE_MANIFESTS=1 $(CARGO) test -p herald-e2e --test helm_chart config_deploy_is_what_the_chart_renders
 
 bench:
 	$(CARGO) bench --workspace

@@ -9,28 +9,17 @@
 set -euo pipefail
 mode="${1:-build}"
 here="$(cd "$(dirname "$0")" && pwd)"
-cache_root="${HERALD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald}"
+# shellcheck source=../cache.sh
+. "$here/../cache.sh"
 
 version_of() { (cd "$here/$1" && GOFLAGS=-mod=mod go list -m -f '{{.Version}}' "$2"); }
 k8s="$(version_of kubernetes k8s.io/kubernetes)"
 etcd="$(version_of etcd go.etcd.io/etcd/server/v3)"
 [ -n "$k8s" ] && [ -n "$etcd" ] || { echo "build.sh: cannot read the pinned versions from $here/*/go.mod" >&2; exit 1; }
 hash="$(cat "$here"/kubernetes/go.mod "$here"/kubernetes/go.sum "$here"/etcd/go.mod "$here"/etcd/go.sum | sha256sum | cut -c1-12)"
-out="$cache_root/controlplane-$k8s-$etcd-$hash"
-bin="$out/bin"
-
-if [ -f "$out/complete" ]; then
-	echo "control plane $k8s / etcd $etcd: cached in $out" >&2
-	echo "$bin"
-	exit 0
-fi
-if [ "$mode" = "--locate" ]; then
-	echo "the lab's control plane ($k8s, etcd $etcd) is not built yet: run \`make deps\` (first build ~40 min on 2 cores)" >&2
-	exit 3
-fi
+use_cache "$mode" "controlplane-$k8s-$etcd-$hash" "the lab's control plane ($k8s, etcd $etcd)"
 
 command -v go >/dev/null || { echo "build.sh: Go (1.26+) is required to build the lab's control plane" >&2; exit 1; }
-mkdir -p "$bin"
 minor="${k8s#v1.}"; minor="${minor%%.*}"
 commit="$(go mod download -json "k8s.io/kubernetes@$k8s" | sed -n 's/^[[:space:]]*"Sum": "\(.*\)",$/\1/p')"
 # The version stamp kubectl version and /version show; without it the server says v0.0.0-master.

@@ -9,6 +9,7 @@
 //! - [`story`]: the demo and the failover benchmark on top of a lab.
 //! - [`image`](mod@image): `make image`, Herald's OCI image archive.
 //! - [`bench`](mod@bench): `herald-lab bench-allocation`, addresses for many Services at once.
+//! - [`chart`]: the Helm chart rendered into `config/deploy`, and where helm is.
 //! - [`observability`]: the shipped Grafana dashboard and alert rules, parsed, and the metric
 //!   names they use.
 //!
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod chart;
 pub mod image;
 pub mod lab;
 pub mod observability;
