@@ -10,6 +10,7 @@
 //! - [`image`](mod@image): `make image`, Herald's OCI image archive.
 //! - [`bench`](mod@bench): `herald-lab bench-allocation`, addresses for many Services at once.
 //! - [`chart`]: the Helm chart rendered into `config/deploy`, and where helm is.
+//! - [`soak`](mod@soak): `herald-lab soak`, idle speakers on busy cores, counting false detections.
 //! - [`observability`]: the shipped Grafana dashboard and alert rules, parsed, and the metric
 //!   names they use.
 //!
@@ -21,4 +22,5 @@ pub mod chart;
 pub mod image;
 pub mod lab;
 pub mod observability;
+pub mod soak;
 pub mod story;

@@ -33,6 +33,9 @@ enum Command {
     /// Create many LoadBalancer Services at once and measure how fast herald-controller gives
     /// them addresses (latency, CPU, API requests per Service).
     BenchAllocation(BenchAllocationArgs),
+    /// Speakers idle with Services announced while every core is kept busy: suspicions,
+    /// deaths and ownership changes over the window (target: no death, no change).
+    Soak(SoakArgs),
     /// Write Herald's OCI image (herald-controller, herald-speaker and the libraries they
     /// load) as an oci-archive, without a daemon or a registry.
     Image(ImageArgs),
@@ -123,6 +126,28 @@ struct FailoverBenchArgs {
     #[arg(long, default_value_t = 20)]
     rounds: usize,
     /// Write {"rounds", "kill_to_garp_ms": {p50, p99}, "kill_to_traffic_ms": {p50, p99}, ...} here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Extra herald-speaker flag (repeat for more), e.g. --speaker-arg=--probe-timeout=100ms.
+    #[arg(long = "speaker-arg", allow_hyphen_values = true)]
+    speaker_args: Vec<String>,
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// Prefix of the soak lab's namespaces.
+    #[arg(long, default_value = "hsoak")]
+    prefix: String,
+    /// Length of the idle window.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// LoadBalancer Services announced (one backend on node1 serves them all).
+    #[arg(long, default_value_t = 6)]
+    services: usize,
+    /// Threads spinning on the host during the window (default: one per core).
+    #[arg(long)]
+    busy_threads: Option<usize>,
+    /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Extra herald-speaker flag (repeat for more), e.g. --speaker-arg=--probe-timeout=100ms.
@@ -246,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Image(args) => run_image(args),
         Command::BenchAllocation(args) => run_bench_allocation(args).await,
         Command::FailoverBench(args) => run_failover_bench(args).await,
+        Command::Soak(args) => run_soak(args).await,
         Command::Down(args) if args.stale => Ok(lab::foreground::run_down_stale(&args.state_root, args.json).await?),
         Command::Down(args) => {
             lab::foreground::run_down(&args.prefix, &args.state_root, args.json).await?;
@@ -289,6 +315,32 @@ async fn run_bench_allocation(args: BenchAllocationArgs) -> anyhow::Result<()> {
     if let Some(path) = args.json {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+async fn run_soak(args: SoakArgs) -> anyhow::Result<()> {
+    let config = lab::LabConfig {
+        nodes: 3,
+        speaker_args: args.speaker_args.clone(),
+        ..lab::LabConfig::new(&args.prefix)
+    };
+    let soak = herald_e2e::soak::Soak {
+        window: Duration::from_secs_f64(args.minutes.max(0.0) * 60.0),
+        services: args.services.max(1),
+        busy_threads: args
+            .busy_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)),
+    };
+    let report = in_lab(config, async |lab, say| herald_e2e::soak::run(lab, &soak, say).await).await?;
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(path) = args.json {
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    anyhow::ensure!(
+        report.target_met,
+        "target missed: a death, an ownership change or a moved Service during the window"
+    );
     Ok(())
 }
 

@@ -196,6 +196,9 @@ pub enum LabError {
     /// The lab's certificates could not be made.
     #[error("lab PKI")]
     Pki(#[source] controlplane::pki::PkiError),
+    /// A component's `/metrics` lacks what the lab reads from it.
+    #[error("/metrics: {0}")]
+    Metrics(String),
     /// A supervised process is not running right now.
     #[error("{process} is not running")]
     NotRunning {
