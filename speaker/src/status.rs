@@ -21,7 +21,7 @@ use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// Labels on every `ServiceL2Status` the speakers write.
 pub const NODE_LABEL: &str = "herald.io/node";
@@ -55,9 +55,17 @@ pub async fn run(client: Client, namespace: String, node: String, mut desired: w
         .default_backoff()
         .reflect(writer)
         .touched_objects();
+    // Any change to the objects wakes the writer: another node deleting ours as stale (after a
+    // partition it could not see through), a user's edit, a relist after a reconnect. Without
+    // this the objects were repaired only on the next 30 s tick, and a Service could list no
+    // announcing node for that long while one announced it.
+    let touched = Arc::new(Notify::new());
+    let notify = touched.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        while stream.next().await.is_some() {}
+        while stream.next().await.is_some() {
+            notify.notify_one();
+        }
     });
     let reporter = Reporter::from(format!("herald-speaker/{node}").as_str());
     let mut announced_before: BTreeSet<(String, String)> = BTreeSet::new();
@@ -90,6 +98,10 @@ pub async fn run(client: Client, namespace: String, node: String, mut desired: w
         });
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { return },
+            _ = touched.notified() => {
+                // Let a burst of events (our own writes, a relist) arrive before the next pass.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             _ = retry => {},
         }
     }
