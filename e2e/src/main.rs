@@ -125,7 +125,12 @@ struct FailoverBenchArgs {
     /// Failovers to measure.
     #[arg(long, default_value_t = 20)]
     rounds: usize,
-    /// Write {"rounds", "kill_to_garp_ms": {p50, p99}, "kill_to_traffic_ms": {p50, p99}, ...} here.
+    /// What happens to the owner: its speaker killed or stopped gracefully, its cable pulled
+    /// (node loss), or its speaker frozen.
+    #[arg(long, value_enum, default_value_t = herald_e2e::story::Fault::Kill)]
+    fault: herald_e2e::story::Fault,
+    /// Write {"fault", "rounds", "kill_to_garp_ms": {p50, p99}, "kill_to_traffic_ms": {p50, p99}, ...}
+    /// here (the times are from the fault, whatever it is).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Extra herald-speaker flag (repeat for more), e.g. --speaker-arg=--probe-timeout=100ms.
@@ -433,9 +438,9 @@ async fn run_failover_bench(args: FailoverBenchArgs) -> anyhow::Result<()> {
         restart_delay: Duration::from_secs(5),
         ..lab::LabConfig::new(&args.prefix)
     };
-    let rounds = args.rounds;
+    let (rounds, fault) = (args.rounds, args.fault);
     let summary = in_lab(config, async |lab, say| {
-        herald_e2e::story::failover_bench(lab, rounds, say).await
+        herald_e2e::story::failover_bench(lab, rounds, fault, say).await
     })
     .await?;
     let fmt = |p: &herald_e2e::story::Percentiles| {
@@ -447,12 +452,13 @@ async fn run_failover_bench(args: FailoverBenchArgs) -> anyhow::Result<()> {
             p.samples
         )
     };
-    println!("rounds: {}", summary.rounds);
+    let fault = summary.fault.name();
+    println!("fault: {fault}, rounds: {}", summary.rounds);
     println!(
-        "kill -> gratuitous ARP at the client: {}",
+        "{fault} -> gratuitous ARP at the client: {}",
         fmt(&summary.kill_to_garp_ms)
     );
-    println!("kill -> traffic flowing: {}", fmt(&summary.kill_to_traffic_ms));
+    println!("{fault} -> traffic flowing: {}", fmt(&summary.kill_to_traffic_ms));
     println!(
         "requests failed: {} of {} (longest gap {:.0} ms)",
         summary.failed_requests_total, summary.requests_total, summary.longest_gap_ms

@@ -10,9 +10,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use herald_config::{IPAddressPool, ServiceL2Status};
-use herald_e2e::lab::{Lab, LabConfig, Signal};
+use herald_e2e::lab::{Lab, LabConfig};
 use herald_e2e::observability;
-use herald_e2e::story::{self, Failover};
+use herald_e2e::story::{self, Failover, Fault};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -206,7 +206,7 @@ async fn s2_killing_the_owner_moves_the_ip_and_sigterm_hands_over() {
     let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.unwrap();
     curl(&lab, &format!("http://{ip}/")).await;
 
-    let killed: Failover = story::measure_failover(&lab, ip, Signal::Kill)
+    let killed: Failover = story::measure_failover(&lab, ip, Fault::Kill)
         .await
         .expect("SIGKILL measured");
     eprintln!(
@@ -223,7 +223,7 @@ async fn s2_killing_the_owner_moves_the_ip_and_sigterm_hands_over() {
 
     // Wait for the killed speaker's restart to settle, then stop the owner gracefully.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let termed = story::measure_failover(&lab, ip, Signal::Term)
+    let termed = story::measure_failover(&lab, ip, Fault::Term)
         .await
         .expect("SIGTERM measured");
     eprintln!(

@@ -36,10 +36,11 @@ pub const SERVICE: (&str, &str) = ("default", "web");
 pub struct Failover {
     pub old_owner: String,
     pub new_owner: Option<String>,
-    /// Kill → the new owner's first gratuitous ARP at the client.
+    /// The fault (a kill, for the demo: the names stay) → the new owner's first gratuitous
+    /// ARP at the client.
     pub kill_to_garp_ms: Option<f64>,
-    /// Kill → the first request that succeeded after the first one that failed after the kill
-    /// (or, if none failed, the first that succeeded after the kill).
+    /// The fault → the first request that succeeded after the first one that failed after it
+    /// (or, if none failed, the first that succeeded after it).
     pub kill_to_traffic_ms: Option<f64>,
     /// Requests sent during the measurement and how many failed.
     pub requests: usize,
@@ -142,9 +143,55 @@ pub async fn node_mac(lab: &Lab, node: usize) -> Result<String, LabError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Kills the speaker of the node announcing the demo Service while a probe sends a request
-/// every 10 ms, and measures the failover at the client.
-pub async fn measure_failover(lab: &Lab, ip: IpAddr, signal: Signal) -> Result<Failover, LabError> {
+/// What happens to the node announcing the Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// SIGKILL of its speaker (a crash; the supervisor restarts it, as a DaemonSet would).
+    Kill,
+    /// SIGTERM of its speaker (a pod deletion or a rolling update: a graceful handoff).
+    Term,
+    /// The node's cable pulled at the switch: nothing on it is reachable, nothing it sends
+    /// arrives (power loss or a dead uplink, as its peers see it).
+    NodeLoss,
+    /// Its speaker frozen with SIGSTOP: connections stay open, nothing answers (a hung node
+    /// as far as Herald is concerned; its eBPF programs keep forwarding).
+    NodeFreeze,
+}
+
+impl Fault {
+    /// The name `--fault` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Term => "term",
+            Fault::NodeLoss => "node-loss",
+            Fault::NodeFreeze => "node-freeze",
+        }
+    }
+
+    async fn inject(self, lab: &Lab, node: usize) -> Result<(), LabError> {
+        match self {
+            Fault::Kill => lab.kill_speaker(node, Signal::Kill).await.map(drop),
+            Fault::Term => lab.kill_speaker(node, Signal::Term).await.map(drop),
+            Fault::NodeLoss => lab.set_cable(node, false).await,
+            Fault::NodeFreeze => lab.kill_speaker(node, Signal::Stop).await.map(drop),
+        }
+    }
+
+    /// Undoes the fault (a killed or stopped speaker is restarted by the supervisor).
+    async fn heal(self, lab: &Lab, node: usize) -> Result<(), LabError> {
+        match self {
+            Fault::Kill | Fault::Term => Ok(()),
+            Fault::NodeLoss => lab.set_cable(node, true).await,
+            Fault::NodeFreeze => lab.kill_speaker(node, Signal::Cont).await.map(drop),
+        }
+    }
+}
+
+/// Applies `fault` to the node announcing the demo Service while a probe sends a request
+/// every 10 ms, measures the failover at the client, then heals the fault.
+pub async fn measure_failover(lab: &Lab, ip: IpAddr, fault: Fault) -> Result<Failover, LabError> {
     let old_owner = wait_for_stable_owner(lab, Duration::from_millis(800), Duration::from_secs(15)).await?;
     let old_node = lab.node_index(&old_owner)?;
     let mut macs = BTreeMap::new();
@@ -187,8 +234,10 @@ pub async fn measure_failover(lab: &Lab, ip: IpAddr, signal: Signal) -> Result<F
     let probe = lab.start_probe(&client, &probe_config)?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let killed_at = unix_ms_now();
-    lab.kill_speaker(old_node, signal).await?;
-    let samples = probe.finish().await?;
+    fault.inject(lab, old_node).await?;
+    let samples = probe.finish().await;
+    fault.heal(lab, old_node).await?;
+    let samples = samples?;
     let _ = tcpdump.start_kill();
     let _ = tcpdump.wait().await;
     let garps = garps.await.unwrap_or_default();
@@ -334,7 +383,7 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
     say(&format!(
         "SIGKILL the speaker on {owner} while the client opens a connection every 10 ms ..."
     ));
-    let failover = measure_failover(lab, ip, Signal::Kill).await?;
+    let failover = measure_failover(lab, ip, Fault::Kill).await?;
     say(&format!(
         "new owner: {}; gratuitous ARP reached the client {} after the kill; {} of {} requests failed (longest gap {:.0} ms); traffic flowing {} after the kill",
         failover.new_owner.as_deref().unwrap_or("none"),
@@ -408,6 +457,7 @@ fn fmt_ms(ms: Option<f64>) -> String {
 /// What `herald-lab failover-bench --json` writes.
 #[derive(Debug, Serialize)]
 pub struct BenchSummary {
+    pub fault: Fault,
     pub rounds: usize,
     pub kill_to_garp_ms: Percentiles,
     pub kill_to_traffic_ms: Percentiles,
@@ -437,16 +487,21 @@ impl Percentiles {
     }
 }
 
-/// `herald-lab failover-bench`: `rounds` SIGKILLs of the current owner's speaker, each after
-/// the previous victim's speaker was restarted and the cluster settled.
-pub async fn failover_bench(lab: &Lab, rounds: usize, say: &dyn Fn(&str)) -> Result<BenchSummary, LabError> {
+/// `herald-lab failover-bench`: `rounds` faults of the current owner, each after the previous
+/// victim recovered and the cluster settled.
+pub async fn failover_bench(
+    lab: &Lab,
+    rounds: usize,
+    fault: Fault,
+    say: &dyn Fn(&str),
+) -> Result<BenchSummary, LabError> {
     apply_demo_objects(lab, say).await?;
     let ip = wait_for_ip(lab, Duration::from_secs(20)).await?;
     let client = lab.client_namespace().to_string();
     reach(lab, &client, &format!("http://{ip}/")).await?;
     let mut failovers = Vec::with_capacity(rounds);
     for round in 1..=rounds {
-        let failover = measure_failover(lab, ip, Signal::Kill).await?;
+        let failover = measure_failover(lab, ip, fault).await?;
         say(&format!(
             "round {round}/{rounds}: {} -> {}: garp {} traffic {} failed {}/{}",
             failover.old_owner,
@@ -472,6 +527,7 @@ pub async fn failover_bench(lab: &Lab, rounds: usize, say: &dyn Fn(&str)) -> Res
     let garp: Vec<f64> = failovers.iter().filter_map(|f| f.kill_to_garp_ms).collect();
     let traffic: Vec<f64> = failovers.iter().filter_map(|f| f.kill_to_traffic_ms).collect();
     Ok(BenchSummary {
+        fault,
         rounds,
         kill_to_garp_ms: Percentiles::of(&garp),
         kill_to_traffic_ms: Percentiles::of(&traffic),
