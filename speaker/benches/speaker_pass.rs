@@ -196,6 +196,7 @@ fn main() {
                 ("node2".to_string(), vec!["10.203.0.12".parse().unwrap()]),
                 ("node3".to_string(), vec!["10.203.0.13".parse().unwrap()]),
             ]),
+            dead_nodes: Default::default(),
         };
         c.bench_function(&format!("dataplane desired/{n}"), |b| {
             b.iter(|| black_box(desired(&planned.services, &node)))

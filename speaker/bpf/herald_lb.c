@@ -1,5 +1,7 @@
 /* Herald's eBPF service map: attach points only; the logic lives in the headers under lib/.
  * Both programs go on every interface that carries service traffic (TC ingress and egress). */
+#include <linux/if_packet.h>
+
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/lb.h"
@@ -12,6 +14,12 @@ SEC("classifier/herald_ingress")
 int herald_ingress(struct __sk_buff *skb)
 {
 	struct lb_tuple t;
+
+	/* A frame sent to another host's MAC reaches this one only because a switch flooded it
+	 * (unknown unicast: the owner's port went down, or its MAC aged out of the table). Every
+	 * node would forward a copy; the kernel drops it, and so does Herald. */
+	if (skb->pkt_type == PACKET_OTHERHOST)
+		return TC_ACT_OK;
 
 	int tunnelled = lb_decap(skb, &t);
 	if (tunnelled < 0)

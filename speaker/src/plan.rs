@@ -17,7 +17,7 @@ use crate::election::eligibility::{
     EligibilityOptions, Ineligible, NodeFacts, UnitEligibility, UnitFacts, unit_eligibility,
 };
 use crate::election::{Ownership, elect, watch_targets};
-use crate::membership::{MembershipView, NodeHealth, Peer};
+use crate::membership::{MemberState, MembershipView, NodeHealth, Peer};
 use crate::status::{Announced, AnnouncedServices};
 
 /// Everything one pass reads.
@@ -54,9 +54,14 @@ pub struct Plan {
     pub announced: AnnouncedServices,
     /// Services as the dataplane forwards them.
     pub services: Vec<Arc<crate::dataplane::ServiceInput>>,
-    /// Other nodes whose dataplane takes tunnelled (DSR) traffic: live members not known to run
-    /// announce-only, with their Node addresses.
+    /// Other nodes whose dataplane takes tunnelled (DSR) traffic: members not known to run
+    /// announce-only, with their Node addresses. A member declared dead or gone stays one: its
+    /// pinned programs keep decapsulating after its speaker stops, so the flows tunnelled there
+    /// keep their path (and their backend) whether the node is gone or only its speaker.
     pub tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
+    /// Nodes whose speaker this node's membership declared dead: the dataplane sends them no
+    /// new flows ([`crate::dataplane::desired`]).
+    pub dead_nodes: BTreeSet<String>,
 }
 
 /// One pass with nothing remembered: [`Planner::plan`] on a new planner.
@@ -254,15 +259,21 @@ impl Planner {
                 // Every speaker runs the dataplane unless told otherwise, and a peer's health
                 // can take a while to be heard after start-up: only a peer known to run
                 // without one (announce-only) is reached with SNAT instead.
-                let takes_tunnels = name != inputs.node
-                    && member.state.is_live()
-                    && member.health.as_ref().is_none_or(|h| h.dataplane_ready);
+                let takes_tunnels = name != inputs.node && member.health.as_ref().is_none_or(|h| h.dataplane_ready);
                 let addresses = facts::node_addresses(n);
                 (takes_tunnels && !addresses.is_empty()).then(|| (name.to_string(), addresses))
             })
             .collect();
+        let dead_nodes = inputs
+            .view
+            .members
+            .iter()
+            .filter(|(name, m)| m.state == MemberState::Dead && name.as_str() != inputs.node)
+            .map(|(name, _)| name.clone())
+            .collect();
         Plan {
             tunnel_peers,
+            dead_nodes,
             services: inputs.services.iter().filter_map(|s| s.forwarded.clone()).collect(),
             peers,
             watch_closely: watch_targets(inputs.node, &ownership),
@@ -464,7 +475,7 @@ mod tests {
     }
 
     #[test]
-    fn tunnels_go_to_live_peers_not_known_to_run_announce_only() {
+    fn tunnels_go_to_peers_not_known_to_run_announce_only_dead_or_alive() {
         let world = World::new("Cluster", &["n2"]);
         let mut view = view(&[
             ("n1", MemberState::Alive),
@@ -474,20 +485,22 @@ mod tests {
         // The view's health says announce-only (dataplane_ready false) for everyone.
         assert!(world.plan_for("n1", &view).tunnel_peers.is_empty());
         view.members.get_mut("n2").unwrap().health = None;
+        view.members.get_mut("n3").unwrap().health = None;
         let plan = world.plan_for("n1", &view);
         let peers: Vec<&String> = plan.tunnel_peers.keys().collect();
         assert_eq!(
             peers,
-            ["n2"],
-            "health not heard yet counts as a dataplane; dead n3 and n1 itself do not"
+            ["n2", "n3"],
+            "health not heard yet counts as a dataplane, dead n3's pinned one too; n1 itself does not"
         );
+        assert_eq!(plan.dead_nodes, BTreeSet::from(["n3".to_string()]));
         assert_eq!(plan.tunnel_peers["n2"], vec!["10.203.0.12".parse::<IpAddr>().unwrap()]);
         view.members.get_mut("n2").unwrap().health = Some(NodeHealth {
             announcer_ready: true,
             dataplane_ready: true,
             interfaces: Default::default(),
         });
-        assert_eq!(world.plan_for("n1", &view).tunnel_peers.len(), 1);
+        assert_eq!(world.plan_for("n1", &view).tunnel_peers.len(), 2);
     }
 
     #[test]

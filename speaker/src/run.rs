@@ -13,7 +13,7 @@
 //! what a pass costs and how long a change waits.
 //! Nothing in the loop waits on the API server, so announcing goes on while it is down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -272,7 +272,7 @@ pub async fn run_with_client(
                     .map(|n| crate::cluster::facts::node_addresses(n))
                     .filter(|a| !a.is_empty())
                     .unwrap_or_else(|| vec![advertise]);
-                dataplane_sync.update(dp, &usable_interfaces, addresses, &next.tunnel_peers, &next.services);
+                dataplane_sync.update(dp, &usable_interfaces, addresses, &next);
             }
             // The first peer list starts membership (and its initial sync); an empty list before the
             // Node watch has synced would make it "settle" with no peers and elect itself everywhere.
@@ -449,6 +449,7 @@ struct DataplaneSync {
     interfaces: Vec<String>,
     addresses: Vec<IpAddr>,
     tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
+    dead_nodes: BTreeSet<String>,
     services: Vec<Arc<crate::dataplane::ServiceInput>>,
 }
 
@@ -459,20 +460,20 @@ impl Default for DataplaneSync {
             interfaces: Vec::new(),
             addresses: Vec::new(),
             tunnel_peers: BTreeMap::new(),
+            dead_nodes: BTreeSet::new(),
             services: Vec::new(),
         }
     }
 }
 
 impl DataplaneSync {
-    fn update(
-        &mut self,
-        dp: &mut Dataplane,
-        interfaces: &[String],
-        addresses: Vec<IpAddr>,
-        tunnel_peers: &BTreeMap<String, Vec<IpAddr>>,
-        services: &[Arc<crate::dataplane::ServiceInput>],
-    ) {
+    fn update(&mut self, dp: &mut Dataplane, interfaces: &[String], addresses: Vec<IpAddr>, plan: &Plan) {
+        let Plan {
+            tunnel_peers,
+            dead_nodes,
+            services,
+            ..
+        } = plan;
         let mut healthy = true;
         if self.interfaces != interfaces {
             match dp.attach_interfaces(interfaces) {
@@ -483,17 +484,26 @@ impl DataplaneSync {
                 }
             }
         }
-        let node_changed = self.addresses != addresses || self.tunnel_peers != *tunnel_peers;
+        let node_changed =
+            self.addresses != addresses || self.tunnel_peers != *tunnel_peers || self.dead_nodes != *dead_nodes;
         if node_changed {
             if self.tunnel_peers != *tunnel_peers {
                 tracing::info!(peers = ?tunnel_peers.keys().collect::<Vec<_>>(), "nodes that take tunnelled (DSR) traffic changed");
             }
+            if self.dead_nodes != *dead_nodes {
+                tracing::info!(
+                    nodes = ?dead_nodes,
+                    "nodes declared dead changed: their backends keep established flows and take no new ones"
+                );
+            }
             dp.set_node_addresses(addresses.clone());
             dp.set_tunnel_peers(tunnel_peers.clone());
+            dp.set_dead_nodes(dead_nodes.clone());
             self.addresses = addresses;
             self.tunnel_peers.clone_from(tunnel_peers);
+            self.dead_nodes.clone_from(dead_nodes);
         }
-        if node_changed || self.services != services {
+        if node_changed || self.services != *services {
             match dp.apply_services(services) {
                 Ok(stats) => {
                     self.services = services.to_vec();

@@ -273,6 +273,107 @@ fn dataplane_backend_removal_moves_only_that_backends_flows() {
 }
 
 #[test]
+fn dataplane_leaves_frames_flooded_to_another_hosts_mac_alone() {
+    let test = "dataplane_leaves_frames_flooded_to_another_hosts_mac_alone";
+    if !privileged_or_skip(test) {
+        return;
+    }
+    // A remote backend: the program itself sends the packet on (a local one is handed to the
+    // kernel, which drops frames for other hosts by itself).
+    let mut lab = Lab::new(2);
+    lab.add_pod(2, 1);
+    lab.serve_tcp(2, 1, TARGET);
+    lab.serve_udp(2, 1, TARGET);
+    lab.route_vip_to_node(0, 1);
+    let Some(mut dp) = start_or_skip(&lab, 1, test) else {
+        return;
+    };
+    dp.apply_services(&[service(&lab, TrafficPolicy::Cluster, vec![endpoint(&lab, 2, 1, false)])])
+        .unwrap();
+    let vip = sa(lab.vip(0, false), PORT);
+    assert_eq!(parts(&ask(&lab, lab.client_addr(0, false), vip)).0, "pod2-1");
+    // The owner is gone: the client still sends to a MAC the switch no longer knows, so the
+    // switch floods the frames to every node. None may forward them (each would send a copy).
+    lab.route_vip_to_mac(0, &lab.unknown_mac());
+    for m in 1..=3 {
+        let from = lab.client_addr(m, false);
+        let answer = ask_once(&lab.client(), from, vip);
+        assert!(answer.is_err(), "a flooded frame was forwarded: {answer:?}");
+        let udp = ask_udp(&lab.client(), sa(from, 40_000), vip);
+        assert!(udp.is_err(), "a flooded datagram was forwarded: {udp:?}");
+    }
+    lab.route_vip_to_node(0, 1);
+    assert_eq!(parts(&ask(&lab, lab.client_addr(4, false), vip)).0, "pod2-1");
+    dp.shutdown().unwrap();
+}
+
+#[test]
+fn dataplane_backends_on_dead_nodes_keep_their_flows_and_take_no_new_ones() {
+    let test = "dataplane_backends_on_dead_nodes_keep_their_flows_and_take_no_new_ones";
+    if !privileged_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    for j in 1..=2 {
+        lab.add_pod(1, j);
+        lab.serve_tcp(1, j, TARGET);
+    }
+    lab.add_pod(2, 1);
+    lab.serve_tcp(2, 1, TARGET);
+    lab.route_vip_to_node(0, 1);
+    let Some(mut dp) = start_or_skip(&lab, 1, test) else {
+        return;
+    };
+    let svc = service(
+        &lab,
+        TrafficPolicy::Cluster,
+        vec![
+            endpoint(&lab, 1, 1, false),
+            endpoint(&lab, 1, 2, false),
+            endpoint(&lab, 2, 1, false),
+        ],
+    );
+    dp.apply_services(std::slice::from_ref(&svc)).unwrap();
+    let vip = sa(lab.vip(0, false), PORT);
+    let open = |n: usize| -> Vec<(dataplane_support::Conn, String)> {
+        (0..n)
+            .map(|i| {
+                let from = lab.client_addr(i as u8 % 7, false);
+                let mut c =
+                    eventually(20, Duration::from_secs(5), || connect(&lab.client(), from, vip).ok()).expect("connect");
+                let (name, _) = parts(&c.ask().unwrap());
+                (c, name)
+            })
+            .collect()
+    };
+    let mut before = open(30);
+    assert!(
+        before.iter().any(|(_, n)| n == "pod2-1"),
+        "node 2's pod takes its share first"
+    );
+
+    // Node 2's speaker is declared dead.
+    dp.set_dead_nodes(["node2".to_string()].into());
+    dp.apply_services(std::slice::from_ref(&svc)).unwrap();
+    for (c, name) in &mut before {
+        let (now, _) = parts(&c.ask().expect("an established flow keeps its backend, draining or not"));
+        assert_eq!(&now, name);
+    }
+    let during = open(30);
+    assert!(
+        during.iter().all(|(_, n)| n != "pod2-1"),
+        "no new flow goes to a dead node's pod: {:?}",
+        during.iter().map(|(_, n)| n).collect::<Vec<_>>()
+    );
+
+    // Back: new flows reach it again.
+    dp.set_dead_nodes(Default::default());
+    dp.apply_services(std::slice::from_ref(&svc)).unwrap();
+    assert!(open(40).iter().any(|(_, n)| n == "pod2-1"));
+    dp.shutdown().unwrap();
+}
+
+#[test]
 fn dataplane_without_an_entry_does_not_forward() {
     let test = "dataplane_without_an_entry_does_not_forward";
     let Some((lab, mut dp)) = one_node_lab(test, 1) else {

@@ -50,6 +50,55 @@ fn kill_moves_ips_within_500ms_for_3_10_and_50_speakers() {
 }
 
 #[test]
+fn a_crashed_speaker_on_a_live_host_is_confirmed_dead_by_refusals_within_a_watch_interval() {
+    let membership = herald_speaker::membership::MembershipConfig::default();
+    for (nodes, seed) in [(2, 31), (3, 32), (10, 33)] {
+        let mut sim = converged(SimConfig {
+            nodes,
+            units: 60,
+            seed,
+            ..Default::default()
+        });
+        let victim = (0..sim.len())
+            .find(|i| !sim.owned_by(*i).is_empty())
+            .expect("some node owns something");
+        sim.crash(victim);
+        let took = sim
+            .run_until_true(Duration::from_secs(5), Simulation::one_owner_per_unit)
+            .expect("takeover within 5 s");
+        println!("{nodes} speakers, seed {seed}: takeover after a crash in {took:?} (virtual)");
+        // One watch interval until the next probe, then a few round trips: far below the
+        // silence path (probe timeout + suspicion timeout).
+        let limit = membership.watch_probe_interval + Duration::from_millis(20);
+        assert!(took < limit, "{nodes} speakers: {took:?} (limit {limit:?})");
+        let refused: u64 = (0..sim.len())
+            .filter(|&i| i != victim)
+            .map(|i| sim.core_stats(i).refused_deaths)
+            .sum();
+        assert!(refused > 0, "the refusals, not the timeout, confirmed it");
+    }
+}
+
+#[test]
+fn a_lost_node_is_never_taken_for_a_crash() {
+    // Silence (node loss, a partition) never yields a refusal: the takeover waits for the
+    // probe and suspicion timeouts, and nobody counts a refused death.
+    let membership = herald_speaker::membership::MembershipConfig::default();
+    let mut sim = converged(SimConfig {
+        nodes: 5,
+        units: 60,
+        seed: 34,
+        ..Default::default()
+    });
+    let took = takeover_after_kill(&mut sim);
+    assert!(
+        took >= membership.probe_timeout + membership.suspicion_timeout,
+        "{took:?}"
+    );
+    assert!((0..sim.len()).all(|i| sim.core_stats(i).refused_deaths == 0));
+}
+
+#[test]
 fn restarted_speaker_rejoins_and_gets_its_ips_back() {
     let mut sim = converged(SimConfig {
         nodes: 5,

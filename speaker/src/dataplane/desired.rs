@@ -15,10 +15,16 @@
 //! - backends are the `ready` endpoints; when none is ready, the `serving && terminating` ones;
 //! - `Local` policy keeps only endpoints on this node, and that choice is made among them alone;
 //! - frontends of one address family only get backends of that family;
+//! - backends on a node whose speaker was declared dead ([`NodeInput::dead_nodes`]) are
+//!   *draining*: established flows keep them, new flows go to the others (unless every backend
+//!   is draining). Losing a node thus stops new connections from going to its pods within the
+//!   membership's detection time, not after Kubernetes marks the endpoints not ready (40 s and
+//!   more); a node whose speaker only crashed keeps its established flows, and takes new ones
+//!   again once its speaker is back;
 //! - a frontend with no backend is left out, so its traffic meets the kernel as without Herald.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -135,6 +141,8 @@ pub struct NodeInput {
     pub forwarding: Forwarding,
     /// Other nodes whose dataplane takes tunnelled traffic, with their addresses.
     pub tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
+    /// Nodes whose speaker the membership declared dead: their backends are draining.
+    pub dead_nodes: BTreeSet<String>,
 }
 
 /// A frontend: traffic to this address, port and protocol is load-balanced.
@@ -163,6 +171,8 @@ pub enum FrontendKind {
 pub struct Backend {
     pub addr: SocketAddr,
     pub path: BackendPath,
+    /// Keeps its established flows but takes no new ones (its node was declared dead).
+    pub draining: bool,
 }
 
 /// How packets reach a backend.
@@ -182,7 +192,7 @@ pub struct FrontendTarget {
     /// `namespace/name` of the Service (metrics label).
     pub service: String,
     pub kind: FrontendKind,
-    /// Sorted, without duplicates, never empty.
+    /// Sorted, without duplicates, never empty, never all draining.
     pub backends: Vec<Backend>,
     /// Clients admitted (networks of the frontend's family), `None` for everyone. An empty
     /// list admits no one (the Service lists only networks of the other family).
@@ -298,11 +308,18 @@ fn backends_for(
             Some(Backend {
                 addr: SocketAddr::new(e.ip, p),
                 path: path(e)?,
+                draining: e.node.as_ref().is_some_and(|n| node.dead_nodes.contains(n)),
             })
         })
         .collect();
     backends.sort();
     backends.dedup_by(|a, b| a.addr == b.addr);
+    // Draining every backend would leave new flows nowhere: then all of them take new flows.
+    if backends.iter().all(|b| b.draining) {
+        for b in &mut backends {
+            b.draining = false;
+        }
+    }
     backends
 }
 
@@ -320,6 +337,7 @@ mod tests {
             addresses: vec![ip("192.168.1.10"), ip("fd00::10")],
             forwarding: Forwarding::Snat,
             tunnel_peers: BTreeMap::new(),
+            dead_nodes: BTreeSet::new(),
         }
     }
 
@@ -383,13 +401,15 @@ mod tests {
             vec![
                 Backend {
                     addr: "10.244.1.5:8080".parse().unwrap(),
-                    path: BackendPath::Local
+                    path: BackendPath::Local,
+                    draining: false,
                 },
                 Backend {
                     addr: "10.244.2.5:8080".parse().unwrap(),
                     path: BackendPath::Snat {
                         source: ip("192.168.1.10")
-                    }
+                    },
+                    draining: false,
                 },
             ]
         );
@@ -411,7 +431,8 @@ mod tests {
             target.backends,
             vec![Backend {
                 addr: "10.244.1.5:8080".parse().unwrap(),
-                path: BackendPath::Local
+                path: BackendPath::Local,
+                draining: false,
             }]
         );
     }
@@ -481,10 +502,56 @@ mod tests {
             v6.backends,
             vec![Backend {
                 addr: "[fd00:244:1::5]:8080".parse().unwrap(),
-                path: BackendPath::Snat { source: ip("fd00::10") }
+                path: BackendPath::Snat { source: ip("fd00::10") },
+                draining: false,
             }]
         );
         assert_eq!(d.frontends[&fe("fd00::10", 30080)].kind, FrontendKind::NodePort);
+    }
+
+    #[test]
+    fn backends_on_dead_nodes_drain_unless_every_backend_is_on_one() {
+        let svc = service(
+            TrafficPolicy::Cluster,
+            vec![
+                endpoint("10.244.1.5", "node-a", true),
+                endpoint("10.244.2.5", "node-b", true),
+                endpoint("10.244.3.5", "node-c", true),
+            ],
+        );
+        let mut node = node();
+        node.dead_nodes = BTreeSet::from(["node-b".to_string(), "node-c".to_string()]);
+        let d = desired(std::slice::from_ref(&svc), &node);
+        let draining: Vec<(String, bool)> = d.frontends[&fe("203.0.113.7", 80)]
+            .backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.draining))
+            .collect();
+        assert_eq!(
+            draining,
+            [
+                ("10.244.1.5:8080".to_string(), false),
+                ("10.244.2.5:8080".to_string(), true),
+                ("10.244.3.5:8080".to_string(), true),
+            ]
+        );
+        // The path does not change: a draining backend's established flows keep going.
+        let alive = desired(std::slice::from_ref(&svc), &self::node());
+        assert_eq!(
+            alive.frontends[&fe("203.0.113.7", 80)].backends[1].path,
+            d.frontends[&fe("203.0.113.7", 80)].backends[1].path
+        );
+
+        // Only backends on dead nodes: they all take new flows rather than none.
+        let svc = service(
+            TrafficPolicy::Cluster,
+            vec![
+                endpoint("10.244.2.5", "node-b", true),
+                endpoint("10.244.3.5", "node-c", true),
+            ],
+        );
+        let d = desired(&[svc], &node);
+        assert!(d.frontends[&fe("203.0.113.7", 80)].backends.iter().all(|b| !b.draining));
     }
 
     #[test]

@@ -78,6 +78,35 @@ pub fn maglev_table<S: AsRef<[u8]>>(names: &[S]) -> Vec<u32> {
     table
 }
 
+/// Like [`maglev_table`], with some backends *draining*: they keep no slot, and every other
+/// backend keeps exactly the slots it has in the table of all `names`. A draining backend's
+/// slots are handed out as the table of the remaining backends hands them out, so they spread
+/// evenly and every node that drains the same backends builds the same table. Flows hashed to
+/// a backend that is not draining land where they would without the draining — a node that
+/// takes over an IP while another node is declared dead picks the same backends as the old
+/// owner did for every flow that was not on the dead node. When every backend (or none) is
+/// draining, this is the plain table.
+pub fn maglev_table_draining<S: AsRef<[u8]>>(names: &[S], draining: &[bool]) -> Vec<u32> {
+    assert_eq!(names.len(), draining.len(), "one draining flag per backend");
+    let full = maglev_table(names);
+    let remaining: Vec<usize> = (0..names.len()).filter(|&i| !draining[i]).collect();
+    if remaining.is_empty() || remaining.len() == names.len() {
+        return full;
+    }
+    let remaining_names: Vec<&[u8]> = remaining.iter().map(|&i| names[i].as_ref()).collect();
+    let without = maglev_table(&remaining_names);
+    full.iter()
+        .zip(&without)
+        .map(|(&b, &w)| {
+            if draining[b as usize] {
+                remaining[w as usize] as u32
+            } else {
+                b
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +144,42 @@ mod tests {
         assert_eq!(t, again.iter().map(|&i| remap[i as usize]).collect::<Vec<_>>());
     }
 
+    #[test]
+    fn draining_none_or_all_is_the_plain_table() {
+        let n = names(5);
+        assert_eq!(maglev_table_draining(&n, &[false; 5]), maglev_table(&n));
+        assert_eq!(maglev_table_draining(&n, &[true; 5]), maglev_table(&n));
+    }
+
     proptest! {
+        #[test]
+        fn draining_keeps_every_other_backends_slots_and_spreads_its_own(
+            n in 2usize..60,
+            mask in proptest::collection::vec(any::<bool>(), 60),
+        ) {
+            let all = names(n);
+            let draining: Vec<bool> = mask[..n].to_vec();
+            let live = draining.iter().filter(|d| !**d).count();
+            prop_assume!(live > 0 && live < n);
+            let full = maglev_table(&all);
+            let t = maglev_table_draining(&all, &draining);
+            prop_assert_eq!(t.len(), MAGLEV_TABLE_SIZE);
+            for (slot, (&before, &after)) in full.iter().zip(&t).enumerate() {
+                prop_assert!(!draining[after as usize], "slot {} still goes to a draining backend", slot);
+                if !draining[before as usize] {
+                    prop_assert_eq!(before, after, "slot {} of a live backend moved", slot);
+                }
+            }
+            // Spread: nobody gets much more than an even share of the live ones.
+            let c = counts(&t, n);
+            let even = MAGLEV_TABLE_SIZE as f64 / live as f64;
+            for (i, &x) in c.iter().enumerate() {
+                if !draining[i] {
+                    prop_assert!((x as f64) <= even * 1.25 + 3.0, "counts {:?}", c);
+                }
+            }
+        }
+
         #[test]
         fn every_slot_is_filled_and_balanced(n in 1usize..100) {
             let t = maglev_table(&names(n));

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 use super::desired::{Backend, BackendPath, Desired, Frontend, FrontendTarget};
-use super::maglev::{MAGLEV_TABLE_SIZE, maglev_table};
+use super::maglev::{MAGLEV_TABLE_SIZE, maglev_table_draining};
 
 pub use abi::{
     BACKEND_DSR, BACKEND_SNAT, BackendValue, ConfigValue, Counters, CtForward, CtKey, CtReverse,
@@ -497,9 +497,10 @@ pub struct MapSync {
     current: MapContents,
     /// Frontend id → what it serves, for metric labels.
     labels: BTreeMap<u32, FrontendInfo>,
-    /// Frontend id → the backend ids its row was built from: an unchanged backend list skips
-    /// the table computation (an id names the same backend for as long as a row uses it).
-    row_sources: BTreeMap<u32, Vec<u32>>,
+    /// Frontend id → the backend ids (and whether each was draining) its row was built from:
+    /// an unchanged backend list skips the table computation (an id names the same backend for
+    /// as long as a row uses it).
+    row_sources: BTreeMap<u32, Vec<(u32, bool)>>,
     /// Generation of the next backend written: flows remember the generation they were sent
     /// to, so a reused id never carries a flow to a different backend.
     next_generation: u32,
@@ -642,15 +643,19 @@ impl MapSync {
                 Some(v) => v.id,
                 None => lowest_free(&used_frontend_ids, &mut next_frontend),
             };
-            let ids: Vec<u32> = target
+            let ids: Vec<(u32, bool)> = target
                 .backends
                 .iter()
-                .map(|b| wanted_backends[&BackendValue::from_backend(b)])
+                .map(|b| (wanted_backends[&BackendValue::from_backend(b)], b.draining))
                 .collect();
             let unchanged = self.row_sources.get(&id) == Some(&ids) && self.current.rows.contains_key(&id);
             if !unchanged {
                 let names: Vec<String> = target.backends.iter().map(|b| b.addr.to_string()).collect();
-                let table: Vec<u32> = maglev_table(&names).into_iter().map(|i| ids[i as usize]).collect();
+                let draining: Vec<bool> = ids.iter().map(|&(_, d)| d).collect();
+                let table: Vec<u32> = maglev_table_draining(&names, &draining)
+                    .into_iter()
+                    .map(|i| ids[i as usize].0)
+                    .collect();
                 self.row_sources.insert(id, ids);
                 // The same table (e.g. after a restart) needs no write.
                 if self.current.rows.get(&id) != Some(&table) {
@@ -867,6 +872,7 @@ mod tests {
                         .map(|b| Backend {
                             addr: b.parse().unwrap(),
                             path: BackendPath::Local,
+                            draining: false,
                         })
                         .collect(),
                 },
@@ -885,6 +891,49 @@ mod tests {
                 assert!(c.backends.contains_key(id), "row names missing backend {id}");
             }
         }
+    }
+
+    #[test]
+    fn a_draining_backend_keeps_its_entry_and_generation_but_leaves_the_row() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        let mut d = desired_with(&[("203.0.113.1", 80, &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])]);
+        sync.apply(&mut maps, &d).unwrap();
+        let before = sync.current().clone();
+        let drained_id = before
+            .backends
+            .iter()
+            .find(|(_, v)| v.addr[..4] == [10, 0, 0, 2])
+            .map(|(id, _)| *id)
+            .unwrap();
+
+        d.frontends.values_mut().next().unwrap().backends[1].draining = true;
+        let stats = sync.apply(&mut maps, &d).unwrap();
+        assert_eq!(
+            (stats.backends_written, stats.backends_removed, stats.rows_written),
+            (0, 0, 1)
+        );
+        let after = sync.current();
+        assert_eq!(
+            after.backends, before.backends,
+            "established flows still find their backend"
+        );
+        let (old_row, new_row) = (
+            before.rows.values().next().unwrap(),
+            after.rows.values().next().unwrap(),
+        );
+        assert!(new_row.iter().all(|&id| id != drained_id), "no new flow goes to it");
+        for (old, new) in old_row.iter().zip(new_row) {
+            if *old != drained_id {
+                assert_eq!(old, new, "the other backends keep their slots");
+            }
+        }
+        assert_consistent(after);
+
+        // Back from the dead: the original table again.
+        d.frontends.values_mut().next().unwrap().backends[1].draining = false;
+        sync.apply(&mut maps, &d).unwrap();
+        assert_eq!(sync.current().rows, before.rows);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use super::flows::STAT_NAMES;
 use super::maps::{Counters, ServiceMaps};
 use super::{Flows, Shared, lock};
 
+/// A frontend's labels and counters.
+type FrontendRow = (Vec<(String, String)>, Counters);
+
 /// Reads the counters under the dataplane's lock at each scrape.
 pub(crate) struct CounterCollector {
     shared: Arc<Mutex<Shared>>,
@@ -31,9 +34,15 @@ impl std::fmt::Debug for CounterCollector {
 
 impl Collector for CounterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let rows: Vec<(Vec<(String, String)>, Counters)> = {
+        let (rows, draining): (Vec<FrontendRow>, usize) = {
             let guard = lock(&self.shared);
-            guard
+            let draining = guard
+                .sync
+                .labels()
+                .values()
+                .map(|info| info.target.backends.iter().filter(|b| b.draining).count())
+                .sum();
+            let rows = guard
                 .sync
                 .labels()
                 .iter()
@@ -50,7 +59,8 @@ impl Collector for CounterCollector {
                     // A failed read shows as zero rather than failing the whole scrape.
                     (labels, guard.maps.counters(*id).unwrap_or_default())
                 })
-                .collect()
+                .collect();
+            (rows, draining)
         };
         let frontends = ConstGauge::new(rows.len() as i64);
         let m = encoder.encode_descriptor(
@@ -60,6 +70,14 @@ impl Collector for CounterCollector {
             frontends.metric_type(),
         )?;
         frontends.encode(m)?;
+        let draining = ConstGauge::new(draining as i64);
+        let m = encoder.encode_descriptor(
+            "dataplane_draining_backends",
+            "Backends of frontends that keep their established flows but take no new ones, because their node's speaker was declared dead",
+            None,
+            draining.metric_type(),
+        )?;
+        draining.encode(m)?;
         for (name, help, pick) in [
             (
                 "dataplane_packets",

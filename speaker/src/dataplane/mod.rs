@@ -324,6 +324,7 @@ pub struct Dataplane {
     flows: Arc<Mutex<Flows>>,
     config: DataplaneConfig,
     tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
+    dead_nodes: BTreeSet<String>,
     attached: BTreeSet<(String, Direction)>,
     /// Stops the heartbeat and sweep thread when dropped.
     _keeper: Keeper,
@@ -483,6 +484,7 @@ impl Dataplane {
             flows,
             config: config.clone(),
             tunnel_peers: BTreeMap::new(),
+            dead_nodes: BTreeSet::new(),
             attached: BTreeSet::new(),
             _keeper: keeper,
         };
@@ -509,6 +511,7 @@ impl Dataplane {
             addresses: self.config.node_addresses.clone(),
             forwarding: self.config.forwarding,
             tunnel_peers: self.tunnel_peers.clone(),
+            dead_nodes: self.dead_nodes.clone(),
         }
     }
 
@@ -531,6 +534,12 @@ impl Dataplane {
     /// [`Dataplane::apply_services`]; backends on other nodes are reached with SNAT.
     pub fn set_tunnel_peers(&mut self, peers: BTreeMap<String, Vec<IpAddr>>) {
         self.tunnel_peers = peers;
+    }
+
+    /// Sets the nodes whose speaker was declared dead, for the next
+    /// [`Dataplane::apply_services`]: their backends take no new flows.
+    pub fn set_dead_nodes(&mut self, nodes: BTreeSet<String>) {
+        self.dead_nodes = nodes;
     }
 
     /// Removes flows that are over now instead of at the next periodic sweep.

@@ -8,6 +8,8 @@
 //! - `membership_transport_errors_total{rpc}`: calls that failed or timed out;
 //! - `membership_suspicions_total`: suspicions started by this node's failed probes;
 //! - `membership_confirmed_deaths_total`: members this node declared dead;
+//! - `membership_refused_deaths_total`: of those, members whose host refused connections to
+//!   the speaker (a dead process), to this node and to a helper;
 //! - `membership_refutations_total`: claims about this node it refuted;
 //! - `membership_state_changes_total{to}`: member state changes seen, by new state.
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +33,7 @@ pub struct MembershipMetrics {
     transport_errors: Family<Labels, Counter>,
     suspicions: Counter,
     confirmed_deaths: Counter,
+    refused_deaths: Counter,
     refutations: Counter,
     state_changes: Family<Labels, Counter>,
 }
@@ -74,6 +77,11 @@ impl MembershipMetrics {
             self.confirmed_deaths.clone(),
         );
         registry.register(
+            "membership_refused_deaths",
+            "Members this node declared dead because their host refused connections to the speaker, to this node and to a helper",
+            self.refused_deaths.clone(),
+        );
+        registry.register(
             "membership_refutations",
             "Suspicion or death claims about this node that it refuted",
             self.refutations.clone(),
@@ -113,6 +121,8 @@ impl MembershipMetrics {
             .inc_by(after.suspicions.saturating_sub(before.suspicions));
         self.confirmed_deaths
             .inc_by(after.confirmed_dead.saturating_sub(before.confirmed_dead));
+        self.refused_deaths
+            .inc_by(after.refused_deaths.saturating_sub(before.refused_deaths));
         self.refutations
             .inc_by(after.refutations.saturating_sub(before.refutations));
     }

@@ -25,10 +25,18 @@
 //! [`MembershipConfig::suspicion_probe_interval`] (50 ms) and asks
 //! [`MembershipConfig::indirect_probes`] (3) other members to ping it (PingReq), twice. Any sign
 //! of life (an Ack, even late; a successful PingReq; any message from the suspect) cancels the
-//! timer; otherwise the member is declared `Dead`. Worst case from a crash to `Dead` at the
-//! runner-up: 100 + 120 + 180 = 400 ms plus timer granularity; a refused connection (process
-//! gone, host up) skips the 120 ms. A live member is declared dead only after answering nothing,
-//! directly or through three helpers, for at least 300 ms.
+//! timer; otherwise the member is declared `Dead`. Worst case from a lost node to `Dead` at the
+//! runner-up: watch interval + probe timeout + suspicion timeout plus timer granularity. A live
+//! member is declared dead only after answering nothing, directly or through three helpers, for
+//! at least probe timeout + suspicion timeout.
+//!
+//! A crashed speaker on a live host is told apart: its host refuses connections to the port
+//! (ECONNREFUSED, [`state::CallFailure::Refused`]). Our refused probe starts the suspicion and
+//! asks the helpers at once; a helper whose ping is refused too confirms the death without
+//! waiting for the timeout (with no helper, a second refused probe of ours does). So a crash
+//! costs one watch interval plus a few round trips. A partition or a lost node never produces
+//! a refusal and always takes the silent path; a helper that reaches the member cancels the
+//! suspicion as usual.
 //!
 //! `Suspect` still counts as live for the election: a single lost packet never moves an IP.
 //! A suspicion learned from gossip starts no timer: only a speaker's own failed probes, or a

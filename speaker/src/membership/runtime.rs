@@ -30,7 +30,7 @@ use tonic::transport::server::TcpIncoming;
 
 use super::auth::{Authenticator, SecretKey, unix_ms_now};
 use super::metrics::MembershipMetrics;
-use super::state::{Core, Effect, Inbound, ReplyToken, Rpc};
+use super::state::{CallFailure, Core, Effect, Inbound, ReplyToken, Rpc};
 use super::transport::{
     BoxFuture, EnvelopeHandler, GrpcTransport, MembershipService, MemoryNetwork, PeerTransport, TransportError,
 };
@@ -108,7 +108,7 @@ impl Shared {
                         }
                         enum Outcome {
                             Reply(Message),
-                            Failed,
+                            Failed(CallFailure),
                             Rejected,
                         }
                         let outcome = match outcome {
@@ -120,7 +120,7 @@ impl Shared {
                                 Err(rejection) => {
                                     shared.metrics.rejected(rejection);
                                     tracing::debug!(peer = %to, %rejection, "rejected reply");
-                                    Outcome::Failed
+                                    Outcome::Failed(CallFailure::Other)
                                 }
                             },
                             Err(error @ TransportError::Rejected { .. }) => {
@@ -131,12 +131,15 @@ impl Shared {
                             Err(error) => {
                                 shared.metrics.transport_error(rpc);
                                 tracing::debug!(peer = %to, rpc = rpc.as_str(), %error, "membership call failed");
-                                Outcome::Failed
+                                Outcome::Failed(match error {
+                                    TransportError::Refused { .. } => CallFailure::Refused,
+                                    _ => CallFailure::Other,
+                                })
                             }
                         };
                         shared.with_core(|core| match outcome {
                             Outcome::Reply(message) => core.handle_response(id, message, Instant::now()),
-                            Outcome::Failed => core.handle_failure(id, Instant::now()),
+                            Outcome::Failed(failure) => core.handle_failure(id, failure, Instant::now()),
                             Outcome::Rejected => core.handle_rejected(id, Instant::now()),
                         });
                     }));

@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::auth::{Authenticator, Rejection, SecretKey};
-use super::state::{Core, Effect, Inbound, ReplyToken, RequestId, Rpc};
+use super::state::{CallFailure, Core, Effect, Inbound, ReplyToken, RequestId, Rpc};
 use super::{MemberState, MembershipConfig, NodeHealth, Peer};
 use crate::election::{Ownership, Unit, rank_scored, rendezvous_score};
 
@@ -108,6 +108,8 @@ struct SimNode {
     core: Core,
     auth: Authenticator,
     running: bool,
+    /// Stopped, but its host is up: connections to it are refused ([`Simulation::crash`]).
+    refusing: bool,
     deferred: HashMap<ReplyToken, (usize, RequestId, Rpc)>,
     owned: BTreeSet<Unit>,
     counters: NodeCounters,
@@ -133,6 +135,7 @@ enum Event {
     Failure {
         to: usize,
         id: RequestId,
+        failure: CallFailure,
     },
     Rejected {
         to: usize,
@@ -211,6 +214,7 @@ impl Simulation {
                     config.membership.max_clock_skew,
                 ),
                 running: true,
+                refusing: false,
                 deferred: HashMap::new(),
                 owned: BTreeSet::new(),
                 counters: NodeCounters::default(),
@@ -420,6 +424,18 @@ impl Simulation {
                 envelope,
             } => {
                 if !self.nodes[to].running {
+                    if self.nodes[to].refusing {
+                        // The host answers the connection attempt with a reset.
+                        let at = now + self.one_way();
+                        self.schedule(
+                            at,
+                            Event::Failure {
+                                to: from,
+                                id,
+                                failure: CallFailure::Refused,
+                            },
+                        );
+                    }
                     return;
                 }
                 let message = match self.nodes[to].auth.open(&envelope, unix_ms) {
@@ -443,7 +459,14 @@ impl Simulation {
                     }
                     Inbound::Invalid => {
                         let at = now + self.one_way();
-                        self.schedule(at, Event::Failure { to: from, id });
+                        self.schedule(
+                            at,
+                            Event::Failure {
+                                to: from,
+                                id,
+                                failure: CallFailure::Other,
+                            },
+                        );
                     }
                 }
                 self.flush(to);
@@ -459,14 +482,14 @@ impl Simulation {
                     }
                     Err(rejection) => {
                         self.reject(to, rejection);
-                        self.nodes[to].core.handle_failure(id, now);
+                        self.nodes[to].core.handle_failure(id, CallFailure::Other, now);
                     }
                 }
                 self.flush(to);
             }
-            Event::Failure { to, id } => {
+            Event::Failure { to, id, failure } => {
                 if self.nodes[to].running {
-                    self.nodes[to].core.handle_failure(id, now);
+                    self.nodes[to].core.handle_failure(id, failure, now);
                     self.flush(to);
                 }
             }
@@ -555,13 +578,22 @@ impl Simulation {
 
     // ----- faults -----
 
-    /// Stops node `index` abruptly: it neither sends nor answers anything.
+    /// Stops node `index` abruptly: it neither sends nor answers anything (the node is lost,
+    /// or frozen).
     pub fn kill(&mut self, index: usize) {
         self.nodes[index].running = false;
+        self.nodes[index].refusing = false;
         self.nodes[index].owned.clear();
         if !self.config.per_node_election {
             self.global_election();
         }
+    }
+
+    /// Node `index`'s speaker process dies while its host stays up: like [`Simulation::kill`],
+    /// except that its host refuses connections to it.
+    pub fn crash(&mut self, index: usize) {
+        self.kill(index);
+        self.nodes[index].refusing = true;
     }
 
     /// Starts node `index` again as a new process: new boot id, fresh state, an incarnation
@@ -587,6 +619,7 @@ impl Simulation {
         node.core = core;
         node.auth = auth;
         node.running = true;
+        node.refusing = false;
         node.deferred.clear();
         node.owned.clear();
         node.election_dirty = true;

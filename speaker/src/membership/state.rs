@@ -112,6 +112,9 @@ pub struct CoreStats {
     pub suspicions_cleared: u64,
     /// Members we declared dead ourselves.
     pub confirmed_dead: u64,
+    /// Of those, members whose host refused connections (a dead process), confirmed before the
+    /// suspicion timeout.
+    pub refused_deaths: u64,
     /// Times we raised our incarnation to refute a claim about us.
     pub refutations: u64,
     /// Gossip entries dropped as invalid (bad address or state).
@@ -160,6 +163,24 @@ struct LocalSuspicion {
     next_direct: Instant,
     next_indirect: Instant,
     indirect_rounds: u32,
+    /// Our own probes the member's host refused (see [`CallFailure::Refused`]).
+    refused: u32,
+    /// Helpers whose ping the member's host refused too.
+    refused_to_helpers: u32,
+    /// The refusals confirmed the death before the deadline.
+    refusal_confirmed: bool,
+    /// When the last round of PingReqs went out.
+    last_indirect: Option<Instant>,
+}
+
+/// How a call failed at the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallFailure {
+    /// The peer's host refused the connection: it is up and nothing listens on the speaker's
+    /// port, so the speaker process is gone. A partition never looks like this.
+    Refused,
+    /// Anything else: no answer in time, a reset, an error status.
+    Other,
 }
 
 /// Rounds of PingReqs during one suspicion.
@@ -583,7 +604,7 @@ impl Core {
             self.initial_sync_failed(now, false);
         }
         for (token, target) in failed_relays {
-            self.reply_relay(token, &target, false);
+            self.reply_relay(token, &target, false, false);
         }
         for (target, sent_at) in failed_probes {
             self.probe_failed(&target, sent_at, now);
@@ -617,8 +638,42 @@ impl Core {
                 next_direct: now,
                 next_indirect: now,
                 indirect_rounds: 0,
+                refused: 0,
+                refused_to_helpers: 0,
+                refusal_confirmed: false,
+                last_indirect: None,
             },
         );
+        self.run_suspicions(now);
+    }
+
+    /// The host of a suspected member refused a connection to its speaker, ours or a
+    /// helper's. A dead process is confirmed by two observers instead of by the suspicion
+    /// timeout: our refused probe and a helper's, or (with nobody to help) two of ours.
+    fn refusal(&mut self, target: &str, by_helper: bool, now: Instant) {
+        let helpers = self
+            .members
+            .iter()
+            .filter(|(n, m)| m.state.is_live() && n.as_str() != target && n.as_str() != self.node)
+            .count();
+        let Some(suspicion) = self.suspicions.get_mut(target) else {
+            return;
+        };
+        if by_helper {
+            suspicion.refused_to_helpers += 1;
+        } else {
+            suspicion.refused += 1;
+        }
+        let confirmed =
+            suspicion.refused > 0 && (suspicion.refused_to_helpers > 0 || (helpers == 0 && suspicion.refused > 1));
+        if confirmed {
+            suspicion.deadline = now;
+            suspicion.refusal_confirmed = true;
+        } else if !by_helper && suspicion.last_indirect.is_some_and(|t| t < now) {
+            // The helpers were asked before our first refusal (the suspicion began with a reset
+            // or a timeout): their connections may have failed the same way. Ask again now.
+            suspicion.next_indirect = now;
+        }
         self.run_suspicions(now);
     }
 
@@ -629,7 +684,7 @@ impl Core {
         let half = self.config.suspicion_timeout / INDIRECT_ROUNDS;
         for (target, suspicion) in self.suspicions.iter_mut() {
             if now >= suspicion.deadline {
-                dead.push((target.clone(), suspicion.incarnation));
+                dead.push((target.clone(), suspicion.incarnation, suspicion.refusal_confirmed));
                 continue;
             }
             if now >= suspicion.next_direct {
@@ -639,10 +694,11 @@ impl Core {
             if suspicion.indirect_rounds < INDIRECT_ROUNDS && now >= suspicion.next_indirect {
                 suspicion.indirect_rounds += 1;
                 suspicion.next_indirect = now + half;
+                suspicion.last_indirect = Some(now);
                 indirect.push((target.clone(), suspicion.deadline));
             }
         }
-        for (target, incarnation) in dead {
+        for (target, incarnation, refused) in dead {
             self.suspicions.remove(&target);
             let still_current = self
                 .members
@@ -650,12 +706,13 @@ impl Core {
                 .is_some_and(|m| m.state.is_live() && m.incarnation == incarnation);
             if still_current {
                 self.stats.confirmed_dead += 1;
-                self.set_state(
-                    &target,
-                    MemberState::Dead,
-                    incarnation,
-                    "no ack, direct or indirect, within the suspicion timeout",
-                );
+                let reason = if refused {
+                    self.stats.refused_deaths += 1;
+                    "its host refused connections to the speaker, to us and to a helper"
+                } else {
+                    "no ack, direct or indirect, within the suspicion timeout"
+                };
+                self.set_state(&target, MemberState::Dead, incarnation, reason);
                 self.queue_gossip(target);
             }
         }
@@ -847,12 +904,13 @@ impl Core {
         });
     }
 
-    fn reply_relay(&mut self, token: ReplyToken, target: &str, reachable: bool) {
+    fn reply_relay(&mut self, token: ReplyToken, target: &str, reachable: bool, refused: bool) {
         let message = self.message(
             None,
             Body::PingReqResult(pb::PingReqResult {
                 target: target.to_string(),
                 reachable,
+                refused,
             }),
         );
         self.effects.push(Effect::Reply { token, message });
@@ -946,7 +1004,7 @@ impl Core {
         let token = ReplyToken(self.next_token);
         self.next_token += 1;
         if req.target == self.node {
-            self.reply_relay(token, &req.target, true);
+            self.reply_relay(token, &req.target, true, false);
             return Inbound::Deferred(token);
         }
         let address = match self.members.get(&req.target) {
@@ -954,7 +1012,7 @@ impl Core {
             None => req.target_address.parse().ok(),
         };
         let Some(address) = address else {
-            self.reply_relay(token, &req.target, false);
+            self.reply_relay(token, &req.target, false, false);
             return Inbound::Deferred(token);
         };
         let wait = Duration::from_millis(u64::from(req.timeout_ms)).min(self.config.probe_timeout);
@@ -989,12 +1047,14 @@ impl Core {
             }
             (Some(Pending::Relay { token, target, .. }), Some(Body::Ack(_))) if target == sender => {
                 self.pending.remove(&id);
-                self.reply_relay(token, &target, true);
+                self.reply_relay(token, &target, true, false);
             }
             (Some(Pending::Indirect { target, .. }), Some(Body::PingReqResult(result))) if result.target == target => {
                 self.pending.remove(&id);
                 if result.reachable {
                     self.sign_of_life(&target, "a helper reached it");
+                } else if result.refused {
+                    self.refusal(&target, true, now);
                 }
             }
             (Some(Pending::Exchange { initial, .. }), body) => {
@@ -1015,7 +1075,8 @@ impl Core {
 
     /// The request `id` failed at the transport (refused, reset, timed out): a probe counts
     /// as failed now instead of at its timeout.
-    pub fn handle_failure(&mut self, id: RequestId, now: Instant) {
+    pub fn handle_failure(&mut self, id: RequestId, failure: CallFailure, now: Instant) {
+        let refused = failure == CallFailure::Refused;
         match self.pending.get_mut(&id) {
             Some(Pending::Probe {
                 failed,
@@ -1023,19 +1084,21 @@ impl Core {
                 sent_at,
                 ..
             }) => {
-                if !*failed {
-                    *failed = true;
-                    let (target, sent_at) = (target.clone(), *sent_at);
-                    self.pending.remove(&id);
+                let already_failed = *failed;
+                *failed = true;
+                let (target, sent_at) = (target.clone(), *sent_at);
+                self.pending.remove(&id);
+                if !already_failed {
                     self.probe_failed(&target, sent_at, now);
-                } else {
-                    self.pending.remove(&id);
+                }
+                if refused {
+                    self.refusal(&target, false, now);
                 }
             }
             Some(Pending::Relay { token, target, .. }) => {
                 let (token, target) = (*token, target.clone());
                 self.pending.remove(&id);
-                self.reply_relay(token, &target, false);
+                self.reply_relay(token, &target, false, refused);
             }
             Some(Pending::Exchange { initial, .. }) => {
                 let initial = *initial;
@@ -1059,7 +1122,7 @@ impl Core {
             self.pending.remove(&id);
             self.initial_sync_failed(now, true);
         } else {
-            self.handle_failure(id, now);
+            self.handle_failure(id, CallFailure::Other, now);
         }
     }
 
@@ -1533,6 +1596,83 @@ mod tests {
         assert_eq!(core.stats().confirmed_dead, 1);
     }
 
+    fn ping_req_result(sender: &str, target: &str, reachable: bool, refused: bool) -> pb::Message {
+        pb::Message {
+            sender: sender.into(),
+            gossip: vec![update(sender, 1, MemberState::Alive)],
+            body: Some(Body::PingReqResult(pb::PingReqResult {
+                target: target.into(),
+                reachable,
+                refused,
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// The first probe of the watched `node-b` is refused; returns the PingReqs then sent and
+    /// the time of the refusal.
+    fn refused_probe(core: &mut Core, now: Instant) -> (Vec<RequestId>, Instant) {
+        core.watch_closely(&["node-b".to_string()].into(), now);
+        // The first probe goes out within one interval (at a random phase).
+        let now = now + MembershipConfig::default().watch_probe_interval;
+        core.tick(now);
+        let (probe, _, _) = requests(&core.take_effects())
+            .into_iter()
+            .find(|(_, to, rpc)| to == "node-b" && *rpc == Rpc::Ping)
+            .expect("a probe");
+        core.handle_failure(probe, CallFailure::Refused, now + Duration::from_millis(1));
+        let asked: Vec<RequestId> = requests(&core.take_effects())
+            .into_iter()
+            .filter(|(_, to, rpc)| to == "node-c" && *rpc == Rpc::PingReq)
+            .map(|(id, _, _)| id)
+            .collect();
+        assert!(!asked.is_empty(), "a refusal asks the helpers at once");
+        (asked, now + Duration::from_millis(1))
+    }
+
+    #[test]
+    fn a_refused_probe_confirmed_by_a_helper_kills_at_once() {
+        let (mut core, start) = core();
+        let (asked, now) = refused_probe(&mut core, start);
+        assert_eq!(
+            core.member_state("node-b"),
+            Some(MemberState::Suspect),
+            "one refusal alone is not enough"
+        );
+        core.handle_response(
+            asked[0],
+            ping_req_result("node-c", "node-b", false, true),
+            now + Duration::from_millis(3),
+        );
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Dead));
+        assert_eq!((core.stats().confirmed_dead, core.stats().refused_deaths), (1, 1));
+    }
+
+    #[test]
+    fn a_refused_probe_the_helper_cannot_confirm_waits_for_the_suspicion_timeout() {
+        let config = MembershipConfig::default();
+        for helper_says in [
+            ping_req_result("node-c", "node-b", false, false),
+            ping_req_result("node-c", "node-b", true, false),
+        ] {
+            let (mut core, start) = core();
+            let reachable = matches!(&helper_says.body, Some(Body::PingReqResult(r)) if r.reachable);
+            let (asked, now) = refused_probe(&mut core, start);
+            // A helper that timed out (a partition between it and the target) confirms nothing;
+            // one that reached the target clears the suspicion.
+            core.handle_response(asked[0], helper_says, now + Duration::from_millis(3));
+            let before_deadline = now + config.suspicion_timeout - Duration::from_millis(5);
+            run(
+                &mut core,
+                now + Duration::from_millis(5),
+                before_deadline - now - Duration::from_millis(5),
+            );
+            assert_eq!(core.member_state("node-b"), Some(MemberState::Suspect));
+            assert_eq!(core.stats().suspicions_cleared, u64::from(reachable));
+            assert_eq!(core.stats().refused_deaths, 0);
+        }
+    }
+
     #[test]
     fn a_late_ack_during_suspicion_prevents_the_death() {
         let (mut core, now) = core();
@@ -1601,7 +1741,8 @@ mod tests {
                 token,
                 Some(Body::PingReqResult(pb::PingReqResult {
                     target: "node-c".into(),
-                    reachable: true
+                    reachable: true,
+                    refused: false,
                 }))
             )]
         );
@@ -1616,6 +1757,7 @@ mod tests {
             && message.body == Some(Body::PingReqResult(pb::PingReqResult {
                 target: "node-c".into(),
                 reachable: false,
+                refused: false,
             })))
         });
         assert!(unreachable);

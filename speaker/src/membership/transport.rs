@@ -30,6 +30,12 @@ pub enum TransportError {
         /// The timeout.
         timeout: Duration,
     },
+    /// The peer's host refused the connection: nothing listens on the port.
+    #[error("{address} refused the connection")]
+    Refused {
+        /// Peer address.
+        address: SocketAddr,
+    },
     /// Connecting or sending failed, or the peer answered with an error status.
     #[error("calling {address}: {message}")]
     Failed {
@@ -130,6 +136,7 @@ impl PeerTransport for GrpcTransport {
                     address,
                     message: status.message().to_string(),
                 }),
+                Ok(Err(status)) if connection_refused(&status) => Err(TransportError::Refused { address }),
                 Ok(Err(status)) => Err(TransportError::Failed {
                     address,
                     message: status.to_string(),
@@ -137,6 +144,21 @@ impl PeerTransport for GrpcTransport {
             }
         })
     }
+}
+
+/// Whether an error was caused by a refused TCP connection (ECONNREFUSED somewhere in its
+/// chain of sources: tonic wraps hyper's, which wraps the connector's I/O error).
+fn connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The tonic `Membership` service: forwards every call to an [`EnvelopeHandler`].
@@ -209,11 +231,9 @@ impl PeerTransport for MemoryNetwork {
             .get(&address)
             .cloned();
         Box::pin(async move {
+            // Like a host with nothing listening on the port.
             let Some(handler) = handler else {
-                return Err(TransportError::Failed {
-                    address,
-                    message: "connection refused".into(),
-                });
+                return Err(TransportError::Refused { address });
             };
             match tokio::time::timeout(timeout, handler.handle(rpc, envelope)).await {
                 Err(_) => Err(TransportError::Timeout { address, timeout }),

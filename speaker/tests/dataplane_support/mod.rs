@@ -256,7 +256,16 @@ impl Lab {
 
     /// Makes the client send traffic for VIP m to node `i` (ARP/NDP is another module's job).
     pub fn route_vip_to_node(&self, m: u8, i: u8) {
-        let mac = node_mac(self.k, i);
+        self.route_vip_to_mac(m, &node_mac(self.k, i));
+    }
+
+    /// A MAC address no lab host has: frames to it are flooded by the switch.
+    pub fn unknown_mac(&self) -> String {
+        node_mac(self.k, 0x99)
+    }
+
+    /// Makes the client send traffic for VIP m to the Ethernet address `mac`.
+    pub fn route_vip_to_mac(&self, m: u8, mac: &str) {
         for v6 in [false, true] {
             let vip = self.vip(m, v6).to_string();
             sh(&[
@@ -267,7 +276,7 @@ impl Lab {
                 "replace",
                 &vip,
                 "lladdr",
-                &mac,
+                mac,
                 "dev",
                 "eth0",
                 "nud",
