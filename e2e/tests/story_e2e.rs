@@ -85,6 +85,24 @@ async fn owners_of(lab: &Lab, service: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Within a few seconds the demo Service's ServiceL2Status objects name the node the client
+/// sends `ip`'s traffic to (its neighbour entry, which follows gratuitous ARP), and only it.
+async fn assert_status_names_the_answering_node(lab: &Lab, ip: IpAddr, when: &str) {
+    let named = eventually(Duration::from_secs(10), || async {
+        match story::node_answering(lab, ip).await.ok().flatten() {
+            Some(node) => owners_of(lab, "web").await == vec![node],
+            None => false,
+        }
+    })
+    .await;
+    assert!(
+        named,
+        "{when}: ServiceL2Status names {:?}, the client sends to {:?}",
+        owners_of(lab, "web").await,
+        story::node_answering(lab, ip).await
+    );
+}
+
 async fn events_of(lab: &Lab, name: &str) -> Vec<(String, String)> {
     let api: Api<Event> = Api::namespaced(lab.client(), "default");
     api.list(&ListParams::default())
@@ -220,6 +238,7 @@ async fn s2_killing_the_owner_moves_the_ip_and_sigterm_hands_over() {
         "the new owner's gratuitous ARP reached the client"
     );
     curl(&lab, &format!("http://{ip}/")).await;
+    assert_status_names_the_answering_node(&lab, ip, "after a SIGKILL").await;
 
     // Wait for the killed speaker's restart to settle, then stop the owner gracefully.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -233,6 +252,7 @@ async fn s2_killing_the_owner_moves_the_ip_and_sigterm_hands_over() {
     assert!(termed.new_owner.is_some_and(|n| n != termed.old_owner), "handed over");
     assert!(termed.kill_to_garp_ms.is_some(), "the next owner announced");
     curl(&lab, &format!("http://{ip}/")).await;
+    assert_status_names_the_answering_node(&lab, ip, "after a SIGTERM").await;
 
     // After traffic and two failovers, every metric the shipped dashboard and alert rules
     // name is exported by the controller or a speaker.
@@ -264,6 +284,14 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
     let moved = story::wait_for_owner(&lab, Some(&owner), Duration::from_secs(10)).await;
     assert!(moved.is_ok(), "the IP moves off {owner}");
     curl(&lab, &format!("http://{ip}/")).await;
+    // The lost node cannot reach the API server to withdraw its object: the status names the
+    // node the client now sends to, and only it.
+    let answering = story::node_answering(&lab, ip).await.unwrap();
+    assert!(
+        answering.is_some_and(|n| n != owner),
+        "the client follows the new owner"
+    );
+    assert_status_names_the_answering_node(&lab, ip, "while the old owner's cable is out").await;
 
     lab.set_uplink(node, true).await.expect("uplink up");
     // One owner again within a few seconds, and then it stays put.

@@ -95,6 +95,7 @@ fn world(count: usize) -> World {
                     state: MemberState::Alive,
                     incarnation: 1,
                     health: Some(health.clone()),
+                    host_up: false,
                 },
             )
         })

@@ -68,13 +68,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_PROBE_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub probe_interval: Duration,
     /// Probe interval of the members this node would take over from.
-    #[arg(long, env = "HERALD_WATCH_PROBE_INTERVAL", value_parser = parse_duration, default_value = "100ms")]
+    #[arg(long, env = "HERALD_WATCH_PROBE_INTERVAL", value_parser = parse_duration, default_value = "40ms")]
     pub watch_probe_interval: Duration,
     /// How long to wait for a probe's answer before suspecting a member.
-    #[arg(long, env = "HERALD_PROBE_TIMEOUT", value_parser = parse_duration, default_value = "120ms")]
+    #[arg(long, env = "HERALD_PROBE_TIMEOUT", value_parser = parse_duration, default_value = "50ms")]
     pub probe_timeout: Duration,
     /// How long a suspected member has to show a sign of life before it is declared dead.
-    #[arg(long, env = "HERALD_SUSPICION_TIMEOUT", value_parser = parse_duration, default_value = "180ms")]
+    #[arg(long, env = "HERALD_SUSPICION_TIMEOUT", value_parser = parse_duration, default_value = "70ms")]
     pub suspicion_timeout: Duration,
 }
 

@@ -59,8 +59,9 @@ pub struct Plan {
     /// pinned programs keep decapsulating after its speaker stops, so the flows tunnelled there
     /// keep their path (and their backend) whether the node is gone or only its speaker.
     pub tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
-    /// Nodes whose speaker this node's membership declared dead: the dataplane sends them no
-    /// new flows ([`crate::dataplane::desired`]).
+    /// Nodes whose speaker this node's membership declared dead by silence (the node is
+    /// probably gone, not only its speaker): the dataplane sends them no new flows
+    /// ([`crate::dataplane::desired`]).
     pub dead_nodes: BTreeSet<String>,
 }
 
@@ -268,7 +269,9 @@ impl Planner {
             .view
             .members
             .iter()
-            .filter(|(name, m)| m.state == MemberState::Dead && name.as_str() != inputs.node)
+            // A dead speaker on a live host (it refused our connections) keeps its pods:
+            // draining them would only break their flows when the IPs move.
+            .filter(|(name, m)| m.state == MemberState::Dead && !m.host_up && name.as_str() != inputs.node)
             .map(|(name, _)| name.clone())
             .collect();
         Plan {
@@ -399,6 +402,7 @@ mod tests {
                             state: *s,
                             incarnation: 1,
                             health: Some(health.clone()),
+                            host_up: false,
                         },
                     )
                 })
@@ -494,6 +498,10 @@ mod tests {
             "health not heard yet counts as a dataplane, dead n3's pinned one too; n1 itself does not"
         );
         assert_eq!(plan.dead_nodes, BTreeSet::from(["n3".to_string()]));
+        // Dead by refusal: the host is up, its pods keep taking flows.
+        view.members.get_mut("n3").unwrap().host_up = true;
+        assert!(world.plan_for("n1", &view).dead_nodes.is_empty());
+        view.members.get_mut("n3").unwrap().host_up = false;
         assert_eq!(plan.tunnel_peers["n2"], vec!["10.203.0.12".parse::<IpAddr>().unwrap()]);
         view.members.get_mut("n2").unwrap().health = Some(NodeHealth {
             announcer_ready: true,

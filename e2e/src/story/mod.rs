@@ -47,6 +47,8 @@ pub struct Failover {
     pub failed_requests: usize,
     /// Longest stretch of failed requests, first failure to next success.
     pub longest_gap_ms: f64,
+    /// When each failed request was sent, in ms from the fault.
+    pub failed_at_ms: Vec<f64>,
     /// For the timeline: (ms since the kill, answered).
     #[serde(skip)]
     pub marks: Vec<(f64, bool)>,
@@ -141,6 +143,25 @@ pub async fn node_mac(lab: &Lab, node: usize) -> Result<String, LabError> {
     let ns = lab.node_namespace(node)?.to_string();
     let out = lab.exec_in(&ns, &["cat", "/sys/class/net/eth0/address"]).await?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The node whose MAC the client's neighbour entry for `ip` holds (the node it sends to), if
+/// the entry exists and names a lab node.
+pub async fn node_answering(lab: &Lab, ip: IpAddr) -> Result<Option<String>, LabError> {
+    let client = lab.client_namespace().to_string();
+    let out = lab
+        .exec_in(&client, &["ip", "neigh", "show", &ip.to_string(), "dev", "eth0"])
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let Some(mac) = text.split_whitespace().skip_while(|w| *w != "lladdr").nth(1) else {
+        return Ok(None);
+    };
+    for node in 1..=lab.node_count() {
+        if node_mac(lab, node).await?.eq_ignore_ascii_case(mac) {
+            return Ok(Some(lab.node(node)?.name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// What happens to the node announcing the Service.
@@ -298,6 +319,11 @@ pub fn summarize(
         requests: marks.len(),
         failed_requests,
         longest_gap_ms,
+        failed_at_ms: marks
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(t, _)| (t * 10.0).round() / 10.0)
+            .collect(),
         marks,
     }
 }

@@ -15,12 +15,11 @@
 //! - backends are the `ready` endpoints; when none is ready, the `serving && terminating` ones;
 //! - `Local` policy keeps only endpoints on this node, and that choice is made among them alone;
 //! - frontends of one address family only get backends of that family;
-//! - backends on a node whose speaker was declared dead ([`NodeInput::dead_nodes`]) are
-//!   *draining*: established flows keep them, new flows go to the others (unless every backend
-//!   is draining). Losing a node thus stops new connections from going to its pods within the
-//!   membership's detection time, not after Kubernetes marks the endpoints not ready (40 s and
-//!   more); a node whose speaker only crashed keeps its established flows, and takes new ones
-//!   again once its speaker is back;
+//! - backends on a node whose speaker was declared dead by silence ([`NodeInput::dead_nodes`])
+//!   are *draining*: established flows keep them, new flows go to the others (unless every
+//!   backend is draining). Losing a node thus stops new connections from going to its pods
+//!   within the membership's detection time, not after Kubernetes marks the endpoints not ready
+//!   (40 s and more); the node takes new flows again once its speaker is back;
 //! - a frontend with no backend is left out, so its traffic meets the kernel as without Herald.
 
 use std::borrow::Borrow;
@@ -141,7 +140,9 @@ pub struct NodeInput {
     pub forwarding: Forwarding,
     /// Other nodes whose dataplane takes tunnelled traffic, with their addresses.
     pub tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
-    /// Nodes whose speaker the membership declared dead: their backends are draining.
+    /// Nodes whose speaker the membership declared dead by silence (the node itself is
+    /// probably gone; a speaker that crashed on a live host is not listed): their backends are
+    /// draining.
     pub dead_nodes: BTreeSet<String>,
 }
 

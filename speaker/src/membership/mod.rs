@@ -14,14 +14,14 @@
 //! # Failure detection
 //! Each speaker probes (Ping → Ack) the nodes it was told to *watch closely* (the owners of
 //! the IPs for which it is the runner-up, see `election::watch_targets`) every
-//! [`MembershipConfig::watch_probe_interval`] (100 ms), and everybody else round-robin, one
+//! [`MembershipConfig::watch_probe_interval`] (40 ms), and everybody else round-robin, one
 //! probe per [`MembershipConfig::probe_interval`] (1 s) in total, so traffic grows with the
 //! number of IPs watched, not with the square of the cluster size. Dead members stay in the
 //! slow round-robin so that partitions heal.
 //!
-//! A probe without Ack within [`MembershipConfig::probe_timeout`] (120 ms) makes the member
+//! A probe without Ack within [`MembershipConfig::probe_timeout`] (50 ms) makes the member
 //! `Suspect` and starts a local suspicion timer ([`MembershipConfig::suspicion_timeout`],
-//! 180 ms). While it runs the speaker keeps pinging the suspect directly every
+//! 70 ms). While it runs the speaker keeps pinging the suspect directly every
 //! [`MembershipConfig::suspicion_probe_interval`] (50 ms) and asks
 //! [`MembershipConfig::indirect_probes`] (3) other members to ping it (PingReq), twice. Any sign
 //! of life (an Ack, even late; a successful PingReq; any message from the suspect) cancels the
@@ -52,7 +52,11 @@
 //! starts its gossip with the sender's own state, always carries the sender's view of the
 //! receiver when that is not `Alive` (so the receiver refutes at once), and piggybacks up to
 //! [`MembershipConfig::gossip_per_message`] recent changes, each retransmitted
-//! `gossip_retransmit_mult × ⌈log2(n+1)⌉` times. A full-state `Sync` runs with a few peers at
+//! `gossip_retransmit_mult × ⌈log2(n+1)⌉` times, to that many different members (a node
+//! probing the same owners every few tens of milliseconds would otherwise spend a change's
+//! transmissions on them alone). A death this node declares itself is sent to every live
+//! member at once: all dataplanes must stop sending new flows to a lost node's pods together
+//! (see `dataplane::desired`). A full-state `Sync` runs with a few peers at
 //! start, with a member that comes back from `Dead`, and with a random member every
 //! [`MembershipConfig::sync_interval`].
 //!
@@ -164,6 +168,10 @@ pub struct MemberInfo {
     pub incarnation: u64,
     /// Health it gossiped; `None` until heard.
     pub health: Option<NodeHealth>,
+    /// This node declared it dead because its host refused connections to its speaker: the
+    /// process died, the node is up (its pods and pinned programs still work). False for a
+    /// death by silence or one learned from gossip.
+    pub host_up: bool,
 }
 
 /// What membership currently knows, including the local node.
@@ -213,12 +221,12 @@ pub struct MembershipConfig {
     /// members not watched closely, dead ones included (`--probe-interval`, 1 s).
     pub probe_interval: Duration,
     /// Interval between probes of each closely watched member (`--watch-probe-interval`,
-    /// 100 ms).
+    /// 40 ms).
     pub watch_probe_interval: Duration,
-    /// Time to wait for an Ack before suspecting (`--probe-timeout`, 120 ms).
+    /// Time to wait for an Ack before suspecting (`--probe-timeout`, 50 ms).
     pub probe_timeout: Duration,
     /// Time from suspicion to death unless the suspect shows a sign of life
-    /// (`--suspicion-timeout`, 180 ms).
+    /// (`--suspicion-timeout`, 70 ms).
     pub suspicion_timeout: Duration,
     /// Interval of direct re-probes of a suspect (`--suspicion-probe-interval`, 50 ms).
     pub suspicion_probe_interval: Duration,
@@ -249,9 +257,9 @@ impl Default for MembershipConfig {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7946)),
             advertise_address: None,
             probe_interval: Duration::from_secs(1),
-            watch_probe_interval: Duration::from_millis(100),
-            probe_timeout: Duration::from_millis(120),
-            suspicion_timeout: Duration::from_millis(180),
+            watch_probe_interval: Duration::from_millis(40),
+            probe_timeout: Duration::from_millis(50),
+            suspicion_timeout: Duration::from_millis(70),
             suspicion_probe_interval: Duration::from_millis(50),
             indirect_probes: 3,
             sync_interval: Duration::from_secs(30),

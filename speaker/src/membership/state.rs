@@ -131,6 +131,8 @@ struct Member {
     last_heard: Option<Instant>,
     /// Listed by the wiring's peer list (only those are forgotten when the list drops them).
     listed: bool,
+    /// We declared it dead because its host refused connections: the node is up.
+    host_up: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -183,6 +185,15 @@ pub enum CallFailure {
     Other,
 }
 
+/// A change still being spread by gossip.
+#[derive(Clone, Debug)]
+struct QueuedGossip {
+    /// Transmissions left, each to a member that has not had it from us yet: a node that
+    /// probes the same owners many times a second would otherwise spend them all on those.
+    left: u32,
+    sent_to: BTreeSet<String>,
+}
+
 /// Rounds of PingReqs during one suspicion.
 const INDIRECT_ROUNDS: u32 = 2;
 
@@ -196,8 +207,8 @@ pub struct Core {
     health: NodeHealth,
     leaving: bool,
     members: BTreeMap<String, Member>,
-    /// node (possibly ourselves) → transmissions left.
-    gossip: BTreeMap<String, u32>,
+    /// node (possibly ourselves) → the news about it still to spread.
+    gossip: BTreeMap<String, QueuedGossip>,
     /// Closely watched nodes → time of their next probe.
     watch: BTreeMap<String, Instant>,
     slow_next: Option<Instant>,
@@ -315,6 +326,7 @@ impl Core {
                         state: m.state,
                         incarnation: m.incarnation,
                         health: m.health.clone(),
+                        host_up: m.host_up,
                     },
                 )
             })
@@ -326,6 +338,7 @@ impl Core {
                 state: self.local_state(),
                 incarnation: self.incarnation,
                 health: Some(self.health.clone()),
+                host_up: true,
             },
         );
         MembershipView {
@@ -385,6 +398,7 @@ impl Core {
                             health: None,
                             last_heard: None,
                             listed: true,
+                            host_up: false,
                         },
                     );
                     self.event(&peer.node, None, MemberState::Alive, 0, "listed by the API");
@@ -698,6 +712,7 @@ impl Core {
                 indirect.push((target.clone(), suspicion.deadline));
             }
         }
+        let mut declared = Vec::new();
         for (target, incarnation, refused) in dead {
             self.suspicions.remove(&target);
             let still_current = self
@@ -713,14 +728,38 @@ impl Core {
                     "no ack, direct or indirect, within the suspicion timeout"
                 };
                 self.set_state(&target, MemberState::Dead, incarnation, reason);
-                self.queue_gossip(target);
+                if let Some(member) = self.members.get_mut(&target) {
+                    member.host_up = refused;
+                }
+                self.queue_gossip(target.clone());
+                declared.push(target);
             }
+        }
+        if !declared.is_empty() {
+            self.announce_deaths(&declared, now);
         }
         for (target, deadline) in direct {
             self.send_probe(&target, now, deadline);
         }
         for (target, deadline) in indirect {
             self.send_indirect(&target, now, deadline);
+        }
+    }
+
+    /// Tells every live member at once about deaths we declared, instead of waiting for the
+    /// news to ride on ordinary messages (up to a slow probe interval away): every node's
+    /// dataplane must drain a lost node's backends at about the same time, or a node that
+    /// receives tunnelled flows picks differently from the owner that sent them.
+    fn announce_deaths(&mut self, dead: &[String], now: Instant) {
+        let targets: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(n, m)| m.state.is_live() && !dead.contains(n) && n.as_str() != self.node)
+            .map(|(n, m)| (n.clone(), m.address))
+            .collect();
+        let timeout = self.config.probe_timeout;
+        for (target, address) in targets {
+            self.request_ping_exchange(&target, address, now, timeout);
         }
     }
 
@@ -927,17 +966,27 @@ impl Core {
             gossip.push(update_of(to, member));
         }
         if !self.gossip.is_empty() {
-            let mut queued: Vec<(u32, String)> = self.gossip.iter().map(|(n, left)| (*left, n.clone())).collect();
+            let mut queued: Vec<(u32, String)> = self
+                .gossip
+                .iter()
+                // The receiver knows its own state best, and needs no news twice.
+                .filter(|(n, q)| Some(n.as_str()) != to && !to.is_some_and(|to| q.sent_to.contains(to)))
+                .map(|(n, q)| (q.left, n.clone()))
+                .collect();
             // Most transmissions left first: the newest changes.
             queued.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
             for (_, node) in queued.into_iter().take(self.config.gossip_per_message) {
-                if let Some(left) = self.gossip.get_mut(&node) {
-                    *left -= 1;
-                    if *left == 0 {
+                if let Some(queued) = self.gossip.get_mut(&node) {
+                    queued.left -= 1;
+                    if let Some(to) = to {
+                        queued.sent_to.insert(to.to_string());
+                    }
+                    if queued.left == 0 {
                         self.gossip.remove(&node);
                     }
                 }
-                if node == self.node || Some(node.as_str()) == to {
+                // Our own state is always first.
+                if node == self.node {
                     continue;
                 }
                 if let Some(member) = self.members.get(&node) {
@@ -972,7 +1021,13 @@ impl Core {
         let members = self.members.len() as u32 + 1;
         let log = u32::BITS - members.leading_zeros();
         let transmissions = self.config.gossip_retransmit_mult.max(1) * log.max(1);
-        self.gossip.insert(node, transmissions);
+        self.gossip.insert(
+            node,
+            QueuedGossip {
+                left: transmissions,
+                sent_to: BTreeSet::new(),
+            },
+        );
     }
 
     // ----- receiving -----
@@ -1178,6 +1233,7 @@ impl Core {
                     health,
                     last_heard: is_sender.then_some(now),
                     listed: false,
+                    host_up: false,
                 },
             );
             self.event(&update.node, None, state, update.incarnation, "learned from gossip");
@@ -1294,6 +1350,7 @@ impl Core {
         let from = member.state;
         member.state = to;
         member.incarnation = incarnation;
+        member.host_up = false;
         self.view_dirty = true;
         if !to.is_live() {
             self.suspicions.remove(node);
@@ -1404,10 +1461,21 @@ mod tests {
         }
     }
 
+    /// The timings these tests are written for (the defaults are tuned independently).
+    fn config() -> MembershipConfig {
+        MembershipConfig {
+            watch_probe_interval: Duration::from_millis(100),
+            probe_timeout: Duration::from_millis(120),
+            suspicion_timeout: Duration::from_millis(180),
+            suspicion_probe_interval: Duration::from_millis(50),
+            ..MembershipConfig::default()
+        }
+    }
+
     /// `node-a` knowing `node-b` and `node-c` from the peer list.
     fn core() -> (Core, Instant) {
         let now = Instant::now();
-        let mut core = Core::new(MembershipConfig::default(), A, address(1), 5, healthy(), 7);
+        let mut core = Core::new(config(), A, address(1), 5, healthy(), 7);
         core.set_peers(
             &[
                 Peer {
@@ -1594,6 +1662,10 @@ mod tests {
         run(&mut core, now + Duration::from_millis(245), Duration::from_millis(300));
         assert_eq!(core.member_state("node-b"), Some(MemberState::Dead));
         assert_eq!(core.stats().confirmed_dead, 1);
+        assert!(
+            !core.view().members["node-b"].host_up,
+            "silence says nothing of the host"
+        );
     }
 
     fn ping_req_result(sender: &str, target: &str, reachable: bool, refused: bool) -> pb::Message {
@@ -1614,7 +1686,7 @@ mod tests {
     fn refused_probe(core: &mut Core, now: Instant) -> (Vec<RequestId>, Instant) {
         core.watch_closely(&["node-b".to_string()].into(), now);
         // The first probe goes out within one interval (at a random phase).
-        let now = now + MembershipConfig::default().watch_probe_interval;
+        let now = now + config().watch_probe_interval;
         core.tick(now);
         let (probe, _, _) = requests(&core.take_effects())
             .into_iter()
@@ -1646,11 +1718,15 @@ mod tests {
         );
         assert_eq!(core.member_state("node-b"), Some(MemberState::Dead));
         assert_eq!((core.stats().confirmed_dead, core.stats().refused_deaths), (1, 1));
+        assert!(
+            core.view().members["node-b"].host_up,
+            "its node is up, only the speaker died"
+        );
     }
 
     #[test]
     fn a_refused_probe_the_helper_cannot_confirm_waits_for_the_suspicion_timeout() {
-        let config = MembershipConfig::default();
+        let config = config();
         for helper_says in [
             ping_req_result("node-c", "node-b", false, false),
             ping_req_result("node-c", "node-b", true, false),
