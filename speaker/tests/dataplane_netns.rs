@@ -44,6 +44,21 @@ fn one_node_lab(test: &str, pods: u8) -> Option<(Lab, Dataplane)> {
     Some((lab, dp))
 }
 
+/// Two nodes, one TCP and UDP echo pod on node 2, VIP 0 routed to node 1 and node 1's
+/// dataplane (node 2 runs none, so the pod is reached with SNAT); `None` when the test may skip.
+fn remote_backend_lab(test: &str) -> Option<(Lab, Dataplane)> {
+    if !privileged_or_skip(test) {
+        return None;
+    }
+    let mut lab = Lab::new(2);
+    lab.add_pod(2, 1);
+    lab.serve_tcp(2, 1, TARGET);
+    lab.serve_udp(2, 1, TARGET);
+    lab.route_vip_to_node(0, 1);
+    let dp = start_or_skip(&lab, 1, test)?;
+    Some((lab, dp))
+}
+
 fn endpoint(lab: &Lab, node: u8, j: u8, v6: bool) -> EndpointInput {
     EndpointInput {
         ip: lab.pod_addr(node, j, v6),
@@ -163,15 +178,7 @@ fn dataplane_lb_ip_and_nodeport_reach_local_backend_and_reply_from_the_ip() {
 #[test]
 fn dataplane_cluster_policy_reaches_remote_backend_through_snat() {
     let test = "dataplane_cluster_policy_reaches_remote_backend_through_snat";
-    if !privileged_or_skip(test) {
-        return;
-    }
-    let mut lab = Lab::new(2);
-    lab.add_pod(2, 1);
-    lab.serve_tcp(2, 1, TARGET);
-    lab.serve_udp(2, 1, TARGET);
-    lab.route_vip_to_node(0, 1);
-    let Some(mut dp) = start_or_skip(&lab, 1, test) else {
+    let Some((lab, mut dp)) = remote_backend_lab(test) else {
         return;
     };
     let svc = service(
@@ -275,17 +282,9 @@ fn dataplane_backend_removal_moves_only_that_backends_flows() {
 #[test]
 fn dataplane_leaves_frames_flooded_to_another_hosts_mac_alone() {
     let test = "dataplane_leaves_frames_flooded_to_another_hosts_mac_alone";
-    if !privileged_or_skip(test) {
-        return;
-    }
     // A remote backend: the program itself sends the packet on (a local one is handed to the
     // kernel, which drops frames for other hosts by itself).
-    let mut lab = Lab::new(2);
-    lab.add_pod(2, 1);
-    lab.serve_tcp(2, 1, TARGET);
-    lab.serve_udp(2, 1, TARGET);
-    lab.route_vip_to_node(0, 1);
-    let Some(mut dp) = start_or_skip(&lab, 1, test) else {
+    let Some((lab, mut dp)) = remote_backend_lab(test) else {
         return;
     };
     dp.apply_services(&[service(&lab, TrafficPolicy::Cluster, vec![endpoint(&lab, 2, 1, false)])])

@@ -321,6 +321,12 @@ impl Simulation {
         }
     }
 
+    /// The caller `to` learns one way later that its request `id` failed.
+    fn fail_back(&mut self, to: usize, id: RequestId, failure: CallFailure) {
+        let at = self.now + self.one_way();
+        self.schedule(at, Event::Failure { to, id, failure });
+    }
+
     fn schedule(&mut self, at: Instant, event: Event) {
         let id = self.next_event;
         self.next_event += 1;
@@ -426,15 +432,7 @@ impl Simulation {
                 if !self.nodes[to].running {
                     if self.nodes[to].refusing {
                         // The host answers the connection attempt with a reset.
-                        let at = now + self.one_way();
-                        self.schedule(
-                            at,
-                            Event::Failure {
-                                to: from,
-                                id,
-                                failure: CallFailure::Refused,
-                            },
-                        );
+                        self.fail_back(from, id, CallFailure::Refused);
                     }
                     return;
                 }
@@ -457,17 +455,7 @@ impl Simulation {
                     Inbound::Deferred(token) => {
                         self.nodes[to].deferred.insert(token, (from, id, rpc));
                     }
-                    Inbound::Invalid => {
-                        let at = now + self.one_way();
-                        self.schedule(
-                            at,
-                            Event::Failure {
-                                to: from,
-                                id,
-                                failure: CallFailure::Other,
-                            },
-                        );
-                    }
+                    Inbound::Invalid => self.fail_back(from, id, CallFailure::Other),
                 }
                 self.flush(to);
             }
