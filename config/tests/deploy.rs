@@ -59,7 +59,7 @@ fn speaker_daemonset_can_announce_and_load_ebpf() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(caps, ["NET_RAW", "NET_ADMIN", "BPF"]);
+    assert_eq!(caps, ["NET_RAW", "NET_ADMIN", "BPF", "PERFMON"]);
     let env: Vec<&str> = pod["containers"][0]["env"]
         .as_array()
         .expect("env")

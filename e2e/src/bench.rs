@@ -225,7 +225,7 @@ type FirstAddresses = HashMap<String, (Instant, Vec<String>)>;
 
 /// Runs the benchmark in `lab` (which runs herald-controller).
 pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) -> Result<AllocationReport, LabError> {
-    let pid = lab.controller_pid().ok_or(LabError::NotRunning {
+    let pid = lab.controller_pid().await.ok_or(LabError::NotRunning {
         process: "herald-controller".into(),
     })?;
     let (namespace, selector) = if bench.endpoints {

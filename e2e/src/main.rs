@@ -45,6 +45,10 @@ enum Command {
     /// Relay TCP connections to the Unix socket in front of kube-apiserver (runs inside the lab).
     #[command(hide = true)]
     Relay(RelayArgs),
+    /// Start a Pod's container (run by the lab's kubelet inside `ip netns exec`): bind-mount
+    /// its volumes, then exec the program through setpriv with its user and capabilities.
+    #[command(hide = true)]
+    Container(ContainerArgs),
     /// Steady HTTP client: one new connection per interval, one JSON line per request.
     #[command(hide = true)]
     Probe(ProbeArgs),
@@ -234,6 +238,22 @@ struct EchoArgs {
 }
 
 #[derive(Args)]
+struct ContainerArgs {
+    /// SOURCE:TARGET:ro|rw, one per volume mount.
+    #[arg(long = "mount")]
+    mounts: Vec<lab::container::BindMount>,
+    /// Remount `/` read-only (readOnlyRootFilesystem).
+    #[arg(long)]
+    read_only_root: bool,
+    /// A setpriv option (user, groups, capability sets, no-new-privs).
+    #[arg(long = "setpriv", allow_hyphen_values = true)]
+    setpriv: Vec<String>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    program: Vec<String>,
+}
+
+#[derive(Args)]
 struct RelayArgs {
     /// TCP address to accept on.
     #[arg(long)]
@@ -284,6 +304,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Echo(args) => Ok(lab::echo::run_echo(args.name, args.http_port, args.udp_port).await?),
         Command::Relay(args) => Ok(lab::relay::serve_tcp_to_unix(args.listen, args.unix).await?),
+        Command::Container(args) => {
+            let error = lab::container::enter(&args.mounts, args.read_only_root, &args.setpriv, &args.program);
+            anyhow::bail!("cannot start the container: {error}")
+        }
         Command::Probe(args) => {
             let config = lab::ProbeConfig {
                 target: args.target,

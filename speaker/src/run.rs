@@ -531,9 +531,11 @@ async fn advertise_address(
         return Some(address);
     }
     let api: Api<Node> = Api::all(client.clone());
+    // A list by name needs only the `list` the node watch needs anyway, not `get`.
+    let own = kube::api::ListParams::default().fields(&format!("metadata.name={}", config.node_name));
     let mut attempt: u64 = 0;
     loop {
-        let problem = match api.get_opt(&config.node_name).await {
+        let problem = match api.list(&own).await.map(|list| list.items.into_iter().next()) {
             Ok(Some(node)) => match crate::cluster::facts::node_address(&node) {
                 Some(address) => return Some(address),
                 None => format!("Node {} has no address in its status", config.node_name),

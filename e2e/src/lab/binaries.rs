@@ -83,4 +83,25 @@ impl Binaries {
             missing,
         })
     }
+
+    /// The lab's images for its kubelet: `herald` (what `make image` packs: both binaries in
+    /// `/usr/local/bin`) and `herald-lab` (the echo backends), each program mapped to the
+    /// binary of this build.
+    pub fn images(&self) -> super::kubelet::pod_spec::Images {
+        let bin = |name: &str, path: &PathBuf| (format!("/usr/local/bin/{name}"), path.clone());
+        super::kubelet::pod_spec::Images {
+            programs: [
+                (
+                    "herald".to_string(),
+                    [
+                        bin("herald-controller", &self.controller),
+                        bin("herald-speaker", &self.speaker),
+                    ]
+                    .into(),
+                ),
+                ("herald-lab".to_string(), [bin("herald-lab", &self.lab)].into()),
+            ]
+            .into(),
+        }
+    }
 }

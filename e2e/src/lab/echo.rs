@@ -5,6 +5,8 @@
 //! - HTTP, any path: `200`, body `<name>\n`, header `x-herald-client: <peer ip:port>`
 //!   (shows whether the client's source address survived the path).
 //! - UDP: every datagram gets one datagram back, `<name>\n`.
+//! - `GET /readyz`: `200` while ready, `503` after `PUT /readyz` with body `false` (until a
+//!   `PUT` with `true`): the Pod's readiness probe, which tests turn off and on.
 //!
 //! Both listen on `[::]`, which also accepts IPv4 (bindv6only is 0 in new namespaces).
 
@@ -28,7 +30,26 @@ pub async fn serve_echo(
     udp: tokio::net::UdpSocket,
 ) -> std::io::Result<()> {
     let body = format!("{name}\n");
-    let app = axum::Router::new().fallback({
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let readyz = axum::routing::get({
+        let ready = ready.clone();
+        move || {
+            let ready = ready.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if ready {
+                    (axum::http::StatusCode::OK, "ready\n")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+        }
+    })
+    .put(move |text: String| {
+        let now = text.trim() != "false";
+        ready.store(now, std::sync::atomic::Ordering::SeqCst);
+        async move { if now { "ready\n" } else { "not ready\n" } }
+    });
+    let app = axum::Router::new().route("/readyz", readyz).fallback({
         let body = body.clone();
         move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
             let body = body.clone();

@@ -9,21 +9,19 @@
 //! - the control plane ([`controlplane`]: etcd, kube-apiserver, kube-controller-manager,
 //!   kube-scheduler) on the host's loopback (admin kubeconfig, for kubectl) and, through
 //!   [`relay`], at 10.203.0.1:6443 inside the lab;
-//! - what `config/deploy` installs except the workloads (namespace, CRDs, RBAC, the empty
-//!   speaker Secret), one Node and one speaker Pod per node, and each Node's heartbeat
-//!   ([`kubelet`]);
-//! - kubeconfigs for Herald's ServiceAccounts (tokens from the TokenRequest API), so Herald
-//!   runs with exactly the RBAC of `config/deploy`;
-//! - `herald-controller` in the segment namespace and one `herald-speaker` per node
-//!   namespace, each supervised like a kubelet would (restart after a delay, speaker Pod
-//!   status follows), logs in the state directory ([`state`]), where a bpf filesystem is
-//!   also mounted for the speakers' eBPF pins.
+//! - one Node per node namespace, with the lab's [`kubelet`] running every Pod bound to it
+//!   (Herald's from its image's binaries, the echo backends from `herald-lab`'s), its Lease
+//!   renewed, its Pods' status reported;
+//! - Herald installed as users install it ([`install`]): `kubectl apply -k` of `config/deploy`
+//!   with a lab overlay (scenario flags, text logs), then `kubectl rollout status` of the
+//!   controller Deployment and the speaker DaemonSet. Herald reaches the API server with
+//!   in-cluster configuration from its ServiceAccount token, as in any cluster.
 //!
 //! [`Lab::start_probe`] runs a steady client ([`probe`]) for failover measurements.
 //!
-//! Backends ([`Lab::add_backend`]) are echo servers ([`echo`]) in pod namespaces with
-//! Pod objects, so kube-controller-manager's EndpointSlices follow them. LoadBalancer addresses
-//! for L2 mode come from the segment, e.g. a pool `10.203.0.200/29` + `fd00:203::200/125`.
+//! Backends ([`Lab::add_backend`]) are echo Pods bound to a node, so kube-controller-manager's
+//! EndpointSlices follow their readiness. LoadBalancer addresses for L2 mode come from the
+//! segment, e.g. a pool `10.203.0.200/29` + `fd00:203::200/125`.
 //!
 //! # Scenario shape
 //! ```no_run
@@ -41,15 +39,17 @@
 //! })?;
 //! let old = lab.kill_speaker(1, Signal::Kill).await?; // or lab.set_cable(1, false)
 //! let outage = herald_e2e::lab::summarize(&probe.finish().await?).longest_outage_ms;
-//! lab.wait_speaker_restart(1, old, std::time::Duration::from_secs(5)).await?;
+//! lab.wait_speaker_restart(1, old, std::time::Duration::from_secs(5)).await?; // the kubelet restarted it
 //! lab.down().await?;
 //! # Ok(()) }
 //! ```
 
 pub mod binaries;
+pub mod container;
 pub mod controlplane;
 pub mod echo;
 pub mod foreground;
+pub mod install;
 pub mod kubelet;
 mod net;
 pub mod objects;
@@ -69,6 +69,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+
+use kubelet::{Kubelet, KubeletConfig, PodInfo};
 
 pub use binaries::{BIN_DIR_ENV, Binaries};
 pub use controlplane::{CONTROLPLANE_DIR_ENV, ControlPlane, ControlPlaneBinaries, ControlPlaneConfig};
@@ -223,9 +225,11 @@ pub struct LabConfig {
     pub binaries: Option<Binaries>,
     /// Control-plane binaries; None finds them with [`ControlPlaneBinaries::locate`].
     pub control_plane: Option<ControlPlaneBinaries>,
-    /// Start herald-controller (false: a lab for tests that run the controller in process).
+    /// Install herald-controller's Deployment (false: a lab for tests that run the controller
+    /// in process).
     pub start_controller: bool,
-    /// Pause before a supervised process that exited is started again.
+    /// The kubelet's first restart back-off for a container that exited (doubling up to
+    /// 10 times this), and the pause before a lab process (API relay, control plane) restarts.
     pub restart_delay: Duration,
     /// Extra `herald-speaker` flags (e.g. membership timings).
     pub speaker_args: Vec<String>,
@@ -235,10 +239,10 @@ pub struct LabConfig {
     pub json_logs: bool,
     /// `HERALD_LOG` filter for Herald's processes (e.g. `debug`).
     pub log_filter: Option<String>,
-    /// Start the speakers (false: a lab for controller-only scenarios).
+    /// Install the speaker DaemonSet (false: a lab for controller-only scenarios).
     pub start_speakers: bool,
-    /// Mount a bpf filesystem in the state directory for the speakers' eBPF pins (their
-    /// dataplane needs one; inside `ip netns exec`, `/sys/fs/bpf` is not one).
+    /// Mount a bpf filesystem in the state directory: what `hostPath: /sys/fs/bpf` is on the
+    /// lab's nodes (inside `ip netns exec`, `/sys/fs/bpf` is not one).
     pub bpf_filesystem: bool,
     /// Where progress lines go; None is silent.
     pub progress: Option<Progress>,
@@ -287,12 +291,6 @@ pub struct BackendInfo {
     pub ipv6: Ipv6Addr,
     /// Labels of its Pod object.
     pub labels: BTreeMap<String, String>,
-}
-
-struct Backend {
-    info: BackendInfo,
-    slot: usize,
-    process: Supervised,
 }
 
 /// A running `herald-lab probe` (see [`Lab::start_probe`]); killed if dropped.
@@ -356,10 +354,12 @@ pub struct LabInfo {
     pub plan: LabPlan,
     /// Binaries running.
     pub binaries: Binaries,
-    /// Controller pid.
+    /// Pid of the leading controller replica.
     pub controller_pid: Option<u32>,
     /// Speaker pids by node (index 0 is node1).
     pub speaker_pids: Vec<Option<u32>>,
+    /// Every Pod the lab's kubelet runs: `namespace/name` on node (pid).
+    pub pods: Vec<String>,
     /// Backends.
     pub backends: Vec<BackendInfo>,
 }
@@ -375,11 +375,8 @@ pub struct Lab {
     heartbeats: tokio::task::JoinHandle<()>,
     unix_relay: tokio::task::JoinHandle<()>,
     relay: Supervised,
-    controller: Supervised,
-    speakers: Vec<Supervised>,
-    /// Tasks copying each speaker process's state into its Pod's status.
-    speaker_status_mirrors: Vec<tokio::task::JoinHandle<()>>,
-    backends: tokio::sync::Mutex<Vec<Backend>>,
+    /// Runs every Pod bound to a lab node.
+    kubelet: Kubelet,
     client: kube::Client,
     torn_down: AtomicBool,
 }
@@ -512,12 +509,61 @@ impl Lab {
         )
         .await?;
 
-        say("installing config/deploy (namespace, CRDs, RBAC, speaker Secret), Nodes and speaker Pods");
-        objects::install_deploy_manifests(&state, &objects::deploy_dir(), &client).await?;
-        objects::install_cluster_objects(&client, &plan.nodes).await?;
+        say(&format!(
+            "registering {} Nodes; the lab's kubelet runs what is bound to them",
+            plan.nodes.len()
+        ));
+        objects::register_nodes(&client, &plan.nodes).await?;
         let heartbeats = tokio::spawn(kubelet::heartbeat(client.clone(), plan.nodes.clone()));
+        if config.bpf_filesystem
+            && let Err(e) = state::mount_bpf(&state)
+        {
+            say(&format!("warning: no bpf filesystem for the speakers' dataplane: {e}"));
+        }
+        let kubelet = Kubelet::start(
+            client.clone(),
+            KubeletConfig {
+                plan: plan.clone(),
+                state_root: state.root().to_path_buf(),
+                bpffs: state.bpf(),
+                images: binaries.images(),
+                lab_binary: binaries.lab.clone(),
+                api_host: plan.api_address().ip(),
+                api_port: plan.api_address().port(),
+                restart_delay: config.restart_delay,
+                max_backoff: config.restart_delay * 10,
+            },
+        );
 
-        say("issuing ServiceAccount tokens for herald-controller and herald-speaker");
+        let overlay = install::Overlay {
+            controller: config.start_controller,
+            speakers: config.start_speakers,
+            controller_args: config.controller_args.clone(),
+            speaker_args: config.speaker_args.clone(),
+            json_logs: config.json_logs,
+            log_filter: config.log_filter.clone(),
+        };
+        let overlay_dir = state.root().join("deploy");
+        std::fs::create_dir_all(&overlay_dir).map_err(|source| LabError::Io {
+            path: overlay_dir.clone(),
+            source,
+        })?;
+        let deploy = objects::deploy_dir();
+        let deploy = deploy
+            .canonicalize()
+            .map_err(|source| LabError::Io { path: deploy, source })?;
+        let base = install::relative_path(&overlay_dir, &deploy);
+        write_file(
+            &overlay_dir.join("kustomization.yaml"),
+            &install::kustomization(&base, &overlay),
+        )?;
+        say(&format!(
+            "kubectl apply -k {} (config/deploy with the lab's overlay)",
+            overlay_dir.display()
+        ));
+        objects::install_deploy_manifests(&state, &overlay_dir, &client).await?;
+
+        say("issuing ServiceAccount tokens for herald-controller and herald-speaker (kubeconfigs for tools)");
         for account in [objects::CONTROLLER_ACCOUNT, objects::SPEAKER_ACCOUNT] {
             control_plane
                 .service_account_kubeconfig(
@@ -528,83 +574,6 @@ impl Lab {
                 )
                 .await?;
         }
-        let controller_env = herald_env(&config, &state.service_account_kubeconfig(objects::CONTROLLER_ACCOUNT));
-        let mut speaker_env = herald_env(&config, &state.service_account_kubeconfig(objects::SPEAKER_ACCOUNT));
-        if config.bpf_filesystem {
-            match state::mount_bpf(&state) {
-                Ok(path) => speaker_env.push(("HERALD_BPF_PIN_ROOT".into(), path.display().to_string())),
-                Err(e) => say(&format!("warning: no bpf filesystem for the speakers' dataplane: {e}")),
-            }
-        }
-        if config.start_controller {
-            say(&format!(
-                "starting herald-controller in {} (metrics on {})",
-                plan.segment_namespace,
-                plan.controller_metrics_address()
-            ));
-        }
-        let mut controller_args = vec![
-            "--metrics-addr".to_string(),
-            plan.controller_metrics_address().to_string(),
-        ];
-        controller_args.extend(config.controller_args.iter().cloned());
-        let controller_spec = ProcessSpec {
-            name: "controller".into(),
-            netns: Some(plan.segment_namespace.clone()),
-            program: binaries.controller.clone(),
-            args: controller_args,
-            env: controller_env,
-            log_file: state.log("controller"),
-            pid_file: state.pid("controller"),
-            restart_delay: config.restart_delay,
-        };
-        let controller = if config.start_controller {
-            Supervised::start(controller_spec)
-        } else {
-            Supervised::stopped(controller_spec)
-        };
-
-        let mut speakers = Vec::new();
-        if config.start_speakers {
-            say(&format!("starting {} herald-speaker processes", plan.nodes.len()));
-        }
-        for node in &plan.nodes {
-            let mut args = vec![
-                "--node-name".to_string(),
-                node.name.clone(),
-                "--interfaces".to_string(),
-                plan::NODE_UPLINK.to_string(),
-            ];
-            args.extend(config.speaker_args.iter().cloned());
-            let spec = ProcessSpec {
-                name: format!("speaker-{}", node.name),
-                netns: Some(node.namespace.clone()),
-                program: binaries.speaker.clone(),
-                args,
-                env: speaker_env.clone(),
-                log_file: state.log(&format!("speaker-{}", node.name)),
-                pid_file: state.pid(&format!("speaker-{}", node.name)),
-                restart_delay: config.restart_delay,
-            };
-            speakers.push(if config.start_speakers {
-                Supervised::start(spec)
-            } else {
-                Supervised::stopped(spec)
-            });
-        }
-
-        let speaker_status_mirrors = plan
-            .nodes
-            .iter()
-            .zip(&speakers)
-            .map(|(node, speaker)| {
-                tokio::spawn(mirror_speaker_pod(
-                    client.clone(),
-                    node.clone(),
-                    speaker.subscribe_pid(),
-                ))
-            })
-            .collect();
         let lab = Lab {
             plan,
             config,
@@ -614,22 +583,53 @@ impl Lab {
             heartbeats,
             unix_relay,
             relay,
-            controller,
-            speakers,
-            speaker_status_mirrors,
-            backends: tokio::sync::Mutex::new(Vec::new()),
+            kubelet,
             client,
             torn_down: AtomicBool::new(false),
         };
-        if lab.config.start_controller {
-            say("waiting for herald-controller to report ready");
-            let readyz = format!("http://{}/readyz", lab.plan.controller_metrics_address());
-            if let Err(e) = wait_http_ok(&lab.plan.segment_namespace, &readyz, READY_TIMEOUT).await {
-                say(&format!("warning: {e}; see {}", lab.state.log("controller").display()));
+        for (wanted, workload) in [
+            (lab.config.start_controller, "deployment/herald-controller"),
+            (lab.config.start_speakers, "daemonset/herald-speaker"),
+        ] {
+            if wanted {
+                say(&format!("kubectl rollout status {workload}"));
+                lab.rollout_status(workload).await?;
             }
         }
         lab.write_info().await?;
         Ok(lab)
+    }
+
+    /// `kubectl -n herald-system rollout status WORKLOAD` (at most 120 s; the time a
+    /// workload needs on a loaded 2-core machine, with room).
+    async fn rollout_status(&self, workload: &str) -> Result<(), LabError> {
+        let mut cmd = self.kubectl_command(&[
+            "-n",
+            objects::HERALD_NAMESPACE,
+            "rollout",
+            "status",
+            workload,
+            "--timeout=120s",
+        ]);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let output = tokio::time::timeout(Duration::from_secs(130), cmd.output())
+            .await
+            .map_err(|_| LabError::Timeout {
+                what: format!("kubectl rollout status {workload}"),
+            })?
+            .map_err(|source| LabError::Spawn {
+                program: "kubectl".into(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(LabError::Command {
+                command: format!("kubectl rollout status {workload}"),
+                status: output.status.code(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The namespace and address plan.
@@ -647,7 +647,8 @@ impl Lab {
         self.state.root()
     }
 
-    /// The log file of a lab process: `controller`, `speaker-node1`, `api-relay`, `pod-<name>`.
+    /// The log file of a lab process (`api-relay`, `audit`, `kube-apiserver`…) or of a Pod's
+    /// container (`pod-<namespace>-<name>`; [`PodInfo::log`] has it too).
     pub fn log_path(&self, process: &str) -> PathBuf {
         self.state.log(process)
     }
@@ -785,10 +786,19 @@ impl Lab {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// The controller's `/metrics` text.
+    /// The leading controller replica's `/metrics` text.
     pub async fn controller_metrics(&self) -> Result<String, LabError> {
-        let url = format!("http://{}/metrics", self.plan.controller_metrics_address());
-        self.http_get_in(&self.plan.segment_namespace.clone(), &url).await
+        let leader = self.controller_leader().await.ok_or_else(|| LabError::NotRunning {
+            process: "a leading herald-controller replica".into(),
+        })?;
+        let ip = leader.ips.first().copied().ok_or_else(|| LabError::NotRunning {
+            process: format!("pod {}", leader.name),
+        })?;
+        let url = format!(
+            "http://{}/metrics",
+            std::net::SocketAddr::new(ip, plan::CONTROLLER_METRICS_PORT)
+        );
+        self.http_get_in(&leader.netns, &url).await
     }
 
     /// Each speaker's `/metrics` text, node 1 first.
@@ -912,42 +922,141 @@ impl Lab {
         })
     }
 
-    fn speaker(&self, node: usize) -> Result<&Supervised, LabError> {
-        self.node(node)?;
-        Ok(&self.speakers[node - 1])
+    /// The lab's kubelet (every Pod it runs, their processes and addresses).
+    pub fn kubelet(&self) -> &Kubelet {
+        &self.kubelet
+    }
+
+    fn is_speaker_on(pod: &PodInfo, node: &str) -> bool {
+        pod.namespace == objects::HERALD_NAMESPACE
+            && pod.node == node
+            && pod.labels.get(objects::COMPONENT_LABEL).map(String::as_str) == Some("speaker")
+            && !pod.terminating
+    }
+
+    /// The speaker Pod on node `node` (the one not being deleted), if the DaemonSet has one there.
+    pub fn speaker_pod(&self, node: usize) -> Result<Option<PodInfo>, LabError> {
+        let name = self.node(node)?.name.clone();
+        Ok(self.kubelet.pods().into_iter().find(|p| Self::is_speaker_on(p, &name)))
     }
 
     /// Pid of node `node`'s speaker, if it runs right now.
     pub fn speaker_pid(&self, node: usize) -> Result<Option<u32>, LabError> {
-        Ok(self.speaker(node)?.pid())
+        Ok(self.speaker_pod(node)?.and_then(|p| p.pid))
     }
 
-    /// How many times node `node`'s speaker was started (1 + restarts).
-    pub fn speaker_starts(&self, node: usize) -> Result<u32, LabError> {
-        Ok(self.speaker(node)?.starts())
-    }
-
-    /// Sends `signal` to node `node`'s speaker and returns the pid signalled; if the
-    /// process exits, it is restarted after the restart delay, like a DaemonSet pod.
+    /// Sends `signal` to node `node`'s speaker process and returns the pid signalled; if the
+    /// process exits, the kubelet restarts the container (restartCount goes up).
     pub async fn kill_speaker(&self, node: usize, signal: Signal) -> Result<u32, LabError> {
-        self.speaker(node)?.signal(signal).await
+        let pod = self.speaker_pod(node)?.ok_or_else(|| LabError::NotRunning {
+            process: format!("the speaker on node{node}"),
+        })?;
+        self.kubelet.signal(&pod.namespace, &pod.name, signal).await
     }
 
-    /// Waits until node `node`'s speaker runs with a pid other than `old_pid`.
+    /// `kubectl delete pod` of node `node`'s speaker (`--grace-period=0 --force` when
+    /// `force`), without waiting; returns the Pod's name. The DaemonSet makes a new one.
+    pub async fn delete_speaker_pod(&self, node: usize, force: bool) -> Result<String, LabError> {
+        let pod = self.speaker_pod(node)?.ok_or_else(|| LabError::NotRunning {
+            process: format!("the speaker on node{node}"),
+        })?;
+        let mut args = vec![
+            "-n",
+            objects::HERALD_NAMESPACE,
+            "delete",
+            "pod",
+            pod.name.as_str(),
+            "--wait=false",
+        ];
+        if force {
+            args.extend(["--grace-period=0", "--force"]);
+        }
+        self.kubectl(&args).await?;
+        Ok(pod.name)
+    }
+
+    /// Waits until a speaker runs on node `node` with a pid other than `old_pid` (restarted
+    /// by the kubelet, or a new Pod from the DaemonSet).
     pub async fn wait_speaker_restart(&self, node: usize, old_pid: u32, timeout: Duration) -> Result<u32, LabError> {
-        self.speaker(node)?.wait_for_new_pid(Some(old_pid), timeout).await
+        let name = self.node(node)?.name.clone();
+        self.kubelet
+            .wait_for(&format!("the speaker on {name} to (re)start"), timeout, |pods| {
+                pods.iter()
+                    .filter(|p| Self::is_speaker_on(p, &name))
+                    .find_map(|p| p.pid.filter(|pid| *pid != old_pid))
+            })
+            .await
     }
 
-    /// Stops node `node`'s speaker and keeps it stopped (as if unscheduled).
-    pub async fn stop_speaker(&self, node: usize) -> Result<(), LabError> {
-        self.speaker(node)?.stop().await;
-        Ok(())
+    /// The controller Pods running now (not being deleted).
+    pub fn controller_pods(&self) -> Vec<PodInfo> {
+        self.kubelet
+            .pods()
+            .into_iter()
+            .filter(|p| {
+                p.namespace == objects::HERALD_NAMESPACE
+                    && p.labels.get(objects::COMPONENT_LABEL).map(String::as_str) == Some("controller")
+                    && !p.terminating
+            })
+            .collect()
     }
 
-    /// Starts a speaker stopped with [`Lab::stop_speaker`].
-    pub fn start_speaker(&self, node: usize) -> Result<(), LabError> {
-        self.speaker(node)?.resume();
-        Ok(())
+    /// The leading controller replica (its `/metrics` says `herald_controller_leader 1`).
+    pub async fn controller_leader(&self) -> Option<PodInfo> {
+        for pod in self.controller_pods() {
+            let Some(ip) = pod.ips.first() else { continue };
+            let url = format!("http://{ip}:{}/metrics", plan::CONTROLLER_METRICS_PORT);
+            if let Ok(text) = self.http_get_in(&pod.netns, &url).await
+                && text.lines().any(|l| l.trim() == "herald_controller_leader 1")
+            {
+                return Some(pod);
+            }
+        }
+        None
+    }
+
+    /// Pid of the leading controller replica, if one leads right now.
+    pub async fn controller_pid(&self) -> Option<u32> {
+        self.controller_leader().await.and_then(|p| p.pid)
+    }
+
+    /// Waits (at most `timeout`) until a controller replica leads whose Pod is not one of
+    /// `not`; returns it.
+    pub async fn wait_controller_leader(&self, not: &[String], timeout: Duration) -> Result<PodInfo, LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.controller_leader().await
+                && !not.contains(&leader.uid)
+                && leader.pid.is_some()
+            {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: "a herald-controller replica to lead".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `kubectl rollout restart deployment/herald-controller` and waits for the rollout and
+    /// for a new replica to lead; returns its pid.
+    pub async fn restart_controller(&self) -> Result<u32, LabError> {
+        let old: Vec<String> = self.controller_pods().into_iter().map(|p| p.uid).collect();
+        self.kubectl(&[
+            "-n",
+            objects::HERALD_NAMESPACE,
+            "rollout",
+            "restart",
+            "deployment/herald-controller",
+        ])
+        .await?;
+        self.rollout_status("deployment/herald-controller").await?;
+        let leader = self.wait_controller_leader(&old, Duration::from_secs(60)).await?;
+        leader.pid.ok_or(LabError::NotRunning {
+            process: "herald-controller".into(),
+        })
     }
 
     /// Takes node `node`'s own uplink (`eth0` in its namespace) down or up: the node sees
@@ -960,28 +1069,6 @@ impl Lab {
     /// while its interface stays administratively up.
     pub async fn set_cable(&self, node: usize, connected: bool) -> Result<(), LabError> {
         net::set_bridge_port(&self.plan, self.node(node)?, connected).await
-    }
-
-    /// Pid of the controller, if it runs right now.
-    pub fn controller_pid(&self) -> Option<u32> {
-        self.controller.pid()
-    }
-
-    /// Stops the controller (SIGTERM) and keeps it stopped.
-    pub async fn stop_controller(&self) {
-        self.controller.stop().await;
-    }
-
-    /// Starts the controller after [`Lab::stop_controller`].
-    pub fn start_controller(&self) {
-        self.controller.resume();
-    }
-
-    /// Stops the controller gracefully and starts it again; returns the new pid.
-    pub async fn restart_controller(&self) -> Result<u32, LabError> {
-        self.controller.stop().await;
-        self.controller.resume();
-        self.controller.wait_running(READY_TIMEOUT).await
     }
 
     /// Stops kube-apiserver; in-lab clients see refused connections.
@@ -1004,9 +1091,9 @@ impl Lab {
         self.control_plane.restart_etcd().await
     }
 
-    /// Starts an echo backend `name` behind node `node`: pod namespace, veth, addresses,
-    /// the echo process, and a Pod in `default` with `labels` (plus `app=<name>` unless
-    /// `app` is given) that turns Ready once the server answers HTTP from the node.
+    /// Creates an echo backend Pod `name` in `default` bound to node `node`, with `labels`
+    /// (plus `app=<name>` unless `app` is given), and waits until the kubelet runs it and its
+    /// readiness probe passes.
     pub async fn add_backend(
         &self,
         node: usize,
@@ -1014,155 +1101,101 @@ impl Lab {
         labels: BTreeMap<String, String>,
     ) -> Result<BackendInfo, LabError> {
         let node_plan = self.node(node)?.clone();
-        let mut backends = self.backends.lock().await;
-        if backends.iter().any(|b| b.info.name == name) {
-            return Err(LabError::Backend {
-                name: name.to_string(),
-                problem: "exists",
-            });
-        }
-        let slot = (1..)
-            .find(|s| !backends.iter().any(|b| b.info.node == node && b.slot == *s))
-            .unwrap_or(1);
-        let pod = self.plan.pod(node, slot, name)?;
+        plan::validate_pod_name(name)?;
         let mut labels = labels;
         labels.entry("app".into()).or_insert_with(|| name.to_string());
-        if let Err(e) = net::add_pod(&node_plan, &pod).await {
-            let _ = net::delete_namespace(&pod.namespace).await;
-            return Err(e);
-        }
-        let process_name = format!("pod-{name}");
-        let process = Supervised::start(ProcessSpec {
-            name: process_name.clone(),
-            netns: Some(pod.namespace.clone()),
-            program: self.binaries.lab.clone(),
-            args: vec![
-                "echo".into(),
-                "--name".into(),
-                name.to_string(),
-                "--http-port".into(),
-                plan::ECHO_HTTP_PORT.to_string(),
-                "--udp-port".into(),
-                plan::ECHO_UDP_PORT.to_string(),
-            ],
-            env: vec![("RUST_LOG".into(), "warn".into())],
-            log_file: self.state.log(&process_name),
-            pid_file: self.state.pid(&process_name),
-            restart_delay: self.config.restart_delay,
-        });
-        let info = BackendInfo {
-            name: name.to_string(),
-            node,
-            namespace: pod.namespace.clone(),
-            ipv4: pod.ipv4,
-            ipv6: pod.ipv6,
-            labels: labels.clone(),
-        };
-        backends.push(Backend {
-            info: info.clone(),
-            slot,
-            process,
-        });
-        drop(backends);
-
-        let started = async {
-            objects::create_backend_pod(&self.client, &objects::backend_pod_object(&pod, &node_plan, &labels)).await?;
-            let url = format!("http://{}:{}/", pod.ipv4, plan::ECHO_HTTP_PORT);
-            wait_http_ok(&node_plan.namespace, &url, READY_TIMEOUT).await?;
-            let pods: Api<Pod> = Api::namespaced(self.client.clone(), objects::BACKEND_NAMESPACE);
-            let status = objects::running_pod_status(
-                &pod.ipv4.to_string(),
-                &pod.ipv6.to_string(),
-                &node_plan.ipv4.to_string(),
-                true,
-            );
-            objects::patch_pod_status(&pods, name, status).await
-        };
-        match started.await {
-            Ok(()) => Ok(info),
+        let pod = objects::backend_pod_object(name, &node_plan, &labels);
+        objects::create_backend_pod(&self.client, &pod).await?;
+        let ready = self
+            .kubelet
+            .wait_for(&format!("backend {name} to run and be ready"), READY_TIMEOUT, |pods| {
+                pods.iter()
+                    .find(|p| p.namespace == objects::BACKEND_NAMESPACE && p.name == name && p.ready)
+                    .cloned()
+            })
+            .await;
+        match ready {
+            Ok(pod) => backend_info(&pod, node),
             Err(e) => {
-                // Leave nothing half-made behind: Pod object, process, namespace.
+                // Leave nothing half-made behind.
                 let _ = self.remove_backend(name).await;
                 Err(e)
             }
         }
     }
 
-    /// Marks a backend's Pod Ready or not (its server keeps running): EndpointSlices follow.
+    /// Makes a backend's readiness probe fail or pass again (its server keeps running) and
+    /// waits until its Pod's Ready condition follows: EndpointSlices follow that.
     pub async fn set_backend_ready(&self, name: &str, ready: bool) -> Result<(), LabError> {
-        let info = self.backend(name).await?;
-        let node = self.node(info.node)?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), objects::BACKEND_NAMESPACE);
-        let status = objects::running_pod_status(
-            &info.ipv4.to_string(),
-            &info.ipv6.to_string(),
-            &node.ipv4.to_string(),
-            ready,
-        );
-        objects::patch_pod_status(&pods, name, status).await
+        let pod = self.backend_pod(name)?;
+        let ip = pod.ips.first().copied().ok_or_else(|| LabError::NotRunning {
+            process: format!("backend {name}"),
+        })?;
+        let url = format!("http://{}/readyz", std::net::SocketAddr::new(ip, plan::ECHO_HTTP_PORT));
+        let body = if ready { "true" } else { "false" };
+        let out = self
+            .exec_in(
+                &pod.netns,
+                &["curl", "-sSf", "--max-time", "5", "-X", "PUT", "--data", body, &url],
+            )
+            .await?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                command: format!("curl -X PUT {url}"),
+                status: out.status.code(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        self.kubelet
+            .wait_for(&format!("backend {name}'s Pod Ready={ready}"), READY_TIMEOUT, |pods| {
+                pods.iter()
+                    .any(|p| p.namespace == objects::BACKEND_NAMESPACE && p.name == name && p.ready == ready)
+                    .then_some(())
+            })
+            .await
     }
 
-    /// The backend called `name`.
-    pub async fn backend(&self, name: &str) -> Result<BackendInfo, LabError> {
-        self.backends
-            .lock()
-            .await
-            .iter()
-            .find(|b| b.info.name == name)
-            .map(|b| b.info.clone())
+    fn backend_pod(&self, name: &str) -> Result<PodInfo, LabError> {
+        self.kubelet
+            .pod(objects::BACKEND_NAMESPACE, name)
             .ok_or(LabError::Backend {
                 name: name.to_string(),
                 problem: "no such backend",
             })
     }
 
+    /// The backend called `name`.
+    pub async fn backend(&self, name: &str) -> Result<BackendInfo, LabError> {
+        let pod = self.backend_pod(name)?;
+        backend_info(&pod, self.node_index(&pod.node)?)
+    }
+
     /// Pid of a backend's echo server, if it runs right now.
     pub async fn backend_pid(&self, name: &str) -> Result<Option<u32>, LabError> {
-        let backends = self.backends.lock().await;
-        let backend = backends.iter().find(|b| b.info.name == name).ok_or(LabError::Backend {
-            name: name.to_string(),
-            problem: "no such backend",
-        })?;
-        Ok(backend.process.pid())
+        Ok(self.backend_pod(name)?.pid)
     }
 
-    /// Sends `signal` to a backend's echo server (restarted after the delay if it exits;
-    /// its Pod stays Ready, as during a container crash before the readiness probe notices).
+    /// Sends `signal` to a backend's echo server; the kubelet restarts it if it exits (its
+    /// Pod is not Ready until the probe passes again).
     pub async fn kill_backend(&self, name: &str, signal: Signal) -> Result<u32, LabError> {
-        let backends = self.backends.lock().await;
-        let backend = backends.iter().find(|b| b.info.name == name).ok_or(LabError::Backend {
-            name: name.to_string(),
-            problem: "no such backend",
-        })?;
-        backend.process.signal(signal).await
+        self.kubelet.signal(objects::BACKEND_NAMESPACE, name, signal).await
     }
 
-    /// Every backend.
+    /// Every backend Pod (namespace `default`) the kubelet runs.
     pub async fn backends(&self) -> Vec<BackendInfo> {
-        self.backends.lock().await.iter().map(|b| b.info.clone()).collect()
+        self.kubelet
+            .pods()
+            .iter()
+            .filter(|p| p.namespace == objects::BACKEND_NAMESPACE && !p.terminating)
+            .filter_map(|p| backend_info(p, self.node_index(&p.node).ok()?).ok())
+            .collect()
     }
 
-    /// Deletes a backend: its Pod object, process and namespace.
+    /// Deletes a backend Pod and waits until the kubelet has stopped it and finished the
+    /// deletion.
     pub async fn remove_backend(&self, name: &str) -> Result<(), LabError> {
-        let backend = {
-            let mut backends = self.backends.lock().await;
-            let index = backends
-                .iter()
-                .position(|b| b.info.name == name)
-                .ok_or(LabError::Backend {
-                    name: name.to_string(),
-                    problem: "no such backend",
-                })?;
-            backends.remove(index)
-        };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), objects::BACKEND_NAMESPACE);
-        // The lab is this pod's kubelet and stops its process below: finish the deletion at
-        // once instead of waiting for a kubelet to confirm it.
-        let now = kube::api::DeleteParams {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        };
-        match pods.delete(name, &now).await {
+        match pods.delete(name, &kube::api::DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(source) => {
@@ -1172,8 +1205,14 @@ impl Lab {
                 });
             }
         }
-        backend.process.shutdown().await;
-        net::delete_namespace(&backend.info.namespace).await
+        self.kubelet
+            .wait_for(&format!("backend {name} to be gone"), READY_TIMEOUT, |pods| {
+                (!pods
+                    .iter()
+                    .any(|p| p.namespace == objects::BACKEND_NAMESPACE && p.name == name))
+                .then_some(())
+            })
+            .await
     }
 
     /// A description of the running lab.
@@ -1187,8 +1226,16 @@ impl Lab {
             control_plane: self.control_plane.config().binaries.clone(),
             plan: self.plan.clone(),
             binaries: self.binaries.clone(),
-            controller_pid: self.controller.pid(),
-            speaker_pids: self.speakers.iter().map(Supervised::pid).collect(),
+            controller_pid: self.controller_pid().await,
+            speaker_pids: (1..=self.node_count())
+                .map(|n| self.speaker_pid(n).ok().flatten())
+                .collect(),
+            pods: self
+                .kubelet
+                .pods()
+                .iter()
+                .map(|p| format!("{}/{} on {} (pid {})", p.namespace, p.name, p.node, p.pid.unwrap_or(0)))
+                .collect(),
             backends: self.backends().await,
         }
     }
@@ -1198,33 +1245,16 @@ impl Lab {
         write_file(&self.state.info(), &text)
     }
 
-    /// Stops every process (speakers and controller with SIGTERM), the API server and
+    /// Stops every Pod's container (SIGTERM, then SIGKILL after 5 s), the API server and
     /// the relays, deletes every namespace and the state directory.
     pub async fn down(self) -> Result<CleanupReport, LabError> {
         self.torn_down.store(true, Ordering::SeqCst);
-        for mirror in &self.speaker_status_mirrors {
-            mirror.abort();
-        }
         self.heartbeats.abort();
-        let Lab {
-            config,
-            control_plane,
-            unix_relay,
-            relay,
-            controller,
-            speakers,
-            backends,
-            ..
-        } = &self;
-        let mut stopping: Vec<&Supervised> = speakers.iter().collect();
-        stopping.push(controller);
-        futures::future::join_all(stopping.iter().map(|p| p.stop())).await;
-        let backends = std::mem::take(&mut *backends.lock().await);
-        futures::future::join_all(backends.into_iter().map(|b| b.process.shutdown())).await;
-        relay.stop().await;
-        control_plane.stop().await;
-        unix_relay.abort();
-        cleanup(&config.prefix, &config.state_root).await
+        self.kubelet.shutdown(Duration::from_secs(5)).await;
+        self.relay.stop().await;
+        self.control_plane.stop().await;
+        self.unix_relay.abort();
+        cleanup(&self.config.prefix, &self.config.state_root).await
     }
 }
 
@@ -1235,38 +1265,29 @@ impl Drop for Lab {
         }
         self.unix_relay.abort();
         self.heartbeats.abort();
-        for mirror in &self.speaker_status_mirrors {
-            mirror.abort();
-        }
-        for process in self.speakers.iter().chain([&self.controller, &self.relay]) {
-            process.kill_now();
-        }
-        if let Ok(backends) = self.backends.try_lock() {
-            for backend in backends.iter() {
-                backend.process.kill_now();
-            }
-        }
-        self.control_plane.kill_now();
         if std::thread::panicking() {
             self.print_log_tails(40);
         }
+        self.kubelet.kill_now();
+        self.relay.kill_now();
+        self.control_plane.kill_now();
         state::cleanup_blocking(&self.config.prefix, &self.config.state_root);
     }
 }
 
 impl Lab {
-    /// Prints the last `lines` lines of Herald's logs to stderr: a test that fails takes the
-    /// state directory with it, and CI keeps only what the test printed.
+    /// Prints the last `lines` lines of Herald's Pods' logs to stderr: a test that fails
+    /// takes the state directory with it, and CI keeps only what the test printed.
     fn print_log_tails(&self, lines: usize) {
-        let mut processes = vec!["controller".to_string()];
-        processes.extend(self.plan.nodes.iter().map(|n| format!("speaker-{}", n.name)));
-        for process in processes {
-            let path = self.state.log(&process);
-            let Ok(text) = std::fs::read_to_string(&path) else {
+        for pod in self.kubelet.pods() {
+            if pod.namespace != objects::HERALD_NAMESPACE {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&pod.log) else {
                 continue;
             };
             let all: Vec<&str> = text.lines().collect();
-            eprintln!("---- last {} lines of {} ----", lines.min(all.len()), path.display());
+            eprintln!("---- last {} lines of {} ----", lines.min(all.len()), pod.log.display());
             for line in &all[all.len().saturating_sub(lines)..] {
                 eprintln!("{line}");
             }
@@ -1274,49 +1295,28 @@ impl Lab {
     }
 }
 
-/// Keeps the speaker Pod on `node` as a kubelet would: NotReady while the speaker
-/// process is down, Ready with one more restart each time a new process runs. Patches
-/// that fail (API server restarting) are simply redone on the next change.
-async fn mirror_speaker_pod(client: kube::Client, node: NodePlan, mut pids: tokio::sync::watch::Receiver<Option<u32>>) {
-    let pods: Api<Pod> = Api::namespaced(client, objects::HERALD_NAMESPACE);
-    let name = objects::speaker_pod_name(&node);
-    // The last process seen running; None until the first start.
-    let mut last_started = *pids.borrow_and_update();
-    let mut restarts = 0u32;
-    let mut pid = last_started;
-    loop {
-        if let Some(pid) = pid
-            && last_started != Some(pid)
-        {
-            if last_started.is_some() {
-                restarts += 1;
-            }
-            last_started = Some(pid);
-        }
-        let status = objects::speaker_pod_status(&node, pid.is_some(), restarts);
-        if let Err(e) = objects::patch_pod_status(&pods, &name, status).await {
-            tracing::debug!(error = %e, pod = %name, "cannot mirror the speaker's state");
-        }
-        if pids.changed().await.is_err() {
-            return;
-        }
-        pid = *pids.borrow_and_update();
+fn backend_info(pod: &PodInfo, node: usize) -> Result<BackendInfo, LabError> {
+    let v4 = pod.ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = pod.ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    match (v4, v6) {
+        (Some(ipv4), Some(ipv6)) => Ok(BackendInfo {
+            name: pod.name.clone(),
+            node,
+            namespace: pod.netns.clone(),
+            ipv4,
+            ipv6,
+            labels: pod.labels.clone(),
+        }),
+        _ => Err(LabError::NotRunning {
+            process: format!("backend {} (no addresses yet)", pod.name),
+        }),
     }
-}
-
-fn herald_env(config: &LabConfig, kubeconfig: &Path) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
-        // Logs go to files: no terminal colour codes in them.
-        ("NO_COLOR".to_string(), "1".to_string()),
-    ];
-    if config.json_logs {
-        env.push(("HERALD_LOG_FORMAT".into(), "json".into()));
-    }
-    if let Some(filter) = &config.log_filter {
-        env.push(("HERALD_LOG".into(), filter.clone()));
-    }
-    env
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
@@ -1326,12 +1326,8 @@ fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
     })
 }
 
-/// Polls `url` with curl from inside `ns` until it answers 2xx, for at most `timeout`.
-async fn wait_http_ok(ns: &str, url: &str, timeout: Duration) -> Result<(), LabError> {
-    wait_ok_with(ns, url, &[], timeout).await
-}
-
-/// [`wait_http_ok`] for an https `url` whose certificate `ca` signed.
+/// Polls the https `url` (whose certificate `ca` signed) with curl from inside `ns` until it
+/// answers 2xx, for at most `timeout`.
 async fn wait_https_ok(ns: &str, url: &str, ca: &Path, timeout: Duration) -> Result<(), LabError> {
     let ca = ca.display().to_string();
     wait_ok_with(ns, url, &["--cacert", &ca], timeout).await

@@ -138,9 +138,14 @@ pub(crate) async fn build_base(plan: &LabPlan) -> Result<(), LabError> {
     let client = plan.client_namespace.as_str();
     add_address(client, "eth0", plan.client_v4.into(), plan.segment_v4.prefix_len()).await?;
     add_address(client, "eth0", plan.client_v6.into(), plan.segment_v6.prefix_len()).await?;
+    // Host-gw routes to every node's pods: from the client, and from the segment namespace,
+    // where the API server's relay answers Pods (the controller replicas) too.
     for node in &plan.nodes {
-        replace_route(client, &node.pod_cidr_v4.to_string(), Some(node.ipv4.into()), "eth0").await?;
-        replace_route(client, &node.pod_cidr_v6.to_string(), Some(node.ipv6.into()), "eth0").await?;
+        for ns in [client, seg] {
+            let dev = if ns == seg { BRIDGE } else { "eth0" };
+            replace_route(ns, &node.pod_cidr_v4.to_string(), Some(node.ipv4.into()), dev).await?;
+            replace_route(ns, &node.pod_cidr_v6.to_string(), Some(node.ipv6.into()), dev).await?;
+        }
     }
 
     for node in &plan.nodes {

@@ -1,8 +1,6 @@
-//! The Kubernetes objects a real cluster would have and the lab must write itself: Nodes
-//! (what kubelets register), speaker Pods (what the DaemonSet creates), backend Pods with
-//! their status (what kubelets report); and `config/deploy` itself, applied with kubectl
-//! except for its workloads (the lab runs Herald's processes). Builders are pure;
-//! `install_*` write them.
+//! The Kubernetes objects the lab writes: Nodes (what kubelets register), backend Pods (the
+//! echo server, run by the lab's kubelet), and `config/deploy` itself, applied with
+//! `kubectl apply -k` through the lab's overlay ([`super::install`]). Builders are pure.
 
 use std::collections::BTreeMap;
 
@@ -11,14 +9,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::{Value, json};
 
 use super::LabError;
-use super::plan::{ECHO_HTTP_PORT, ECHO_UDP_PORT, NodePlan, PodPlan};
+use super::plan::{ECHO_HTTP_PORT, ECHO_UDP_PORT, NodePlan};
 
 /// Namespace of Herald's own objects.
 pub const HERALD_NAMESPACE: &str = "herald-system";
+/// The label whose value says which part of Herald a Pod is (`controller`, `speaker`).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Namespace backend pods go to.
 pub const BACKEND_NAMESPACE: &str = "default";
 /// The speakers' shared Secret, left empty for the controller to fill.
@@ -27,9 +27,6 @@ pub const SPEAKER_SECRET: &str = "herald-speaker-auth";
 pub const CONTROLLER_ACCOUNT: &str = "herald-controller";
 /// herald-speaker's ServiceAccount in `config/deploy`.
 pub const SPEAKER_ACCOUNT: &str = "herald-speaker";
-/// Kinds of `config/deploy` the lab does not apply: it runs Herald's processes itself.
-const WORKLOAD_KINDS: [&str; 2] = ["Deployment", "DaemonSet"];
-
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -58,6 +55,8 @@ pub fn node_object(node: &NodePlan) -> Node {
             "podCIDRs": [node.pod_cidr_v4.to_string(), node.pod_cidr_v6.to_string()],
         },
         "status": {
+            "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+            "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
             "addresses": [
                 {"type": "InternalIP", "address": node.ipv4.to_string()},
                 {"type": "InternalIP", "address": node.ipv6.to_string()},
@@ -82,81 +81,43 @@ pub fn speaker_labels() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// Name of the speaker Pod on `node`.
-pub fn speaker_pod_name(node: &NodePlan) -> String {
-    format!("herald-speaker-{}", node.name)
+/// The lab's echo image: `herald-lab` from the build (the kubelet runs its `echo` subcommand).
+pub fn echo_image() -> String {
+    format!("herald-lab:{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The speaker Pod the DaemonSet would run on `node` (host network: the node's addresses).
-pub fn speaker_pod_object(node: &NodePlan) -> Pod {
+/// A backend Pod bound to `node`: the echo server answering with the Pod's name, ports named
+/// `http` and `udp`, Ready while `GET /readyz` answers 200 (probed every second).
+pub fn backend_pod_object(name: &str, node: &NodePlan, labels: &BTreeMap<String, String>) -> Pod {
     typed(json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": speaker_pod_name(node), "namespace": HERALD_NAMESPACE, "labels": speaker_labels()},
+        "metadata": {"name": name, "namespace": BACKEND_NAMESPACE, "labels": labels},
         "spec": {
             "nodeName": node.name,
-            "hostNetwork": true,
-            "containers": [{"name": "speaker", "image": "herald-speaker:lab",
-                "ports": [{"name": "peer", "containerPort": 7946, "protocol": "TCP"},
-                          {"name": "metrics", "containerPort": 7473, "protocol": "TCP"}]}],
+            "terminationGracePeriodSeconds": 2,
+            "containers": [echo_container()],
         },
     }))
 }
 
-/// The status a kubelet reports for a pod with these addresses.
-pub fn running_pod_status(ipv4: &str, ipv6: &str, host_ip: &str, ready: bool) -> Value {
-    let ready = if ready { "True" } else { "False" };
+/// The echo container of backend Pods and of the demo's Deployment.
+pub fn echo_container() -> Value {
     json!({
-        "status": {
-            "phase": "Running",
-            "hostIP": host_ip,
-            "podIP": ipv4,
-            "podIPs": [{"ip": ipv4}, {"ip": ipv6}],
-            "startTime": now(),
-            "conditions": [
-                {"type": "Ready", "status": ready, "lastTransitionTime": now()},
-                {"type": "ContainersReady", "status": ready, "lastTransitionTime": now()},
-            ],
-        }
+        "name": "echo",
+        "image": echo_image(),
+        "command": ["/usr/local/bin/herald-lab", "echo"],
+        "args": ["--name=$(POD_NAME)", format!("--http-port={ECHO_HTTP_PORT}"), format!("--udp-port={ECHO_UDP_PORT}")],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "RUST_LOG", "value": "warn"},
+        ],
+        "ports": [{"name": "http", "containerPort": ECHO_HTTP_PORT, "protocol": "TCP"},
+                  {"name": "udp", "containerPort": ECHO_UDP_PORT, "protocol": "UDP"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+        "securityContext": {"runAsUser": 65534, "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
     })
-}
-
-/// The status a kubelet reports for the speaker Pod on `node`: Ready while the speaker
-/// process runs, and its container's restart count (what `kubectl get pods` shows as
-/// RESTARTS).
-pub fn speaker_pod_status(node: &NodePlan, running: bool, restarts: u32) -> Value {
-    let (v4, v6) = (node.ipv4.to_string(), node.ipv6.to_string());
-    let mut status = running_pod_status(&v4, &v6, &v4, running);
-    let state = if running {
-        json!({"running": {"startedAt": now()}})
-    } else {
-        json!({"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": now()}})
-    };
-    status["status"]["containerStatuses"] = json!([{
-        "name": "speaker",
-        "image": "herald-speaker:lab",
-        "imageID": "",
-        "ready": running,
-        "started": running,
-        "restartCount": restarts,
-        "state": state,
-    }]);
-    status
-}
-
-/// A backend Pod (without status): the echo server, ports named `http` and `udp`.
-pub fn backend_pod_object(pod: &PodPlan, node: &NodePlan, labels: &BTreeMap<String, String>) -> Pod {
-    typed(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": pod.name, "namespace": BACKEND_NAMESPACE, "labels": labels},
-        "spec": {
-            "nodeName": node.name,
-            "containers": [{"name": "echo", "image": "herald-lab-echo",
-                "ports": [{"name": "http", "containerPort": ECHO_HTTP_PORT, "protocol": "TCP"},
-                          {"name": "udp", "containerPort": ECHO_UDP_PORT, "protocol": "UDP"}]}],
-        },
-    }))
 }
 
 /// Creates an object unless it exists (a restored API server state already has it).
@@ -179,26 +140,11 @@ pub fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/deploy")
 }
 
-/// The documents of a multi-document YAML stream except the workloads ([`WORKLOAD_KINDS`]).
-pub fn without_workloads(stream: &str) -> Result<String, serde_yaml::Error> {
-    use serde::Deserialize;
-    let mut kept = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(stream) {
-        let value = serde_yaml::Value::deserialize(document)?;
-        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-        if value.is_null() || WORKLOAD_KINDS.contains(&kind) {
-            continue;
-        }
-        kept.push(serde_yaml::to_string(&value)?);
-    }
-    Ok(kept.join("---\n"))
-}
-
-/// Applies `config/deploy` (rendered with `kubectl kustomize`) without its workloads, then
-/// waits until Herald's CRDs are established and the ServiceAccounts exist.
+/// `kubectl apply -k overlay` (the lab's overlay on `config/deploy`), then waits until
+/// Herald's CRDs are established and the ServiceAccounts exist.
 pub async fn install_deploy_manifests(
     state: &super::StateDir,
-    deploy: &Path,
+    overlay: &Path,
     client: &kube::Client,
 ) -> Result<(), LabError> {
     let home = state.root().join("kubectl-home");
@@ -211,14 +157,8 @@ pub async fn install_deploy_manifests(
             .kill_on_drop(true);
         run_with_input(cmd, input)
     };
-    let deploy_arg = deploy.display().to_string();
-    let rendered = kubectl(&["kustomize", &deploy_arg], None).await?;
-    let manifests = without_workloads(&rendered).map_err(|e| LabError::Command {
-        command: format!("kubectl kustomize {deploy_arg}"),
-        status: None,
-        stderr: format!("output is not YAML: {e}"),
-    })?;
-    kubectl(&["apply", "-f", "-"], Some(manifests)).await?;
+    let overlay_arg = overlay.display().to_string();
+    kubectl(&["apply", "-k", &overlay_arg], None).await?;
     let crds: Vec<String> = herald_config::crds::all()
         .into_iter()
         .filter_map(|(_, crd)| crd.metadata.name)
@@ -281,30 +221,16 @@ async fn run_with_input(mut cmd: tokio::process::Command, input: Option<String>)
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Creates the Nodes and the speaker Pods (Running, Ready).
-pub async fn install_cluster_objects(client: &kube::Client, nodes: &[NodePlan]) -> Result<(), LabError> {
+/// Registers the Nodes, as each node's kubelet does.
+pub async fn register_nodes(client: &kube::Client, nodes: &[NodePlan]) -> Result<(), LabError> {
     let node_api: Api<Node> = Api::all(client.clone());
-    let pod_api: Api<Pod> = Api::namespaced(client.clone(), HERALD_NAMESPACE);
     for node in nodes {
         create_if_absent(&node_api, &node_object(node)).await?;
-        create_if_absent(&pod_api, &speaker_pod_object(node)).await?;
-        patch_pod_status(&pod_api, &speaker_pod_name(node), speaker_pod_status(node, true, 0)).await?;
     }
     Ok(())
 }
 
-/// Merges `status` (a `{"status": ...}` document) into a Pod's status.
-pub async fn patch_pod_status(api: &Api<Pod>, name: &str, status: Value) -> Result<(), LabError> {
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .map(|_| ())
-        .map_err(|source| LabError::Api {
-            what: format!("updating the status of pod {name}"),
-            source,
-        })
-}
-
-/// Creates a backend Pod (status Pending until [`patch_pod_status`] reports it running).
+/// Creates a backend Pod (the lab's kubelet runs it).
 pub async fn create_backend_pod(client: &kube::Client, pod: &Pod) -> Result<(), LabError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), BACKEND_NAMESPACE);
     api.create(&PostParams::default(), pod)
@@ -320,18 +246,6 @@ pub async fn create_backend_pod(client: &kube::Client, pod: &Pod) -> Result<(), 
 mod tests {
     use super::*;
     use crate::lab::plan::LabPlan;
-
-    #[test]
-    fn workloads_are_left_out_of_the_deploy_manifests() {
-        let stream = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\
-            apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: b}\n---\n\
-            apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: c}\n---\n\
-            apiVersion: v1\nkind: Secret\nmetadata: {name: d}\n";
-        let kept = without_workloads(stream).unwrap();
-        assert!(kept.contains("Namespace") && kept.contains("Secret"), "{kept}");
-        assert!(!kept.contains("DaemonSet") && !kept.contains("Deployment"), "{kept}");
-        assert_eq!(kept.matches("---").count(), 1, "{kept}");
-    }
 
     #[test]
     fn node_has_both_internal_ips_and_is_ready() {
@@ -357,18 +271,14 @@ mod tests {
     }
 
     #[test]
-    fn speaker_pod_mirrors_the_daemonset() {
+    fn a_backend_pod_runs_the_echo_image_unprivileged() {
         let plan = LabPlan::new("hlab", 1).unwrap();
-        let pod = speaker_pod_object(plan.node(1).unwrap());
-        assert_eq!(pod.metadata.namespace.as_deref(), Some(HERALD_NAMESPACE));
-        assert_eq!(pod.metadata.labels.unwrap()["app.kubernetes.io/component"], "speaker");
-        assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node1"));
-        let status = speaker_pod_status(plan.node(1).unwrap(), false, 2)["status"].clone();
-        let status: Pod = typed(json!({"metadata": {}, "status": status}));
-        let status = status.status.unwrap();
-        assert_eq!(status.pod_ips.unwrap().len(), 2);
-        let container = &status.container_statuses.unwrap()[0];
-        assert_eq!((container.ready, container.restart_count), (false, 2));
-        assert!(container.state.as_ref().unwrap().terminated.is_some());
+        let pod = backend_pod_object("web-a", plan.node(1).unwrap(), &BTreeMap::new());
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node1"));
+        let container = &spec.containers[0];
+        assert!(container.image.as_deref().unwrap().starts_with("herald-lab:"));
+        assert_eq!(container.security_context.as_ref().unwrap().run_as_user, Some(65534));
+        assert!(container.readiness_probe.is_some());
     }
 }

@@ -250,7 +250,7 @@ impl LabPlan {
             node,
             slot,
             namespace: format!("{}-n{node}-{name}", self.prefix),
-            node_side: format!("pod{slot}"),
+            node_side: format!("veth{slot}"),
             ipv4: Ipv4Addr::new(v4[0], v4[1], v4[2], host),
             ipv6: Ipv6Addr::new(v6[0], v6[1], v6[2], 0, 0, 0, 0, decimal_as_hex(10 + slot)),
         })
@@ -287,7 +287,7 @@ mod tests {
         assert!(plan.node(0).is_none() && plan.node(4).is_none());
         let pod = plan.pod(2, 3, "web-a").unwrap();
         assert_eq!(pod.namespace, "hlab-n2-web-a");
-        assert_eq!(pod.node_side, "pod3");
+        assert_eq!(pod.node_side, "veth3");
         assert_eq!(pod.ipv4.to_string(), "10.244.2.13");
         assert_eq!(pod.ipv6.to_string(), "fd00:244:2::13");
     }

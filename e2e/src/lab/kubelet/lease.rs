@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use super::plan::NodePlan;
+use crate::lab::plan::NodePlan;
 
 /// How often a kubelet renews its Lease (the kubelet's default: a quarter of 40 s).
 pub const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
