@@ -602,3 +602,110 @@ async fn s8_bad_input_is_explained_and_disturbs_nothing() {
     assert!(curl(&lab, &format!("http://{ip}/")).await.contains("web-"));
     lab.down().await.unwrap();
 }
+
+/// The speaker Pods' names, with kubectl.
+async fn speaker_pods(lab: &Lab) -> Vec<String> {
+    let out = lab
+        .kubectl(&[
+            "-n",
+            "herald-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=speaker",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
+        ])
+        .await
+        .expect("kubectl get pods");
+    out.lines().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_speaker_pods_deleted_killed_and_rolled_with_kubectl() {
+    let Some(lab) = lab("si").await else { return };
+    story::apply_demo_objects(&lab, &quiet()).await.unwrap();
+    let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.unwrap();
+    curl(&lab, &format!("http://{ip}/")).await;
+
+    for fault in [Fault::PodDelete, Fault::PodForceDelete] {
+        let before = speaker_pods(&lab).await;
+        let failover = story::measure_failover(&lab, ip, fault).await.expect("measured");
+        eprintln!(
+            "{}: {} -> {:?}, announced after {:?} ms, traffic after {:?} ms; {} of {} requests failed at {:?} ms",
+            fault.name(),
+            failover.old_owner,
+            failover.new_owner,
+            failover.kill_to_garp_ms,
+            failover.kill_to_traffic_ms,
+            failover.failed_requests,
+            failover.requests,
+            failover.failed_at_ms
+        );
+        assert!(
+            failover.new_owner.as_ref().is_some_and(|n| *n != failover.old_owner),
+            "{}: another node took the address over",
+            fault.name()
+        );
+        // The DaemonSet replaced the deleted Pod on the same node.
+        story::wait_speakers_ready(&lab)
+            .await
+            .expect("every speaker Pod runs and is ready");
+        let after = speaker_pods(&lab).await;
+        assert_eq!(after.len(), 3, "{after:?}");
+        assert_eq!(
+            after.iter().filter(|p| !before.contains(p)).count(),
+            1,
+            "{}: one new speaker Pod: {before:?} -> {after:?}",
+            fault.name()
+        );
+        curl(&lab, &format!("http://{ip}/")).await;
+        assert_status_names_the_answering_node(&lab, ip, fault.name()).await;
+    }
+
+    // A speaker whose process dies is restarted in place by the kubelet: same Pod, one
+    // restart, the last state says how it ended.
+    let victim = lab.speaker_pod(1).unwrap().expect("node1 has a speaker");
+    let old = lab
+        .kill_speaker(1, herald_e2e::lab::Signal::Kill)
+        .await
+        .expect("SIGKILL");
+    lab.wait_speaker_restart(1, old, Duration::from_secs(15))
+        .await
+        .expect("restarted");
+    story::wait_speakers_ready(&lab)
+        .await
+        .expect("every speaker Pod runs and is ready");
+    let status = lab
+        .kubectl(&[
+            "-n",
+            "herald-system",
+            "get",
+            "pod",
+            &victim.name,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].lastState.terminated.exitCode}",
+        ])
+        .await
+        .expect("kubectl get pod");
+    assert_eq!(status.trim(), "1 137", "restartCount and the last exit (SIGKILL)");
+
+    // A rolling restart of every speaker, one node at a time, while the client probes.
+    let before = speaker_pods(&lab).await;
+    let rolled = story::measure_failover(&lab, ip, Fault::RolloutRestart)
+        .await
+        .expect("measured");
+    eprintln!(
+        "rollout restart: {} of {} requests failed, longest gap {:.0} ms, failed at {:?} ms",
+        rolled.failed_requests, rolled.requests, rolled.longest_gap_ms, rolled.failed_at_ms
+    );
+    let after = speaker_pods(&lab).await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "every speaker replaced: {before:?} -> {after:?}"
+    );
+    curl(&lab, &format!("http://{ip}/")).await;
+    assert_status_names_the_answering_node(&lab, ip, "after the rolling restart").await;
+    lab.down().await.unwrap();
+}

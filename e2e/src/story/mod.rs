@@ -28,12 +28,16 @@ use crate::lab::{Lab, LabError, Signal};
 /// The sample pool, advertisement and Service the story applies with kubectl.
 pub const POOL_YAML: &str = include_str!("../../demo/pool.yaml");
 pub const SERVICE_YAML: &str = include_str!("../../demo/service.yaml");
+/// The demo's backends: a Deployment of the lab's echo image.
+pub const WEB_YAML: &str = include_str!("../../demo/web.yaml");
 /// Name and namespace of the demo Service.
 pub const SERVICE: (&str, &str) = ("default", "web");
 
 /// One measured failover.
 #[derive(Debug, Clone, Serialize)]
 pub struct Failover {
+    /// What was done to the owner.
+    pub fault: Fault,
     pub old_owner: String,
     pub new_owner: Option<String>,
     /// The fault (a kill, for the demo: the names stay) → the new owner's first gratuitous
@@ -168,10 +172,18 @@ pub async fn node_answering(lab: &Lab, ip: IpAddr) -> Result<Option<String>, Lab
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fault {
-    /// SIGKILL of its speaker (a crash; the supervisor restarts it, as a DaemonSet would).
+    /// SIGKILL of its speaker's process (a crash; the kubelet restarts the container).
     Kill,
-    /// SIGTERM of its speaker (a pod deletion or a rolling update: a graceful handoff).
+    /// SIGTERM of its speaker's process (a graceful handoff; the kubelet restarts the container).
     Term,
+    /// `kubectl delete pod` of its speaker: SIGTERM and a graceful handoff; the DaemonSet
+    /// makes a new Pod.
+    PodDelete,
+    /// `kubectl delete pod --grace-period=0 --force` of its speaker: killed at once.
+    PodForceDelete,
+    /// `kubectl rollout restart daemonset/herald-speaker`: every speaker replaced, one node
+    /// at a time, while the client keeps probing (the worst gap is what counts).
+    RolloutRestart,
     /// The node's cable pulled at the switch: nothing on it is reachable, nothing it sends
     /// arrives (power loss or a dead uplink, as its peers see it).
     NodeLoss,
@@ -186,8 +198,34 @@ impl Fault {
         match self {
             Fault::Kill => "kill",
             Fault::Term => "term",
+            Fault::PodDelete => "pod-delete",
+            Fault::PodForceDelete => "pod-force-delete",
+            Fault::RolloutRestart => "rollout-restart",
             Fault::NodeLoss => "node-loss",
             Fault::NodeFreeze => "node-freeze",
+        }
+    }
+
+    /// What the timeline calls the moment of the fault.
+    pub fn describe(self, node: &str) -> String {
+        match self {
+            Fault::Kill => format!("SIGKILL speaker on {node}"),
+            Fault::Term => format!("SIGTERM speaker on {node}"),
+            Fault::PodDelete => format!("kubectl delete pod (speaker on {node})"),
+            Fault::PodForceDelete => format!("kubectl delete pod --force (speaker on {node})"),
+            Fault::RolloutRestart => "kubectl rollout restart daemonset/herald-speaker".into(),
+            Fault::NodeLoss => format!("{node}'s cable pulled"),
+            Fault::NodeFreeze => format!("speaker on {node} frozen (SIGSTOP)"),
+        }
+    }
+
+    /// How long the client probes after the fault.
+    fn probe_for(self) -> Duration {
+        match self {
+            // Three nodes, one at a time: each old speaker hands off and exits, the new one
+            // starts and passes its readiness probe (every 5 s) before the next is replaced.
+            Fault::RolloutRestart => Duration::from_secs(40),
+            _ => Duration::from_millis(2500),
         }
     }
 
@@ -195,15 +233,23 @@ impl Fault {
         match self {
             Fault::Kill => lab.kill_speaker(node, Signal::Kill).await.map(drop),
             Fault::Term => lab.kill_speaker(node, Signal::Term).await.map(drop),
+            Fault::PodDelete => lab.delete_speaker_pod(node, false).await.map(drop),
+            Fault::PodForceDelete => lab.delete_speaker_pod(node, true).await.map(drop),
+            Fault::RolloutRestart => lab
+                .kubectl(&["-n", "herald-system", "rollout", "restart", "daemonset/herald-speaker"])
+                .await
+                .map(drop),
             Fault::NodeLoss => lab.set_cable(node, false).await,
             Fault::NodeFreeze => lab.kill_speaker(node, Signal::Stop).await.map(drop),
         }
     }
 
-    /// Undoes the fault (a killed or stopped speaker is restarted by the supervisor).
+    /// Undoes the fault (the kubelet restarts a killed speaker, the DaemonSet replaces a
+    /// deleted Pod).
     async fn heal(self, lab: &Lab, node: usize) -> Result<(), LabError> {
         match self {
-            Fault::Kill | Fault::Term => Ok(()),
+            Fault::Kill | Fault::Term | Fault::PodDelete | Fault::PodForceDelete => Ok(()),
+            Fault::RolloutRestart => wait_speakers_ready(lab).await,
             Fault::NodeLoss => lab.set_cable(node, true).await,
             Fault::NodeFreeze => lab.kill_speaker(node, Signal::Cont).await.map(drop),
         }
@@ -247,7 +293,7 @@ pub async fn measure_failover(lab: &Lab, ip: IpAddr, fault: Fault) -> Result<Fai
     let probe_config = ProbeConfig {
         target: SocketAddr::new(ip, 80),
         interval: Duration::from_millis(10),
-        duration: Duration::from_millis(3500),
+        duration: Duration::from_millis(1000) + fault.probe_for(),
         timeout: Duration::from_millis(250),
     };
     // tcpdump needs a moment to attach before the kill.
@@ -275,10 +321,14 @@ pub async fn measure_failover(lab: &Lab, ip: IpAddr, fault: Fault) -> Result<Fai
     if new_owner.is_none() {
         tracing::warn!(?macs, ?garps, "no takeover seen at the client");
     }
-    Ok(summarize(old_owner, new_owner, &samples, killed_at, kill_to_garp_ms))
+    Ok(Failover {
+        fault,
+        ..summarize(old_owner, new_owner, &samples, killed_at, kill_to_garp_ms)
+    })
 }
 
-/// Failover numbers from probe samples, placed on the kill's clock (Unix ms, host clock).
+/// Failover numbers from probe samples, placed on the kill's clock (Unix ms, host clock); the
+/// fault is recorded as a kill unless the caller says otherwise.
 pub fn summarize(
     old_owner: String,
     new_owner: Option<String>,
@@ -312,6 +362,7 @@ pub fn summarize(
         .find(|(t, ok)| *ok && *t >= first_failure_after_kill.unwrap_or(0.0))
         .map(|(t, _)| *t);
     Failover {
+        fault: Fault::Kill,
         old_owner,
         new_owner,
         kill_to_garp_ms,
@@ -348,7 +399,7 @@ pub fn write_timeline(path: &Path, failover: &Failover) -> std::io::Result<()> {
         .collect();
     let mut events = vec![timeline::Event {
         at_ms: 0.0,
-        label: format!("SIGKILL speaker on {}", failover.old_owner),
+        label: failover.fault.describe(&failover.old_owner),
         colour: "#000000",
     }];
     if let Some(garp) = failover.kill_to_garp_ms {
@@ -370,19 +421,20 @@ pub fn write_timeline(path: &Path, failover: &Failover) -> std::io::Result<()> {
     std::fs::write(path, timeline::render(&title, &marks, &events, start, end))
 }
 
-/// Puts the demo's Service and its backends in the lab: the pool and advertisement, two echo
-/// backends (on the second and third node), and the Service, all applied like a user would.
+/// Puts the demo's Service and its backends in the lab, applied with kubectl as a user would:
+/// the pool and advertisement, the echo Deployment (two replicas on two nodes, from
+/// kube-controller-manager's ReplicaSet, run by the lab's kubelet) and the Service.
 pub async fn apply_demo_objects(lab: &Lab, say: &dyn Fn(&str)) -> Result<(), LabError> {
     say("kubectl apply -f e2e/demo/pool.yaml   # an IPAddressPool on the lab's segment and an L2Advertisement");
     say(lab.kubectl_apply(POOL_YAML).await?.trim());
-    let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-    for (node, name) in [(2.min(lab.node_count()), "web-1"), (3.min(lab.node_count()), "web-2")] {
-        let backend = lab.add_backend(node, name, labels.clone()).await?;
-        say(&format!(
-            "backend pod {} on node{} at {}",
-            backend.name, backend.node, backend.ipv4
-        ));
-    }
+    say("kubectl apply -f e2e/demo/web.yaml   # the echo backends: a Deployment, two replicas");
+    say(lab.kubectl_apply(WEB_YAML).await?.trim());
+    lab.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await?;
+    say(lab
+        .kubectl(&["get", "pods", "-l", "app=web", "-o", "wide"])
+        .await?
+        .trim());
     say("kubectl apply -f e2e/demo/service.yaml   # type: LoadBalancer, port 80 -> 8080");
     say(lab.kubectl_apply(SERVICE_YAML).await?.trim());
     Ok(())
@@ -407,7 +459,7 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
     say("kubectl get servicel2status -A   # who announces what");
     say(lab.kubectl(&["get", "servicel2status", "-A"]).await?.trim());
     say(&format!(
-        "SIGKILL the speaker on {owner} while the client opens a connection every 10 ms ..."
+        "SIGKILL the speaker process on {owner} (the kubelet restarts its container) while the client opens a connection every 10 ms ..."
     ));
     let failover = measure_failover(lab, ip, Fault::Kill).await?;
     say(&format!(
@@ -449,7 +501,51 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
         source,
     })?;
     say(&format!("timeline: {}  summary: {}", svg.display(), json.display()));
+    say("kubectl -n herald-system get pods -o wide   # the kubelet restarted the killed speaker's container");
+    say(lab
+        .kubectl(&["-n", "herald-system", "get", "pods", "-o", "wide"])
+        .await?
+        .trim());
+
+    // Second act: the disaster users fear. A killed speaker never stops traffic (its pinned
+    // eBPF keeps forwarding on a healthy node); a lost node does, until another answers.
+    // First every speaker must be back and ready, and the address with its usual owner.
+    wait_speakers_ready(lab).await?;
+    let owner = wait_for_stable_owner(lab, Duration::from_millis(1500), Duration::from_secs(30)).await?;
+    say(&format!(
+        "now the node itself: pulling {owner}'s cable while the client opens a connection every 10 ms ..."
+    ));
+    let lost = measure_failover(lab, ip, Fault::NodeLoss).await?;
+    say(&format!(
+        "new owner: {}; gratuitous ARP reached the client {} after the cable was pulled; traffic flowing again {} after it; {} of {} requests failed (longest gap {:.0} ms)",
+        lost.new_owner.as_deref().unwrap_or("none"),
+        fmt_ms(lost.kill_to_garp_ms),
+        fmt_ms(lost.kill_to_traffic_ms),
+        lost.failed_requests,
+        lost.requests,
+        lost.longest_gap_ms,
+    ));
+    let svg = out_dir.join("node-loss-timeline.svg");
+    write_timeline(&svg, &lost).map_err(|source| LabError::Io {
+        path: svg.clone(),
+        source,
+    })?;
+    say(&format!("timeline of the node loss: {}", svg.display()));
     Ok(failover)
+}
+
+/// `kubectl rollout status daemonset/herald-speaker`: every speaker Pod runs and is ready.
+pub async fn wait_speakers_ready(lab: &Lab) -> Result<(), LabError> {
+    lab.kubectl(&[
+        "-n",
+        "herald-system",
+        "rollout",
+        "status",
+        "daemonset/herald-speaker",
+        "--timeout=90s",
+    ])
+    .await
+    .map(drop)
 }
 
 /// `curl` from the client namespace, retried for a few seconds while the first ARP and the
@@ -537,9 +633,10 @@ pub async fn failover_bench(
             failover.failed_requests,
             failover.requests
         ));
-        // Let the supervisor restart the victim and the cluster settle before the next kill.
-        // The restarted victim ranks highest for this IP and wins it back once it has settled;
-        // wait for that, so the next round kills the real owner.
+        // Let the kubelet restart the victim (or the DaemonSet replace it) and the cluster
+        // settle before the next fault. The victim's speaker ranks highest for this IP and wins
+        // it back once it has settled; wait for that, so the next round hits the real owner.
+        wait_speakers_ready(lab).await?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let owner = wait_for_stable_owner(lab, Duration::from_millis(1000), Duration::from_secs(20)).await?;
