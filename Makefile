@@ -47,8 +47,9 @@ unit:
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
 
-# The user's story in a lab on this machine (as root): a pool, a Service reached from a client,
-# its owner's speaker killed; writes target/herald-demo/failover-timeline.svg and a JSON summary.
+# The user's story in a lab on this machine (as root): Herald installed with kubectl, a pool, a
+# Service reached from a client, its owner's speaker Pod force-deleted, then its owner node's
+# cable pulled; writes timelines of both (target/herald-demo/*.svg) and a JSON summary.
 demo: build
 	target/debug/herald-lab demo --json target/herald-demo/failover-summary.json
 

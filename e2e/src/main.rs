@@ -26,9 +26,11 @@ enum Command {
     /// Remove a lab (running or crashed): processes, namespaces, state directory.
     Down(DownArgs),
     /// The user's story: a lab, a pool, a Service reached from outside, its owner's speaker
-    /// killed while a client sends requests; a timeline picture and a JSON summary.
+    /// Pod force-deleted and then its node's cable pulled while a client sends requests;
+    /// timeline pictures and a JSON summary.
     Demo(DemoArgs),
-    /// SIGKILL the owner's speaker repeatedly and report failover percentiles.
+    /// Fault the owner repeatedly (--fault: its speaker killed or deleted, a rolling restart,
+    /// its cable pulled, its speaker frozen) and report failover percentiles.
     FailoverBench(FailoverBenchArgs),
     /// Create many LoadBalancer Services at once and measure how fast herald-controller gives
     /// them addresses (latency, CPU, API requests per Service).
@@ -85,7 +87,7 @@ struct UpArgs {
     /// (default: the cache `make deps` built them into).
     #[arg(long, env = herald_e2e::lab::CONTROLPLANE_DIR_ENV)]
     controlplane_dir: Option<PathBuf>,
-    /// Milliseconds before a process that exited is started again.
+    /// The kubelet's first restart back-off, in milliseconds, for a container that exited.
     #[arg(long, default_value_t = 1000)]
     restart_delay_ms: u64,
     /// Do not start the speakers.
@@ -439,10 +441,11 @@ async fn in_lab<T>(
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let out = args.out.clone();
-    // The killed speaker comes back after 5 s (a DaemonSet restart), so the takeover can be
-    // looked at before the restarted speaker wins its IP back.
+    // The killed speaker's container is restarted after 5 s, so the takeover can be looked
+    // at before the restarted speaker wins its IP back.
     let config = lab::LabConfig {
         restart_delay: Duration::from_secs(5),
+        restart_backoff_limit: Duration::from_secs(5),
         ..lab::LabConfig::new(&args.prefix)
     };
     let failover = in_lab(config, async |lab, say| herald_e2e::story::demo(lab, &out, say).await).await?;
@@ -455,11 +458,13 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn run_failover_bench(args: FailoverBenchArgs) -> anyhow::Result<()> {
-    // The victim's speaker comes back after 5 s, outside each 3.5 s measurement, so a round
-    // measures the takeover alone and not the restarted speaker winning its IP back.
+    // The victim's speaker container is restarted after 5 s every time (no growing back-off
+    // over the rounds), outside each 3.5 s measurement, so a round measures the takeover alone
+    // and not the restarted speaker winning its IP back.
     let config = lab::LabConfig {
         speaker_args: args.speaker_args,
         restart_delay: Duration::from_secs(5),
+        restart_backoff_limit: Duration::from_secs(5),
         ..lab::LabConfig::new(&args.prefix)
     };
     let (rounds, fault) = (args.rounds, args.fault);

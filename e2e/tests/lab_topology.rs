@@ -1,6 +1,7 @@
 //! The lab world end to end, as root: topology and routing (v4 and v6), echo backends,
 //! Nodes/Pods in the real API server and EndpointSlices from kube-controller-manager, real
-//! kubectl, the real controller assigning an address, speaker supervision, uplink and
+//! kubectl, the real controller assigning an address, the lab's kubelet (restarts, exact
+//! privileges, a clear status for what it cannot run), uplink and
 //! restart knobs, and cleanup (control plane included) — by `down`, by `Drop` during a
 //! panic, and by `herald-lab down` after the lab process was killed.
 //!
@@ -186,6 +187,20 @@ async fn ready_endpoints(lab: &Lab, service: &str, want: &[String]) -> Vec<Strin
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `/proc/<pid>/status`.
+fn proc_status(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+/// A field of `/proc/<pid>/status`, trimmed.
+fn field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -425,6 +440,44 @@ async fn lab_topology_api_controller_and_supervision() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!((restarts, ready), (1, true), "speaker pod status after one restart");
+
+    // The kubelet gives each container exactly its manifest's privileges: the speaker the
+    // four capabilities config/deploy adds (NET_ADMIN 12, NET_RAW 13, PERFMON 38, BPF 39) as
+    // root, the controller none as user 65534.
+    let speaker_status = proc_status(lab.speaker_pid(1).unwrap().expect("speaker on node1"));
+    assert_eq!(field(&speaker_status, "CapEff"), "000000c000003000", "{speaker_status}");
+    assert_eq!(field(&speaker_status, "CapBnd"), "000000c000003000", "{speaker_status}");
+    assert_eq!(field(&speaker_status, "NoNewPrivs"), "1");
+    let leader = lab.controller_leader().await.expect("a leader");
+    let controller_status = proc_status(leader.pid.expect("leader runs"));
+    assert_eq!(field(&controller_status, "CapEff"), "0000000000000000");
+    assert!(
+        field(&controller_status, "Uid").starts_with("65534"),
+        "{controller_status}"
+    );
+    // What the lab's kubelet cannot run is a clear status, not a silent failure.
+    lab.kubectl_apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: needs-secret, namespace: default}\nspec:\n  nodeName: node1\n  containers:\n  - name: echo\n    image: herald-lab:0.1.0\n    command: [/usr/local/bin/herald-lab, echo, --name=x]\n    env:\n    - name: KEY\n      valueFrom: {secretKeyRef: {name: absent, key: key}}\n",
+    )
+    .await
+    .expect("pod applied");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let waiting = loop {
+        let reason = kubectl(
+            &lab,
+            &["get", "pod", "needs-secret", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"],
+        )
+        .await;
+        if reason.starts_with("CreateContainerConfigError") || Instant::now() > deadline {
+            break reason;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        waiting,
+        "CreateContainerConfigError: env KEY: secret \"absent\" not found"
+    );
+    kubectl(&lab, &["delete", "pod", "needs-secret", "--wait=true", "--timeout=20s"]).await;
 
     // Uplink down: node3 unreachable; up again: addresses and routes are back.
     lab.set_uplink(3, false).await.expect("uplink down");

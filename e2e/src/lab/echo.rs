@@ -111,4 +111,35 @@ mod tests {
         assert_eq!(&buf[..n], b"web-a\n");
         server.abort();
     }
+
+    async fn http(addr: SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn readiness_turns_off_and_on_and_serving_goes_on() {
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = http_listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_echo("web-a".into(), http_listener, udp));
+        let get = "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let put = |body: &str| {
+            format!(
+                "PUT /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        assert!(http(addr, get).await.starts_with("HTTP/1.1 200"));
+        assert!(http(addr, &put("false")).await.starts_with("HTTP/1.1 200"));
+        assert!(http(addr, get).await.starts_with("HTTP/1.1 503"));
+        let answer = http(addr, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.ends_with("web-a\n"), "still serving while not ready: {answer}");
+        assert!(http(addr, &put("true")).await.starts_with("HTTP/1.1 200"));
+        assert!(http(addr, get).await.starts_with("HTTP/1.1 200"));
+        server.abort();
+    }
 }

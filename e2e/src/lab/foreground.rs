@@ -32,7 +32,11 @@ pub async fn run_up(mut config: LabConfig, json: Option<PathBuf>) -> Result<(), 
         lab.control_plane().started_in().as_secs_f64(),
         lab.state_dir().join("logs").display()
     ));
+    progress("Herald runs as Pods of its Deployment and DaemonSet: kubectl -n herald-system get pods -o wide");
     progress("LoadBalancer pools for L2 mode must come from the segment, e.g. 10.203.0.200/29 and fd00:203::200/125");
+    progress(
+        "backends: any Deployment of image herald-lab:0.1.0 running `/usr/local/bin/herald-lab echo` (see e2e/demo/web.yaml)",
+    );
     progress(&format!(
         "from the client: ip netns exec {} curl http://<EXTERNAL-IP>/ ; logs: tail -f {}/*.log",
         lab.client_namespace(),

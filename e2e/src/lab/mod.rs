@@ -225,12 +225,17 @@ pub struct LabConfig {
     pub binaries: Option<Binaries>,
     /// Control-plane binaries; None finds them with [`ControlPlaneBinaries::locate`].
     pub control_plane: Option<ControlPlaneBinaries>,
+    /// Install Herald with `kubectl apply -k` at all (false: a bare cluster, for installing it
+    /// another way, e.g. with helm).
+    pub install_herald: bool,
     /// Install herald-controller's Deployment (false: a lab for tests that run the controller
     /// in process).
     pub start_controller: bool,
-    /// The kubelet's first restart back-off for a container that exited (doubling up to
-    /// 10 times this), and the pause before a lab process (API relay, control plane) restarts.
+    /// The kubelet's first restart back-off for a container that exited, and the pause before
+    /// a lab process (API relay, control plane) restarts.
     pub restart_delay: Duration,
+    /// The kubelet's back-off doubles up to this (a real kubelet: 10 s doubling to 5 min).
+    pub restart_backoff_limit: Duration,
     /// Extra `herald-speaker` flags (e.g. membership timings).
     pub speaker_args: Vec<String>,
     /// Extra `herald-controller` flags.
@@ -249,7 +254,8 @@ pub struct LabConfig {
 }
 
 impl LabConfig {
-    /// Three nodes under `prefix`, state in `/run/herald-lab`, restart delay 1 s.
+    /// Three nodes under `prefix`, state in `/run/herald-lab`, restart back-off 1 s doubling
+    /// to 10 s.
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_string(),
@@ -257,8 +263,10 @@ impl LabConfig {
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             binaries: None,
             control_plane: None,
+            install_herald: true,
             start_controller: true,
             restart_delay: Duration::from_secs(1),
+            restart_backoff_limit: Duration::from_secs(10),
             speaker_args: Vec::new(),
             controller_args: Vec::new(),
             json_logs: false,
@@ -531,48 +539,53 @@ impl Lab {
                 api_host: plan.api_address().ip(),
                 api_port: plan.api_address().port(),
                 restart_delay: config.restart_delay,
-                max_backoff: config.restart_delay * 10,
+                max_backoff: config.restart_backoff_limit.max(config.restart_delay),
             },
         );
 
-        let overlay = install::Overlay {
-            controller: config.start_controller,
-            speakers: config.start_speakers,
-            controller_args: config.controller_args.clone(),
-            speaker_args: config.speaker_args.clone(),
-            json_logs: config.json_logs,
-            log_filter: config.log_filter.clone(),
-        };
-        let overlay_dir = state.root().join("deploy");
-        std::fs::create_dir_all(&overlay_dir).map_err(|source| LabError::Io {
-            path: overlay_dir.clone(),
-            source,
-        })?;
-        let deploy = objects::deploy_dir();
-        let deploy = deploy
-            .canonicalize()
-            .map_err(|source| LabError::Io { path: deploy, source })?;
-        let base = install::relative_path(&overlay_dir, &deploy);
-        write_file(
-            &overlay_dir.join("kustomization.yaml"),
-            &install::kustomization(&base, &overlay),
-        )?;
-        say(&format!(
-            "kubectl apply -k {} (config/deploy with the lab's overlay)",
-            overlay_dir.display()
-        ));
-        objects::install_deploy_manifests(&state, &overlay_dir, &client).await?;
+        if config.install_herald {
+            let overlay = install::Overlay {
+                controller: config.start_controller,
+                speakers: config.start_speakers,
+                controller_args: config.controller_args.clone(),
+                speaker_args: config.speaker_args.clone(),
+                json_logs: config.json_logs,
+                log_filter: config.log_filter.clone(),
+            };
+            let overlay_dir = state.root().join("deploy");
+            std::fs::create_dir_all(&overlay_dir).map_err(|source| LabError::Io {
+                path: overlay_dir.clone(),
+                source,
+            })?;
+            let deploy = objects::deploy_dir();
+            let deploy = deploy
+                .canonicalize()
+                .map_err(|source| LabError::Io { path: deploy, source })?;
+            let base = install::relative_path(&overlay_dir, &deploy);
+            write_file(
+                &overlay_dir.join("kustomization.yaml"),
+                &install::kustomization(&base, &overlay),
+            )?;
+            say(&format!(
+                "kubectl apply -k {} (config/deploy with the lab's overlay)",
+                overlay_dir.display()
+            ));
+            objects::install_deploy_manifests(&state, &overlay_dir, &client).await?;
 
-        say("issuing ServiceAccount tokens for herald-controller and herald-speaker (kubeconfigs for tools)");
-        for account in [objects::CONTROLLER_ACCOUNT, objects::SPEAKER_ACCOUNT] {
-            control_plane
-                .service_account_kubeconfig(
-                    objects::HERALD_NAMESPACE,
-                    account,
-                    &lab_url,
-                    &state.service_account_kubeconfig(account),
-                )
-                .await?;
+            say("issuing ServiceAccount tokens for herald-controller and herald-speaker (kubeconfigs for tools)");
+            for account in [objects::CONTROLLER_ACCOUNT, objects::SPEAKER_ACCOUNT] {
+                control_plane
+                    .service_account_kubeconfig(
+                        objects::HERALD_NAMESPACE,
+                        account,
+                        &lab_url,
+                        &state.service_account_kubeconfig(account),
+                    )
+                    .await?;
+            }
+        } else {
+            // Pods need their namespace's `default` ServiceAccount, which kube-controller-manager creates.
+            objects::wait_service_account(&client, objects::BACKEND_NAMESPACE, "default").await?;
         }
         let lab = Lab {
             plan,
@@ -591,7 +604,7 @@ impl Lab {
             (lab.config.start_controller, "deployment/herald-controller"),
             (lab.config.start_speakers, "daemonset/herald-speaker"),
         ] {
-            if wanted {
+            if wanted && lab.config.install_herald {
                 say(&format!("kubectl rollout status {workload}"));
                 lab.rollout_status(workload).await?;
             }

@@ -175,7 +175,7 @@ pub async fn install_deploy_manifests(
 }
 
 /// Waits (at most 30 s) until ServiceAccount `namespace/name` exists.
-async fn wait_service_account(client: &kube::Client, namespace: &str, name: &str) -> Result<(), LabError> {
+pub async fn wait_service_account(client: &kube::Client, namespace: &str, name: &str) -> Result<(), LabError> {
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -1,6 +1,7 @@
-//! Runs lab processes the way a kubelet runs containers: each one in its network
-//! namespace (`ip netns exec`), output appended to a log file, restarted after a delay
-//! whenever it exits while it should be running, and stopped with SIGTERM then SIGKILL.
+//! Runs the lab's own processes (the control plane, the API relay; Pods are the
+//! [`kubelet`](super::kubelet)'s): each one in its network namespace (`ip netns exec`) or on
+//! the host, output appended to a log file, restarted after a delay whenever it exits while it
+//! should be running, and stopped with SIGTERM then SIGKILL.
 //!
 //! Every child gets its own process group, so the Ctrl-C a terminal sends to `herald-lab
 //! up` reaches the lab only, and the lab decides how its children stop. The current pid

@@ -1,5 +1,6 @@
 //! The user's story, told in the lab: apply a pool, create a Service, reach it from outside,
-//! kill the owner's speaker, measure the failover. [`demo`] tells it once with commentary
+//! fault the owner (its speaker killed or its Pod deleted, a rolling restart, its cable
+//! pulled), measure the failover. [`demo`] tells it once with commentary
 //! (`herald-lab demo`); [`failover_bench`] repeats the kill many times and reports
 //! percentiles (`herald-lab failover-bench`).
 //!
@@ -459,11 +460,11 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
     say("kubectl get servicel2status -A   # who announces what");
     say(lab.kubectl(&["get", "servicel2status", "-A"]).await?.trim());
     say(&format!(
-        "SIGKILL the speaker process on {owner} (the kubelet restarts its container) while the client opens a connection every 10 ms ..."
+        "kubectl -n herald-system delete pod --grace-period=0 --force <the speaker on {owner}>   # a crash, as Kubernetes users cause one, while the client opens a connection every 10 ms ..."
     ));
-    let failover = measure_failover(lab, ip, Fault::Kill).await?;
+    let failover = measure_failover(lab, ip, Fault::PodForceDelete).await?;
     say(&format!(
-        "new owner: {}; gratuitous ARP reached the client {} after the kill; {} of {} requests failed (longest gap {:.0} ms); traffic flowing {} after the kill",
+        "new owner: {}; gratuitous ARP reached the client {} after the deletion; {} of {} requests failed (longest gap {:.0} ms); traffic flowing {} after it",
         failover.new_owner.as_deref().unwrap_or("none"),
         fmt_ms(failover.kill_to_garp_ms),
         failover.failed_requests,
@@ -501,7 +502,8 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
         source,
     })?;
     say(&format!("timeline: {}  summary: {}", svg.display(), json.display()));
-    say("kubectl -n herald-system get pods -o wide   # the kubelet restarted the killed speaker's container");
+    wait_speakers_ready(lab).await?;
+    say("kubectl -n herald-system get pods -o wide   # the DaemonSet replaced the deleted speaker Pod");
     say(lab
         .kubectl(&["-n", "herald-system", "get", "pods", "-o", "wide"])
         .await?
@@ -509,8 +511,7 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
 
     // Second act: the disaster users fear. A killed speaker never stops traffic (its pinned
     // eBPF keeps forwarding on a healthy node); a lost node does, until another answers.
-    // First every speaker must be back and ready, and the address with its usual owner.
-    wait_speakers_ready(lab).await?;
+    // Every speaker is back and ready (above); wait for the address's usual owner.
     let owner = wait_for_stable_owner(lab, Duration::from_millis(1500), Duration::from_secs(30)).await?;
     say(&format!(
         "now the node itself: pulling {owner}'s cable while the client opens a connection every 10 ms ..."

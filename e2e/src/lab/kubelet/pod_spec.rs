@@ -68,6 +68,14 @@ pub enum SpecError {
         /// What is missing.
         problem: String,
     },
+    /// A volume's ConfigMap or Secret, or a key of it, does not exist.
+    #[error("volume {volume:?}: {problem}")]
+    Volume {
+        /// The volume's source.
+        volume: String,
+        /// What is missing.
+        problem: String,
+    },
     /// A volume mount names no volume.
     #[error("volumeMount {0:?} names no volume of the Pod")]
     NoSuchVolume(String),
@@ -317,8 +325,8 @@ fn key_files(
         if optional == Some(true) {
             return Ok(Vec::new());
         }
-        return Err(SpecError::Env {
-            var: format!("volume from {kind} {name}"),
+        return Err(SpecError::Volume {
+            volume: format!("{kind} {name}"),
             problem: format!("{kind} {name:?} not found"),
         });
     };
@@ -333,8 +341,8 @@ fn key_files(
         Some(items) => items
             .iter()
             .map(|item| {
-                let value = data.get(&item.key).ok_or_else(|| SpecError::Env {
-                    var: format!("volume from {kind} {name}"),
+                let value = data.get(&item.key).ok_or_else(|| SpecError::Volume {
+                    volume: format!("{kind} {name}"),
                     problem: format!("key {:?} not found", item.key),
                 })?;
                 Ok(ProjectedFile {

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
-use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Resource};
 use tokio::sync::watch;
 
 use super::pod_spec::{self, ContainerPlan, FileContent, HttpProbe, PodFacts, References, VolumeSource};
@@ -126,6 +127,8 @@ struct Worker {
     log: PathBuf,
     pid_file: PathBuf,
     dir: PathBuf,
+    /// Writes the Events a kubelet writes (reporting controller `kubelet`, instance the node).
+    events: Recorder,
 }
 
 /// Runs the Pod until it is deleted, then finishes the deletion and removes what it made.
@@ -162,6 +165,13 @@ pub(super) async fn run(shared: Arc<Shared>, pod: Pod, node: usize, updates: wat
         log: shared.config.state_root.join("logs").join(format!("{name}.log")),
         pid_file: shared.config.state_root.join("pids").join(format!("{name}.pid")),
         dir: shared.config.state_root.join("pods").join(&uid),
+        events: Recorder::new(
+            shared.client.clone(),
+            Reporter {
+                controller: "kubelet".into(),
+                instance: Some(node_plan.name.clone()),
+            },
+        ),
         shared,
         pod,
         uid,
@@ -193,6 +203,24 @@ impl Worker {
         }
     }
 
+    /// An Event on the Pod, as `kubectl describe pod` shows a kubelet's. Written in the
+    /// background, as a kubelet's event broadcaster does: never delays what it reports.
+    fn event(&self, warning: bool, reason: &str, action: &str, note: String) {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        let (recorder, reference) = (self.events.clone(), self.pod.object_ref(&()));
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %e, reason = %event.reason, "kubelet: cannot write an Event");
+            }
+        });
+    }
+
     fn pods(&self) -> Api<Pod> {
         Api::namespaced(
             self.shared.client.clone(),
@@ -200,7 +228,17 @@ impl Worker {
         )
     }
 
+    /// Publishes the report: to the registry at once (what the lab reads), then to the API.
     async fn patch_status(&mut self) {
+        let (ready, restarts) = (self.report.ready, self.report.restart_count);
+        let pid = self.pid;
+        let ips: Vec<IpAddr> = self.report.pod_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+        self.shared.update(&self.uid, |info| {
+            info.ready = ready;
+            info.restarts = restarts;
+            info.pid = pid;
+            info.ips = ips;
+        });
         let name = self.pod.metadata.name.clone().unwrap_or_default();
         let patch = pod_status(&self.report);
         let result = self
@@ -216,15 +254,6 @@ impl Worker {
                 true
             }
         };
-        let (ready, restarts) = (self.report.ready, self.report.restart_count);
-        let pid = self.pid;
-        let ips: Vec<IpAddr> = self.report.pod_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-        self.shared.update(&self.uid, |info| {
-            info.ready = ready;
-            info.restarts = restarts;
-            info.pid = pid;
-            info.ips = ips;
-        });
     }
 
     async fn waiting(&mut self, reason: &str, message: Option<String>) {
@@ -326,6 +355,7 @@ impl Worker {
                 Ok(prepared) => break prepared,
                 Err(e) => {
                     self.note(&format!("cannot configure the container: {e}"));
+                    self.event(true, "Failed", "Configure", format!("Error: {e}"));
                     self.waiting("CreateContainerConfigError", Some(e.to_string())).await;
                     let wait = tokio::time::timeout(CONFIG_RETRY, ending_requested(&mut self.updates));
                     if let Ok(ending) = wait.await {
@@ -338,10 +368,20 @@ impl Worker {
             Ok(mounts) => mounts,
             Err(e) => {
                 self.note(&format!("cannot prepare the volumes: {e}"));
+                self.event(true, "FailedMount", "Mount", e.clone());
                 self.waiting("CreateContainerError", Some(e)).await;
                 return ending_requested(&mut self.updates).await;
             }
         };
+        self.event(
+            false,
+            "Pulled",
+            "Pull",
+            format!(
+                "Container image \"{}\" is this lab's build (its programs run from the build's binaries)",
+                plan.image
+            ),
+        );
         let refresher = self.spawn_token_refresh(&volumes);
         let ending = self.run_container(sandbox, &plan, &mounts).await;
         if let Some(task) = refresher {
@@ -509,6 +549,7 @@ impl Worker {
             let started = Instant::now();
             let started_at = now();
             self.note(&format!("started pid {pid} (restart #{})", self.report.restart_count));
+            self.event(false, "Started", "Start", format!("Started container {}", plan.name));
             self.report.phase = "Running";
             self.report.state = ContainerState::Running {
                 started_at: started_at.clone(),
@@ -556,6 +597,9 @@ impl Worker {
                     Ok(()) = &mut unhealthy_rx => break Outcome::Unhealthy,
                     Ok(()) = ready_rx.changed() => {
                         let ready = *ready_rx.borrow_and_update();
+                        if !ready && self.report.ready {
+                            self.event(true, "Unhealthy", "Probe", "Readiness probe failed".into());
+                        }
                         self.set_ready(ready);
                         self.patch_status().await;
                     }
@@ -567,9 +611,18 @@ impl Worker {
             }
             let (status, ending) = match outcome {
                 Outcome::Exited(status) => (status, None),
-                Outcome::Ending(ending) => (stop(&mut child, pid, ending).await, Some(ending)),
+                Outcome::Ending(ending) => {
+                    self.event(false, "Killing", "Kill", format!("Stopping container {}", plan.name));
+                    (stop(&mut child, pid, ending).await, Some(ending))
+                }
                 Outcome::Unhealthy => {
                     self.note("liveness probe failed; restarting the container");
+                    self.event(
+                        false,
+                        "Killing",
+                        "Kill",
+                        format!("Container {} failed liveness probe, will be restarted", plan.name),
+                    );
                     (stop(&mut child, pid, Ending::Graceful(grace)).await, None)
                 }
             };
@@ -615,6 +668,12 @@ impl Worker {
                 backoff = config.restart_delay;
             }
             self.report.restart_count += 1;
+            self.event(
+                true,
+                "BackOff",
+                "Restart",
+                format!("Back-off {backoff:?} restarting failed container {}", plan.name),
+            );
             self.report.state = ContainerState::Waiting {
                 reason: "CrashLoopBackOff".into(),
                 message: Some(format!("back-off {backoff:?} restarting failed container")),
