@@ -38,6 +38,12 @@ pub struct Config {
     /// Secret (in --namespace) whose `secretkey` authenticates speaker messages.
     #[arg(long, env = "HERALD_SPEAKER_SECRET", default_value = "herald-speaker-auth")]
     pub speaker_secret: String,
+    /// The DaemonSet this speaker runs in (in --namespace). Its ServiceL2Status objects are
+    /// owned by it, so they go with it; a speaker that stops while it is gone or being deleted
+    /// (an uninstall) removes its eBPF programs and maps instead of leaving them pinned for a
+    /// successor.
+    #[arg(long, env = "HERALD_DAEMONSET")]
+    pub daemonset: Option<String>,
     /// Announce only on these interfaces (comma-separated), overriding the default selection
     /// (every up, broadcast-capable interface that is not a bridge/bond member or a
     /// container device).

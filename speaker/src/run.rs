@@ -35,6 +35,7 @@ use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, InterfacePoli
 use crate::cluster::Cluster;
 use crate::cluster::facts::FactsCache;
 use crate::cluster::in_use::ConfigMemory;
+use crate::cluster::install;
 use crate::config::{Config, DataplaneMode};
 use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::election::Ownership;
@@ -181,7 +182,10 @@ pub async fn run_with_client(
     let Some(advertise) = advertise_address(&client, &config, &health, &mut shutdown).await else {
         return Ok(());
     };
-    let membership = Membership::start(config.membership(advertise), &node, key, &mut registry).await?;
+    // Peers hear this node's real health from its first answer: a default one (no dataplane)
+    // would have them switch its backends from DSR to SNAT, and back, while it starts.
+    let initial_health = local_health(&announcer, None);
+    let membership = Membership::start(config.membership(advertise), &node, key, initial_health, &mut registry).await?;
     let dataplane = start_dataplane(&config, &announcer, advertise, &mut registry);
     health.set_dataplane(dataplane.as_ref().map(|_| ()).map_err(Clone::clone));
     let mut dataplane = dataplane.take_ok();
@@ -189,11 +193,25 @@ pub async fn run_with_client(
     let _ = registry_cell.set(registry);
 
     let cluster = Cluster::start(&client, &config.namespace);
+    // Owned by the DaemonSet, this node's ServiceL2Status objects go with it (an uninstall).
+    let owner = match &config.daemonset {
+        Some(name) => match install::look_up(&client, &config.namespace, name).await {
+            install::DaemonSetLookup::Present { owner, .. } => Some(*owner),
+            other => {
+                tracing::warn!(daemonset = %name, found = ?other, "cannot read the speaker's DaemonSet; its ServiceL2Status objects get no owner");
+                None
+            }
+        },
+        None => None,
+    };
     let (status_tx, status_rx) = watch::channel(AnnouncedServices::new());
     let status_task = tokio::spawn(status::run(
         client.clone(),
-        config.namespace.clone(),
-        node.clone(),
+        status::Writer {
+            namespace: config.namespace.clone(),
+            node: node.clone(),
+            owner,
+        },
         status_rx,
     ));
 
@@ -208,17 +226,12 @@ pub async fn run_with_client(
     let mut woken_by_input = true;
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
-        // Not `announcer.status()`: it lists every owned IP, and this runs on every wake.
-        let (announcer_ready, usable_interfaces) = (announcer.ready(), announcer.usable_interfaces());
-        health.announcer_ready.store(announcer_ready, Ordering::SeqCst);
+        let usable_interfaces = announcer.usable_interfaces();
+        let local_health = local_health(&announcer, dataplane.as_ref().map(|_| dataplane_sync.healthy));
+        health
+            .announcer_ready
+            .store(local_health.announcer_ready, Ordering::SeqCst);
         health.cluster_synced.store(cluster.synced(), Ordering::SeqCst);
-        let local_health = NodeHealth {
-            announcer_ready,
-            // Announce-only nodes (by flag, or eBPF unavailable at start) serve as configured;
-            // a running dataplane that fails to program or attach does not.
-            dataplane_ready: dataplane.is_none() || dataplane_sync.healthy,
-            interfaces: usable_interfaces.iter().cloned().collect(),
-        };
         membership.set_local_health(local_health.clone());
         'pass: {
             if !pass_needed(woken_by_input, last_pass.as_ref(), &local_health, Instant::now()) {
@@ -337,12 +350,35 @@ pub async fn run_with_client(
     announcer.set_owned(BTreeMap::new());
     announcer.shutdown();
     // The eBPF maps and links stay pinned: a restarted speaker resumes them without breaking
-    // established flows (see `dataplane`).
-    drop(dataplane);
+    // established flows (see `dataplane`). Unless this is an uninstall: then nothing stays.
+    let uninstalling = match &config.daemonset {
+        Some(name) => install::is_uninstalling(&install::look_up(&client, &config.namespace, name).await),
+        None => false,
+    };
+    match dataplane {
+        Some(dp) if uninstalling => match dp.shutdown() {
+            Ok(()) => tracing::info!("uninstalled (the DaemonSet is gone): removed the eBPF programs and maps"),
+            Err(e) => tracing::warn!(error = %e, "uninstalled, but the eBPF programs could not all be removed"),
+        },
+        other => drop(other),
+    }
     status_tx.send_replace(AnnouncedServices::new());
     drop(status_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), status_task).await;
     Ok(())
+}
+
+/// This node's health as peers hear it. `dataplane_synced`: None for an announce-only node,
+/// else whether the running dataplane's last attach and apply succeeded. Not
+/// `announcer.status()`: it lists every owned IP, and this runs on every wake.
+fn local_health(announcer: &Announcer, dataplane_synced: Option<bool>) -> NodeHealth {
+    NodeHealth {
+        announcer_ready: announcer.ready(),
+        // Announce-only nodes (by flag, or eBPF unavailable at start) serve as configured;
+        // a running dataplane that fails to program or attach does not.
+        dataplane_ready: dataplane_synced.unwrap_or(true),
+        interfaces: announcer.usable_interfaces().into_iter().collect(),
+    }
 }
 
 /// Starts the eBPF dataplane unless it is switched off; on failure says why (the speaker then

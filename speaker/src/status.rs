@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use herald_config::{ServiceL2Status, ServiceL2StatusStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -47,8 +48,20 @@ pub fn status_name(namespace: &str, service: &str, node: &str) -> String {
     format!("l2-{hex}")
 }
 
+/// Where and as whom the objects are written.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    /// Namespace of the objects.
+    pub namespace: String,
+    /// This node.
+    pub node: String,
+    /// Owner of every object this node creates (the speaker's DaemonSet), if known.
+    pub owner: Option<OwnerReference>,
+}
+
 /// Converges `ServiceL2Status` objects and Events to `desired` until the channel closes.
-pub async fn run(client: Client, namespace: String, node: String, mut desired: watch::Receiver<AnnouncedServices>) {
+pub async fn run(client: Client, writer_config: Writer, mut desired: watch::Receiver<AnnouncedServices>) {
+    let Writer { namespace, node, owner } = writer_config;
     let api: Api<ServiceL2Status> = Api::namespaced(client.clone(), &namespace);
     let (store, writer) = reflector::store();
     let stream = watcher(api.clone(), watcher::Config::default())
@@ -86,7 +99,7 @@ pub async fn run(client: Client, namespace: String, node: String, mut desired: w
             Ok(()) => {
                 let writes = plan_writes(&store.state(), &node, &want, &written, Timestamp::now());
                 let nothing_to_do = writes.is_empty();
-                apply(&api, writes, &mut written).await;
+                apply(&api, writes, owner.as_ref(), &mut written).await;
                 nothing_to_do
             }
             Err(_) => false,
@@ -179,7 +192,12 @@ pub fn plan_writes(
 }
 
 /// Performs `writes`, logging what fails (the next pass retries it).
-async fn apply(api: &Api<ServiceL2Status>, writes: Writes, written: &mut BTreeSet<String>) {
+async fn apply(
+    api: &Api<ServiceL2Status>,
+    writes: Writes,
+    owner: Option<&OwnerReference>,
+    written: &mut BTreeSet<String>,
+) {
     let mut failed_create = BTreeSet::new();
     for new in writes.create {
         let mut object = ServiceL2Status::new(&new.name, Default::default());
@@ -188,6 +206,7 @@ async fn apply(api: &Api<ServiceL2Status>, writes: Writes, written: &mut BTreeSe
             (SERVICE_NAMESPACE_LABEL.to_string(), new.namespace),
             (SERVICE_NAME_LABEL.to_string(), new.service),
         ]));
+        object.metadata.owner_references = owner.map(|o| vec![o.clone()]);
         match api.create(&PostParams::default(), &object).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}

@@ -52,6 +52,7 @@ async fn start_cluster(key: &[u8]) -> Vec<Membership> {
             &format!("node-{i}"),
             SecretKey::new(key.to_vec()),
             Default::default(),
+            Default::default(),
         )
         .await
         .expect("bind 127.0.0.1:0");
@@ -244,6 +245,7 @@ async fn speaker_with_another_secret_is_rejected_over_grpc() {
         config,
         "node-0",
         SecretKey::new(b"another secret".to_vec()),
+        Default::default(),
         Default::default(),
     )
     .await

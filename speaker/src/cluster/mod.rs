@@ -7,9 +7,12 @@
 //! - [`facts`]: objects → the plain facts election works on.
 //! - [`in_use`]: which pools and advertisements are used; one edited into an invalid spec keeps
 //!   its last valid spec, so a bad edit never stops an announcement.
+//! - [`install`]: the speaker's own DaemonSet: owner of its ServiceL2Status objects, and how a
+//!   stopping speaker tells an uninstall from a restart.
 
 pub mod facts;
 pub mod in_use;
+pub mod install;
 
 use facts::{Changes, ObjectKey};
 

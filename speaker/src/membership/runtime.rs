@@ -2,7 +2,7 @@
 //! for the `Membership` service, and the handle the speaker's wiring uses.
 //!
 //! ```text
-//! let membership = Membership::start(config, "node-a", key, &mut registry).await?;
+//! let membership = Membership::start(config, "node-a", key, health, &mut registry).await?;
 //! membership.set_peers(peers);                 // from the API, on every change
 //! membership.set_local_health(health);         // whenever the announcer/interfaces change
 //! membership.watch_closely(owners_i_back_up);  // election::watch_targets(node, &result)
@@ -270,18 +270,20 @@ fn register_timings(config: &MembershipConfig, registry: &mut Registry) {
 
 impl Membership {
     /// Binds the gRPC server on `config.listen`, registers the metrics in `registry` and starts
-    /// the protocol as `node`, authenticating with `key`. Peers are probed once
-    /// [`Membership::set_peers`] gave them.
+    /// the protocol as `node`, authenticating with `key`, with `health` as this node's health
+    /// from the first message on (peers must not hear a made-up one while the caller is still
+    /// starting up). Peers are probed once [`Membership::set_peers`] gave them.
     pub async fn start(
         config: MembershipConfig,
         node: &str,
         key: SecretKey,
+        health: NodeHealth,
         registry: &mut Registry,
     ) -> Result<Membership, MembershipError> {
         let metrics = MembershipMetrics::default();
         metrics.register(registry);
         register_timings(&config, registry);
-        Self::start_with_metrics(config, node, key, metrics).await
+        Self::start_with_metrics(config, node, key, health, metrics).await
     }
 
     /// [`Membership::start`] with metrics the caller registered (or not).
@@ -289,6 +291,7 @@ impl Membership {
         config: MembershipConfig,
         node: &str,
         key: SecretKey,
+        health: NodeHealth,
         metrics: MembershipMetrics,
     ) -> Result<Membership, MembershipError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -307,6 +310,8 @@ impl Membership {
         };
         let transport = Arc::new(GrpcTransport::new(config.probe_timeout));
         let membership = Self::assemble(config, node, advertised, key, metrics, transport);
+        // Before the server answers anyone.
+        membership.set_local_health(health);
         let service = MembershipServer::new(MembershipService::new(Arc::new(Handler(membership.shared.clone()))));
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = membership.stop.subscribe();
