@@ -9,7 +9,7 @@ CARGO ?= cargo
 # the rest are the network tools the lab and the namespace tests drive.
 DEB_PACKAGES := clang libbpf-dev iproute2 iputils-arping ndisc6 tcpdump iptables nftables curl procps iputils-ping skopeo umoci
 
-.PHONY: all deps build test fmt-check clippy unit demo failover-bench crds manifests bench clean image
+.PHONY: dashboard all deps build test fmt-check clippy unit demo failover-bench crds manifests bench clean image
 
 all: build
 
@@ -52,6 +52,10 @@ unit:
 # cable pulled; writes timelines of both (target/herald-demo/*.svg) and a JSON summary.
 demo: build
 	target/debug/herald-lab demo --json target/herald-demo/failover-summary.json
+
+# The shipped Grafana dashboard drawn from a lab's metrics (README shows it).
+dashboard: build
+	target/debug/herald-lab dashboard --out config/grafana/herald-dashboard.svg
 
 # Failover percentiles over 20 SIGKILLs (see BENCHMARKS.md).
 failover-bench: build

@@ -13,12 +13,15 @@
 //! - [`soak`](mod@soak): `herald-lab soak`, idle speakers on busy cores, counting false detections.
 //! - [`observability`]: the shipped Grafana dashboard and alert rules, parsed, and the metric
 //!   names they use.
+//! - [`dashboard`](mod@dashboard): `herald-lab dashboard`, a picture of that dashboard drawn
+//!   from a lab's metrics.
 //!
 //! Nothing here is used in production.
 #![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod chart;
+pub mod dashboard;
 pub mod image;
 pub mod lab;
 pub mod observability;

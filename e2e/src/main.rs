@@ -38,6 +38,9 @@ enum Command {
     /// Speakers idle with Services announced while every core is kept busy: suspicions,
     /// deaths and ownership changes over the window (target: no death, no change).
     Soak(SoakArgs),
+    /// Draw the shipped Grafana dashboard from a lab's real metrics (an SVG): the demo's
+    /// Service under a steady client, a speaker Pod force-deleted, a node's cable pulled.
+    Dashboard(DashboardArgs),
     /// Write Herald's OCI image (herald-controller, herald-speaker and the libraries they
     /// load) as an oci-archive, without a daemon or a registry.
     Image(ImageArgs),
@@ -121,6 +124,16 @@ struct DemoArgs {
     /// Also write the summary here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DashboardArgs {
+    /// Prefix of the lab's namespaces.
+    #[arg(long, default_value = "hdash")]
+    prefix: String,
+    /// Where to write the SVG.
+    #[arg(long, default_value = "target/herald-demo/dashboard.svg")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -295,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(lab::foreground::run_up(config, args.json).await?)
         }
         Command::Demo(args) => run_demo(args).await,
+        Command::Dashboard(args) => run_dashboard(args).await,
         Command::Image(args) => run_image(args),
         Command::BenchAllocation(args) => run_bench_allocation(args).await,
         Command::FailoverBench(args) => run_failover_bench(args).await,
@@ -455,6 +469,20 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     eprintln!("demo finished in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+async fn run_dashboard(args: DashboardArgs) -> anyhow::Result<()> {
+    let path = herald_e2e::observability::config_dir().join("grafana/herald.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let out = args.out.clone();
+    in_lab(lab::LabConfig::new(&args.prefix), async |lab, say| {
+        herald_e2e::dashboard::snapshot(lab, &dashboard, &out, say).await
+    })
+    .await
 }
 
 async fn run_failover_bench(args: FailoverBenchArgs) -> anyhow::Result<()> {
