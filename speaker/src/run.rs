@@ -184,7 +184,7 @@ pub async fn run_with_client(
     };
     // Peers hear this node's real health from its first answer: a default one (no dataplane)
     // would have them switch its backends from DSR to SNAT, and back, while it starts.
-    let initial_health = local_health(&announcer, None);
+    let initial_health = local_health(announcer.ready(), &announcer.usable_interfaces(), None);
     let membership = Membership::start(config.membership(advertise), &node, key, initial_health, &mut registry).await?;
     let dataplane = start_dataplane(&config, &announcer, advertise, &mut registry);
     health.set_dataplane(dataplane.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -226,8 +226,13 @@ pub async fn run_with_client(
     let mut woken_by_input = true;
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
+        // Not `announcer.status()`: it lists every owned IP, and this runs on every wake.
         let usable_interfaces = announcer.usable_interfaces();
-        let local_health = local_health(&announcer, dataplane.as_ref().map(|_| dataplane_sync.healthy));
+        let local_health = local_health(
+            announcer.ready(),
+            &usable_interfaces,
+            dataplane.as_ref().map(|_| dataplane_sync.healthy),
+        );
         health
             .announcer_ready
             .store(local_health.announcer_ready, Ordering::SeqCst);
@@ -278,7 +283,14 @@ pub async fn run_with_client(
                 local_health: &local_health,
                 require_dataplane: true,
             });
-            if let Some(dp) = dataplane.as_mut() {
+            // The pinned maps carry what the previous speaker programmed (traffic flows through
+            // them while this one starts): leave them until this speaker knows the Services (its
+            // caches synced) and who is alive (its view settled). Programming the empty world of
+            // a first pass dropped the connections tunnelled to this node's backends meanwhile.
+            if let Some(dp) = dataplane.as_mut()
+                && cluster.synced()
+                && view.settled
+            {
                 let addresses = nodes
                     .iter()
                     .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
@@ -369,15 +381,14 @@ pub async fn run_with_client(
 }
 
 /// This node's health as peers hear it. `dataplane_synced`: None for an announce-only node,
-/// else whether the running dataplane's last attach and apply succeeded. Not
-/// `announcer.status()`: it lists every owned IP, and this runs on every wake.
-fn local_health(announcer: &Announcer, dataplane_synced: Option<bool>) -> NodeHealth {
+/// else whether the running dataplane's last attach and apply succeeded.
+fn local_health(announcer_ready: bool, usable_interfaces: &[String], dataplane_synced: Option<bool>) -> NodeHealth {
     NodeHealth {
-        announcer_ready: announcer.ready(),
+        announcer_ready,
         // Announce-only nodes (by flag, or eBPF unavailable at start) serve as configured;
         // a running dataplane that fails to program or attach does not.
         dataplane_ready: dataplane_synced.unwrap_or(true),
-        interfaces: announcer.usable_interfaces().into_iter().collect(),
+        interfaces: usable_interfaces.iter().cloned().collect(),
     }
 }
 
