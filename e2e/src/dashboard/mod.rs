@@ -248,9 +248,7 @@ pub async fn scrape(lab: &Lab, at: f64) -> Scrape {
         samples.extend(parse_exposition(&text, "controller"));
     }
     for node in 1..=lab.node_count() {
-        let Ok(ns) = lab.node_namespace(node) else { continue };
-        let ns = ns.to_string();
-        if let Ok(text) = lab.http_get_in(&ns, "http://127.0.0.1:7473/metrics").await {
+        if let Ok(text) = lab.speaker_metrics_of(node).await {
             samples.extend(parse_exposition(&text, &format!("node{node}")));
         }
     }

@@ -532,8 +532,7 @@ impl Lab {
             client.clone(),
             KubeletConfig {
                 plan: plan.clone(),
-                state_root: state.root().to_path_buf(),
-                bpffs: state.bpf(),
+                state: state.clone(),
                 images: binaries.images(),
                 lab_binary: binaries.lab.clone(),
                 api_host: plan.api_address().ip(),
@@ -543,50 +542,6 @@ impl Lab {
             },
         );
 
-        if config.install_herald {
-            let overlay = install::Overlay {
-                controller: config.start_controller,
-                speakers: config.start_speakers,
-                controller_args: config.controller_args.clone(),
-                speaker_args: config.speaker_args.clone(),
-                json_logs: config.json_logs,
-                log_filter: config.log_filter.clone(),
-            };
-            let overlay_dir = state.root().join("deploy");
-            std::fs::create_dir_all(&overlay_dir).map_err(|source| LabError::Io {
-                path: overlay_dir.clone(),
-                source,
-            })?;
-            let deploy = objects::deploy_dir();
-            let deploy = deploy
-                .canonicalize()
-                .map_err(|source| LabError::Io { path: deploy, source })?;
-            let base = install::relative_path(&overlay_dir, &deploy);
-            write_file(
-                &overlay_dir.join("kustomization.yaml"),
-                &install::kustomization(&base, &overlay),
-            )?;
-            say(&format!(
-                "kubectl apply -k {} (config/deploy with the lab's overlay)",
-                overlay_dir.display()
-            ));
-            objects::install_deploy_manifests(&state, &overlay_dir, &client).await?;
-
-            say("issuing ServiceAccount tokens for herald-controller and herald-speaker (kubeconfigs for tools)");
-            for account in [objects::CONTROLLER_ACCOUNT, objects::SPEAKER_ACCOUNT] {
-                control_plane
-                    .service_account_kubeconfig(
-                        objects::HERALD_NAMESPACE,
-                        account,
-                        &lab_url,
-                        &state.service_account_kubeconfig(account),
-                    )
-                    .await?;
-            }
-        } else {
-            // Pods need their namespace's `default` ServiceAccount, which kube-controller-manager creates.
-            objects::wait_service_account(&client, objects::BACKEND_NAMESPACE, "default").await?;
-        }
         let lab = Lab {
             plan,
             config,
@@ -600,49 +555,97 @@ impl Lab {
             client,
             torn_down: AtomicBool::new(false),
         };
-        for (wanted, workload) in [
-            (lab.config.start_controller, "deployment/herald-controller"),
-            (lab.config.start_speakers, "daemonset/herald-speaker"),
-        ] {
-            if wanted && lab.config.install_herald {
-                say(&format!("kubectl rollout status {workload}"));
-                lab.rollout_status(workload).await?;
-            }
-        }
+        lab.install(say, &lab_url).await?;
         lab.write_info().await?;
         Ok(lab)
     }
 
-    /// `kubectl -n herald-system rollout status WORKLOAD` (at most 120 s; the time a
-    /// workload needs on a loaded 2-core machine, with room).
-    async fn rollout_status(&self, workload: &str) -> Result<(), LabError> {
-        let mut cmd = self.kubectl_command(&[
-            "-n",
-            objects::HERALD_NAMESPACE,
-            "rollout",
-            "status",
-            workload,
-            "--timeout=120s",
-        ]);
-        cmd.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let output = tokio::time::timeout(Duration::from_secs(130), cmd.output())
-            .await
-            .map_err(|_| LabError::Timeout {
-                what: format!("kubectl rollout status {workload}"),
-            })?
-            .map_err(|source| LabError::Spawn {
-                program: "kubectl".into(),
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(LabError::Command {
-                command: format!("kubectl rollout status {workload}"),
-                status: output.status.code(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
+    /// Installs Herald as users do, unless the config says not to: `kubectl apply -k` of the
+    /// lab's overlay on `config/deploy`, Herald's CRDs established, then `kubectl rollout
+    /// status` of the workloads installed. Also writes kubeconfigs of Herald's ServiceAccounts
+    /// for tools.
+    async fn install(&self, say: &(dyn Fn(&str) + Sync), lab_url: &str) -> Result<(), LabError> {
+        let config = &self.config;
+        if !config.install_herald {
+            // Pods need their namespace's `default` ServiceAccount, which kube-controller-manager creates.
+            return objects::wait_service_account(&self.client, objects::BACKEND_NAMESPACE, "default").await;
+        }
+        let overlay = install::Overlay {
+            controller: config.start_controller,
+            speakers: config.start_speakers,
+            controller_args: config.controller_args.clone(),
+            speaker_args: config.speaker_args.clone(),
+            json_logs: config.json_logs,
+            log_filter: config.log_filter.clone(),
+        };
+        let overlay_dir = self.state.root().join("deploy");
+        std::fs::create_dir_all(&overlay_dir).map_err(|source| LabError::Io {
+            path: overlay_dir.clone(),
+            source,
+        })?;
+        let deploy = objects::deploy_dir();
+        let deploy = deploy
+            .canonicalize()
+            .map_err(|source| LabError::Io { path: deploy, source })?;
+        let base = install::relative_path(&overlay_dir, &deploy);
+        write_file(
+            &overlay_dir.join("kustomization.yaml"),
+            &install::kustomization(&base, &overlay),
+        )?;
+        say(&format!(
+            "kubectl apply -k {} (config/deploy with the lab's overlay)",
+            overlay_dir.display()
+        ));
+        let overlay_arg = overlay_dir.display().to_string();
+        self.kubectl_within(&["apply", "-k", &overlay_arg], None, Duration::from_secs(60))
+            .await?;
+        let crds: Vec<String> = herald_config::crds::all()
+            .into_iter()
+            .filter_map(|(_, crd)| crd.metadata.name)
+            .map(|name| format!("crd/{name}"))
+            .collect();
+        let mut wait = vec!["wait", "--for=condition=Established", "--timeout=30s"];
+        wait.extend(crds.iter().map(String::as_str));
+        self.kubectl_within(&wait, None, Duration::from_secs(40)).await?;
+        for (namespace, account) in [
+            (objects::HERALD_NAMESPACE, "default"),
+            (objects::BACKEND_NAMESPACE, "default"),
+        ] {
+            objects::wait_service_account(&self.client, namespace, account).await?;
+        }
+        say("issuing ServiceAccount tokens for herald-controller and herald-speaker (kubeconfigs for tools)");
+        for account in [objects::CONTROLLER_ACCOUNT, objects::SPEAKER_ACCOUNT] {
+            self.control_plane
+                .service_account_kubeconfig(
+                    objects::HERALD_NAMESPACE,
+                    account,
+                    lab_url,
+                    &self.state.service_account_kubeconfig(account),
+                )
+                .await?;
+        }
+        for (wanted, workload) in [
+            (config.start_controller, "deployment/herald-controller"),
+            (config.start_speakers, "daemonset/herald-speaker"),
+        ] {
+            if wanted {
+                say(&format!("kubectl rollout status {workload}"));
+                self.rollout_status(objects::HERALD_NAMESPACE, workload).await?;
+            }
         }
         Ok(())
+    }
+
+    /// `kubectl -n NAMESPACE rollout status WORKLOAD`: waits (at most 120 s, what a rollout
+    /// needs on a loaded 2-core machine, with room) until every replica is updated and ready.
+    pub async fn rollout_status(&self, namespace: &str, workload: &str) -> Result<(), LabError> {
+        self.kubectl_within(
+            &["-n", namespace, "rollout", "status", workload, "--timeout=120s"],
+            None,
+            Duration::from_secs(130),
+        )
+        .await
+        .map(drop)
     }
 
     /// The namespace and address plan.
@@ -818,10 +821,15 @@ impl Lab {
     pub async fn speaker_metrics(&self) -> Result<Vec<String>, LabError> {
         let mut texts = Vec::new();
         for node in 1..=self.node_count() {
-            let ns = self.node_namespace(node)?.to_string();
-            texts.push(self.http_get_in(&ns, "http://127.0.0.1:7473/metrics").await?);
+            texts.push(self.speaker_metrics_of(node).await?);
         }
         Ok(texts)
+    }
+
+    /// Node `node`'s speaker's `/metrics` text (from the node, as a scraper there would).
+    pub async fn speaker_metrics_of(&self, node: usize) -> Result<String, LabError> {
+        let ns = self.node_namespace(node)?.to_string();
+        self.http_get_in(&ns, "http://127.0.0.1:7473/metrics").await
     }
 
     /// A `kubectl` command on the host kubeconfig, with its own cache and HOME in the
@@ -847,15 +855,18 @@ impl Lab {
 
     /// Runs `kubectl args...` (at most 30 s) and returns its stdout; fails on a non-zero exit.
     pub async fn kubectl(&self, args: &[&str]) -> Result<String, LabError> {
-        self.kubectl_with_input(args, None).await
+        self.kubectl_within(args, None, EXEC_TIMEOUT).await
     }
 
     /// `kubectl apply -f -` with `yaml` on stdin; returns kubectl's stdout.
     pub async fn kubectl_apply(&self, yaml: &str) -> Result<String, LabError> {
-        self.kubectl_with_input(&["apply", "-f", "-"], Some(yaml)).await
+        self.kubectl_within(&["apply", "-f", "-"], Some(yaml), EXEC_TIMEOUT)
+            .await
     }
 
-    async fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String, LabError> {
+    /// `kubectl args…` with `input` on stdin, for at most `limit`; its stdout, or an error with
+    /// its stderr.
+    async fn kubectl_within(&self, args: &[&str], input: Option<&str>, limit: Duration) -> Result<String, LabError> {
         use tokio::io::AsyncWriteExt;
         let mut cmd = self.kubectl_command(args);
         cmd.stdout(std::process::Stdio::piped())
@@ -882,11 +893,9 @@ impl Lab {
                 source,
             })
         };
-        let output = tokio::time::timeout(EXEC_TIMEOUT, run)
-            .await
-            .map_err(|_| LabError::Timeout {
-                what: format!("kubectl {}", args.join(" ")),
-            })??;
+        let output = tokio::time::timeout(limit, run).await.map_err(|_| LabError::Timeout {
+            what: format!("kubectl {}", args.join(" ")),
+        })??;
         if !output.status.success() {
             return Err(LabError::Command {
                 command: format!("kubectl {}", args.join(" ")),
@@ -1065,7 +1074,8 @@ impl Lab {
             "deployment/herald-controller",
         ])
         .await?;
-        self.rollout_status("deployment/herald-controller").await?;
+        self.rollout_status(objects::HERALD_NAMESPACE, "deployment/herald-controller")
+            .await?;
         let leader = self.wait_controller_leader(&old, Duration::from_secs(60)).await?;
         leader.pid.ok_or(LabError::NotRunning {
             process: "herald-controller".into(),

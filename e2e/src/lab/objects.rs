@@ -140,40 +140,6 @@ pub fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/deploy")
 }
 
-/// `kubectl apply -k overlay` (the lab's overlay on `config/deploy`), then waits until
-/// Herald's CRDs are established and the ServiceAccounts exist.
-pub async fn install_deploy_manifests(
-    state: &super::StateDir,
-    overlay: &Path,
-    client: &kube::Client,
-) -> Result<(), LabError> {
-    let home = state.root().join("kubectl-home");
-    let kubectl = |args: &[&str], input: Option<String>| {
-        let mut cmd = tokio::process::Command::new("kubectl");
-        cmd.args(args)
-            .env("KUBECONFIG", state.kubeconfig())
-            .env("HOME", &home)
-            .env("KUBECACHEDIR", home.join("cache"))
-            .kill_on_drop(true);
-        run_with_input(cmd, input)
-    };
-    let overlay_arg = overlay.display().to_string();
-    kubectl(&["apply", "-k", &overlay_arg], None).await?;
-    let crds: Vec<String> = herald_config::crds::all()
-        .into_iter()
-        .filter_map(|(_, crd)| crd.metadata.name)
-        .map(|name| format!("crd/{name}"))
-        .collect();
-    let mut wait = vec!["wait", "--for=condition=Established", "--timeout=30s"];
-    wait.extend(crds.iter().map(String::as_str));
-    kubectl(&wait, None).await?;
-    // Pods need their namespace's `default` ServiceAccount, which kube-controller-manager creates.
-    for (namespace, account) in [(HERALD_NAMESPACE, "default"), (BACKEND_NAMESPACE, "default")] {
-        wait_service_account(client, namespace, account).await?;
-    }
-    Ok(())
-}
-
 /// Waits (at most 30 s) until ServiceAccount `namespace/name` exists.
 pub async fn wait_service_account(client: &kube::Client, namespace: &str, name: &str) -> Result<(), LabError> {
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
@@ -189,36 +155,6 @@ pub async fn wait_service_account(client: &kube::Client, namespace: &str, name: 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Runs `cmd` (at most 60 s) with `input` on stdin; its stdout, or an error with its stderr.
-async fn run_with_input(mut cmd: tokio::process::Command, input: Option<String>) -> Result<String, LabError> {
-    use std::process::Stdio;
-    use tokio::io::AsyncWriteExt;
-    let line = format!("{cmd:?}");
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let spawn_error = |source| LabError::Spawn {
-        program: "kubectl".into(),
-        source,
-    };
-    let mut child = cmd.spawn().map_err(spawn_error)?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).await.map_err(spawn_error)?;
-    }
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .map_err(|_| LabError::Timeout { what: line.clone() })?
-        .map_err(spawn_error)?;
-    if !output.status.success() {
-        return Err(LabError::Command {
-            command: line,
-            status: output.status.code(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Registers the Nodes, as each node's kubelet does.

@@ -4,7 +4,8 @@
 //! Layout: `kubeconfig` (admin, host, 127.0.0.1), `kubeconfig.<account>` (Herald's
 //! ServiceAccounts, inside the lab, bridge address), `controlplane/` (PKI, etcd data,
 //! component kubeconfigs), `api.sock` (relay socket), `lab.pid` (pid and executable of the process that owns the lab), `lab.json`
-//! (what `up` built), `logs/<process>.log`, `pids/<process>.pid`, `bpf/` (a bpf
+//! (what `up` built), `logs/<process>.log`, `pids/<process>.pid`, `deploy/` (the overlay
+//! `up` applies), `pods/<uid>/` and `nodes/<node>/` (the kubelet's volumes and `hostPath`s), `bpf/` (a bpf
 //! filesystem mounted for the speakers' pins: `ip netns exec` gives each process a fresh
 //! `/sys`, so `/sys/fs/bpf` is no bpf filesystem there).
 
@@ -59,6 +60,14 @@ impl StateDir {
     /// Mount point of the lab's bpf filesystem (speakers pin their maps under it).
     pub fn bpf(&self) -> PathBuf {
         self.root.join("bpf")
+    }
+    /// What the lab's kubelet keeps for the Pod with UID `uid` (its volumes).
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("pods").join(uid)
+    }
+    /// Where node `node`'s `hostPath`s are (nodes share the machine's filesystem otherwise).
+    pub fn node_root(&self, node: &str) -> PathBuf {
+        self.root.join("nodes").join(node)
     }
     /// Log file of a process.
     pub fn log(&self, process: &str) -> PathBuf {

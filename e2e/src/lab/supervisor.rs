@@ -220,22 +220,20 @@ impl Drop for Supervised {
 
 /// Appends one line from the lab itself to a process's log file.
 fn note(spec: &ProcessSpec, line: &str) {
+    append_note(&spec.log_file, "herald-lab", line);
+}
+
+/// Appends `line`, timestamped and marked as written by `who`, to the log file `log` (best
+/// effort): the lab's words beside a process's own output.
+pub(crate) fn append_note(log: &std::path::Path, who: &str, line: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log_file)
-    {
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        let _ = writeln!(f, "{now} [herald-lab] {line}");
+        let _ = writeln!(f, "{now} [{who}] {line}");
     }
 }
 
 fn spawn(spec: &ProcessSpec) -> std::io::Result<tokio::process::Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log_file)?;
     let mut cmd = match &spec.netns {
         Some(ns) => {
             let mut cmd = tokio::process::Command::new("ip");
@@ -244,9 +242,18 @@ fn spawn(spec: &ProcessSpec) -> std::io::Result<tokio::process::Child> {
         }
         None => tokio::process::Command::new(&spec.program),
     };
-    cmd.args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+    cmd.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v)));
+    spawn_logged(cmd, &spec.log_file)
+}
+
+/// Starts `cmd` as a lab child: no stdin, stdout and stderr appended to `log`, its own process
+/// group (a terminal's Ctrl-C reaches the lab only) and killed if its handle is dropped.
+pub(crate) fn spawn_logged(
+    mut cmd: tokio::process::Command,
+    log: &std::path::Path,
+) -> std::io::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .process_group(0)

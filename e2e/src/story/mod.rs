@@ -537,16 +537,7 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
 
 /// `kubectl rollout status daemonset/herald-speaker`: every speaker Pod runs and is ready.
 pub async fn wait_speakers_ready(lab: &Lab) -> Result<(), LabError> {
-    lab.kubectl(&[
-        "-n",
-        "herald-system",
-        "rollout",
-        "status",
-        "daemonset/herald-speaker",
-        "--timeout=90s",
-    ])
-    .await
-    .map(drop)
+    lab.rollout_status("herald-system", "daemonset/herald-speaker").await
 }
 
 /// `curl` from the client namespace, retried for a few seconds while the first ARP and the

@@ -44,11 +44,9 @@ use pod_spec::Images;
 pub struct KubeletConfig {
     /// The lab's nodes and pod addresses.
     pub plan: LabPlan,
-    /// The lab's state directory: logs, pid files, Pod volumes (`pods/<uid>`), node-private
-    /// `hostPath`s (`nodes/<node>`).
-    pub state_root: PathBuf,
-    /// The lab's bpf filesystem, what `hostPath: /sys/fs/bpf` is.
-    pub bpffs: PathBuf,
+    /// The lab's state directory: logs, pid files, Pod volumes, node-private `hostPath`s, and
+    /// the bpf filesystem that `hostPath: /sys/fs/bpf` is.
+    pub state: super::StateDir,
     /// The images the lab can run.
     pub images: Images,
     /// `herald-lab` itself (`herald-lab container` starts each container).
@@ -109,6 +107,8 @@ struct Shared {
     slots: Mutex<BTreeMap<usize, BTreeSet<usize>>>,
     /// Bumped on every change of any PodInfo, for waiters.
     changes: watch::Sender<u64>,
+    /// Set when the nodes shut down: every container gets this grace period.
+    shutdown: watch::Sender<Option<Duration>>,
 }
 
 impl Shared {
@@ -154,6 +154,7 @@ impl Kubelet {
             pods: Mutex::new(BTreeMap::new()),
             slots: Mutex::new(BTreeMap::new()),
             changes: watch::channel(0).0,
+            shutdown: watch::channel(None).0,
         });
         let watch = tokio::spawn(watch_pods(shared.clone()));
         Kubelet { shared, watch }
@@ -211,17 +212,16 @@ impl Kubelet {
         Ok(pid)
     }
 
-    /// Stops every container (SIGTERM, then SIGKILL after `grace`) and stops watching.
+    /// Shuts the nodes down: every container gets SIGTERM, then SIGKILL after `grace`, and its
+    /// worker ends without restarting it or touching its Pod in the API (the lab is going away).
     pub async fn shutdown(&self, grace: Duration) {
         self.watch.abort();
-        let pids: Vec<u32> = self.pods().iter().filter_map(|p| p.pid).collect();
-        for pid in &pids {
-            let _ = send_signal(*pid, Signal::Term).await;
-        }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline && self.pods().iter().any(|p| p.pid.is_some()) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.shared.shutdown.send_replace(Some(grace));
+        let _ = self
+            .wait_for("every container to stop", grace + Duration::from_secs(5), |pods| {
+                pods.is_empty().then_some(())
+            })
+            .await;
         self.kill_now();
     }
 
@@ -287,7 +287,11 @@ async fn watch_pods(shared: Arc<Shared>) {
                 } else if pod.metadata.deletion_timestamp.is_none() && !is_finished(&pod) {
                     let (updates, receiver) = watch::channel(Some(pod.clone()));
                     let info = worker::initial_info(&shared, &pod, &node);
-                    let task = tokio::spawn(worker::run(shared.clone(), pod, index, receiver));
+                    let endings = worker::Endings {
+                        pod: receiver,
+                        node: shared.shutdown.subscribe(),
+                    };
+                    let task = tokio::spawn(worker::run(shared.clone(), pod, index, endings));
                     pods.insert(uid, Entry { info, updates, task });
                     drop(pods);
                     shared.changes.send_modify(|n| *n += 1);

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use super::status::{ContainerState, PodReport, pod_status};
 use super::{PodInfo, Shared};
 use crate::lab::net;
 use crate::lab::plan::PodPlan;
-use crate::lab::supervisor::{Signal, send_signal};
+use crate::lab::supervisor::{Signal, append_note, send_signal, spawn_logged};
 
 /// How often a container that cannot be configured yet (a missing Secret) is retried.
 const CONFIG_RETRY: Duration = Duration::from_secs(2);
@@ -32,7 +31,8 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn log_name(pod: &Pod) -> String {
+/// The name of a Pod's log and pid files: `pod-<namespace>-<name>`.
+fn process_name(pod: &Pod) -> String {
     format!(
         "pod-{}-{}",
         pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -58,21 +58,31 @@ pub(super) fn initial_info(shared: &Shared, pod: &Pod, node: &str) -> PodInfo {
         restarts: 0,
         ready: false,
         terminating: false,
-        log: shared
-            .config
-            .state_root
-            .join("logs")
-            .join(format!("{}.log", log_name(pod))),
+        log: shared.config.state.log(&process_name(pod)),
     }
 }
 
 /// How a Pod is to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
-    /// Deleted with a grace period: SIGTERM, then SIGKILL after it.
+    /// Deleted with a grace period: SIGTERM, then SIGKILL after it; then the deletion is
+    /// finished in the API.
     Graceful(Duration),
     /// Gone from the API (forced deletion): SIGKILL at once.
     Now,
+    /// The node shuts down (the lab goes down): SIGTERM, SIGKILL after the grace period, and
+    /// the Pod is left in the API, as a kubelet's graceful node shutdown leaves it.
+    NodeShutdown(Duration),
+}
+
+impl Ending {
+    /// The grace period between SIGTERM and SIGKILL; None: SIGKILL at once.
+    fn grace(self) -> Option<Duration> {
+        match self {
+            Ending::Graceful(grace) | Ending::NodeShutdown(grace) => Some(grace),
+            Ending::Now => None,
+        }
+    }
 }
 
 fn ending(update: &Option<Pod>) -> Option<Ending> {
@@ -94,14 +104,25 @@ fn ending(update: &Option<Pod>) -> Option<Ending> {
     }
 }
 
-/// Resolves when the Pod is being deleted.
-async fn ending_requested(updates: &mut watch::Receiver<Option<Pod>>) -> Ending {
+/// What can end a Pod: its object (None once gone from the API) and the node's shutdown
+/// (the grace period every container gets).
+pub(super) struct Endings {
+    pub(super) pod: watch::Receiver<Option<Pod>>,
+    pub(super) node: watch::Receiver<Option<Duration>>,
+}
+
+/// Resolves when the Pod is being deleted or the node shuts down.
+async fn ending_requested(endings: &mut Endings) -> Ending {
     loop {
-        if let Some(e) = ending(&updates.borrow_and_update()) {
+        if let Some(grace) = *endings.node.borrow_and_update() {
+            return Ending::NodeShutdown(grace);
+        }
+        if let Some(e) = ending(&endings.pod.borrow_and_update()) {
             return e;
         }
-        if updates.changed().await.is_err() {
-            return Ending::Now;
+        tokio::select! {
+            changed = endings.pod.changed() => if changed.is_err() { return Ending::Now },
+            changed = endings.node.changed() => if changed.is_err() { return Ending::Now },
         }
     }
 }
@@ -118,7 +139,7 @@ struct Worker {
     pod: Pod,
     uid: String,
     node: usize,
-    updates: watch::Receiver<Option<Pod>>,
+    endings: Endings,
     report: PodReport,
     /// The last status patch failed.
     dirty: bool,
@@ -132,7 +153,7 @@ struct Worker {
 }
 
 /// Runs the Pod until it is deleted, then finishes the deletion and removes what it made.
-pub(super) async fn run(shared: Arc<Shared>, pod: Pod, node: usize, updates: watch::Receiver<Option<Pod>>) {
+pub(super) async fn run(shared: Arc<Shared>, pod: Pod, node: usize, endings: Endings) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let node_plan = shared.config.plan.nodes[node - 1].clone();
     let container = pod
@@ -141,7 +162,7 @@ pub(super) async fn run(shared: Arc<Shared>, pod: Pod, node: usize, updates: wat
         .and_then(|s| s.containers.first())
         .cloned()
         .unwrap_or_default();
-    let name = log_name(&pod);
+    let name = process_name(&pod);
     let mut worker = Worker {
         report: PodReport {
             phase: "Pending",
@@ -162,9 +183,9 @@ pub(super) async fn run(shared: Arc<Shared>, pod: Pod, node: usize, updates: wat
         },
         dirty: false,
         pid: None,
-        log: shared.config.state_root.join("logs").join(format!("{name}.log")),
-        pid_file: shared.config.state_root.join("pids").join(format!("{name}.pid")),
-        dir: shared.config.state_root.join("pods").join(&uid),
+        log: shared.config.state.log(&name),
+        pid_file: shared.config.state.pid(&name),
+        dir: shared.config.state.pod_dir(&uid),
         events: Recorder::new(
             shared.client.clone(),
             Reporter {
@@ -176,7 +197,7 @@ pub(super) async fn run(shared: Arc<Shared>, pod: Pod, node: usize, updates: wat
         pod,
         uid,
         node,
-        updates,
+        endings,
     };
     worker.patch_status().await;
     let sandbox = match worker.sandbox().await {
@@ -189,18 +210,14 @@ pub(super) async fn run(shared: Arc<Shared>, pod: Pod, node: usize, updates: wat
     };
     let ending = match &sandbox {
         Some(sandbox) => worker.live(sandbox).await,
-        None => ending_requested(&mut worker.updates).await,
+        None => ending_requested(&mut worker.endings).await,
     };
     worker.finish(sandbox, ending).await;
 }
 
 impl Worker {
     fn note(&self, line: &str) {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.log) {
-            let at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-            let _ = writeln!(f, "{at} [herald-lab kubelet] {line}");
-        }
+        append_note(&self.log, "herald-lab kubelet", line);
     }
 
     /// An Event on the Pod, as `kubectl describe pod` shows a kubelet's. Written in the
@@ -357,7 +374,7 @@ impl Worker {
                     self.note(&format!("cannot configure the container: {e}"));
                     self.event(true, "Failed", "Configure", format!("Error: {e}"));
                     self.waiting("CreateContainerConfigError", Some(e.to_string())).await;
-                    let wait = tokio::time::timeout(CONFIG_RETRY, ending_requested(&mut self.updates));
+                    let wait = tokio::time::timeout(CONFIG_RETRY, ending_requested(&mut self.endings));
                     if let Ok(ending) = wait.await {
                         return ending;
                     }
@@ -370,7 +387,7 @@ impl Worker {
                 self.note(&format!("cannot prepare the volumes: {e}"));
                 self.event(true, "FailedMount", "Mount", e.clone());
                 self.waiting("CreateContainerError", Some(e)).await;
-                return ending_requested(&mut self.updates).await;
+                return ending_requested(&mut self.endings).await;
             }
         };
         self.event(
@@ -398,11 +415,11 @@ impl Worker {
         plan: &ContainerPlan,
     ) -> Result<Vec<(PathBuf, PathBuf, bool)>, String> {
         let node = &self.shared.config.plan.nodes[self.node - 1];
-        let node_root = self.shared.config.state_root.join("nodes").join(&node.name);
+        let node_root = self.shared.config.state.node_root(&node.name);
         let mut sources = BTreeMap::new();
         for (name, volume) in volumes {
             let dir = match volume {
-                VolumeSource::HostPath(path) => pod_spec::host_path(path, &node_root, &self.shared.config.bpffs),
+                VolumeSource::HostPath(path) => pod_spec::host_path(path, &node_root, &self.shared.config.state.bpf()),
                 VolumeSource::EmptyDir | VolumeSource::Files(_) => self.dir.join("volumes").join(name),
             };
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -482,7 +499,6 @@ impl Worker {
         plan: &ContainerPlan,
         mounts: &[(PathBuf, PathBuf, bool)],
     ) -> std::io::Result<tokio::process::Child> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = tokio::process::Command::new("ip");
         cmd.args(["netns", "exec", &sandbox.netns])
             .arg(&self.shared.config.lab_binary)
@@ -499,14 +515,8 @@ impl Worker {
             cmd.arg(format!("--setpriv={arg}"));
         }
         cmd.arg("--").arg(&plan.program).args(&plan.args);
-        cmd.env_clear()
-            .envs(plan.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .process_group(0)
-            .kill_on_drop(true);
-        cmd.spawn()
+        cmd.env_clear().envs(plan.env.iter().map(|(k, v)| (k, v)));
+        spawn_logged(cmd, &self.log)
     }
 
     /// Runs the container, restarting it as `restartPolicy` says, until the Pod is deleted.
@@ -538,7 +548,7 @@ impl Worker {
                 Err(e) => {
                     self.note(&format!("cannot start the container: {e}"));
                     self.waiting("RunContainerError", Some(e.to_string())).await;
-                    if let Ok(ending) = tokio::time::timeout(backoff, ending_requested(&mut self.updates)).await {
+                    if let Ok(ending) = tokio::time::timeout(backoff, ending_requested(&mut self.endings)).await {
                         return ending;
                     }
                     continue;
@@ -593,7 +603,7 @@ impl Worker {
                 };
                 tokio::select! {
                     status = child.wait() => break Outcome::Exited(status),
-                    ending = ending_requested(&mut self.updates) => break Outcome::Ending(ending),
+                    ending = ending_requested(&mut self.endings) => break Outcome::Ending(ending),
                     Ok(()) = &mut unhealthy_rx => break Outcome::Unhealthy,
                     Ok(()) = ready_rx.changed() => {
                         let ready = *ready_rx.borrow_and_update();
@@ -660,7 +670,7 @@ impl Worker {
                 self.report.phase = if exit_code == 0 { "Succeeded" } else { "Failed" };
                 self.report.state = terminated;
                 self.patch_status().await;
-                return ending_requested(&mut self.updates).await;
+                return ending_requested(&mut self.endings).await;
             }
             // CrashLoopBackOff: the delay doubles up to the limit and starts over after a
             // run twice as long as the limit.
@@ -679,7 +689,7 @@ impl Worker {
                 message: Some(format!("back-off {backoff:?} restarting failed container")),
             };
             self.patch_status().await;
-            if let Ok(ending) = tokio::time::timeout(backoff, ending_requested(&mut self.updates)).await {
+            if let Ok(ending) = tokio::time::timeout(backoff, ending_requested(&mut self.endings)).await {
                 return ending;
             }
             backoff = (backoff * 2).min(config.max_backoff);
@@ -688,7 +698,13 @@ impl Worker {
 
     /// Finishes the deletion in the API and removes the sandbox and the Pod's files.
     async fn finish(self, sandbox: Option<Sandbox>, ending: Ending) {
-        if ending != Ending::Now || self.updates.borrow().is_some() {
+        let finish_in_api = match ending {
+            Ending::Graceful(_) => true,
+            // Forced: the object is gone already, unless the watch only stopped.
+            Ending::Now => self.endings.pod.borrow().is_some(),
+            Ending::NodeShutdown(_) => false,
+        };
+        if finish_in_api {
             let name = self.pod.metadata.name.clone().unwrap_or_default();
             let params = DeleteParams {
                 grace_period_seconds: Some(0),
@@ -720,7 +736,7 @@ async fn stop(
     pid: u32,
     ending: Ending,
 ) -> std::io::Result<std::process::ExitStatus> {
-    if let Ending::Graceful(grace) = ending {
+    if let Some(grace) = ending.grace() {
         let _ = send_signal(pid, Signal::Term).await;
         if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
             return status;
