@@ -554,8 +554,9 @@ async fn lab_topology_api_controller_and_supervision() {
     );
     let state_dir = lab.state_dir().to_path_buf();
     let report = lab.down().await.expect("down");
-    // Segment, client, three nodes, two backends and the controller replicas' pod namespaces.
-    assert!(report.namespaces.len() >= 5 + 2 + 2, "{report:?}");
+    // The cleanup took the segment, the client and the three nodes (the kubelet removes its
+    // Pods' namespaces itself as it stops them; any it could not, the cleanup takes too).
+    assert!(report.namespaces.len() >= 5, "{report:?}");
     assert!(namespaces_with(&prefix).await.is_empty());
     assert!(!state_dir.exists());
     assert!(!is_mounted(&bpf_dir, "bpf"), "down left the bpf filesystem mounted");
