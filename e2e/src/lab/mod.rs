@@ -829,7 +829,8 @@ impl Lab {
     /// Node `node`'s speaker's `/metrics` text (from the node, as a scraper there would).
     pub async fn speaker_metrics_of(&self, node: usize) -> Result<String, LabError> {
         let ns = self.node_namespace(node)?.to_string();
-        self.http_get_in(&ns, "http://127.0.0.1:7473/metrics").await
+        let url = format!("http://127.0.0.1:{}/metrics", plan::SPEAKER_METRICS_PORT);
+        self.http_get_in(&ns, &url).await
     }
 
     /// A `kubectl` command on the host kubeconfig, with its own cache and HOME in the
@@ -1313,6 +1314,28 @@ impl Lab {
             eprintln!("---- last {} lines of {} ----", lines.min(all.len()), pod.log.display());
             for line in &all[all.len().saturating_sub(lines)..] {
                 eprintln!("{line}");
+            }
+        }
+        // What each speaker says about itself: why it is not ready, and its view of peers.
+        for node in 1..=self.node_count() {
+            let Ok(ns) = self.node_namespace(node) else { continue };
+            for (path, keep) in [("/readyz", None), ("/metrics", Some("herald_membership_members"))] {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "2"])
+                    .arg(format!("http://127.0.0.1:{}{path}", plan::SPEAKER_METRICS_PORT))
+                    .output();
+                let text = match out {
+                    Ok(out) => format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                    Err(e) => e.to_string(),
+                };
+                eprintln!("---- node{node} speaker {path} ----");
+                for line in text.lines().filter(|l| keep.is_none_or(|k| l.starts_with(k))) {
+                    eprintln!("{line}");
+                }
             }
         }
     }

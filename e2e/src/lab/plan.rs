@@ -30,6 +30,8 @@ pub const BRIDGE: &str = "br0";
 pub const API_PORT: u16 = 6443;
 /// Port of the controller's metrics/health server, on the bridge address.
 pub const CONTROLLER_METRICS_PORT: u16 = 7472;
+/// Where each speaker serves `/metrics`, `/healthz` and `/readyz` (on its node).
+pub const SPEAKER_METRICS_PORT: u16 = 7473;
 /// HTTP port of every backend echo server.
 pub const ECHO_HTTP_PORT: u16 = 8080;
 /// UDP port of every backend echo server.

@@ -234,8 +234,16 @@ pub struct Core {
     /// Every initial sync was rejected (wrong secret?): try again at this time.
     initial_sync_retry: Option<Instant>,
     view_dirty: bool,
+    /// When the view last turned unsettled (start, or new peers before any contact), and when
+    /// a warning about it was last logged: a view that does not settle keeps the speaker
+    /// unready, and its log should say what it is waiting for.
+    unsettled_since: Option<Instant>,
+    unsettled_warned: Option<Instant>,
     stats: CoreStats,
 }
+
+/// How long the view may stay unsettled before the core warns (and then again as often).
+const UNSETTLED_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Core {
     /// A core for `node`, reachable at `address`. `incarnation` should grow across restarts
@@ -278,6 +286,8 @@ impl Core {
             initial_sync_failed_plainly: false,
             initial_sync_retry: None,
             view_dirty: true,
+            unsettled_since: None,
+            unsettled_warned: None,
             stats: CoreStats::default(),
         }
     }
@@ -414,6 +424,7 @@ impl Core {
                 }
             } else {
                 self.settled = false;
+                self.unsettled_since = Some(now);
                 self.view_dirty = true;
                 added.shuffle(&mut self.rng);
                 for node in added.iter().take(self.config.initial_sync_peers.max(1)) {
@@ -500,6 +511,7 @@ impl Core {
         if self.initial_sync_retry.is_some_and(|t| now >= t) && self.initial_syncs == 0 {
             self.send_initial_syncs(now);
         }
+        self.warn_if_unsettled(now);
         self.run_suspicions(now);
         self.probe_watched(now);
         self.probe_round_robin(now);
@@ -514,6 +526,7 @@ impl Core {
 
     fn start(&mut self, now: Instant) {
         self.started = true;
+        self.unsettled_since = Some(now);
         self.slow_next = Some(now + self.random_duration(self.config.probe_interval));
         self.next_sync = Some(now + self.config.sync_interval);
         self.send_initial_syncs(now);
@@ -565,7 +578,35 @@ impl Core {
         if !self.settled {
             self.settled = true;
             self.view_dirty = true;
+            self.unsettled_since = None;
+            self.unsettled_warned = None;
         }
+    }
+
+    fn warn_if_unsettled(&mut self, now: Instant) {
+        let Some(since) = self.unsettled_since.filter(|_| !self.settled) else {
+            return;
+        };
+        let last = self.unsettled_warned.unwrap_or(since);
+        if now.saturating_duration_since(last) < UNSETTLED_WARN_EVERY {
+            return;
+        }
+        self.unsettled_warned = Some(now);
+        let exchanges = self
+            .pending
+            .values()
+            .filter(|p| matches!(p, Pending::Exchange { initial: true, .. }))
+            .count();
+        tracing::warn!(
+            node = %self.node,
+            waited_s = now.saturating_duration_since(since).as_secs(),
+            initial_syncs = self.initial_syncs,
+            initial_exchanges_pending = exchanges,
+            retry_scheduled = self.initial_sync_retry.is_some(),
+            had_contact = self.had_contact,
+            members = self.members.len(),
+            "membership view not settled yet: this speaker stays unready and announces nothing until the first state exchange with a peer ends"
+        );
     }
 
     fn expire_pending(&mut self, now: Instant) {
@@ -1120,6 +1161,7 @@ impl Core {
                     }
                 }
                 if initial {
+                    self.initial_syncs = self.initial_syncs.saturating_sub(1);
                     self.settle();
                 }
             }
