@@ -7,7 +7,7 @@ mod dataplane_support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use dataplane_support::{Lab, ask_once, ask_udp, connect, eventually, in_netns, privileged_or_skip};
+use dataplane_support::{Lab, ask_from_port, ask_once, ask_udp, connect, eventually, in_netns, privileged_or_skip};
 use herald_speaker::dataplane::{
     Dataplane, DataplaneError, EndpointInput, EndpointPort, Protocol, ServiceInput, ServicePort, TrafficPolicy,
 };
@@ -369,6 +369,60 @@ fn dataplane_backends_on_dead_nodes_keep_their_flows_and_take_no_new_ones() {
     dp.set_dead_nodes(Default::default());
     dp.apply_services(std::slice::from_ref(&svc)).unwrap();
     assert!(open(40).iter().any(|(_, n)| n == "pod2-1"));
+    dp.shutdown().unwrap();
+}
+
+#[test]
+fn dataplane_a_retried_syn_of_an_unanswered_flow_is_placed_by_the_current_table() {
+    // A connection whose handshake never completed must not stay glued to its first backend:
+    // here that backend's node was cut off and then declared dead, and the client retries
+    // from the same port (as a client whose connect failed does, the port being free again).
+    let test = "dataplane_a_retried_syn_of_an_unanswered_flow_is_placed_by_the_current_table";
+    if !privileged_or_skip(test) {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.add_pod(1, 1);
+    lab.serve_tcp(1, 1, TARGET);
+    lab.add_pod(2, 1);
+    lab.serve_tcp(2, 1, TARGET);
+    lab.route_vip_to_node(0, 1);
+    let Some(mut dp) = start_or_skip(&lab, 1, test) else {
+        return;
+    };
+    let svc = service(
+        &lab,
+        TrafficPolicy::Cluster,
+        vec![endpoint(&lab, 1, 1, false), endpoint(&lab, 2, 1, false)],
+    );
+    dp.apply_services(std::slice::from_ref(&svc)).unwrap();
+    let client = lab.client();
+    let vip = sa(lab.vip(0, false), PORT);
+    let short = Duration::from_millis(1500);
+    // A client port whose flow goes to node 2's pod.
+    let from = (41_000u16..41_200)
+        .map(|port| sa(lab.client_addr(0, false), port))
+        .find(|from| {
+            let answer = eventually(10, Duration::from_secs(5), || {
+                ask_from_port(&client, *from, vip, short).ok()
+            })
+            .expect("the service answers");
+            parts(&answer).0 == "pod2-1"
+        })
+        .expect("some port of 200 goes to pod2-1");
+
+    // Node 2 is cut off: the SYN goes to its pod and is never answered.
+    lab.cut_uplink(2);
+    assert!(
+        ask_from_port(&client, from, vip, short).is_err(),
+        "no answer from a cut-off node"
+    );
+    // Its speaker is declared dead; the client retries from the same port.
+    dp.set_dead_nodes(["node2".to_string()].into());
+    dp.apply_services(std::slice::from_ref(&svc)).unwrap();
+    let answer = ask_from_port(&client, from, vip, Duration::from_secs(3))
+        .expect("the retried SYN is placed by the current table, on a live node");
+    assert_eq!(parts(&answer).0, "pod1-1");
     dp.shutdown().unwrap();
 }
 

@@ -177,8 +177,13 @@ static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_tup
 	ct_key_from_tuple(&key, t);
 	int in_new = 0;
 	struct ct_forward *ct = ct_lookup(&key, now, &in_new);
-	/* A SYN on the tuple of a closed flow: the client reused its port for a new connection. */
-	if (ct && ct->state == CT_CLOSING && (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+	/* A SYN on the tuple of a closed flow: the client reused its port for a new connection.
+	 * A SYN on a flow whose handshake never completed is placed again too, by today's table:
+	 * its first backend may be one the tables have since moved away from (a node declared dead
+	 * meanwhile, a receiving node whose table disagreed), and following it would refresh the
+	 * entry with every retry, a black hole for that tuple while the client keeps retrying. */
+	if (ct && (ct->state == CT_CLOSING || ct->state == CT_SYN) &&
+	    (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
 		lb_stat(HERALD_STAT_FLOW_REUSED);
 		ct = 0;
 	}

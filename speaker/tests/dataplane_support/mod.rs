@@ -750,6 +750,39 @@ pub fn ask_once(ns: &str, from: IpAddr, to: SocketAddr) -> std::io::Result<Strin
     connect(ns, from, to)?.ask()
 }
 
+/// One question from the fixed address and port `from`, giving up the connect after
+/// `timeout`; the connection ends with a reset, so the port is free again at once (no
+/// TIME_WAIT) and the dataplane sees the flow close.
+pub fn ask_from_port(ns: &str, from: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let ns = ns.to_owned();
+    in_netns(&ns, move || {
+        let socket = tcp_socket_bound_to(from)?;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on an fd we own, with a correctly sized option value.
+        #[allow(unsafe_code)]
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        let stream = connect_timeout(socket, to, timeout)?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut conn = Conn {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        };
+        conn.ask()
+    })
+}
+
 /// One UDP datagram from the client namespace; returns (answer, the address it came from).
 pub fn ask_udp(ns: &str, from: SocketAddr, to: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
     let ns = ns.to_owned();
@@ -765,8 +798,13 @@ pub fn ask_udp(ns: &str, from: SocketAddr, to: SocketAddr) -> std::io::Result<(S
 
 /// A TCP socket bound to `addr` (port 0), so the caller picks its source address.
 pub fn tcp_socket_bound(addr: IpAddr) -> std::io::Result<std::os::fd::OwnedFd> {
+    tcp_socket_bound_to(SocketAddr::new(addr, 0))
+}
+
+/// A TCP socket bound to `sa` (a fixed port: the same flow tuple again and again).
+pub fn tcp_socket_bound_to(sa: SocketAddr) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    let sa: SocketAddr = SocketAddr::new(addr, 0);
+    let addr = sa.ip();
     // SAFETY: plain socket syscalls on a fresh fd that we own.
     #[allow(unsafe_code)]
     unsafe {
