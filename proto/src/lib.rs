@@ -30,6 +30,7 @@ mod tests {
                 incarnation: 3,
                 state: MemberState::Suspect as i32,
                 health: None,
+                rejoining: true,
             }],
             body: Some(Body::Ping(Default::default())),
         };

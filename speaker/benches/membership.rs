@@ -63,7 +63,7 @@ fn election_benchmarks(c: &mut Criterion) {
     let nodes: BTreeSet<String> = (0..50).map(|i| format!("node-{i}")).collect();
     let eligible: BTreeMap<Unit, BTreeSet<String>> = units(10_000).into_iter().map(|u| (u, nodes.clone())).collect();
     c.bench_function("elect 10000 IPs x 50 nodes", |b| {
-        b.iter(|| black_box(election::elect(black_box(&eligible))))
+        b.iter(|| black_box(election::elect(black_box(&eligible), &BTreeSet::new())))
     });
     c.bench_function("rendezvous score of one (node, IP)", |b| {
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));

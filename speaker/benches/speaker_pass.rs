@@ -96,6 +96,7 @@ fn world(count: usize) -> World {
                     incarnation: 1,
                     health: Some(health.clone()),
                     host_up: false,
+                    rejoining: false,
                 },
             )
         })

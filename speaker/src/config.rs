@@ -82,6 +82,11 @@ pub struct Config {
     /// How long a suspected member has to show a sign of life before it is declared dead.
     #[arg(long, env = "HERALD_SUSPICION_TIMEOUT", value_parser = parse_duration, default_value = "70ms")]
     pub suspicion_timeout: Duration,
+    /// How long a node back from a partition in which it was cut off from most of the cluster
+    /// ranks after the other nodes, so its IPs return to it once rather than at every flap of the
+    /// link that came back (0s: at once).
+    #[arg(long, env = "HERALD_REJOIN_HOLD", value_parser = parse_hold, default_value = "3s")]
+    pub rejoin_hold: Duration,
 }
 
 /// What to do instead of running the speaker.
@@ -141,6 +146,7 @@ impl Config {
             watch_probe_interval: self.watch_probe_interval,
             probe_timeout: self.probe_timeout,
             suspicion_timeout: self.suspicion_timeout,
+            rejoin_hold: self.rejoin_hold,
             ..MembershipConfig::default()
         }
     }
@@ -166,6 +172,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * unit).map_err(|_| format!("{text:?} is too long a duration"))
 }
 
+/// [`parse_duration`], or zero (`0s`, `0ms`, `0`): a hold that can be switched off.
+pub fn parse_hold(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "0" | "0s" | "0ms" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +193,7 @@ mod tests {
         assert_eq!(flags.watch_probe_interval, defaults.watch_probe_interval);
         assert_eq!(flags.probe_timeout, defaults.probe_timeout);
         assert_eq!(flags.suspicion_timeout, defaults.suspicion_timeout);
+        assert_eq!(flags.rejoin_hold, defaults.rejoin_hold);
         assert_eq!(flags.advertise_address, Some("10.0.0.1:7946".parse().unwrap()));
         assert_eq!(config.snat_ports, crate::dataplane::SnatPorts::default());
         assert_eq!(config.command, None);

@@ -132,15 +132,14 @@ impl Planner {
             .map(|n| {
                 let name = n.metadata.name.as_deref().unwrap_or_default();
                 let member = inputs.view.members.get(name).map(|m| {
+                    let mut m = m.clone();
                     // Our own health is fresher than what we last gossiped.
-                    let health = if name == inputs.node {
-                        Some(inputs.local_health.clone())
-                    } else {
-                        m.health.clone()
-                    };
-                    (m.state, health)
+                    if name == inputs.node {
+                        m.health = Some(inputs.local_health.clone());
+                    }
+                    m
                 });
-                facts::node_facts(n, member)
+                facts::node_facts(n, member.as_ref())
             })
             .collect();
         let context = UnitContext {
@@ -177,11 +176,18 @@ impl Planner {
                 }
             }
         }
+        let rejoining: BTreeSet<String> = context
+            .nodes
+            .iter()
+            .filter(|n| n.rejoining)
+            .map(|n| n.name.clone())
+            .collect();
         let mut elected = elect(
             &fresh
                 .iter()
                 .map(|(u, e, _)| (u.ip, e.eligible.keys().cloned().collect()))
                 .collect(),
+            &rejoining,
         );
         for (unit, outcome, sharing) in fresh {
             let services = unit
@@ -403,6 +409,7 @@ mod tests {
                             incarnation: 1,
                             health: Some(health.clone()),
                             host_up: false,
+                            rejoining: false,
                         },
                     )
                 })

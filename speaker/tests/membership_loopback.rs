@@ -40,7 +40,15 @@ fn elect(view: &MembershipView) -> BTreeMap<Unit, Ownership> {
         .filter(|(_, m)| m.state.is_live() && m.health.as_ref().is_some_and(|h| h.announcer_ready))
         .map(|(n, _)| n.clone())
         .collect();
-    election::elect(&units().into_iter().map(|u| (u, candidates.clone())).collect())
+    let rejoining = candidates
+        .iter()
+        .filter(|n| view.members[*n].rejoining)
+        .cloned()
+        .collect();
+    election::elect(
+        &units().into_iter().map(|u| (u, candidates.clone())).collect(),
+        &rejoining,
+    )
 }
 
 async fn start_cluster(key: &[u8]) -> Vec<Membership> {

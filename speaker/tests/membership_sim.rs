@@ -1,10 +1,12 @@
 //! Deterministic simulations of speaker membership + election (virtual time, seeded RNG):
 //! kill, graceful leave, partition and heal, message loss, slow peers, wrong secret, health.
 //! Times asserted here are virtual, so they are exact for a seed and never flaky.
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use herald_speaker::election::Unit;
 use herald_speaker::membership::sim::{SimConfig, Simulation};
-use herald_speaker::membership::{MemberState, NodeHealth};
+use herald_speaker::membership::{MemberState, MembershipConfig, NodeHealth};
 
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -297,4 +299,127 @@ fn traffic_per_node_stays_bounded_with_50_speakers() {
     let per_watch_pair = 2.0 / interval.as_secs_f64();
     let limit = 6.0 * per_watch_pair + 20.0;
     assert!(max < limit, "max {max}, limit {limit}");
+}
+
+/// Node 0 is cut off for 2 s (declared dead by the rest), comes back, and its link flaps twice
+/// more (250 ms cuts). Returns, for the units node 0 owned before, how many times the set of
+/// claimants changed once the first merge ended (one owner per unit again), and whether
+/// anyone but node 0 was ever seen rejoining.
+fn flapping_return(nodes: usize, seed: u64, rejoin_hold: Duration) -> (BTreeMap<Unit, usize>, Simulation, bool) {
+    let mut sim = converged(SimConfig {
+        nodes,
+        units: 30,
+        seed,
+        membership: MembershipConfig {
+            rejoin_hold,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let mine = sim.owned_by(0).clone();
+    assert!(!mine.is_empty(), "node 0 owns something to lose");
+    sim.partition(&[0]);
+    sim.run_for(Duration::from_secs(2));
+    assert!((1..nodes).all(|i| sim.state_seen_by(i, 0) == Some(MemberState::Dead)));
+    assert!((1..nodes).all(|i| sim.state_seen_by(0, i) == Some(MemberState::Dead)));
+    sim.heal();
+    let step = Duration::from_millis(10);
+    // (from, to) of each later cut, in ms after the first heal.
+    let cuts = [(400u64, 650u64), (1200, 1450)];
+    let mut changes: BTreeMap<Unit, usize> = mine.iter().map(|u| (*u, 0)).collect();
+    let mut last: Option<BTreeMap<Unit, Vec<usize>>> = None;
+    let mut others_rejoined = false;
+    let mut merged = false;
+    for tick in 1..=800u64 {
+        let ms = tick * 10;
+        for (from, to) in cuts {
+            if ms == from {
+                sim.partition(&[0]);
+            }
+            if ms == to {
+                sim.heal();
+            }
+        }
+        sim.run_for(step);
+        others_rejoined |= (0..nodes).any(|o| (1..nodes).any(|n| sim.rejoining_seen_by(o, n)));
+        merged |= ms < cuts[0].0 && sim.one_owner_per_unit();
+        if !merged {
+            continue;
+        }
+        let claims: BTreeMap<Unit, Vec<usize>> = sim.claims().into_iter().filter(|(u, _)| mine.contains(u)).collect();
+        if let Some(previous) = &last {
+            for (unit, owners) in &claims {
+                if previous[unit] != *owners {
+                    *changes.get_mut(unit).expect("one of mine") += 1;
+                }
+            }
+        }
+        last = Some(claims);
+    }
+    (changes, sim, others_rejoined)
+}
+
+#[test]
+fn a_node_back_from_a_minority_partition_takes_its_ips_back_once_despite_a_flapping_link() {
+    for (nodes, seed) in [(3, 81), (5, 82)] {
+        let (changes, sim, others_rejoined) = flapping_return(nodes, seed, Duration::from_secs(3));
+        println!("{nodes} speakers, 3 s hold: claim changes per unit of node 0 after its return: {changes:?}");
+        assert!(!others_rejoined, "only the node that was cut off holds back");
+        assert!(!sim.rejoining_seen_by(1, 0), "the hold ended");
+        assert!(sim.one_owner_per_unit());
+        // The majority's owner until the hold ends, then node 0: at most a brief overlap
+        // (node 0 claims as soon as its own hold ends, the old owner lets go on hearing it).
+        for (unit, n) in &changes {
+            assert!(*n <= 2, "{unit} changed hands {n} times");
+        }
+        // Without the hold the same flaps move IPs back and forth.
+        let (unheld, _, _) = flapping_return(nodes, seed, Duration::ZERO);
+        println!("{nodes} speakers, no hold: {unheld:?}");
+        let with: usize = changes.values().sum();
+        let without: usize = unheld.values().sum();
+        assert!(without > with, "the hold saves moves: {with} with, {without} without");
+    }
+}
+
+#[test]
+fn a_node_that_saw_most_of_the_cluster_die_holds_back_once_they_return_then_takes_its_ips_back() {
+    // From inside, losing most of the cluster looks like being cut off from it: node 0 holds
+    // back when the others restart, the same as after a partition, and nothing goes unowned.
+    let mut sim = converged(SimConfig {
+        nodes: 3,
+        units: 30,
+        seed: 83,
+        ..Default::default()
+    });
+    let mine = sim.owned_by(0).clone();
+    sim.kill(1);
+    sim.kill(2);
+    sim.run_until_true(Duration::from_secs(5), |s| {
+        s.state_seen_by(0, 1) == Some(MemberState::Dead) && s.state_seen_by(0, 2) == Some(MemberState::Dead)
+    })
+    .expect("node 0 declares both dead");
+    sim.run_for(Duration::from_millis(20));
+    assert!(
+        sim.rejoining_seen_by(0, 0),
+        "alone among the dead, node 0 says it is cut off"
+    );
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.owned_by(0).len(), 30, "alone, it still owns everything");
+    sim.restart(1);
+    sim.restart(2);
+    sim.run_until_true(Duration::from_secs(5), |s| s.one_owner_per_unit() && s.views_agree())
+        .expect("the cluster converges after the restarts");
+    assert!(
+        (1..3).all(|i| sim.rejoining_seen_by(i, 0)),
+        "the others see it holding back"
+    );
+    assert!(sim.owned_by(0).is_empty(), "its IPs are with the others meanwhile");
+    let hold = herald_speaker::membership::MembershipConfig::default().rejoin_hold;
+    sim.run_for(hold + Duration::from_secs(1));
+    assert!(
+        !sim.rejoining_seen_by(1, 0) && !sim.rejoining_seen_by(0, 0),
+        "the hold ended"
+    );
+    assert!(sim.one_owner_per_unit());
+    assert_eq!(sim.owned_by(0), &mine, "node 0 owns what it ranks first for again");
 }

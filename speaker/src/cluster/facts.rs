@@ -14,7 +14,7 @@ use kube::ResourceExt;
 
 use crate::dataplane as dp;
 use crate::election::eligibility::{NodeFacts, PoolFacts, ServiceFacts, TrafficPolicy, UnitFacts};
-use crate::membership::{MemberState, NodeHealth};
+use crate::membership::MemberInfo;
 
 /// The label EndpointSlices carry naming their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -492,7 +492,7 @@ fn dp_protocol(protocol: Option<&str>) -> Option<dp::Protocol> {
 }
 
 /// A Node as election sees it, joined with what membership knows of its speaker.
-pub fn node_facts(node: &Node, member: Option<(MemberState, Option<NodeHealth>)>) -> NodeFacts {
+pub fn node_facts(node: &Node, member: Option<&MemberInfo>) -> NodeFacts {
     let network_unavailable = node
         .status
         .as_ref()
@@ -500,16 +500,13 @@ pub fn node_facts(node: &Node, member: Option<(MemberState, Option<NodeHealth>)>
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True");
-    let (member_state, health) = match member {
-        Some((state, health)) => (Some(state), health),
-        None => (None, None),
-    };
     NodeFacts {
         name: node.name_any(),
         labels: node.labels().clone(),
         network_unavailable,
-        member_state,
-        health,
+        member_state: member.map(|m| m.state),
+        health: member.and_then(|m| m.health.clone()),
+        rejoining: member.is_some_and(|m| m.rejoining),
     }
 }
 
@@ -543,6 +540,7 @@ pub fn node_address(node: &Node) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::membership::MemberState;
     use herald_config::last_valid::{LastValid, judge_pools};
     use herald_config::{IPAddressPool, IPAddressPoolSpec};
     use k8s_openapi::jiff::Timestamp;
@@ -864,7 +862,16 @@ mod tests {
             }
         }))
         .unwrap();
-        let facts = node_facts(&node, Some((MemberState::Alive, None)));
+        let member = MemberInfo {
+            address: "10.203.0.11:7946".parse().unwrap(),
+            state: MemberState::Alive,
+            incarnation: 1,
+            health: None,
+            host_up: true,
+            rejoining: true,
+        };
+        let facts = node_facts(&node, Some(&member));
+        assert!(facts.rejoining);
         assert!(facts.network_unavailable);
         assert_eq!(facts.member_state, Some(MemberState::Alive));
         assert_eq!(node_address(&node), Some("10.203.0.11".parse().unwrap()));

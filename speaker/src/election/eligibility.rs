@@ -44,6 +44,9 @@ pub struct NodeFacts {
     pub member_state: Option<MemberState>,
     /// Health its speaker gossiped; `None` until heard.
     pub health: Option<NodeHealth>,
+    /// Back from a minority partition: eligible, but ranked after every other candidate
+    /// (see [`super::elect`]).
+    pub rejoining: bool,
 }
 
 /// The `IPAddressPool` an IP was allocated from.
@@ -303,6 +306,7 @@ mod tests {
             network_unavailable: false,
             member_state: Some(MemberState::Alive),
             health: Some(healthy(&["eth0"])),
+            rejoining: false,
         }
     }
 
@@ -485,7 +489,7 @@ mod tests {
         u.services[0].has_serving_endpoint = false;
         let nodes = [node("n1"), node("n2")];
         let outcome = eligibility(&[u.clone()], &nodes, &[every_pool()], Default::default());
-        let elected = super::super::elect(&candidates(&outcome));
+        let elected = super::super::elect(&candidates(&outcome), &BTreeSet::new());
         assert!(elected.is_empty());
         assert_eq!(outcome[&u.ip].ineligible.len(), 2);
         assert!(

@@ -16,6 +16,14 @@
 //! the units it owned (each to its runner-up), and a node that becomes eligible takes only the
 //! units where it now ranks first. Nothing else changes hands.
 //!
+//! # Rejoining nodes
+//! A node back from a partition in which it was cut off from most of the cluster says so in
+//! its gossiped state for a hold time (see `membership`, "Rejoining"). It stays eligible, but ranks
+//! after every candidate that is not rejoining: the units it would win stay with their current
+//! owners until the hold ends, and go back to it once, instead of following every flap of the
+//! link that just came back. Among rejoining nodes (a whole cluster back from a switch restart)
+//! the usual order holds, so a unit never goes without an owner because of the hold.
+//!
 //! # Runner-up and close watching
 //! The runner-up of a unit is the node that takes it over when the owner fails, so it is the
 //! node that must notice that failure first: [`watch_targets`] gives, for one node, the owners
@@ -28,7 +36,6 @@
 //! membership layer merges the views (see `membership`) and the owners agree again.
 pub mod eligibility;
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -102,64 +109,67 @@ pub struct Ownership {
     pub runner_up: Option<String>,
 }
 
-/// Compares two (score, node) candidates: higher score first, then larger name.
-fn beats(a: (u64, &str), b: (u64, &str)) -> bool {
-    match a.0.cmp(&b.0) {
-        Ordering::Greater => true,
-        Ordering::Less => false,
-        Ordering::Equal => a.1 > b.1,
-    }
+/// A candidate's place: nodes that are not rejoining first, then the higher score, then the
+/// larger name (the derived order compares the fields in this order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Place<'a> {
+    settled: bool,
+    score: u64,
+    node: &'a str,
 }
 
-/// Owner and runner-up of `ip` among `candidates` (duplicates are ignored); `None` when there
-/// is no candidate.
+/// Owner and runner-up of `ip` among `candidates` (duplicates are ignored), none of them
+/// rejoining; `None` when there is no candidate.
 pub fn rank<'a>(ip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> Option<Ownership> {
-    rank_scored(candidates.into_iter().map(|node| (rendezvous_score(node, ip), node)))
+    rank_scored(
+        candidates.into_iter().map(|node| (rendezvous_score(node, ip), node)),
+        &BTreeSet::new(),
+    )
 }
 
 /// [`rank`] for callers that computed (or memoized) the scores: `(rendezvous_score(node, ip),
-/// node)` pairs of one IP.
-pub fn rank_scored<'a>(scored: impl IntoIterator<Item = (u64, &'a str)>) -> Option<Ownership> {
-    let mut first: Option<(u64, &str)> = None;
-    let mut second: Option<(u64, &str)> = None;
-    for candidate in scored {
-        push_candidate(&mut first, &mut second, candidate);
+/// node)` pairs of one IP; the nodes in `rejoining` rank after the others.
+pub fn rank_scored<'a>(
+    scored: impl IntoIterator<Item = (u64, &'a str)>,
+    rejoining: &BTreeSet<String>,
+) -> Option<Ownership> {
+    let mut first: Option<Place> = None;
+    let mut second: Option<Place> = None;
+    for (score, node) in scored {
+        let settled = !rejoining.contains(node);
+        push_candidate(&mut first, &mut second, Place { settled, score, node });
     }
-    first.map(|(_, owner)| Ownership {
-        owner: owner.to_string(),
-        runner_up: second.map(|(_, n)| n.to_string()),
+    first.map(|top| Ownership {
+        owner: top.node.to_string(),
+        runner_up: second.map(|p| p.node.to_string()),
     })
 }
 
-fn push_candidate<'a>(
-    first: &mut Option<(u64, &'a str)>,
-    second: &mut Option<(u64, &'a str)>,
-    candidate: (u64, &'a str),
-) {
+fn push_candidate<'a>(first: &mut Option<Place<'a>>, second: &mut Option<Place<'a>>, candidate: Place<'a>) {
     match *first {
         None => *first = Some(candidate),
-        Some(top) if top.1 == candidate.1 => {}
-        Some(top) if beats(candidate, top) => {
+        Some(top) if top.node == candidate.node => {}
+        Some(top) if candidate > top => {
             *second = Some(top);
             *first = Some(candidate);
         }
         Some(_) => match *second {
-            Some(s) if s.1 == candidate.1 || beats(s, candidate) => {}
+            Some(s) if s.node == candidate.node || s > candidate => {}
             _ => *second = Some(candidate),
         },
     }
 }
 
 /// Elects every unit: `eligible` maps each unit to the nodes allowed to announce it (see
-/// [`eligibility`]). Units with no eligible node are absent from the result: nobody announces
-/// them.
-pub fn elect(eligible: &BTreeMap<Unit, BTreeSet<String>>) -> BTreeMap<Unit, Ownership> {
+/// [`eligibility`]); the nodes in `rejoining` rank after the others. Units with no eligible
+/// node are absent from the result: nobody announces them.
+pub fn elect(eligible: &BTreeMap<Unit, BTreeSet<String>>, rejoining: &BTreeSet<String>) -> BTreeMap<Unit, Ownership> {
     // Hash each node name once (most clusters have far fewer nodes than IPs), reuse the list
     // of hashers while consecutive units have the same eligible set (the common case), and
     // format each IP once.
     let mut hashers: BTreeMap<&str, NodeHasher> = BTreeMap::new();
     let mut last_set: Option<&BTreeSet<String>> = None;
-    let mut row: Vec<(&str, NodeHasher)> = Vec::new();
+    let mut row: Vec<(&str, bool, NodeHasher)> = Vec::new();
     let mut result = BTreeMap::new();
     for (&ip, nodes) in eligible {
         if last_set != Some(nodes) {
@@ -167,7 +177,7 @@ pub fn elect(eligible: &BTreeMap<Unit, BTreeSet<String>>) -> BTreeMap<Unit, Owne
                 .iter()
                 .map(|n| {
                     let hasher = hashers.entry(n.as_str()).or_insert_with(|| NodeHasher::new(n));
-                    (n.as_str(), hasher.clone())
+                    (n.as_str(), !rejoining.contains(n), hasher.clone())
                 })
                 .collect();
             last_set = Some(nodes);
@@ -175,15 +185,24 @@ pub fn elect(eligible: &BTreeMap<Unit, BTreeSet<String>>) -> BTreeMap<Unit, Owne
         let text = IpText::new(ip);
         let mut first = None;
         let mut second = None;
-        for (node, hasher) in &row {
-            push_candidate(&mut first, &mut second, (hasher.score_text(text.as_bytes()), node));
+        for (node, settled, hasher) in &row {
+            let score = hasher.score_text(text.as_bytes());
+            push_candidate(
+                &mut first,
+                &mut second,
+                Place {
+                    settled: *settled,
+                    score,
+                    node,
+                },
+            );
         }
-        if let Some((_, owner)) = first {
+        if let Some(top) = first {
             result.insert(
                 ip,
                 Ownership {
-                    owner: owner.to_string(),
-                    runner_up: second.map(|(_, n)| n.to_string()),
+                    owner: top.node.to_string(),
+                    runner_up: second.map(|p| p.node.to_string()),
                 },
             );
         }
@@ -226,6 +245,32 @@ mod tests {
 
     fn units(count: u32, eligible: &BTreeSet<String>) -> BTreeMap<Unit, BTreeSet<String>> {
         (0..count).map(|i| (ip(i), eligible.clone())).collect()
+    }
+
+    /// The election with nobody rejoining.
+    fn elect(eligible: &BTreeMap<Unit, BTreeSet<String>>) -> BTreeMap<Unit, Ownership> {
+        super::elect(eligible, &BTreeSet::new())
+    }
+
+    #[test]
+    fn a_rejoining_node_ranks_after_the_others_and_wins_only_alone() {
+        let all = nodes(3);
+        let before = elect(&units(300, &all));
+        let back = BTreeSet::from(["node-0".to_string()]);
+        let held = super::elect(&units(300, &all), &back);
+        let without = elect(&units(300, &nodes(3).into_iter().filter(|n| n != "node-0").collect()));
+        // With two settled nodes, owner and runner-up are those of the election without it.
+        assert_eq!(held, without);
+        assert!(
+            before.values().any(|o| o.owner == "node-0"),
+            "it wins somewhere when settled"
+        );
+        // Alone, or with everybody rejoining, the usual order holds: nobody goes without.
+        let alone = super::elect(&units(50, &back), &back);
+        assert!(alone.values().all(|o| o.owner == "node-0"));
+        assert_eq!(super::elect(&units(300, &all), &all), before);
+        let ranked = rank_scored(all.iter().map(|n| (rendezvous_score(n, ip(7)), n.as_str())), &back).unwrap();
+        assert_eq!(&ranked, &held[&ip(7)]);
     }
 
     #[test]

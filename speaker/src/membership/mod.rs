@@ -72,6 +72,17 @@
 //! dead, refutes with a higher incarnation and pings back, both sides exchange full state
 //! (`Sync`), and the refutations spread by gossip, ending dual ownership.
 //!
+//! # Rejoining
+//! A node cut off from most of the cluster (more than half of the non-departed members,
+//! itself included, are dead in its view) marks itself `rejoining` in its own gossiped state
+//! from then on until [`MembershipConfig::rejoin_hold`] after that ends; a suspicion or death
+//! claim it refutes in that time starts the hold again. It marks itself before anyone can hear
+//! it, so its first message across a healed link already says so. Elections rank a rejoining
+//! node after every other candidate (`election`), so the IPs it owned stay with their new
+//! owners while the link that just came back may still drop a probe or two, and return to it
+//! once when the hold ends. Only the minority side holds; from inside, losing most of the
+//! cluster looks the same, so a node whose peers all died also holds once they return.
+//!
 //! # Startup
 //! A fresh speaker knows its peers' addresses but not their health, so it would elect itself
 //! everywhere. [`MembershipView::settled`] turns true once the first `Sync` with one of up to
@@ -172,6 +183,9 @@ pub struct MemberInfo {
     /// process died, the node is up (its pods and pinned programs still work). False for a
     /// death by silence or one learned from gossip.
     pub host_up: bool,
+    /// It is cut off from most of the cluster, or back from that less than its hold ago:
+    /// elections rank it after every other candidate (see "Rejoining" in the module docs).
+    pub rejoining: bool,
 }
 
 /// What membership currently knows, including the local node.
@@ -249,6 +263,9 @@ pub struct MembershipConfig {
     pub initial_sync_peers: usize,
     /// Granularity of the runtime's timers (`--membership-tick`, 5 ms).
     pub tick: Duration,
+    /// How long a node back from a minority partition ranks after the others
+    /// (`--rejoin-hold`, 3 s; 0 turns it off).
+    pub rejoin_hold: Duration,
 }
 
 impl Default for MembershipConfig {
@@ -269,6 +286,7 @@ impl Default for MembershipConfig {
             leave_timeout: Duration::from_millis(500),
             initial_sync_peers: 3,
             tick: Duration::from_millis(5),
+            rejoin_hold: Duration::from_secs(3),
         }
     }
 }

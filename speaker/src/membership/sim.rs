@@ -26,7 +26,7 @@ struct ScoreMemo {
 }
 
 impl ScoreMemo {
-    fn rank(&mut self, unit: Unit, candidates: &[String]) -> Option<Ownership> {
+    fn rank(&mut self, unit: Unit, candidates: &[String], rejoining: &BTreeSet<String>) -> Option<Ownership> {
         let mut scored = Vec::with_capacity(candidates.len());
         for node in candidates {
             if !self.scores.contains_key(node) {
@@ -36,7 +36,7 @@ impl ScoreMemo {
             let score = *per_node.entry(unit).or_insert_with(|| rendezvous_score(node, unit));
             scored.push((score, node.as_str()));
         }
-        rank_scored(scored)
+        rank_scored(scored, rejoining)
     }
 }
 
@@ -490,25 +490,30 @@ impl Simulation {
         }
     }
 
-    /// Nodes each node considers candidates: live in its view, healthy, and not itself
-    /// unsettled.
-    fn candidates_of(&mut self, index: usize) -> Option<Vec<String>> {
+    /// Nodes each node considers candidates (live in its view, healthy), and those of them
+    /// that are rejoining; `None` while the node itself is unsettled.
+    fn candidates_of(&mut self, index: usize) -> Option<(Vec<String>, BTreeSet<String>)> {
         let view = self.nodes[index].core.view();
         if !view.settled {
             return None;
         }
-        Some(
-            view.members
-                .iter()
-                .filter(|(_, m)| {
-                    m.state.is_live()
-                        && m.health
-                            .as_ref()
-                            .is_some_and(|h| h.announcer_ready && !h.interfaces.is_empty())
-                })
-                .map(|(n, _)| n.clone())
-                .collect(),
-        )
+        let candidates: Vec<String> = view
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.state.is_live()
+                    && m.health
+                        .as_ref()
+                        .is_some_and(|h| h.announcer_ready && !h.interfaces.is_empty())
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let rejoining = candidates
+            .iter()
+            .filter(|n| view.members[*n].rejoining)
+            .cloned()
+            .collect();
+        Some((candidates, rejoining))
     }
 
     fn elect_dirty(&mut self) {
@@ -517,14 +522,14 @@ impl Simulation {
                 continue;
             }
             self.nodes[index].election_dirty = false;
-            let Some(candidates) = self.candidates_of(index) else {
+            let Some((candidates, rejoining)) = self.candidates_of(index) else {
                 continue;
             };
             let me = self.nodes[index].name.clone();
             let mut owned = BTreeSet::new();
             let mut watch = BTreeSet::new();
             for unit in self.units.clone() {
-                let ranked = self.scores.rank(unit, &candidates);
+                let ranked = self.scores.rank(unit, &candidates, &rejoining);
                 if let Some(Ownership { owner, runner_up }) = ranked {
                     if owner == me {
                         owned.insert(unit);
@@ -549,7 +554,7 @@ impl Simulation {
         let mut watch: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut owned: BTreeMap<String, BTreeSet<Unit>> = BTreeMap::new();
         for unit in self.units.clone() {
-            if let Some(o) = self.scores.rank(unit, &running) {
+            if let Some(o) = self.scores.rank(unit, &running, &BTreeSet::new()) {
                 owned.entry(o.owner.clone()).or_default().insert(unit);
                 if let Some(r) = o.runner_up {
                     watch.entry(r).or_default().insert(o.owner);
@@ -673,6 +678,11 @@ impl Simulation {
     /// State of `node` in the view of `observer`.
     pub fn state_seen_by(&self, observer: usize, node: usize) -> Option<MemberState> {
         self.nodes[observer].core.member_state(&self.nodes[node].name)
+    }
+
+    /// Whether `observer` sees `node` (itself included) rejoining after a partition.
+    pub fn rejoining_seen_by(&self, observer: usize, node: usize) -> bool {
+        self.nodes[observer].core.is_rejoining(&self.nodes[node].name)
     }
 
     /// The units each running node believes it owns.

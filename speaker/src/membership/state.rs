@@ -133,6 +133,8 @@ struct Member {
     listed: bool,
     /// We declared it dead because its host refused connections: the node is up.
     host_up: bool,
+    /// It says it is back from a minority partition (see the module docs, "Rejoining").
+    rejoining: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -239,6 +241,9 @@ pub struct Core {
     /// unready, and its log should say what it is waiting for.
     unsettled_since: Option<Instant>,
     unsettled_warned: Option<Instant>,
+    /// Cut off from most of the cluster, or back from it: we rank after the others until
+    /// then (see the module docs, "Rejoining").
+    rejoining_until: Option<Instant>,
     stats: CoreStats,
 }
 
@@ -288,6 +293,7 @@ impl Core {
             view_dirty: true,
             unsettled_since: None,
             unsettled_warned: None,
+            rejoining_until: None,
             stats: CoreStats::default(),
         }
     }
@@ -337,6 +343,7 @@ impl Core {
                         incarnation: m.incarnation,
                         health: m.health.clone(),
                         host_up: m.host_up,
+                        rejoining: m.rejoining,
                     },
                 )
             })
@@ -349,6 +356,7 @@ impl Core {
                 incarnation: self.incarnation,
                 health: Some(self.health.clone()),
                 host_up: true,
+                rejoining: self.rejoining_until.is_some(),
             },
         );
         MembershipView {
@@ -361,6 +369,15 @@ impl Core {
     /// State of `node` (not the local node).
     pub fn member_state(&self, node: &str) -> Option<MemberState> {
         self.members.get(node).map(|m| m.state)
+    }
+
+    /// Whether `node` (this one included) is rejoining in our view.
+    pub fn is_rejoining(&self, node: &str) -> bool {
+        if node == self.node {
+            self.rejoining_until.is_some()
+        } else {
+            self.members.get(node).is_some_and(|m| m.rejoining)
+        }
     }
 
     fn local_state(&self) -> MemberState {
@@ -409,6 +426,7 @@ impl Core {
                             last_heard: None,
                             listed: true,
                             host_up: false,
+                            rejoining: false,
                         },
                     );
                     self.event(&peer.node, None, MemberState::Alive, 0, "listed by the API");
@@ -512,6 +530,7 @@ impl Core {
             self.send_initial_syncs(now);
         }
         self.warn_if_unsettled(now);
+        self.track_rejoin(now);
         self.run_suspicions(now);
         self.probe_watched(now);
         self.probe_round_robin(now);
@@ -1049,6 +1068,7 @@ impl Core {
             incarnation: self.incarnation,
             state: state_to_pb(self.local_state()) as i32,
             health: Some(health_to_pb(&self.health)),
+            rejoining: self.rejoining_until.is_some(),
         }
     }
 
@@ -1252,7 +1272,7 @@ impl Core {
             return;
         };
         if update.node == self.node {
-            self.about_us(state, update.incarnation, from);
+            self.about_us(state, update.incarnation, from, now);
             return;
         }
         let Ok(address) = update.address.parse::<SocketAddr>() else {
@@ -1276,6 +1296,7 @@ impl Core {
                     last_heard: is_sender.then_some(now),
                     listed: false,
                     host_up: false,
+                    rejoining: update.rejoining,
                 },
             );
             self.event(&update.node, None, state, update.incarnation, "learned from gossip");
@@ -1326,6 +1347,7 @@ impl Core {
             if health.is_some() {
                 member.health = health;
             }
+            member.rejoining = update.rejoining;
             self.view_dirty = true;
         }
         if state != old_state {
@@ -1346,7 +1368,7 @@ impl Core {
         }
     }
 
-    fn about_us(&mut self, state: MemberState, incarnation: u64, from: &str) {
+    fn about_us(&mut self, state: MemberState, incarnation: u64, from: &str, now: Instant) {
         if self.leaving {
             return;
         }
@@ -1371,6 +1393,54 @@ impl Core {
             incarnation = self.incarnation,
             "refuting a claim about this speaker"
         );
+        // A claim while the link that came back still flaps: hold on from now.
+        if self.rejoining_until.is_some() && state != MemberState::Alive {
+            self.rejoining_until = Some(now + self.config.rejoin_hold);
+        }
+    }
+
+    /// Follows whether we are cut off from most of the cluster (more than half of the
+    /// non-departed members, this node included, dead in our view): from then on and for the
+    /// hold time after it ends, this node says it is rejoining. It says so before anyone can
+    /// hear it, so its first message across the healed link (whatever raised its incarnation:
+    /// a refutation, or its interface coming back) already carries it.
+    fn track_rejoin(&mut self, now: Instant) {
+        let hold = self.config.rejoin_hold;
+        let present = 1 + self.members.values().filter(|m| m.state != MemberState::Left).count();
+        let dead = self.members.values().filter(|m| m.state == MemberState::Dead).count();
+        if !hold.is_zero() && dead * 2 > present {
+            if self.rejoining_until.is_none() {
+                self.incarnation += 1;
+                self.queue_gossip(self.node.clone());
+                self.view_dirty = true;
+                tracing::info!(
+                    node = %self.node,
+                    dead,
+                    members = present,
+                    hold_ms = hold.as_millis() as u64,
+                    "cut off from most of the cluster: once back, this node leaves its IPs to the others until the hold ends"
+                );
+            }
+            self.rejoining_until = Some(now + hold);
+        } else if self.rejoining_until.is_some_and(|until| now >= until) {
+            self.rejoining_until = None;
+            self.incarnation += 1;
+            self.queue_gossip(self.node.clone());
+            self.view_dirty = true;
+            tracing::info!(node = %self.node, "rejoin hold over: this node takes back the IPs it ranks first for");
+            // Tell everyone at once, as a leave does: this node announces from now on, and the
+            // current owners must stop now, not when a slow probe carries the news.
+            let targets: Vec<(String, SocketAddr)> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.state.is_live())
+                .map(|(n, m)| (n.clone(), m.address))
+                .collect();
+            let timeout = self.config.probe_timeout;
+            for (target, address) in targets {
+                self.request_ping_exchange(&target, address, now, timeout);
+            }
+        }
     }
 
     fn send_refutations(&mut self, now: Instant) {
@@ -1447,6 +1517,7 @@ fn update_of(node: &str, member: &Member) -> pb::MemberUpdate {
         incarnation: member.incarnation,
         state: state_to_pb(member.state) as i32,
         health: member.health.as_ref().map(health_to_pb),
+        rejoining: member.rejoining,
     }
 }
 
@@ -1574,6 +1645,7 @@ mod tests {
             incarnation,
             state: state_to_pb(state) as i32,
             health: Some(health_to_pb(&healthy())),
+            rejoining: false,
         }
     }
 
