@@ -500,16 +500,7 @@ impl Core {
         self.incarnation += 1;
         self.view_dirty = true;
         self.suspicions.clear();
-        let targets: Vec<(String, SocketAddr)> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.state.is_live())
-            .map(|(n, m)| (n.clone(), m.address))
-            .collect();
-        let timeout = self.config.leave_timeout;
-        for (target, address) in targets {
-            self.request_ping_exchange(&target, address, now, timeout);
-        }
+        self.ping_every_live_member(now, self.config.leave_timeout);
     }
 
     // ----- time -----
@@ -1430,16 +1421,20 @@ impl Core {
             tracing::info!(node = %self.node, "rejoin hold over: this node takes back the IPs it ranks first for");
             // Tell everyone at once, as a leave does: this node announces from now on, and the
             // current owners must stop now, not when a slow probe carries the news.
-            let targets: Vec<(String, SocketAddr)> = self
-                .members
-                .iter()
-                .filter(|(_, m)| m.state.is_live())
-                .map(|(n, m)| (n.clone(), m.address))
-                .collect();
-            let timeout = self.config.probe_timeout;
-            for (target, address) in targets {
-                self.request_ping_exchange(&target, address, now, timeout);
-            }
+            self.ping_every_live_member(now, self.config.probe_timeout);
+        }
+    }
+
+    /// Pings every live member directly: our latest state reaches them all at once.
+    fn ping_every_live_member(&mut self, now: Instant, timeout: Duration) {
+        let targets: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state.is_live())
+            .map(|(n, m)| (n.clone(), m.address))
+            .collect();
+        for (target, address) in targets {
+            self.request_ping_exchange(&target, address, now, timeout);
         }
     }
 
