@@ -40,14 +40,9 @@ fn elect(view: &MembershipView) -> BTreeMap<Unit, Ownership> {
         .filter(|(_, m)| m.state.is_live() && m.health.as_ref().is_some_and(|h| h.announcer_ready))
         .map(|(n, _)| n.clone())
         .collect();
-    let rejoining = candidates
-        .iter()
-        .filter(|n| view.members[*n].rejoining)
-        .cloned()
-        .collect();
     election::elect(
         &units().into_iter().map(|u| (u, candidates.clone())).collect(),
-        &rejoining,
+        &view.rejoining_nodes(),
     )
 }
 

@@ -218,6 +218,15 @@ impl MembershipView {
     pub fn health_of(&self, node: &str) -> Option<&NodeHealth> {
         self.members.get(node).and_then(|m| m.health.as_ref())
     }
+
+    /// Names of members marked rejoining: the election ranks them after the others.
+    pub fn rejoining_nodes(&self) -> BTreeSet<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.rejoining)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
 }
 
 /// Membership settings. The wiring maps each field to a flag named after it

@@ -508,12 +508,7 @@ impl Simulation {
             })
             .map(|(n, _)| n.clone())
             .collect();
-        let rejoining = candidates
-            .iter()
-            .filter(|n| view.members[*n].rejoining)
-            .cloned()
-            .collect();
-        Some((candidates, rejoining))
+        Some((candidates, view.rejoining_nodes()))
     }
 
     fn elect_dirty(&mut self) {
