@@ -1397,8 +1397,11 @@ impl Core {
     /// a refutation, or its interface coming back) already carries it.
     fn track_rejoin(&mut self, now: Instant) {
         let hold = self.config.rejoin_hold;
-        let present = 1 + self.members.values().filter(|m| m.state != MemberState::Left).count();
-        let dead = self.members.values().filter(|m| m.state == MemberState::Dead).count();
+        let (present, dead) = self.members.values().fold((1, 0), |(present, dead), m| match m.state {
+            MemberState::Left => (present, dead),
+            MemberState::Dead => (present + 1, dead + 1),
+            MemberState::Alive | MemberState::Suspect => (present + 1, dead),
+        });
         if !hold.is_zero() && dead * 2 > present {
             if self.rejoining_until.is_none() {
                 self.incarnation += 1;
