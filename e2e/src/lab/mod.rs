@@ -110,6 +110,18 @@ pub enum LabError {
         /// Files not found.
         missing: Vec<String>,
     },
+    /// The filesystem of the lab's state is nearly full.
+    #[error(
+        "only {free_mib} MiB free for the lab's state at {dir}; it needs {need_mib} MiB (free some space, or pass another --state-root)"
+    )]
+    NoSpace {
+        /// The state directory.
+        dir: PathBuf,
+        /// Free space there.
+        free_mib: u64,
+        /// What the lab needs.
+        need_mib: u64,
+    },
     /// A lab with this prefix is running.
     #[error("a lab with prefix {prefix:?} is running (pid {pid}); stop it or run `herald-lab down --prefix {prefix}`")]
     AlreadyRunning {
@@ -164,6 +176,20 @@ pub enum LabError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// A component of the control plane did not turn healthy in time: what its own log said.
+    #[error("{component} did not turn healthy at {url} in time (started {starts} times); the end of {log}:\n{tail}")]
+    Unhealthy {
+        /// The component.
+        component: String,
+        /// The health endpoint asked.
+        url: String,
+        /// How many times the supervisor started it (more than one: it kept exiting).
+        starts: u32,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of that log.
+        tail: String,
     },
     /// Something did not happen in time.
     #[error("timed out waiting for {what}")]
@@ -1307,14 +1333,10 @@ impl Lab {
             if pod.namespace != objects::HERALD_NAMESPACE {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(&pod.log) else {
+            let Ok(tail) = state::log_tail(&pod.log, lines) else {
                 continue;
             };
-            let all: Vec<&str> = text.lines().collect();
-            eprintln!("---- last {} lines of {} ----", lines.min(all.len()), pod.log.display());
-            for line in &all[all.len().saturating_sub(lines)..] {
-                eprintln!("{line}");
-            }
+            eprintln!("---- the end of {} ----\n{tail}", pod.log.display());
         }
         // What each speaker says about itself: why it is not ready, and its view of peers.
         for node in 1..=self.node_count() {

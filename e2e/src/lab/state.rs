@@ -20,6 +20,15 @@ use super::supervisor::{Signal, send_signal};
 /// Default parent of every lab's state directory.
 pub const DEFAULT_STATE_ROOT: &str = "/run/herald-lab";
 
+/// Free space a lab needs where its state lives: etcd preallocates 64 MiB per write-ahead-log
+/// segment and snapshots its database; the components' and Pods' logs grow with the run.
+pub const MIN_FREE_MIB: u64 = 1024;
+
+/// The available MiB in `df --output=avail -B1M`'s answer (a header line, then the number).
+fn free_mib(df_output: &str) -> Option<u64> {
+    df_output.lines().nth(1)?.trim().parse().ok()
+}
+
 /// Paths inside one lab's state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -79,11 +88,34 @@ impl StateDir {
     }
 
     /// Creates the directory tree.
+    /// Creates the directory, and refuses a filesystem too full for etcd's write-ahead log and
+    /// the lab's logs: a full disk otherwise shows up as etcd never turning healthy.
     pub fn create(&self) -> Result<(), LabError> {
         for dir in [self.root.clone(), self.root.join("logs"), self.root.join("pids")] {
             std::fs::create_dir_all(&dir).map_err(|source| LabError::Io { path: dir, source })?;
         }
-        Ok(())
+        let df = std::process::Command::new("df")
+            .args(["--output=avail", "-B1M"])
+            .arg(&self.root)
+            .output()
+            .map_err(|source| LabError::Spawn {
+                program: "df".into(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&df.stdout);
+        match free_mib(&text) {
+            Some(free_mib) if free_mib < MIN_FREE_MIB => Err(LabError::NoSpace {
+                dir: self.root.clone(),
+                free_mib,
+                need_mib: MIN_FREE_MIB,
+            }),
+            Some(_) => Ok(()),
+            None => Err(LabError::Command {
+                command: format!("df --output=avail -B1M {}", self.root.display()),
+                status: df.status.code(),
+                stderr: format!("{}{text}", String::from_utf8_lossy(&df.stderr)),
+            }),
+        }
     }
 
     /// Records the current process as the lab's owner.
@@ -339,4 +371,37 @@ pub fn cleanup_blocking(prefix: &str, state_root: &Path) {
     }
     unmount_bpf(&state);
     let _ = std::fs::remove_dir_all(state.root());
+}
+
+/// The last `lines` lines of a log file: a failure's explanation, printed before the state
+/// directory that holds the log is cleaned up.
+pub(crate) fn log_tail(path: &Path, lines: usize) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let all: Vec<&str> = text.lines().collect();
+    Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_read_from_dfs_second_line() {
+        assert_eq!(free_mib("Avail\n  17408\n"), Some(17408));
+        assert_eq!(free_mib(" Avail\n0\n"), Some(0));
+        assert_eq!(free_mib("Avail\n"), None);
+        assert_eq!(free_mib("df: /nowhere: No such file or directory\n"), None);
+    }
+
+    #[test]
+    fn a_log_tail_is_the_last_lines_or_all_of_a_short_log() {
+        let dir = std::env::temp_dir().join(format!("herald-log-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("etcd.log");
+        std::fs::write(&log, "one\ntwo\nthree\n").unwrap();
+        assert_eq!(log_tail(&log, 2).unwrap(), "two\nthree");
+        assert_eq!(log_tail(&log, 10).unwrap(), "one\ntwo\nthree");
+        assert!(log_tail(&dir.join("missing.log"), 2).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

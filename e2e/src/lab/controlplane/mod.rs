@@ -266,7 +266,7 @@ impl ControlPlane {
         };
         say(&format!("starting etcd (client port {})", ports.etcd_client));
         let etcd = Supervised::start(spec("etcd", &config.binaries.etcd, etcd_args(&dir, &ports)));
-        wait_healthy("etcd", &format!("http://127.0.0.1:{}/health", ports.etcd_client), &[]).await?;
+        wait_healthy(&etcd, &format!("http://127.0.0.1:{}/health", ports.etcd_client), &[]).await?;
 
         say(&format!("starting kube-apiserver on {host_url}"));
         let apiserver = Supervised::start(spec(
@@ -282,7 +282,7 @@ impl ControlPlane {
         ));
         let (admin_cert, admin_key) = files.client(ADMIN);
         let admin_auth = curl_client_auth(&files.ca_cert, &admin_cert, &admin_key);
-        wait_healthy("kube-apiserver", &format!("{host_url}/readyz"), &admin_auth).await?;
+        wait_healthy(&apiserver, &format!("{host_url}/readyz"), &admin_auth).await?;
 
         say("starting kube-controller-manager and kube-scheduler");
         let controller_manager = Supervised::start(spec(
@@ -297,13 +297,13 @@ impl ControlPlane {
         ));
         let insecure = ["-k".to_string()];
         wait_healthy(
-            "kube-controller-manager",
+            &controller_manager,
             &format!("https://127.0.0.1:{}/healthz", ports.controller_manager),
             &insecure,
         )
         .await?;
         wait_healthy(
-            "kube-scheduler",
+            &scheduler,
             &format!("https://127.0.0.1:{}/healthz", ports.scheduler),
             &insecure,
         )
@@ -426,7 +426,7 @@ impl ControlPlane {
         self.apiserver.resume();
         let (cert, key) = self.files.client(ADMIN);
         wait_healthy(
-            "kube-apiserver",
+            &self.apiserver,
             &format!("https://{}/readyz", self.api_addr()),
             &curl_client_auth(&self.files.ca_cert, &cert, &key),
         )
@@ -445,14 +445,14 @@ impl ControlPlane {
         self.etcd.stop().await;
         self.etcd.resume();
         wait_healthy(
-            "etcd",
+            &self.etcd,
             &format!("http://127.0.0.1:{}/health", self.ports.etcd_client),
             &[],
         )
         .await?;
         let (cert, key) = self.files.client(ADMIN);
         wait_healthy(
-            "kube-apiserver",
+            &self.apiserver,
             &format!("https://{}/readyz", self.api_addr()),
             &curl_client_auth(&self.files.ca_cert, &cert, &key),
         )
@@ -589,9 +589,10 @@ fn curl_client_auth(ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
 
 /// Polls `url` with curl (extra arguments `auth`) until it answers 2xx, for at most
 /// [`COMPONENT_READY_TIMEOUT`].
-async fn wait_healthy(what: &str, url: &str, auth: &[String]) -> Result<(), LabError> {
+async fn wait_healthy(component: &Supervised, url: &str, auth: &[String]) -> Result<(), LabError> {
     let deadline = Instant::now() + COMPONENT_READY_TIMEOUT;
-    let mut args: Vec<&str> = vec!["-sf", "-o", "/dev/null", "--max-time", "2"];
+    // Loopback never goes through a proxy, whatever the environment says.
+    let mut args: Vec<&str> = vec!["-sf", "-o", "/dev/null", "--max-time", "2", "--noproxy", "*"];
     args.extend(auth.iter().map(String::as_str));
     args.push(url);
     loop {
@@ -599,8 +600,13 @@ async fn wait_healthy(what: &str, url: &str, auth: &[String]) -> Result<(), LabE
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(LabError::Timeout {
-                what: format!("{what} to turn healthy at {url}"),
+            let log = component.log_file().to_path_buf();
+            return Err(LabError::Unhealthy {
+                component: component.name().to_string(),
+                url: url.to_string(),
+                starts: component.starts(),
+                tail: super::state::log_tail(&log, 20).unwrap_or_else(|e| format!("(cannot read it: {e})")),
+                log,
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
