@@ -709,3 +709,127 @@ async fn s9_speaker_pods_deleted_killed_and_rolled_with_kubectl() {
     assert_status_names_the_answering_node(&lab, ip, "after the rolling restart").await;
     lab.down().await.unwrap();
 }
+
+/// The sum over `texts` (Prometheus text expositions) of the samples of `series`: a metric
+/// name, or a name with its labels as exported (`name{label="value"}`).
+fn metric_sum(texts: &[String], series: &str) -> f64 {
+    texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every speaker's `herald_membership_keys` is `keys`.
+async fn speakers_sign_with(lab: &Lab, keys: f64) -> bool {
+    match lab.speaker_metrics().await {
+        Ok(texts) => texts
+            .iter()
+            .all(|t| metric_sum(std::slice::from_ref(t), "herald_membership_keys") == keys),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_the_speakers_key_is_rotated_under_traffic_without_a_restart_or_a_failover() {
+    let Some(lab) = lab("sk").await else { return };
+    story::apply_demo_objects(&lab, &quiet()).await.unwrap();
+    let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.unwrap();
+    curl(&lab, &format!("http://{ip}/")).await;
+    let owner = story::wait_for_stable_owner(&lab, Duration::from_millis(800), Duration::from_secs(15))
+        .await
+        .expect("an owner");
+    let before = lab.speaker_metrics().await.expect("speakers' /metrics");
+    let pods = speaker_pods(&lab).await;
+
+    let probe = lab
+        .start_probe(
+            lab.client_namespace(),
+            &herald_e2e::lab::ProbeConfig {
+                target: std::net::SocketAddr::new(ip, 80),
+                interval: Duration::from_millis(10),
+                duration: Duration::from_secs(8),
+                // Long enough that only an outage fails a request, not a busy machine.
+                timeout: Duration::from_secs(1),
+            },
+        )
+        .expect("probe starts");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // README's two steps, with kubectl.
+    let new_key = "bmV3IGtleTogMzIgYnl0ZXMgb2YgdGhlIGUyZSB0ZXN0IQ=="; // 32 bytes
+    let lab_ref = &lab;
+    let patch = |data: String| async move {
+        lab_ref
+            .kubectl(&[
+                "-n",
+                "herald-system",
+                "patch",
+                "secret",
+                "herald-speaker-auth",
+                "--type",
+                "merge",
+                "-p",
+                &format!("{{\"data\":{data}}}"),
+            ])
+            .await
+            .expect("kubectl patch secret")
+    };
+    patch(format!("{{\"secretkey-next\":\"{new_key}\"}}")).await;
+    assert!(
+        eventually(Duration::from_secs(5), || speakers_sign_with(lab_ref, 2.0)).await,
+        "every speaker signs with both keys"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    patch(format!("{{\"secretkey\":\"{new_key}\",\"secretkey-next\":null}}")).await;
+    assert!(
+        eventually(Duration::from_secs(5), || speakers_sign_with(lab_ref, 1.0)).await,
+        "every speaker signs with the new key alone"
+    );
+    let samples = probe.finish().await.expect("probe samples");
+    let failed = samples.iter().filter(|s| !s.ok()).count();
+    let after = lab.speaker_metrics().await.expect("speakers' /metrics");
+    for series in [
+        "herald_membership_confirmed_deaths_total",
+        "herald_membership_rejected_messages_total{reason=\"bad_mac\"}",
+    ] {
+        assert_eq!(
+            metric_sum(&after, series),
+            metric_sum(&before, series),
+            "{series} during the rotation"
+        );
+    }
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the rotation",
+        samples.len()
+    );
+    assert_eq!(speaker_pods(&lab).await, pods, "no speaker restarted");
+    assert_eq!(owners_of(&lab, "web").await, vec![owner.clone()], "the owner stayed");
+
+    // The rotated key is the one a new speaker reads: a replaced speaker Pod joins the others.
+    let other = (1..=lab.node_count())
+        .find(|&n| lab.node(n).is_ok_and(|node| node.name != owner))
+        .expect("another node");
+    let victim = lab.speaker_pod(other).unwrap().expect("its speaker Pod").name;
+    lab.kubectl(&["-n", "herald-system", "delete", "pod", &victim])
+        .await
+        .expect("kubectl delete pod");
+    story::wait_speakers_ready(&lab)
+        .await
+        .expect("the new speaker is ready");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            lab.speaker_metrics().await.is_ok_and(|texts| {
+                texts
+                    .iter()
+                    .all(|t| metric_sum(std::slice::from_ref(t), "herald_membership_members{state=\"alive\"}") == 3.0)
+            })
+        })
+        .await,
+        "every speaker sees three live members after the new one joined with the rotated key"
+    );
+    curl(&lab, &format!("http://{ip}/")).await;
+    lab.down().await.unwrap();
+}

@@ -24,6 +24,8 @@ mod tests {
             boot_id: 7,
             seq: 42,
             sent_at_unix_ms: 1_700_000_000_000,
+            receiver: "node-b".into(),
+            boot_started_unix_ms: 1_699_999_000_000,
             gossip: vec![MemberUpdate {
                 node: "node-b".into(),
                 address: "10.0.0.2:7946".into(),
@@ -37,6 +39,7 @@ mod tests {
         let envelope = Envelope {
             payload: msg.encode_to_vec(),
             mac: vec![0; 32],
+            next_mac: vec![1; 32],
         };
         let decoded = Message::decode(
             Envelope::decode(envelope.encode_to_vec().as_slice())

@@ -40,13 +40,18 @@ use crate::config::{Config, DataplaneMode};
 use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::election::Ownership;
 use crate::http::{self, Health};
-use crate::membership::auth::SecretKey;
+use crate::membership::auth::{KeyRing, SecretKey};
 use crate::membership::{Membership, MembershipError, NodeHealth};
 use crate::plan::{Inputs, Plan, Planner, owner_changes};
 use crate::status::{self, AnnouncedServices};
 
 /// The key inside the speakers' Secret.
 pub const SECRET_KEY_FIELD: &str = "secretkey";
+/// The Secret's field for the next key while a rotation is under way (README, "Rotating the
+/// speakers' key").
+pub const SECRET_NEXT_KEY_FIELD: &str = "secretkey-next";
+/// Keys shorter than this are refused: `head -c 32 /dev/urandom` is what README shows.
+const MIN_KEY_BYTES: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -165,10 +170,17 @@ pub async fn run_with_client(
     tokio::spawn(http::serve(listener, health.clone(), registry_cell.clone()));
     let mut shutdown = std::pin::pin!(shutdown);
 
-    let Some(key) = wait_for_key(&client, &config, &health, &mut shutdown).await else {
+    let Some(keys) = wait_for_key(&client, &config, &health, &mut shutdown).await else {
         return Ok(());
     };
     health.key_loaded.store(true, Ordering::SeqCst);
+    let (keys_tx, mut keys_rx) = watch::channel(keys.clone());
+    let keys_task = tokio::spawn(follow_keys(
+        client.clone(),
+        config.namespace.clone(),
+        config.speaker_secret.clone(),
+        keys_tx,
+    ));
 
     let announcer_config = AnnouncerConfig {
         interfaces: InterfacePolicy {
@@ -185,7 +197,8 @@ pub async fn run_with_client(
     // Peers hear this node's real health from its first answer: a default one (no dataplane)
     // would have them switch its backends from DSR to SNAT, and back, while it starts.
     let initial_health = local_health(announcer.ready(), &announcer.usable_interfaces(), None);
-    let membership = Membership::start(config.membership(advertise), &node, key, initial_health, &mut registry).await?;
+    let membership =
+        Membership::start(config.membership(advertise), &node, keys, initial_health, &mut registry).await?;
     let dataplane = start_dataplane(&config, &announcer, advertise, &mut registry);
     health.set_dataplane(dataplane.as_ref().map(|_| ()).map_err(Clone::clone));
     let mut dataplane = dataplane.take_ok();
@@ -351,9 +364,14 @@ pub async fn run_with_client(
             _ = cluster.changed.notified() => true,
             _ = view_rx.changed() => true,
             _ = interfaces_rx.changed() => true,
+            _ = keys_rx.changed() => {
+                membership.set_keys(keys_rx.borrow_and_update().clone());
+                false
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)) => false,
         };
     }
+    keys_task.abort();
 
     // Graceful leave: peers learn it at once and take over (sending their own gratuitous
     // announcements); then stop answering and withdraw what this node reported.
@@ -602,21 +620,72 @@ async fn advertise_address(
     }
 }
 
-/// Reads the speakers' shared key, waiting (and saying so) until it exists. `None` if shutdown
+/// The speakers' keys in their Secret: `secretkey`, and `secretkey-next` during a rotation.
+fn key_ring_from(secret: &Secret, name: &str) -> Result<KeyRing, String> {
+    let field = |field: &str| -> Result<Option<SecretKey>, String> {
+        match secret.data.as_ref().and_then(|d| d.get(field)) {
+            None => Ok(None),
+            Some(value) if value.0.is_empty() => Ok(None),
+            Some(value) if value.0.len() < MIN_KEY_BYTES => Err(format!(
+                "Secret {name}'s {field} is {} bytes; a key needs at least {MIN_KEY_BYTES} (use 32 random bytes)",
+                value.0.len()
+            )),
+            Some(value) => Ok(Some(SecretKey::new(value.0.clone()))),
+        }
+    };
+    let current = field(SECRET_KEY_FIELD)?.ok_or_else(|| format!("Secret {name} has no {SECRET_KEY_FIELD} yet"))?;
+    let next = field(SECRET_NEXT_KEY_FIELD)?.filter(|next| *next != current);
+    Ok(KeyRing { current, next })
+}
+
+/// Follows the speakers' Secret and passes on every valid change of its keys: a rotation
+/// needs no restart. A Secret deleted or made invalid leaves the keys in use as they are.
+async fn follow_keys(client: Client, namespace: String, name: String, keys: watch::Sender<KeyRing>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    let selector = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api, selector).default_backoff());
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
+                match key_ring_from(&secret, &name) {
+                    Ok(ring) => {
+                        keys.send_if_modified(|current| {
+                            let changed = *current != ring;
+                            *current = ring;
+                            changed
+                        });
+                    }
+                    Err(problem) => tracing::warn!(%namespace, "{problem}; keeping the keys in use"),
+                }
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                tracing::warn!(%namespace, secret = %name, "the speakers' Secret was deleted; keeping the keys in use");
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e, "watching the speakers' Secret failed; retrying with backoff")
+            }
+        }
+    }
+}
+
+/// Reads the speakers' keys, waiting (and saying so) until they exist. `None` if shutdown
 /// came first.
 async fn wait_for_key(
     client: &Client,
     config: &Config,
     health: &Health,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<SecretKey> {
+) -> Option<KeyRing> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let mut attempt: u64 = 0;
     loop {
         let problem = match api.get_opt(&config.speaker_secret).await {
-            Ok(Some(secret)) => match secret.data.as_ref().and_then(|d| d.get(SECRET_KEY_FIELD)) {
-                Some(key) if !key.0.is_empty() => return Some(SecretKey::new(key.0.clone())),
-                _ => format!("Secret {} has no {SECRET_KEY_FIELD} yet", config.speaker_secret),
+            Ok(Some(secret)) => match key_ring_from(&secret, &config.speaker_secret) {
+                Ok(keys) => return Some(keys),
+                Err(problem) => problem,
             },
             Ok(None) => format!("Secret {} does not exist", config.speaker_secret),
             Err(e) => format!("cannot read Secret {}: {e}", config.speaker_secret),
@@ -635,9 +704,65 @@ async fn wait_for_key(
 
 #[cfg(test)]
 mod tests {
-    use super::{FULL_PASS_EVERY, LastPass, NodeHealth, filesystem_of, pass_needed};
+    use super::{FULL_PASS_EVERY, LastPass, NodeHealth, filesystem_of, key_ring_from, pass_needed};
+    use crate::membership::auth::{KeyRing, SecretKey};
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
     use std::path::Path;
     use std::time::{Duration, Instant};
+
+    fn secret(fields: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            data: Some(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_secret_gives_the_current_key_and_during_a_rotation_the_next() {
+        let (one, two) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(
+            key_ring_from(&secret(&[("secretkey", &one)]), "s"),
+            Ok(KeyRing::single(SecretKey::new(one.to_vec())))
+        );
+        assert_eq!(
+            key_ring_from(&secret(&[("secretkey", &one), ("secretkey-next", &two)]), "s"),
+            Ok(KeyRing {
+                current: SecretKey::new(one.to_vec()),
+                next: Some(SecretKey::new(two.to_vec())),
+            })
+        );
+        // A next key equal to the current one, or empty, is no rotation.
+        for next in [&one[..], b""] {
+            let ring = key_ring_from(&secret(&[("secretkey", &one), ("secretkey-next", next)]), "s").unwrap();
+            assert_eq!(ring.next, None);
+        }
+    }
+
+    #[test]
+    fn a_missing_or_short_key_is_refused_with_what_is_wrong() {
+        assert_eq!(
+            key_ring_from(&Secret::default(), "herald-speaker-auth"),
+            Err("Secret herald-speaker-auth has no secretkey yet".to_string())
+        );
+        assert_eq!(
+            key_ring_from(&secret(&[("secretkey", b"")]), "s"),
+            Err("Secret s has no secretkey yet".to_string())
+        );
+        let short = key_ring_from(
+            &secret(&[("secretkey", &[1u8; 32]), ("secretkey-next", b"hunter2")]),
+            "s",
+        );
+        assert_eq!(
+            short,
+            Err("Secret s's secretkey-next is 7 bytes; a key needs at least 16 (use 32 random bytes)".to_string())
+        );
+    }
 
     #[test]
     fn only_a_quiet_tick_after_a_complete_pass_with_the_same_health_skips_the_plan() {

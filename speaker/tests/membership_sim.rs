@@ -423,3 +423,102 @@ fn a_node_that_saw_most_of_the_cluster_die_holds_back_once_they_return_then_take
     assert!(sim.one_owner_per_unit());
     assert_eq!(sim.owned_by(0), &mine, "node 0 owns what it ranks first for again");
 }
+
+#[test]
+fn clocks_far_apart_split_nothing_and_are_counted() {
+    let mut sim = converged(SimConfig {
+        nodes: 4,
+        units: 40,
+        seed: 91,
+        ..Default::default()
+    });
+    let deaths = sim.confirmed_deaths();
+    sim.set_clock_offset(2, 3_600_000);
+    sim.set_clock_offset(3, -45_000);
+    sim.run_for(Duration::from_secs(5));
+    // A restart under a skewed clock (its boot's start time is an hour ahead of everyone).
+    sim.restart(2);
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.confirmed_deaths(), deaths, "only clocks changed");
+    for node in 0..4 {
+        assert!(
+            sim.counters(node).rejected.is_empty(),
+            "node {node} rejected {:?}",
+            sim.counters(node).rejected
+        );
+    }
+    assert!(sim.counters(0).clock_skewed > 0, "the skew is counted");
+    assert!(sim.one_owner_per_unit() && sim.views_agree());
+}
+
+#[test]
+fn a_node_whose_clock_went_back_across_a_restart_is_believed_once_its_old_boot_is_silent() {
+    let mut sim = converged(SimConfig {
+        nodes: 4,
+        units: 40,
+        seed: 92,
+        ..Default::default()
+    });
+    // Its new boot started "an hour before" the old one: peers take it for a replay of an
+    // earlier boot while the old one was heard from lately, then believe it.
+    sim.set_clock_offset(1, -3_600_000);
+    sim.restart(1);
+    let took = sim.run_until_true(Duration::from_secs(15), |s| {
+        s.one_owner_per_unit()
+            && s.views_agree()
+            && [0, 2, 3]
+                .iter()
+                .all(|&o| s.state_seen_by(o, 1) == Some(MemberState::Alive))
+    });
+    let took = took.expect("the restarted node is back");
+    assert!(
+        took >= Duration::from_secs(4),
+        "not before its old boot fell silent: {took:?}"
+    );
+    assert!(sim.counters(0).rejected.get("replay").copied().unwrap_or(0) > 0);
+}
+
+#[test]
+fn a_key_rotation_rolled_out_node_by_node_never_splits() {
+    use herald_speaker::membership::auth::{KeyRing, SecretKey};
+    let mut sim = converged(SimConfig {
+        nodes: 5,
+        units: 40,
+        seed: 93,
+        ..Default::default()
+    });
+    let deaths = sim.confirmed_deaths();
+    // The simulation's key, then a new one: step 1 adds it as next, step 2 makes it current.
+    let old = SecretKey::new(b"simulated shared secret".to_vec());
+    let new = SecretKey::new(b"a new key, 32 bytes of randomness".to_vec());
+    let steps = [
+        KeyRing {
+            current: old,
+            next: Some(new.clone()),
+        },
+        KeyRing::single(new),
+    ];
+    for step in steps {
+        for node in 0..5 {
+            sim.set_keys(node, step.clone());
+            sim.run_for(Duration::from_millis(300));
+            if node == 2 {
+                // A speaker restarted mid-rotation reads the Secret as it is then.
+                sim.restart(node);
+                sim.run_for(Duration::from_millis(300));
+            }
+        }
+    }
+    sim.run_for(Duration::from_secs(3));
+    for node in 0..5 {
+        assert_eq!(sim.counters(node).rejected.get("bad_mac"), None, "node {node}");
+    }
+    assert_eq!(sim.confirmed_deaths(), deaths, "nobody died");
+    assert!(sim.one_owner_per_unit() && sim.views_agree());
+    // The old key alone is not enough any more (past the replaced key's grace period).
+    sim.run_for(Duration::from_secs(121));
+    sim.change_secret(4, b"simulated shared secret");
+    sim.run_for(Duration::from_secs(5));
+    assert!(sim.counters(0).rejected.get("bad_mac").copied().unwrap_or(0) > 0);
+    assert_eq!(sim.state_seen_by(0, 4), Some(MemberState::Dead));
+}

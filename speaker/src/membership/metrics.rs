@@ -4,7 +4,11 @@
 //! - `membership_messages_sent_total{rpc}` / `membership_messages_received_total{rpc}`:
 //!   requests and replies, by RPC;
 //! - `membership_rejected_messages_total{reason}`: received messages dropped by
-//!   authentication (`bad_mac`, `malformed`, `from_self`, `stale_timestamp`, `replay`);
+//!   authentication (`bad_mac`, `malformed`, `from_self`, `wrong_receiver`, `replay`);
+//! - `membership_clock_skewed_messages_total`: accepted messages whose sender's clock differed
+//!   from ours by more than [`MembershipConfig::clock_skew_warning`](super::MembershipConfig)
+//!   (counted, never rejected);
+//! - `membership_keys`: keys each message is signed with (2 while a rotation is under way);
 //! - `membership_transport_errors_total{rpc}`: calls that failed or timed out;
 //! - `membership_suspicions_total`: suspicions started by this node's failed probes;
 //! - `membership_confirmed_deaths_total`: members this node declared dead;
@@ -36,11 +40,16 @@ pub struct MembershipMetrics {
     refused_deaths: Counter,
     refutations: Counter,
     state_changes: Family<Labels, Counter>,
+    clock_skewed: Counter,
+    keys: Gauge,
 }
 
 impl MembershipMetrics {
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        for reason in Rejection::ALL {
+            let _ = self.rejected.get_or_create(&[("reason", reason.as_str())]);
+        }
         registry.register(
             "membership_members",
             "Members by state, the local node included",
@@ -91,6 +100,24 @@ impl MembershipMetrics {
             "Member state changes seen by this node, by new state",
             self.state_changes.clone(),
         );
+        registry.register(
+            "membership_clock_skewed_messages",
+            "Accepted messages whose sender's clock differed from ours by more than the warning threshold",
+            self.clock_skewed.clone(),
+        );
+        registry.register(
+            "membership_keys",
+            "Keys each message is signed with (2 while a key rotation is under way)",
+            self.keys.clone(),
+        );
+    }
+
+    pub(crate) fn skewed_message(&self) {
+        self.clock_skewed.inc();
+    }
+
+    pub(crate) fn keys(&self, count: usize) {
+        self.keys.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn sent(&self, rpc: Rpc) {
@@ -139,6 +166,11 @@ impl MembershipMetrics {
                 .get_or_create(&[("state", state.as_str())])
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Value of `membership_clock_skewed_messages_total` (for tests).
+    pub fn clock_skewed_count(&self) -> u64 {
+        self.clock_skewed.get()
     }
 
     /// Value of `membership_rejected_messages_total{reason}` (for tests).

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::transport::server::TcpIncoming;
 
-use super::auth::{Authenticator, SecretKey, unix_ms_now};
+use super::auth::{Authenticator, Boot, KeyRing, Opened, unix_ms_now};
 use super::metrics::MembershipMetrics;
 use super::state::{CallFailure, Core, Effect, Inbound, ReplyToken, Rpc};
 use super::transport::{
@@ -60,6 +60,7 @@ struct Shared {
     metrics: MembershipMetrics,
     /// Set by [`Membership::kill`]: behave like a vanished host.
     killed: AtomicBool,
+    last_skew_warning: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -98,7 +99,7 @@ impl Shared {
                     message,
                     timeout,
                 } => {
-                    let envelope = self.auth.seal(message, unix_ms_now());
+                    let envelope = self.auth.seal(message, &to, unix_ms_now());
                     self.metrics.sent(rpc);
                     let shared = self.clone();
                     calls.push(tokio::spawn(async move {
@@ -112,10 +113,11 @@ impl Shared {
                             Rejected,
                         }
                         let outcome = match outcome {
-                            Ok(envelope) => match shared.auth.open(&envelope, unix_ms_now()) {
-                                Ok(message) => {
+                            Ok(envelope) => match shared.auth.open(&envelope, Instant::now(), unix_ms_now()) {
+                                Ok(opened) => {
                                     shared.metrics.received(rpc);
-                                    Outcome::Reply(message)
+                                    shared.check_clock(&opened);
+                                    Outcome::Reply(opened.message)
                                 }
                                 Err(rejection) => {
                                     shared.metrics.rejected(rejection);
@@ -161,8 +163,11 @@ impl Shared {
             // A vanished host: the caller hears nothing and times out.
             std::future::pending::<()>().await;
         }
-        let message = match self.auth.open(&envelope, unix_ms_now()) {
-            Ok(message) => message,
+        let message = match self.auth.open(&envelope, Instant::now(), unix_ms_now()) {
+            Ok(opened) => {
+                self.check_clock(&opened);
+                opened.message
+            }
             Err(rejection) => {
                 self.metrics.rejected(rejection);
                 tracing::debug!(%rejection, "rejected request");
@@ -173,6 +178,7 @@ impl Shared {
             return Err(Status::invalid_argument("message body does not match the RPC"));
         }
         self.metrics.received(rpc);
+        let caller = message.sender.clone();
         let shared = self.clone();
         let inbound = self.with_core(move |core| match core.handle_request(message, Instant::now()) {
             Inbound::Reply(reply) => Ok(reply),
@@ -206,9 +212,32 @@ impl Shared {
             std::future::pending::<()>().await;
         }
         self.metrics.sent(rpc);
-        Ok(self.auth.seal(reply, unix_ms_now()))
+        Ok(self.auth.seal(reply, &caller, unix_ms_now()))
+    }
+
+    /// Clocks do not matter to membership, but a node whose clock is off makes logs and Events
+    /// hard to read: count such messages, and say so now and then.
+    fn check_clock(&self, opened: &Opened) {
+        let offset = Duration::from_millis(opened.clock_offset_ms.unsigned_abs());
+        if offset <= self.config.clock_skew_warning {
+            return;
+        }
+        self.metrics.skewed_message();
+        let mut last = self.last_skew_warning.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= SKEW_WARNING_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                peer = %opened.message.sender,
+                offset_ms = opened.clock_offset_ms,
+                "a peer's clock differs from ours by more than {:?} (membership does not depend on it; check NTP)",
+                self.config.clock_skew_warning
+            );
+        }
     }
 }
+
+/// At most one clock-skew warning per this interval.
+const SKEW_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 fn rpc_matches(rpc: Rpc, message: &Message) -> bool {
     use herald_proto::membership::v1::message::Body;
@@ -276,21 +305,21 @@ impl Membership {
     pub async fn start(
         config: MembershipConfig,
         node: &str,
-        key: SecretKey,
+        keys: impl Into<KeyRing>,
         health: NodeHealth,
         registry: &mut Registry,
     ) -> Result<Membership, MembershipError> {
         let metrics = MembershipMetrics::default();
         metrics.register(registry);
         register_timings(&config, registry);
-        Self::start_with_metrics(config, node, key, health, metrics).await
+        Self::start_with_metrics(config, node, keys, health, metrics).await
     }
 
     /// [`Membership::start`] with metrics the caller registered (or not).
     pub async fn start_with_metrics(
         config: MembershipConfig,
         node: &str,
-        key: SecretKey,
+        keys: impl Into<KeyRing>,
         health: NodeHealth,
         metrics: MembershipMetrics,
     ) -> Result<Membership, MembershipError> {
@@ -309,7 +338,7 @@ impl Membership {
             None => bound,
         };
         let transport = Arc::new(GrpcTransport::new(config.probe_timeout));
-        let membership = Self::assemble(config, node, advertised, key, metrics, transport);
+        let membership = Self::assemble(config, node, advertised, keys.into(), metrics, transport);
         // Before the server answers anyone.
         membership.set_local_health(health);
         let service = MembershipServer::new(MembershipService::new(Arc::new(Handler(membership.shared.clone()))));
@@ -336,11 +365,18 @@ impl Membership {
         config: MembershipConfig,
         node: &str,
         address: SocketAddr,
-        key: SecretKey,
+        keys: impl Into<KeyRing>,
         network: &MemoryNetwork,
     ) -> Membership {
         let transport = Arc::new(network.clone());
-        let mut membership = Self::assemble(config, node, address, key, MembershipMetrics::default(), transport);
+        let mut membership = Self::assemble(
+            config,
+            node,
+            address,
+            keys.into(),
+            MembershipMetrics::default(),
+            transport,
+        );
         membership.local_addr = address;
         network.register(address, Arc::new(Handler(membership.shared.clone())));
         membership
@@ -350,10 +386,11 @@ impl Membership {
         config: MembershipConfig,
         node: &str,
         advertised: SocketAddr,
-        key: SecretKey,
+        keys: KeyRing,
         metrics: MembershipMetrics,
         transport: Arc<dyn PeerTransport>,
     ) -> Membership {
+        metrics.keys(keys.len());
         let boot_id = random_boot_id();
         // Start above any incarnation a previous run of this node reached (it raised its own
         // at most a few times per second).
@@ -368,7 +405,14 @@ impl Membership {
         );
         let (view_tx, view_rx) = watch::channel(core.view());
         let shared = Arc::new(Shared {
-            auth: Authenticator::new(key, node, boot_id, config.max_clock_skew),
+            auth: Authenticator::new(
+                keys,
+                node,
+                Boot {
+                    id: boot_id,
+                    started_unix_ms: unix_ms_now(),
+                },
+            ),
             config: config.clone(),
             core: Mutex::new(core),
             transport,
@@ -376,6 +420,7 @@ impl Membership {
             view: view_tx,
             metrics,
             killed: AtomicBool::new(false),
+            last_skew_warning: Mutex::new(None),
         });
         let (stop, mut stopped) = watch::channel(false);
         let driver_shared = shared.clone();
@@ -419,6 +464,21 @@ impl Membership {
     /// Metrics handles.
     pub fn metrics(&self) -> &MembershipMetrics {
         &self.shared.metrics
+    }
+
+    /// Takes the speakers' keys as the Secret holds them now (a rotation's steps); the key a
+    /// change replaced stays accepted for a while (see [`auth`](super::auth)).
+    pub fn set_keys(&self, keys: KeyRing) {
+        let count = keys.len();
+        if self.shared.auth.set_keys(keys, Instant::now()) {
+            self.shared.metrics.keys(count);
+            tracing::info!(keys = count, "took the speakers' keys from the Secret");
+        }
+    }
+
+    /// The keys this speaker signs with now.
+    pub fn keys(&self) -> KeyRing {
+        self.shared.auth.keys()
     }
 
     /// Sets the peers listed by the API (see [`Core::set_peers`]). The first call starts the

@@ -14,7 +14,7 @@ use herald_proto::membership::v1::Envelope;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::auth::{Authenticator, Rejection, SecretKey};
+use super::auth::{Authenticator, Boot, KeyRing, Rejection, SecretKey};
 use super::state::{CallFailure, Core, Effect, Inbound, ReplyToken, RequestId, Rpc};
 use super::{MemberState, MembershipConfig, NodeHealth, Peer};
 use crate::election::{Ownership, Unit, rank_scored, rendezvous_score};
@@ -94,6 +94,8 @@ pub struct NodeCounters {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Bytes of envelopes sent (payload + MAC; no gRPC/HTTP/2/TCP framing).
     pub bytes_sent: u64,
+    /// Accepted messages whose sender's clock was off by more than the warning threshold.
+    pub clock_skewed: u64,
 }
 
 impl NodeCounters {
@@ -115,6 +117,8 @@ struct SimNode {
     counters: NodeCounters,
     /// Extra delay of every reply this node sends (a slow, overloaded speaker).
     reply_delay: Duration,
+    /// This node's wall clock minus the simulation's.
+    clock_offset_ms: i64,
     election_dirty: bool,
 }
 
@@ -160,7 +164,6 @@ pub struct Simulation {
     units: Vec<Unit>,
     scores: ScoreMemo,
     peers: Vec<Peer>,
-    key: SecretKey,
 }
 
 fn node_address(index: usize) -> SocketAddr {
@@ -208,10 +211,12 @@ impl Simulation {
                 name: peer.node.clone(),
                 core,
                 auth: Authenticator::new(
-                    key.clone(),
+                    KeyRing::single(key.clone()),
                     peer.node.clone(),
-                    rng.random(),
-                    config.membership.max_clock_skew,
+                    Boot {
+                        id: rng.random(),
+                        started_unix_ms: EPOCH_UNIX_MS,
+                    },
                 ),
                 running: true,
                 refusing: false,
@@ -219,6 +224,7 @@ impl Simulation {
                 owned: BTreeSet::new(),
                 counters: NodeCounters::default(),
                 reply_delay: Duration::ZERO,
+                clock_offset_ms: 0,
                 election_dirty: true,
             });
         }
@@ -245,7 +251,6 @@ impl Simulation {
             units,
             scores: ScoreMemo::default(),
             peers,
-            key,
         };
         if !sim.config.per_node_election {
             sim.global_election();
@@ -352,8 +357,11 @@ impl Simulation {
         !(self.config.loss > 0.0 && self.rng.random_bool(self.config.loss))
     }
 
-    fn unix_ms(&self) -> i64 {
-        EPOCH_UNIX_MS + i64::try_from(self.elapsed().as_millis()).unwrap_or(i64::MAX)
+    /// Node `index`'s wall clock.
+    fn unix_ms(&self, index: usize) -> i64 {
+        EPOCH_UNIX_MS
+            + i64::try_from(self.elapsed().as_millis()).unwrap_or(i64::MAX)
+            + self.nodes[index].clock_offset_ms
     }
 
     /// Carries out the effects of node `index`.
@@ -366,12 +374,13 @@ impl Simulation {
             match effect {
                 Effect::Request {
                     id,
+                    to,
                     address,
                     rpc,
                     message,
                     ..
                 } => {
-                    let envelope = self.nodes[index].auth.seal(message, self.unix_ms());
+                    let envelope = self.nodes[index].auth.seal(message, &to, self.unix_ms(index));
                     *self.nodes[index].counters.sent.entry(rpc.as_str()).or_default() += 1;
                     self.nodes[index].counters.bytes_sent += envelope_size(&envelope);
                     let Some(&to) = self.by_address.get(&address) else {
@@ -393,7 +402,9 @@ impl Simulation {
                 }
                 Effect::Reply { token, message } => {
                     if let Some((to, id, rpc)) = self.nodes[index].deferred.remove(&token) {
-                        let envelope = self.nodes[index].auth.seal(message, self.unix_ms());
+                        let envelope = self.nodes[index]
+                            .auth
+                            .seal(message, &self.nodes[to].name, self.unix_ms(index));
                         self.send_reply(index, to, id, rpc, envelope);
                     }
                 }
@@ -418,9 +429,18 @@ impl Simulation {
             .or_default() += 1;
     }
 
+    /// Opens `envelope` at node `to` as its runtime does, counting a skewed sender's clock.
+    fn open(&mut self, to: usize, envelope: &Envelope) -> Result<herald_proto::membership::v1::Message, Rejection> {
+        let opened = self.nodes[to].auth.open(envelope, self.now, self.unix_ms(to))?;
+        let offset = Duration::from_millis(opened.clock_offset_ms.unsigned_abs());
+        if offset > self.config.membership.clock_skew_warning {
+            self.nodes[to].counters.clock_skewed += 1;
+        }
+        Ok(opened.message)
+    }
+
     fn deliver(&mut self, event: Event) {
         let now = self.now;
-        let unix_ms = self.unix_ms();
         match event {
             Event::Request {
                 from,
@@ -436,7 +456,7 @@ impl Simulation {
                     }
                     return;
                 }
-                let message = match self.nodes[to].auth.open(&envelope, unix_ms) {
+                let message = match self.open(to, &envelope) {
                     Ok(m) => m,
                     Err(rejection) => {
                         // The gRPC server answers `Unauthenticated`.
@@ -449,7 +469,9 @@ impl Simulation {
                 *self.nodes[to].counters.received.entry(rpc.as_str()).or_default() += 1;
                 match self.nodes[to].core.handle_request(message, now) {
                     Inbound::Reply(reply) => {
-                        let envelope = self.nodes[to].auth.seal(reply, unix_ms);
+                        let envelope = self.nodes[to]
+                            .auth
+                            .seal(reply, &self.nodes[from].name, self.unix_ms(to));
                         self.send_reply(to, from, id, rpc, envelope);
                     }
                     Inbound::Deferred(token) => {
@@ -463,7 +485,7 @@ impl Simulation {
                 if !self.nodes[to].running {
                     return;
                 }
-                match self.nodes[to].auth.open(&envelope, unix_ms) {
+                match self.open(to, &envelope) {
                     Ok(message) => {
                         *self.nodes[to].counters.received.entry(rpc.as_str()).or_default() += 1;
                         self.nodes[to].core.handle_response(id, message, now);
@@ -597,11 +619,14 @@ impl Simulation {
             self.rng.random(),
         );
         core.set_peers(&self.peers, self.now);
+        // A restarted speaker reads the Secret as it is now: the keys this node last took.
         let auth = Authenticator::new(
-            self.key.clone(),
+            self.nodes[index].auth.keys(),
             self.nodes[index].name.clone(),
-            self.rng.random(),
-            self.config.membership.max_clock_skew,
+            Boot {
+                id: self.rng.random(),
+                started_unix_ms: self.unix_ms(index),
+            },
         );
         let node = &mut self.nodes[index];
         node.core = core;
@@ -643,13 +668,28 @@ impl Simulation {
 
     /// Gives node `index` another secret (a misconfigured or hostile speaker).
     pub fn change_secret(&mut self, index: usize, secret: &[u8]) {
+        let started = self.unix_ms(index);
         let node = &mut self.nodes[index];
         node.auth = Authenticator::new(
-            SecretKey::new(secret.to_vec()),
+            KeyRing::single(SecretKey::new(secret.to_vec())),
             node.name.clone(),
-            self.rng.random(),
-            self.config.membership.max_clock_skew,
+            Boot {
+                id: self.rng.random(),
+                started_unix_ms: started,
+            },
         );
+    }
+
+    /// Node `index` takes the Secret's keys as they are now (one step of a rotation), without
+    /// restarting.
+    pub fn set_keys(&mut self, index: usize, keys: KeyRing) {
+        let now = self.now;
+        self.nodes[index].auth.set_keys(keys, now);
+    }
+
+    /// Sets node `index`'s wall clock `offset_ms` away from the others' (positive: ahead).
+    pub fn set_clock_offset(&mut self, index: usize, offset_ms: i64) {
+        self.nodes[index].clock_offset_ms = offset_ms;
     }
 
     /// Sets the health node `index` gossips.
