@@ -134,13 +134,8 @@ impl Config {
     /// Membership settings from the flags; the rest keep their defaults.
     pub fn membership(&self, advertise: std::net::IpAddr) -> MembershipConfig {
         MembershipConfig {
-            listen: SocketAddr::new(
-                match advertise {
-                    std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-                    std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-                },
-                self.peer_port,
-            ),
+            // Only the node's own address: peers reach it there, and nothing else should.
+            listen: SocketAddr::new(advertise, self.peer_port),
             advertise_address: Some(SocketAddr::new(advertise, self.peer_port)),
             probe_interval: self.probe_interval,
             watch_probe_interval: self.watch_probe_interval,
@@ -195,6 +190,11 @@ mod tests {
         assert_eq!(flags.suspicion_timeout, defaults.suspicion_timeout);
         assert_eq!(flags.rejoin_hold, defaults.rejoin_hold);
         assert_eq!(flags.advertise_address, Some("10.0.0.1:7946".parse().unwrap()));
+        assert_eq!(
+            flags.listen,
+            "10.0.0.1:7946".parse().unwrap(),
+            "bound to the node address only"
+        );
         assert_eq!(config.snat_ports, crate::dataplane::SnatPorts::default());
         assert_eq!(config.command, None);
         let cleanup = Config::parse_from(["herald-speaker", "--node-name", "n1", "cleanup"]);

@@ -296,3 +296,45 @@ async fn speaker_with_another_secret_is_rejected_over_grpc() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_refused_undecoded_and_the_cluster_is_undisturbed() {
+    use herald_proto::membership::v1::Envelope;
+    use herald_proto::membership::v1::membership_client::MembershipClient;
+    use herald_speaker::membership::transport::MAX_MESSAGE_BYTES;
+
+    let nodes = start_cluster(b"the shared secret").await;
+    wait_for(CONVERGE, || everyone_sees_everyone(&nodes))
+        .await
+        .expect("converged");
+    let mut caller = MembershipClient::connect(format!("http://{}", nodes[0].local_addr()))
+        .await
+        .expect("connect")
+        .max_encoding_message_size(usize::MAX);
+    let huge = Envelope {
+        payload: vec![0; MAX_MESSAGE_BYTES + 1],
+        mac: vec![0; 32],
+        ..Default::default()
+    };
+    let status = caller.sync(huge).await.expect_err("refused");
+    assert!(
+        matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+        "{status:?}"
+    );
+    // Refused before authentication: nothing was decoded, so nothing was counted as a bad MAC.
+    assert_eq!(nodes[0].metrics().rejected_count(Rejection::BadMac), 0);
+    // Just under the limit it is read, and rejected for what it is: a message without a key.
+    let large = Envelope {
+        payload: vec![0; MAX_MESSAGE_BYTES - 64],
+        mac: vec![0; 32],
+        ..Default::default()
+    };
+    let status = caller.sync(large).await.expect_err("rejected");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert_eq!(nodes[0].metrics().rejected_count(Rejection::BadMac), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(everyone_sees_everyone(&nodes), "the cluster did not notice");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

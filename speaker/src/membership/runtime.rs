@@ -32,7 +32,8 @@ use super::auth::{Authenticator, Boot, KeyRing, Opened, unix_ms_now};
 use super::metrics::MembershipMetrics;
 use super::state::{CallFailure, Core, Effect, Inbound, ReplyToken, Rpc};
 use super::transport::{
-    BoxFuture, EnvelopeHandler, GrpcTransport, MembershipService, MemoryNetwork, PeerTransport, TransportError,
+    BoxFuture, EnvelopeHandler, GrpcTransport, MAX_MESSAGE_BYTES, MembershipService, MemoryNetwork, PeerTransport,
+    TransportError,
 };
 use super::{MembershipConfig, MembershipView, NodeHealth, Peer};
 
@@ -236,6 +237,11 @@ impl Shared {
     }
 }
 
+/// Calls served at once per peer connection.
+const SERVER_CALLS_PER_CONNECTION: usize = 32;
+/// A call not answered by then is ended by the server.
+const SERVER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// At most one clock-skew warning per this interval.
 const SKEW_WARNING_EVERY: Duration = Duration::from_secs(60);
 
@@ -341,14 +347,21 @@ impl Membership {
         let membership = Self::assemble(config, node, advertised, keys.into(), metrics, transport);
         // Before the server answers anyone.
         membership.set_local_health(health);
-        let service = MembershipServer::new(MembershipService::new(Arc::new(Handler(membership.shared.clone()))));
+        let service = MembershipServer::new(MembershipService::new(Arc::new(Handler(membership.shared.clone()))))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = membership.stop.subscribe();
         let server = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             };
+            // A peer gets a few calls at a time and a bounded wait; a misbehaving one cannot
+            // hold the server (every legitimate call ends within a probe timeout or a Sync).
             let result = tonic::transport::Server::builder()
+                .concurrency_limit_per_connection(SERVER_CALLS_PER_CONNECTION)
+                .max_concurrent_streams(Some(SERVER_CALLS_PER_CONNECTION as u32))
+                .timeout(SERVER_CALL_TIMEOUT)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await;

@@ -117,8 +117,11 @@ pub struct CoreStats {
     pub refused_deaths: u64,
     /// Times we raised our incarnation to refute a claim about us.
     pub refutations: u64,
-    /// Gossip entries dropped as invalid (bad address or state).
+    /// Gossip entries dropped as invalid (bad address or state, absurd incarnation).
     pub invalid_updates: u64,
+    /// New members heard of through gossip and not learned, because [`MAX_UNLISTED_MEMBERS`]
+    /// members nobody listed are known already.
+    pub unlisted_ignored: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +132,8 @@ struct Member {
     health: Option<NodeHealth>,
     /// Last authenticated message from the member itself.
     last_heard: Option<Instant>,
-    /// Listed by the wiring's peer list (only those are forgotten when the list drops them).
+    /// Listed by the wiring's peer list. Members nobody listed (learned from gossip) are
+    /// bounded and forgotten once not live.
     listed: bool,
     /// We declared it dead because its host refused connections: the node is up.
     host_up: bool,
@@ -198,6 +202,12 @@ struct QueuedGossip {
 
 /// Rounds of PingReqs during one suspicion.
 const INDIRECT_ROUNDS: u32 = 2;
+/// Members learned from gossip that the peer list does not name, at most: they are joiners the
+/// API cache has not shown yet, and a holder of the key could otherwise invent endless ones.
+pub const MAX_UNLISTED_MEMBERS: usize = 1024;
+/// Incarnations above this are nonsense (they start at a Unix time in ms and rise by one per
+/// refutation); taking one would make the next refutation overflow.
+pub const MAX_INCARNATION: u64 = 1 << 53;
 
 /// The membership state machine of one speaker.
 #[derive(Debug)]
@@ -454,7 +464,7 @@ impl Core {
         let forgotten: Vec<String> = self
             .members
             .iter()
-            .filter(|(name, m)| m.listed && !m.state.is_live() && !listed.contains(name.as_str()))
+            .filter(|(name, m)| !m.state.is_live() && !listed.contains(name.as_str()))
             .map(|(name, _)| name.clone())
             .collect();
         for name in forgotten {
@@ -1114,11 +1124,8 @@ impl Core {
             self.reply_relay(token, &req.target, true, false);
             return Inbound::Deferred(token);
         }
-        let address = match self.members.get(&req.target) {
-            Some(m) => Some(m.address),
-            None => req.target_address.parse().ok(),
-        };
-        let Some(address) = address else {
+        // Only a member we know, at the address we know: never an address a caller supplies.
+        let Some(address) = self.members.get(&req.target).map(|m| m.address) else {
             self.reply_relay(token, &req.target, false, false);
             return Inbound::Deferred(token);
         };
@@ -1262,6 +1269,10 @@ impl Core {
             self.stats.invalid_updates += 1;
             return;
         };
+        if update.incarnation > MAX_INCARNATION {
+            self.stats.invalid_updates += 1;
+            return;
+        }
         if update.node == self.node {
             self.about_us(state, update.incarnation, from, now);
             return;
@@ -1277,6 +1288,10 @@ impl Core {
         let health = update.health.as_ref().map(health_from_pb);
         let is_sender = update.node == from;
         let Some(member) = self.members.get_mut(&update.node) else {
+            if self.members.values().filter(|m| !m.listed).count() >= MAX_UNLISTED_MEMBERS {
+                self.stats.unlisted_ignored += 1;
+                return;
+            }
             self.members.insert(
                 update.node.clone(),
                 Member {
@@ -1370,7 +1385,7 @@ impl Core {
         if !refute {
             return;
         }
-        self.incarnation = incarnation + 1;
+        self.incarnation = incarnation.saturating_add(1);
         self.stats.refutations += 1;
         self.view_dirty = true;
         self.queue_gossip(self.node.clone());
@@ -1981,5 +1996,115 @@ mod tests {
         assert_eq!(core.member_state("node-x"), None);
         assert_eq!(core.member_state("node-y"), None);
         assert_eq!(core.stats().invalid_updates, 2);
+    }
+
+    #[test]
+    fn a_ping_req_about_a_stranger_dials_nobody() {
+        let (mut core, now) = core();
+        core.take_effects();
+        let request = pb::Message {
+            sender: "node-b".into(),
+            gossip: vec![update("node-b", 1, MemberState::Alive)],
+            body: Some(Body::PingReq(pb::PingReq {
+                target: "somewhere".into(),
+                target_address: "192.0.2.1:22".into(),
+                timeout_ms: 100,
+            })),
+            ..Default::default()
+        };
+        let Inbound::Deferred(token) = core.handle_request(request, now) else {
+            panic!("deferred");
+        };
+        let effects = core.take_effects();
+        assert!(
+            requests(&effects).is_empty(),
+            "nothing dialled: {:?}",
+            requests(&effects)
+        );
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::Reply { token: t, message } if *t == token
+            && matches!(&message.body, Some(Body::PingReqResult(r)) if !r.reachable)))
+        );
+        // A known target is probed at the address we know, whatever the caller says.
+        let request = pb::Message {
+            sender: "node-b".into(),
+            body: Some(Body::PingReq(pb::PingReq {
+                target: "node-c".into(),
+                target_address: "192.0.2.1:22".into(),
+                timeout_ms: 100,
+            })),
+            ..Default::default()
+        };
+        core.handle_request(request, now);
+        let dialled: Vec<SocketAddr> = core
+            .take_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Request { address, .. } => Some(address),
+                Effect::Reply { .. } => None,
+            })
+            .collect();
+        assert_eq!(dialled, vec![address(3)]);
+    }
+
+    #[test]
+    fn absurd_incarnations_are_ignored_and_a_refutation_cannot_overflow() {
+        let (mut core, now) = core();
+        core.handle_request(
+            ping_from("node-b", vec![update("node-c", u64::MAX, MemberState::Dead)]),
+            now,
+        );
+        assert_eq!(core.member_state("node-c"), Some(MemberState::Alive));
+        core.handle_request(
+            ping_from("node-b", vec![update(A, u64::MAX, MemberState::Suspect)]),
+            now,
+        );
+        assert_eq!(core.incarnation(), 5, "no refutation of a nonsense claim");
+        assert_eq!(core.stats().invalid_updates, 2);
+        core.handle_request(
+            ping_from("node-b", vec![update(A, MAX_INCARNATION, MemberState::Suspect)]),
+            now,
+        );
+        assert_eq!(core.incarnation(), MAX_INCARNATION + 1);
+    }
+
+    #[test]
+    fn members_only_gossip_names_are_bounded_and_forgotten_once_dead() {
+        let (mut core, now) = core();
+        let ghost = |i: usize, state| pb::MemberUpdate {
+            node: format!("ghost-{i}"),
+            address: SocketAddr::from(([10, 1, (i / 256) as u8, (i % 256) as u8], 7946)).to_string(),
+            ..update("node-z", 1, state)
+        };
+        let strangers: Vec<pb::MemberUpdate> = (0..MAX_UNLISTED_MEMBERS + 100)
+            .map(|i| ghost(i, MemberState::Alive))
+            .collect();
+        for chunk in strangers.chunks(50) {
+            core.handle_request(ping_from("node-b", chunk.to_vec()), now);
+        }
+        let known = core.view().members.len();
+        assert_eq!(known, 3 + MAX_UNLISTED_MEMBERS, "a, b, c and the bound");
+        assert_eq!(core.stats().unlisted_ignored, 100);
+        // Once dead, members nobody lists are forgotten at the next peer list.
+        let dead: Vec<pb::MemberUpdate> = (0..MAX_UNLISTED_MEMBERS).map(|i| ghost(i, MemberState::Dead)).collect();
+        for chunk in dead.chunks(50) {
+            core.handle_request(ping_from("node-b", chunk.to_vec()), now);
+        }
+        core.set_peers(
+            &[
+                Peer {
+                    node: "node-b".into(),
+                    address: address(2),
+                },
+                Peer {
+                    node: "node-c".into(),
+                    address: address(3),
+                },
+            ],
+            now,
+        );
+        assert_eq!(core.view().members.len(), 3);
     }
 }

@@ -72,6 +72,13 @@ pub trait EnvelopeHandler: Send + Sync + 'static {
     fn handle(&self, rpc: Rpc, envelope: Envelope) -> BoxFuture<Result<Envelope, Status>>;
 }
 
+/// Largest envelope a speaker sends or accepts: a full-state Sync of about 15,000 members.
+/// tonic's default (4 MiB) is twice that; anything larger is refused before it is decoded.
+pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+/// Connections to peers kept at most (one per address); past that an arbitrary one is dropped,
+/// and reconnects if it is used again.
+pub const MAX_CHANNELS: usize = 16_384;
+
 /// [`PeerTransport`] over gRPC (tonic), one lazily connected HTTP/2 channel per peer that
 /// reconnects by itself after failures.
 #[derive(Clone, Default)]
@@ -93,6 +100,12 @@ impl GrpcTransport {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = channels.get(&address) {
             return Ok(channel.clone());
+        }
+        if channels.len() >= MAX_CHANNELS {
+            // Members are bounded, so this only drops channels to addresses members left behind.
+            if let Some(any) = channels.keys().next().copied() {
+                channels.remove(&any);
+            }
         }
         let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| TransportError::Failed {
@@ -119,7 +132,9 @@ impl PeerTransport for GrpcTransport {
     ) -> BoxFuture<Result<Envelope, TransportError>> {
         let channel = self.channel(address);
         Box::pin(async move {
-            let mut client = MembershipClient::new(channel?);
+            let mut client = MembershipClient::new(channel?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let mut request = Request::new(envelope);
             request.set_timeout(timeout);
             let call = async {
