@@ -1598,23 +1598,25 @@ mod tests {
         }
     }
 
+    /// The peer list of [`core`]: `node-b` and `node-c`.
+    fn listed_peers() -> Vec<Peer> {
+        vec![
+            Peer {
+                node: "node-b".into(),
+                address: address(2),
+            },
+            Peer {
+                node: "node-c".into(),
+                address: address(3),
+            },
+        ]
+    }
+
     /// `node-a` knowing `node-b` and `node-c` from the peer list.
     fn core() -> (Core, Instant) {
         let now = Instant::now();
         let mut core = Core::new(config(), A, address(1), 5, healthy(), 7);
-        core.set_peers(
-            &[
-                Peer {
-                    node: "node-b".into(),
-                    address: address(2),
-                },
-                Peer {
-                    node: "node-c".into(),
-                    address: address(3),
-                },
-            ],
-            now,
-        );
+        core.set_peers(&listed_peers(), now);
         (core, now)
     }
 
@@ -2092,19 +2094,7 @@ mod tests {
         for chunk in dead.chunks(50) {
             core.handle_request(ping_from("node-b", chunk.to_vec()), now);
         }
-        core.set_peers(
-            &[
-                Peer {
-                    node: "node-b".into(),
-                    address: address(2),
-                },
-                Peer {
-                    node: "node-c".into(),
-                    address: address(3),
-                },
-            ],
-            now,
-        );
+        core.set_peers(&listed_peers(), now);
         assert_eq!(core.view().members.len(), 3);
     }
 }
