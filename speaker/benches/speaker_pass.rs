@@ -40,6 +40,7 @@ fn world(count: usize) -> World {
         announcer_ready: true,
         dataplane_ready: true,
         interfaces: ["eth0".to_string()].into(),
+        ..Default::default()
     };
     let nodes = (1..=NODES)
         .map(|i| {

@@ -395,6 +395,7 @@ mod tests {
             announcer_ready: true,
             dataplane_ready: false,
             interfaces: ["eth0".to_string()].into(),
+            ..Default::default()
         };
         MembershipView {
             local: "n1".into(),
@@ -457,6 +458,7 @@ mod tests {
                 announcer_ready: true,
                 dataplane_ready: false,
                 interfaces: ["eth0".to_string()].into(),
+                ..Default::default()
             };
             let in_use = self.memory.borrow_mut().judge(
                 &self.pools,
@@ -514,6 +516,7 @@ mod tests {
             announcer_ready: true,
             dataplane_ready: true,
             interfaces: Default::default(),
+            ..Default::default()
         });
         assert_eq!(world.plan_for("n1", &view).tunnel_peers.len(), 2);
     }
@@ -771,6 +774,7 @@ mod tests {
                 announcer_ready: true,
                 dataplane_ready: false,
                 interfaces: ["eth0".to_string()].into(),
+                ..Default::default()
             };
             let nodes = World::new("Cluster", &[]).nodes;
             let advertisements = vec![L2Advertisement::new("all", Default::default())];

@@ -196,7 +196,7 @@ pub async fn run_with_client(
     };
     // Peers hear this node's real health from its first answer: a default one (no dataplane)
     // would have them switch its backends from DSR to SNAT, and back, while it starts.
-    let initial_health = local_health(announcer.ready(), &announcer.usable_interfaces(), None);
+    let initial_health = local_health(&announcer, &announcer.usable_interfaces(), None);
     let membership =
         Membership::start(config.membership(advertise), &node, keys, initial_health, &mut registry).await?;
     let dataplane = start_dataplane(&config, &announcer, advertise, &mut registry);
@@ -242,7 +242,7 @@ pub async fn run_with_client(
         // Not `announcer.status()`: it lists every owned IP, and this runs on every wake.
         let usable_interfaces = announcer.usable_interfaces();
         let local_health = local_health(
-            announcer.ready(),
+            &announcer,
             &usable_interfaces,
             dataplane.as_ref().map(|_| dataplane_sync.healthy),
         );
@@ -310,7 +310,7 @@ pub async fn run_with_client(
                     .map(|n| crate::cluster::facts::node_addresses(n))
                     .filter(|a| !a.is_empty())
                     .unwrap_or_else(|| vec![advertise]);
-                dataplane_sync.update(dp, &usable_interfaces, addresses, &next);
+                dataplane_sync.update(dp, &dataplane_interfaces(&usable_interfaces, &next), addresses, &next);
             }
             // The first peer list starts membership (and its initial sync); an empty list before the
             // Node watch has synced would make it "settle" with no peers and elect itself everywhere.
@@ -400,14 +400,26 @@ pub async fn run_with_client(
 
 /// This node's health as peers hear it. `dataplane_synced`: None for an announce-only node,
 /// else whether the running dataplane's last attach and apply succeeded.
-fn local_health(announcer_ready: bool, usable_interfaces: &[String], dataplane_synced: Option<bool>) -> NodeHealth {
+fn local_health(announcer: &Announcer, usable_interfaces: &[String], dataplane_synced: Option<bool>) -> NodeHealth {
     NodeHealth {
-        announcer_ready,
+        announcer_ready: announcer.ready(),
         // Announce-only nodes (by flag, or eBPF unavailable at start) serve as configured;
         // a running dataplane that fails to program or attach does not.
         dataplane_ready: dataplane_synced.unwrap_or(true),
         interfaces: usable_interfaces.iter().cloned().collect(),
+        other_interfaces: announcer.other_interfaces().into_iter().collect(),
     }
+}
+
+/// Where the dataplane's programs attach: the node-wide interfaces, and any other interface
+/// an advertisement has this node announce on (its IPs' traffic arrives there).
+fn dataplane_interfaces(usable: &[String], plan: &Plan) -> Vec<String> {
+    let named = plan
+        .owned
+        .values()
+        .flat_map(|target| target.interfaces.iter().flatten());
+    let all: BTreeSet<&String> = usable.iter().chain(named).collect();
+    all.into_iter().cloned().collect()
 }
 
 /// Starts the eBPF dataplane unless it is switched off; on failure says why (the speaker then
@@ -771,6 +783,7 @@ mod tests {
             announcer_ready: true,
             dataplane_ready: true,
             interfaces: ["eth0".to_string()].into(),
+            ..Default::default()
         };
         let last = |complete| LastPass {
             at: t0,

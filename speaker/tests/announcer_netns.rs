@@ -182,8 +182,10 @@ fn interface_changes_are_followed_within_a_second_and_veths_need_naming() {
     let lab = Lab::new(false);
     let args = ["helper_process_entry", "--exact", "--nocapture", "--test-threads=1"].map(String::from);
     // Default selection: the node's only links are veths, excluded by default.
-    let default_selection = Helper::start(&lab.node_a, &args, "", "");
+    let mut default_selection = Helper::start(&lab.node_a, &args, "", "");
     assert_eq!(default_selection.usable, "", "veths must not be picked by default");
+    // ...but they can announce, so the node tells its peers an advertisement may name them.
+    assert_eq!(default_selection.others_now(), "veth-alt,veth-lan");
     drop(default_selection);
 
     let mut node = Helper::start(&lab.node_a, &args, "veth-lan,veth-new", "");

@@ -25,6 +25,7 @@ fn healthy() -> NodeHealth {
         announcer_ready: true,
         dataplane_ready: false,
         interfaces: ["lo".to_string()].into(),
+        ..Default::default()
     }
 }
 

@@ -18,6 +18,7 @@ fn health(interfaces: &[&str]) -> NodeHealth {
         announcer_ready: true,
         dataplane_ready: true,
         interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
+        ..Default::default()
     }
 }
 

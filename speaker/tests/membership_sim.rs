@@ -266,6 +266,7 @@ fn unhealthy_announcer_gives_its_ips_away_quickly() {
             announcer_ready: true,
             dataplane_ready: true,
             interfaces: Default::default(),
+            ..Default::default()
         },
     );
     let took = sim

@@ -98,6 +98,19 @@ impl InterfacePolicy {
         usable
     }
 
+    /// The links that could announce but are outside the node-wide selection (excluded by
+    /// name, enslaved, or not named by [`InterfacePolicy::explicit`]): an advertisement may
+    /// still name them. Sorted by name.
+    pub fn others<'a>(&self, links: &'a [LinkInfo]) -> Vec<&'a LinkInfo> {
+        let usable = self.usable(links);
+        let mut others: Vec<&LinkInfo> = links
+            .iter()
+            .filter(|link| link.can_announce() && !usable.iter().any(|u| u.name == link.name))
+            .collect();
+        others.sort_by(|a, b| a.name.cmp(&b.name));
+        others
+    }
+
     fn is_excluded(&self, name: &str) -> bool {
         self.excluded.iter().any(|pattern| match pattern.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
@@ -200,6 +213,10 @@ mod tests {
         links[10].up = false;
         let usable = InterfacePolicy::default().usable(&links);
         assert_eq!(names(&usable), ["bond0", "ens3", "eth0"]);
+        // What an advertisement may still name: capable links outside the selection, never a
+        // link without carrier, down, or loopback.
+        let others = InterfacePolicy::default().others(&links);
+        assert_eq!(names(&others), ["cali99", "cni0", "ens4", "kube-ipvs0", "veth1234"]);
     }
 
     #[test]

@@ -193,6 +193,18 @@ impl Announcer {
         self.usable.borrow().clone()
     }
 
+    /// Interfaces that could announce outside the node-wide selection (see
+    /// [`InterfacePolicy::others`]): usable where an advertisement names them.
+    pub fn other_interfaces(&self) -> Vec<String> {
+        let control = lock(&self.shared.control);
+        self.shared
+            .policy
+            .others(&control.links)
+            .iter()
+            .map(|l| l.name.clone())
+            .collect()
+    }
+
     /// Changes of [`Announcer::usable_interfaces`], for the election's eligibility gossip.
     pub fn watch_usable_interfaces(&self) -> watch::Receiver<Vec<String>> {
         self.usable.clone()

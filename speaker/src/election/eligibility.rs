@@ -14,8 +14,9 @@
 //!    speaker runs with the dataplane);
 //! 5. for at least one Service of the unit, some `L2Advertisement` selects the unit's pool,
 //!    the Service (when it has `serviceSelectors`) and the node (through `nodeSelectors`), and
-//!    the node has a usable interface for it: one of its gossiped interfaces, restricted to the
-//!    advertisement's `interfaces` when those are set;
+//!    the node has a usable interface for it: one of its gossiped node-wide interfaces, or,
+//!    when the advertisement names `interfaces`, one of those that the node can announce on
+//!    (even outside its node-wide selection, as the announcer honours the names);
 //! 6. that Service has a serving endpoint somewhere (none anywhere: nobody announces), and
 //!    with `externalTrafficPolicy: Local`, a ready endpoint on this node.
 //!
@@ -262,12 +263,21 @@ fn service_eligibility(
     if selecting.is_empty() {
         return Err(Ineligible::NodeNotSelected);
     }
+    // An advertisement that names interfaces may use them even outside the node-wide
+    // selection, as the announcer does; one that names none gets the node-wide selection.
     let mut interfaces = BTreeSet::new();
     for advertisement in selecting {
-        for interface in &health.interfaces {
-            if advertisement.interfaces.is_empty() || advertisement.interfaces.contains(interface) {
-                interfaces.insert(interface.clone());
-            }
+        if advertisement.interfaces.is_empty() {
+            interfaces.extend(health.interfaces.iter().cloned());
+        } else {
+            interfaces.extend(
+                health
+                    .interfaces
+                    .iter()
+                    .chain(&health.other_interfaces)
+                    .filter(|interface| advertisement.interfaces.contains(*interface))
+                    .cloned(),
+            );
         }
     }
     if interfaces.is_empty() {
@@ -296,6 +306,7 @@ mod tests {
             announcer_ready: true,
             dataplane_ready: true,
             interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
+            ..Default::default()
         }
     }
 
@@ -466,6 +477,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check(&unit(), &n, &[missing]), Err(Ineligible::NoUsableInterface));
+    }
+
+    #[test]
+    fn an_interface_named_by_the_advertisement_counts_even_outside_the_node_wide_selection() {
+        let mut n = node("n1");
+        n.health = Some(NodeHealth {
+            other_interfaces: ["br0".to_string(), "docker0".to_string()].into(),
+            ..healthy(&["eth0"])
+        });
+        let br0 = L2AdvertisementSpec {
+            interfaces: vec!["br0".into()],
+            ..Default::default()
+        };
+        assert_eq!(check(&unit(), &n, &[br0]), Ok(vec!["br0".into()]));
+        // Without names, only the node-wide selection.
+        assert_eq!(check(&unit(), &n, &[every_pool()]), Ok(vec!["eth0".into()]));
     }
 
     #[test]

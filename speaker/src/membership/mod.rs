@@ -156,8 +156,12 @@ pub struct NodeHealth {
     pub announcer_ready: bool,
     /// The eBPF dataplane is running (false in announce-only mode).
     pub dataplane_ready: bool,
-    /// Interfaces that are up and usable for announcing.
+    /// Interfaces that are up and usable for announcing: the node-wide selection, used for
+    /// advertisements that name no interface.
     pub interfaces: BTreeSet<String>,
+    /// Interfaces that could announce but are outside the node-wide selection (excluded by
+    /// name, or enslaved to a bond or bridge): used where an advertisement names them.
+    pub other_interfaces: BTreeSet<String>,
 }
 
 /// Another speaker, as listed from the API (speaker Pods / Nodes).

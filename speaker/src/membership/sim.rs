@@ -180,6 +180,7 @@ fn healthy() -> NodeHealth {
         announcer_ready: true,
         dataplane_ready: true,
         interfaces: ["eth0".to_string()].into(),
+        ..Default::default()
     }
 }
 

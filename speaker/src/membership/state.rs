@@ -1558,6 +1558,7 @@ fn health_to_pb(health: &NodeHealth) -> pb::NodeHealth {
         announcer_ready: health.announcer_ready,
         dataplane_ready: health.dataplane_ready,
         interfaces: health.interfaces.iter().cloned().collect(),
+        other_interfaces: health.other_interfaces.iter().cloned().collect(),
     }
 }
 
@@ -1566,6 +1567,7 @@ fn health_from_pb(health: &pb::NodeHealth) -> NodeHealth {
         announcer_ready: health.announcer_ready,
         dataplane_ready: health.dataplane_ready,
         interfaces: health.interfaces.iter().cloned().collect(),
+        other_interfaces: health.other_interfaces.iter().cloned().collect(),
     }
 }
 
@@ -1584,6 +1586,7 @@ mod tests {
             announcer_ready: true,
             dataplane_ready: true,
             interfaces: ["eth0".to_string()].into(),
+            ..Default::default()
         }
     }
 

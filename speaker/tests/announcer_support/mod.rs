@@ -387,6 +387,11 @@ impl Helper {
         self.command("usable", "usable")
     }
 
+    /// The interfaces outside the node-wide selection that an advertisement may name.
+    pub fn others_now(&mut self) -> String {
+        self.command("others", "others")
+    }
+
     /// (CPU time, time spent runnable but waiting for a CPU) of all the helper's threads, in
     /// nanoseconds, from `/proc/self/task/*/schedstat`.
     pub fn cpu_and_wait_ns(&mut self) -> (u64, u64) {
@@ -515,6 +520,7 @@ pub fn run_helper() {
                 );
             }
             Some("usable") => println!("HERALD usable {}", announcer.usable_interfaces().join(",")),
+            Some("others") => println!("HERALD others {}", announcer.other_interfaces().join(",")),
             Some("sched") => {
                 let (cpu, wait) = thread_times_ns();
                 println!("HERALD sched {cpu} {wait}");
