@@ -136,6 +136,7 @@ fn main() {
             node: "node1",
             peer_port: 7946,
             nodes: &nodes,
+            speaker_nodes: None,
             services: &derived,
             pools: &in_use.pools,
             advertisements: &in_use.advertisements,

@@ -44,6 +44,14 @@ pub struct Config {
     /// successor.
     #[arg(long, env = "HERALD_DAEMONSET")]
     pub daemonset: Option<String>,
+    /// Label selector of the speaker Pods (in --namespace): the peers are the Ready Nodes that
+    /// run one, so nodes without a speaker are never waited for or probed.
+    #[arg(
+        long,
+        env = "HERALD_SPEAKER_SELECTOR",
+        default_value = "app.kubernetes.io/name=herald,app.kubernetes.io/component=speaker"
+    )]
+    pub speaker_selector: String,
     /// Announce only on these interfaces (comma-separated), overriding the default selection
     /// (every up, broadcast-capable interface that is not a bridge/bond member or a
     /// container device).

@@ -25,6 +25,9 @@ pub struct Inputs<'a> {
     pub node: &'a str,
     pub peer_port: u16,
     pub nodes: &'a [&'a Node],
+    /// The nodes that run a speaker ([`facts::speaker_nodes`]): the only peers. `None`: every
+    /// node is a peer.
+    pub speaker_nodes: Option<&'a BTreeSet<String>>,
     /// Every Service Herald handles, derived ([`facts::FactsCache`]).
     pub services: &'a [Arc<ServiceDerived>],
     /// Pools and advertisements in use ([`crate::cluster::in_use`]): an object edited into an
@@ -40,7 +43,7 @@ pub struct Inputs<'a> {
 /// Everything one pass decides.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Every other node's speaker address.
+    /// Every other speaker's address (nodes that run one).
     pub peers: Vec<Peer>,
     /// Owner (and runner-up) of every unit that has an eligible node.
     pub ownership: BTreeMap<IpAddr, Ownership>,
@@ -117,6 +120,10 @@ impl Planner {
             .nodes
             .iter()
             .filter(|n| n.metadata.name.as_deref() != Some(inputs.node))
+            .filter(|n| {
+                let name = n.metadata.name.as_deref().unwrap_or_default();
+                inputs.speaker_nodes.is_none_or(|speakers| speakers.contains(name))
+            })
             .filter_map(|n| {
                 let address = facts::node_address(n)?;
                 Some(Peer {
@@ -454,6 +461,10 @@ mod tests {
         }
 
         fn plan_for(&self, me: &str, view: &MembershipView) -> Plan {
+            self.plan_with_speakers(me, view, None)
+        }
+
+        fn plan_with_speakers(&self, me: &str, view: &MembershipView, speakers: Option<&BTreeSet<String>>) -> Plan {
             let health = NodeHealth {
                 announcer_ready: true,
                 dataplane_ready: false,
@@ -469,6 +480,7 @@ mod tests {
                 node: me,
                 peer_port: 7946,
                 nodes: &self.nodes.iter().collect::<Vec<_>>(),
+                speaker_nodes: speakers,
                 services: &facts::FactsCache::new().derive_all(
                     &self.services.iter().collect::<Vec<_>>(),
                     &self.slices.iter().collect::<Vec<_>>(),
@@ -546,6 +558,11 @@ mod tests {
         assert!(plans.iter().all(|p| p.ownership[&ip()] == owner.ownership[&ip()]));
         assert_eq!(plans[0].peers.len(), 2);
         assert_eq!(plans[0].peers[0].address, "10.203.0.12:7946".parse().unwrap());
+        // Only nodes that run a speaker are peers: n3 runs none (a nodeSelector left it out).
+        let speakers = BTreeSet::from(["n1".to_string(), "n2".to_string()]);
+        let plan = world.plan_with_speakers("n1", &all_alive, Some(&speakers));
+        let peers: Vec<&str> = plan.peers.iter().map(|p| p.node.as_str()).collect();
+        assert_eq!(peers, ["n2"]);
     }
 
     #[test]
@@ -809,6 +826,7 @@ mod tests {
                     node: "n1",
                     peer_port: 7946,
                     nodes: &nodes.iter().collect::<Vec<_>>(),
+                    speaker_nodes: None,
                     services: &derived,
                     pools: &in_use.pools,
                     advertisements: &in_use.advertisements,

@@ -205,7 +205,7 @@ pub async fn run_with_client(
     let metrics = LoopMetrics::register(&mut registry);
     let _ = registry_cell.set(registry);
 
-    let cluster = Cluster::start(&client, &config.namespace);
+    let cluster = Cluster::start(&client, &config.namespace, &config.speaker_selector);
     // Owned by the DaemonSet, this node's ServiceL2Status objects go with it (an uninstall).
     let owner = match &config.daemonset {
         Some(name) => match install::look_up(&client, &config.namespace, name).await {
@@ -237,6 +237,7 @@ pub async fn run_with_client(
     let mut planner = Planner::default();
     let mut last_pass: Option<LastPass> = None;
     let mut woken_by_input = true;
+    let mut warned_speaker_selector = false;
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
         // Not `announcer.status()`: it lists every owned IP, and this runs on every wake.
@@ -285,10 +286,19 @@ pub async fn run_with_client(
                     &config.lb_class,
                 )
             };
+            let speakers = crate::cluster::facts::speaker_nodes(cluster.speakers.state().iter().map(|p| &**p));
+            // A selector that does not find this very speaker is wrong: talk to every node
+            // rather than to nobody (alone, this node would announce everything).
+            let speakers_found = speakers.contains(&node);
+            if !speakers_found && cluster.synced() && !warned_speaker_selector {
+                warned_speaker_selector = true;
+                tracing::warn!(selector = %config.speaker_selector, "--speaker-selector finds no running speaker Pod on this node; every Node is taken for a peer");
+            }
             let next: Plan = planner.plan(&Inputs {
                 node: &node,
                 peer_port: config.peer_port,
                 nodes: &nodes.iter().map(|n| &**n).collect::<Vec<_>>(),
+                speaker_nodes: speakers_found.then_some(&speakers),
                 services: &derived,
                 pools: &in_use.pools,
                 advertisements: &in_use.advertisements,

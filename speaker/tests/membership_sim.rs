@@ -523,3 +523,36 @@ fn a_key_rotation_rolled_out_node_by_node_never_splits() {
     assert!(sim.counters(0).rejected.get("bad_mac").copied().unwrap_or(0) > 0);
     assert_eq!(sim.state_seen_by(0, 4), Some(MemberState::Dead));
 }
+
+#[test]
+fn a_speaker_whose_peers_do_not_answer_yet_waits_for_them_instead_of_announcing_alone() {
+    let mut sim = converged(SimConfig {
+        nodes: 4,
+        units: 40,
+        seed: 94,
+        ..Default::default()
+    });
+    // Every speaker restarts at once (an upgrade of all nodes): node 0 first, while the
+    // others' hosts still refuse connections.
+    for node in 1..4 {
+        sim.crash(node);
+    }
+    sim.restart(0);
+    let waiting = sim.run_until_true(Duration::from_secs(2), |s| !s.owned_by(0).is_empty());
+    assert_eq!(
+        waiting,
+        None,
+        "node 0 claimed {:?} with nobody answering",
+        sim.owned_by(0)
+    );
+    assert!(!sim.is_settled(0));
+    for node in 1..4 {
+        sim.restart(node);
+    }
+    let took = sim.run_until_true(Duration::from_secs(5), |s| s.one_owner_per_unit() && s.views_agree());
+    assert!(took.is_some(), "converged once the others answered");
+    assert!(
+        (1..4).all(|n| !sim.owned_by(n).is_empty()),
+        "nobody was declared dead meanwhile"
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use herald_config::annotations::IP_ALLOCATED_FROM_POOL;
 use herald_config::last_valid::PoolInUse;
 use herald_config::service::{handles, ingress_ips};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
@@ -522,6 +522,14 @@ pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The nodes that run a speaker: those of the `pods` (the speaker Pods) that are running.
+pub fn speaker_nodes<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeSet<String> {
+    pods.into_iter()
+        .filter(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|pod| pod.spec.as_ref()?.node_name.clone())
+        .collect()
+}
+
 /// The address peers reach a node's speaker at: its first `InternalIP` (the speaker runs in
 /// the host network namespace), else its first address of any type that is an IP.
 pub fn node_address(node: &Node) -> Option<IpAddr> {
@@ -875,5 +883,30 @@ mod tests {
         assert!(facts.network_unavailable);
         assert_eq!(facts.member_state, Some(MemberState::Alive));
         assert_eq!(node_address(&node), Some("10.203.0.11".parse().unwrap()));
+    }
+
+    #[test]
+    fn speakers_are_the_nodes_of_running_speaker_pods() {
+        let pod = |node: &str, phase: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("herald-speaker-{node}")},
+                "spec": {"nodeName": node, "containers": []},
+                "status": {"phase": phase},
+            }))
+            .unwrap()
+        };
+        let unscheduled: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "x"}, "status": {"phase": "Pending"}})).unwrap();
+        let pods = [
+            pod("n1", "Running"),
+            pod("n2", "Pending"),
+            pod("n3", "Running"),
+            pod("n4", "Failed"),
+            unscheduled,
+        ];
+        assert_eq!(
+            speaker_nodes(&pods),
+            BTreeSet::from(["n1".to_string(), "n3".to_string()])
+        );
     }
 }

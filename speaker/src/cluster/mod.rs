@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use herald_config::{IPAddressPool, L2Advertisement};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
@@ -39,22 +39,25 @@ pub struct Cluster {
     pub endpoint_slices: Store<EndpointSlice>,
     pub pools: Store<IPAddressPool>,
     pub advertisements: Store<L2Advertisement>,
+    /// The speaker Pods (in Herald's namespace, by `--speaker-selector`): who the peers are.
+    pub speakers: Store<Pod>,
     /// Notified after every change to any store.
     pub changed: Arc<Notify>,
     /// When the oldest change not yet taken by the loop arrived ([`Cluster::take_pending`]).
     pending_since: Arc<Mutex<Option<Instant>>>,
     /// Services and EndpointSlices changed since the loop last took them.
     changes: Arc<Mutex<Changes>>,
-    synced: Arc<[AtomicBool; 5]>,
+    synced: Arc<[AtomicBool; 6]>,
 }
 
 impl Cluster {
-    /// Starts the watches; Herald's own kinds are read from `namespace` only.
-    pub fn start(client: &Client, namespace: &str) -> Cluster {
+    /// Starts the watches; Herald's own kinds and the speaker Pods (`speaker_selector`, a
+    /// label selector) are read from `namespace` only.
+    pub fn start(client: &Client, namespace: &str, speaker_selector: &str) -> Cluster {
         let changed = Arc::new(Notify::new());
         let pending_since = Arc::new(Mutex::new(None));
         let changes = Arc::new(Mutex::new(Changes::default()));
-        let synced: Arc<[AtomicBool; 5]> = Arc::new(Default::default());
+        let synced: Arc<[AtomicBool; 6]> = Arc::new(Default::default());
         let watch = |i: usize, record: Record| Watch {
             changed: changed.clone(),
             pending_since: pending_since.clone(),
@@ -71,11 +74,24 @@ impl Cluster {
         };
         let other: Record = |_, _| {};
         Cluster {
-            nodes: spawn_watch(Api::all(client.clone()), watch(0, other)),
-            services: spawn_watch(Api::all(client.clone()), watch(1, services)),
-            endpoint_slices: spawn_watch(Api::all(client.clone()), watch(2, slices)),
-            pools: spawn_watch(Api::namespaced(client.clone(), namespace), watch(3, other)),
-            advertisements: spawn_watch(Api::namespaced(client.clone(), namespace), watch(4, other)),
+            nodes: spawn_watch(Api::all(client.clone()), watch(0, other), watcher::Config::default()),
+            services: spawn_watch(Api::all(client.clone()), watch(1, services), watcher::Config::default()),
+            endpoint_slices: spawn_watch(Api::all(client.clone()), watch(2, slices), watcher::Config::default()),
+            pools: spawn_watch(
+                Api::namespaced(client.clone(), namespace),
+                watch(3, other),
+                watcher::Config::default(),
+            ),
+            advertisements: spawn_watch(
+                Api::namespaced(client.clone(), namespace),
+                watch(4, other),
+                watcher::Config::default(),
+            ),
+            speakers: spawn_watch(
+                Api::namespaced(client.clone(), namespace),
+                watch(5, other),
+                watcher::Config::default().labels(speaker_selector),
+            ),
             changed,
             pending_since,
             changes,
@@ -120,7 +136,7 @@ struct Watch {
     pending_since: Arc<Mutex<Option<Instant>>>,
     changes: Arc<Mutex<Changes>>,
     record: Record,
-    synced: Arc<[AtomicBool; 5]>,
+    synced: Arc<[AtomicBool; 6]>,
     index: usize,
 }
 
@@ -142,14 +158,12 @@ impl Watch {
     }
 }
 
-fn spawn_watch<K>(api: Api<K>, watch: Watch) -> Store<K>
+fn spawn_watch<K>(api: Api<K>, watch: Watch, config: watcher::Config) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
+    let stream = watcher(api, config).default_backoff().reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {

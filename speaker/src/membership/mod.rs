@@ -86,12 +86,14 @@
 //! # Startup
 //! A fresh speaker knows its peers' addresses but not their health, so it would elect itself
 //! everywhere. [`MembershipView::settled`] turns true once the first `Sync` with one of up to
-//! [`MembershipConfig::initial_sync_peers`] peers answered, or all of them failed (timeout,
-//! refused), or the peer list is empty; the wiring should announce nothing before that. Two
-//! exceptions keep a lonely view from settling: if every peer refused our messages as
-//! unauthenticated (wrong secret), the speaker retries and stays unsettled; and if the view
-//! settled with an empty list before any contact (an unsynced API cache), newly listed peers
-//! make it unsettled until the exchange with them ends.
+//! [`MembershipConfig::initial_sync_peers`] peers answered, or the peer list is empty; the
+//! wiring should announce nothing before that. Silence is no answer: while the peers asked
+//! time out or refuse (they may be starting too), the speaker asks others every probe
+//! interval and settles alone only after [`MembershipConfig::settle_alone_after`]; if every
+//! peer rejected our messages as unauthenticated (wrong key), it never settles. A view that
+//! settled with an empty list before any contact (an unsynced API cache) turns unsettled when
+//! peers are listed, until the exchange with them ends; the first contact after settling
+//! alone is a full `Sync`.
 //!
 //! # Authentication
 //! See [`auth`]: messages without a valid HMAC under the speakers' keys, replays and messages
@@ -276,6 +278,9 @@ pub struct MembershipConfig {
     pub initial_sync_peers: usize,
     /// Granularity of the runtime's timers (`--membership-tick`, 5 ms).
     pub tick: Duration,
+    /// Silence from every peer asked for its state at start for this long lets the view
+    /// settle alone (10 s); before that the speaker keeps asking and announces nothing.
+    pub settle_alone_after: Duration,
     /// How long a node back from a minority partition ranks after the others
     /// (`--rejoin-hold`, 3 s; 0 turns it off).
     pub rejoin_hold: Duration,
@@ -300,6 +305,7 @@ impl Default for MembershipConfig {
             initial_sync_peers: 3,
             tick: Duration::from_millis(5),
             rejoin_hold: Duration::from_secs(3),
+            settle_alone_after: Duration::from_secs(10),
         }
     }
 }

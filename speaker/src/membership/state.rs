@@ -572,9 +572,13 @@ impl Core {
         }
     }
 
-    /// An initial sync ended without an answer. The view settles once all have ended,
-    /// unless every one was refused as unauthenticated: a speaker that nobody accepts (wrong
-    /// secret) must not conclude it is alone and announce everything; it tries again later.
+    /// An initial sync ended without an answer. Silence is not an answer: peers starting at
+    /// the same time (a fresh install) do not listen yet, and a node that settled alone would
+    /// announce everything. Once all have ended, the speaker asks again (other peers, at
+    /// random) every probe interval, and settles alone only after
+    /// [`MembershipConfig::settle_alone_after`] of silence (every other speaker really down,
+    /// or this node cut off). Refusals as unauthenticated never settle it: a speaker that
+    /// nobody accepts (wrong key) is not alone.
     fn initial_sync_failed(&mut self, now: Instant, rejected: bool) {
         self.initial_syncs = self.initial_syncs.saturating_sub(1);
         if !rejected {
@@ -583,15 +587,25 @@ impl Core {
         if self.initial_syncs > 0 || self.settled {
             return;
         }
-        if self.initial_sync_failed_plainly {
-            self.settle();
-        } else {
+        let waited = self
+            .unsettled_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        if self.initial_sync_failed_plainly && waited >= self.config.settle_alone_after {
             tracing::warn!(
                 node = %self.node,
-                "every peer asked for its state rejected our messages (is the shared secret the same?); not settling"
+                waited_ms = waited.as_millis() as u64,
+                "no peer answered: settling alone (every other speaker is down, or this node is cut off)"
             );
-            self.initial_sync_retry = Some(now + self.config.probe_interval);
+            self.settle();
+            return;
         }
+        if !self.initial_sync_failed_plainly {
+            tracing::warn!(
+                node = %self.node,
+                "every peer asked for its state rejected our messages (is the shared key the same?); not settling"
+            );
+        }
+        self.initial_sync_retry = Some(now + self.config.probe_interval);
     }
 
     fn settle(&mut self) {
@@ -1244,6 +1258,11 @@ impl Core {
     /// Takes in what every message says: the sender is alive (its own state comes first in
     /// the gossip), and the gossip.
     fn absorb(&mut self, message: &pb::Message, now: Instant) {
+        // First contact after settling alone: learn everything this peer knows now, not
+        // piece by piece from gossip.
+        if !self.had_contact && self.settled && self.started && !self.leaving {
+            self.request_sync(&message.sender, now, false);
+        }
         self.had_contact = true;
         let sender = message.sender.as_str();
         for update in &message.gossip {
@@ -2099,5 +2118,75 @@ mod tests {
         }
         core.set_peers(&listed_peers(), now);
         assert_eq!(core.view().members.len(), 3);
+    }
+
+    /// The initial Syncs `core` has outstanding.
+    fn initial_sync_requests(core: &mut Core) -> Vec<RequestId> {
+        requests(&core.take_effects())
+            .into_iter()
+            .filter(|(_, _, rpc)| *rpc == Rpc::Sync)
+            .map(|(id, _, _)| id)
+            .collect()
+    }
+
+    #[test]
+    fn silence_does_not_settle_the_view_until_the_settle_alone_time() {
+        let (mut core, now) = core();
+        core.tick(now);
+        let mut at = now;
+        // Peers starting too: their hosts refuse, then time out; the speaker keeps asking.
+        for round in 0..5 {
+            let ids = initial_sync_requests(&mut core);
+            assert!(!ids.is_empty(), "round {round}: asked again");
+            for (i, id) in ids.into_iter().enumerate() {
+                let failure = if i == 0 {
+                    CallFailure::Refused
+                } else {
+                    CallFailure::Other
+                };
+                core.handle_failure(id, failure, at);
+            }
+            assert!(!core.view().settled, "round {round}: silence is no answer");
+            at += core.config.probe_interval;
+            core.tick(at);
+        }
+        // One answer settles it at once.
+        let id = initial_sync_requests(&mut core)[0];
+        let reply = pb::Message {
+            sender: "node-b".into(),
+            gossip: vec![update("node-b", 1, MemberState::Alive)],
+            body: Some(Body::SyncReply(pb::SyncReply::default())),
+            ..Default::default()
+        };
+        core.handle_response(id, reply, at);
+        assert!(core.view().settled);
+    }
+
+    #[test]
+    fn after_the_settle_alone_time_silence_settles_and_the_first_contact_is_a_full_sync() {
+        let (mut core, now) = core();
+        core.tick(now);
+        let mut at = now;
+        while !core.view().settled {
+            assert!(at - now <= core.config.settle_alone_after + core.config.probe_interval * 2);
+            for id in initial_sync_requests(&mut core) {
+                core.handle_failure(id, CallFailure::Other, at);
+            }
+            at += core.config.probe_interval;
+            core.tick(at);
+        }
+        assert!(
+            at - now >= core.config.settle_alone_after,
+            "settled alone after {:?}",
+            at - now
+        );
+        core.take_effects();
+        // node-c's speaker comes up and pings: this node asks it for everything it knows.
+        core.handle_request(ping_from("node-c", vec![]), at);
+        let sent = requests(&core.take_effects());
+        assert!(
+            sent.iter().any(|(_, to, rpc)| to == "node-c" && *rpc == Rpc::Sync),
+            "{sent:?}"
+        );
     }
 }
