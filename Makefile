@@ -6,8 +6,8 @@
 
 CARGO ?= cargo
 # Debian packages the build and the tests use: clang + libbpf-dev compile the eBPF programs;
-# the rest are the network tools the lab and the namespace tests drive.
-DEB_PACKAGES := clang libbpf-dev iproute2 iputils-arping ndisc6 tcpdump iptables nftables curl procps iputils-ping skopeo umoci
+# the rest are the network tools the lab and the namespace tests drive (python3 sends raw frames).
+DEB_PACKAGES := clang libbpf-dev iproute2 iputils-arping ndisc6 tcpdump iptables nftables curl procps iputils-ping skopeo umoci python3
 
 .PHONY: dashboard all deps build test fmt-check clippy unit demo failover-bench crds manifests bench clean image
 

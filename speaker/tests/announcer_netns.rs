@@ -250,3 +250,69 @@ fn unicast_reachability_probes_are_answered() {
         let _ = ping.wait();
     }
 }
+
+/// Sends, from the client's `lan0`, `count` ARP requests for `target` tagged with VLAN `vlan`
+/// (raw frames: this kernel may have no VLAN devices).
+fn send_tagged_arp_requests(lab: &Lab, vlan: u16, target: &str, count: u32) {
+    let script = format!(
+        r#"
+import socket, struct, time
+mac = bytes.fromhex("{mac}".replace(":", ""))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("lan0", 0))
+arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, socket.inet_aton("10.203.100.1"), bytes(6), socket.inet_aton("{target}"))
+frame = b"\xff" * 6 + mac + struct.pack("!HHH", 0x8100, {vlan}, 0x0806) + arp
+for _ in range({count}):
+    s.send(frame)
+    time.sleep(0.2)
+"#,
+        mac = announcer_support::CLIENT_MAC,
+    );
+    announcer_support::run_in(&lab.client, "python3", &["-c", &script]);
+}
+
+#[test]
+fn a_request_from_another_vlan_on_the_same_wire_is_not_answered() {
+    if !lab_available(&["ip", "arping", "ndisc6", "tcpdump", "python3"]) {
+        return;
+    }
+    let lab = Lab::new(false);
+    let mut node = helper(&lab.node_a);
+    node.own(&[VIP_V4]);
+    assert_eq!(lab.arping(VIP_V4), [NODE_A_MAC], "the untagged segment is answered");
+
+    // The client asks from VLAN 100 on the same wire: node A's untagged link receives the
+    // frames with a tag (which the kernel takes off before packet sockets see them), and they
+    // are not its network. Capture what comes back on the wire (bounded by `timeout`).
+    let capture = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client,
+            "timeout",
+            "3",
+            "tcpdump",
+            "-l",
+            "-n",
+            "-e",
+            "-i",
+            "lan0",
+            "arp or vlan",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(700));
+    send_tagged_arp_requests(&lab, 100, VIP_V4, 5);
+    let captured = capture.wait_with_output().expect("tcpdump output");
+    let lines = String::from_utf8_lossy(&captured.stdout);
+    assert!(
+        lines.contains("vlan 100"),
+        "the tagged requests were on the wire:\n{lines}"
+    );
+    let replies: Vec<&str> = lines.lines().filter(|l| l.contains("is-at")).collect();
+    assert!(replies.is_empty(), "node A answered VLAN 100 untagged: {replies:?}");
+    // The untagged segment is still answered.
+    assert_eq!(lab.arping(VIP_V4), [NODE_A_MAC]);
+}

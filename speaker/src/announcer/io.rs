@@ -78,28 +78,33 @@ impl LinkOpener for PnetLinks {
 const RECEIVE_BUFFER_BYTES: usize = 4 << 20;
 
 /// Classic BPF program run by the kernel on every frame of the link, so the reader thread
-/// only wakes for ARP and Neighbor Solicitations: drop frames we sent ourselves, accept
-/// EtherType ARP, accept IPv6 whose next header is ICMPv6 (58) with type 135, drop the rest.
-/// Jump offsets count from the next instruction.
-fn request_filter() -> [SockFilter; 11] {
+/// only wakes for ARP and Neighbor Solicitations: drop frames we sent ourselves, drop frames
+/// that came with a VLAN tag (the kernel or the NIC took it off, so the bytes look untagged:
+/// they belong to that VLAN's interface, and an answer from this one would go out untagged
+/// into the wrong network), accept EtherType ARP, accept IPv6 whose next header is ICMPv6 (58)
+/// with type 135, drop the rest. Jump offsets count from the next instruction.
+fn request_filter() -> [SockFilter; 13] {
     const LOAD_BYTE: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
     const LOAD_HALF: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
     const JUMP_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
     const RETURN: u16 = 0x06; // BPF_RET | BPF_K
     const PACKET_TYPE: u32 = 0xffff_f000 + 4; // SKF_AD_OFF + SKF_AD_PKTTYPE
+    const VLAN_TAG_PRESENT: u32 = 0xffff_f000 + 48; // SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT
     const PACKET_OUTGOING: u32 = 4;
     [
         SockFilter::new(LOAD_BYTE, 0, 0, PACKET_TYPE),
-        SockFilter::new(JUMP_EQUAL, 8, 0, PACKET_OUTGOING), // → drop
-        SockFilter::new(LOAD_HALF, 0, 0, 12),               // EtherType
-        SockFilter::new(JUMP_EQUAL, 5, 0, 0x0806),          // ARP → accept
-        SockFilter::new(JUMP_EQUAL, 0, 5, 0x86dd),          // not IPv6 → drop
-        SockFilter::new(LOAD_BYTE, 0, 0, 14 + 6),           // IPv6 next header
-        SockFilter::new(JUMP_EQUAL, 0, 3, 58),              // not ICMPv6 → drop
-        SockFilter::new(LOAD_BYTE, 0, 0, 14 + 40),          // ICMPv6 type
-        SockFilter::new(JUMP_EQUAL, 0, 1, 135),             // not NS → drop
-        SockFilter::new(RETURN, 0, 0, 0xffff),              // accept
-        SockFilter::new(RETURN, 0, 0, 0),                   // drop
+        SockFilter::new(JUMP_EQUAL, 10, 0, PACKET_OUTGOING), // → drop
+        SockFilter::new(LOAD_BYTE, 0, 0, VLAN_TAG_PRESENT),
+        SockFilter::new(JUMP_EQUAL, 0, 8, 0),      // tagged → drop
+        SockFilter::new(LOAD_HALF, 0, 0, 12),      // EtherType
+        SockFilter::new(JUMP_EQUAL, 5, 0, 0x0806), // ARP → accept
+        SockFilter::new(JUMP_EQUAL, 0, 5, 0x86dd), // not IPv6 → drop
+        SockFilter::new(LOAD_BYTE, 0, 0, 14 + 6),  // IPv6 next header
+        SockFilter::new(JUMP_EQUAL, 0, 3, 58),     // not ICMPv6 → drop
+        SockFilter::new(LOAD_BYTE, 0, 0, 14 + 40), // ICMPv6 type
+        SockFilter::new(JUMP_EQUAL, 0, 1, 135),    // not NS → drop
+        SockFilter::new(RETURN, 0, 0, 0xffff),     // accept
+        SockFilter::new(RETURN, 0, 0, 0),          // drop
     ]
 }
 
