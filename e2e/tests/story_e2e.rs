@@ -257,6 +257,20 @@ async fn s2_killing_the_owner_moves_the_ip_and_sigterm_hands_over() {
     curl(&lab, &format!("http://{ip}/")).await;
     assert_status_names_the_answering_node(&lab, ip, "after a SIGTERM").await;
 
+    // A speaker that stops answering without dying (SIGSTOP, then SIGCONT): the others take
+    // over, and once it runs again the status still names the node that answers.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let frozen = story::measure_failover(&lab, ip, Fault::NodeFreeze)
+        .await
+        .expect("freeze measured");
+    eprintln!(
+        "SIGSTOP of {}'s speaker: {:?} announced after {:?} ms; {} of {} requests failed",
+        frozen.old_owner, frozen.new_owner, frozen.kill_to_garp_ms, frozen.failed_requests, frozen.requests
+    );
+    assert!(frozen.new_owner.is_some_and(|n| n != frozen.old_owner), "taken over");
+    curl(&lab, &format!("http://{ip}/")).await;
+    assert_status_names_the_answering_node(&lab, ip, "after a frozen speaker ran again").await;
+
     // After traffic and two failovers, every metric the shipped dashboard and alert rules
     // name is exported by the controller or a speaker.
     let mut exported = observability::exported_names(&lab.controller_metrics().await.expect("controller /metrics"));
@@ -318,6 +332,7 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
     }
     assert_eq!(seen.len(), 1, "no flapping after the link came back: {seen:?}");
     curl(&lab, &format!("http://{ip}/")).await;
+    assert_status_names_the_answering_node(&lab, ip, "after the cable came back").await;
     lab.down().await.unwrap();
 }
 

@@ -112,6 +112,7 @@ fn world(count: usize) -> World {
             local: "node1".into(),
             members,
             settled: true,
+            deaths_refuted: 0,
         },
         health,
     }

@@ -405,6 +405,7 @@ mod tests {
             ..Default::default()
         };
         MembershipView {
+            deaths_refuted: 0,
             local: "n1".into(),
             members: states
                 .iter()

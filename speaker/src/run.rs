@@ -238,6 +238,7 @@ pub async fn run_with_client(
     let mut last_pass: Option<LastPass> = None;
     let mut woken_by_input = true;
     let mut warned_speaker_selector = false;
+    let mut deaths_refuted_seen = 0;
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
         // Not `announcer.status()`: it lists every owned IP, and this runs on every wake.
@@ -345,6 +346,16 @@ pub async fn run_with_client(
                     tracing::info!(ip = %change.ip, from = ?change.from, to = ?change.to, reason = %change.reason, "owner changed");
                 }
                 announcer.set_owned(next.owned.clone());
+                if view.deaths_refuted > deaths_refuted_seen {
+                    if !next.owned.is_empty() {
+                        tracing::info!(
+                            ips = next.owned.len(),
+                            "peers had declared this node dead and may have taken its IPs meanwhile: announcing them again"
+                        );
+                        announcer.announce_again();
+                    }
+                    deaths_refuted_seen = view.deaths_refuted;
+                }
                 metrics.owned.set(next.owned.len() as i64);
                 status_tx.send_if_modified(|current| {
                     let changed = *current != next.announced;

@@ -213,6 +213,23 @@ fn gain_sends_a_gratuitous_burst_on_schedule_and_set_owned_is_idempotent() {
 }
 
 #[test]
+fn announcing_again_repeats_the_burst_for_every_owned_ip() {
+    let lab = lab(vec![link("eth0", 2)]);
+    lab.announcer.set_owned(own(&[(IpAddr::V4(VIP), None)]));
+    lab.network.wait_for_sent(3, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.network.sent().len(), 3, "one burst");
+    // Peers had declared this node dead: the network may point elsewhere.
+    lab.announcer.announce_again();
+    let sent = lab.network.wait_for_sent(6, Duration::from_secs(3));
+    assert_eq!(sent.len(), 6, "a second burst: {sent:?}");
+    assert!(
+        sent.iter()
+            .all(|frame| arp::parse(&frame.frame).unwrap().is_gratuitous())
+    );
+}
+
+#[test]
 fn loss_during_the_burst_stops_it() {
     let lab = lab(vec![link("eth0", 2)]);
     lab.announcer.set_owned(own(&[(IpAddr::V4(VIP), None)]));

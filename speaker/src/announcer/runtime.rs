@@ -188,6 +188,16 @@ impl Announcer {
         self.shared.reconcile(&mut control);
     }
 
+    /// Starts the gratuitous announcement schedule of every owned IP again, as on a gain: for
+    /// when the network may have been switched to another node without this one losing its
+    /// IPs in its own view (peers declared it dead while it was frozen).
+    pub fn announce_again(&self) {
+        let control = lock(&self.shared.control);
+        for ip in control.targets.keys() {
+            let _ = control.commands.send(Command::Announce(*ip));
+        }
+    }
+
     /// Node-wide announcing interfaces right now; empty means this node cannot announce.
     pub fn usable_interfaces(&self) -> Vec<String> {
         self.usable.borrow().clone()

@@ -117,6 +117,8 @@ pub struct CoreStats {
     pub refused_deaths: u64,
     /// Times we raised our incarnation to refute a claim about us.
     pub refutations: u64,
+    /// Of those, claims that we were dead.
+    pub deaths_refuted: u64,
     /// Gossip entries dropped as invalid (bad address or state, absurd incarnation).
     pub invalid_updates: u64,
     /// New members heard of through gossip and not learned, because [`MAX_UNLISTED_MEMBERS`]
@@ -373,6 +375,7 @@ impl Core {
             local: self.node.clone(),
             members,
             settled: self.settled,
+            deaths_refuted: self.stats.deaths_refuted,
         }
     }
 
@@ -1406,6 +1409,9 @@ impl Core {
         }
         self.incarnation = incarnation.saturating_add(1);
         self.stats.refutations += 1;
+        if state == MemberState::Dead {
+            self.stats.deaths_refuted += 1;
+        }
         self.view_dirty = true;
         self.queue_gossip(self.node.clone());
         if state != MemberState::Alive && from != self.node {
@@ -1757,6 +1763,7 @@ mod tests {
         let before = core.incarnation();
         let reply = core.handle_request(ping_from("node-b", vec![update(A, before, MemberState::Suspect)]), now);
         assert_eq!(core.incarnation(), before + 1);
+        assert_eq!(core.view().deaths_refuted, 0, "a suspicion moves no IP");
         assert_eq!(core.stats().refutations, 1);
         let Inbound::Reply(reply) = reply else {
             panic!("a ping is answered at once");
@@ -1768,6 +1775,11 @@ mod tests {
         // An old claim does not raise it again.
         core.handle_request(ping_from("node-c", vec![update(A, before, MemberState::Dead)]), now);
         assert_eq!(core.incarnation(), before + 1);
+        assert_eq!(core.view().deaths_refuted, 0);
+        // A current claim that it died: peers may have taken its IPs; the view says so.
+        core.handle_request(ping_from("node-c", vec![update(A, before + 1, MemberState::Dead)]), now);
+        assert_eq!(core.incarnation(), before + 2);
+        assert_eq!(core.view().deaths_refuted, 1);
     }
 
     #[test]
