@@ -227,51 +227,36 @@ async fn s2_killing_the_owner_moves_the_ip_and_sigterm_hands_over() {
     let ip = story::wait_for_ip(&lab, Duration::from_secs(10)).await.unwrap();
     curl(&lab, &format!("http://{ip}/")).await;
 
-    let killed: Failover = story::measure_failover(&lab, ip, Fault::Kill)
-        .await
-        .expect("SIGKILL measured");
-    eprintln!(
-        "SIGKILL of {}'s speaker: {:?} announced after {:?} ms; {} of {} requests failed",
-        killed.old_owner, killed.new_owner, killed.kill_to_garp_ms, killed.failed_requests, killed.requests
-    );
-    let new_owner = killed.new_owner.clone().expect("another node announces");
-    assert_ne!(new_owner, killed.old_owner);
-    assert!(
-        killed.kill_to_garp_ms.is_some(),
-        "the new owner's gratuitous ARP reached the client"
-    );
-    curl(&lab, &format!("http://{ip}/")).await;
-    assert_status_names_the_answering_node(&lab, ip, "after a SIGKILL").await;
+    // Each fault moves the IP to another node, whose gratuitous ARP reaches the client, and
+    // then the status names the node the client sends to.
+    for (fault, pause) in [(Fault::Kill, 0), (Fault::Term, 3), (Fault::NodeFreeze, 3)] {
+        // Let a restarted (or thawed) speaker settle before the next fault.
+        tokio::time::sleep(Duration::from_secs(pause)).await;
+        let failover: Failover = story::measure_failover(&lab, ip, fault).await.expect("measured");
+        eprintln!(
+            "{}: {} -> {:?}, announced after {:?} ms; {} of {} requests failed",
+            fault.describe(&failover.old_owner),
+            failover.old_owner,
+            failover.new_owner,
+            failover.kill_to_garp_ms,
+            failover.failed_requests,
+            failover.requests
+        );
+        assert!(
+            failover.new_owner.as_ref().is_some_and(|n| *n != failover.old_owner),
+            "{}: another node took the address over",
+            fault.name()
+        );
+        assert!(
+            failover.kill_to_garp_ms.is_some(),
+            "{}: the new owner's gratuitous ARP reached the client",
+            fault.name()
+        );
+        curl(&lab, &format!("http://{ip}/")).await;
+        assert_status_names_the_answering_node(&lab, ip, fault.name()).await;
+    }
 
-    // Wait for the killed speaker's restart to settle, then stop the owner gracefully.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let termed = story::measure_failover(&lab, ip, Fault::Term)
-        .await
-        .expect("SIGTERM measured");
-    eprintln!(
-        "SIGTERM of {}'s speaker: {:?} announced after {:?} ms; {} of {} requests failed",
-        termed.old_owner, termed.new_owner, termed.kill_to_garp_ms, termed.failed_requests, termed.requests
-    );
-    assert!(termed.new_owner.is_some_and(|n| n != termed.old_owner), "handed over");
-    assert!(termed.kill_to_garp_ms.is_some(), "the next owner announced");
-    curl(&lab, &format!("http://{ip}/")).await;
-    assert_status_names_the_answering_node(&lab, ip, "after a SIGTERM").await;
-
-    // A speaker that stops answering without dying (SIGSTOP, then SIGCONT): the others take
-    // over, and once it runs again the status still names the node that answers.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let frozen = story::measure_failover(&lab, ip, Fault::NodeFreeze)
-        .await
-        .expect("freeze measured");
-    eprintln!(
-        "SIGSTOP of {}'s speaker: {:?} announced after {:?} ms; {} of {} requests failed",
-        frozen.old_owner, frozen.new_owner, frozen.kill_to_garp_ms, frozen.failed_requests, frozen.requests
-    );
-    assert!(frozen.new_owner.is_some_and(|n| n != frozen.old_owner), "taken over");
-    curl(&lab, &format!("http://{ip}/")).await;
-    assert_status_names_the_answering_node(&lab, ip, "after a frozen speaker ran again").await;
-
-    // After traffic and two failovers, every metric the shipped dashboard and alert rules
+    // After traffic and three failovers, every metric the shipped dashboard and alert rules
     // name is exported by the controller or a speaker.
     let mut exported = observability::exported_names(&lab.controller_metrics().await.expect("controller /metrics"));
     for text in lab.speaker_metrics().await.expect("speakers' /metrics") {
