@@ -61,13 +61,18 @@ impl Counters {
 }
 
 /// The sum of every sample of metric `name` (all label sets), or `None` if it has none.
+/// `name` may also be one series as exported, labels included (`name{label="value"}`).
 pub fn sample_sum(exposition: &str, name: &str) -> Option<f64> {
     let mut found = None;
     for line in exposition.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
-        let metric = series.split('{').next().unwrap_or_default();
+        let metric = if name.contains('{') {
+            series
+        } else {
+            series.split('{').next().unwrap_or_default()
+        };
         if metric == name
             && let Ok(value) = value.parse::<f64>()
         {
@@ -257,5 +262,13 @@ mod tests {
         let none = text.replace("herald_speaker_ownership_changes_total", "other");
         assert_eq!(Counters::scrape(&none).unwrap().ownership_changes, 0.0);
         assert_eq!(sample_sum("a_total 1\na_totalx 5\n", "a_total"), Some(1.0));
+        assert_eq!(
+            sample_sum(text, "herald_speaker_ownership_changes_total{direction=\"lost\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample_sum(text, "herald_speaker_ownership_changes_total{direction=\"x\"}"),
+            None
+        );
     }
 }

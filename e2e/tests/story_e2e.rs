@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use herald_config::{IPAddressPool, ServiceL2Status};
 use herald_e2e::lab::{Lab, LabConfig};
-use herald_e2e::observability;
 use herald_e2e::story::{self, Failover, Fault};
+use herald_e2e::{observability, soak};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -146,6 +146,29 @@ async fn service_lists(lab: &Lab) -> f64 {
         .sum()
 }
 
+/// Injects `fault` on the owner of `ip` while the client probes, prints what happened, and
+/// checks that another node took the address over.
+async fn fault_moves_the_ip(lab: &Lab, ip: IpAddr, fault: Fault) -> Failover {
+    let failover = story::measure_failover(lab, ip, fault).await.expect("measured");
+    eprintln!(
+        "{}: {} -> {:?}, announced after {:?} ms, traffic after {:?} ms; {} of {} requests failed at {:?} ms",
+        fault.describe(&failover.old_owner),
+        failover.old_owner,
+        failover.new_owner,
+        failover.kill_to_garp_ms,
+        failover.kill_to_traffic_ms,
+        failover.failed_requests,
+        failover.requests,
+        failover.failed_at_ms
+    );
+    assert!(
+        failover.new_owner.as_ref().is_some_and(|n| *n != failover.old_owner),
+        "{}: another node took the address over",
+        fault.name()
+    );
+    failover
+}
+
 fn quiet() -> impl Fn(&str) {
     |_line: &str| {}
 }
@@ -232,21 +255,7 @@ async fn s2_killing_the_owner_moves_the_ip_and_sigterm_hands_over() {
     for (fault, pause) in [(Fault::Kill, 0), (Fault::Term, 3), (Fault::NodeFreeze, 3)] {
         // Let a restarted (or thawed) speaker settle before the next fault.
         tokio::time::sleep(Duration::from_secs(pause)).await;
-        let failover: Failover = story::measure_failover(&lab, ip, fault).await.expect("measured");
-        eprintln!(
-            "{}: {} -> {:?}, announced after {:?} ms; {} of {} requests failed",
-            fault.describe(&failover.old_owner),
-            failover.old_owner,
-            failover.new_owner,
-            failover.kill_to_garp_ms,
-            failover.failed_requests,
-            failover.requests
-        );
-        assert!(
-            failover.new_owner.as_ref().is_some_and(|n| *n != failover.old_owner),
-            "{}: another node took the address over",
-            fault.name()
-        );
+        let failover = fault_moves_the_ip(&lab, ip, fault).await;
         assert!(
             failover.kill_to_garp_ms.is_some(),
             "{}: the new owner's gratuitous ARP reached the client",
@@ -630,23 +639,7 @@ async fn s9_speaker_pods_deleted_killed_and_rolled_with_kubectl() {
 
     for fault in [Fault::PodDelete, Fault::PodForceDelete] {
         let before = speaker_pods(&lab).await;
-        let failover = story::measure_failover(&lab, ip, fault).await.expect("measured");
-        eprintln!(
-            "{}: {} -> {:?}, announced after {:?} ms, traffic after {:?} ms; {} of {} requests failed at {:?} ms",
-            fault.name(),
-            failover.old_owner,
-            failover.new_owner,
-            failover.kill_to_garp_ms,
-            failover.kill_to_traffic_ms,
-            failover.failed_requests,
-            failover.requests,
-            failover.failed_at_ms
-        );
-        assert!(
-            failover.new_owner.as_ref().is_some_and(|n| *n != failover.old_owner),
-            "{}: another node took the address over",
-            fault.name()
-        );
+        fault_moves_the_ip(&lab, ip, fault).await;
         // The DaemonSet replaced the deleted Pod on the same node.
         story::wait_speakers_ready(&lab)
             .await
@@ -710,15 +703,9 @@ async fn s9_speaker_pods_deleted_killed_and_rolled_with_kubectl() {
     lab.down().await.unwrap();
 }
 
-/// The sum over `texts` (Prometheus text expositions) of the samples of `series`: a metric
-/// name, or a name with its labels as exported (`name{label="value"}`).
+/// The sum over every speaker's exposition of `series` (see [`soak::sample_sum`]).
 fn metric_sum(texts: &[String], series: &str) -> f64 {
-    texts
-        .iter()
-        .flat_map(|t| t.lines())
-        .filter(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with([' ', '{'])))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    texts.iter().filter_map(|t| soak::sample_sum(t, series)).sum()
 }
 
 /// Every speaker's `herald_membership_keys` is `keys`.
@@ -726,7 +713,7 @@ async fn speakers_sign_with(lab: &Lab, keys: f64) -> bool {
     match lab.speaker_metrics().await {
         Ok(texts) => texts
             .iter()
-            .all(|t| metric_sum(std::slice::from_ref(t), "herald_membership_keys") == keys),
+            .all(|t| soak::sample_sum(t, "herald_membership_keys") == Some(keys)),
         Err(_) => false,
     }
 }
@@ -824,7 +811,7 @@ async fn s10_the_speakers_key_is_rotated_under_traffic_without_a_restart_or_a_fa
             lab.speaker_metrics().await.is_ok_and(|texts| {
                 texts
                     .iter()
-                    .all(|t| metric_sum(std::slice::from_ref(t), "herald_membership_members{state=\"alive\"}") == 3.0)
+                    .all(|t| soak::sample_sum(t, "herald_membership_members{state=\"alive\"}") == Some(3.0))
             })
         })
         .await,

@@ -110,13 +110,8 @@ impl KeyRing {
     }
 
     /// How many keys sign each message (1, or 2 during a rotation).
-    pub fn len(&self) -> usize {
+    pub fn signing_keys(&self) -> usize {
         1 + usize::from(self.next.is_some())
-    }
-
-    /// Never empty; here for clippy's `len_without_is_empty`.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -308,6 +303,13 @@ pub struct Opened {
     pub message: Message,
     /// The sender's clock minus ours, in milliseconds (includes the time in flight).
     pub clock_offset_ms: i64,
+}
+
+impl Opened {
+    /// Whether the sender's clock is off ours by more than `threshold` (counted, logged).
+    pub fn clock_off_by_more_than(&self, threshold: Duration) -> bool {
+        Duration::from_millis(self.clock_offset_ms.unsigned_abs()) > threshold
+    }
 }
 
 #[derive(Debug)]

@@ -219,8 +219,7 @@ impl Shared {
     /// Clocks do not matter to membership, but a node whose clock is off makes logs and Events
     /// hard to read: count such messages, and say so now and then.
     fn check_clock(&self, opened: &Opened) {
-        let offset = Duration::from_millis(opened.clock_offset_ms.unsigned_abs());
-        if offset <= self.config.clock_skew_warning {
+        if !opened.clock_off_by_more_than(self.config.clock_skew_warning) {
             return;
         }
         self.metrics.skewed_message();
@@ -403,7 +402,7 @@ impl Membership {
         metrics: MembershipMetrics,
         transport: Arc<dyn PeerTransport>,
     ) -> Membership {
-        metrics.keys(keys.len());
+        metrics.keys(keys.signing_keys());
         let boot_id = random_boot_id();
         // Start above any incarnation a previous run of this node reached (it raised its own
         // at most a few times per second).
@@ -482,7 +481,7 @@ impl Membership {
     /// Takes the speakers' keys as the Secret holds them now (a rotation's steps); the key a
     /// change replaced stays accepted for a while (see [`auth`](super::auth)).
     pub fn set_keys(&self, keys: KeyRing) {
-        let count = keys.len();
+        let count = keys.signing_keys();
         if self.shared.auth.set_keys(keys, Instant::now()) {
             self.shared.metrics.keys(count);
             tracing::info!(keys = count, "took the speakers' keys from the Secret");

@@ -433,8 +433,7 @@ impl Simulation {
     /// Opens `envelope` at node `to` as its runtime does, counting a skewed sender's clock.
     fn open(&mut self, to: usize, envelope: &Envelope) -> Result<herald_proto::membership::v1::Message, Rejection> {
         let opened = self.nodes[to].auth.open(envelope, self.now, self.unix_ms(to))?;
-        let offset = Duration::from_millis(opened.clock_offset_ms.unsigned_abs());
-        if offset > self.config.membership.clock_skew_warning {
+        if opened.clock_off_by_more_than(self.config.membership.clock_skew_warning) {
             self.nodes[to].counters.clock_skewed += 1;
         }
         Ok(opened.message)
