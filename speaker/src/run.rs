@@ -170,17 +170,19 @@ pub async fn run_with_client(
     tokio::spawn(http::serve(listener, health.clone(), registry_cell.clone()));
     let mut shutdown = std::pin::pin!(shutdown);
 
-    let Some(keys) = wait_for_key(&client, &config, &health, &mut shutdown).await else {
-        return Ok(());
-    };
-    health.key_loaded.store(true, Ordering::SeqCst);
-    let (keys_tx, mut keys_rx) = watch::channel(keys.clone());
+    // One watch of the speakers' Secret gives the keys at start and every change after.
+    let (keys_tx, mut keys_rx) = watch::channel(None);
     let keys_task = tokio::spawn(follow_keys(
         client.clone(),
         config.namespace.clone(),
         config.speaker_secret.clone(),
         keys_tx,
     ));
+    let Some(keys) = wait_for_key(&mut keys_rx, &config.namespace, &health, &mut shutdown).await else {
+        keys_task.abort();
+        return Ok(());
+    };
+    health.key_loaded.store(true, Ordering::SeqCst);
 
     let announcer_config = AnnouncerConfig {
         interfaces: InterfacePolicy {
@@ -239,6 +241,7 @@ pub async fn run_with_client(
     let mut woken_by_input = true;
     let mut warned_speaker_selector = false;
     let mut deaths_refuted_seen = 0;
+    let mut keys_followed = true;
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
         // Not `announcer.status()`: it lists every owned IP, and this runs on every wake.
@@ -385,8 +388,18 @@ pub async fn run_with_client(
             _ = cluster.changed.notified() => true,
             _ = view_rx.changed() => true,
             _ = interfaces_rx.changed() => true,
-            _ = keys_rx.changed() => {
-                membership.set_keys(keys_rx.borrow_and_update().clone());
+            followed = keys_rx.changed(), if keys_followed => {
+                match followed {
+                    Ok(()) => {
+                        if let Some(Ok(keys)) = keys_rx.borrow_and_update().clone() {
+                            membership.set_keys(keys);
+                        }
+                    }
+                    Err(_) => {
+                        keys_followed = false;
+                        tracing::error!("the watch of the speakers' Secret ended; keeping the keys in use");
+                    }
+                }
                 false
             }
             _ = tokio::time::sleep(Duration::from_secs(1)) => false,
@@ -671,65 +684,83 @@ fn key_ring_from(secret: &Secret, name: &str) -> Result<KeyRing, String> {
     Ok(KeyRing { current, next })
 }
 
-/// Follows the speakers' Secret and passes on every valid change of its keys: a rotation
-/// needs no restart. A Secret deleted or made invalid leaves the keys in use as they are.
-async fn follow_keys(client: Client, namespace: String, name: String, keys: watch::Sender<KeyRing>) {
+/// What the speakers' Secret gives: `None` until it is first read, then the keys, or why
+/// there are none usable yet.
+type KeysState = Option<Result<KeyRing, String>>;
+
+/// Follows the speakers' Secret and passes on its keys and every valid change of them: a
+/// rotation needs no restart. Once there are keys, a Secret deleted or made invalid leaves
+/// them as they are (and says so); before, the reason is passed on for [`wait_for_key`].
+async fn follow_keys(client: Client, namespace: String, name: String, keys: watch::Sender<KeysState>) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     let selector = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = std::pin::pin!(watcher(api, selector).default_backoff());
+    let mut listed = false;
+    // A problem replaces nothing that works; keys replace whatever was there.
+    let report = |outcome: Result<KeyRing, String>| {
+        keys.send_if_modified(|current| match (&outcome, current.as_ref()) {
+            (Err(problem), Some(Ok(_))) => {
+                tracing::warn!(%namespace, "{problem}; keeping the keys in use");
+                false
+            }
+            _ if current.as_ref() == Some(&outcome) => false,
+            _ => {
+                *current = Some(outcome.clone());
+                true
+            }
+        })
+    };
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
-                match key_ring_from(&secret, &name) {
-                    Ok(ring) => {
-                        keys.send_if_modified(|current| {
-                            let changed = *current != ring;
-                            *current = ring;
-                            changed
-                        });
-                    }
-                    Err(problem) => tracing::warn!(%namespace, "{problem}; keeping the keys in use"),
-                }
+                listed = true;
+                report(key_ring_from(&secret, &name));
             }
             Ok(watcher::Event::Delete(_)) => {
-                tracing::warn!(%namespace, secret = %name, "the speakers' Secret was deleted; keeping the keys in use");
+                report(Err(format!("the speakers' Secret {name} was deleted")));
             }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Ok(watcher::Event::Init) => listed = false,
+            Ok(watcher::Event::InitDone) if !listed => {
+                report(Err(format!("Secret {name} does not exist")));
+            }
+            Ok(watcher::Event::InitDone) => {}
             Err(e) => {
-                tracing::warn!(secret = %name, error = %e, "watching the speakers' Secret failed; retrying with backoff")
+                tracing::debug!(secret = %name, error = %e, "watching the speakers' Secret failed; retrying with backoff");
+                report(Err(format!("cannot read Secret {name}: {e}")));
             }
         }
     }
 }
 
-/// Reads the speakers' keys, waiting (and saying so) until they exist. `None` if shutdown
-/// came first.
+/// Waits (and says why, every 10 s) until [`follow_keys`] has keys. `None` if shutdown came
+/// first.
 async fn wait_for_key(
-    client: &Client,
-    config: &Config,
+    keys: &mut watch::Receiver<KeysState>,
+    namespace: &str,
     health: &Health,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Option<KeyRing> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
-    let mut attempt: u64 = 0;
+    let mut warned: Option<Instant> = None;
     loop {
-        let problem = match api.get_opt(&config.speaker_secret).await {
-            Ok(Some(secret)) => match key_ring_from(&secret, &config.speaker_secret) {
-                Ok(keys) => return Some(keys),
-                Err(problem) => problem,
-            },
-            Ok(None) => format!("Secret {} does not exist", config.speaker_secret),
-            Err(e) => format!("cannot read Secret {}: {e}", config.speaker_secret),
-        };
-        if attempt.is_multiple_of(10) {
-            tracing::warn!(namespace = %config.namespace, "{problem}; speakers cannot authenticate each other until it does; waiting");
+        match keys.borrow_and_update().clone() {
+            Some(Ok(ring)) => return Some(ring),
+            Some(Err(problem)) if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) => {
+                warned = Some(Instant::now());
+                tracing::warn!(%namespace, "{problem}; speakers cannot authenticate each other until it does; waiting");
+            }
+            _ => {}
         }
         health.mark_pass();
-        attempt += 1;
         tokio::select! {
             _ = shutdown.as_mut() => return None,
+            followed = keys.changed() => {
+                if followed.is_err() {
+                    tracing::error!("the watch of the speakers' Secret ended");
+                    return None;
+                }
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
