@@ -15,7 +15,7 @@ use herald_config::{IPAddressPool, L2Advertisement};
 use herald_speaker::cluster::facts::{Changes, FactsCache};
 use herald_speaker::cluster::in_use::ConfigMemory;
 use herald_speaker::dataplane::maps::{FakeServiceMaps, MapSync};
-use herald_speaker::dataplane::{Forwarding, NodeInput, desired};
+use herald_speaker::dataplane::{DesiredState, Forwarding, NodeInput, desired};
 use herald_speaker::membership::{MemberInfo, MemberState, MembershipView, NodeHealth};
 use herald_speaker::plan::{Inputs, Planner, plan};
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -212,6 +212,30 @@ fn main() {
         sync.apply(&mut maps, &want).unwrap();
         c.bench_function(&format!("dataplane diff, nothing changed/{n}"), |b| {
             b.iter(|| black_box(sync.apply(&mut maps, &want).unwrap()))
+        });
+        // One Service's endpoints changed, as the speaker's pass hands it over: the whole list,
+        // every other Service the same Arc as before.
+        let mut state = DesiredState::default();
+        let mut inputs_now = planned.services.clone();
+        state.update(&inputs_now, &node);
+        sync.apply(&mut maps, &state.desired()).unwrap();
+        let changing = inputs_now.len() / 2;
+        let (one, other) = {
+            let mut a = (*inputs_now[changing]).clone();
+            let mut b = a.clone();
+            a.endpoints.truncate(1);
+            b.endpoints.reverse();
+            b.endpoints.truncate(1);
+            (Arc::new(a), Arc::new(b))
+        };
+        let mut flip = false;
+        c.bench_function(&format!("dataplane, one Service changed: update + write/{n}"), |b| {
+            b.iter(|| {
+                flip = !flip;
+                inputs_now[changing] = if flip { one.clone() } else { other.clone() };
+                let changes = state.update(&inputs_now, &node);
+                black_box(sync.apply_changes(&mut maps, &changes).unwrap())
+            })
         });
         let services_again = planned.services.clone();
         c.bench_function(&format!("compare dataplane inputs/{n}"), |b| {

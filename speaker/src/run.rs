@@ -1,4 +1,4 @@
-//! The speaker process: Kubernetes watches → election → announcer (and, later, dataplane).
+//! The speaker process: Kubernetes watches → election → announcer and dataplane.
 //!
 //! The loop recomputes a [`Plan`] whenever anything it depends on changes — a watched object,
 //! the membership view (a peer died, left, or changed health), this node's health and
@@ -7,7 +7,8 @@
 //! [`FULL_PASS_EVERY`] as a safety net, so an idle speaker does no work that grows with the
 //! number of Services (see [`pass_needed`]). A pass itself is incremental: a pass woken by watch
 //! events derives again only the Services they name ([`FactsCache`]), and only the units whose
-//! Services changed are judged and elected again ([`Planner`]); the timer's passes read every
+//! Services changed are judged and elected again ([`Planner`]), and the dataplane writes only
+//! the frontends of the Services that changed; the timer's passes read every
 //! object, deriving again what has a new resourceVersion. The plan is pure; applying it is
 //! idempotent. `herald_speaker_pass_seconds` and `herald_speaker_change_apply_seconds` show
 //! what a pass costs and how long a change waits.

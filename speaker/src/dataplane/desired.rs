@@ -26,6 +26,7 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -207,55 +208,172 @@ pub struct Desired {
 }
 
 /// Builds the desired service map. When two Services claim the same frontend (a conflict the
-/// controller should have refused), the one whose `namespace/name` sorts first wins.
+/// controller should have refused), the one whose `namespace/name` sorts first wins; a Service
+/// listed twice counts once (its first entry).
 pub fn desired<S: Borrow<ServiceInput>>(services: &[S], node: &NodeInput) -> Desired {
     let mut sorted: Vec<&ServiceInput> = services.iter().map(Borrow::borrow).collect();
     sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    sorted.dedup_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name));
     let mut frontends = BTreeMap::new();
     for svc in sorted {
-        let service = format!("{}/{}", svc.namespace, svc.name);
-        for port in &svc.ports {
-            let mut addrs: Vec<(IpAddr, u16, FrontendKind)> = svc
-                .load_balancer_ips
-                .iter()
-                .map(|&ip| (ip, port.port, FrontendKind::LoadBalancer))
-                .collect();
-            if let Some(node_port) = port.node_port {
-                addrs.extend(node.addresses.iter().map(|&ip| (ip, node_port, FrontendKind::NodePort)));
-            }
-            for (addr, fport, kind) in addrs {
-                let backends = backends_for(svc, port, addr.is_ipv4(), node, kind);
-                if backends.is_empty() {
-                    continue;
-                }
-                let frontend = Frontend {
-                    addr,
-                    port: fport,
-                    protocol: port.protocol,
-                };
-                let source_ranges = match kind {
-                    FrontendKind::LoadBalancer => svc.source_ranges.as_ref().map(|ranges| {
-                        let mut of_family: Vec<IpNet> = ranges
-                            .iter()
-                            .filter(|n| n.addr().is_ipv4() == addr.is_ipv4())
-                            .copied()
-                            .collect();
-                        of_family.sort();
-                        of_family.dedup();
-                        of_family
-                    }),
-                    FrontendKind::NodePort => None,
-                };
-                frontends.entry(frontend).or_insert_with(|| FrontendTarget {
-                    service: service.clone(),
-                    kind,
-                    backends,
-                    source_ranges,
-                });
-            }
+        for (frontend, target) in frontends_of(svc, node) {
+            frontends.entry(frontend).or_insert(target);
         }
     }
     Desired { frontends }
+}
+
+/// The frontends one Service asks for, before conflicts with other Services are settled.
+fn frontends_of(svc: &ServiceInput, node: &NodeInput) -> BTreeMap<Frontend, FrontendTarget> {
+    let service = format!("{}/{}", svc.namespace, svc.name);
+    let mut frontends = BTreeMap::new();
+    for port in &svc.ports {
+        let mut addrs: Vec<(IpAddr, u16, FrontendKind)> = svc
+            .load_balancer_ips
+            .iter()
+            .map(|&ip| (ip, port.port, FrontendKind::LoadBalancer))
+            .collect();
+        if let Some(node_port) = port.node_port {
+            addrs.extend(node.addresses.iter().map(|&ip| (ip, node_port, FrontendKind::NodePort)));
+        }
+        for (addr, fport, kind) in addrs {
+            let backends = backends_for(svc, port, addr.is_ipv4(), node, kind);
+            if backends.is_empty() {
+                continue;
+            }
+            let frontend = Frontend {
+                addr,
+                port: fport,
+                protocol: port.protocol,
+            };
+            let source_ranges = match kind {
+                FrontendKind::LoadBalancer => svc.source_ranges.as_ref().map(|ranges| {
+                    let mut of_family: Vec<IpNet> = ranges
+                        .iter()
+                        .filter(|n| n.addr().is_ipv4() == addr.is_ipv4())
+                        .copied()
+                        .collect();
+                    of_family.sort();
+                    of_family.dedup();
+                    of_family
+                }),
+                FrontendKind::NodePort => None,
+            };
+            frontends.entry(frontend).or_insert_with(|| FrontendTarget {
+                service: service.clone(),
+                kind,
+                backends,
+                source_ranges,
+            });
+        }
+    }
+    frontends
+}
+
+/// `namespace` and `name` of a Service.
+type ServiceKey = (String, String);
+
+/// What [`DesiredState::update`] changed: the new target of every frontend it touched, `None`
+/// for one that is gone.
+pub type DesiredChanges = BTreeMap<Frontend, Option<FrontendTarget>>;
+
+/// [`desired`], kept up to date one Service at a time: a pass in which one Service changed
+/// derives that Service again, not all of them. Given the same Services and node it holds
+/// exactly what [`desired`] builds (a property test checks it).
+#[derive(Debug, Default)]
+pub struct DesiredState {
+    /// The node the frontends were derived for; a change derives everything again.
+    node: Option<NodeInput>,
+    /// Every Service, with the frontends it claims.
+    services: BTreeMap<ServiceKey, (Arc<ServiceInput>, Vec<Frontend>)>,
+    /// Frontend → the Services claiming it and what each wants; the first key wins.
+    claims: BTreeMap<Frontend, BTreeMap<ServiceKey, FrontendTarget>>,
+}
+
+impl DesiredState {
+    /// Takes the whole list of Services (unchanged ones are recognised by pointer, else by
+    /// value) and returns the frontends whose target may have changed.
+    pub fn update(&mut self, services: &[Arc<ServiceInput>], node: &NodeInput) -> DesiredChanges {
+        let mut touched: BTreeSet<Frontend> = BTreeSet::new();
+        if self.node.as_ref() != Some(node) {
+            touched.extend(self.claims.keys().copied());
+            self.services.clear();
+            self.claims.clear();
+            self.node = Some(node.clone());
+        }
+        let mut sorted: Vec<&Arc<ServiceInput>> = services.iter().collect();
+        sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        sorted.dedup_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name));
+
+        // Walk the old and the new list side by side (both sorted by key).
+        let mut gone: Vec<ServiceKey> = Vec::new();
+        let mut fresh: Vec<&Arc<ServiceInput>> = Vec::new();
+        let mut old = self.services.iter_mut().peekable();
+        for svc in sorted {
+            let key = (&svc.namespace, &svc.name);
+            while let Some((removed, _)) = old.next_if(|((namespace, name), _)| (namespace, name) < key) {
+                gone.push(removed.clone());
+            }
+            match old.next_if(|((namespace, name), _)| (namespace, name) == key) {
+                Some((_, (held, _))) if Arc::ptr_eq(held, svc) => {}
+                // Equal but a new allocation: keep the new pointer for the next pass.
+                Some((_, (held, _))) if **held == **svc => *held = Arc::clone(svc),
+                Some((changed, _)) => {
+                    gone.push(changed.clone());
+                    fresh.push(svc);
+                }
+                None => fresh.push(svc),
+            }
+        }
+        gone.extend(old.map(|(key, _)| key.clone()));
+
+        for key in gone {
+            let Some((_, claimed)) = self.services.remove(&key) else {
+                continue;
+            };
+            for frontend in claimed {
+                if let Some(claimants) = self.claims.get_mut(&frontend) {
+                    claimants.remove(&key);
+                    if claimants.is_empty() {
+                        self.claims.remove(&frontend);
+                    }
+                }
+                touched.insert(frontend);
+            }
+        }
+        for svc in fresh {
+            let key = (svc.namespace.clone(), svc.name.clone());
+            let frontends = frontends_of(svc, node);
+            let claimed: Vec<Frontend> = frontends.keys().copied().collect();
+            for (frontend, target) in frontends {
+                self.claims.entry(frontend).or_default().insert(key.clone(), target);
+                touched.insert(frontend);
+            }
+            self.services.insert(key, (Arc::clone(svc), claimed));
+        }
+        touched
+            .into_iter()
+            .map(|frontend| (frontend, self.target(&frontend).cloned()))
+            .collect()
+    }
+
+    /// What `frontend` forwards to now.
+    fn target(&self, frontend: &Frontend) -> Option<&FrontendTarget> {
+        self.claims
+            .get(frontend)
+            .and_then(|claimants| claimants.values().next())
+    }
+
+    /// The whole desired service map.
+    pub fn desired(&self) -> Desired {
+        Desired {
+            frontends: self
+                .claims
+                .keys()
+                .filter_map(|frontend| Some((*frontend, self.target(frontend)?.clone())))
+                .collect(),
+        }
+    }
 }
 
 fn backends_for(
@@ -649,5 +767,98 @@ mod tests {
         b.endpoints = vec![endpoint("10.244.1.6", "node-a", true)];
         let d = desired(&[a, b], &node());
         assert_eq!(d.frontends[&fe("203.0.113.7", 80)].service, "default/aaa");
+    }
+
+    fn small_service(name: u8, ips: &[u8], endpoints: &[(u8, bool)]) -> Arc<ServiceInput> {
+        let mut svc = service(
+            TrafficPolicy::Cluster,
+            endpoints
+                .iter()
+                .map(|&(e, ready)| {
+                    let node = if e % 2 == 0 { "node-a" } else { "node-b" };
+                    endpoint(&format!("10.244.0.{e}"), node, ready)
+                })
+                .collect(),
+        );
+        svc.name = format!("svc-{name}");
+        svc.load_balancer_ips = ips.iter().map(|i| ip(&format!("203.0.113.{i}"))).collect();
+        Arc::new(svc)
+    }
+
+    #[test]
+    fn an_update_reports_the_frontends_a_changed_service_claims() {
+        let mut state = DesiredState::default();
+        let a = small_service(1, &[1], &[(1, true)]);
+        let b = small_service(2, &[2], &[(2, true)]);
+        let all = state.update(&[a.clone(), b.clone()], &node());
+        assert_eq!(all.len(), 3, "two LB frontends and the shared NodePort: {all:?}");
+        assert!(state.update(&[a.clone(), b.clone()], &node()).is_empty());
+        let b2 = small_service(2, &[2], &[(4, true)]);
+        let changed = state.update(&[a.clone(), b2], &node());
+        assert_eq!(
+            changed.keys().copied().collect::<Vec<_>>(),
+            [fe("192.168.1.10", 30080), fe("203.0.113.2", 80)],
+            "b's frontends, not a's LoadBalancer IP"
+        );
+        assert_eq!(
+            changed[&fe("192.168.1.10", 30080)].as_ref().map(|t| t.service.as_str()),
+            Some("default/svc-1"),
+            "the NodePort both claim stays a's (a sorts first)"
+        );
+        let gone = state.update(&[a], &node());
+        assert_eq!(gone.get(&fe("203.0.113.2", 80)), Some(&None));
+    }
+
+    proptest::proptest! {
+        /// After any sequence of updates (Services added, changed, removed, claiming each
+        /// other's addresses; the node changing), the state is what `desired` builds from
+        /// scratch, and the update named every frontend whose target changed.
+        #[test]
+        fn updates_keep_what_desired_builds_from_scratch(
+            steps in proptest::collection::vec(
+                (
+                    proptest::collection::vec(
+                        (0u8..5, proptest::collection::vec(1u8..4, 1..3), proptest::collection::vec((1u8..6, proptest::bool::ANY), 0..3)),
+                        0..5,
+                    ),
+                    proptest::bool::ANY,
+                ),
+                1..8,
+            )
+        ) {
+            let mut state = DesiredState::default();
+            let mut before = Desired::default();
+            let mut kept: BTreeMap<u8, Arc<ServiceInput>> = BTreeMap::new();
+            for (services, node_b_dead) in steps {
+                let mut node = node();
+                if node_b_dead {
+                    node.dead_nodes.insert("node-b".into());
+                }
+                // Reuse the Arc of an unchanged Service, as the speaker's caches do.
+                let list: Vec<Arc<ServiceInput>> = services
+                    .iter()
+                    .map(|(name, ips, endpoints)| {
+                        let fresh = small_service(*name, ips, endpoints);
+                        match kept.get(name) {
+                            Some(old) if **old == *fresh => old.clone(),
+                            _ => fresh,
+                        }
+                    })
+                    .collect();
+                kept = services.iter().map(|(name, _, _)| *name).zip(list.iter().cloned()).collect();
+                let changes = state.update(&list, &node);
+                let after = desired(&list, &node);
+                proptest::prop_assert_eq!(&state.desired(), &after);
+                for frontend in before.frontends.keys().chain(after.frontends.keys()) {
+                    if before.frontends.get(frontend) != after.frontends.get(frontend) {
+                        proptest::prop_assert_eq!(changes.get(frontend), Some(&after.frontends.get(frontend).cloned()));
+                    }
+                }
+                for (frontend, target) in &changes {
+                    proptest::prop_assert_eq!(target.as_ref(), after.frontends.get(frontend));
+                }
+                before = after;
+            }
+        }
     }
 }

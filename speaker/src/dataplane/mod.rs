@@ -115,8 +115,8 @@ use prometheus_client::registry::Registry;
 use thiserror::Error;
 
 pub use desired::{
-    Backend, BackendPath, Desired, EndpointInput, EndpointPort, Forwarding, Frontend, FrontendKind, FrontendTarget,
-    NodeInput, Protocol, ServiceInput, ServicePort, TrafficPolicy, desired,
+    Backend, BackendPath, Desired, DesiredChanges, DesiredState, EndpointInput, EndpointPort, Forwarding, Frontend,
+    FrontendKind, FrontendTarget, NodeInput, Protocol, ServiceInput, ServicePort, TrafficPolicy, desired,
 };
 pub use flows::SweepStats;
 pub use maps::{ApplyStats, MapsError};
@@ -325,6 +325,11 @@ pub struct Dataplane {
     config: DataplaneConfig,
     tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
     dead_nodes: BTreeSet<String>,
+    /// The Services last given to [`Dataplane::apply_services`], as frontends.
+    desired: DesiredState,
+    /// The maps may differ from `desired` in more than its next changes (at start, after a
+    /// failed write, after [`Dataplane::apply`]): the next apply writes the whole state.
+    resync: bool,
     attached: BTreeSet<(String, Direction)>,
     /// Stops the heartbeat and sweep thread when dropped.
     _keeper: Keeper,
@@ -485,6 +490,8 @@ impl Dataplane {
             config: config.clone(),
             tunnel_peers: BTreeMap::new(),
             dead_nodes: BTreeSet::new(),
+            desired: DesiredState::default(),
+            resync: true,
             attached: BTreeSet::new(),
             _keeper: keeper,
         };
@@ -499,6 +506,8 @@ impl Dataplane {
 
     /// Makes the maps equal `desired`, writing only what changed.
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyStats, DataplaneError> {
+        // What the maps hold is no longer what the Services last given said.
+        self.resync = true;
         let mut guard = lock(&self.shared);
         let Shared { maps, sync } = &mut *guard;
         Ok(sync.apply(maps, desired)?)
@@ -515,13 +524,25 @@ impl Dataplane {
         }
     }
 
-    /// [`desired`] for this node, then [`Dataplane::apply`].
-    pub fn apply_services<S: std::borrow::Borrow<ServiceInput>>(
+    /// Makes the maps forward `services` (every Service, each time): derives again and writes
+    /// only the Services that changed since the last call, unless the node changed (then
+    /// everything is derived again) or the maps need the whole state written.
+    pub fn apply_services<S: Clone + Into<Arc<ServiceInput>>>(
         &mut self,
         services: &[S],
     ) -> Result<ApplyStats, DataplaneError> {
-        let desired = desired(services, &self.node());
-        self.apply(&desired)
+        // Cheap for the speaker's Arcs (a count each); tests hand over plain values.
+        let services: Vec<Arc<ServiceInput>> = services.iter().cloned().map(Into::into).collect();
+        let changes = self.desired.update(&services, &self.node());
+        let mut guard = lock(&self.shared);
+        let Shared { maps, sync } = &mut *guard;
+        let result = if self.resync {
+            sync.apply(maps, &self.desired.desired())
+        } else {
+            sync.apply_changes(maps, &changes)
+        };
+        self.resync = result.is_err();
+        Ok(result?)
     }
 
     /// Updates the node's addresses (NodePort frontends, SNAT source) for the next
