@@ -280,7 +280,8 @@ pub struct MembershipConfig {
     pub leave_timeout: Duration,
     /// Peers asked for a full state exchange at start (`--initial-sync-peers`, 3).
     pub initial_sync_peers: usize,
-    /// Granularity of the runtime's timers (`--membership-tick`, 5 ms).
+    /// Least time between two ticks of the runtime (5 ms): it ticks at the core's next
+    /// deadline ([`Core::next_deadline`](state::Core::next_deadline)), at most this often.
     pub tick: Duration,
     /// Silence from every peer asked for its state at start for this long lets the view
     /// settle alone (10 s); before that the speaker keeps asking and announces nothing.

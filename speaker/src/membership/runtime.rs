@@ -62,6 +62,11 @@ struct Shared {
     /// Set by [`Membership::kill`]: behave like a vanished host.
     killed: AtomicBool,
     last_skew_warning: Mutex<Option<Instant>>,
+    /// When the driver means to tick next (`None`: not before an input). Taken with `core`
+    /// held, so a call that makes the core's next deadline earlier always sees it and wakes
+    /// the driver through `wake`.
+    planned_tick: Mutex<Option<Instant>>,
+    wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -75,6 +80,12 @@ impl Shared {
             self.metrics.events(&events);
             self.metrics.stats(before, core.stats());
             let view = core.view_changed().then(|| core.view());
+            let next = core.next_deadline(Instant::now());
+            let mut planned = self.planned_tick.lock().unwrap_or_else(|e| e.into_inner());
+            if sooner(next, *planned) {
+                *planned = next;
+                self.wake.notify_one();
+            }
             (result, core.take_effects(), view)
         };
         if let Some(view) = view {
@@ -83,6 +94,17 @@ impl Shared {
         }
         self.dispatch(effects);
         result
+    }
+
+    /// When the driver ticks next: the core's next deadline, but at most one tick per
+    /// `spacing` ([`MembershipConfig::tick`]) after the last one.
+    fn plan_tick(&self, last_tick: Option<Instant>, spacing: Duration) -> Option<Instant> {
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let at = core
+            .next_deadline(Instant::now())
+            .map(|deadline| last_tick.map_or(deadline, |last| deadline.max(last + spacing)));
+        *self.planned_tick.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        at
     }
 
     fn dispatch(self: &Arc<Self>, effects: Vec<Effect>) -> Vec<JoinHandle<()>> {
@@ -272,6 +294,15 @@ pub struct Membership {
     stop: watch::Sender<bool>,
 }
 
+/// `a` comes before `b`, where `None` is never.
+fn sooner(a: Option<Instant>, b: Option<Instant>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a < b,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 /// Random per process start: tells a restarted speaker's messages from replays of the old
 /// one's.
 fn random_boot_id() -> u64 {
@@ -433,18 +464,31 @@ impl Membership {
             metrics,
             killed: AtomicBool::new(false),
             last_skew_warning: Mutex::new(None),
+            planned_tick: Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
         });
         let (stop, mut stopped) = watch::channel(false);
         let driver_shared = shared.clone();
         let tick = config.tick;
+        // The driver sleeps until the core's next deadline (an idle speaker wakes for its
+        // probes, not 200 times a second); a call that brings a deadline forward wakes it.
         let driver = tokio::spawn(async move {
-            let mut interval = tokio::time::interval(tick);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_tick = None;
             loop {
-                tokio::select! {
-                    _ = interval.tick() => {
-                        driver_shared.with_core(|core| core.tick(Instant::now()));
+                let at = driver_shared.plan_tick(last_tick, tick);
+                let due = async {
+                    match at {
+                        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                        None => std::future::pending().await,
                     }
+                };
+                tokio::select! {
+                    _ = due => {
+                        let now = Instant::now();
+                        last_tick = Some(now);
+                        driver_shared.with_core(|core| core.tick(now));
+                    }
+                    _ = driver_shared.wake.notified() => {}
                     _ = stopped.wait_for(|s| *s) => break,
                 }
             }

@@ -547,6 +547,53 @@ impl Core {
         }
     }
 
+    /// The earliest time [`Core::tick`] has something to do, so a runtime can sleep until then
+    /// instead of ticking at a fixed rate; `None`: nothing until an input arrives (an input can
+    /// make it earlier: ask again after one). At or before `now` means at once.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        if !self.started {
+            return self.peers_known.then_some(now);
+        }
+        let pending = self.pending.values().flat_map(|pending| match pending {
+            Pending::Probe {
+                fail_at,
+                expire_at,
+                failed,
+                ..
+            } => [(!*failed).then_some(*fail_at), Some(*expire_at)],
+            Pending::Relay { fail_at, .. } => [Some(*fail_at), None],
+            Pending::Indirect { expire_at, .. } | Pending::Exchange { expire_at, .. } => [Some(*expire_at), None],
+        });
+        if self.leaving {
+            return pending.flatten().min();
+        }
+        let suspicions = self.suspicions.values().flat_map(|suspicion| {
+            [
+                Some(suspicion.deadline),
+                Some(suspicion.next_direct),
+                (suspicion.indirect_rounds < INDIRECT_ROUNDS).then_some(suspicion.next_indirect),
+            ]
+        });
+        let unsettled_warning = self
+            .unsettled_since
+            .filter(|_| !self.settled)
+            .map(|since| self.unsettled_warned.unwrap_or(since) + UNSETTLED_WARN_EVERY);
+        // While cut off, every tick moves the end of the rejoin hold (see `track_rejoin`):
+        // keep ticking, so the hold ends a hold's time after the last tick that saw it.
+        let cut_off = !self.config.rejoin_hold.is_zero() && self.cut_off().is_some();
+        pending
+            .flatten()
+            .chain(suspicions.flatten())
+            .chain(self.watch.values().copied())
+            .chain(self.slow_next)
+            .chain(self.next_sync)
+            .chain(self.initial_sync_retry.filter(|_| self.initial_syncs == 0))
+            .chain(unsettled_warning)
+            .chain(self.rejoining_until)
+            .chain(cut_off.then_some(now))
+            .min()
+    }
+
     fn start(&mut self, now: Instant) {
         self.started = true;
         self.unsettled_since = Some(now);
@@ -1435,14 +1482,22 @@ impl Core {
     /// hold time after it ends, this node says it is rejoining. It says so before anyone can
     /// hear it, so its first message across the healed link (whatever raised its incarnation:
     /// a refutation, or its interface coming back) already carries it.
-    fn track_rejoin(&mut self, now: Instant) {
-        let hold = self.config.rejoin_hold;
+    /// Most members (counting ourselves, not counting those that left) are dead to us: the
+    /// members present and the dead, if so.
+    fn cut_off(&self) -> Option<(usize, usize)> {
         let (present, dead) = self.members.values().fold((1, 0), |(present, dead), m| match m.state {
             MemberState::Left => (present, dead),
             MemberState::Dead => (present + 1, dead + 1),
             MemberState::Alive | MemberState::Suspect => (present + 1, dead),
         });
-        if !hold.is_zero() && dead * 2 > present {
+        (dead * 2 > present).then_some((present, dead))
+    }
+
+    fn track_rejoin(&mut self, now: Instant) {
+        let hold = self.config.rejoin_hold;
+        if !hold.is_zero()
+            && let Some((present, dead)) = self.cut_off()
+        {
             if self.rejoining_until.is_none() {
                 self.incarnation += 1;
                 self.queue_gossip(self.node.clone());
@@ -1829,6 +1884,44 @@ mod tests {
             !core.view().members["node-b"].host_up,
             "silence says nothing of the host"
         );
+    }
+
+    /// Ticks only at the core's next deadline (at most every 5 ms), as the runtime does;
+    /// returns the effects and how many ticks it took.
+    fn run_at_deadlines(core: &mut Core, from: Instant, span: Duration) -> (Vec<Effect>, usize) {
+        let (mut effects, mut ticks, mut last) = (Vec::new(), 0, None::<Instant>);
+        while let Some(deadline) = core.next_deadline(last.unwrap_or(from)) {
+            let t = last.map_or(deadline, |last| deadline.max(last + Duration::from_millis(5)));
+            if t > from + span {
+                break;
+            }
+            core.tick(t);
+            effects.extend(core.take_effects());
+            (ticks, last) = (ticks + 1, Some(t));
+        }
+        (effects, ticks)
+    }
+
+    #[test]
+    fn ticking_at_the_next_deadline_does_what_ticking_every_5_ms_does() {
+        let (mut every, now) = core();
+        let (mut at_deadlines, _) = core();
+        for core in [&mut every, &mut at_deadlines] {
+            core.watch_closely(&["node-b".to_string()].into(), now);
+        }
+        let span = Duration::from_millis(1_500);
+        let by_grid = run(&mut every, now, span);
+        let (by_deadline, ticks) = run_at_deadlines(&mut at_deadlines, now, span);
+        // The same requests; the order of two due within the same 5 ms may differ.
+        let sent = |effects: &[Effect]| -> Vec<(String, Rpc)> {
+            let mut sent: Vec<(String, Rpc)> = requests(effects).into_iter().map(|(_, to, rpc)| (to, rpc)).collect();
+            sent.sort();
+            sent
+        };
+        assert_eq!(sent(&by_deadline), sent(&by_grid));
+        assert_eq!(at_deadlines.member_state("node-b"), Some(MemberState::Dead));
+        assert_eq!(at_deadlines.stats(), every.stats());
+        assert!(ticks * 4 < 300, "{ticks} ticks instead of 300");
     }
 
     fn ping_req_result(sender: &str, target: &str, reachable: bool, refused: bool) -> pb::Message {
