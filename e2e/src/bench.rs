@@ -64,6 +64,10 @@ pub struct AllocationReport {
     pub controller_requests: BTreeMap<String, usize>,
     /// Addresses handed out more than once (must be 0).
     pub duplicate_addresses: usize,
+    /// Last address seen → the speakers quiet (no watched change applied for
+    /// [`SPEAKERS_QUIET`]), seconds: kube-controller-manager writes EndpointSlices well after
+    /// the Services (its API client is rate-limited), and the speakers take each one in.
+    pub speaker_settle_seconds: f64,
     /// CPU of each idle speaker while nothing changes, percent of one core (empty without speakers).
     pub speaker_idle_cpu_percent: Vec<f64>,
     /// Per speaker, over the single changes: watched change arrived → pass applied
@@ -71,6 +75,49 @@ pub struct AllocationReport {
     pub speaker_change_apply_ms: Vec<HistogramDelta>,
     /// Per speaker, the passes over the same window (`herald_speaker_pass_seconds`).
     pub speaker_pass_ms: Vec<HistogramDelta>,
+}
+
+/// How long the speakers must apply no watched change before they count as idle.
+pub const SPEAKERS_QUIET: Duration = Duration::from_secs(10);
+/// At most this long waiting for them (10,000 EndpointSlices take kube-controller-manager
+/// several minutes).
+const SPEAKERS_QUIET_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// Waits until, for [`SPEAKERS_QUIET`], no speaker applied a watched change (its
+/// `herald_speaker_change_apply_seconds` count stayed) and none wrote to the API server (the
+/// audit log): each writes a ServiceL2Status per Service it announces, long after the Services
+/// exist when there are thousands.
+async fn wait_until_speakers_quiet(lab: &Lab) -> Result<(), LabError> {
+    let started = Instant::now();
+    let audit_path = lab.log_path("audit");
+    let mut audit_offset = std::fs::metadata(&audit_path).map(|m| m.len()).unwrap_or(0);
+    let (mut last, mut since) = (Vec::new(), Instant::now());
+    while started.elapsed() < SPEAKERS_QUIET_LIMIT {
+        let counts: Vec<u64> = lab
+            .speaker_metrics()
+            .await?
+            .iter()
+            .map(|text| scrape_histogram(text, "herald_speaker_change_apply_seconds").count)
+            .collect();
+        let fresh = read_from(&audit_path, audit_offset);
+        // Only whole lines: the last may still be being written.
+        let complete = fresh.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        audit_offset += complete as u64;
+        let wrote = speaker_writes(&String::from_utf8_lossy(&fresh[..complete])) > 0;
+        if counts != last || wrote {
+            (last, since) = (counts, Instant::now());
+        } else if since.elapsed() >= SPEAKERS_QUIET {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(LabError::Timeout {
+        what: format!(
+            "the speakers to apply no change for {} s (they still did after {} s)",
+            SPEAKERS_QUIET.as_secs(),
+            SPEAKERS_QUIET_LIMIT.as_secs()
+        ),
+    })
 }
 
 /// What a Prometheus histogram recorded between two scrapes: count, mean, and the bucket
@@ -180,14 +227,43 @@ fn cpu_seconds_in(stat: &str) -> Option<f64> {
 
 /// herald-controller's requests in the audit log, by "verb resource".
 fn controller_requests(audit: &str) -> BTreeMap<String, usize> {
+    requests_of(audit, "system:serviceaccount:herald-system:herald-controller")
+}
+
+/// What was appended to `path` after `offset` bytes (nothing if it cannot be read).
+fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut fresh = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path)
+        && file.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        // A short read leaves the rest for the next call.
+        let _ = file.read_to_end(&mut fresh);
+    }
+    fresh
+}
+
+/// The speakers' writes in an audit log excerpt (their ServiceL2Status objects and Events).
+fn speaker_writes(audit: &str) -> usize {
+    requests_of(audit, "system:serviceaccount:herald-system:herald-speaker")
+        .iter()
+        .filter(|(request, _)| {
+            ["create ", "update ", "patch ", "delete "]
+                .iter()
+                .any(|verb| request.starts_with(verb))
+        })
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The requests `user` made, by verb and resource, in an audit log excerpt.
+fn requests_of(audit: &str, user: &str) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for line in audit.lines() {
         let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if event["stage"] != "ResponseComplete"
-            || event["user"]["username"] != "system:serviceaccount:herald-system:herald-controller"
-        {
+        if event["stage"] != "ResponseComplete" || event["user"]["username"] != user {
             continue;
         }
         let object = &event["objectRef"];
@@ -348,12 +424,20 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
     let fresh = String::from_utf8_lossy(audit.get(audit_offset as usize..).unwrap_or_default());
     let requests = controller_requests(&fresh);
     let total: usize = requests.values().sum();
+    let mut speaker_settle_seconds = 0.0;
     let speaker_idle_cpu_percent = if bench.speaker_idle.is_zero() {
         Vec::new()
     } else {
-        // Let the speakers take in every Service first, then measure them doing nothing.
-        say("letting the speakers settle for 20 s, then measuring them idle");
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        // Let the speakers take in every Service and EndpointSlice first, then measure them
+        // doing nothing.
+        say(&format!(
+            "waiting until the speakers apply no change for {} s, then measuring them idle",
+            SPEAKERS_QUIET.as_secs()
+        ));
+        let settle_started = Instant::now();
+        wait_until_speakers_quiet(lab).await?;
+        speaker_settle_seconds = settle_started.elapsed().as_secs_f64();
+        say(&format!("quiet after {speaker_settle_seconds:.0} s; measuring idle"));
         let pids: Vec<u32> = (1..=lab.node_count())
             .filter_map(|n| lab.speaker_pid(n).ok().flatten())
             .collect();
@@ -408,6 +492,7 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
         controller_requests_per_service: total as f64 / bench.services.max(1) as f64,
         controller_requests: requests,
         duplicate_addresses,
+        speaker_settle_seconds,
         speaker_idle_cpu_percent,
         speaker_change_apply_ms,
         speaker_pass_ms,
@@ -475,5 +560,26 @@ mod tests {
                 ("patch services/status".to_string(), 1)
             ])
         );
+    }
+
+    #[test]
+    fn only_the_speakers_writes_keep_them_from_being_quiet() {
+        let line = |verb: &str, user: &str| {
+            format!(
+                r#"{{"stage":"ResponseComplete","verb":"{verb}","user":{{"username":"system:serviceaccount:herald-system:{user}"}},"objectRef":{{"resource":"servicel2statuses"}}}}"#
+            )
+        };
+        let reads = [
+            line("list", "herald-speaker"),
+            line("watch", "herald-speaker"),
+            line("patch", "herald-controller"),
+        ];
+        assert_eq!(speaker_writes(&reads.join("\n")), 0);
+        let writes = [
+            line("create", "herald-speaker"),
+            line("patch", "herald-speaker"),
+            line("delete", "herald-speaker"),
+        ];
+        assert_eq!(speaker_writes(&writes.join("\n")), 3);
     }
 }
