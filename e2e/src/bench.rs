@@ -99,6 +99,10 @@ async fn wait_until_speakers_quiet(lab: &Lab) -> Result<(), LabError> {
             .iter()
             .map(|text| scrape_histogram(text, "herald_speaker_change_apply_seconds").count)
             .collect();
+        // A rotated log starts again from nothing.
+        if std::fs::metadata(&audit_path).map_or(0, |m| m.len()) < audit_offset {
+            audit_offset = 0;
+        }
         let fresh = read_from(&audit_path, audit_offset);
         // Only whole lines: the last may still be being written.
         let complete = fresh.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);

@@ -539,8 +539,15 @@ fn apiserver_args(
         flag("audit-policy-file", audit_policy.display()),
         flag("audit-log-path", audit_log.display()),
         flag("audit-log-format", "json"),
+        // One file for the lab's life: the rbac test and bench-allocation read what was appended
+        // after an offset, and the default rotation at 100 MB (reached at a few thousand
+        // Services) left them reading an empty new file.
+        flag("audit-log-maxsize", AUDIT_LOG_MAX_MB),
     ]
 }
+
+/// The audit log's size limit in MB, far above what a lab writes.
+const AUDIT_LOG_MAX_MB: u32 = 1_000_000;
 
 fn controller_manager_args(config: &ControlPlaneConfig, dir: &Path, files: &PkiFiles, ports: &Ports) -> Vec<String> {
     let kubeconfig = dir.join(format!("{CONTROLLER_MANAGER}.kubeconfig"));
@@ -702,6 +709,7 @@ mod tests {
             "--service-account-signing-key-file=/lab/pki/sa.key",
             "--client-ca-file=/lab/pki/ca.crt",
             "--audit-log-path=/lab/logs/audit.log",
+            "--audit-log-maxsize=1000000",
         ] {
             assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
         }
