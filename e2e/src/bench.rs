@@ -424,8 +424,8 @@ pub async fn allocation(lab: &Lab, bench: &AllocationBench, say: &dyn Fn(&str)) 
         .count();
     // Let the audit log's writer catch up before reading it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let audit = std::fs::read(&audit_path).unwrap_or_default();
-    let fresh = String::from_utf8_lossy(audit.get(audit_offset as usize..).unwrap_or_default());
+    let fresh = read_from(&audit_path, audit_offset);
+    let fresh = String::from_utf8_lossy(&fresh);
     let requests = controller_requests(&fresh);
     let total: usize = requests.values().sum();
     let mut speaker_settle_seconds = 0.0;
