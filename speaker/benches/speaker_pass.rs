@@ -2,7 +2,8 @@
 //! deriving each Service's facts (from scratch, and from the cache when nothing changed), the
 //! plan (units, eligibility, election: with nothing remembered, with nothing changed, and
 //! after one Service changed), the dataplane's desired state, and the diff of an unchanged
-//! desired state against the maps (in memory; no map writes).
+//! desired state against the maps (in memory; no map writes), and the ServiceL2Status writer's
+//! planning (all Services, and one changed Service).
 //!
 //! `cargo bench -p herald-speaker --bench speaker_pass`
 use std::collections::BTreeMap;
@@ -11,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::Criterion;
-use herald_config::{IPAddressPool, L2Advertisement};
+use herald_config::{IPAddressPool, L2Advertisement, ServiceL2Status, ServiceL2StatusStatus};
 use herald_speaker::cluster::facts::{Changes, FactsCache};
 use herald_speaker::cluster::in_use::ConfigMemory;
 use herald_speaker::dataplane::maps::{FakeServiceMaps, MapSync};
 use herald_speaker::dataplane::{DesiredState, Forwarding, NodeInput, desired};
 use herald_speaker::membership::{MemberInfo, MemberState, MembershipView, NodeHealth};
 use herald_speaker::plan::{Inputs, Planner, plan};
+use herald_speaker::status::{self, Objects, Scope};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
@@ -235,6 +237,85 @@ fn main() {
                 inputs_now[changing] = if flip { one.clone() } else { other.clone() };
                 let changes = state.update(&inputs_now, &node);
                 black_box(sync.apply_changes(&mut maps, &changes).unwrap())
+            })
+        });
+        // The ServiceL2Status writer with every object written as wanted: node1's for the
+        // Services it announces, node2's for the rest (one object per Service, as in a cluster).
+        let objects = Objects::from_list(w.services.iter().map(|service| {
+            let name = service.metadata.name.clone().unwrap();
+            let key = ("default".to_string(), name.clone());
+            let (node, ips, interfaces) = match planned.announced.get(&key) {
+                Some(a) => (
+                    "node1",
+                    a.ips.iter().map(ToString::to_string).collect(),
+                    a.interfaces.clone(),
+                ),
+                None => (
+                    "node2",
+                    vec![
+                        service
+                            .status
+                            .as_ref()
+                            .unwrap()
+                            .load_balancer
+                            .as_ref()
+                            .unwrap()
+                            .ingress
+                            .as_ref()
+                            .unwrap()[0]
+                            .ip
+                            .clone()
+                            .unwrap(),
+                    ],
+                    vec!["eth0".to_string()],
+                ),
+            };
+            let mut object = ServiceL2Status::new(&status::status_name("default", &name, node), Default::default());
+            object.metadata.labels = Some(BTreeMap::from([
+                (status::NODE_LABEL.to_string(), node.to_string()),
+                (status::SERVICE_NAMESPACE_LABEL.to_string(), "default".to_string()),
+                (status::SERVICE_NAME_LABEL.to_string(), name.clone()),
+            ]));
+            object.status = Some(ServiceL2StatusStatus {
+                node: node.to_string(),
+                service_namespace: "default".to_string(),
+                service_name: name,
+                ips,
+                interfaces,
+            });
+            object
+        }));
+        let written = BTreeMap::new();
+        assert!(
+            status::plan_writes(&objects, "node1", &planned.announced, &written, &Scope::Everything, now).is_empty()
+        );
+        c.bench_function(&format!("status writes, all Services, nothing to write/{n}"), |b| {
+            b.iter(|| {
+                black_box(status::plan_writes(
+                    &objects,
+                    "node1",
+                    &planned.announced,
+                    &written,
+                    &Scope::Everything,
+                    now,
+                ))
+            })
+        });
+        // One announced Service changed its interfaces: the writer diffs what it announces and
+        // plans that Service alone.
+        let mut announced = planned.announced.clone();
+        let changed_key = announced.keys().nth(announced.len() / 2).unwrap().clone();
+        let mut flip = false;
+        c.bench_function(&format!("status writes, one Service changed: diff + plan/{n}"), |b| {
+            b.iter(|| {
+                flip = !flip;
+                let before = announced.clone();
+                announced.get_mut(&changed_key).unwrap().interfaces =
+                    vec![if flip { "eth1" } else { "eth0" }.to_string()];
+                let scope = Scope::Services(status::changed_services(&before, &announced));
+                black_box(status::plan_writes(
+                    &objects, "node1", &announced, &written, &scope, now,
+                ))
             })
         });
         let services_again = planned.services.clone();
