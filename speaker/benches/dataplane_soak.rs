@@ -22,6 +22,7 @@
 mod dataplane_support;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use dataplane_support::{Lab, load, serve_http, sh};
@@ -127,7 +128,7 @@ fn main() {
             .collect(),
     };
     for dp in [&mut dp1, &mut dp2] {
-        dp.apply_services(std::slice::from_ref(&service)).unwrap();
+        dp.apply_services(&[Arc::new(service.clone())]).unwrap();
     }
     let vip = SocketAddr::new(lab.vip(0, false), PORT);
     let herald: Vec<(IpAddr, SocketAddr)> = (0..SOURCES).map(|m| (lab.client_addr(10 + m, false), vip)).collect();

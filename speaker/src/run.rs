@@ -563,7 +563,6 @@ struct DataplaneSync {
     addresses: Vec<IpAddr>,
     tunnel_peers: BTreeMap<String, Vec<IpAddr>>,
     dead_nodes: BTreeSet<String>,
-    services: Vec<Arc<crate::dataplane::ServiceInput>>,
 }
 
 impl Default for DataplaneSync {
@@ -574,7 +573,6 @@ impl Default for DataplaneSync {
             addresses: Vec::new(),
             tunnel_peers: BTreeMap::new(),
             dead_nodes: BTreeSet::new(),
-            services: Vec::new(),
         }
     }
 }
@@ -616,16 +614,12 @@ impl DataplaneSync {
             self.tunnel_peers.clone_from(tunnel_peers);
             self.dead_nodes.clone_from(dead_nodes);
         }
-        if node_changed || self.services != *services {
-            match dp.apply_services(services) {
-                Ok(stats) => {
-                    self.services = services.to_vec();
-                    tracing::debug!(?stats, "service map updated");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot update the eBPF service map; this node gives up its IPs until it can");
-                    healthy = false;
-                }
+        // Every pass: the dataplane finds the changed Services by pointer (none: no write).
+        match dp.apply_services(services) {
+            Ok(stats) => tracing::debug!(?stats, "service map updated"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot update the eBPF service map; this node gives up its IPs until it can");
+                healthy = false;
             }
         }
         self.healthy = healthy;

@@ -5,6 +5,7 @@
 mod dataplane_support;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane_support::{Lab, ask_from_port, ask_once, ask_udp, connect, eventually, in_netns, privileged_or_skip};
@@ -81,8 +82,8 @@ fn endpoint(lab: &Lab, node: u8, j: u8, v6: bool) -> EndpointInput {
     }
 }
 
-fn service(lab: &Lab, policy: TrafficPolicy, endpoints: Vec<EndpointInput>) -> ServiceInput {
-    ServiceInput {
+fn service(lab: &Lab, policy: TrafficPolicy, endpoints: Vec<EndpointInput>) -> Arc<ServiceInput> {
+    Arc::new(ServiceInput {
         namespace: "default".into(),
         name: "web".into(),
         load_balancer_ips: vec![lab.vip(0, false), lab.vip(0, true)],
@@ -103,7 +104,7 @@ fn service(lab: &Lab, policy: TrafficPolicy, endpoints: Vec<EndpointInput>) -> S
         traffic_policy: policy,
         source_ranges: None,
         endpoints,
-    }
+    })
 }
 
 fn sa(ip: IpAddr, port: u16) -> SocketAddr {
@@ -443,7 +444,7 @@ fn dataplane_without_an_entry_does_not_forward() {
     dp.apply_services(&[service(&lab, TrafficPolicy::Cluster, vec![endpoint(&lab, 1, 1, false)])])
         .unwrap();
     assert_eq!(parts(&ask(&lab, client, vip)).0, "pod1-1");
-    let stats = dp.apply_services::<ServiceInput>(&[]).unwrap();
+    let stats = dp.apply_services(&[]).unwrap();
     // TCP on the v4 LB IP and v4 NodePort, UDP on the v4 LB IP (the endpoints are IPv4 only).
     assert_eq!(stats.frontends_removed, 3, "{stats:?}");
     assert!(
@@ -725,7 +726,7 @@ fn dataplane_source_ranges_admit_listed_clients_only() {
         vec![endpoint(&lab, 1, 1, false), endpoint(&lab, 1, 1, true)],
     );
     let allowed = |v6: bool| ipnet::IpNet::new(lab.client_addr(1, v6), if v6 { 128 } else { 32 }).unwrap();
-    svc.source_ranges = Some(vec![allowed(false), allowed(true)]);
+    Arc::make_mut(&mut svc).source_ranges = Some(vec![allowed(false), allowed(true)]);
     dp.apply_services(std::slice::from_ref(&svc)).unwrap();
     let client = lab.client();
     for v6 in [false, true] {
@@ -740,7 +741,7 @@ fn dataplane_source_ranges_admit_listed_clients_only() {
     }
     assert!(dp.flow_events()["source_range"] >= 2, "{:?}", dp.flow_events());
     // Lifting the restriction admits everyone.
-    svc.source_ranges = None;
+    Arc::make_mut(&mut svc).source_ranges = None;
     dp.apply_services(std::slice::from_ref(&svc)).unwrap();
     assert_eq!(
         parts(&ask(&lab, lab.client_addr(2, false), sa(lab.vip(0, false), PORT))).0,

@@ -527,13 +527,10 @@ impl Dataplane {
     /// Makes the maps forward `services` (every Service, each time): derives again and writes
     /// only the Services that changed since the last call, unless the node changed (then
     /// everything is derived again) or the maps need the whole state written.
-    pub fn apply_services<S: Clone + Into<Arc<ServiceInput>>>(
-        &mut self,
-        services: &[S],
-    ) -> Result<ApplyStats, DataplaneError> {
-        // Cheap for the speaker's Arcs (a count each); tests hand over plain values.
-        let services: Vec<Arc<ServiceInput>> = services.iter().cloned().map(Into::into).collect();
-        let changes = self.desired.update(&services, &self.node());
+    /// Services unchanged since the last call are recognised by pointer: a call in which
+    /// nothing changed derives and writes nothing.
+    pub fn apply_services(&mut self, services: &[Arc<ServiceInput>]) -> Result<ApplyStats, DataplaneError> {
+        let changes = self.desired.update(services, &self.node());
         let mut guard = lock(&self.shared);
         let Shared { maps, sync } = &mut *guard;
         let result = if self.resync {
