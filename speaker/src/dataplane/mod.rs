@@ -4,7 +4,7 @@
 //! # Use
 //! ```no_run
 //! # use herald_speaker::dataplane::*;
-//! # fn services_from_k8s() -> Vec<ServiceInput> { Vec::new() }
+//! # fn services_from_k8s() -> Vec<std::sync::Arc<ServiceInput>> { Vec::new() }
 //! let config = DataplaneConfig {
 //!     interfaces: vec!["eth0".into()],
 //!     pin_dir: "/sys/fs/bpf/herald/node-a".into(),
