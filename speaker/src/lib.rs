@@ -12,6 +12,10 @@
 //! - [`dataplane`]: the eBPF service map: LoadBalancer IPs and NodePorts to backends.
 //! - [`status`]: `ServiceL2Status` objects and `nodeAssigned` Events.
 //! - [`config`]: flags; [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Test tooling — the membership simulation and in-memory network, fakes of the announcer's
+//! links and of the service maps — is compiled only with the `testing` feature, which the
+//! crate's own tests and benches turn on.
 #![deny(unsafe_code)]
 pub mod announcer;
 pub mod cluster;

@@ -5,7 +5,7 @@
 //! interfaces. It also wakes once a second: that tick recomputes only while the last plan was
 //! incomplete (cluster not synced, view not settled, dataplane failing) and otherwise every
 //! [`FULL_PASS_EVERY`] as a safety net, so an idle speaker does no work that grows with the
-//! number of Services (see [`pass_needed`]). A pass itself is incremental: a pass woken by watch
+//! number of Services (see `pass_needed`). A pass itself is incremental: a pass woken by watch
 //! events derives again only the Services they name ([`FactsCache`]), and only the units whose
 //! Services changed are judged and elected again ([`Planner`]), and the dataplane writes only
 //! the frontends of the Services that changed; the timer's passes read every

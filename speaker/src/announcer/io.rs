@@ -1,6 +1,7 @@
 //! The announcer's side effects, one trait each, with the real implementations: raw Ethernet
 //! frames through pnet ([`PnetLinks`]) and IPv6 multicast group membership through ordinary
-//! sockets ([`SocketMulticast`]). In-memory fakes live in [`super::fake`].
+//! sockets ([`SocketMulticast`]). In-memory fakes live in `super::fake`
+//! (feature `testing`).
 
 use std::collections::HashMap;
 use std::io;

@@ -9,9 +9,9 @@
 //! - [`interfaces`]: which links announce (default rules, explicit lists, per-IP lists).
 //! - [`schedule`]: when gratuitous announcements go out after a gain.
 //! - `metrics`: the Prometheus counters ([`AnnouncerMetrics`]).
-//! - `priority`: the reader threads' nice value (the only unsafe code, one call).
+//! - `priority`: the reader threads' nice value (the announcer's only unsafe code, one call).
 //! - [`io`]: one trait per side effect (frames, link listing, multicast) and the real ones;
-//!   [`fake`] has the in-memory ones.
+//!   `fake` has in-memory ones (feature `testing`).
 //! - `runtime`: the threads: a link watcher, a reader per link, an announce scheduler.
 //!
 //! # Invariants
@@ -22,6 +22,7 @@
 //! - Malformed frames are dropped and counted by reason; parsing never panics (fuzzed).
 
 pub mod arp;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod frame;
 pub mod interfaces;

@@ -332,7 +332,7 @@ pub fn unit(ip: IpAddr, services: &[&Arc<ServiceDerived>], pools: &[PoolInUse]) 
     unit
 }
 
-/// Every election unit: one per LoadBalancer IP of a handled Service ([`unit`]).
+/// Every election unit: one per LoadBalancer IP of a handled Service ([`unit()`]).
 pub fn units(services: &[Arc<ServiceDerived>], pools: &[PoolInUse]) -> Vec<UnitFacts> {
     by_ip(services)
         .into_iter()
@@ -374,7 +374,7 @@ pub fn service_facts(service: &Service, slices: &[&EndpointSlice]) -> ServiceFac
 
 /// A Service as the eBPF dataplane forwards it: its LoadBalancer IPs (every node programs
 /// every IP, so a node that takes an IP over forwards it at once), NodePorts, source ranges
-/// and endpoints. Only Services Herald handles get here ([`derive`]); others, NodePorts
+/// and endpoints. Only Services Herald handles get here ([`derive()`]); others, NodePorts
 /// included, are left to kube-proxy.
 pub fn service_input(service: &Service, slices: &[&EndpointSlice]) -> Option<dp::ServiceInput> {
     let spec = service.spec.as_ref()?;

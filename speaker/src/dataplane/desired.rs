@@ -22,7 +22,6 @@
 //!   (40 s and more); the node takes new flows again once its speaker is back;
 //! - a frontend with no backend is left out, so its traffic meets the kernel as without Herald.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -210,8 +209,12 @@ pub struct Desired {
 /// Builds the desired service map. When two Services claim the same frontend (a conflict the
 /// controller should have refused), the one whose `namespace/name` sorts first wins; a Service
 /// listed twice counts once (its first entry).
-pub fn desired<S: Borrow<ServiceInput>>(services: &[S], node: &NodeInput) -> Desired {
-    let mut sorted: Vec<&ServiceInput> = services.iter().map(Borrow::borrow).collect();
+///
+/// The whole-list reference that [`DesiredState`] is tested and benchmarked against; the
+/// speaker itself keeps a [`DesiredState`] (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub fn desired<S: std::borrow::Borrow<ServiceInput>>(services: &[S], node: &NodeInput) -> Desired {
+    let mut sorted: Vec<&ServiceInput> = services.iter().map(std::borrow::Borrow::borrow).collect();
     sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     sorted.dedup_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name));
     let mut frontends = BTreeMap::new();
@@ -277,9 +280,9 @@ type ServiceKey = (String, String);
 /// for one that is gone.
 pub type DesiredChanges = BTreeMap<Frontend, Option<FrontendTarget>>;
 
-/// [`desired`], kept up to date one Service at a time: a pass in which one Service changed
+/// The desired service map, kept up to date one Service at a time: a pass in which one Service changed
 /// derives that Service again, not all of them. Given the same Services and node it holds
-/// exactly what [`desired`] builds (a property test checks it).
+/// exactly what the whole-list `desired` builds from them (a property test checks it).
 #[derive(Debug, Default)]
 pub struct DesiredState {
     /// The node the frontends were derived for; a change derives everything again.

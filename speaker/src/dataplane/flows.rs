@@ -162,7 +162,7 @@ fn collect<V: aya::Pod + Default>(
 /// Entries per `BPF_MAP_LOOKUP_BATCH` call.
 const BATCH: usize = 8192;
 
-/// The `bpf(2)` batch lookup, which aya 0.14 does not wrap. The only unsafe code here: one
+/// The `bpf(2)` batch lookup, which aya 0.14 does not wrap: one
 /// syscall with buffers this module owns and sizes.
 #[allow(unsafe_code)]
 mod batch {

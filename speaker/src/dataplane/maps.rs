@@ -1,5 +1,5 @@
 //! The BPF maps of the service map: Rust mirrors of the C structs, the [`ServiceMaps`] trait
-//! (aya-backed [`AyaServiceMaps`], in-memory [`FakeServiceMaps`]), and [`MapSync`], which diffs
+//! (aya-backed [`AyaServiceMaps`]; an in-memory `FakeServiceMaps` with the `testing` feature), and [`MapSync`], which diffs
 //! the desired state against what the maps hold and writes only the differences.
 //!
 //! Ordering invariant (what the datapath may see mid-update): a backend is written before any
@@ -22,7 +22,7 @@ pub use abi::{
     FRONTEND_SOURCE_RANGES, FrontendKey, FrontendValue, MaglevRow, SourceData,
 };
 
-/// Rust mirrors of the structs in `bpf/lib/common.h`. This is the only module with unsafe code:
+/// Rust mirrors of the structs in `bpf/lib/common.h`. Unsafe because implementing
 /// `aya::Pod` promises the kernel's bytes are a valid value, which holds for these `repr(C)`
 /// structs of integers and byte arrays without implicit padding (checked by the size test).
 #[allow(unsafe_code)]
@@ -325,7 +325,8 @@ pub enum MapOp {
     ResetCounters(u32),
 }
 
-/// In-memory [`ServiceMaps`] recording every write.
+/// In-memory [`ServiceMaps`] recording every write (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default, Clone)]
 pub struct FakeServiceMaps {
     pub contents: MapContents,
@@ -333,6 +334,7 @@ pub struct FakeServiceMaps {
     pub ops: Vec<MapOp>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl ServiceMaps for FakeServiceMaps {
     fn read_all(&self) -> Result<MapContents, MapsError> {
         Ok(self.contents.clone())

@@ -114,9 +114,11 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use prometheus_client::registry::Registry;
 use thiserror::Error;
 
+#[cfg(any(test, feature = "testing"))]
+pub use desired::desired;
 pub use desired::{
     Backend, BackendPath, Desired, DesiredChanges, DesiredState, EndpointInput, EndpointPort, Forwarding, Frontend,
-    FrontendKind, FrontendTarget, NodeInput, Protocol, ServiceInput, ServicePort, TrafficPolicy, desired,
+    FrontendKind, FrontendTarget, NodeInput, Protocol, ServiceInput, ServicePort, TrafficPolicy,
 };
 pub use flows::SweepStats;
 pub use maps::{ApplyStats, MapsError};

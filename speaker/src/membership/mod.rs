@@ -103,6 +103,7 @@
 pub mod auth;
 pub mod metrics;
 pub mod runtime;
+#[cfg(any(test, feature = "testing"))]
 pub mod sim;
 pub mod state;
 pub mod transport;

@@ -31,9 +31,10 @@ use tonic::transport::server::TcpIncoming;
 use super::auth::{Authenticator, Boot, KeyRing, Opened, unix_ms_now};
 use super::metrics::MembershipMetrics;
 use super::state::{CallFailure, Core, Effect, Inbound, ReplyToken, Rpc};
+#[cfg(any(test, feature = "testing"))]
+use super::transport::MemoryNetwork;
 use super::transport::{
-    BoxFuture, EnvelopeHandler, GrpcTransport, MAX_MESSAGE_BYTES, MembershipService, MemoryNetwork, PeerTransport,
-    TransportError,
+    BoxFuture, EnvelopeHandler, GrpcTransport, MAX_MESSAGE_BYTES, MembershipService, PeerTransport, TransportError,
 };
 use super::{MembershipConfig, MembershipView, NodeHealth, Peer};
 
@@ -59,7 +60,8 @@ struct Shared {
     deferred: Mutex<HashMap<ReplyToken, oneshot::Sender<Message>>>,
     view: watch::Sender<MembershipView>,
     metrics: MembershipMetrics,
-    /// Set by [`Membership::kill`]: behave like a vanished host.
+    /// Set only by the test tooling (`Membership::kill`, `hang`, feature `testing`): behave
+    /// like a vanished host.
     killed: AtomicBool,
     last_skew_warning: Mutex<Option<Instant>>,
     /// When the driver means to tick next (`None`: not before an input). Taken with `core`
@@ -404,6 +406,7 @@ impl Membership {
     }
 
     /// A membership on an in-memory [`MemoryNetwork`] at `address` (tests, no sockets).
+    #[cfg(any(test, feature = "testing"))]
     pub fn start_in_memory(
         config: MembershipConfig,
         node: &str,
@@ -587,6 +590,7 @@ impl Membership {
     /// Simulates a host that vanished without a trace (for tests): from now on nothing is
     /// sent and received requests are never answered (no connection reset), so peers only
     /// notice through their timeouts.
+    #[cfg(any(test, feature = "testing"))]
     pub fn hang(&self) {
         self.shared.killed.store(true, Ordering::SeqCst);
         let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
@@ -598,6 +602,7 @@ impl Membership {
 
     /// Simulates a crashed process (for tests): nothing is sent or answered any more, and
     /// the driver and server tasks are aborted, which drops their connections.
+    #[cfg(any(test, feature = "testing"))]
     pub fn kill(&self) {
         self.shared.killed.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);

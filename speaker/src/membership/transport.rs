@@ -207,12 +207,15 @@ impl Membership for MembershipService {
     }
 }
 
-/// An in-memory network of [`EnvelopeHandler`]s by address, for tests without sockets.
+/// An in-memory network of [`EnvelopeHandler`]s by address, for tests without sockets
+/// (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Clone, Default)]
 pub struct MemoryNetwork {
     endpoints: Arc<Mutex<HashMap<SocketAddr, Arc<dyn EnvelopeHandler>>>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl MemoryNetwork {
     /// Makes `handler` reachable at `address`.
     pub fn register(&self, address: SocketAddr, handler: Arc<dyn EnvelopeHandler>) {
@@ -231,6 +234,7 @@ impl MemoryNetwork {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl PeerTransport for MemoryNetwork {
     fn call(
         &self,
