@@ -6,6 +6,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Labels on every `ServiceL2Status` the speakers write, for `kubectl get -l`: the announcing
+/// node, and the Service's namespace and name.
+pub const NODE_LABEL: &str = "herald.io/node";
+pub const SERVICE_NAMESPACE_LABEL: &str = "herald.io/service-namespace";
+pub const SERVICE_NAME_LABEL: &str = "herald.io/service-name";
+
 /// One per announced Service, owned by the announcing speaker and removed when it stops.
 /// `kubectl get servicel2status -A` shows who announces what.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -16,6 +16,7 @@
 //! - [`migrate`]: MetalLB's layer-2 configuration rewritten as Herald's.
 //! - [`crds`]: the CustomResourceDefinitions as committed in `config/crd/`.
 //! - [`yaml`]: the one place YAML is read and written.
+//! - [`deploy`]: the names and ports the binaries and the deploy manifests agree on.
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -23,6 +24,7 @@ pub mod advertisement;
 pub mod annotations;
 pub mod check;
 pub mod crds;
+pub mod deploy;
 pub mod l2status;
 pub mod last_valid;
 pub mod migrate;

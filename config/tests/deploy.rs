@@ -127,3 +127,64 @@ fn kubectl_kustomize_builds_the_deployment() {
         "everything namespaced lands in herald-system"
     );
 }
+
+/// The manifests name what the binaries' defaults and the lab expect (`herald_config::deploy`):
+/// the namespace, the workloads and their accounts, the speakers' Secret as RBAC grants it,
+/// and the ports the containers serve.
+#[test]
+fn manifests_name_what_the_binaries_expect() {
+    use herald_config::deploy;
+    let objects = all_objects();
+    let named = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("a {kind} named {name}"))
+    };
+    named("Namespace", deploy::NAMESPACE);
+    let secret = named("Secret", deploy::SPEAKER_SECRET);
+    assert_eq!(secret["metadata"]["namespace"], deploy::NAMESPACE);
+    for (kind, workload, ports) in [
+        ("Deployment", deploy::CONTROLLER, &[deploy::CONTROLLER_METRICS_PORT][..]),
+        (
+            "DaemonSet",
+            deploy::SPEAKER,
+            &[deploy::SPEAKER_METRICS_PORT, deploy::SPEAKER_PEER_PORT],
+        ),
+    ] {
+        let object = named(kind, workload);
+        assert_eq!(object["metadata"]["namespace"], deploy::NAMESPACE, "{workload}");
+        let pod = &object["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], workload, "{workload}'s account");
+        named("ServiceAccount", workload);
+        let served: Vec<&Value> = pod["containers"][0]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .collect();
+        for port in ports {
+            assert!(
+                served.iter().any(|p| p["containerPort"] == u64::from(*port)),
+                "{workload} serves on {port}: {served:?}"
+            );
+        }
+    }
+    // Both binaries read the Secret by name; the Roles grant exactly that name.
+    for role in [deploy::CONTROLLER, deploy::SPEAKER] {
+        let role = objects
+            .iter()
+            .find(|o| o["kind"] == "Role" && o["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(role)))
+            .unwrap_or_else(|| panic!("a Role for {role}"));
+        let secrets = role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .find(|r| {
+                r["resources"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().any(|r| r == "secrets"))
+            })
+            .expect("a rule for secrets");
+        assert_eq!(secrets["resourceNames"], serde_json::json!([deploy::SPEAKER_SECRET]));
+    }
+}

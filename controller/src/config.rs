@@ -43,19 +43,19 @@ pub enum Command {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
     /// Namespace the IPAddressPools (and the speakers' shared secret) live in.
-    #[arg(long, env = "HERALD_NAMESPACE", default_value = "herald-system")]
+    #[arg(long, env = "HERALD_NAMESPACE", default_value = herald_config::deploy::NAMESPACE)]
     pub namespace: String,
     /// `spec.loadBalancerClass` handled besides Services with no class.
     #[arg(long, env = "HERALD_LB_CLASS", default_value = herald_config::DEFAULT_LB_CLASS)]
     pub lb_class: String,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
-    #[arg(long, env = "HERALD_METRICS_ADDR", default_value = "0.0.0.0:7472")]
+    #[arg(long, env = "HERALD_METRICS_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], herald_config::deploy::CONTROLLER_METRICS_PORT)))]
     pub metrics_addr: SocketAddr,
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Name of the Secret holding the speakers' shared key, filled with a random key if empty.
-    #[arg(long, env = "HERALD_SPEAKER_SECRET", default_value = "herald-speaker-auth")]
+    #[arg(long, env = "HERALD_SPEAKER_SECRET", default_value = herald_config::deploy::SPEAKER_SECRET)]
     pub speaker_secret: String,
     /// Elect one writing replica through a Lease; the others stand by, state rebuilt, writing
     /// nothing. `--leader-elect=false` for a single replica that always writes.
@@ -72,7 +72,7 @@ pub struct Config {
     #[arg(long, env = "HERALD_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub leader_elect_retry_period: Duration,
     /// Name of the Lease (in `--namespace`). The shipped RBAC allows only `herald-controller`.
-    #[arg(long, env = "HERALD_LEADER_ELECT_LEASE_NAME", default_value = "herald-controller")]
+    #[arg(long, env = "HERALD_LEADER_ELECT_LEASE_NAME", default_value = herald_config::deploy::CONTROLLER)]
     pub leader_elect_lease_name: String,
     /// This replica's pod name, the base of its leader-election identity (default: hostname).
     #[arg(long, env = "HERALD_POD_NAME")]

@@ -3,15 +3,13 @@
 
 use std::io::Read;
 
+use herald_config::deploy::SPEAKER_KEY_FIELD;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
 use crate::leader::Leadership;
-
-/// The key inside the Secret.
-pub const KEY_FIELD: &str = "secretkey";
 
 /// Fills `secretkey` with 32 random bytes if the Secret exists without one. Never replaces an
 /// existing key (speakers would stop trusting each other mid-flight). Problems are logged: the
@@ -36,7 +34,7 @@ pub async fn ensure_speaker_key(client: &Client, namespace: &str, name: &str, le
     if secret
         .data
         .as_ref()
-        .is_some_and(|d| d.get(KEY_FIELD).is_some_and(|v| !v.0.is_empty()))
+        .is_some_and(|d| d.get(SPEAKER_KEY_FIELD).is_some_and(|v| !v.0.is_empty()))
     {
         return;
     }
@@ -48,7 +46,7 @@ pub async fn ensure_speaker_key(client: &Client, namespace: &str, name: &str, le
     if !leadership.may_write() {
         return;
     }
-    let patch = serde_json::json!({"data": {KEY_FIELD: ByteString(key.to_vec())}});
+    let patch = serde_json::json!({"data": {SPEAKER_KEY_FIELD: ByteString(key.to_vec())}});
     let params = PatchParams {
         field_manager: Some("herald-controller".to_string()),
         ..Default::default()

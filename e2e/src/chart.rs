@@ -16,9 +16,6 @@ pub fn chart_dir() -> PathBuf {
     repository_root().join("config/helm/herald")
 }
 
-/// The namespace the deploy manifests install into.
-pub const DEPLOY_NAMESPACE: &str = "herald-system";
-
 /// Values the deploy manifests are rendered with (the chart's defaults, plus the Namespace
 /// object, which `kubectl apply -k` needs and Helm users get from `--create-namespace`).
 pub const DEPLOY_VALUES: [&str; 1] = ["namespace.create=true"];

@@ -100,7 +100,7 @@ pub struct SoakReport {
 
 /// Each announced Service (by name) and the nodes announcing it.
 async fn owners(lab: &Lab) -> Result<BTreeMap<String, Vec<String>>, LabError> {
-    let api: Api<ServiceL2Status> = Api::namespaced(lab.client(), "herald-system");
+    let api: Api<ServiceL2Status> = Api::namespaced(lab.client(), herald_config::deploy::NAMESPACE);
     let list = api.list(&ListParams::default()).await.map_err(|source| LabError::Api {
         what: "listing ServiceL2Statuses".into(),
         source,

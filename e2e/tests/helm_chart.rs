@@ -8,7 +8,8 @@
 
 use std::collections::BTreeSet;
 
-use herald_e2e::chart::{self, DEPLOY_NAMESPACE, DEPLOY_VALUES};
+use herald_config::deploy;
+use herald_e2e::chart::{self, DEPLOY_VALUES};
 use serde_json::Value;
 
 fn helm() -> Option<std::path::PathBuf> {
@@ -50,7 +51,7 @@ fn chart_lints_strictly() {
 #[test]
 fn config_deploy_is_what_the_chart_renders() {
     let Some(helm) = helm() else { return };
-    let rendered = chart::render(&helm, DEPLOY_NAMESPACE, &DEPLOY_VALUES).unwrap_or_else(|e| panic!("{e}"));
+    let rendered = chart::render(&helm, deploy::NAMESPACE, &DEPLOY_VALUES).unwrap_or_else(|e| panic!("{e}"));
     let files = chart::deploy_files(&rendered).unwrap_or_else(|e| panic!("{e}"));
     let deploy = chart::repository_root().join("config/deploy");
     let write = std::env::var_os("HERALD_WRITE_MANIFESTS").is_some();

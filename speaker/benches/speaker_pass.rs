@@ -79,13 +79,13 @@ fn world(count: usize) -> World {
         })
         .collect();
     let pools = vec![
-        serde_json::from_value(json!({"apiVersion": "herald.io/v1alpha1", "kind": "IPAddressPool",
+        serde_json::from_value(json!({"apiVersion": format!("{}/{}", herald_config::GROUP, herald_config::VERSION), "kind": "IPAddressPool",
             "metadata": {"name": "bench", "namespace": "herald-system"},
             "spec": {"addresses": ["10.90.0.0/16"]}}))
         .unwrap(),
     ];
     let advertisements = vec![
-        serde_json::from_value(json!({"apiVersion": "herald.io/v1alpha1", "kind": "L2Advertisement",
+        serde_json::from_value(json!({"apiVersion": format!("{}/{}", herald_config::GROUP, herald_config::VERSION), "kind": "L2Advertisement",
             "metadata": {"name": "all", "namespace": "herald-system"}, "spec": {}}))
         .unwrap(),
     ];
@@ -272,9 +272,12 @@ fn main() {
             };
             let mut object = ServiceL2Status::new(&status::status_name("default", &name, node), Default::default());
             object.metadata.labels = Some(BTreeMap::from([
-                (status::NODE_LABEL.to_string(), node.to_string()),
-                (status::SERVICE_NAMESPACE_LABEL.to_string(), "default".to_string()),
-                (status::SERVICE_NAME_LABEL.to_string(), name.clone()),
+                (herald_config::l2status::NODE_LABEL.to_string(), node.to_string()),
+                (
+                    herald_config::l2status::SERVICE_NAMESPACE_LABEL.to_string(),
+                    "default".to_string(),
+                ),
+                (herald_config::l2status::SERVICE_NAME_LABEL.to_string(), name.clone()),
             ]));
             object.status = Some(ServiceL2StatusStatus {
                 node: node.to_string(),

@@ -17,26 +17,26 @@ pub struct Config {
     #[arg(long, env = "HERALD_NODE_NAME")]
     pub node_name: String,
     /// Namespace of Herald's configuration, the speakers' Secret and the ServiceL2Status objects.
-    #[arg(long, env = "HERALD_NAMESPACE", default_value = "herald-system")]
+    #[arg(long, env = "HERALD_NAMESPACE", default_value = herald_config::deploy::NAMESPACE)]
     pub namespace: String,
     /// `spec.loadBalancerClass` handled besides Services with no class.
     #[arg(long, env = "HERALD_LB_CLASS", default_value = herald_config::DEFAULT_LB_CLASS)]
     pub lb_class: String,
     /// Port of the speaker-to-speaker gRPC protocol, on every node.
-    #[arg(long, env = "HERALD_PEER_PORT", default_value_t = 7946)]
+    #[arg(long, env = "HERALD_PEER_PORT", default_value_t = herald_config::deploy::SPEAKER_PEER_PORT)]
     pub peer_port: u16,
     /// Address peers reach this speaker at (the DaemonSet passes the pod IP, which is the
     /// node's with host networking); default: this Node's InternalIP from the API.
     #[arg(long, env = "HERALD_POD_IP")]
     pub advertise_address: Option<std::net::IpAddr>,
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
-    #[arg(long, env = "HERALD_METRICS_ADDR", default_value = "0.0.0.0:7473")]
+    #[arg(long, env = "HERALD_METRICS_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], herald_config::deploy::SPEAKER_METRICS_PORT)))]
     pub metrics_addr: SocketAddr,
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Secret (in --namespace) whose `secretkey` authenticates speaker messages.
-    #[arg(long, env = "HERALD_SPEAKER_SECRET", default_value = "herald-speaker-auth")]
+    #[arg(long, env = "HERALD_SPEAKER_SECRET", default_value = herald_config::deploy::SPEAKER_SECRET)]
     pub speaker_secret: String,
     /// The DaemonSet this speaker runs in (in --namespace). Its ServiceL2Status objects are
     /// owned by it, so they go with it; a speaker that stops while it is gone or being deleted
@@ -49,7 +49,7 @@ pub struct Config {
     #[arg(
         long,
         env = "HERALD_SPEAKER_SELECTOR",
-        default_value = "app.kubernetes.io/name=herald,app.kubernetes.io/component=speaker"
+        default_value = herald_config::deploy::SPEAKER_POD_SELECTOR
     )]
     pub speaker_selector: String,
     /// Announce only on these interfaces (comma-separated), overriding the default selection

@@ -41,16 +41,13 @@ use crate::config::{Config, DataplaneMode};
 use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::election::Ownership;
 use crate::http::{self, Health};
+use herald_config::deploy::{SPEAKER_KEY_FIELD, SPEAKER_NEXT_KEY_FIELD};
+
 use crate::membership::auth::{KeyRing, SecretKey};
 use crate::membership::{Membership, MembershipError, NodeHealth};
 use crate::plan::{Inputs, Plan, Planner, owner_changes};
 use crate::status::{self, AnnouncedServices};
 
-/// The key inside the speakers' Secret.
-pub const SECRET_KEY_FIELD: &str = "secretkey";
-/// The Secret's field for the next key while a rotation is under way (README, "Rotating the
-/// speakers' key").
-pub const SECRET_NEXT_KEY_FIELD: &str = "secretkey-next";
 /// Keys shorter than this are refused: `head -c 32 /dev/urandom` is what README shows.
 const MIN_KEY_BYTES: usize = 16;
 
@@ -675,8 +672,8 @@ fn key_ring_from(secret: &Secret, name: &str) -> Result<KeyRing, String> {
             Some(value) => Ok(Some(SecretKey::new(value.0.clone()))),
         }
     };
-    let current = field(SECRET_KEY_FIELD)?.ok_or_else(|| format!("Secret {name} has no {SECRET_KEY_FIELD} yet"))?;
-    let next = field(SECRET_NEXT_KEY_FIELD)?.filter(|next| *next != current);
+    let current = field(SPEAKER_KEY_FIELD)?.ok_or_else(|| format!("Secret {name} has no {SPEAKER_KEY_FIELD} yet"))?;
+    let next = field(SPEAKER_NEXT_KEY_FIELD)?.filter(|next| *next != current);
     Ok(KeyRing { current, next })
 }
 

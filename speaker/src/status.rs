@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use herald_config::l2status::{NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL};
 use herald_config::{ServiceL2Status, ServiceL2StatusStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -27,10 +28,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Labels on every `ServiceL2Status` the speakers write.
-pub const NODE_LABEL: &str = "herald.io/node";
-pub const SERVICE_NAMESPACE_LABEL: &str = "herald.io/service-namespace";
-pub const SERVICE_NAME_LABEL: &str = "herald.io/service-name";
 /// Reason of the Event on a Service whose announcement this node took.
 pub const NODE_ASSIGNED: &str = "nodeAssigned";
 
@@ -249,7 +246,7 @@ pub async fn run(client: Client, writer_config: Writer, mut desired: watch::Rece
     let mut events = watcher(api.clone(), watcher::Config::default())
         .default_backoff()
         .boxed();
-    let reporter = Reporter::from(format!("herald-speaker/{node}").as_str());
+    let reporter = Reporter::from(format!("{}/{node}", herald_config::deploy::SPEAKER).as_str());
     let mut mirror = Mirror::default();
     let mut want = AnnouncedServices::new();
     // Objects this task created, kept until it deletes them: the watch can lag behind our own
@@ -518,7 +515,7 @@ async fn publish_assigned(recorder: &Recorder, (namespace, service): &(String, S
 
 fn field_manager() -> PatchParams {
     PatchParams {
-        field_manager: Some("herald-speaker".to_string()),
+        field_manager: Some(herald_config::deploy::SPEAKER.to_string()),
         ..Default::default()
     }
 }

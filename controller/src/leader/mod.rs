@@ -129,7 +129,7 @@ pub fn identity(pod_name: Option<&str>) -> String {
                 .map(|h| h.trim().to_string())
                 .filter(|h| !h.is_empty())
         })
-        .unwrap_or_else(|| "herald-controller".to_string());
+        .unwrap_or_else(|| herald_config::deploy::CONTROLLER.to_string());
     let mut bytes = [0u8; 5];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -167,7 +167,7 @@ pub async fn run(
         last: None,
         client,
         reporter: Reporter {
-            controller: "herald-controller".into(),
+            controller: herald_config::deploy::CONTROLLER.into(),
             instance: Some(leadership.identity().to_string()),
         },
     };

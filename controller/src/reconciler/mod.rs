@@ -185,7 +185,7 @@ pub async fn run_with_client(
 
     let ctx = Arc::new(Context {
         reporter: Reporter {
-            controller: "herald-controller".into(),
+            controller: herald_config::deploy::CONTROLLER.into(),
             instance: Some(leadership.identity().to_string()),
         },
         client: client.clone(),

@@ -249,7 +249,7 @@ fn same_status(a: &IPAddressPoolStatus, b: &IPAddressPoolStatus) -> bool {
 async fn write_status(api: &Api<IPAddressPool>, name: &str, status: &IPAddressPoolStatus) -> Result<(), kube::Error> {
     let patch = json!({"status": status});
     let params = PatchParams {
-        field_manager: Some("herald-controller".to_string()),
+        field_manager: Some(herald_config::deploy::CONTROLLER.to_string()),
         ..Default::default()
     };
     api.patch_status(name, &params, &Patch::Merge(&patch)).await.map(|_| ())

@@ -18,7 +18,7 @@ use super::{Context, Error, handles, ingress_ips, service_key};
 use crate::allocator::{AllocError, ServiceKey, ServiceRequest};
 use crate::metrics::Outcome;
 
-const FIELD_MANAGER: &str = "herald-controller";
+const FIELD_MANAGER: &str = herald_config::deploy::CONTROLLER;
 
 pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !ctx.leadership.may_write() {

@@ -5,6 +5,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use herald_config::deploy;
 use serde_json::{Value, json};
 
 /// What the overlay changes.
@@ -24,8 +25,8 @@ pub struct Overlay {
     pub log_filter: Option<String>,
 }
 
-const CONTROLLER: (&str, &str, &str) = ("Deployment", "herald-controller", "controller");
-const SPEAKER: (&str, &str, &str) = ("DaemonSet", "herald-speaker", "speaker");
+const CONTROLLER: (&str, &str, &str) = ("Deployment", deploy::CONTROLLER, "controller");
+const SPEAKER: (&str, &str, &str) = ("DaemonSet", deploy::SPEAKER, "speaker");
 
 /// `to` relative to the directory `from` (both absolute): kustomize takes only relative bases.
 pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
@@ -49,7 +50,7 @@ pub fn kustomization(base: &Path, overlay: &Overlay) -> String {
         (CONTROLLER, overlay.controller, &overlay.controller_args),
         (SPEAKER, overlay.speakers, &overlay.speaker_args),
     ] {
-        let metadata = json!({"name": name, "namespace": "herald-system"});
+        let metadata = json!({"name": name, "namespace": deploy::NAMESPACE});
         let patch = if wanted {
             let mut env =
                 vec![json!({"name": "HERALD_LOG_FORMAT", "value": if overlay.json_logs { "json" } else { "text" }})];

@@ -67,6 +67,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use herald_config::deploy;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
@@ -633,17 +634,14 @@ impl Lab {
         let mut wait = vec!["wait", "--for=condition=Established", "--timeout=30s"];
         wait.extend(crds.iter().map(String::as_str));
         self.kubectl_within(&wait, None, Duration::from_secs(40)).await?;
-        for (namespace, account) in [
-            (objects::HERALD_NAMESPACE, "default"),
-            (objects::BACKEND_NAMESPACE, "default"),
-        ] {
+        for (namespace, account) in [(deploy::NAMESPACE, "default"), (objects::BACKEND_NAMESPACE, "default")] {
             objects::wait_service_account(&self.client, namespace, account).await?;
         }
         say("issuing ServiceAccount tokens for herald-controller and herald-speaker (kubeconfigs for tools)");
-        for account in [objects::CONTROLLER_ACCOUNT, objects::SPEAKER_ACCOUNT] {
+        for account in [deploy::CONTROLLER, deploy::SPEAKER] {
             self.control_plane
                 .service_account_kubeconfig(
-                    objects::HERALD_NAMESPACE,
+                    deploy::NAMESPACE,
                     account,
                     lab_url,
                     &self.state.service_account_kubeconfig(account),
@@ -656,7 +654,7 @@ impl Lab {
         ] {
             if wanted {
                 say(&format!("kubectl rollout status {workload}"));
-                self.rollout_status(objects::HERALD_NAMESPACE, workload).await?;
+                self.rollout_status(deploy::NAMESPACE, workload).await?;
             }
         }
         Ok(())
@@ -720,7 +718,7 @@ impl Lab {
     /// (`herald-controller`, `herald-speaker`): it has exactly the RBAC of `config/deploy`.
     pub async fn service_account_client(&self, account: &str) -> Result<kube::Client, LabError> {
         self.control_plane
-            .service_account_client(objects::HERALD_NAMESPACE, account)
+            .service_account_client(deploy::NAMESPACE, account)
             .await
     }
 
@@ -838,7 +836,7 @@ impl Lab {
         })?;
         let url = format!(
             "http://{}/metrics",
-            std::net::SocketAddr::new(ip, plan::CONTROLLER_METRICS_PORT)
+            std::net::SocketAddr::new(ip, deploy::CONTROLLER_METRICS_PORT)
         );
         self.http_get_in(&leader.netns, &url).await
     }
@@ -855,7 +853,7 @@ impl Lab {
     /// Node `node`'s speaker's `/metrics` text (from the node, as a scraper there would).
     pub async fn speaker_metrics_of(&self, node: usize) -> Result<String, LabError> {
         let ns = self.node_namespace(node)?.to_string();
-        let url = format!("http://127.0.0.1:{}/metrics", plan::SPEAKER_METRICS_PORT);
+        let url = format!("http://127.0.0.1:{}/metrics", deploy::SPEAKER_METRICS_PORT);
         self.http_get_in(&ns, &url).await
     }
 
@@ -977,9 +975,9 @@ impl Lab {
     }
 
     fn is_speaker_on(pod: &PodInfo, node: &str) -> bool {
-        pod.namespace == objects::HERALD_NAMESPACE
+        pod.namespace == deploy::NAMESPACE
             && pod.node == node
-            && pod.labels.get(objects::COMPONENT_LABEL).map(String::as_str) == Some("speaker")
+            && pod.labels.get(deploy::COMPONENT_LABEL).map(String::as_str) == Some("speaker")
             && !pod.terminating
     }
 
@@ -1011,7 +1009,7 @@ impl Lab {
         })?;
         let mut args = vec![
             "-n",
-            objects::HERALD_NAMESPACE,
+            deploy::NAMESPACE,
             "delete",
             "pod",
             pod.name.as_str(),
@@ -1043,8 +1041,8 @@ impl Lab {
             .pods()
             .into_iter()
             .filter(|p| {
-                p.namespace == objects::HERALD_NAMESPACE
-                    && p.labels.get(objects::COMPONENT_LABEL).map(String::as_str) == Some("controller")
+                p.namespace == deploy::NAMESPACE
+                    && p.labels.get(deploy::COMPONENT_LABEL).map(String::as_str) == Some("controller")
                     && !p.terminating
             })
             .collect()
@@ -1054,7 +1052,7 @@ impl Lab {
     pub async fn controller_leader(&self) -> Option<PodInfo> {
         for pod in self.controller_pods() {
             let Some(ip) = pod.ips.first() else { continue };
-            let url = format!("http://{ip}:{}/metrics", plan::CONTROLLER_METRICS_PORT);
+            let url = format!("http://{ip}:{}/metrics", deploy::CONTROLLER_METRICS_PORT);
             if let Ok(text) = self.http_get_in(&pod.netns, &url).await
                 && text.lines().any(|l| l.trim() == "herald_controller_leader 1")
             {
@@ -1095,13 +1093,13 @@ impl Lab {
         let old: Vec<String> = self.controller_pods().into_iter().map(|p| p.uid).collect();
         self.kubectl(&[
             "-n",
-            objects::HERALD_NAMESPACE,
+            deploy::NAMESPACE,
             "rollout",
             "restart",
             "deployment/herald-controller",
         ])
         .await?;
-        self.rollout_status(objects::HERALD_NAMESPACE, "deployment/herald-controller")
+        self.rollout_status(deploy::NAMESPACE, "deployment/herald-controller")
             .await?;
         let leader = self.wait_controller_leader(&old, Duration::from_secs(60)).await?;
         leader.pid.ok_or(LabError::NotRunning {
@@ -1330,7 +1328,7 @@ impl Lab {
     /// takes the state directory with it, and CI keeps only what the test printed.
     fn print_log_tails(&self, lines: usize) {
         for pod in self.kubelet.pods() {
-            if pod.namespace != objects::HERALD_NAMESPACE {
+            if pod.namespace != deploy::NAMESPACE {
                 continue;
             }
             let Ok(tail) = state::log_tail(&pod.log, lines) else {
@@ -1344,7 +1342,7 @@ impl Lab {
             for (path, keep) in [("/readyz", None), ("/metrics", Some("herald_membership_members"))] {
                 let out = std::process::Command::new("ip")
                     .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "2"])
-                    .arg(format!("http://127.0.0.1:{}{path}", plan::SPEAKER_METRICS_PORT))
+                    .arg(format!("http://127.0.0.1:{}{path}", deploy::SPEAKER_METRICS_PORT))
                     .output();
                 let text = match out {
                     Ok(out) => format!(

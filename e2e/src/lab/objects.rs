@@ -15,18 +15,8 @@ use serde_json::{Value, json};
 use super::LabError;
 use super::plan::{ECHO_HTTP_PORT, ECHO_UDP_PORT, NodePlan};
 
-/// Namespace of Herald's own objects.
-pub const HERALD_NAMESPACE: &str = "herald-system";
-/// The label whose value says which part of Herald a Pod is (`controller`, `speaker`).
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Namespace backend pods go to.
 pub const BACKEND_NAMESPACE: &str = "default";
-/// The speakers' shared Secret, left empty for the controller to fill.
-pub const SPEAKER_SECRET: &str = "herald-speaker-auth";
-/// herald-controller's ServiceAccount in `config/deploy`.
-pub const CONTROLLER_ACCOUNT: &str = "herald-controller";
-/// herald-speaker's ServiceAccount in `config/deploy`.
-pub const SPEAKER_ACCOUNT: &str = "herald-speaker";
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

@@ -28,10 +28,6 @@ pub const NODE_UPLINK: &str = "eth0";
 pub const BRIDGE: &str = "br0";
 /// Port the API server relay listens on at the bridge address.
 pub const API_PORT: u16 = 6443;
-/// Port of the controller's metrics/health server, on the bridge address.
-pub const CONTROLLER_METRICS_PORT: u16 = 7472;
-/// Where each speaker serves `/metrics`, `/healthz` and `/readyz` (on its node).
-pub const SPEAKER_METRICS_PORT: u16 = 7473;
 /// HTTP port of every backend echo server.
 pub const ECHO_HTTP_PORT: u16 = 8080;
 /// UDP port of every backend echo server.
@@ -234,7 +230,7 @@ impl LabPlan {
 
     /// Where the controller serves metrics and health.
     pub fn controller_metrics_address(&self) -> SocketAddr {
-        SocketAddr::from((self.bridge_v4, CONTROLLER_METRICS_PORT))
+        SocketAddr::from((self.bridge_v4, herald_config::deploy::CONTROLLER_METRICS_PORT))
     }
 
     /// The plan of the pod in `slot` (1-based) on node `node`.

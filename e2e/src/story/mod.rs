@@ -90,7 +90,7 @@ pub async fn wait_for_ip(lab: &Lab, timeout: Duration) -> Result<IpAddr, LabErro
 /// The node announcing the demo Service (from its `ServiceL2Status`), optionally waiting until
 /// it is not `other_than`.
 pub async fn wait_for_owner(lab: &Lab, other_than: Option<&str>, timeout: Duration) -> Result<String, LabError> {
-    let api: Api<ServiceL2Status> = Api::namespaced(lab.client(), "herald-system");
+    let api: Api<ServiceL2Status> = Api::namespaced(lab.client(), herald_config::deploy::NAMESPACE);
     let deadline = Instant::now() + timeout;
     let mut last_seen = String::from("no list answered");
     loop {
@@ -237,7 +237,13 @@ impl Fault {
             Fault::PodDelete => lab.delete_speaker_pod(node, false).await.map(drop),
             Fault::PodForceDelete => lab.delete_speaker_pod(node, true).await.map(drop),
             Fault::RolloutRestart => lab
-                .kubectl(&["-n", "herald-system", "rollout", "restart", "daemonset/herald-speaker"])
+                .kubectl(&[
+                    "-n",
+                    herald_config::deploy::NAMESPACE,
+                    "rollout",
+                    "restart",
+                    "daemonset/herald-speaker",
+                ])
                 .await
                 .map(drop),
             Fault::NodeLoss => lab.set_cable(node, false).await,
@@ -505,7 +511,7 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
     wait_speakers_ready(lab).await?;
     say("kubectl -n herald-system get pods -o wide   # the DaemonSet replaced the deleted speaker Pod");
     say(lab
-        .kubectl(&["-n", "herald-system", "get", "pods", "-o", "wide"])
+        .kubectl(&["-n", herald_config::deploy::NAMESPACE, "get", "pods", "-o", "wide"])
         .await?
         .trim());
 
@@ -537,7 +543,8 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
 
 /// `kubectl rollout status daemonset/herald-speaker`: every speaker Pod runs and is ready.
 pub async fn wait_speakers_ready(lab: &Lab) -> Result<(), LabError> {
-    lab.rollout_status("herald-system", "daemonset/herald-speaker").await
+    lab.rollout_status(herald_config::deploy::NAMESPACE, "daemonset/herald-speaker")
+        .await
 }
 
 /// `curl` from the client namespace, retried for a few seconds while the first ARP and the

@@ -295,7 +295,7 @@ pub struct MembershipConfig {
 impl Default for MembershipConfig {
     fn default() -> Self {
         MembershipConfig {
-            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7946)),
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, herald_config::deploy::SPEAKER_PEER_PORT)),
             advertise_address: None,
             probe_interval: Duration::from_secs(1),
             watch_probe_interval: Duration::from_millis(40),
