@@ -1,7 +1,9 @@
 //! `herald-lab bench-allocation`: how fast herald-controller gives addresses to many Services
 //! created at once on the real control plane, as a CI system would create them.
 //!
-//! A lab with one node (no speakers: only allocation is measured) and one big pool; `clients`
+//! A lab with one node and no speakers by default (allocation only) and one big pool; with
+//! `--speaker-idle-seconds`, three nodes with speakers, whose idle CPU, single-change latency
+//! and (with `--endpoints`) the whole announce-and-program path are measured too; `clients`
 //! kube-rs clients create `services` LoadBalancer Services concurrently (without node ports,
 //! so Kubernetes' 2,768-port range is no limit); a watch notes when each Service's address
 //! appears. Reported: create rate, latency per Service (create answered → address seen),

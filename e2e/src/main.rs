@@ -144,8 +144,9 @@ struct FailoverBenchArgs {
     /// Failovers to measure.
     #[arg(long, default_value_t = 20)]
     rounds: usize,
-    /// What happens to the owner: its speaker killed or stopped gracefully, its cable pulled
-    /// (node loss), or its speaker frozen.
+    /// What happens to the owner: its speaker killed or stopped gracefully, its speaker Pod
+    /// deleted (gracefully or forced), a rolling restart, its cable pulled (node loss), or its
+    /// speaker frozen.
     #[arg(long, value_enum, default_value_t = herald_e2e::story::Fault::Kill)]
     fault: herald_e2e::story::Fault,
     /// Write {"fault", "rounds", "kill_to_garp_ms": {p50, p99}, "kill_to_traffic_ms": {p50, p99}, ...}

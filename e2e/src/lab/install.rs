@@ -108,7 +108,7 @@ mod tests {
             &Overlay {
                 controller: false,
                 speakers: true,
-                speaker_args: vec!["--watch-interval=40ms".into()],
+                speaker_args: vec!["--watch-probe-interval=40ms".into()],
                 log_filter: Some("debug".into()),
                 ..Overlay::default()
             },
@@ -120,7 +120,7 @@ mod tests {
         let speaker: serde_yaml::Value = serde_yaml::from_str(doc["patches"][1]["patch"].as_str().unwrap()).unwrap();
         let container = &speaker["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["name"].as_str(), Some("speaker"));
-        assert_eq!(container["args"][0].as_str(), Some("--watch-interval=40ms"));
+        assert_eq!(container["args"][0].as_str(), Some("--watch-probe-interval=40ms"));
         assert_eq!(container["env"][0]["value"].as_str(), Some("text"));
         assert_eq!(container["env"][2]["value"].as_str(), Some("debug"));
     }

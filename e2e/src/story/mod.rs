@@ -1,7 +1,7 @@
 //! The user's story, told in the lab: apply a pool, create a Service, reach it from outside,
 //! fault the owner (its speaker killed or its Pod deleted, a rolling restart, its cable
 //! pulled), measure the failover. [`demo`] tells it once with commentary
-//! (`herald-lab demo`); [`failover_bench`] repeats the kill many times and reports
+//! (`herald-lab demo`); [`failover_bench`] repeats one fault of the owner (`--fault`) many times and reports
 //! percentiles (`herald-lab failover-bench`).
 //!
 //! A failover is measured at the client, on the wire: a probe in the client namespace opens a

@@ -241,12 +241,14 @@ impl MembershipView {
     }
 }
 
-/// Membership settings. The wiring maps each field to a flag named after it
-/// (`--membership-port`, `--probe-interval`, `--watch-probe-interval`, ...).
+/// Membership settings. The speaker's flags set the addresses (`--peer-port`,
+/// `--advertise-address`) and the failure-detection timings (`--probe-interval`,
+/// `--watch-probe-interval`, `--probe-timeout`, `--suspicion-timeout`, `--rejoin-hold`); the
+/// other fields keep their defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MembershipConfig {
-    /// Address the gRPC server listens on (`--peer-port` sets its port; default
-    /// `0.0.0.0:7946`).
+    /// Address the gRPC server listens on (the speaker binds its advertise address and
+    /// `--peer-port`; `Default`: `0.0.0.0:7946`).
     pub listen: SocketAddr,
     /// Address other speakers reach this one at, as gossiped; `None`: the bound address.
     /// Peers listed by the API are always dialled at the API's address, so a wildcard here
@@ -263,23 +265,22 @@ pub struct MembershipConfig {
     /// Time from suspicion to death unless the suspect shows a sign of life
     /// (`--suspicion-timeout`, 70 ms).
     pub suspicion_timeout: Duration,
-    /// Interval of direct re-probes of a suspect (`--suspicion-probe-interval`, 50 ms).
+    /// Interval of direct re-probes of a suspect (50 ms).
     pub suspicion_probe_interval: Duration,
-    /// Members asked to probe a suspect on our behalf, per round (`--indirect-probes`, 3).
+    /// Members asked to probe a suspect on our behalf, per round (3).
     pub indirect_probes: usize,
-    /// Interval of the full-state exchange with one random member (`--sync-interval`, 30 s).
+    /// Interval of the full-state exchange with one random member (30 s).
     pub sync_interval: Duration,
-    /// Gossiped state changes per message, besides the sender's own (`--gossip-per-message`,
-    /// 8).
+    /// Gossiped state changes per message, besides the sender's own (8).
     pub gossip_per_message: usize,
     /// Each change is retransmitted `mult × ⌈log2(members+1)⌉` times
-    /// (`--gossip-retransmit-mult`, 3).
+    /// (3).
     pub gossip_retransmit_mult: u32,
     /// A peer whose clock differs from ours by more is counted and logged, nothing else (1 s).
     pub clock_skew_warning: Duration,
-    /// Bound on a graceful leave (`--leave-timeout`, 500 ms).
+    /// Bound on a graceful leave (500 ms).
     pub leave_timeout: Duration,
-    /// Peers asked for a full state exchange at start (`--initial-sync-peers`, 3).
+    /// Peers asked for a full state exchange at start (3).
     pub initial_sync_peers: usize,
     /// Least time between two ticks of the runtime (5 ms): it ticks at the core's next
     /// deadline ([`Core::next_deadline`](state::Core::next_deadline)), at most this often.
