@@ -17,6 +17,8 @@
 //! - [`crds`]: the CustomResourceDefinitions as committed in `config/crd/`.
 //! - [`yaml`]: the one place YAML is read and written.
 //! - [`deploy`]: the names and ports the binaries and the deploy manifests agree on.
+//! - `process` (feature `process`): what the binaries do alike as processes — logging, the
+//!   shutdown signal, error reports, the `/metrics`, `/healthz` and `/readyz` server.
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -29,6 +31,8 @@ pub mod l2status;
 pub mod last_valid;
 pub mod migrate;
 pub mod pool;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod schema;
 pub mod selector;
 pub mod service;

@@ -26,12 +26,9 @@ pub enum PoolError {
     MissingName,
     #[error("spec.addresses is empty: a pool needs at least one CIDR or range")]
     NoAddresses,
-    #[error("spec.addresses[{index}]: {source}")]
-    BadAddress {
-        index: usize,
-        #[source]
-        source: AddressError,
-    },
+    /// The message includes the address error's: it is shown alone, in status conditions.
+    #[error("spec.addresses[{index}]: {error}")]
+    BadAddress { index: usize, error: AddressError },
     #[error("spec.addresses[{second}] ({second_entry}) overlaps spec.addresses[{first}] ({first_entry})")]
     OverlapWithin {
         first: usize,
@@ -50,12 +47,11 @@ pub enum PoolError {
     },
     #[error("spec.serviceAllocation.namespaces lists {namespace:?} more than once")]
     DuplicateNamespace { namespace: String },
-    #[error("spec.serviceAllocation.{field}[{index}]: {source}")]
+    #[error("spec.serviceAllocation.{field}[{index}]: {error}")]
     BadSelector {
         field: &'static str,
         index: usize,
-        #[source]
-        source: SelectorError,
+        error: SelectorError,
     },
     #[error("spec.serviceAllocation.{field}[{index}] repeats {field}[{first}] ({selector})")]
     DuplicateSelector {
@@ -71,12 +67,11 @@ pub enum PoolError {
 pub enum L2AdvertisementError {
     #[error("spec.ipAddressPools lists {pool:?} more than once")]
     DuplicatePool { pool: String },
-    #[error("spec.{field}[{index}]: {source}")]
+    #[error("spec.{field}[{index}]: {error}")]
     BadSelector {
         field: &'static str,
         index: usize,
-        #[source]
-        source: SelectorError,
+        error: SelectorError,
     },
     #[error("spec.{field}[{index}] repeats {field}[{first}] ({selector})")]
     DuplicateSelector {
@@ -129,7 +124,7 @@ pub fn validate_pool(name: &str, spec: &IPAddressPoolSpec) -> Result<Vec<IpRange
     }
     let mut ranges: Vec<IpRange> = Vec::with_capacity(spec.addresses.len());
     for (index, entry) in spec.addresses.iter().enumerate() {
-        let range = parse_address_entry(entry).map_err(|source| PoolError::BadAddress { index, source })?;
+        let range = parse_address_entry(entry).map_err(|error| PoolError::BadAddress { index, error })?;
         if let Some(first) = ranges.iter().position(|r| r.overlaps(&range)) {
             return Err(PoolError::OverlapWithin {
                 first,
@@ -210,7 +205,7 @@ enum SelectorListError {
     Bad {
         field: &'static str,
         index: usize,
-        source: SelectorError,
+        error: SelectorError,
     },
     Duplicate {
         field: &'static str,
@@ -223,7 +218,7 @@ enum SelectorListError {
 impl SelectorListError {
     fn into_pool_error(self) -> PoolError {
         match self {
-            SelectorListError::Bad { field, index, source } => PoolError::BadSelector { field, index, source },
+            SelectorListError::Bad { field, index, error } => PoolError::BadSelector { field, index, error },
             SelectorListError::Duplicate {
                 field,
                 index,
@@ -240,9 +235,7 @@ impl SelectorListError {
 
     fn into_l2_error(self) -> L2AdvertisementError {
         match self {
-            SelectorListError::Bad { field, index, source } => {
-                L2AdvertisementError::BadSelector { field, index, source }
-            }
+            SelectorListError::Bad { field, index, error } => L2AdvertisementError::BadSelector { field, index, error },
             SelectorListError::Duplicate {
                 field,
                 index,
@@ -261,7 +254,7 @@ impl SelectorListError {
 /// Every selector valid, and no selector listed twice (a repeat is always a copy-paste slip).
 fn check_selectors(field: &'static str, selectors: &[LabelSelector]) -> Result<(), SelectorListError> {
     for (index, sel) in selectors.iter().enumerate() {
-        selector::validate(sel).map_err(|source| SelectorListError::Bad { field, index, source })?;
+        selector::validate(sel).map_err(|error| SelectorListError::Bad { field, index, error })?;
         if let Some(first) = selectors[..index].iter().position(|earlier| earlier == sel) {
             return Err(SelectorListError::Duplicate {
                 field,

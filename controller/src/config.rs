@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use herald_config::process::LogFormat;
 
 /// Allocates LoadBalancer IPs from IPAddressPools and writes them to Services.
 #[derive(Parser, Debug, Clone)]
@@ -110,12 +111,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m or h)")),
     };
     Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{text:?}: {e}"))
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[cfg(test)]

@@ -6,13 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use herald_config::process::Probes;
 use kube::Client;
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 use crate::leader::Leadership;
@@ -26,17 +21,19 @@ pub struct Health {
     pub reconciling: AtomicBool,
     client: Client,
     leadership: Arc<Leadership>,
+    metrics: Arc<Metrics>,
     /// Last API check, so probes do not hammer the API server.
     last_api_check: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Health {
-    pub fn new(client: Client, leadership: Arc<Leadership>) -> Self {
+    pub fn new(client: Client, leadership: Arc<Leadership>, metrics: Arc<Metrics>) -> Self {
         Health {
             rebuilt: AtomicBool::new(false),
             reconciling: AtomicBool::new(false),
             client,
             leadership,
+            metrics,
             last_api_check: Mutex::new(None),
         }
     }
@@ -58,54 +55,26 @@ impl Health {
     }
 }
 
-struct AppState {
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-}
-
-/// Serves on a bound listener until it fails.
-pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+impl Probes for Health {
+    fn metrics(&self) -> String {
+        self.metrics.encode()
     }
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(Arc::new(AppState { health, metrics }));
-    axum::serve(listener, app).await
-}
 
-async fn metrics_handler(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-}
-
-async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.health.reconciling.load(Ordering::SeqCst) || !state.health.rebuilt.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ok\n".to_string())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the Service reconcile loop has stopped\n".to_string(),
-        )
+    async fn healthz(&self) -> Result<String, String> {
+        if self.reconciling.load(Ordering::SeqCst) || !self.rebuilt.load(Ordering::SeqCst) {
+            Ok("ok".to_string())
+        } else {
+            Err("the Service reconcile loop has stopped".to_string())
+        }
     }
-}
 
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if !state.health.rebuilt.load(Ordering::SeqCst) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: still rebuilding allocations from existing Services\n".to_string(),
-        );
-    }
-    match state.health.api_reachable().await {
-        Ok(()) => (StatusCode::OK, format!("ok: {}\n", state.health.leadership.role())),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    async fn readyz(&self) -> Result<String, String> {
+        if !self.rebuilt.load(Ordering::SeqCst) {
+            return Err("not ready: still rebuilding allocations from existing Services".to_string());
+        }
+        match self.api_reachable().await {
+            Ok(()) => Ok(format!("ok: {}", self.leadership.role())),
+            Err(e) => Err(format!("not ready: {e}")),
+        }
     }
 }

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use herald_controller::config::{Cli, Command, Config, LogFormat};
-use tracing_subscriber::EnvFilter;
+use herald_config::process;
+use herald_controller::config::{Cli, Command, Config};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,47 +14,17 @@ fn main() -> ExitCode {
         Some(Command::Migrate { from_namespace, files }) => {
             herald_controller::check::migrate(&files, &from_namespace, &cli.config.namespace)
         }
-        None => serve(cli.config),
+        None => process::run_to_exit("herald-controller", || serve(cli.config)),
     }
 }
 
-fn serve(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("herald-controller: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = runtime.block_on(run(config));
-    tracing::info!("exiting");
-    // Background tasks (watches, servers) end with the process instead of being waited for.
-    runtime.shutdown_background();
-    code
-}
-
-async fn run(config: Config) -> ExitCode {
-    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
-    }
-    match herald_controller::run(config, shutdown_signal()).await {
+async fn serve(config: Config) -> ExitCode {
+    process::init_logging(config.log_format);
+    match herald_controller::run(config, process::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "herald-controller stopped");
+            tracing::error!(error = process::error_chain(&e), "herald-controller stopped");
             ExitCode::FAILURE
         }
     }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-    tracing::info!("shutdown requested");
 }

@@ -72,7 +72,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("herald");
+        let mut registry = herald_config::process::metrics_registry();
         let addresses_in_use = Family::<PoolLabels, Gauge>::default();
         let addresses_available = Family::<PoolLabels, Gauge>::default();
         let allocations = Family::<OutcomeLabels, Counter>::default();

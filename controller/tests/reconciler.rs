@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use herald_config::process::LogFormat;
 use herald_config::{IPAddressPool, IPAddressPoolSpec};
-use herald_controller::config::{Config, LogFormat};
+use herald_controller::config::Config;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use herald_config::process::LogFormat;
 
 use crate::membership::MembershipConfig;
 
@@ -125,12 +126,6 @@ impl From<ForwardingMode> for crate::dataplane::Forwarding {
             ForwardingMode::Snat => crate::dataplane::Forwarding::Snat,
         }
     }
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 impl Config {

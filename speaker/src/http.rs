@@ -1,24 +1,13 @@
 //! The speaker's HTTP endpoints: `/metrics`, `/healthz` (the election loop is turning) and
-//! `/readyz` (watches synced, peers authenticated, announcer running, state settled).
+//! `/readyz` (watches synced, the speakers' key loaded, announcer
+//! running, the first exchange with peers settled).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use herald_config::process::Probes;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-
-/// The registry `/metrics` serves: every name it holds is exported with the prefix `herald_`,
-/// so what registers into it names metrics without that prefix. Tests encode through this
-/// same constructor, so they see the names a scrape sees.
-pub fn metrics_registry() -> Registry {
-    Registry::with_prefix("herald")
-}
 
 /// Facts the endpoints report, updated by the election loop.
 #[derive(Default)]
@@ -76,65 +65,39 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-struct AppState {
-    health: Arc<Health>,
-    registry: Arc<OnceLock<Registry>>,
+/// What `/metrics` serves: empty until every part has registered its metrics.
+pub struct Endpoints {
+    pub health: Arc<Health>,
+    pub registry: Arc<OnceLock<Registry>>,
 }
 
-/// Serves on a bound listener until it fails. Runs from the speaker's first moment, so probes
-/// see it waiting (healthy, not ready) rather than absent; `/metrics` is empty until `registry`
-/// is set once every part has registered its metrics.
-pub async fn serve(
-    listener: TcpListener,
-    health: Arc<Health>,
-    registry: Arc<OnceLock<Registry>>,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(Arc::new(AppState { health, registry }));
-    axum::serve(listener, app).await
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let mut out = String::new();
-    if let Some(registry) = state.registry.get() {
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, registry);
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        out,
-    )
-}
-
-async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let age = unix_now().saturating_sub(state.health.last_pass.load(Ordering::SeqCst));
-    if age <= 5 {
-        (StatusCode::OK, "ok\n".to_string())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the election loop has not run for {age}s\n"),
-        )
-    }
-}
-
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let reasons = state.health.not_ready();
-    if reasons.is_empty() {
-        match state.health.dataplane_note() {
-            None => (StatusCode::OK, "ok\n".to_string()),
-            Some(note) => (StatusCode::OK, format!("ok; {note}\n")),
+impl Probes for Endpoints {
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        if let Some(registry) = self.registry.get() {
+            // Writing to a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, registry);
         }
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", reasons.join("; ")),
-        )
+        out
+    }
+
+    async fn healthz(&self) -> Result<String, String> {
+        let age = unix_now().saturating_sub(self.health.last_pass.load(Ordering::SeqCst));
+        if age <= 5 {
+            Ok("ok".to_string())
+        } else {
+            Err(format!("the election loop has not run for {age}s"))
+        }
+    }
+
+    async fn readyz(&self) -> Result<String, String> {
+        let reasons = self.health.not_ready();
+        if !reasons.is_empty() {
+            return Err(format!("not ready: {}", reasons.join("; ")));
+        }
+        match self.health.dataplane_note() {
+            None => Ok("ok".to_string()),
+            Some(note) => Ok(format!("ok; {note}")),
+        }
     }
 }

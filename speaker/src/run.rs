@@ -40,8 +40,9 @@ use crate::cluster::install;
 use crate::config::{Config, DataplaneMode};
 use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::election::Ownership;
-use crate::http::{self, Health};
+use crate::http::{Endpoints, Health};
 use herald_config::deploy::{SPEAKER_KEY_FIELD, SPEAKER_NEXT_KEY_FIELD};
+use herald_config::process;
 
 use crate::membership::auth::{KeyRing, SecretKey};
 use crate::membership::{Membership, MembershipError, NodeHealth};
@@ -53,17 +54,17 @@ const MIN_KEY_BYTES: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("connecting to the Kubernetes API: {0}")]
+    #[error("connecting to the Kubernetes API")]
     Client(#[source] kube::Error),
-    #[error("serving metrics on {addr}: {source}")]
+    #[error("serving metrics on {addr}")]
     Http {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("starting the ARP/NDP announcer: {0}")]
+    #[error("starting the ARP/NDP announcer")]
     Announcer(#[from] AnnouncerError),
-    #[error("starting membership: {0}")]
+    #[error("starting membership")]
     Membership(#[from] MembershipError),
 }
 
@@ -156,7 +157,7 @@ pub async fn run_with_client(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let node = config.node_name.clone();
-    let mut registry = http::metrics_registry();
+    let mut registry = process::metrics_registry();
     let health = Arc::new(Health::default());
     health.mark_pass();
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)
@@ -166,7 +167,15 @@ pub async fn run_with_client(
             source,
         })?;
     let registry_cell = Arc::new(std::sync::OnceLock::new());
-    tokio::spawn(http::serve(listener, health.clone(), registry_cell.clone()));
+    let endpoints = Arc::new(Endpoints {
+        health: health.clone(),
+        registry: registry_cell.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = process::serve_probes(listener, endpoints).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
     let mut shutdown = std::pin::pin!(shutdown);
 
     // One watch of the speakers' Secret gives the keys at start and every change after.
@@ -421,7 +430,10 @@ pub async fn run_with_client(
     match dataplane {
         Some(dp) if uninstalling => match dp.shutdown() {
             Ok(()) => tracing::info!("uninstalled (the DaemonSet is gone): removed the eBPF programs and maps"),
-            Err(e) => tracing::warn!(error = %e, "uninstalled, but the eBPF programs could not all be removed"),
+            Err(e) => tracing::warn!(
+                error = process::error_chain(&e),
+                "uninstalled, but the eBPF programs could not all be removed"
+            ),
         },
         other => drop(other),
     }
@@ -494,9 +506,10 @@ fn start_dataplane(
             DataplaneStart::Running(Box::new(dp))
         }
         Err(e) => {
-            tracing::error!(error = %e, detail = ?e, "eBPF dataplane unavailable: announcing only; LoadBalancer traffic is not forwarded by Herald on this node");
+            let error = process::error_chain(&e);
+            tracing::error!(%error, "eBPF dataplane unavailable: announcing only; LoadBalancer traffic is not forwarded by Herald on this node");
             remove_left_behind(config);
-            DataplaneStart::Failed(e.to_string())
+            DataplaneStart::Failed(error)
         }
     }
 }
@@ -509,7 +522,10 @@ fn remove_left_behind(config: &Config) {
             tracing::info!(pin_dir = %config.pin_dir().display(), "removed any eBPF programs and maps an earlier speaker left")
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot remove the eBPF programs an earlier speaker left; they stop translating two minutes after its last heartbeat")
+            tracing::warn!(
+                error = process::error_chain(&e),
+                "cannot remove the eBPF programs an earlier speaker left; they stop translating two minutes after its last heartbeat"
+            )
         }
     }
 }
@@ -587,7 +603,10 @@ impl DataplaneSync {
             match dp.attach_interfaces(interfaces) {
                 Ok(()) => self.interfaces = interfaces.to_vec(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot attach the eBPF dataplane; this node gives up its IPs");
+                    tracing::warn!(
+                        error = process::error_chain(&e),
+                        "cannot attach the eBPF dataplane; this node gives up its IPs"
+                    );
                     healthy = false;
                 }
             }
@@ -615,7 +634,10 @@ impl DataplaneSync {
         match dp.apply_services(services) {
             Ok(stats) => tracing::debug!(?stats, "service map updated"),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot update the eBPF service map; this node gives up its IPs until it can");
+                tracing::warn!(
+                    error = process::error_chain(&e),
+                    "cannot update the eBPF service map; this node gives up its IPs until it can"
+                );
                 healthy = false;
             }
         }

@@ -165,7 +165,7 @@ fn dataplane_lb_ip_and_nodeport_reach_local_backend_and_reply_from_the_ip() {
     assert_eq!(vip_tcp.1, "default/web");
     assert!(vip_tcp.2.packets >= 3, "SYN, request, ACKs counted: {:?}", vip_tcp.2);
 
-    let mut registry = herald_speaker::http::metrics_registry();
+    let mut registry = herald_config::process::metrics_registry();
     dp.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();

@@ -14,12 +14,9 @@ use super::sharing::ShareRefusal;
 /// Why an allocation request (or a pool definition) was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum AllocError {
-    #[error("IPAddressPool {pool:?}: {source}")]
-    BadPoolAddress {
-        pool: String,
-        #[source]
-        source: AddressError,
-    },
+    /// The message includes the address error's: it is shown alone, in Events.
+    #[error("IPAddressPool {pool:?}: {error}")]
+    BadPoolAddress { pool: String, error: AddressError },
     #[error("IPAddressPool {pool:?} (named by the herald.io/address-pool annotation) does not exist")]
     UnknownPool { pool: String },
     #[error("IPAddressPool {pool:?} (named by the herald.io/address-pool annotation) is invalid: {rule}")]

@@ -42,9 +42,9 @@ impl Pool {
             .addresses
             .iter()
             .map(|entry| {
-                parse_address_entry(entry).map_err(|source| AllocError::BadPoolAddress {
+                parse_address_entry(entry).map_err(|error| AllocError::BadPoolAddress {
                     pool: name.to_string(),
-                    source,
+                    error,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -2,8 +2,8 @@
 //! addresses and pools' statuses in step with the cluster.
 //!
 //! # Flow
-//! 1. [`rebuild`]: list pools, validate them, hand the valid ones to the allocator; list every
-//!    Service and [`Allocator::restore`] the addresses already in its status, oldest Service
+//! 1. The pools are listed and the valid ones handed to the allocator; then [`rebuild`] lists
+//!    every Service and [`Allocator::restore`]s the addresses already in its status, oldest Service
 //!    first. Nothing is allocated before this is done, so a restart never renumbers a Service
 //!    and a pending Service never takes an address another one still holds.
 //! 2. A kube-rs `Controller` over Services ([`service::reconcile`]) allocates, writes
@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use herald_config::last_valid::{LastValid, Verdict};
 use herald_config::validation::PoolError;
-use herald_config::{IPAddressPool, IPAddressPoolSpec};
+use herald_config::{IPAddressPool, IPAddressPoolSpec, process};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
@@ -48,34 +48,34 @@ use tokio::task::JoinSet;
 
 use crate::allocator::{Allocator, ServiceKey, ServiceRequest};
 use crate::config::Config;
-use crate::http::{self, Health};
+use crate::http::Health;
 use crate::leader::{self, Leadership, Role, TimingError};
 use crate::metrics::Metrics;
 
 /// Why a reconcile or the controller failed.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("connecting to the Kubernetes API: {0}")]
+    #[error("connecting to the Kubernetes API")]
     Client(#[source] kube::Error),
-    #[error("listing {what}: {source}")]
+    #[error("listing {what}")]
     List {
         what: &'static str,
         #[source]
         source: kube::Error,
     },
-    #[error("writing {what} of {object}: {source}")]
+    #[error("writing {what} of {object}")]
     Write {
         what: &'static str,
         object: String,
         #[source]
         source: kube::Error,
     },
-    #[error("leader election: {0}")]
+    #[error("leader election")]
     Timing(#[source] TimingError),
     /// This replica stepped down (or never led): it writes nothing.
     #[error("not the leader: not writing {what} of {object}")]
     NotLeader { what: &'static str, object: String },
-    #[error("serving metrics on {addr}: {source}")]
+    #[error("serving metrics on {addr}")]
     Http {
         addr: std::net::SocketAddr,
         #[source]
@@ -149,7 +149,7 @@ pub async fn run_with_client(
     };
     let metrics = Arc::new(Metrics::default());
     metrics.leader.set(i64::from(leadership.may_write()));
-    let health = Arc::new(Health::new(client.clone(), leadership.clone()));
+    let health = Arc::new(Health::new(client.clone(), leadership.clone(), metrics.clone()));
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .map_err(|source| Error::Http {
@@ -158,9 +158,9 @@ pub async fn run_with_client(
         })?;
     // Aborted when this future ends or is dropped.
     let mut tasks = JoinSet::new();
-    let serving = (health.clone(), metrics.clone());
+    let serving = health.clone();
     tasks.spawn(async move {
-        if let Err(e) = http::serve(listener, serving.0, serving.1).await {
+        if let Err(e) = process::serve_probes(listener, serving).await {
             tracing::error!(error = %e, "the HTTP server stopped");
         }
     });
@@ -287,7 +287,7 @@ pub async fn run_with_client(
         .run(service::reconcile, service::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile failed");
+                tracing::debug!(error = process::error_chain(&e), "reconcile failed");
             }
         })
         .await;
@@ -365,7 +365,7 @@ async fn rebuild(ctx: &Context) -> Result<(), Error> {
         match allocator.restore(&request, &ips) {
             Ok(_) => restored += 1,
             Err(e) => {
-                tracing::warn!(service = %key, error = %e, "cannot keep the addresses in the Service's status")
+                tracing::warn!(service = %key, error = process::error_chain(&e), "cannot keep the addresses in the Service's status")
             }
         }
     }

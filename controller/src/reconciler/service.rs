@@ -86,10 +86,10 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 pub fn error_policy(service: Arc<Service>, error: &Error, _ctx: Arc<Context>) -> Action {
     if matches!(error, Error::NotLeader { .. }) {
         // Stepping down re-runs every Service anyway (as a standby, following its status).
-        tracing::debug!(service = %service_key(&service), error = %error, "stepped down mid-reconcile");
+        tracing::debug!(service = %service_key(&service), error = herald_config::process::error_chain(error), "stepped down mid-reconcile");
         return Action::await_change();
     }
-    tracing::warn!(service = %service_key(&service), error = %error, "reconcile failed; retrying in 5s");
+    tracing::warn!(service = %service_key(&service), error = herald_config::process::error_chain(error), "reconcile failed; retrying in 5s");
     Action::requeue(Duration::from_secs(5))
 }
 

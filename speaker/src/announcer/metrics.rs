@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn counters_are_encoded_with_prefix_and_labels() {
         let metrics = AnnouncerMetrics::default();
-        let mut registry = crate::http::metrics_registry();
+        let mut registry = herald_config::process::metrics_registry();
         metrics.register(&mut registry);
         let ip: IpAddr = "10.203.0.100".parse().unwrap();
         let counters = metrics.counters_for(ip);

@@ -225,7 +225,7 @@ impl BackendValue {
 
 /// A failed map operation, naming the map and the operation.
 #[derive(Debug, Error)]
-#[error("BPF map {map}: {op} failed: {source}")]
+#[error("BPF map {map}: {op} failed")]
 pub struct MapsError {
     pub map: &'static str,
     pub op: &'static str,

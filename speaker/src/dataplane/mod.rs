@@ -111,6 +111,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader};
+use herald_config::process::error_chain;
 use prometheus_client::registry::Registry;
 use thiserror::Error;
 
@@ -248,13 +249,13 @@ impl Direction {
 /// Why the dataplane could not start or change; each says what failed and on what.
 #[derive(Debug, Error)]
 pub enum DataplaneError {
-    #[error("creating the pin directory {path}: {source}")]
+    #[error("creating the pin directory {path}")]
     PinDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("loading the eBPF object (maps pinned under {pin_dir}): {source}")]
+    #[error("loading the eBPF object (maps pinned under {pin_dir})")]
     Load {
         pin_dir: PathBuf,
         #[source]
@@ -268,13 +269,13 @@ pub enum DataplaneError {
         io_error: std::io::Error,
         log: String,
     },
-    #[error("loading program {program}: {source}")]
+    #[error("loading program {program}")]
     Program {
         program: &'static str,
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("attaching {program} to TC {direction} of interface {interface}: {source}")]
+    #[error("attaching {program} to TC {direction} of interface {interface}")]
     Attach {
         program: &'static str,
         interface: String,
@@ -282,15 +283,20 @@ pub enum DataplaneError {
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("pinning the TC {direction} link of interface {interface} at {path}: {message}")]
+    #[error("pinning the TC {direction} link of interface {interface} at {path}")]
     PinLink {
         interface: String,
         direction: &'static str,
         path: PathBuf,
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("detaching the link pinned at {path}: {message}")]
-    Detach { path: PathBuf, message: String },
+    #[error("detaching the link pinned at {path}")]
+    Detach {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(
         "SNAT ports {snat} overlap this node's ephemeral ports {local_first}-{local_last} \
          (net.ipv4.ip_local_port_range): pick a range outside it with --snat-ports"
@@ -300,9 +306,9 @@ pub enum DataplaneError {
         local_first: u16,
         local_last: u16,
     },
-    #[error("writing the dataplane's settings map: {0}")]
+    #[error("writing the dataplane's settings map")]
     Config(#[source] MapsError),
-    #[error("updating the service maps: {0}")]
+    #[error("updating the service maps")]
     Maps(#[from] MapsError),
 }
 
@@ -369,7 +375,7 @@ impl Keeper {
                         ..value
                     };
                     if let Err(e) = config_map.set(0, heartbeat, 0) {
-                        tracing::warn!(error = %e, "cannot write the dataplane heartbeat; its programs stop translating two minutes after the last one");
+                        tracing::warn!(error = error_chain(&e), "cannot write the dataplane heartbeat; its programs stop translating two minutes after the last one");
                     }
                     if last_sweep.elapsed() >= SWEEP_EVERY {
                         last_sweep = Instant::now();
@@ -380,7 +386,7 @@ impl Keeper {
                                 guard.last_sweep = stats;
                                 tracing::debug!(?stats, took = ?last_sweep.elapsed(), "conntrack swept");
                             }
-                            Err(e) => tracing::warn!(error = %e, "conntrack sweep failed"),
+                            Err(e) => tracing::warn!(error = error_chain(&e), "conntrack sweep failed"),
                         }
                     }
                 }
@@ -628,16 +634,16 @@ impl Dataplane {
             program.attach(interface, direction.tc()).map_err(attach_err)?;
             return Ok(());
         }
-        let pin_err = |message: String| DataplaneError::PinLink {
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::PinLink {
             interface: interface.to_owned(),
             direction: direction.as_str(),
             path: pin.to_owned(),
-            message,
+            source,
         };
         if pin.exists() {
             // A previous speaker's link: swap our program in atomically; the pin stays.
-            let old = PinnedLink::from_pin(pin).map_err(|e| pin_err(error_chain(&e)))?;
-            let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| pin_err(error_chain(&e)))?;
+            let old = PinnedLink::from_pin(pin).map_err(|e| pin_err(e.into()))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| pin_err(e.into()))?;
             let id = program.attach_to_link(link).map_err(attach_err)?;
             program.take_link(id).map_err(attach_err)?;
         } else {
@@ -649,8 +655,8 @@ impl Dataplane {
                 )
                 .map_err(attach_err)?;
             let link = program.take_link(id).map_err(attach_err)?;
-            let fd_link = FdLink::try_from(link).map_err(|e| pin_err(error_chain(&e)))?;
-            fd_link.pin(pin).map_err(|e| pin_err(error_chain(&e)))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| pin_err(e.into()))?;
+            fd_link.pin(pin).map_err(|e| pin_err(e.into()))?;
         }
         Ok(())
     }
@@ -710,18 +716,6 @@ fn remove_maps(map_dir: &Path) {
     let _ = std::fs::remove_dir(map_dir);
 }
 
-/// `error: cause: cause…`, since aya's messages name the syscall but keep errno in the source.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
-
 /// bpffs refuses names with dots (reserved), and interface names may contain them (VLANs) but
 /// never a colon: so dots become colons and the hook follows a colon.
 fn link_pin_name(interface: &str, direction: Direction) -> String {
@@ -729,14 +723,14 @@ fn link_pin_name(interface: &str, direction: Direction) -> String {
 }
 
 fn unpin_link(path: &Path) -> Result<(), DataplaneError> {
-    let detach_err = |message: String| DataplaneError::Detach {
+    let detach_err = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Detach {
         path: path.to_owned(),
-        message,
+        source,
     };
     match PinnedLink::from_pin(path) {
         // Removing the pin and closing the last fd detaches the program.
-        Ok(link) => link.unpin().map(drop).map_err(|e| detach_err(error_chain(&e))),
-        Err(_) => std::fs::remove_file(path).map_err(|e| detach_err(error_chain(&e))),
+        Ok(link) => link.unpin().map(drop).map_err(|e| detach_err(e.into())),
+        Err(_) => std::fs::remove_file(path).map_err(|e| detach_err(e.into())),
     }
 }
 

@@ -42,7 +42,7 @@ use super::{MembershipConfig, MembershipView, NodeHealth, Peer};
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
     /// The gRPC port could not be bound.
-    #[error("binding the membership gRPC server to {address}: {source}")]
+    #[error("binding the membership gRPC server to {address}")]
     Bind {
         /// Address from the config.
         address: SocketAddr,
@@ -330,7 +330,7 @@ fn register_timings(config: &MembershipConfig, registry: &mut Registry) {
     }
     registry.register(
         "membership_timing_seconds",
-        "Failure-detection timings in effect (--probe-interval, --watch-probe-interval, --probe-timeout, --suspicion-timeout, --suspicion-probe-interval)",
+        "Failure-detection timings in effect (--probe-interval, --watch-probe-interval, --probe-timeout, --suspicion-timeout; the suspicion probe interval is fixed)",
         timings,
     );
 }

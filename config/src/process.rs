@@ -1,0 +1,209 @@
+//! What herald-controller and herald-speaker do alike as processes (feature `process`): the
+//! runtime around their work, logging (`HERALD_LOG`, `--log-format`), the shutdown signal, error
+//! reports, and the `/metrics`, `/healthz`, `/readyz` server whose answers each binary gives
+//! through [`Probes`].
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// The environment variable with the log filter (`tracing` directives; default `info`).
+pub const LOG_FILTER_ENV: &str = "HERALD_LOG";
+
+/// How log lines are written (`--log-format`, `HERALD_LOG_FORMAT`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global logger: the filter from [`LOG_FILTER_ENV`], lines in `format`.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+}
+
+/// Runs `work` on a multi-threaded runtime and returns its exit code. Background tasks
+/// (watches, servers) end with the process instead of being waited for.
+pub fn run_to_exit<F: Future<Output = ExitCode>>(program: &str, work: impl FnOnce() -> F) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{program}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(work());
+    tracing::info!("exiting");
+    runtime.shutdown_background();
+    code
+}
+
+/// Completes on SIGTERM (what the kubelet sends) or Ctrl-C. If the SIGTERM handler cannot be
+/// installed, only Ctrl-C ends it, and that is logged.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGTERM; only Ctrl-C stops this process gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`. Herald's error types do
+/// not repeat their source in their message, so each cause appears once.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The registry `/metrics` serves: every name it holds is exported with the prefix `herald_`,
+/// so what registers into it names metrics without that prefix.
+pub fn metrics_registry() -> Registry {
+    Registry::with_prefix("herald")
+}
+
+/// The answers of a process's HTTP endpoints. `Ok` is served with 200, `Err` with 503; the
+/// text is the body (a newline is added).
+pub trait Probes: Send + Sync + 'static {
+    /// The Prometheus exposition (OpenMetrics text).
+    fn metrics(&self) -> String;
+    /// Whether the process should be restarted (`Err`: yes, and why).
+    fn healthz(&self) -> impl Future<Output = Result<String, String>> + Send;
+    /// Whether the process should get traffic and be counted as available (`Err`: why not).
+    fn readyz(&self) -> impl Future<Output = Result<String, String>> + Send;
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on a bound listener until it fails.
+pub async fn serve_probes<P: Probes>(listener: TcpListener, probes: Arc<P>) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    let app = Router::new()
+        .route("/metrics", get(metrics::<P>))
+        .route("/healthz", get(healthz::<P>))
+        .route("/readyz", get(readyz::<P>))
+        .with_state(probes);
+    axum::serve(listener, app).await
+}
+
+async fn metrics<P: Probes>(State(probes): State<Arc<P>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        probes.metrics(),
+    )
+}
+
+async fn healthz<P: Probes>(State(probes): State<Arc<P>>) -> impl IntoResponse {
+    answer(probes.healthz().await)
+}
+
+async fn readyz<P: Probes>(State(probes): State<Arc<P>>) -> impl IntoResponse {
+    answer(probes.readyz().await)
+}
+
+fn answer(result: Result<String, String>) -> (StatusCode, String) {
+    match result {
+        Ok(text) => (StatusCode::OK, format!("{text}\n")),
+        Err(text) => (StatusCode::SERVICE_UNAVAILABLE, format!("{text}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting the announcer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_names_each_cause_once() {
+        let error = Outer(std::io::Error::other("permission denied"));
+        assert_eq!(error_chain(&error), "starting the announcer: permission denied");
+    }
+
+    struct Fixed {
+        ready: bool,
+    }
+
+    impl Probes for Fixed {
+        fn metrics(&self) -> String {
+            "# EOF\n".to_string()
+        }
+        async fn healthz(&self) -> Result<String, String> {
+            Ok("ok".to_string())
+        }
+        async fn readyz(&self) -> Result<String, String> {
+            if self.ready {
+                Ok("ok".into())
+            } else {
+                Err("not ready: watches have not synced".into())
+            }
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let status = response[9..12].parse().expect("status code");
+        let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+        (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn probes_answer_with_their_status_and_text() {
+        for ready in [true, false] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let server = tokio::spawn(serve_probes(listener, Arc::new(Fixed { ready })));
+            assert_eq!(get(addr, "/healthz").await.0, 200);
+            let (status, _, body) = get(addr, "/readyz").await;
+            if ready {
+                assert_eq!((status, body.as_str()), (200, "ok\n"));
+            } else {
+                assert_eq!((status, body.as_str()), (503, "not ready: watches have not synced\n"));
+            }
+            let (status, head, body) = get(addr, "/metrics").await;
+            assert_eq!(status, 200);
+            assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
+            assert_eq!(body, "# EOF\n");
+            assert_eq!(get(addr, "/nothing").await.0, 404);
+            server.abort();
+        }
+    }
+}
