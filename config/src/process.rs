@@ -3,6 +3,7 @@
 //! reports, and the `/metrics`, `/healthz`, `/readyz` server whose answers each binary gives
 //! through [`Probes`].
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::task::{Id, JoinSet};
 use tracing_subscriber::EnvFilter;
 
 /// The environment variable with the log filter (`tracing` directives; default `info`).
@@ -84,6 +86,48 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The tasks a process runs for as long as it runs (watches, servers, writers), by name. None
+/// of them is meant to end on its own: [`Tasks::ended`] says which one did, so the process
+/// stops with that error (and is restarted) instead of running on without, say, its pool
+/// watch. Dropping it aborts them all.
+#[derive(Default)]
+pub struct Tasks {
+    set: JoinSet<()>,
+    names: HashMap<Id, &'static str>,
+}
+
+/// A task of a [`Tasks`] set returned or panicked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {task} task {}", if *.panicked { "panicked" } else { "ended" })]
+pub struct TaskEnded {
+    pub task: &'static str,
+    pub panicked: bool,
+}
+
+impl Tasks {
+    /// Runs `task` under `name` (the name errors and logs give it).
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// Completes when one of the tasks has ended, naming it; never, while there are none.
+    /// Cancel-safe: usable as a `select!` branch.
+    pub async fn ended(&mut self) -> TaskEnded {
+        let Some(result) = self.set.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, panicked) = match result {
+            Ok((id, ())) => (id, false),
+            Err(e) => (e.id(), e.is_panic()),
+        };
+        TaskEnded {
+            task: self.names.remove(&id).unwrap_or("unnamed"),
+            panicked,
+        }
+    }
+}
+
 /// The registry `/metrics` serves: every name it holds is exported with the prefix `herald_`,
 /// so what registers into it names metrics without that prefix.
 pub fn metrics_registry() -> Registry {
@@ -151,6 +195,33 @@ mod tests {
     fn error_chain_names_each_cause_once() {
         let error = Outer(std::io::Error::other("permission denied"));
         assert_eq!(error_chain(&error), "starting the announcer: permission denied");
+    }
+
+    #[tokio::test]
+    async fn tasks_name_the_one_that_ended_or_panicked() {
+        let mut tasks = Tasks::default();
+        tasks.spawn("forever", std::future::pending());
+        tasks.spawn("pool watch", async {});
+        assert_eq!(
+            tasks.ended().await,
+            TaskEnded {
+                task: "pool watch",
+                panicked: false
+            }
+        );
+        tasks.spawn("status writer", async { panic!("poisoned lock") });
+        let ended = tasks.ended().await;
+        assert_eq!(ended.to_string(), "the status writer task panicked");
+        // Only the endless one is left: nothing more ends.
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), tasks.ended()).await;
+        assert!(waited.is_err(), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn no_tasks_never_end() {
+        let mut tasks = Tasks::default();
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), tasks.ended()).await;
+        assert!(waited.is_err());
     }
 
     struct Fixed {

@@ -42,7 +42,7 @@ use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::election::Ownership;
 use crate::http::{Endpoints, Health};
 use herald_config::deploy::{SPEAKER_KEY_FIELD, SPEAKER_NEXT_KEY_FIELD};
-use herald_config::process;
+use herald_config::process::{self, TaskEnded, Tasks};
 
 use crate::membership::auth::{KeyRing, SecretKey};
 use crate::membership::{Membership, MembershipError, NodeHealth};
@@ -66,6 +66,9 @@ pub enum Error {
     Announcer(#[from] AnnouncerError),
     #[error("starting membership")]
     Membership(#[from] MembershipError),
+    /// A task the speaker runs for as long as it runs (a watch, the status writer, the server).
+    #[error("a part of the speaker stopped")]
+    TaskEnded(#[source] TaskEnded),
 }
 
 /// How often an idle loop recomputes its plan anyway: a safety net, since every input that can
@@ -171,7 +174,9 @@ pub async fn run_with_client(
         health: health.clone(),
         registry: registry_cell.clone(),
     });
-    tokio::spawn(async move {
+    // What runs as long as the speaker: if one of them ends, the speaker leaves and stops.
+    let mut tasks = Tasks::default();
+    tasks.spawn("HTTP server", async move {
         if let Err(e) = process::serve_probes(listener, endpoints).await {
             tracing::error!(error = %e, "the HTTP server stopped");
         }
@@ -215,7 +220,7 @@ pub async fn run_with_client(
     let metrics = LoopMetrics::register(&mut registry);
     let _ = registry_cell.set(registry);
 
-    let cluster = Cluster::start(&client, &config.namespace, &config.speaker_selector);
+    let cluster = Cluster::start(&client, &config.namespace, &config.speaker_selector, &mut tasks);
     // Owned by the DaemonSet, this node's ServiceL2Status objects go with it (an uninstall).
     let owner = match &config.daemonset {
         Some(name) => match install::look_up(&client, &config.namespace, name).await {
@@ -228,15 +233,18 @@ pub async fn run_with_client(
         None => None,
     };
     let (status_tx, status_rx) = watch::channel(AnnouncedServices::new());
-    let status_task = tokio::spawn(status::run(
-        client.clone(),
-        status::Writer {
-            namespace: config.namespace.clone(),
-            node: node.clone(),
-            owner,
-        },
-        status_rx,
-    ));
+    tasks.spawn(
+        "ServiceL2Status writer",
+        status::run(
+            client.clone(),
+            status::Writer {
+                namespace: config.namespace.clone(),
+                node: node.clone(),
+                owner,
+            },
+            status_rx,
+        ),
+    );
 
     let mut view_rx = membership.view();
     let mut interfaces_rx = announcer.watch_usable_interfaces();
@@ -250,6 +258,7 @@ pub async fn run_with_client(
     let mut warned_speaker_selector = false;
     let mut deaths_refuted_seen = 0;
     let mut keys_followed = true;
+    let mut failed = None;
     tracing::info!(%node, port = config.peer_port, "speaker running");
     loop {
         // Not `announcer.status()`: it lists every owned IP, and this runs on every wake.
@@ -393,6 +402,11 @@ pub async fn run_with_client(
 
         woken_by_input = tokio::select! {
             _ = &mut shutdown => break,
+            ended = tasks.ended() => {
+                tracing::error!(error = %ended, "a part of the speaker stopped; leaving and stopping");
+                failed = Some(ended);
+                break;
+            }
             _ = cluster.changed.notified() => true,
             _ = view_rx.changed() => true,
             _ = interfaces_rx.changed() => true,
@@ -439,8 +453,10 @@ pub async fn run_with_client(
     }
     status_tx.send_replace(AnnouncedServices::new());
     drop(status_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(2), status_task).await;
-    Ok(())
+    // The status writer withdraws this node's objects and ends; the other tasks run until
+    // dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.ended()).await;
+    failed.map_or(Ok(()), |ended| Err(Error::TaskEnded(ended)))
 }
 
 /// This node's health as peers hear it. `dataplane_synced`: None for an announce-only node,

@@ -34,8 +34,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use herald_config::last_valid::{LastValid, Verdict};
+use herald_config::process::{self, TaskEnded, Tasks};
 use herald_config::validation::PoolError;
-use herald_config::{IPAddressPool, IPAddressPoolSpec, process};
+use herald_config::{IPAddressPool, IPAddressPoolSpec};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
@@ -44,7 +45,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use thiserror::Error;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
 
 use crate::allocator::{Allocator, ServiceKey, ServiceRequest};
 use crate::config::Config;
@@ -75,6 +75,9 @@ pub enum Error {
     /// This replica stepped down (or never led): it writes nothing.
     #[error("not the leader: not writing {what} of {object}")]
     NotLeader { what: &'static str, object: String },
+    /// A task the controller runs for as long as it runs (a watch, a writer, the election).
+    #[error("a part of the controller stopped")]
+    TaskEnded(#[source] TaskEnded),
     #[error("serving metrics on {addr}")]
     Http {
         addr: std::net::SocketAddr,
@@ -156,10 +159,10 @@ pub async fn run_with_client(
             addr: config.metrics_addr,
             source,
         })?;
-    // Aborted when this future ends or is dropped.
-    let mut tasks = JoinSet::new();
+    // Aborted when this future ends or is dropped; if one ends before, so does the controller.
+    let mut tasks = Tasks::default();
     let serving = health.clone();
-    tasks.spawn(async move {
+    tasks.spawn("HTTP server", async move {
         if let Err(e) = process::serve_probes(listener, serving).await {
             tracing::error!(error = %e, "the HTTP server stopped");
         }
@@ -174,7 +177,7 @@ pub async fn run_with_client(
         .reflect(ns_writer)
         .applied_objects();
     let ns_trigger = retry_all.clone();
-    tasks.spawn(async move {
+    tasks.spawn("Namespace watch", async move {
         let mut stream = std::pin::pin!(ns_stream);
         while let Some(event) = stream.next().await {
             if event.is_ok() {
@@ -221,9 +224,14 @@ pub async fn run_with_client(
 
     let watch_ctx = ctx.clone();
     let watch_api = pool_api.clone();
-    tasks.spawn(async move { pools::watch_pools(watch_ctx, watch_api, &initial_pools).await });
-    tasks.spawn(pools::write_statuses(ctx.clone(), pool_api));
-    tasks.spawn(on_role_changes(ctx.clone()));
+    tasks.spawn("IPAddressPool watch", async move {
+        pools::watch_pools(watch_ctx, watch_api, &initial_pools).await
+    });
+    tasks.spawn(
+        "IPAddressPool status writer",
+        pools::write_statuses(ctx.clone(), pool_api),
+    );
+    tasks.spawn("leadership follower", on_role_changes(ctx.clone()));
 
     // Services: one reflector feeds the Controller; its Delete events release addresses.
     let services: Api<Service> = Api::all(client.clone());
@@ -280,7 +288,7 @@ pub async fn run_with_client(
         Some(((), n))
     });
     health.reconciling.store(true, Ordering::SeqCst);
-    Controller::for_stream(service_events, reader)
+    let reconciling = Controller::for_stream(service_events, reader)
         .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(20)))
         .reconcile_all_on(retry_stream)
         .graceful_shutdown_on(shutdown)
@@ -289,17 +297,39 @@ pub async fn run_with_client(
             if let Err(e) = result {
                 tracing::debug!(error = process::error_chain(&e), "reconcile failed");
             }
-        })
-        .await;
+        });
+    // The election ends only when told to (below); ending before is a failure like a task's.
+    let election_ended = async {
+        match &mut election {
+            Some(AbortOnDrop(handle)) => {
+                let panicked = handle.await.err().is_some_and(|e| e.is_panic());
+                TaskEnded {
+                    task: "leader election",
+                    panicked,
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let failed = tokio::select! {
+        () = reconciling => None,
+        ended = tasks.ended() => Some(ended),
+        ended = election_ended => Some(ended),
+    };
     health.reconciling.store(false, Ordering::SeqCst);
-    tracing::info!("reconcile loop stopped");
-    // Only now that no reconcile is running: give the Lease up.
+    match &failed {
+        Some(ended) => tracing::error!(error = %ended, "a part of the controller stopped; stopping"),
+        None => tracing::info!("reconcile loop stopped"),
+    }
+    // Only now that no reconcile is running: give the Lease up (unless the election itself is
+    // what ended).
     let _ = stop_election.send(true);
-    if let Some(AbortOnDrop(handle)) = &mut election {
+    if let Some(AbortOnDrop(handle)) = &mut election
+        && !handle.is_finished()
+    {
         let _ = handle.await;
     }
-    tasks.abort_all();
-    Ok(())
+    failed.map_or(Ok(()), |ended| Err(Error::TaskEnded(ended)))
 }
 
 /// Aborts the task when dropped.

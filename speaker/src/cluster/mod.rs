@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
+use herald_config::process::Tasks;
 use herald_config::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -53,7 +54,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the watches; Herald's own kinds and the speaker Pods (`speaker_selector`, a
     /// label selector) are read from `namespace` only.
-    pub fn start(client: &Client, namespace: &str, speaker_selector: &str) -> Cluster {
+    pub fn start(client: &Client, namespace: &str, speaker_selector: &str, tasks: &mut Tasks) -> Cluster {
         let changed = Arc::new(Notify::new());
         let pending_since = Arc::new(Mutex::new(None));
         let changes = Arc::new(Mutex::new(Changes::default()));
@@ -74,20 +75,44 @@ impl Cluster {
         };
         let other: Record = |_, _| {};
         Cluster {
-            nodes: spawn_watch(Api::all(client.clone()), watch(0, other), watcher::Config::default()),
-            services: spawn_watch(Api::all(client.clone()), watch(1, services), watcher::Config::default()),
-            endpoint_slices: spawn_watch(Api::all(client.clone()), watch(2, slices), watcher::Config::default()),
+            nodes: spawn_watch(
+                tasks,
+                "Node watch",
+                Api::all(client.clone()),
+                watch(0, other),
+                watcher::Config::default(),
+            ),
+            services: spawn_watch(
+                tasks,
+                "Service watch",
+                Api::all(client.clone()),
+                watch(1, services),
+                watcher::Config::default(),
+            ),
+            endpoint_slices: spawn_watch(
+                tasks,
+                "EndpointSlice watch",
+                Api::all(client.clone()),
+                watch(2, slices),
+                watcher::Config::default(),
+            ),
             pools: spawn_watch(
+                tasks,
+                "IPAddressPool watch",
                 Api::namespaced(client.clone(), namespace),
                 watch(3, other),
                 watcher::Config::default(),
             ),
             advertisements: spawn_watch(
+                tasks,
+                "L2Advertisement watch",
                 Api::namespaced(client.clone(), namespace),
                 watch(4, other),
                 watcher::Config::default(),
             ),
             speakers: spawn_watch(
+                tasks,
+                "speaker Pod watch",
                 Api::namespaced(client.clone(), namespace),
                 watch(5, other),
                 watcher::Config::default().labels(speaker_selector),
@@ -158,13 +183,13 @@ impl Watch {
     }
 }
 
-fn spawn_watch<K>(api: Api<K>, watch: Watch, config: watcher::Config) -> Store<K>
+fn spawn_watch<K>(tasks: &mut Tasks, name: &'static str, api: Api<K>, watch: Watch, config: watcher::Config) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config).default_backoff().reflect(writer);
-    tokio::spawn(async move {
+    tasks.spawn(name, async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
