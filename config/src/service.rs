@@ -1,4 +1,5 @@
-//! What Herald reads from a `v1.Service`: whether Herald handles it, and its current addresses.
+//! What Herald reads from a `v1.Service`: whether Herald handles it, its traffic policy, and
+//! its current addresses.
 
 use std::net::IpAddr;
 
@@ -13,6 +14,28 @@ pub fn handles(service: &Service, lb_class: &str) -> bool {
             .load_balancer_class
             .as_deref()
             .is_none_or(|class| class == lb_class)
+}
+
+/// `spec.externalTrafficPolicy`: which nodes may receive a LoadBalancer Service's traffic and
+/// which endpoints they send it to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    /// Any node receives it and forwards it to any ready endpoint.
+    #[default]
+    Cluster,
+    /// Only nodes with a ready endpoint of their own receive it, and keep it on the node: the
+    /// client's source address is preserved.
+    Local,
+}
+
+/// The Service's `spec.externalTrafficPolicy` (`Cluster` when unset, as Kubernetes defaults it).
+pub fn traffic_policy(service: &Service) -> TrafficPolicy {
+    let policy = service.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref());
+    if policy == Some("Local") {
+        TrafficPolicy::Local
+    } else {
+        TrafficPolicy::Cluster
+    }
 }
 
 /// The addresses in `status.loadBalancer.ingress`, in order; hostnames are ignored.
@@ -32,6 +55,21 @@ pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn traffic_policy_is_local_only_when_it_says_so() {
+        for (policy, want) in [
+            (json!("Local"), TrafficPolicy::Local),
+            (json!("Cluster"), TrafficPolicy::Cluster),
+            (json!(null), TrafficPolicy::Cluster),
+        ] {
+            assert_eq!(
+                traffic_policy(&svc(json!({"externalTrafficPolicy": policy}))),
+                want,
+                "{policy}"
+            );
+        }
+    }
 
     fn svc(spec: serde_json::Value) -> Service {
         serde_json::from_value(json!({"metadata": {"name": "s"}, "spec": spec,

@@ -446,7 +446,7 @@ async fn in_lab<T>(
     .await?;
     let result = tokio::select! {
         result = story(&running, say) => result.map_err(anyhow::Error::from),
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        () = herald_config::process::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
     };
     say("tearing the lab down");
     running.down().await?;

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use herald_config::address::IpFamily;
 use herald_config::annotations::parse_service_annotations;
+use herald_config::service::{TrafficPolicy, traffic_policy};
 use k8s_openapi::api::core::v1::Service;
 
 use super::error::AllocError;
@@ -131,7 +132,7 @@ impl ServiceRequest {
                 FamilyPolicy::from_k8s(p).ok_or_else(|| AllocError::BadFamilyPolicy { policy: p.to_string() })?
             }
         };
-        let backend = if spec.external_traffic_policy.as_deref() == Some("Local") {
+        let backend = if traffic_policy(service) == TrafficPolicy::Local {
             Backend::Local {
                 selector: spec.selector.clone().unwrap_or_default(),
             }

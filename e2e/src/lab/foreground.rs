@@ -45,15 +45,7 @@ pub async fn run_up(mut config: LabConfig, json: Option<PathBuf>) -> Result<(), 
     progress("Ctrl-C (or `herald-lab down`) removes everything");
     println!("export KUBECONFIG={}", lab.kubeconfig_path().display());
 
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|source| LabError::Io {
-            path: PathBuf::from("SIGTERM handler"),
-            source,
-        })?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    herald_config::process::shutdown_signal().await;
     progress("stopping processes and removing namespaces");
     let report = lab.down().await?;
     progress(&format!(

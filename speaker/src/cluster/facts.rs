@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use herald_config::annotations::IP_ALLOCATED_FROM_POOL;
 use herald_config::last_valid::PoolInUse;
-use herald_config::service::{handles, ingress_ips};
+use herald_config::service::{handles, ingress_ips, traffic_policy};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use crate::dataplane as dp;
-use crate::election::eligibility::{NodeFacts, PoolFacts, ServiceFacts, TrafficPolicy, UnitFacts};
+use crate::election::eligibility::{NodeFacts, PoolFacts, ServiceFacts, UnitFacts};
 use crate::membership::MemberInfo;
 
 /// The label EndpointSlices carry naming their Service.
@@ -354,19 +354,10 @@ pub fn service_facts(service: &Service, slices: &[&EndpointSlice]) -> ServiceFac
             ready_endpoint_nodes.insert(node.clone());
         }
     }
-    let local = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.external_traffic_policy.as_deref())
-        .is_some_and(|p| p == "Local");
     ServiceFacts {
         name: format!("{}/{}", service.namespace().unwrap_or_default(), service.name_any()),
         labels: service.labels().clone(),
-        traffic_policy: if local {
-            TrafficPolicy::Local
-        } else {
-            TrafficPolicy::Cluster
-        },
+        traffic_policy: traffic_policy(service),
         has_serving_endpoint,
         ready_endpoint_nodes,
     }
@@ -427,17 +418,12 @@ pub fn service_input(service: &Service, slices: &[&EndpointSlice]) -> Option<dp:
             })
         })
         .collect();
-    let local = spec.external_traffic_policy.as_deref() == Some("Local");
     Some(dp::ServiceInput {
         namespace: service.namespace().unwrap_or_default(),
         name: service.name_any(),
         load_balancer_ips,
         ports,
-        traffic_policy: if local {
-            dp::TrafficPolicy::Local
-        } else {
-            dp::TrafficPolicy::Cluster
-        },
+        traffic_policy: traffic_policy(service),
         source_ranges: source_ranges(service),
         endpoints,
     })
@@ -824,7 +810,7 @@ mod tests {
             ]),
         );
         let facts = service_facts(&svc, &[&s]);
-        assert_eq!(facts.traffic_policy, TrafficPolicy::Local);
+        assert_eq!(facts.traffic_policy, herald_config::service::TrafficPolicy::Local);
         assert!(facts.has_serving_endpoint);
         assert_eq!(facts.ready_endpoint_nodes, BTreeSet::from(["n1".to_string()]));
         let none = service_facts(&svc, &[]);

@@ -55,15 +55,9 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// `spec.externalTrafficPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TrafficPolicy {
-    /// Any ready endpoint; a remote one is reached as [`Forwarding`] says.
-    #[default]
-    Cluster,
-    /// Only endpoints on this node; the client's source address is preserved.
-    Local,
-}
+/// `spec.externalTrafficPolicy`: with `Cluster`, a remote endpoint is reached as
+/// [`Forwarding`] says; with `Local`, only endpoints on this node are used.
+pub use herald_config::service::TrafficPolicy;
 
 /// One entry of `Service.spec.ports`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -59,15 +59,7 @@ pub struct PoolFacts {
     pub labels: BTreeMap<String, String>,
 }
 
-/// `externalTrafficPolicy` of a Service.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TrafficPolicy {
-    /// Any node forwards to any endpoint.
-    #[default]
-    Cluster,
-    /// Only nodes with a ready local endpoint may receive traffic.
-    Local,
-}
+pub use herald_config::service::TrafficPolicy;
 
 /// One Service using the unit's IP.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
