@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! One module per concept; decisions are pure functions, I/O sits at the edges behind traits.
-//! - [`run`]: the process: watches → [`plan`] → announcer, membership, [`status`].
+//! - [`run`]: the process: watches → [`speaker`] (one step: derive, [`plan`], decide) →
+//!   announcer, membership, dataplane, [`status`].
 //! - [`cluster`]: Kubernetes watches, the pools and advertisements in use (an invalid edit keeps
 //!   the last valid spec) and the facts election needs from them.
 //! - [`election`]: eligibility and rendezvous owner per IP (pure).
@@ -26,4 +27,5 @@ pub mod http;
 pub mod membership;
 pub mod plan;
 pub mod run;
+pub mod speaker;
 pub mod status;

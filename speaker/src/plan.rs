@@ -360,7 +360,7 @@ pub fn owner_changes(before: &BTreeMap<IpAddr, Ownership>, after: &Plan) -> Vec<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cluster::in_use::ConfigMemory;
     use crate::membership::{MemberInfo, MemberState};
@@ -371,20 +371,20 @@ mod tests {
     use serde_json::json;
     use std::cell::RefCell;
 
-    fn node(name: &str, ip: &str) -> Node {
+    pub(crate) fn node(name: &str, ip: &str) -> Node {
         serde_json::from_value(json!({"metadata": {"name": name},
             "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}))
         .unwrap()
     }
 
-    fn service(name: &str, ip: &str, policy: &str) -> Service {
+    pub(crate) fn service(name: &str, ip: &str, policy: &str) -> Service {
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"},
             "spec": {"type": "LoadBalancer", "externalTrafficPolicy": policy, "ports": [{"port": 80}]},
             "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}))
         .unwrap()
     }
 
-    fn slice(service: &str, nodes: &[&str]) -> EndpointSlice {
+    pub(crate) fn slice(service: &str, nodes: &[&str]) -> EndpointSlice {
         let endpoints: Vec<_> = nodes
             .iter()
             .enumerate()
@@ -397,7 +397,7 @@ mod tests {
         .unwrap()
     }
 
-    fn view(states: &[(&str, MemberState)]) -> MembershipView {
+    pub(crate) fn view(states: &[(&str, MemberState)]) -> MembershipView {
         let health = NodeHealth {
             announcer_ready: true,
             dataplane_ready: false,

@@ -1,17 +1,13 @@
 //! The speaker process: Kubernetes watches → election → announcer and dataplane.
 //!
-//! The loop recomputes a [`Plan`] whenever anything it depends on changes — a watched object,
+//! The loop feeds a [`Speaker`] whenever anything it depends on changes — a watched object,
 //! the membership view (a peer died, left, or changed health), this node's health and
-//! interfaces. It also wakes once a second: that tick recomputes only while the last plan was
-//! incomplete (cluster not synced, view not settled, dataplane failing) and otherwise every
-//! [`FULL_PASS_EVERY`] as a safety net, so an idle speaker does no work that grows with the
-//! number of Services (see `pass_needed`). A pass itself is incremental: a pass woken by watch
-//! events derives again only the Services they name ([`FactsCache`]), and only the units whose
-//! Services changed are judged and elected again ([`Planner`]), and the dataplane writes only
-//! the frontends of the Services that changed; the timer's passes read every
-//! object, deriving again what has a new resourceVersion. The plan is pure; applying it is
-//! idempotent. `herald_speaker_pass_seconds` and `herald_speaker_change_apply_seconds` show
-//! what a pass costs and how long a change waits.
+//! interfaces — and once a second, and carries out the [`Actions`] of each pass: the dataplane
+//! writes only the frontends of the Services that changed, the announcer and the status
+//! writer only what differs. When a pass is needed and what it decides is the [`Speaker`]'s
+//! (pure, tested without root); this module only wires it to its inputs and effects.
+//! `herald_speaker_pass_seconds` and `herald_speaker_change_apply_seconds` show what a pass
+//! costs and how long a change waits.
 //! Nothing in the loop waits on the API server, so announcing goes on while it is down.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,7 +18,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Secret};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,19 +29,17 @@ use tokio::sync::watch;
 
 use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, InterfacePolicy};
 use crate::cluster::Cluster;
-use crate::cluster::facts::FactsCache;
-use crate::cluster::in_use::ConfigMemory;
 use crate::cluster::install;
 use crate::config::{Config, DataplaneMode};
 use crate::dataplane::{Dataplane, DataplaneConfig};
-use crate::election::Ownership;
 use crate::http::{Endpoints, Health};
 use herald_config::deploy::{SPEAKER_KEY_FIELD, SPEAKER_NEXT_KEY_FIELD};
 use herald_config::process::{self, TaskEnded, Tasks};
 
 use crate::membership::auth::{KeyRing, SecretKey};
 use crate::membership::{Membership, MembershipError, NodeHealth};
-use crate::plan::{Inputs, Plan, Planner, owner_changes};
+use crate::plan::Plan;
+use crate::speaker::{Actions, ClusterState, Observation, Speaker, SpeakerConfig};
 use crate::status::{self, AnnouncedServices};
 
 /// Keys shorter than this are refused: `head -c 32 /dev/urandom` is what README shows.
@@ -69,32 +62,6 @@ pub enum Error {
     /// A task the speaker runs for as long as it runs (a watch, the status writer, the server).
     #[error("a part of the speaker stopped")]
     TaskEnded(#[source] TaskEnded),
-}
-
-/// How often an idle loop recomputes its plan anyway: a safety net, since every input that can
-/// change the plan also wakes the loop. It reads every object (≈ 0.1 s of CPU at 10,000
-/// Services), so it is rare: once a minute.
-pub const FULL_PASS_EVERY: Duration = Duration::from_secs(60);
-
-/// The last time the loop computed and applied a plan.
-#[derive(Clone, Debug)]
-struct LastPass {
-    at: Instant,
-    /// This node's health as the plan saw it.
-    health: NodeHealth,
-    /// Cluster synced, view settled and dataplane healthy: nothing was waiting to be retried.
-    complete: bool,
-}
-
-/// Whether this loop iteration must compute and apply a plan. Only a quiet tick (no watched
-/// object, view or interface changed since the last pass) may skip it, and only when the last
-/// pass was complete, this node's health is the same, and the last pass is recent.
-fn pass_needed(woken_by_input: bool, last: Option<&LastPass>, health: &NodeHealth, now: Instant) -> bool {
-    let Some(last) = last else { return true };
-    woken_by_input
-        || !last.complete
-        || last.health != *health
-        || now.saturating_duration_since(last.at) >= FULL_PASS_EVERY
 }
 
 /// Counters of the loop itself.
@@ -248,15 +215,15 @@ pub async fn run_with_client(
 
     let mut view_rx = membership.view();
     let mut interfaces_rx = announcer.watch_usable_interfaces();
-    let mut ownership: BTreeMap<IpAddr, Ownership> = BTreeMap::new();
+    let mut speaker = Speaker::new(SpeakerConfig {
+        node: node.clone(),
+        peer_port: config.peer_port,
+        lb_class: config.lb_class.clone(),
+        require_dataplane: true,
+        advertise,
+    });
     let mut dataplane_sync = DataplaneSync::default();
-    let mut config_memory = ConfigMemory::new();
-    let mut facts_cache = FactsCache::new();
-    let mut planner = Planner::default();
-    let mut last_pass: Option<LastPass> = None;
     let mut woken_by_input = true;
-    let mut warned_speaker_selector = false;
-    let mut deaths_refuted_seen = 0;
     let mut keys_followed = true;
     let mut failed = None;
     tracing::info!(%node, port = config.peer_port, "speaker running");
@@ -273,130 +240,33 @@ pub async fn run_with_client(
             .store(local_health.announcer_ready, Ordering::SeqCst);
         health.cluster_synced.store(cluster.synced(), Ordering::SeqCst);
         membership.set_local_health(local_health.clone());
-        'pass: {
-            if !pass_needed(woken_by_input, last_pass.as_ref(), &local_health, Instant::now()) {
-                break 'pass;
-            }
-            let started = Instant::now();
-            let pending_since = cluster.take_pending();
-            let view = view_rx.borrow_and_update().clone();
-            health.membership_settled.store(view.settled, Ordering::SeqCst);
-
-            let nodes = cluster.nodes.state();
-            let pools = cluster.pools.state();
-            let advertisements = cluster.advertisements.state();
-            let in_use = config_memory.judge(
-                pools.iter().map(|p| &**p),
-                advertisements.iter().map(|a| &**a),
-                k8s_openapi::jiff::Timestamp::now(),
+        let view = view_rx.borrow_and_update().clone();
+        health.membership_settled.store(view.settled, Ordering::SeqCst);
+        let started = Instant::now();
+        let seen = Observation {
+            woken_by_input,
+            view: &view,
+            health: &local_health,
+            usable_interfaces: &usable_interfaces,
+            now: started,
+            wall: k8s_openapi::jiff::Timestamp::now(),
+        };
+        if let Some(actions) = speaker.step(&cluster, &seen) {
+            apply(
+                &actions,
+                &config,
+                &announcer,
+                &membership,
+                dataplane.as_mut().map(|dp| (dp, &mut dataplane_sync)),
+                &status_tx,
+                &metrics,
             );
-            // Passes woken by watch events derive only what the events name; the timer's
-            // passes (the safety net, retries) and relists read everything.
-            let changes = cluster.take_changes();
-            let derived = if changes.everything || !woken_by_input {
-                facts_cache.derive_all(
-                    &cluster.services.state().iter().map(|s| &**s).collect::<Vec<_>>(),
-                    &cluster.endpoint_slices.state().iter().map(|s| &**s).collect::<Vec<_>>(),
-                    &config.lb_class,
-                )
-            } else {
-                facts_cache.derive_changed(
-                    &changes,
-                    |namespace, name| cluster.services.get(&ObjectRef::new(name).within(namespace)),
-                    |namespace, name| cluster.endpoint_slices.get(&ObjectRef::new(name).within(namespace)),
-                    &config.lb_class,
-                )
-            };
-            let speakers = crate::cluster::facts::speaker_nodes(cluster.speakers.state().iter().map(|p| &**p));
-            // A selector that does not find this very speaker is wrong: talk to every node
-            // rather than to nobody (alone, this node would announce everything).
-            let speakers_found = speakers.contains(&node);
-            if !speakers_found && cluster.synced() && !warned_speaker_selector {
-                warned_speaker_selector = true;
-                tracing::warn!(selector = %config.speaker_selector, "--speaker-selector finds no running speaker Pod on this node; every Node is taken for a peer");
-            }
-            let next: Plan = planner.plan(&Inputs {
-                node: &node,
-                peer_port: config.peer_port,
-                nodes: &nodes.iter().map(|n| &**n).collect::<Vec<_>>(),
-                speaker_nodes: speakers_found.then_some(&speakers),
-                services: &derived,
-                pools: &in_use.pools,
-                advertisements: &in_use.advertisements,
-                view: &view,
-                local_health: &local_health,
-                require_dataplane: true,
-            });
-            // The pinned maps carry what the previous speaker programmed (traffic flows through
-            // them while this one starts): leave them until this speaker knows the Services (its
-            // caches synced) and who is alive (its view settled). Programming the empty world of
-            // a first pass dropped the connections tunnelled to this node's backends meanwhile.
-            if let Some(dp) = dataplane.as_mut()
-                && cluster.synced()
-                && view.settled
-            {
-                let addresses = nodes
-                    .iter()
-                    .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
-                    .map(|n| crate::cluster::facts::node_addresses(n))
-                    .filter(|a| !a.is_empty())
-                    .unwrap_or_else(|| vec![advertise]);
-                dataplane_sync.update(dp, &dataplane_interfaces(&usable_interfaces, &next), addresses, &next);
-            }
-            // The first peer list starts membership (and its initial sync); an empty list before the
-            // Node watch has synced would make it "settle" with no peers and elect itself everywhere.
-            if cluster.synced() {
-                membership.set_peers(next.peers.clone());
-                membership.watch_closely(next.watch_closely.clone());
-            }
-            // Until the first exchange with peers settles, this node does not know who else is
-            // alive, and announcing would fight the real owners.
-            if view.settled && cluster.synced() {
-                for change in owner_changes(&ownership, &next) {
-                    let (gained, lost) = (
-                        change.to.as_deref() == Some(&node),
-                        change.from.as_deref() == Some(&node),
-                    );
-                    if gained {
-                        metrics.count("gained");
-                    }
-                    if lost {
-                        metrics.count("lost");
-                    }
-                    tracing::info!(ip = %change.ip, from = ?change.from, to = ?change.to, reason = %change.reason, "owner changed");
-                }
-                announcer.set_owned(next.owned.clone());
-                if view.deaths_refuted > deaths_refuted_seen {
-                    if !next.owned.is_empty() {
-                        tracing::info!(
-                            ips = next.owned.len(),
-                            "peers had declared this node dead and may have taken its IPs meanwhile: announcing them again"
-                        );
-                        announcer.announce_again();
-                    }
-                    deaths_refuted_seen = view.deaths_refuted;
-                }
-                metrics.owned.set(next.owned.len() as i64);
-                status_tx.send_if_modified(|current| {
-                    let changed = *current != next.announced;
-                    if changed {
-                        current.clone_from(&next.announced);
-                    }
-                    changed
-                });
-                ownership = next.ownership;
-            }
             metrics.pass_seconds.observe(started.elapsed().as_secs_f64());
-            if let Some(since) = pending_since
+            if let Some(since) = actions.pending_since
                 && cluster.synced()
             {
                 metrics.change_seconds.observe(since.elapsed().as_secs_f64());
             }
-            last_pass = Some(LastPass {
-                at: Instant::now(),
-                complete: view.settled && cluster.synced() && (dataplane.is_none() || dataplane_sync.healthy),
-                health: local_health,
-            });
         }
         health.mark_pass();
 
@@ -459,6 +329,61 @@ pub async fn run_with_client(
     failed.map_or(Ok(()), |ended| Err(Error::TaskEnded(ended)))
 }
 
+/// Carries out one pass's [`Actions`]: the dataplane first (a new owner's maps must be
+/// programmed when the network switches to it), then membership, then the announcer and the
+/// status writer.
+fn apply(
+    actions: &Actions,
+    config: &Config,
+    announcer: &Announcer,
+    membership: &Membership,
+    dataplane: Option<(&mut Dataplane, &mut DataplaneSync)>,
+    status_tx: &watch::Sender<AnnouncedServices>,
+    metrics: &LoopMetrics,
+) {
+    let plan = &actions.plan;
+    if actions.selector_finds_no_speaker {
+        tracing::warn!(selector = %config.speaker_selector, "--speaker-selector finds no running speaker Pod on this node; every Node is taken for a peer");
+    }
+    // The pinned maps carry what the previous speaker programmed (traffic flows through them
+    // while this one starts): they are left alone until the step hands over inputs, once the
+    // caches synced and the view settled. Programming the empty world of a first pass dropped
+    // the connections tunnelled to this node's backends meanwhile.
+    if let (Some((dp, sync)), Some(inputs)) = (dataplane, &actions.dataplane) {
+        sync.update(dp, &inputs.interfaces, inputs.addresses.clone(), plan);
+    }
+    if actions.set_peers {
+        membership.set_peers(plan.peers.clone());
+        membership.watch_closely(plan.watch_closely.clone());
+    }
+    let Some(announce) = &actions.announce else { return };
+    for change in &announce.owner_changes {
+        if change.to.as_deref() == Some(config.node_name.as_str()) {
+            metrics.count("gained");
+        }
+        if change.from.as_deref() == Some(config.node_name.as_str()) {
+            metrics.count("lost");
+        }
+        tracing::info!(ip = %change.ip, from = ?change.from, to = ?change.to, reason = %change.reason, "owner changed");
+    }
+    announcer.set_owned(plan.owned.clone());
+    if announce.announce_again {
+        tracing::info!(
+            ips = plan.owned.len(),
+            "peers had declared this node dead and may have taken its IPs meanwhile: announcing them again"
+        );
+        announcer.announce_again();
+    }
+    metrics.owned.set(plan.owned.len() as i64);
+    status_tx.send_if_modified(|current| {
+        let changed = *current != plan.announced;
+        if changed {
+            current.clone_from(&plan.announced);
+        }
+        changed
+    });
+}
+
 /// This node's health as peers hear it. `dataplane_synced`: None for an announce-only node,
 /// else whether the running dataplane's last attach and apply succeeded.
 fn local_health(announcer: &Announcer, usable_interfaces: &[String], dataplane_synced: Option<bool>) -> NodeHealth {
@@ -470,17 +395,6 @@ fn local_health(announcer: &Announcer, usable_interfaces: &[String], dataplane_s
         interfaces: usable_interfaces.iter().cloned().collect(),
         other_interfaces: announcer.other_interfaces().into_iter().collect(),
     }
-}
-
-/// Where the dataplane's programs attach: the node-wide interfaces, and any other interface
-/// an advertisement has this node announce on (its IPs' traffic arrives there).
-fn dataplane_interfaces(usable: &[String], plan: &Plan) -> Vec<String> {
-    let named = plan
-        .owned
-        .values()
-        .flat_map(|target| target.interfaces.iter().flatten());
-    let all: BTreeSet<&String> = usable.iter().chain(named).collect();
-    all.into_iter().cloned().collect()
 }
 
 /// Starts the eBPF dataplane unless it is switched off; on failure says why (the speaker then
@@ -799,12 +713,11 @@ async fn wait_for_key(
 
 #[cfg(test)]
 mod tests {
-    use super::{FULL_PASS_EVERY, LastPass, NodeHealth, filesystem_of, key_ring_from, pass_needed};
+    use super::{filesystem_of, key_ring_from};
     use crate::membership::auth::{KeyRing, SecretKey};
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
     use std::path::Path;
-    use std::time::{Duration, Instant};
 
     fn secret(fields: &[(&str, &[u8])]) -> Secret {
         Secret {
@@ -856,48 +769,6 @@ mod tests {
         assert_eq!(
             short,
             Err("Secret s's secretkey-next is 7 bytes; a key needs at least 16 (use 32 random bytes)".to_string())
-        );
-    }
-
-    #[test]
-    fn only_a_quiet_tick_after_a_complete_pass_with_the_same_health_skips_the_plan() {
-        let t0 = Instant::now();
-        let healthy = NodeHealth {
-            announcer_ready: true,
-            dataplane_ready: true,
-            interfaces: ["eth0".to_string()].into(),
-            ..Default::default()
-        };
-        let last = |complete| LastPass {
-            at: t0,
-            health: healthy.clone(),
-            complete,
-        };
-        let soon = t0 + Duration::from_secs(1);
-        assert!(pass_needed(false, None, &healthy, t0), "the first pass");
-        assert!(!pass_needed(false, Some(&last(true)), &healthy, soon), "a quiet tick");
-        assert!(pass_needed(true, Some(&last(true)), &healthy, soon), "an input changed");
-        assert!(
-            pass_needed(false, Some(&last(false)), &healthy, soon),
-            "something waits to be retried"
-        );
-        let degraded = NodeHealth {
-            dataplane_ready: false,
-            ..healthy.clone()
-        };
-        assert!(pass_needed(false, Some(&last(true)), &degraded, soon), "health changed");
-        assert!(
-            !pass_needed(
-                false,
-                Some(&last(true)),
-                &healthy,
-                t0 + FULL_PASS_EVERY - Duration::from_millis(1)
-            ),
-            "before the safety net"
-        );
-        assert!(
-            pass_needed(false, Some(&last(true)), &healthy, t0 + FULL_PASS_EVERY),
-            "the safety net"
         );
     }
 

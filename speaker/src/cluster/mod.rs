@@ -26,11 +26,13 @@ use herald_config::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
+
+use crate::speaker::ClusterState;
 
 /// The speaker's stores of Kubernetes objects.
 #[derive(Clone)]
@@ -44,7 +46,7 @@ pub struct Cluster {
     pub speakers: Store<Pod>,
     /// Notified after every change to any store.
     pub changed: Arc<Notify>,
-    /// When the oldest change not yet taken by the loop arrived ([`Cluster::take_pending`]).
+    /// When the oldest change not yet taken by the loop arrived ([`ClusterState::take_pending`]).
     pending_since: Arc<Mutex<Option<Instant>>>,
     /// Services and EndpointSlices changed since the loop last took them.
     changes: Arc<Mutex<Changes>>,
@@ -123,25 +125,54 @@ impl Cluster {
             synced,
         }
     }
+}
 
-    /// The Services and EndpointSlices changed since the last call (everything, the first
-    /// time and after a watch relisted).
-    pub fn take_changes(&self) -> Changes {
+impl ClusterState for Cluster {
+    fn synced(&self) -> bool {
+        self.synced.iter().all(|s| s.load(Ordering::SeqCst))
+    }
+
+    fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.state()
+    }
+
+    fn pools(&self) -> Vec<Arc<IPAddressPool>> {
+        self.pools.state()
+    }
+
+    fn advertisements(&self) -> Vec<Arc<L2Advertisement>> {
+        self.advertisements.state()
+    }
+
+    fn speaker_pods(&self) -> Vec<Arc<Pod>> {
+        self.speakers.state()
+    }
+
+    fn services(&self) -> Vec<Arc<Service>> {
+        self.services.state()
+    }
+
+    fn endpoint_slices(&self) -> Vec<Arc<EndpointSlice>> {
+        self.endpoint_slices.state()
+    }
+
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.services.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    fn endpoint_slice(&self, namespace: &str, name: &str) -> Option<Arc<EndpointSlice>> {
+        self.endpoint_slices.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    fn take_changes(&self) -> Changes {
         std::mem::replace(
             &mut self.changes.lock().unwrap_or_else(|p| p.into_inner()),
             Changes::none(),
         )
     }
 
-    /// When the oldest change since the last call arrived, if any: the loop takes it at the
-    /// start of a pass to measure how long a change waits until it is applied.
-    pub fn take_pending(&self) -> Option<Instant> {
+    fn take_pending(&self) -> Option<Instant> {
         self.pending_since.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    /// Every store has had its first full list.
-    pub fn synced(&self) -> bool {
-        self.synced.iter().all(|s| s.load(Ordering::SeqCst))
     }
 }
 
