@@ -268,6 +268,15 @@ pub async fn run_with_client(
                 metrics.change_seconds.observe(since.elapsed().as_secs_f64());
             }
         }
+        if let Some(part) = membership.ended_part() {
+            let ended = TaskEnded {
+                task: part,
+                panicked: false,
+            };
+            tracing::error!(error = %ended, "a part of the speaker stopped; leaving and stopping");
+            failed = Some(ended);
+            break;
+        }
         health.mark_pass();
 
         woken_by_input = tokio::select! {

@@ -292,7 +292,8 @@ pub struct Membership {
     shared: Arc<Shared>,
     view: watch::Receiver<MembershipView>,
     local_addr: SocketAddr,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The driver, then the gRPC server (when serving), by name.
+    tasks: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
     stop: watch::Sender<bool>,
 }
 
@@ -401,7 +402,7 @@ impl Membership {
                 tracing::error!(%error, "membership gRPC server failed");
             }
         });
-        membership.push_task(server);
+        membership.push_task("membership gRPC server", server);
         Ok(membership)
     }
 
@@ -500,13 +501,23 @@ impl Membership {
             shared,
             view: view_rx,
             local_addr: advertised,
-            tasks: Mutex::new(vec![driver]),
+            tasks: Mutex::new(vec![("membership driver", driver)]),
             stop,
         }
     }
 
-    fn push_task(&self, task: JoinHandle<()>) {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+    fn push_task(&self, name: &'static str, task: JoinHandle<()>) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push((name, task));
+    }
+
+    /// The part (driver or gRPC server) that ended though membership was not stopped: peers
+    /// no longer hear from this node, or it no longer probes them, so the speaker must stop.
+    pub fn ended_part(&self) -> Option<&'static str> {
+        if *self.stop.borrow() || self.shared.killed.load(Ordering::SeqCst) {
+            return None;
+        }
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.iter().find(|(_, task)| task.is_finished()).map(|(name, _)| *name)
     }
 
     /// The view of live members and their health; changes whenever a member changes state or
@@ -580,9 +591,9 @@ impl Membership {
 
     /// Stops the driver and the gRPC server (in-flight calls finish).
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for task in tasks {
+        for (_, task) in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
     }
@@ -595,7 +606,7 @@ impl Membership {
         self.shared.killed.store(true, Ordering::SeqCst);
         let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         // The first task is the driver; the server keeps accepting and never answering.
-        if let Some(driver) = tasks.first() {
+        if let Some((_, driver)) = tasks.first() {
             driver.abort();
         }
     }
@@ -605,9 +616,38 @@ impl Membership {
     #[cfg(any(test, feature = "testing"))]
     pub fn kill(&self) {
         self.shared.killed.store(true, Ordering::SeqCst);
-        let _ = self.stop.send(true);
-        for task in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        self.stop.send_replace(true);
+        for (_, task) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::auth::SecretKey;
+
+    #[tokio::test]
+    async fn a_part_that_ends_while_running_is_named_and_a_stop_is_not_one() {
+        let network = MemoryNetwork::default();
+        let membership = Membership::start_in_memory(
+            MembershipConfig::default(),
+            "node-a",
+            "127.0.0.1:7946".parse().unwrap(),
+            SecretKey::new(b"k".to_vec()),
+            &network,
+        );
+        assert_eq!(membership.ended_part(), None, "running");
+        membership.tasks.lock().unwrap()[0].1.abort();
+        for _ in 0..400 {
+            if membership.ended_part().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(membership.ended_part(), Some("membership driver"));
+        membership.stop.send_replace(true);
+        assert_eq!(membership.ended_part(), None, "stopped on purpose");
     }
 }
