@@ -383,7 +383,7 @@ fn apply(
         );
         announcer.announce_again();
     }
-    metrics.owned.set(plan.owned.len() as i64);
+    metrics.owned.set(i64::try_from(plan.owned.len()).unwrap_or(i64::MAX));
     status_tx.send_if_modified(|current| {
         let changed = *current != plan.announced;
         if changed {

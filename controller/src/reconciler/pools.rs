@@ -60,7 +60,7 @@ pub fn apply_pool_set(ctx: &Context, pools: &[IPAddressPool]) {
         ctx.metrics
             .pools
             .get_or_create(&crate::metrics::PoolStateLabels { state })
-            .set(count as i64);
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     *ctx.pool_verdicts.lock().expect("verdicts lock") = set.verdicts;
     ctx.retry_all.notify_one();

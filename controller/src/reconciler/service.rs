@@ -120,7 +120,7 @@ async fn failed(
         != Some(&message);
     ctx.metrics
         .services_pending
-        .set(ctx.reported_failures.lock().expect("failures lock").len() as i64);
+        .set(i64::try_from(ctx.reported_failures.lock().expect("failures lock").len()).unwrap_or(i64::MAX));
     if first_report {
         ctx.metrics.count_failure(error.reason());
         tracing::warn!(service = %key, %message, "cannot allocate");
@@ -150,7 +150,9 @@ async fn failed(
 fn forget_failure(ctx: &Context, key: &ServiceKey) {
     let mut failures = ctx.reported_failures.lock().expect("failures lock");
     if failures.remove(key).is_some() {
-        ctx.metrics.services_pending.set(failures.len() as i64);
+        ctx.metrics
+            .services_pending
+            .set(i64::try_from(failures.len()).unwrap_or(i64::MAX));
     }
 }
 

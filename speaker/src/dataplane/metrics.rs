@@ -62,7 +62,7 @@ impl Collector for CounterCollector {
                 .collect();
             (rows, draining)
         };
-        let frontends = ConstGauge::new(rows.len() as i64);
+        let frontends = ConstGauge::new(i64::try_from(rows.len()).unwrap_or(i64::MAX));
         let m = encoder.encode_descriptor(
             "dataplane_frontends",
             "Frontends (LoadBalancer IP:port and NodePorts) in the eBPF service map",
@@ -70,7 +70,7 @@ impl Collector for CounterCollector {
             frontends.metric_type(),
         )?;
         frontends.encode(m)?;
-        let draining = ConstGauge::new(draining as i64);
+        let draining = ConstGauge::new(i64::try_from(draining).unwrap_or(i64::MAX));
         let m = encoder.encode_descriptor(
             "dataplane_draining_backends",
             "Backends of frontends that keep their established flows but take no new ones, because their node's speaker was declared dead",
@@ -150,7 +150,7 @@ impl Collector for FlowCollector {
             ("new", sweep.new),
             ("reverse", sweep.reverse),
         ] {
-            ConstGauge::new(n as i64).encode(family.encode_family(&[("table", table)])?)?;
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(family.encode_family(&[("table", table)])?)?;
         }
         let expired = ConstCounter::new(removed);
         expired.encode(encoder.encode_descriptor(

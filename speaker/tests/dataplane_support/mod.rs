@@ -850,7 +850,7 @@ fn sockaddr(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 pub fn connect_timeout(fd: std::os::fd::OwnedFd, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     use std::os::fd::{AsRawFd, IntoRawFd};
     let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
     };
     let (storage, len) = sockaddr(&to);
