@@ -397,6 +397,19 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// Pool `p`: 10.80.0.0/24, auto-assigned.
+    pub(crate) fn pool() -> IPAddressPool {
+        IPAddressPool::new(
+            "p",
+            IPAddressPoolSpec {
+                addresses: vec!["10.80.0.0/24".into()],
+                auto_assign: true,
+                avoid_buggy_ips: false,
+                service_allocation: None,
+            },
+        )
+    }
+
     pub(crate) fn view(states: &[(&str, MemberState)]) -> MembershipView {
         let health = NodeHealth {
             announcer_ready: true,
@@ -447,15 +460,7 @@ pub(crate) mod tests {
                 ],
                 services: vec![service("web", "10.80.0.1", policy), service("dns", "10.80.0.1", policy)],
                 slices: vec![slice("web", endpoint_nodes), slice("dns", endpoint_nodes)],
-                pools: vec![IPAddressPool::new(
-                    "p",
-                    IPAddressPoolSpec {
-                        addresses: vec!["10.80.0.0/24".into()],
-                        auto_assign: true,
-                        avoid_buggy_ips: false,
-                        service_allocation: None,
-                    },
-                )],
+                pools: vec![pool()],
                 advertisements: vec![L2Advertisement::new("all", Default::default())],
                 memory: RefCell::default(),
             }

@@ -271,12 +271,11 @@ fn dataplane_interfaces(usable: &[String], plan: &Plan) -> Vec<String> {
 mod tests {
     use std::cell::RefCell;
 
-    use herald_config::IPAddressPoolSpec;
     use k8s_openapi::api::core::v1::Node;
 
     use super::*;
     use crate::membership::MemberState;
-    use crate::plan::tests::{node, service, slice, view};
+    use crate::plan::tests::{node, pool, service, slice, view};
 
     /// The caches as a test sets them; changes are noted by [`World::touch`].
     struct World {
@@ -292,15 +291,6 @@ mod tests {
 
     impl World {
         fn new() -> World {
-            let pool = IPAddressPool::new(
-                "p",
-                IPAddressPoolSpec {
-                    addresses: vec!["10.80.0.0/24".into()],
-                    auto_assign: true,
-                    avoid_buggy_ips: false,
-                    service_allocation: None,
-                },
-            );
             World {
                 synced: true,
                 nodes: ["n1", "n2", "n3"]
@@ -314,7 +304,7 @@ mod tests {
                 slices: (1..=8)
                     .map(|i| Arc::new(slice(&format!("s{i}"), &["n1", "n2", "n3"])))
                     .collect(),
-                pools: vec![Arc::new(pool)],
+                pools: vec![Arc::new(pool())],
                 advertisements: vec![Arc::new(L2Advertisement::new("all", Default::default()))],
                 changes: RefCell::new(Changes::default()),
                 pending: RefCell::new(None),
