@@ -240,6 +240,9 @@ pub async fn run_with_client(
             .store(local_health.announcer_ready, Ordering::SeqCst);
         health.cluster_synced.store(cluster.synced(), Ordering::SeqCst);
         membership.set_local_health(local_health.clone());
+        // Borrowing the view marks it seen, so a change that arrived after the select returned
+        // (on the timer, say) would wake nothing any more: it counts as an input now.
+        woken_by_input |= view_rx.has_changed().unwrap_or(false);
         let view = view_rx.borrow_and_update().clone();
         health.membership_settled.store(view.settled, Ordering::SeqCst);
         let started = Instant::now();
