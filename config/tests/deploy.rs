@@ -169,6 +169,12 @@ fn manifests_name_what_the_binaries_expect() {
             );
         }
     }
+    // The speaker's default --speaker-selector finds the DaemonSet's Pods.
+    let labels = &named("DaemonSet", deploy::SPEAKER)["spec"]["template"]["metadata"]["labels"];
+    for term in deploy::SPEAKER_POD_SELECTOR.split(',') {
+        let (key, value) = term.split_once('=').expect("key=value");
+        assert_eq!(labels[key], value, "the speaker Pods carry {term}: {labels}");
+    }
     // Both binaries read the Secret by name; the Roles grant exactly that name.
     for role in [deploy::CONTROLLER, deploy::SPEAKER] {
         let role = objects

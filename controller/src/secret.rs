@@ -48,7 +48,7 @@ pub async fn ensure_speaker_key(client: &Client, namespace: &str, name: &str, le
     }
     let patch = serde_json::json!({"data": {SPEAKER_KEY_FIELD: ByteString(key.to_vec())}});
     let params = PatchParams {
-        field_manager: Some("herald-controller".to_string()),
+        field_manager: Some(herald_config::deploy::CONTROLLER.to_string()),
         ..Default::default()
     };
     match api.patch(name, &params, &Patch::Merge(&patch)).await {

@@ -85,7 +85,8 @@ pub struct Observation<'a> {
 /// What one pass decided; [`crate::run`] carries it out in this order.
 #[derive(Debug)]
 pub struct Actions {
-    /// The whole plan (`ownership` is kept by the speaker, and empty here).
+    /// The whole plan. When `announce` is set, the speaker keeps `ownership` (to tell the next
+    /// pass's owner changes) and it is empty here.
     pub plan: Plan,
     /// When the oldest change this pass applies arrived (for the change-latency metric).
     pub pending_since: Option<Instant>,
@@ -275,6 +276,7 @@ mod tests {
 
     use super::*;
     use crate::membership::MemberState;
+    use crate::membership::sim::healthy;
     use crate::plan::tests::{node, pool, service, slice, view};
 
     /// The caches as a test sets them; changes are noted by [`World::touch`].
@@ -371,15 +373,6 @@ mod tests {
             require_dataplane: false,
             advertise: "10.203.0.11".parse().unwrap(),
         })
-    }
-
-    fn healthy() -> NodeHealth {
-        NodeHealth {
-            announcer_ready: true,
-            dataplane_ready: true,
-            interfaces: ["eth0".to_string()].into(),
-            ..Default::default()
-        }
     }
 
     fn all_alive(local: &str) -> MembershipView {

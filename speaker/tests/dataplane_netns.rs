@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane_support::{Lab, ask_from_port, ask_once, ask_udp, connect, eventually, in_netns, privileged_or_skip};
+use herald_config::process::error_chain;
 use herald_speaker::dataplane::{
     Dataplane, DataplaneError, EndpointInput, EndpointPort, Protocol, ServiceInput, ServicePort, TrafficPolicy,
 };
@@ -22,10 +23,10 @@ fn start_or_skip(lab: &Lab, i: u8, test: &str) -> Option<Dataplane> {
     match lab.start_dataplane(i) {
         Ok(dp) => Some(dp),
         Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("SKIP {test}: eBPF dataplane cannot start here: {e}");
+            eprintln!("SKIP {test}: eBPF dataplane cannot start here: {}", error_chain(&e));
             None
         }
-        Err(e) => panic!("{test}: eBPF dataplane failed to start under CI: {e}"),
+        Err(e) => panic!("{test}: eBPF dataplane failed to start under CI: {}", error_chain(&e)),
     }
 }
 
@@ -516,7 +517,7 @@ fn dataplane_start_error_names_the_interface() {
             let msg = e.to_string();
             assert!(msg.contains("nosuch0") && msg.contains("ingress"), "{msg}");
         }
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => eprintln!("SKIP {test}: {e}"),
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => eprintln!("SKIP {test}: {}", error_chain(&e)),
         other => panic!("expected an attach error naming the interface, got {other:?}"),
     }
 }
@@ -585,8 +586,8 @@ fn dataplane_attach_interfaces_follows_the_interface_list() {
     let started = in_netns(&lab.node(1), move || Dataplane::start(config));
     let mut dp = match started {
         Ok(dp) => dp,
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => return eprintln!("SKIP {test}: {e}"),
-        Err(e) => panic!("{test}: {e}"),
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => return eprintln!("SKIP {test}: {}", error_chain(&e)),
+        Err(e) => panic!("{test}: {}", error_chain(&e)),
     };
     dp.apply_services(&[service(&lab, TrafficPolicy::Cluster, vec![endpoint(&lab, 1, 1, false)])])
         .unwrap();

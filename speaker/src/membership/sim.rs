@@ -175,7 +175,8 @@ fn envelope_size(envelope: &Envelope) -> u64 {
     (envelope.payload.len() + envelope.mac.len()) as u64
 }
 
-fn healthy() -> NodeHealth {
+/// A ready node announcing on `eth0` with its dataplane running (also the unit tests' fixture).
+pub(crate) fn healthy() -> NodeHealth {
     NodeHealth {
         announcer_ready: true,
         dataplane_ready: true,

@@ -9,14 +9,7 @@ fn address(i: u8) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, i], 7946))
 }
 
-fn healthy() -> NodeHealth {
-    NodeHealth {
-        announcer_ready: true,
-        dataplane_ready: true,
-        interfaces: ["eth0".to_string()].into(),
-        ..Default::default()
-    }
-}
+use crate::membership::sim::healthy;
 
 /// The timings these tests are written for (the defaults are tuned independently).
 fn config() -> MembershipConfig {
