@@ -81,10 +81,23 @@ pub const MAX_CHANNELS: usize = 16_384;
 
 /// [`PeerTransport`] over gRPC (tonic), one lazily connected HTTP/2 channel per peer that
 /// reconnects by itself after failures.
+///
+/// A call that times out drops its channel, and the next call to that peer connects afresh.
+/// After a cable was out for a while, the old TCP connection stays stalled until its
+/// retransmission timer, backed off during the outage, fires again (seconds after the link is
+/// back, more the longer it was out); every call queued behind it timed out meanwhile, and the
+/// peer stayed suspected though it could be reached. A new connection gets through at once.
 #[derive(Clone, Default)]
 pub struct GrpcTransport {
-    channels: Arc<Mutex<HashMap<SocketAddr, Channel>>>,
+    channels: Arc<Mutex<Channels>>,
     connect_timeout: Option<Duration>,
+}
+
+/// The channel to each peer, numbered so that a timed-out call drops only the channel it used.
+#[derive(Default)]
+struct Channels {
+    by_address: HashMap<SocketAddr, (u64, Channel)>,
+    next_number: u64,
 }
 
 impl GrpcTransport {
@@ -96,15 +109,15 @@ impl GrpcTransport {
         }
     }
 
-    fn channel(&self, address: SocketAddr) -> Result<Channel, TransportError> {
+    fn channel(&self, address: SocketAddr) -> Result<(u64, Channel), TransportError> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(channel) = channels.get(&address) {
+        if let Some(channel) = channels.by_address.get(&address) {
             return Ok(channel.clone());
         }
-        if channels.len() >= MAX_CHANNELS {
+        if channels.by_address.len() >= MAX_CHANNELS {
             // Members are bounded, so this only drops channels to addresses members left behind.
-            if let Some(any) = channels.keys().next().copied() {
-                channels.remove(&any);
+            if let Some(any) = channels.by_address.keys().next().copied() {
+                channels.by_address.remove(&any);
             }
         }
         let mut endpoint = Endpoint::from_shared(format!("http://{address}"))
@@ -116,9 +129,19 @@ impl GrpcTransport {
         if let Some(timeout) = self.connect_timeout {
             endpoint = endpoint.connect_timeout(timeout);
         }
-        let channel = endpoint.connect_lazy();
-        channels.insert(address, channel.clone());
+        let channel = (channels.next_number, endpoint.connect_lazy());
+        channels.next_number += 1;
+        channels.by_address.insert(address, channel.clone());
         Ok(channel)
+    }
+
+    /// Drops the channel numbered `number` to `address`, unless another call already
+    /// replaced it.
+    fn drop_channel(&self, address: SocketAddr, number: u64) {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if channels.by_address.get(&address).is_some_and(|(n, _)| *n == number) {
+            channels.by_address.remove(&address);
+        }
     }
 }
 
@@ -131,8 +154,10 @@ impl PeerTransport for GrpcTransport {
         timeout: Duration,
     ) -> BoxFuture<Result<Envelope, TransportError>> {
         let channel = self.channel(address);
+        let transport = self.clone();
         Box::pin(async move {
-            let mut client = MembershipClient::new(channel?)
+            let (number, channel) = channel?;
+            let mut client = MembershipClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let mut request = Request::new(envelope);
@@ -144,8 +169,17 @@ impl PeerTransport for GrpcTransport {
                     Rpc::Sync => client.sync(request).await,
                 }
             };
+            // tonic's own deadline (from the request's timeout) usually ends the call first.
+            let timed_out = |status: &Status| caused_by(status, |e| e.is::<tonic::TimeoutExpired>());
             match tokio::time::timeout(timeout, call).await {
-                Err(_) => Err(TransportError::Timeout { address, timeout }),
+                Err(_) => {
+                    transport.drop_channel(address, number);
+                    Err(TransportError::Timeout { address, timeout })
+                }
+                Ok(Err(status)) if timed_out(&status) => {
+                    transport.drop_channel(address, number);
+                    Err(TransportError::Timeout { address, timeout })
+                }
                 Ok(Ok(response)) => Ok(response.into_inner()),
                 Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => Err(TransportError::Rejected {
                     address,
@@ -164,11 +198,20 @@ impl PeerTransport for GrpcTransport {
 /// Whether an error was caused by a refused TCP connection (ECONNREFUSED somewhere in its
 /// chain of sources: tonic wraps hyper's, which wraps the connector's I/O error).
 fn connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by(error, |e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+}
+
+/// Whether `error` or one of its sources satisfies `test`.
+fn caused_by(
+    error: &(dyn std::error::Error + 'static),
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
+        if test(e) {
             return true;
         }
         next = e.source();

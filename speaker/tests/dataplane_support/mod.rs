@@ -44,6 +44,12 @@ pub fn enter_netns(path: &str) {
     assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
+/// The bridge port that connects namespace `ns` (`<prefix>-<role>`) to the switch.
+fn switch_port(ns: &str) -> String {
+    let role = ns.rsplit('-').next().unwrap_or(ns);
+    format!("p-{role}")
+}
+
 /// Runs a command; panics with its output on failure.
 pub fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -192,7 +198,8 @@ impl Lab {
     /// Connects `ns` to the bridge as eth0 with the given LAN addresses.
     fn lan_port(&self, ns: &str, v4: IpAddr, v6: IpAddr, mac: &str) {
         let sw = self.sw();
-        let peer = format!("p{}", self.namespaces.len());
+        // The switch side is named after the namespace's role (`client`, `node1`…).
+        let peer = switch_port(ns);
         sh(&[
             "ip", "-n", &sw, "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", ns,
         ]);
@@ -302,6 +309,21 @@ impl Lab {
     /// Pulls node `i`'s cable: its uplink goes down, so nothing reaches it or leaves it.
     pub fn cut_uplink(&self, i: u8) {
         sh(&["ip", "-n", &self.node(i), "link", "set", "eth0", "down"]);
+    }
+
+    /// Pulls node `i`'s cable at the switch (`connected: false`) or plugs it back in: the
+    /// node keeps its addresses and routes, and what it sends meanwhile is lost.
+    pub fn set_cable(&self, i: u8, connected: bool) {
+        let state = if connected { "up" } else { "down" };
+        sh(&[
+            "ip",
+            "-n",
+            &self.sw(),
+            "link",
+            "set",
+            &switch_port(&self.node(i)),
+            state,
+        ]);
     }
 
     /// A backend namespace behind node `i` with addresses pod_addr(i, j).
