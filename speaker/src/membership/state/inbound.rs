@@ -122,15 +122,16 @@ impl Core {
             Some(Pending::Probe {
                 failed,
                 target,
+                incarnation,
                 sent_at,
                 ..
             }) => {
                 let already_failed = *failed;
                 *failed = true;
-                let (target, sent_at) = (target.clone(), *sent_at);
+                let (target, incarnation, sent_at) = (target.clone(), *incarnation, *sent_at);
                 self.pending.remove(&id);
                 if !already_failed {
-                    self.probe_failed(&target, sent_at, now);
+                    self.probe_failed(&target, incarnation, sent_at, now);
                 }
                 if refused {
                     self.refusal(&target, false, now);

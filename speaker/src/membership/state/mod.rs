@@ -162,6 +162,9 @@ enum Pending {
     /// is still a sign of life.
     Probe {
         target: String,
+        /// The target's incarnation when the probe left: a failure says nothing about a
+        /// newer one (it refuted a suspicion, or spoke up, after the probe left).
+        incarnation: u64,
         sent_at: Instant,
         fail_at: Instant,
         expire_at: Instant,

@@ -21,6 +21,7 @@ impl Core {
             match pending {
                 Pending::Probe {
                     target,
+                    incarnation,
                     sent_at,
                     fail_at,
                     expire_at,
@@ -28,7 +29,7 @@ impl Core {
                 } => {
                     if !*failed && now >= *fail_at {
                         *failed = true;
-                        failed_probes.push((target.clone(), *sent_at));
+                        failed_probes.push((target.clone(), *incarnation, *sent_at));
                     }
                     if now >= *expire_at {
                         expired.push(*id);
@@ -64,12 +65,13 @@ impl Core {
         for (token, target) in failed_relays {
             self.reply_relay(token, &target, false, false);
         }
-        for (target, sent_at) in failed_probes {
-            self.probe_failed(&target, sent_at, now);
+        for (target, incarnation, sent_at) in failed_probes {
+            self.probe_failed(&target, incarnation, sent_at, now);
         }
     }
 
-    pub(super) fn probe_failed(&mut self, target: &str, sent_at: Instant, now: Instant) {
+    /// A probe of `target`, sent at `sent_at` when it was at `incarnation`, got no Ack in time.
+    pub(super) fn probe_failed(&mut self, target: &str, incarnation: u64, sent_at: Instant, now: Instant) {
         tracing::debug!(local = %self.node, member = %target, "probe failed");
         if self.leaving || self.suspicions.contains_key(target) {
             return;
@@ -78,11 +80,16 @@ impl Core {
             return;
         };
         // Heard from it after this probe left: the probe (or its Ack) was lost, the member
-        // is not silent.
-        if !member.state.is_live() || member.last_heard.is_some_and(|t| t >= sent_at) {
+        // is not silent. A newer incarnation since (a refutation that reached us through
+        // others): the probe was about a claim already answered. Suspecting the new
+        // incarnation for it made every probe left over from the last suspicion start another
+        // (a suspect/refute storm on a link that just came back).
+        if !member.state.is_live()
+            || member.last_heard.is_some_and(|t| t >= sent_at)
+            || member.incarnation != incarnation
+        {
             return;
         }
-        let incarnation = member.incarnation;
         self.stats.suspicions += 1;
         if member.state == MemberState::Alive {
             self.set_state(target, MemberState::Suspect, incarnation, "probe timed out");
@@ -273,7 +280,7 @@ impl Core {
     }
 
     pub(super) fn send_probe(&mut self, target: &str, now: Instant, expire_at: Instant) {
-        let Some(address) = self.members.get(target).map(|m| m.address) else {
+        let Some((address, incarnation)) = self.members.get(target).map(|m| (m.address, m.incarnation)) else {
             return;
         };
         let id = self.next_request_id();
@@ -282,6 +289,7 @@ impl Core {
             id,
             Pending::Probe {
                 target: target.to_string(),
+                incarnation,
                 sent_at: now,
                 fail_at,
                 expire_at: expire_at.max(fail_at),

@@ -378,6 +378,55 @@ fn a_late_ack_during_suspicion_prevents_the_death() {
     );
 }
 
+/// A link that just came back carries nothing from `node-b` to us yet, but its refutation
+/// reaches us through `node-c`: the probes still out from the suspicion it refuted must not
+/// suspect the new incarnation one after another (each raising another refutation), while a
+/// probe sent after the refutation still counts.
+#[test]
+fn probes_sent_before_a_refutation_do_not_suspect_the_refuted_incarnation() {
+    let (mut core, now) = core();
+    core.watch_closely(&["node-b".to_string()].into(), now);
+    let effects = run(&mut core, now, Duration::from_millis(240));
+    assert_eq!(core.member_state("node-b"), Some(MemberState::Suspect));
+    let outstanding = requests(&effects)
+        .iter()
+        .filter(|(id, to, rpc)| {
+            to == "node-b"
+                && *rpc == Rpc::Ping
+                && matches!(core.pending.get(id), Some(Pending::Probe { failed: false, .. }))
+        })
+        .count();
+    assert!(outstanding >= 1, "a probe of the suspicion is still out");
+    let refuted_at = now + Duration::from_millis(245);
+    core.handle_request(
+        ping_from("node-c", vec![update("node-b", 9, MemberState::Alive)]),
+        refuted_at,
+    );
+    assert_eq!(core.member_state("node-b"), Some(MemberState::Alive));
+    core.take_events();
+    // Every probe sent before the refutation times out within probe_timeout (120 ms); none
+    // sent after it can have yet.
+    run(&mut core, refuted_at, Duration::from_millis(115));
+    assert_eq!(
+        core.member_state("node-b"),
+        Some(MemberState::Alive),
+        "{:?}",
+        core.take_events()
+    );
+    // Silence after the refutation is suspected as before.
+    run(
+        &mut core,
+        refuted_at + Duration::from_millis(120),
+        Duration::from_millis(200),
+    );
+    assert_eq!(core.member_state("node-b"), Some(MemberState::Suspect));
+    assert!(
+        core.take_events()
+            .iter()
+            .any(|e| e.node == "node-b" && e.to == MemberState::Suspect && e.incarnation == 9)
+    );
+}
+
 #[test]
 fn ping_req_is_relayed_and_answered() {
     let (mut core, now) = core();
