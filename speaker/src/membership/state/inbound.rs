@@ -105,7 +105,7 @@ impl Core {
                     }
                 }
                 if initial {
-                    self.initial_syncs = self.initial_syncs.saturating_sub(1);
+                    // An answer: the view is settled.
                     self.settle();
                 }
             }
@@ -173,7 +173,7 @@ impl Core {
     pub(super) fn absorb(&mut self, message: &pb::Message, now: Instant) {
         // First contact after settling alone: learn everything this peer knows now, not
         // piece by piece from gossip.
-        if !self.had_contact && self.settled && self.started && !self.leaving {
+        if !self.had_contact && self.settled() && !self.leaving {
             self.request_sync(&message.sender, now, false);
         }
         self.had_contact = true;

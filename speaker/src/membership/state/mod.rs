@@ -253,22 +253,10 @@ pub struct Core {
     effects: Vec<Effect>,
     events: Vec<MemberEvent>,
     rng: StdRng,
-    started: bool,
-    peers_known: bool,
+    startup: Startup,
     /// Some authenticated message from a peer arrived.
     had_contact: bool,
-    settled: bool,
-    initial_syncs: usize,
-    /// An initial sync failed for another reason than our messages being rejected.
-    initial_sync_failed_plainly: bool,
-    /// Every initial sync was rejected (wrong secret?): try again at this time.
-    initial_sync_retry: Option<Instant>,
     view_dirty: bool,
-    /// When the view last turned unsettled (start, or new peers before any contact), and when
-    /// a warning about it was last logged: a view that does not settle keeps the speaker
-    /// unready, and its log should say what it is waiting for.
-    unsettled_since: Option<Instant>,
-    unsettled_warned: Option<Instant>,
     /// Cut off from most of the cluster, or back from it: we rank after the others until
     /// then (see the module docs, "Rejoining").
     rejoining_until: Option<Instant>,
@@ -277,6 +265,47 @@ pub struct Core {
 
 /// How long the view may stay unsettled before the core warns (and then again as often).
 const UNSETTLED_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How far the core is in starting up (see the parent module, "Startup").
+#[derive(Debug)]
+enum Startup {
+    /// No peer list from the API yet: the core cannot know whom to ask, and does nothing.
+    AwaitingPeers,
+    /// Peers are listed: the protocol starts at the next tick.
+    PeersListed,
+    /// Asking peers for their state; the view is not settled and the speaker stays unready.
+    Syncing(Syncing),
+    /// A first exchange ended, or nobody answered for the settle-alone time.
+    Settled,
+}
+
+/// The initial full-state exchanges of an unsettled view.
+#[derive(Debug)]
+struct Syncing {
+    /// When the view turned unsettled (start, or new peers before any contact).
+    since: Instant,
+    /// Initial syncs still out.
+    in_flight: usize,
+    /// One failed for another reason than our messages being rejected.
+    failed_plainly: bool,
+    /// All of them failed: ask again at this time.
+    retry_at: Option<Instant>,
+    /// When the warning that the view does not settle was last logged: it keeps the speaker
+    /// unready, and its log should say what it is waiting for.
+    warned: Option<Instant>,
+}
+
+impl Syncing {
+    fn since(since: Instant) -> Syncing {
+        Syncing {
+            since,
+            in_flight: 0,
+            failed_plainly: false,
+            retry_at: None,
+            warned: None,
+        }
+    }
+}
 
 impl Core {
     /// A core for `node`, reachable at `address`. `incarnation` should grow across restarts
@@ -311,16 +340,9 @@ impl Core {
             effects: Vec::new(),
             events: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
-            started: false,
-            peers_known: false,
+            startup: Startup::AwaitingPeers,
             had_contact: false,
-            settled: false,
-            initial_syncs: 0,
-            initial_sync_failed_plainly: false,
-            initial_sync_retry: None,
             view_dirty: true,
-            unsettled_since: None,
-            unsettled_warned: None,
             rejoining_until: None,
             stats: CoreStats::default(),
         }
@@ -390,7 +412,7 @@ impl Core {
         MembershipView {
             local: self.node.clone(),
             members,
-            settled: self.settled,
+            settled: self.settled(),
             deaths_refuted: self.stats.deaths_refuted,
         }
     }
@@ -429,7 +451,9 @@ impl Core {
     /// synced yet), newly listed peers make it unsettled again until that exchange ends: a
     /// speaker must not elect itself everywhere just because its first peer list was empty.
     pub fn set_peers(&mut self, peers: &[Peer], now: Instant) {
-        self.peers_known = true;
+        if matches!(self.startup, Startup::AwaitingPeers) {
+            self.startup = Startup::PeersListed;
+        }
         let mut added = Vec::new();
         let listed: BTreeSet<&str> = peers.iter().map(|p| p.node.as_str()).collect();
         for peer in peers {
@@ -463,20 +487,28 @@ impl Core {
                 }
             }
         }
-        if self.started && !self.leaving && !added.is_empty() {
+        if self.started() && !self.leaving && !added.is_empty() {
             if self.had_contact {
                 // Joiners: learn their state now rather than at the next slow probe.
                 for node in added.iter().take(self.config.initial_sync_peers.max(1)) {
                     self.request_sync(node, now, false);
                 }
             } else {
-                self.settled = false;
-                self.unsettled_since = Some(now);
-                self.view_dirty = true;
+                // (Re)starts the settle-alone clock.
+                match &mut self.startup {
+                    Startup::Syncing(syncing) => syncing.since = now,
+                    _ => {
+                        self.startup = Startup::Syncing(Syncing::since(now));
+                        self.view_dirty = true;
+                    }
+                }
                 added.shuffle(&mut self.rng);
-                for node in added.iter().take(self.config.initial_sync_peers.max(1)) {
-                    self.initial_syncs += 1;
+                let count = added.len().min(self.config.initial_sync_peers.max(1));
+                for node in &added[..count] {
                     self.request_sync(node, now, true);
+                }
+                if let Startup::Syncing(syncing) = &mut self.startup {
+                    syncing.in_flight += count;
                 }
             }
         }
@@ -536,17 +568,16 @@ impl Core {
 
     /// Advances timers: probes, probe timeouts, suspicions, syncs.
     pub fn tick(&mut self, now: Instant) {
-        if !self.started {
-            if !self.peers_known {
-                return;
-            }
-            self.start(now);
+        match self.startup {
+            Startup::AwaitingPeers => return,
+            Startup::PeersListed => self.start(now),
+            Startup::Syncing(_) | Startup::Settled => {}
         }
         self.expire_pending(now);
         if self.leaving {
             return;
         }
-        if self.initial_sync_retry.is_some_and(|t| now >= t) && self.initial_syncs == 0 {
+        if self.initial_sync_retry().is_some_and(|t| now >= t) {
             self.send_initial_syncs(now);
         }
         self.warn_if_unsettled(now);
@@ -567,8 +598,10 @@ impl Core {
     /// instead of ticking at a fixed rate; `None`: nothing until an input arrives (an input can
     /// make it earlier: ask again after one). At or before `now` means at once.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        if !self.started {
-            return self.peers_known.then_some(now);
+        match self.startup {
+            Startup::AwaitingPeers => return None,
+            Startup::PeersListed => return Some(now),
+            Startup::Syncing(_) | Startup::Settled => {}
         }
         let pending = self.pending.values().flat_map(|pending| match pending {
             Pending::Probe {
@@ -590,10 +623,10 @@ impl Core {
                 (suspicion.indirect_rounds < INDIRECT_ROUNDS).then_some(suspicion.next_indirect),
             ]
         });
-        let unsettled_warning = self
-            .unsettled_since
-            .filter(|_| !self.settled)
-            .map(|since| self.unsettled_warned.unwrap_or(since) + UNSETTLED_WARN_EVERY);
+        let unsettled_warning = match &self.startup {
+            Startup::Syncing(syncing) => Some(syncing.warned.unwrap_or(syncing.since) + UNSETTLED_WARN_EVERY),
+            _ => None,
+        };
         // While cut off, every tick moves the end of the rejoin hold (see `track_rejoin`):
         // keep ticking, so the hold ends a hold's time after the last tick that saw it.
         let cut_off = !self.config.rejoin_hold.is_zero() && self.cut_off().is_some();
@@ -603,7 +636,7 @@ impl Core {
             .chain(self.watch.values().copied())
             .chain(self.slow_next)
             .chain(self.next_sync)
-            .chain(self.initial_sync_retry.filter(|_| self.initial_syncs == 0))
+            .chain(self.initial_sync_retry())
             .chain(unsettled_warning)
             .chain(self.rejoining_until)
             .chain(cut_off.then_some(now))

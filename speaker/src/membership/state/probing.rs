@@ -202,16 +202,7 @@ impl Core {
     /// dataplane must drain a lost node's backends at about the same time, or a node that
     /// receives tunnelled flows picks differently from the owner that sent them.
     pub(super) fn announce_deaths(&mut self, dead: &[String], now: Instant) {
-        let targets: Vec<(String, SocketAddr)> = self
-            .members
-            .iter()
-            .filter(|(n, m)| m.state.is_live() && !dead.contains(n) && n.as_str() != self.node)
-            .map(|(n, m)| (n.clone(), m.address))
-            .collect();
-        let timeout = self.config.probe_timeout;
-        for (target, address) in targets {
-            self.request_ping_exchange(&target, address, now, timeout);
-        }
+        self.ping_live_members(dead, now, self.config.probe_timeout);
     }
 
     pub(super) fn probe_watched(&mut self, now: Instant) {
@@ -283,28 +274,17 @@ impl Core {
         let Some((address, incarnation)) = self.members.get(target).map(|m| (m.address, m.incarnation)) else {
             return;
         };
-        let id = self.next_request_id();
         let fail_at = now + self.config.probe_timeout;
-        self.pending.insert(
-            id,
-            Pending::Probe {
-                target: target.to_string(),
-                incarnation,
-                sent_at: now,
-                fail_at,
-                expire_at: expire_at.max(fail_at),
-                failed: false,
-            },
-        );
-        let message = self.message(Some(target), Body::Ping(pb::Ping {}));
-        self.effects.push(Effect::Request {
-            id,
-            to: target.to_string(),
-            address,
-            rpc: Rpc::Ping,
-            message,
-            timeout: expire_at.max(fail_at) - now,
-        });
+        let expire_at = expire_at.max(fail_at);
+        let probe = Pending::Probe {
+            target: target.to_string(),
+            incarnation,
+            sent_at: now,
+            fail_at,
+            expire_at,
+            failed: false,
+        };
+        self.send_ping(target, address, probe, expire_at - now);
     }
 
     pub(super) fn send_indirect(&mut self, target: &str, now: Instant, expire_at: Instant) {
@@ -375,15 +355,19 @@ impl Core {
         });
     }
 
+    /// Pings `target` only to tell it our news (no probe: a missing answer suspects nobody).
     pub(super) fn request_ping_exchange(&mut self, target: &str, address: SocketAddr, now: Instant, timeout: Duration) {
+        let exchange = Pending::Exchange {
+            expire_at: now + timeout,
+            initial: false,
+        };
+        self.send_ping(target, address, exchange, timeout);
+    }
+
+    /// Sends a Ping with our gossip to `target`, awaited as `pending`.
+    fn send_ping(&mut self, target: &str, address: SocketAddr, pending: Pending, timeout: Duration) {
         let id = self.next_request_id();
-        self.pending.insert(
-            id,
-            Pending::Exchange {
-                expire_at: now + timeout,
-                initial: false,
-            },
-        );
+        self.pending.insert(id, pending);
         let message = self.message(Some(target), Body::Ping(pb::Ping {}));
         self.effects.push(Effect::Request {
             id,
@@ -397,10 +381,15 @@ impl Core {
 
     /// Pings every live member directly: our latest state reaches them all at once.
     pub(super) fn ping_every_live_member(&mut self, now: Instant, timeout: Duration) {
+        self.ping_live_members(&[], now, timeout);
+    }
+
+    /// Pings every live member but those in `except`.
+    fn ping_live_members(&mut self, except: &[String], now: Instant, timeout: Duration) {
         let targets: Vec<(String, SocketAddr)> = self
             .members
             .iter()
-            .filter(|(_, m)| m.state.is_live())
+            .filter(|(n, m)| m.state.is_live() && !except.contains(n))
             .map(|(n, m)| (n.clone(), m.address))
             .collect();
         for (target, address) in targets {

@@ -1,25 +1,39 @@
 //! Start-up: the first full-state exchanges with listed peers, settling the view (with peers,
 //! or alone after the settle time), the warning while it does not settle, and rejoining
 //! after being cut off from most of the cluster.
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::seq::SliceRandom;
 
-use super::{Core, Pending, UNSETTLED_WARN_EVERY};
+use super::{Core, Pending, Startup, Syncing, UNSETTLED_WARN_EVERY};
 use crate::membership::MemberState;
 
 impl Core {
     pub(super) fn start(&mut self, now: Instant) {
-        self.started = true;
-        self.unsettled_since = Some(now);
+        self.startup = Startup::Syncing(Syncing::since(now));
         self.slow_next = Some(now + self.random_duration(self.config.probe_interval));
         self.next_sync = Some(now + self.config.sync_interval);
         self.send_initial_syncs(now);
     }
 
+    /// Whether the protocol runs (peers were listed and the first tick came).
+    pub(super) fn started(&self) -> bool {
+        matches!(self.startup, Startup::Syncing(_) | Startup::Settled)
+    }
+
+    pub(super) fn settled(&self) -> bool {
+        matches!(self.startup, Startup::Settled)
+    }
+
+    /// When to ask peers for their state again: every initial sync ended without settling.
+    pub(super) fn initial_sync_retry(&self) -> Option<Instant> {
+        match &self.startup {
+            Startup::Syncing(syncing) if syncing.in_flight == 0 => syncing.retry_at,
+            _ => None,
+        }
+    }
+
     pub(super) fn send_initial_syncs(&mut self, now: Instant) {
-        self.initial_sync_failed_plainly = false;
-        self.initial_sync_retry = None;
         let mut peers: Vec<String> = self
             .members
             .iter()
@@ -30,10 +44,15 @@ impl Core {
         peers.truncate(self.config.initial_sync_peers);
         if peers.is_empty() {
             self.settle();
+            return;
         }
-        for peer in peers {
-            self.initial_syncs += 1;
-            self.request_sync(&peer, now, true);
+        for peer in &peers {
+            self.request_sync(peer, now, true);
+        }
+        if let Startup::Syncing(syncing) = &mut self.startup {
+            syncing.in_flight += peers.len();
+            syncing.failed_plainly = false;
+            syncing.retry_at = None;
         }
     }
 
@@ -45,17 +64,18 @@ impl Core {
     /// or this node cut off). Refusals as unauthenticated never settle it: a speaker that
     /// nobody accepts (wrong key) is not alone.
     pub(super) fn initial_sync_failed(&mut self, now: Instant, rejected: bool) {
-        self.initial_syncs = self.initial_syncs.saturating_sub(1);
+        let Startup::Syncing(syncing) = &mut self.startup else {
+            return;
+        };
+        syncing.in_flight = syncing.in_flight.saturating_sub(1);
         if !rejected {
-            self.initial_sync_failed_plainly = true;
+            syncing.failed_plainly = true;
         }
-        if self.initial_syncs > 0 || self.settled {
+        if syncing.in_flight > 0 {
             return;
         }
-        let waited = self
-            .unsettled_since
-            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
-        if self.initial_sync_failed_plainly && waited >= self.config.settle_alone_after {
+        let waited = now.saturating_duration_since(syncing.since);
+        if syncing.failed_plainly && waited >= self.config.settle_alone_after {
             tracing::warn!(
                 node = %self.node,
                 waited_ms = waited.as_millis() as u64,
@@ -64,33 +84,36 @@ impl Core {
             self.settle();
             return;
         }
-        if !self.initial_sync_failed_plainly {
+        if !syncing.failed_plainly {
             tracing::warn!(
                 node = %self.node,
                 "every peer asked for its state rejected our messages (is the shared key the same?); not settling"
             );
         }
-        self.initial_sync_retry = Some(now + self.config.probe_interval);
+        syncing.retry_at = Some(now + self.config.probe_interval);
     }
 
     pub(super) fn settle(&mut self) {
-        if !self.settled {
-            self.settled = true;
+        if !self.settled() {
+            self.startup = Startup::Settled;
             self.view_dirty = true;
-            self.unsettled_since = None;
-            self.unsettled_warned = None;
         }
     }
 
     pub(super) fn warn_if_unsettled(&mut self, now: Instant) {
-        let Some(since) = self.unsettled_since.filter(|_| !self.settled) else {
+        let Startup::Syncing(syncing) = &mut self.startup else {
             return;
         };
-        let last = self.unsettled_warned.unwrap_or(since);
+        let last = syncing.warned.unwrap_or(syncing.since);
         if now.saturating_duration_since(last) < UNSETTLED_WARN_EVERY {
             return;
         }
-        self.unsettled_warned = Some(now);
+        syncing.warned = Some(now);
+        let (waited, in_flight, retry_scheduled) = (
+            now.saturating_duration_since(syncing.since),
+            syncing.in_flight,
+            syncing.retry_at.is_some(),
+        );
         let exchanges = self
             .pending
             .values()
@@ -98,10 +121,10 @@ impl Core {
             .count();
         tracing::warn!(
             node = %self.node,
-            waited_s = now.saturating_duration_since(since).as_secs(),
-            initial_syncs = self.initial_syncs,
+            waited_s = waited.as_secs(),
+            initial_syncs = in_flight,
             initial_exchanges_pending = exchanges,
-            retry_scheduled = self.initial_sync_retry.is_some(),
+            retry_scheduled,
             had_contact = self.had_contact,
             members = self.members.len(),
             "membership view not settled yet: this speaker stays unready and announces nothing until the first state exchange with a peer ends"
