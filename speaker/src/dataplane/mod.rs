@@ -297,6 +297,12 @@ pub enum DataplaneError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("removing {path} from the pin directory")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "SNAT ports {snat} overlap this node's ephemeral ports {local_first}-{local_last} \
          (net.ipv4.ip_local_port_range): pick a range outside it with --snat-ports"
@@ -434,7 +440,12 @@ impl Dataplane {
                 source: Box::new(source),
             })?;
         for old in OLD_MAP_LAYOUT_DIRS {
-            remove_maps(&config.pin_dir.join(old));
+            if let Err(error) = remove_maps(&config.pin_dir.join(old)) {
+                tracing::warn!(
+                    error = herald_config::process::error_chain(&error),
+                    "cannot remove the maps of an older speaker version; they hold no traffic but stay pinned"
+                );
+            }
         }
         if let Ok(local) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             && let Some((local_first, local_last)) = config.snat_ports.overlaps_local_range(&local)
@@ -691,29 +702,53 @@ impl Dataplane {
 /// Detaches and removes whatever a speaker pinned under `pin_dir` (links and maps of every
 /// layout): for a speaker that will not run the dataplane, so nothing it left keeps forwarding.
 /// Nothing pinned is fine.
+/// Nothing pinned is fine; anything that cannot be removed is an error naming it (a pin left
+/// behind keeps its map, or its program attached).
 pub fn remove_pinned(pin_dir: &Path) -> Result<(), DataplaneError> {
     let links_dir = pin_dir.join(LINKS_DIR);
-    if let Ok(entries) = std::fs::read_dir(&links_dir) {
-        for entry in entries.flatten() {
-            unpin_link(&entry.path())?;
-        }
+    for link in entries_of(&links_dir)? {
+        unpin_link(&link)?;
     }
-    let _ = std::fs::remove_dir(&links_dir);
+    remove_if_present(&links_dir, |p| std::fs::remove_dir(p))?;
     for layout in OLD_MAP_LAYOUT_DIRS.iter().chain([&MAP_LAYOUT_DIR]) {
-        remove_maps(&pin_dir.join(layout));
+        remove_maps(&pin_dir.join(layout))?;
     }
-    let _ = std::fs::remove_dir(pin_dir);
-    Ok(())
+    remove_if_present(pin_dir, |p| std::fs::remove_dir(p))
 }
 
 /// Removes a map layout directory's pins (the maps go when no program or fd holds them).
-fn remove_maps(map_dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(map_dir) {
-        for entry in entries.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
+fn remove_maps(map_dir: &Path) -> Result<(), DataplaneError> {
+    for pin in entries_of(map_dir)? {
+        remove_if_present(&pin, |p| std::fs::remove_file(p))?;
     }
-    let _ = std::fs::remove_dir(map_dir);
+    remove_if_present(map_dir, |p| std::fs::remove_dir(p))
+}
+
+/// The paths in `dir`; none if it does not exist.
+fn entries_of(dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
+    let unpin_err = |source| DataplaneError::Unpin {
+        path: dir.to_owned(),
+        source,
+    };
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(unpin_err),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(unpin_err(e)),
+    }
+}
+
+/// Removes `path` with `remove`; already gone is fine.
+fn remove_if_present(path: &Path, remove: fn(&Path) -> std::io::Result<()>) -> Result<(), DataplaneError> {
+    match remove(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataplaneError::Unpin {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// bpffs refuses names with dots (reserved), and interface names may contain them (VLANs) but
@@ -784,7 +819,30 @@ fn load_error(program: &'static str, error: ProgramError) -> DataplaneError {
 
 #[cfg(test)]
 mod tests {
-    use super::SnatPorts;
+    use super::{DataplaneError, SnatPorts, remove_pinned};
+
+    /// What a speaker pinned, on a plain directory: removing it leaves nothing, twice is fine,
+    /// and an entry that cannot be removed is named instead of passed over (the cleanup
+    /// command said "removed" while pins stayed).
+    #[test]
+    fn removing_the_pins_leaves_nothing_or_names_what_it_could_not_remove() {
+        let dir = std::env::temp_dir().join(format!("herald-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for layout in ["v1", "v2", "links"] {
+            std::fs::create_dir_all(dir.join(layout)).unwrap();
+        }
+        std::fs::write(dir.join("v1/herald_services"), b"").unwrap();
+        std::fs::write(dir.join("v2/herald_services"), b"").unwrap();
+        remove_pinned(&dir).unwrap();
+        assert!(!dir.exists());
+        remove_pinned(&dir).expect("nothing pinned is fine");
+
+        std::fs::create_dir_all(dir.join("v2/not-a-pin")).unwrap();
+        let error = remove_pinned(&dir).expect_err("a directory among the map pins");
+        let result = matches!(&error, DataplaneError::Unpin { path, .. } if path.ends_with("v2/not-a-pin"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(result, "{error:?}");
+    }
 
     #[test]
     fn snat_ports_parse_and_refuse_with_the_expected_form() {
