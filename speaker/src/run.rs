@@ -387,10 +387,11 @@ fn apply(
         announcer.announce_again();
     }
     metrics.owned.set(i64::try_from(plan.owned.len()).unwrap_or(i64::MAX));
+    let announced = status::really_announced(&plan.announced, &announcer.answered_on());
     status_tx.send_if_modified(|current| {
-        let changed = *current != plan.announced;
+        let changed = *current != announced;
         if changed {
-            current.clone_from(&plan.announced);
+            *current = announced;
         }
         changed
     });

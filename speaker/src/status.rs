@@ -53,6 +53,34 @@ pub struct Announced {
 /// `namespace/name` of a Service → what this node announces for it.
 pub type AnnouncedServices = BTreeMap<ServiceKey, Announced>;
 
+/// What this node really announces for each Service: the plan's Services (`planned`, what
+/// the election gave this node) with the links the announcer answers on for each IP (`real`).
+/// An IP the announcer answers on no link (its link failed to open, or went away since the
+/// plan) is not reported, and a Service left with no IP gets no object: the status must not
+/// say this node answers where it does not.
+pub fn really_announced(planned: &AnnouncedServices, real: &HashMap<IpAddr, Vec<String>>) -> AnnouncedServices {
+    planned
+        .iter()
+        .filter_map(|(key, announced)| {
+            let mut ips = Vec::new();
+            let mut interfaces: Vec<String> = Vec::new();
+            for ip in &announced.ips {
+                let Some(links) = real.get(ip).filter(|links| !links.is_empty()) else {
+                    continue;
+                };
+                ips.push(*ip);
+                for link in links {
+                    if !interfaces.contains(link) {
+                        interfaces.push(link.clone());
+                    }
+                }
+            }
+            interfaces.sort();
+            (!ips.is_empty()).then(|| (key.clone(), Announced { ips, interfaces }))
+        })
+        .collect()
+}
+
 /// Object name: stable per (Service, node), within the 63-character label-value limit.
 pub fn status_name(namespace: &str, service: &str, node: &str) -> String {
     let digest = Sha256::digest(format!("{namespace}/{service}/{node}").as_bytes());
@@ -525,6 +553,53 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_what_the_announcer_answers_for_is_reported() {
+        let key = |name: &str| ("default".to_string(), name.to_string());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let planned: AnnouncedServices = [
+            (
+                key("web"),
+                Announced {
+                    ips: vec![ip("10.0.0.1"), ip("fd00::1")],
+                    interfaces: vec!["eth0".into(), "eth1".into()],
+                },
+            ),
+            (
+                key("dns"),
+                Announced {
+                    ips: vec![ip("10.0.0.2")],
+                    interfaces: vec!["eth1".into()],
+                },
+            ),
+        ]
+        .into();
+        // eth1 failed to open: the IPv6 address and dns are answered nowhere.
+        let real = HashMap::from([(ip("10.0.0.1"), vec!["eth0".to_string()]), (ip("fd00::1"), Vec::new())]);
+        let reported = really_announced(&planned, &real);
+        assert_eq!(
+            reported,
+            [(
+                key("web"),
+                Announced {
+                    ips: vec![ip("10.0.0.1")],
+                    interfaces: vec!["eth0".into()],
+                }
+            )]
+            .into()
+        );
+        let everywhere = HashMap::from([
+            (ip("10.0.0.1"), vec!["eth1".to_string(), "eth0".to_string()]),
+            (ip("fd00::1"), vec!["eth0".to_string()]),
+            (ip("10.0.0.2"), vec!["eth1".to_string()]),
+        ]);
+        assert_eq!(
+            really_announced(&planned, &everywhere),
+            planned,
+            "all answered as planned"
+        );
+    }
 
     fn object_of(service: &str, node: &str, ips: &[&str]) -> ServiceL2Status {
         let mut o = ServiceL2Status::new(&status_name("default", service, node), Default::default());

@@ -198,6 +198,15 @@ impl Announcer {
         }
     }
 
+    /// Every owned IP and the links it is answered on right now (none: its links failed to
+    /// open or went away).
+    pub fn answered_on(&self) -> HashMap<IpAddr, Vec<String>> {
+        read(&self.shared.owned)
+            .iter()
+            .map(|(ip, entry)| (*ip, entry.interfaces.clone()))
+            .collect()
+    }
+
     /// Node-wide announcing interfaces right now; empty means this node cannot announce.
     pub fn usable_interfaces(&self) -> Vec<String> {
         self.usable.borrow().clone()
