@@ -275,11 +275,7 @@ const GOOD_OBJECTS: &[(&str, &str, &str)] = &[
 
 async fn lab() -> Option<Lab> {
     if let Err(e) = herald_e2e::lab::check_prerequisites() {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "the CRD schema test must run under CI: {e}"
-        );
-        eprintln!("skipping: {e}");
+        herald_testkit::skip("the CRD schema test", e);
         return None;
     }
     let config = LabConfig {

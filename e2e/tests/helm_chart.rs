@@ -16,11 +16,7 @@ fn helm() -> Option<std::path::PathBuf> {
     match chart::locate_helm() {
         Ok(helm) => Some(helm),
         Err(e) => {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true"),
-                "the chart tests must run under CI: {e}"
-            );
-            eprintln!("skipping: {e}");
+            herald_testkit::skip("the chart tests", e);
             None
         }
     }

@@ -17,14 +17,12 @@ use herald_e2e::lab::{Lab, LabConfig, ProbeConfig, check_prerequisites, summariz
 use herald_e2e::story;
 
 fn prerequisites() -> Option<PathBuf> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let problem = match (check_prerequisites(), chart::locate_helm()) {
         (Ok(()), Ok(helm)) => return Some(helm),
         (Err(e), _) => e.to_string(),
         (_, Err(e)) => e,
     };
-    assert!(!ci, "the helm lifecycle test must run under CI: {problem}");
-    eprintln!("skipping: {problem}");
+    herald_testkit::skip("the helm lifecycle test", problem);
     None
 }
 

@@ -6,27 +6,9 @@
 //! Needs root (chroot), skopeo and umoci (`make deps`); under `CI=true` a missing one fails.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use herald_e2e::lab::Binaries;
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use herald_testkit::run;
 
 struct Scratch(PathBuf);
 impl Drop for Scratch {
@@ -37,20 +19,7 @@ impl Drop for Scratch {
 
 #[test]
 fn the_image_is_read_by_skopeo_unpacked_by_umoci_and_its_binaries_run_from_it() {
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    });
-    let missing: Vec<&str> = ["skopeo", "umoci", "chroot"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .collect();
-    if !root || !missing.is_empty() {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "the image test must run under CI (root: {root}, missing: {missing:?})"
-        );
-        eprintln!("SKIPPED: root {root}, missing {missing:?}");
+    if !herald_testkit::may_run("the image test", &["skopeo", "umoci", "chroot"]) {
         return;
     }
     let binaries = Binaries::locate().expect("workspace binaries are built");

@@ -32,25 +32,14 @@ fn unique_prefix() -> String {
     )
 }
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
-}
-
 /// The binaries, or None (skip) when prerequisites are missing outside CI.
 fn prerequisites() -> Option<Binaries> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let mut problems = Vec::new();
-    if let Err(e) = check_prerequisites() {
-        problems.push(e.to_string());
-    }
-    for tool in ["ping", "kubectl", "bash"] {
-        if !on_path(tool) {
-            problems.push(format!("`{tool}` is not installed"));
-        }
-    }
-    if !problems.is_empty() {
-        assert!(!ci, "lab test prerequisites missing under CI=true: {problems:?}");
-        eprintln!("SKIPPED (not CI): {problems:?}");
+    let problem = check_prerequisites()
+        .err()
+        .map(|e| e.to_string())
+        .or_else(|| herald_testkit::missing_prerequisite(&["ping", "kubectl", "bash"]));
+    if let Some(problem) = problem {
+        herald_testkit::skip("the lab topology tests", problem);
         return None;
     }
     match Binaries::locate() {

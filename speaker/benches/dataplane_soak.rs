@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dataplane_support::{Lab, load, serve_http, sh};
+use dataplane_support::{Lab, load, run, serve_http};
 use herald_speaker::dataplane::{
     EndpointInput, EndpointPort, Forwarding, Protocol, ServiceInput, ServicePort, TrafficPolicy,
 };
@@ -63,16 +63,18 @@ fn main() {
     }
     // Client sources 10.. for herald, 30.. for direct (the lab gives the client .100–.107).
     for m in (10..10 + 2 * SOURCES).chain([50, 51]) {
-        sh(&[
+        run(
             "ip",
-            "-n",
-            &lab.client(),
-            "addr",
-            "add",
-            &format!("{}/24", lab.client_addr(m, false)),
-            "dev",
-            "eth0",
-        ]);
+            &[
+                "-n",
+                &lab.client(),
+                "addr",
+                "add",
+                &format!("{}/24", lab.client_addr(m, false)),
+                "dev",
+                "eth0",
+            ],
+        );
     }
     lab.route_vip_to_node(0, 1);
     lab.route_pods_via(2, 1);

@@ -9,7 +9,7 @@ mod announcer_support;
 
 use std::time::{Duration, Instant};
 
-use announcer_support::{HELPER_ENV, Helper, Lab, NODE_A_MAC, NODE_B_MAC, VIP_V4, VIP_V6, lab_available, run_helper};
+use announcer_support::{HELPER_ENV, Helper, Lab, NODE_A_MAC, NODE_B_MAC, VIP_V4, VIP_V6, may_run, run_helper};
 
 const TOOLS: &[&str] = &["ip", "arping", "ndisc6"];
 
@@ -37,7 +37,10 @@ fn helper_with_burst(ns: &str, burst_ms: &str) -> Helper {
 
 #[test]
 fn only_the_owner_answers_on_its_interface_and_stops_when_it_loses_the_ip() {
-    if !lab_available(TOOLS) {
+    if !may_run(
+        "only_the_owner_answers_on_its_interface_and_stops_when_it_loses_the_ip",
+        TOOLS,
+    ) {
         return;
     }
     let lab = Lab::new(true);
@@ -80,7 +83,10 @@ fn wait_for_state(lab: &Lab, ip: &str, state: &str) {
 
 #[test]
 fn takeover_switches_the_client_neighbour_cache_from_reachable_stale_and_delay() {
-    if !lab_available(TOOLS) {
+    if !may_run(
+        "takeover_switches_the_client_neighbour_cache_from_reachable_stale_and_delay",
+        TOOLS,
+    ) {
         return;
     }
     let lab = Lab::new(true);
@@ -176,7 +182,10 @@ fn wait_for_usable(helper: &mut Helper, want: &str) -> Duration {
 
 #[test]
 fn interface_changes_are_followed_within_a_second_and_veths_need_naming() {
-    if !lab_available(TOOLS) {
+    if !may_run(
+        "interface_changes_are_followed_within_a_second_and_veths_need_naming",
+        TOOLS,
+    ) {
         return;
     }
     let lab = Lab::new(false);
@@ -211,7 +220,7 @@ fn interface_changes_are_followed_within_a_second_and_veths_need_naming() {
 
 #[test]
 fn unicast_reachability_probes_are_answered() {
-    if !lab_available(TOOLS) {
+    if !may_run("unicast_reachability_probes_are_answered", TOOLS) {
         return;
     }
     let lab = Lab::new(false);
@@ -273,7 +282,10 @@ for _ in range({count}):
 
 #[test]
 fn a_request_from_another_vlan_on_the_same_wire_is_not_answered() {
-    if !lab_available(&["ip", "arping", "ndisc6", "tcpdump", "python3"]) {
+    if !may_run(
+        "a_request_from_another_vlan_on_the_same_wire_is_not_answered",
+        &["ip", "arping", "ndisc6", "tcpdump", "python3"],
+    ) {
         return;
     }
     let lab = Lab::new(false);

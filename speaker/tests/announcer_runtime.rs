@@ -37,7 +37,9 @@ fn vip6() -> Ipv6Addr {
     "fd00:203::64".parse().unwrap()
 }
 
-struct Lab {
+/// An announcer on fake links and a fake network (no namespaces: see `announcer_netns` for
+/// real links).
+struct Fixture {
     interfaces: FakeInterfaces,
     network: FakeNetwork,
     multicast: FakeMulticast,
@@ -56,7 +58,7 @@ fn fast_config() -> AnnouncerConfig {
     }
 }
 
-fn lab_with(links: Vec<LinkInfo>, config: AnnouncerConfig, network: FakeNetwork) -> Lab {
+fn lab_with(links: Vec<LinkInfo>, config: AnnouncerConfig, network: FakeNetwork) -> Fixture {
     let interfaces = FakeInterfaces::new(links);
     let multicast = FakeMulticast::default();
     let announcer = Announcer::start_with(
@@ -68,7 +70,7 @@ fn lab_with(links: Vec<LinkInfo>, config: AnnouncerConfig, network: FakeNetwork)
         },
     )
     .expect("start");
-    Lab {
+    Fixture {
         interfaces,
         network,
         multicast,
@@ -76,7 +78,7 @@ fn lab_with(links: Vec<LinkInfo>, config: AnnouncerConfig, network: FakeNetwork)
     }
 }
 
-fn lab(links: Vec<LinkInfo>) -> Lab {
+fn lab(links: Vec<LinkInfo>) -> Fixture {
     lab_with(links, fast_config(), FakeNetwork::default())
 }
 
@@ -131,7 +133,7 @@ const ANSWER_WAIT: Duration = Duration::from_secs(3);
 const SILENCE_WAIT: Duration = Duration::from_millis(300);
 
 /// Injects `frame` on `link` and returns what was sent until the first frame or `wait`.
-fn exchange(lab: &Lab, link: &str, frame: Vec<u8>, wait: Duration) -> Vec<SentFrame> {
+fn exchange(lab: &Fixture, link: &str, frame: Vec<u8>, wait: Duration) -> Vec<SentFrame> {
     lab.network.take_sent();
     assert!(lab.network.inject(link, frame), "link {link} not open");
     lab.network.wait_for_sent(1, wait);

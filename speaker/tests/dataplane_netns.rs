@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane_support::{Lab, ask_from_port, ask_once, ask_udp, connect, eventually, in_netns, privileged_or_skip};
+use dataplane_support::{Lab, ask_from_port, ask_once, ask_udp, connect, eventually, in_netns, may_run};
 use herald_config::process::error_chain;
 use herald_speaker::dataplane::{
     Dataplane, DataplaneError, EndpointInput, EndpointPort, Protocol, ServiceInput, ServicePort, TrafficPolicy,
@@ -33,7 +33,7 @@ fn start_or_skip(lab: &Lab, i: u8, test: &str) -> Option<Dataplane> {
 /// One node with `pods` TCP echo pods, VIP 0 routed to it, and its dataplane; `None` when the
 /// test may skip (not root, or no eBPF outside CI).
 fn one_node_lab(test: &str, pods: u8) -> Option<(Lab, Dataplane)> {
-    if !privileged_or_skip(test) {
+    if !may_run(test, &["ip"]) {
         return None;
     }
     let mut lab = Lab::new(1);
@@ -49,7 +49,7 @@ fn one_node_lab(test: &str, pods: u8) -> Option<(Lab, Dataplane)> {
 /// Two nodes, one TCP and UDP echo pod on node 2, VIP 0 routed to node 1 and node 1's
 /// dataplane (node 2 runs none, so the pod is reached with SNAT); `None` when the test may skip.
 fn remote_backend_lab(test: &str) -> Option<(Lab, Dataplane)> {
-    if !privileged_or_skip(test) {
+    if !may_run(test, &["ip"]) {
         return None;
     }
     let mut lab = Lab::new(2);
@@ -214,7 +214,7 @@ fn dataplane_cluster_policy_reaches_remote_backend_through_snat() {
 #[test]
 fn dataplane_local_policy_uses_only_local_backends_and_preserves_the_client() {
     let test = "dataplane_local_policy_uses_only_local_backends_and_preserves_the_client";
-    if !privileged_or_skip(test) {
+    if !may_run(test, &["ip"]) {
         return;
     }
     let mut lab = Lab::new(2);
@@ -311,7 +311,7 @@ fn dataplane_leaves_frames_flooded_to_another_hosts_mac_alone() {
 #[test]
 fn dataplane_backends_on_dead_nodes_keep_their_flows_and_take_no_new_ones() {
     let test = "dataplane_backends_on_dead_nodes_keep_their_flows_and_take_no_new_ones";
-    if !privileged_or_skip(test) {
+    if !may_run(test, &["ip"]) {
         return;
     }
     let mut lab = Lab::new(2);
@@ -380,7 +380,7 @@ fn dataplane_a_retried_syn_of_an_unanswered_flow_is_placed_by_the_current_table(
     // here that backend's node was cut off and then declared dead, and the client retries
     // from the same port (as a client whose connect failed does, the port being free again).
     let test = "dataplane_a_retried_syn_of_an_unanswered_flow_is_placed_by_the_current_table";
-    if !privileged_or_skip(test) {
+    if !may_run(test, &["ip"]) {
         return;
     }
     let mut lab = Lab::new(2);
@@ -505,7 +505,7 @@ fn dataplane_restart_keeps_established_flows_and_shutdown_removes_everything() {
 #[test]
 fn dataplane_start_error_names_the_interface() {
     let test = "dataplane_start_error_names_the_interface";
-    if !privileged_or_skip(test) {
+    if !may_run(test, &["ip"]) {
         return;
     }
     let lab = Lab::new(1);
@@ -525,7 +525,7 @@ fn dataplane_start_error_names_the_interface() {
 #[test]
 fn dataplane_every_node_picks_the_same_backend_for_a_flow() {
     let test = "dataplane_every_node_picks_the_same_backend_for_a_flow";
-    if !privileged_or_skip(test) {
+    if !may_run(test, &["ip"]) {
         return;
     }
     let mut lab = Lab::new(2);
@@ -574,7 +574,7 @@ fn dataplane_every_node_picks_the_same_backend_for_a_flow() {
 #[test]
 fn dataplane_attach_interfaces_follows_the_interface_list() {
     let test = "dataplane_attach_interfaces_follows_the_interface_list";
-    if !privileged_or_skip(test) {
+    if !may_run(test, &["ip"]) {
         return;
     }
     let mut lab = Lab::new(1);
@@ -633,7 +633,7 @@ fn tunnel_peers(lab: &Lab, nodes: u8, except: u8) -> std::collections::BTreeMap<
 #[test]
 fn dataplane_dsr_keeps_the_client_address_and_flows_survive_the_owner_losing_its_cable() {
     let test = "dataplane_dsr_keeps_the_client_address_and_flows_survive_the_owner_losing_its_cable";
-    if !privileged_or_skip(test) {
+    if !may_run(test, &["ip"]) {
         return;
     }
     let mut lab = Lab::new(3);

@@ -1,10 +1,10 @@
 //! Membership's gRPC transport on real links: a speaker's port on node1, calls from node2,
 //! and node1's cable pulled at the switch for longer than TCP's retransmission timer takes to
-//! back off. Once the cable is back, the next call must get its answer: a connection left
-//! stalled behind that timer kept every call to a reachable peer failing for seconds (in the
-//! lab: a suspect/refute storm and a node's news unheard).
+//! back off. Once the cable is back and ping answers again, the next call must get its answer:
+//! a connection left stalled behind that timer kept every call to a reachable peer failing for
+//! seconds (in the lab: a suspect/refute storm and a node's news unheard).
 //!
-//! Needs root and `ip`; under `CI=true` their absence fails the test, elsewhere it is skipped
+//! Needs root, `ip` and `ping`; under `CI=true` their absence fails the test, elsewhere it is skipped
 //! with the reason printed.
 
 mod dataplane_support;
@@ -13,7 +13,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataplane_support::{Lab, enter_netns, privileged_or_skip};
+use dataplane_support::{Lab, enter_netns, may_run};
 use herald_proto::membership::v1::Envelope;
 use herald_proto::membership::v1::membership_server::MembershipServer;
 use herald_speaker::membership::state::Rpc;
@@ -27,8 +27,8 @@ const OUTAGE: Duration = Duration::from_secs(8);
 /// Calls during the outage, as a speaker probes: one per address every interval, each given
 /// up after the interval.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
-/// What the first call after the cable is back may take: a new connection needs a round trip
-/// or two (and an ARP/ND exchange); a stalled one waits for its next retransmission.
+/// What the first call after the network is back may take: a new connection needs a round
+/// trip or two; a stalled one waits for its next retransmission (seconds away).
 const AFTER_HEAL: Duration = Duration::from_secs(1);
 
 /// Answers every call with the envelope it got.
@@ -40,11 +40,12 @@ impl EnvelopeHandler for Echo {
     }
 }
 
-/// Serves [`Echo`] on `[::]:PORT` (IPv4 too) in namespace `ns` until `stop` fires.
+/// Serves [`Echo`] on `[::]:PORT` (IPv4 too) in namespace `ns` until `stop` fires, with
+/// Nagle off as the speaker's server has it.
 fn serve_echo(ns: String, stop: tokio::sync::oneshot::Receiver<()>) -> std::thread::JoinHandle<()> {
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        enter_netns(&format!("/run/netns/{ns}"));
+        enter_netns(&ns);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -54,7 +55,7 @@ fn serve_echo(ns: String, stop: tokio::sync::oneshot::Receiver<()>) -> std::thre
                 .await
                 .expect("bind the echo server");
             bound_tx.send(()).unwrap();
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tonic::transport::Server::builder()
                 .add_service(MembershipServer::new(MembershipService::new(Arc::new(Echo))))
                 .serve_with_incoming_shutdown(incoming, async {
@@ -83,7 +84,7 @@ async fn call(transport: &GrpcTransport, to: SocketAddr, timeout: Duration) -> R
 
 #[test]
 fn a_peer_answers_again_as_soon_as_its_cable_is_back() {
-    if !privileged_or_skip("a_peer_answers_again_as_soon_as_its_cable_is_back") {
+    if !may_run("a_peer_answers_again_as_soon_as_its_cable_is_back", &["ip", "ping"]) {
         return;
     }
     let lab = Arc::new(Lab::new(2));
@@ -96,7 +97,7 @@ fn a_peer_answers_again_as_soon_as_its_cable_is_back() {
     let client_lab = lab.clone();
     let outcome = std::thread::spawn(move || {
         let lab = client_lab;
-        enter_netns(&format!("/run/netns/{}", lab.node(2)));
+        enter_netns(&lab.node(2));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -125,6 +126,17 @@ fn a_peer_answers_again_as_soon_as_its_cable_is_back() {
                 }
             }
             lab.set_cable(1, true);
+            // The link carries packets again (and the neighbours are resolved) once ping
+            // answers: from then on only the connection's state can hold the call up.
+            for peer in peers {
+                let reached = (0..30).any(|_| {
+                    std::process::Command::new("ping")
+                        .args(["-c1", "-W1", "-i0.2", &peer.ip().to_string()])
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                });
+                assert!(reached, "{} never answered ping after the cable was back", peer.ip());
+            }
             let healed = Instant::now();
             let mut after_heal = Vec::new();
             for peer in peers {

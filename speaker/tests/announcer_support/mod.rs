@@ -9,7 +9,8 @@
 //! re-executes itself under `ip netns exec <node> …` in helper mode ([`run_helper`]), which
 //! gives it the namespace's links and its own `/sys`, and is driven by text lines on stdin.
 //! Separate processes also give the announcer's RSS on its own.
-#![allow(dead_code)]
+// Each test or bench that includes this uses part of it.
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -39,66 +40,7 @@ pub const CLIENT_V6: &str = "fd00:203::1";
 pub const VIP_V4: &str = "10.203.0.100";
 pub const VIP_V6: &str = "fd00:203::100";
 
-/// Why the lab cannot run here (not root, tool missing), if it cannot.
-pub fn missing_prerequisite(tools: &[&str]) -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0");
-    if !root {
-        return Some("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    for tool in tools {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
-        if !found {
-            return Some(format!("`{tool}` not found on PATH (make deps installs it)"));
-        }
-    }
-    None
-}
-
-/// Returns true if the test may run; under `CI=true` a missing prerequisite fails loudly,
-/// elsewhere the test is skipped with the reason printed.
-pub fn lab_available(tools: &[&str]) -> bool {
-    match missing_prerequisite(tools) {
-        None => true,
-        Some(reason) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI=true but the namespace lab cannot run: {reason}")
-        }
-        Some(reason) => {
-            eprintln!("skipping namespace test: {reason}");
-            false
-        }
-    }
-}
-
-/// Runs `program args…`, panicking with its output if it fails.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("running {program} {args:?}: {error}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Runs a command inside namespace `ns`, returning stdout even if it exits non-zero.
-pub fn run_in(ns: &str, program: &str, args: &[&str]) -> String {
-    let output = Command::new("ip")
-        .args(["netns", "exec", ns, program])
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("running {program} in {ns}: {error}"));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+pub use herald_testkit::{Namespaces, may_run, missing_prerequisite, run, run_in};
 
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -108,32 +50,22 @@ pub struct Lab {
     pub client: String,
     pub node_a: String,
     pub node_b: String,
-    created: Vec<String>,
+    namespaces: Namespaces,
 }
 
 impl Lab {
     /// Bridge, client and nodes A and B, with addresses and fixed MACs, all links up.
     pub fn new(with_node_b: bool) -> Lab {
-        let prefix = format!(
-            "hrl-ann-{}-{}",
-            std::process::id(),
-            LAB_COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let mut namespaces = Namespaces::new("hrl-ann", LAB_COUNTER.fetch_add(1, Ordering::SeqCst));
         let mut lab = Lab {
-            bridge: format!("{prefix}-br"),
-            client: format!("{prefix}-c"),
-            node_a: format!("{prefix}-a"),
-            node_b: format!("{prefix}-b"),
-            created: Vec::new(),
+            bridge: namespaces.add("br"),
+            client: namespaces.add("c"),
+            node_a: namespaces.add("a"),
+            node_b: namespaces.name("b"),
+            namespaces,
         };
-        let mut namespaces = vec![lab.bridge.clone(), lab.client.clone(), lab.node_a.clone()];
         if with_node_b {
-            namespaces.push(lab.node_b.clone());
-        }
-        for ns in namespaces {
-            run("ip", &["netns", "add", &ns]);
-            lab.created.push(ns.clone());
-            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+            lab.namespaces.add("b");
         }
         let br = lab.bridge.clone();
         run("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"]);
@@ -280,14 +212,6 @@ impl Lab {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn ping")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in self.created.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! - LAN 10.204.k.0/24, fd00:204:k::/64: node i at .i / ::i, client at .100 (+m), VIPs at .200 (+m)
 //! - pods of node i: 10.205.k.(16i + j)/32, fd00:205:k:i::j/128
 
-#![allow(dead_code)]
+// Each test or bench that includes this uses part of it.
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -20,62 +21,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use herald_speaker::dataplane::{Dataplane, DataplaneConfig, DataplaneError, Forwarding, SnatPorts};
+use herald_testkit::Namespaces;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
+/// What the lab's namespaces and bpffs are named after.
+const KIND: &str = "hrl-dp";
 
-/// Runs `f` on a thread that has entered network namespace `ns` and returns its result.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        enter_netns(&path);
-        f()
-    })
-    .join()
-    .expect("thread in netns panicked")
-}
-
-/// Moves the calling thread into the network namespace at `path`.
-pub fn enter_netns(path: &str) {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    // SAFETY: setns on a valid fd we own; it only changes this thread's network namespace.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-}
+pub use herald_testkit::{enter_netns, in_netns, may_run, run};
 
 /// The bridge port that connects namespace `ns` (`<prefix>-<role>`) to the switch.
 fn switch_port(ns: &str) -> String {
     let role = ns.rsplit('-').next().unwrap_or(ns);
     format!("p-{role}")
-}
-
-/// Runs a command; panics with its output on failure.
-pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Whether privileged tests can run. Under `CI=true` a missing privilege fails the test.
-pub fn privileged_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    #[allow(unsafe_code)]
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root (network namespaces, eBPF) and CI=true forbids skipping");
-    }
-    eprintln!("SKIP {test}: not root");
-    false
 }
 
 /// A running echo server; stops when dropped.
@@ -96,7 +53,7 @@ impl Drop for Server {
 pub struct Lab {
     pub k: u8,
     pub prefix: String,
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
     bpffs: PathBuf,
     servers: Vec<Server>,
 }
@@ -104,9 +61,7 @@ pub struct Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.servers.clear();
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
-        }
+        self.namespaces.delete_all();
         let _ = Command::new("umount").arg(&self.bpffs).output();
         let _ = std::fs::remove_dir_all(&self.bpffs);
     }
@@ -115,22 +70,23 @@ impl Drop for Lab {
 impl Lab {
     /// Client, switch, `nodes` nodes (1 to 3, each routing the others' pods); no pods yet.
     pub fn new(nodes: u8) -> Lab {
-        sweep_dead_labs();
+        remove_orphaned_bpffs();
         let k = (NEXT_LAB.fetch_add(1, Ordering::Relaxed) % 250) as u8;
-        let prefix = format!("hrl-dp-{}-{k}", std::process::id());
+        let namespaces = Namespaces::new(KIND, k);
+        let prefix = namespaces.prefix().to_string();
         let bpffs = PathBuf::from(format!("/tmp/{prefix}-bpffs"));
         let mut lab = Lab {
             k,
             prefix,
-            namespaces: Vec::new(),
+            namespaces,
             bpffs,
             servers: Vec::new(),
         };
         std::fs::create_dir_all(&lab.bpffs).unwrap();
-        sh(&["mount", "-t", "bpf", "bpf", lab.bpffs.to_str().unwrap()]);
+        run("mount", &["-t", "bpf", "bpf", lab.bpffs.to_str().unwrap()]);
         let sw = lab.add_ns("sw");
-        sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
-        sh(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        run("ip", &["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        run("ip", &["-n", &sw, "link", "set", "br0", "up"]);
         let client = lab.add_ns("client");
         lab.lan_port(
             &client,
@@ -140,9 +96,9 @@ impl Lab {
         );
         for m in 1..8u8 {
             let a = format!("{}/24", lab.client_addr(m, false));
-            sh(&["ip", "-n", &client, "addr", "add", &a, "dev", "eth0"]);
+            run("ip", &["-n", &client, "addr", "add", &a, "dev", "eth0"]);
             let a6 = format!("{}/64", lab.client_addr(m, true));
-            sh(&["ip", "-n", &client, "addr", "add", &a6, "dev", "eth0", "nodad"]);
+            run("ip", &["-n", &client, "addr", "add", &a6, "dev", "eth0", "nodad"]);
         }
         for i in 1..=nodes {
             let node = lab.add_ns(&format!("node{i}"));
@@ -153,7 +109,10 @@ impl Lab {
                 ("net.ipv4.conf.all.send_redirects", "0"),
                 ("net.ipv4.conf.eth0.send_redirects", "0"),
             ] {
-                sh(&["ip", "netns", "exec", &node, "sysctl", "-qw", &format!("{key}={value}")]);
+                run(
+                    "ip",
+                    &["netns", "exec", &node, "sysctl", "-qw", &format!("{key}={value}")],
+                );
             }
         }
         for i in 1..=nodes {
@@ -161,38 +120,38 @@ impl Lab {
                 let node = lab.node(i);
                 let pods4 = format!("{}/28", lab.pod_addr(other, 0, false));
                 let pods6 = format!("{}/64", lab.pod_addr(other, 0, true));
-                sh(&[
+                run(
                     "ip",
-                    "-n",
-                    &node,
-                    "route",
-                    "add",
-                    &pods4,
-                    "via",
-                    &lab.node_addr(other, false).to_string(),
-                ]);
-                sh(&[
+                    &[
+                        "-n",
+                        &node,
+                        "route",
+                        "add",
+                        &pods4,
+                        "via",
+                        &lab.node_addr(other, false).to_string(),
+                    ],
+                );
+                run(
                     "ip",
-                    "-n",
-                    &node,
-                    "-6",
-                    "route",
-                    "add",
-                    &pods6,
-                    "via",
-                    &lab.node_addr(other, true).to_string(),
-                ]);
+                    &[
+                        "-n",
+                        &node,
+                        "-6",
+                        "route",
+                        "add",
+                        &pods6,
+                        "via",
+                        &lab.node_addr(other, true).to_string(),
+                    ],
+                );
             }
         }
         lab
     }
 
     fn add_ns(&mut self, role: &str) -> String {
-        let name = format!("{}-{role}", self.prefix);
-        sh(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        name
+        self.namespaces.add(role)
     }
 
     /// Connects `ns` to the bridge as eth0 with the given LAN addresses.
@@ -200,23 +159,19 @@ impl Lab {
         let sw = self.sw();
         // The switch side is named after the namespace's role (`client`, `node1`…).
         let peer = switch_port(ns);
-        sh(&[
-            "ip", "-n", &sw, "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ]);
-        sh(&["ip", "-n", &sw, "link", "set", &peer, "master", "br0", "up"]);
-        sh(&["ip", "-n", ns, "link", "set", "eth0", "address", mac, "up"]);
-        sh(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
-        sh(&[
+        run(
             "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
+            &[
+                "-n", &sw, "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        );
+        run("ip", &["-n", &sw, "link", "set", &peer, "master", "br0", "up"]);
+        run("ip", &["-n", ns, "link", "set", "eth0", "address", mac, "up"]);
+        run("ip", &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+        run(
+            "ip",
+            &["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"],
+        );
     }
 
     pub fn sw(&self) -> String {
@@ -275,55 +230,54 @@ impl Lab {
     pub fn route_vip_to_mac(&self, m: u8, mac: &str) {
         for v6 in [false, true] {
             let vip = self.vip(m, v6).to_string();
-            sh(&[
+            run(
                 "ip",
-                "-n",
-                &self.client(),
-                "neigh",
-                "replace",
-                &vip,
-                "lladdr",
-                mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ]);
+                &[
+                    "-n",
+                    &self.client(),
+                    "neigh",
+                    "replace",
+                    &vip,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ],
+            );
         }
     }
 
     /// Makes the client reach node `pods_of`'s pod addresses (IPv4) through node `via`.
     pub fn route_pods_via(&self, pods_of: u8, via: u8) {
-        sh(&[
+        run(
             "ip",
-            "-n",
-            &self.client(),
-            "route",
-            "add",
-            &format!("{}/28", self.pod_addr(pods_of, 0, false)),
-            "via",
-            &self.node_addr(via, false).to_string(),
-        ]);
+            &[
+                "-n",
+                &self.client(),
+                "route",
+                "add",
+                &format!("{}/28", self.pod_addr(pods_of, 0, false)),
+                "via",
+                &self.node_addr(via, false).to_string(),
+            ],
+        );
     }
 
     /// Pulls node `i`'s cable: its uplink goes down, so nothing reaches it or leaves it.
     pub fn cut_uplink(&self, i: u8) {
-        sh(&["ip", "-n", &self.node(i), "link", "set", "eth0", "down"]);
+        run("ip", &["-n", &self.node(i), "link", "set", "eth0", "down"]);
     }
 
     /// Pulls node `i`'s cable at the switch (`connected: false`) or plugs it back in: the
     /// node keeps its addresses and routes, and what it sends meanwhile is lost.
     pub fn set_cable(&self, i: u8, connected: bool) {
         let state = if connected { "up" } else { "down" };
-        sh(&[
+        run(
             "ip",
-            "-n",
-            &self.sw(),
-            "link",
-            "set",
-            &switch_port(&self.node(i)),
-            state,
-        ]);
+            &["-n", &self.sw(), "link", "set", &switch_port(&self.node(i)), state],
+        );
     }
 
     /// A backend namespace behind node `i` with addresses pod_addr(i, j).
@@ -331,82 +285,100 @@ impl Lab {
         let pod = self.add_ns(&format!("pod{i}-{j}"));
         let node = self.node(i);
         let veth = format!("vp{j}");
-        sh(&[
-            "ip", "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod,
-        ]);
-        sh(&["ip", "-n", &node, "link", "set", &veth, "up"]);
-        sh(&["ip", "-n", &node, "addr", "add", "169.254.1.1/32", "dev", &veth]);
-        sh(&["ip", "-n", &node, "addr", "add", "fe80::1/64", "dev", &veth, "nodad"]);
-        sh(&[
+        run(
             "ip",
-            "-n",
-            &node,
-            "route",
-            "add",
-            &format!("{}/32", self.pod_addr(i, j, false)),
-            "dev",
-            &veth,
-        ]);
-        sh(&[
+            &[
+                "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod,
+            ],
+        );
+        run("ip", &["-n", &node, "link", "set", &veth, "up"]);
+        run("ip", &["-n", &node, "addr", "add", "169.254.1.1/32", "dev", &veth]);
+        run("ip", &["-n", &node, "addr", "add", "fe80::1/64", "dev", &veth, "nodad"]);
+        run(
             "ip",
-            "-n",
-            &node,
-            "-6",
-            "route",
-            "add",
-            &format!("{}/128", self.pod_addr(i, j, true)),
-            "dev",
-            &veth,
-        ]);
-        sh(&["ip", "-n", &pod, "link", "set", "eth0", "up"]);
-        sh(&[
+            &[
+                "-n",
+                &node,
+                "route",
+                "add",
+                &format!("{}/32", self.pod_addr(i, j, false)),
+                "dev",
+                &veth,
+            ],
+        );
+        run(
             "ip",
-            "-n",
-            &pod,
-            "addr",
-            "add",
-            &format!("{}/32", self.pod_addr(i, j, false)),
-            "dev",
-            "eth0",
-        ]);
-        sh(&[
+            &[
+                "-n",
+                &node,
+                "-6",
+                "route",
+                "add",
+                &format!("{}/128", self.pod_addr(i, j, true)),
+                "dev",
+                &veth,
+            ],
+        );
+        run("ip", &["-n", &pod, "link", "set", "eth0", "up"]);
+        run(
             "ip",
-            "-n",
-            &pod,
-            "addr",
-            "add",
-            &format!("{}/128", self.pod_addr(i, j, true)),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        sh(&[
+            &[
+                "-n",
+                &pod,
+                "addr",
+                "add",
+                &format!("{}/32", self.pod_addr(i, j, false)),
+                "dev",
+                "eth0",
+            ],
+        );
+        run(
             "ip",
-            "-n",
-            &pod,
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        sh(&[
+            &[
+                "-n",
+                &pod,
+                "addr",
+                "add",
+                &format!("{}/128", self.pod_addr(i, j, true)),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        run(
             "ip",
-            "-n",
-            &pod,
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
-        sh(&[
-            "ip", "-n", &pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
-        ]);
+            &[
+                "-n",
+                &pod,
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &pod,
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n", &pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ],
+        );
         pod
     }
 
@@ -500,9 +472,11 @@ impl Lab {
 }
 
 /// Removes namespaces and bpffs mounts left by a lab whose process was killed (no Drop ran).
-fn sweep_dead_labs() {
-    let dead = |name: &str| -> bool {
-        let Some(rest) = name.strip_prefix("hrl-dp-") else {
+/// Unmounts and removes the bpffs of labs whose test process has exited (their namespaces
+/// go with [`Namespaces::new`]).
+fn remove_orphaned_bpffs() {
+    let orphaned = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix(KIND).and_then(|r| r.strip_prefix('-')) else {
             return false;
         };
         let pid = rest.split('-').next().unwrap_or("");
@@ -510,19 +484,12 @@ fn sweep_dead_labs() {
             && pid.chars().all(|c| c.is_ascii_digit())
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
     };
-    for dir in ["/run/netns", "/tmp"] {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for entry in entries.flatten().take(10_000) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !dead(&name) {
-                continue;
-            }
-            if dir == "/run/netns" {
-                let _ = Command::new("ip").args(["netns", "delete", &name]).output();
-            } else if name.ends_with("-bpffs") {
-                let _ = Command::new("umount").arg(entry.path()).output();
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
+    let Ok(entries) = std::fs::read_dir("/tmp") else { return };
+    for entry in entries.flatten().take(10_000) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if orphaned(&name) && name.ends_with("-bpffs") {
+            let _ = Command::new("umount").arg(entry.path()).output();
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -1,0 +1,187 @@
+//! What Herald's network-namespace tests and benches share (the Kubernetes lab, `herald-e2e`,
+//! builds on the same `ip netns` conventions asynchronously):
+//! - whether a privileged test may run: root and the tools it drives, and under `CI=true` it
+//!   must (a missing one fails the test instead of skipping it);
+//! - running commands, on the host or inside a namespace;
+//! - [`Namespaces`]: network namespaces deleted when dropped (also on panic), and those a
+//!   killed test process left behind removed by the next one;
+//! - threads inside a namespace ([`in_netns`], [`enter_netns`]).
+use std::process::Command;
+
+/// Why a privileged test cannot run here (not root, a tool missing), if it cannot.
+pub fn missing_prerequisite(tools: &[&str]) -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        return Some("not running as root (network namespaces and eBPF need it)".into());
+    }
+    for tool in tools {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+        if !found {
+            return Some(format!("`{tool}` not found on PATH (make deps installs it)"));
+        }
+    }
+    None
+}
+
+/// Whether `test` may run: true when root and `tools` are there; otherwise [`skip`].
+pub fn may_run(test: &str, tools: &[&str]) -> bool {
+    match missing_prerequisite(tools) {
+        None => true,
+        Some(reason) => {
+            skip(test, reason);
+            false
+        }
+    }
+}
+
+/// `test` cannot run here for `reason`: under `CI=true` that fails it loudly (CI must run every
+/// test); elsewhere it prints why, and the caller returns.
+pub fn skip(test: &str, reason: impl std::fmt::Display) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: {reason}, and CI=true forbids skipping");
+    }
+    eprintln!("SKIP {test}: {reason}");
+}
+
+/// Runs `program args…` and returns its stdout; panics with its output if it fails.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("running {program} {args:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `program args…` inside namespace `ns` and returns its stdout, whether or not it
+/// succeeded (probes that are expected to fail read their output too).
+pub fn run_in(ns: &str, program: &str, args: &[&str]) -> String {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("running {program} in {ns}: {error}"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Moves the calling thread into network namespace `ns` (a name under `/run/netns`, or a
+/// path). Sockets it opens afterwards, and threads it spawns, live there.
+pub fn enter_netns(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let path = if ns.starts_with('/') {
+        ns.to_string()
+    } else {
+        format!("/run/netns/{ns}")
+    };
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on a valid fd we own; it only changes this thread's network namespace.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a new thread inside namespace `ns` and returns its result.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        f()
+    })
+    .join()
+    .expect("thread in netns panicked")
+}
+
+/// Network namespaces named `<prefix>-<role>`, deleted (last made first) when dropped or by
+/// [`Namespaces::delete_all`].
+///
+/// A prefix starts with a kind and the test process's pid (`<kind>-<pid>-…`, see
+/// [`Namespaces::new`]): namespaces whose process is gone (a test killed before its drop ran)
+/// are removed by the next [`Namespaces::new`] of that kind.
+pub struct Namespaces {
+    prefix: String,
+    created: Vec<String>,
+}
+
+impl Namespaces {
+    /// Namespaces of kind `kind` (e.g. `hrl-dp`) for this process, told apart by `instance`;
+    /// removes the namespaces of that kind whose process has exited.
+    pub fn new(kind: &str, instance: impl std::fmt::Display) -> Namespaces {
+        remove_orphans(kind);
+        Namespaces {
+            prefix: format!("{kind}-{}-{instance}", std::process::id()),
+            created: Vec::new(),
+        }
+    }
+
+    /// `<kind>-<pid>-<instance>`: what every name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The name of the namespace for `role` (made or not).
+    pub fn name(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    /// Makes the namespace for `role`, with its loopback up, and returns its name.
+    pub fn add(&mut self, role: &str) -> String {
+        let name = self.name(role);
+        run("ip", &["netns", "add", &name]);
+        self.created.push(name.clone());
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    /// Deletes every namespace made so far, last made first (their links go with them).
+    pub fn delete_all(&mut self) {
+        while let Some(ns) = self.created.pop() {
+            let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+        }
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        self.delete_all();
+    }
+}
+
+/// The pid in a name made by [`Namespaces::new`] of kind `kind`, if it is one.
+fn owner_pid(kind: &str, name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(kind)?.strip_prefix('-')?;
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Deletes the namespaces of kind `kind` whose test process has exited.
+fn remove_orphans(kind: &str) {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten().take(10_000) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if owner_pid(kind, &name).is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn only_names_of_the_kind_with_a_pid_have_an_owner() {
+        assert_eq!(owner_pid("hrl-dp", "hrl-dp-4242-7-node1"), Some(4242));
+        assert_eq!(owner_pid("hrl-dp", "hrl-dpx-4242-7-node1"), None);
+        assert_eq!(owner_pid("hrl-dp", "hrl-dp-lab-node1"), None);
+        assert_eq!(owner_pid("hrl-ann", "hrl-dp-4242-7-node1"), None);
+    }
+}
