@@ -5,6 +5,7 @@
 //! - running commands, on the host or inside a namespace;
 //! - [`Namespaces`]: network namespaces deleted when dropped (also on panic), and those a
 //!   killed test process left behind removed by the next one;
+//! - [`Segment`]: a switch that namespaces plug into, whose cables can be pulled;
 //! - threads inside a namespace ([`in_netns`], [`enter_netns`]).
 use std::process::Command;
 
@@ -152,6 +153,77 @@ impl Drop for Namespaces {
     fn drop(&mut self) {
         self.delete_all();
     }
+}
+
+/// A layer-2 segment: bridge `br0` in a namespace of its own (the switch) that forwards and
+/// floods at once (no STP delay, no multicast snooping). Namespaces plug in through veth
+/// pairs, whose switch side is the port a cable can be pulled from.
+pub struct Segment {
+    switch: String,
+}
+
+impl Segment {
+    /// Makes the bridge in namespace `switch` (which must exist).
+    pub fn new(switch: &str) -> Segment {
+        run("ip", &["-n", switch, "link", "add", "br0", "type", "bridge"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                switch,
+                "link",
+                "set",
+                "br0",
+                "type",
+                "bridge",
+                "forward_delay",
+                "0",
+                "mcast_snooping",
+                "0",
+            ],
+        );
+        run("ip", &["-n", switch, "link", "set", "br0", "up"]);
+        Segment {
+            switch: switch.to_string(),
+        }
+    }
+
+    /// The switch's namespace.
+    pub fn switch(&self) -> &str {
+        &self.switch
+    }
+
+    /// Plugs namespace `ns` in: its link `link` with address `mac`, up, reaches the switch
+    /// through port `port` (at most 15 characters).
+    pub fn plug(&self, ns: &str, link: &str, mac: &str, port: &str) {
+        let sw = self.switch.as_str();
+        run(
+            "ip",
+            &[
+                "-n", sw, "link", "add", port, "type", "veth", "peer", "name", link, "netns", ns,
+            ],
+        );
+        run("ip", &["-n", sw, "link", "set", port, "master", "br0", "up"]);
+        run("ip", &["-n", ns, "link", "set", link, "address", mac, "up"]);
+    }
+
+    /// Pulls the cable of `port` at the switch (`connected: false`), or plugs it back in: the
+    /// namespace behind it keeps its addresses and routes, and what it sends meanwhile is lost.
+    pub fn set_cable(&self, port: &str, connected: bool) {
+        let state = if connected { "up" } else { "down" };
+        run("ip", &["-n", &self.switch, "link", "set", port, state]);
+    }
+}
+
+/// Adds `address/prefix` to `link` in namespace `ns` (IPv6 without duplicate address
+/// detection, so it is usable at once).
+pub fn add_address(ns: &str, link: &str, address: std::net::IpAddr, prefix: u8) {
+    let cidr = format!("{address}/{prefix}");
+    let mut args = vec!["-n", ns, "addr", "add", cidr.as_str(), "dev", link];
+    if address.is_ipv6() {
+        args.push("nodad");
+    }
+    run("ip", &args);
 }
 
 /// The pid in a name made by [`Namespaces::new`] of kind `kind`, if it is one.

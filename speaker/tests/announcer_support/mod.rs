@@ -40,16 +40,16 @@ pub const CLIENT_V6: &str = "fd00:203::1";
 pub const VIP_V4: &str = "10.203.0.100";
 pub const VIP_V6: &str = "fd00:203::100";
 
-pub use herald_testkit::{Namespaces, may_run, missing_prerequisite, run, run_in};
+pub use herald_testkit::{Namespaces, Segment, add_address, may_run, missing_prerequisite, run, run_in};
 
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Namespaces of one test; all deleted on drop.
 pub struct Lab {
-    pub bridge: String,
     pub client: String,
     pub node_a: String,
     pub node_b: String,
+    segment: Segment,
     namespaces: Namespaces,
 }
 
@@ -57,84 +57,31 @@ impl Lab {
     /// Bridge, client and nodes A and B, with addresses and fixed MACs, all links up.
     pub fn new(with_node_b: bool) -> Lab {
         let mut namespaces = Namespaces::new("hrl-ann", LAB_COUNTER.fetch_add(1, Ordering::SeqCst));
+        let segment = Segment::new(&namespaces.add("br"));
         let mut lab = Lab {
-            bridge: namespaces.add("br"),
             client: namespaces.add("c"),
             node_a: namespaces.add("a"),
             node_b: namespaces.name("b"),
+            segment,
             namespaces,
         };
+        lab.attach(&lab.client, "lan0", CLIENT_MAC, "pc");
+        add_address(&lab.client, "lan0", CLIENT_V4.parse().unwrap(), 24);
+        add_address(&lab.client, "lan0", CLIENT_V6.parse().unwrap(), 64);
+        lab.attach(&lab.node_a, "veth-lan", NODE_A_MAC, "pa");
+        lab.attach(&lab.node_a, "veth-alt", NODE_A_ALT_MAC, "pa2");
+        add_address(&lab.node_a, "veth-lan", "10.203.0.2".parse().unwrap(), 24);
         if with_node_b {
             lab.namespaces.add("b");
-        }
-        let br = lab.bridge.clone();
-        run("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"]);
-        // No STP delay and no multicast snooping: every frame floods at once.
-        run(
-            "ip",
-            &[
-                "-n",
-                &br,
-                "link",
-                "set",
-                "br0",
-                "type",
-                "bridge",
-                "forward_delay",
-                "0",
-                "mcast_snooping",
-                "0",
-            ],
-        );
-        run("ip", &["-n", &br, "link", "set", "br0", "up"]);
-        let client = lab.client.clone();
-        lab.attach(&client, "lan0", CLIENT_MAC, "pc");
-        run(
-            "ip",
-            &["-n", &client, "addr", "add", &format!("{CLIENT_V4}/24"), "dev", "lan0"],
-        );
-        run(
-            "ip",
-            &[
-                "-n",
-                &client,
-                "addr",
-                "add",
-                &format!("{CLIENT_V6}/64"),
-                "dev",
-                "lan0",
-                "nodad",
-            ],
-        );
-        let node_a = lab.node_a.clone();
-        lab.attach(&node_a, "veth-lan", NODE_A_MAC, "pa");
-        lab.attach(&node_a, "veth-alt", NODE_A_ALT_MAC, "pa2");
-        run(
-            "ip",
-            &["-n", &node_a, "addr", "add", "10.203.0.2/24", "dev", "veth-lan"],
-        );
-        if with_node_b {
-            let node_b = lab.node_b.clone();
-            lab.attach(&node_b, "veth-lan", NODE_B_MAC, "pb");
-            run(
-                "ip",
-                &["-n", &node_b, "addr", "add", "10.203.0.3/24", "dev", "veth-lan"],
-            );
+            lab.attach(&lab.node_b, "veth-lan", NODE_B_MAC, "pb");
+            add_address(&lab.node_b, "veth-lan", "10.203.0.3".parse().unwrap(), 24);
         }
         lab
     }
 
-    /// A veth pair from `ns` (as `name`, with `mac`) to the bridge (as `port`).
+    /// A veth pair from `ns` (as `name`, with `mac`) to the switch (as `port`).
     pub fn attach(&self, ns: &str, name: &str, mac: &str, port: &str) {
-        let br = &self.bridge;
-        run(
-            "ip",
-            &[
-                "-n", br, "link", "add", port, "type", "veth", "peer", "name", name, "netns", ns,
-            ],
-        );
-        run("ip", &["-n", br, "link", "set", port, "master", "br0", "up"]);
-        run("ip", &["-n", ns, "link", "set", name, "address", mac, "up"]);
+        self.segment.plug(ns, name, mac, port);
     }
 
     /// MACs that answered `arping` for `ip` from the client within two seconds.

@@ -27,7 +27,7 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
 /// What the lab's namespaces and bpffs are named after.
 const KIND: &str = "hrl-dp";
 
-pub use herald_testkit::{enter_netns, in_netns, may_run, run};
+pub use herald_testkit::{Segment, add_address, enter_netns, in_netns, may_run, run};
 
 /// The bridge port that connects namespace `ns` (`<prefix>-<role>`) to the switch.
 fn switch_port(ns: &str) -> String {
@@ -54,6 +54,7 @@ pub struct Lab {
     pub k: u8,
     pub prefix: String,
     namespaces: Namespaces,
+    segment: Segment,
     bpffs: PathBuf,
     servers: Vec<Server>,
 }
@@ -72,21 +73,20 @@ impl Lab {
     pub fn new(nodes: u8) -> Lab {
         remove_orphaned_bpffs();
         let k = (NEXT_LAB.fetch_add(1, Ordering::Relaxed) % 250) as u8;
-        let namespaces = Namespaces::new(KIND, k);
+        let mut namespaces = Namespaces::new(KIND, k);
+        let segment = Segment::new(&namespaces.add("sw"));
         let prefix = namespaces.prefix().to_string();
         let bpffs = PathBuf::from(format!("/tmp/{prefix}-bpffs"));
         let mut lab = Lab {
             k,
             prefix,
             namespaces,
+            segment,
             bpffs,
             servers: Vec::new(),
         };
         std::fs::create_dir_all(&lab.bpffs).unwrap();
         run("mount", &["-t", "bpf", "bpf", lab.bpffs.to_str().unwrap()]);
-        let sw = lab.add_ns("sw");
-        run("ip", &["-n", &sw, "link", "add", "br0", "type", "bridge"]);
-        run("ip", &["-n", &sw, "link", "set", "br0", "up"]);
         let client = lab.add_ns("client");
         lab.lan_port(
             &client,
@@ -154,24 +154,11 @@ impl Lab {
         self.namespaces.add(role)
     }
 
-    /// Connects `ns` to the bridge as eth0 with the given LAN addresses.
+    /// Connects `ns` to the switch as eth0 with the given LAN addresses.
     fn lan_port(&self, ns: &str, v4: IpAddr, v6: IpAddr, mac: &str) {
-        let sw = self.sw();
-        // The switch side is named after the namespace's role (`client`, `node1`…).
-        let peer = switch_port(ns);
-        run(
-            "ip",
-            &[
-                "-n", &sw, "link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", ns,
-            ],
-        );
-        run("ip", &["-n", &sw, "link", "set", &peer, "master", "br0", "up"]);
-        run("ip", &["-n", ns, "link", "set", "eth0", "address", mac, "up"]);
-        run("ip", &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
-        run(
-            "ip",
-            &["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"],
-        );
+        self.segment.plug(ns, "eth0", mac, &switch_port(ns));
+        add_address(ns, "eth0", v4, 24);
+        add_address(ns, "eth0", v6, 64);
     }
 
     pub fn sw(&self) -> String {
@@ -270,14 +257,9 @@ impl Lab {
         run("ip", &["-n", &self.node(i), "link", "set", "eth0", "down"]);
     }
 
-    /// Pulls node `i`'s cable at the switch (`connected: false`) or plugs it back in: the
-    /// node keeps its addresses and routes, and what it sends meanwhile is lost.
+    /// Pulls node `i`'s cable at the switch (`connected: false`) or plugs it back in.
     pub fn set_cable(&self, i: u8, connected: bool) {
-        let state = if connected { "up" } else { "down" };
-        run(
-            "ip",
-            &["-n", &self.sw(), "link", "set", &switch_port(&self.node(i)), state],
-        );
+        self.segment.set_cable(&switch_port(&self.node(i)), connected);
     }
 
     /// A backend namespace behind node `i` with addresses pod_addr(i, j).
