@@ -54,23 +54,32 @@ pub fn run_to_exit<F: Future<Output = ExitCode>>(program: &str, work: impl FnOnc
     code
 }
 
-/// Completes on SIGTERM (what the kubelet sends) or Ctrl-C. If the SIGTERM handler cannot be
-/// installed, only Ctrl-C ends it, and that is logged.
+/// Completes on SIGTERM (what the kubelet sends) or Ctrl-C. A handler that cannot be
+/// installed is logged and never fires (before, a failed Ctrl-C handler ended this at once: the
+/// process stopped as soon as it started).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
             tokio::select! {
                 _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
+                () = ctrl_c() => {},
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot handle SIGTERM; only Ctrl-C stops this process gracefully");
-            let _ = tokio::signal::ctrl_c().await;
+            ctrl_c().await;
         }
     }
     tracing::info!("shutdown requested");
+}
+
+/// Completes on Ctrl-C; never, if its handler cannot be installed.
+async fn ctrl_c() {
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::error!(error = %e, "cannot handle Ctrl-C");
+        std::future::pending::<()>().await;
+    }
 }
 
 /// An error and its causes on one line, `outer: cause: root cause`. Herald's error types do

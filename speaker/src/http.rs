@@ -74,9 +74,10 @@ pub struct Endpoints {
 impl Probes for Endpoints {
     fn metrics(&self) -> String {
         let mut out = String::new();
-        if let Some(registry) = self.registry.get() {
-            // Writing to a String cannot fail.
-            let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+        if let Some(registry) = self.registry.get()
+            && let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry)
+        {
+            tracing::error!(error = %e, "encoding the metrics failed; the scrape gets what was written");
         }
         out
     }

@@ -185,7 +185,9 @@ pub async fn run_with_client(
     health.set_dataplane(dataplane.as_ref().map(|_| ()).map_err(Clone::clone));
     let mut dataplane = dataplane.take_ok();
     let metrics = LoopMetrics::register(&mut registry);
-    let _ = registry_cell.set(registry);
+    if registry_cell.set(registry).is_err() {
+        tracing::error!("the metrics registry was set twice; /metrics serves the first");
+    }
 
     let cluster = Cluster::start(&client, &config.namespace, &config.speaker_selector, &mut tasks);
     // Owned by the DaemonSet, this node's ServiceL2Status objects go with it (an uninstall).
@@ -337,7 +339,12 @@ pub async fn run_with_client(
     drop(status_tx);
     // The status writer withdraws this node's objects and ends; the other tasks run until
     // dropped.
-    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.ended()).await;
+    if tokio::time::timeout(Duration::from_secs(2), tasks.ended())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the ServiceL2Status writer did not finish withdrawing this node's objects within 2 s");
+    }
     failed.map_or(Ok(()), |ended| Err(Error::TaskEnded(ended)))
 }
 

@@ -323,11 +323,12 @@ pub async fn run_with_client(
     }
     // Only now that no reconcile is running: give the Lease up (unless the election itself is
     // what ended).
-    let _ = stop_election.send(true);
+    stop_election.send_replace(true);
     if let Some(AbortOnDrop(handle)) = &mut election
         && !handle.is_finished()
+        && let Err(e) = handle.await
     {
-        let _ = handle.await;
+        tracing::error!(error = %e, "the leader election ended abnormally while giving up the Lease");
     }
     failed.map_or(Ok(()), |ended| Err(Error::TaskEnded(ended)))
 }

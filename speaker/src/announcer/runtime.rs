@@ -28,6 +28,14 @@ use super::{
     arp, ndp,
 };
 
+/// Waits for `thread` to end; a panic in it is logged (it has stopped answering or announcing).
+fn join_logging_panic(thread: JoinHandle<()>) {
+    let name = thread.thread().name().unwrap_or("announcer").to_string();
+    if thread.join().is_err() {
+        tracing::error!(thread = %name, "an announcer thread had panicked");
+    }
+}
+
 /// How often links that failed to open are tried again.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -108,6 +116,16 @@ enum Command {
     /// Start (or restart) the announcement schedule of an IP.
     Announce(IpAddr),
     Stop,
+}
+
+impl Control {
+    /// Starts `ip`'s gratuitous announcements; if the scheduler thread is gone (it panicked),
+    /// says so: the IP is answered but the network is not told it moved.
+    fn announce(&self, ip: IpAddr) {
+        if self.commands.send(Command::Announce(ip)).is_err() {
+            tracing::error!(%ip, "the announcement scheduler has stopped: no gratuitous ARP/NA sent");
+        }
+    }
 }
 
 impl Announcer {
@@ -194,7 +212,7 @@ impl Announcer {
     pub fn announce_again(&self) {
         let control = lock(&self.shared.control);
         for ip in control.targets.keys() {
-            let _ = control.commands.send(Command::Announce(*ip));
+            control.announce(*ip);
         }
     }
 
@@ -262,10 +280,11 @@ impl Announcer {
             return;
         }
         write(&self.shared.owned).clear();
-        let _ = lock(&self.shared.control).commands.send(Command::Stop);
+        // The scheduler may have ended already (it stops on its own when the channel closes).
+        drop(lock(&self.shared.control).commands.send(Command::Stop));
         lock(&self.watcher_wake).take();
         for thread in lock(&self.threads).drain(..) {
-            let _ = thread.join();
+            join_logging_panic(thread);
         }
         let mut control = lock(&self.shared.control);
         let readers: Vec<JoinHandle<()>> = std::mem::take(&mut control.open)
@@ -278,11 +297,13 @@ impl Announcer {
             .collect();
         write(&self.shared.senders).clear();
         for (index, group) in std::mem::take(&mut control.joined) {
-            let _ = control.multicast.leave(index, group);
+            if let Err(error) = control.multicast.leave(index, group) {
+                tracing::debug!(%error, %group, "leaving a multicast group at shutdown");
+            }
         }
         drop(control);
         for reader in readers {
-            let _ = reader.join();
+            join_logging_panic(reader);
         }
         self.shared.usable_tx.send_replace(Vec::new());
     }
@@ -414,7 +435,7 @@ impl Shared {
         }
         self.sync_multicast(control, &wanted);
         for ip in gained {
-            let _ = control.commands.send(Command::Announce(ip));
+            control.announce(ip);
         }
         let usable_names: Vec<String> = usable
             .iter()

@@ -358,8 +358,10 @@ struct Keeper {
 impl Drop for Keeper {
     fn drop(&mut self) {
         drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the dataplane's heartbeat thread had panicked");
         }
     }
 }
@@ -641,7 +643,11 @@ impl Dataplane {
         };
         if !tcx_supported() {
             // Netlink TC: the filter stays in the program's link set until the process exits.
-            let _ = aya::programs::tc::qdisc_add_clsact(interface);
+            // The clsact qdisc is usually there already; without it the attach below fails
+            // with its own error.
+            if let Err(error) = aya::programs::tc::qdisc_add_clsact(interface) {
+                tracing::debug!(%interface, %error, "adding the clsact qdisc");
+            }
             program.attach(interface, direction.tc()).map_err(attach_err)?;
             return Ok(());
         }
@@ -827,7 +833,9 @@ mod tests {
     #[test]
     fn removing_the_pins_leaves_nothing_or_names_what_it_could_not_remove() {
         let dir = std::env::temp_dir().join(format!("herald-pins-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
         for layout in ["v1", "v2", "links"] {
             std::fs::create_dir_all(dir.join(layout)).unwrap();
         }

@@ -89,8 +89,7 @@ impl IpText {
     fn new(ip: IpAddr) -> Self {
         let mut text = [0u8; 48];
         let mut cursor = std::io::Cursor::new(&mut text[..]);
-        // Writing an IP's text into 48 bytes cannot run out of space.
-        let _ = write!(cursor, "{ip}");
+        write!(cursor, "{ip}").expect("an IP's text fits in 48 bytes");
         let len = usize::try_from(cursor.position()).unwrap_or(0);
         IpText { text, len }
     }

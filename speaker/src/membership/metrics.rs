@@ -48,7 +48,8 @@ impl MembershipMetrics {
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         for reason in Rejection::ALL {
-            let _ = self.rejected.get_or_create(&[("reason", reason.as_str())]);
+            // Every reason's series exists from the start, at 0.
+            drop(self.rejected.get_or_create(&[("reason", reason.as_str())]));
         }
         registry.register(
             "membership_members",

@@ -183,7 +183,7 @@ impl Shared {
                     let waiting = self.deferred.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
                     if let Some(waiting) = waiting {
                         // The caller may have given up; nothing to do then.
-                        let _ = waiting.send(message);
+                        drop(waiting.send(message));
                     }
                 }
             }
@@ -395,7 +395,8 @@ impl Membership {
         let mut stop = membership.stop.subscribe();
         let server = tokio::spawn(async move {
             let shutdown = async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
+                // Stopped, or the membership is gone: either way the server ends.
+                drop(stop.wait_for(|stopped| *stopped).await);
             };
             // A peer gets a few calls at a time and a bounded wait; a misbehaving one cannot
             // hold the server (every legitimate call ends within a probe timeout or a Sync).
@@ -600,8 +601,10 @@ impl Membership {
     pub async fn shutdown(self) {
         self.stop.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for (_, task) in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        for (name, task) in tasks {
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                tracing::warn!(task = name, "did not stop within 2 s");
+            }
         }
     }
 
