@@ -95,10 +95,8 @@ impl Lab {
             &format!("02:04:{k:02x}:00:00:64"),
         );
         for m in 1..8u8 {
-            let a = format!("{}/24", lab.client_addr(m, false));
-            run("ip", &["-n", &client, "addr", "add", &a, "dev", "eth0"]);
-            let a6 = format!("{}/64", lab.client_addr(m, true));
-            run("ip", &["-n", &client, "addr", "add", &a6, "dev", "eth0", "nodad"]);
+            add_address(&client, "eth0", lab.client_addr(m, false), 24);
+            add_address(&client, "eth0", lab.client_addr(m, true), 64);
         }
         for i in 1..=nodes {
             let node = lab.add_ns(&format!("node{i}"));
@@ -302,31 +300,8 @@ impl Lab {
             ],
         );
         run("ip", &["-n", &pod, "link", "set", "eth0", "up"]);
-        run(
-            "ip",
-            &[
-                "-n",
-                &pod,
-                "addr",
-                "add",
-                &format!("{}/32", self.pod_addr(i, j, false)),
-                "dev",
-                "eth0",
-            ],
-        );
-        run(
-            "ip",
-            &[
-                "-n",
-                &pod,
-                "addr",
-                "add",
-                &format!("{}/128", self.pod_addr(i, j, true)),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
+        add_address(&pod, "eth0", self.pod_addr(i, j, false), 32);
+        add_address(&pod, "eth0", self.pod_addr(i, j, true), 128);
         run(
             "ip",
             &[
