@@ -286,8 +286,10 @@ async fn supervise(shared: Arc<Shared>) {
         // `ip netns exec` execs the program, so the child's pid is the program's pid.
         let pid = child.id();
         let starts = shared.starts.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(pid) = pid {
-            let _ = std::fs::write(&spec.pid_file, format!("{pid}\n"));
+        if let Some(pid) = pid
+            && let Err(e) = std::fs::write(&spec.pid_file, format!("{pid}\n"))
+        {
+            tracing::warn!(error = %e, file = %spec.pid_file.display(), "cannot record the process's pid");
         }
         shared.pid.send_replace(pid);
         note(spec, &format!("started pid {} (start #{starts})", pid.unwrap_or(0)));

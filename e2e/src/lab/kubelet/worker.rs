@@ -484,7 +484,9 @@ impl Worker {
                 for (path, audience, expiration) in &tokens {
                     match token_for(&client, &pod, audience.clone(), *expiration).await {
                         Ok(token) => {
-                            let _ = write_atomically(path, &token);
+                            if let Err(e) = write_atomically(path, &token) {
+                                tracing::warn!(error = %e, path = %path.display(), "kubelet: writing a refreshed token failed");
+                            }
                         }
                         Err(e) => tracing::warn!(error = %e, path = %path.display(), "kubelet: token refresh failed"),
                     }
@@ -555,7 +557,9 @@ impl Worker {
                 }
             };
             let pid = child.id().unwrap_or(0);
-            let _ = std::fs::write(&self.pid_file, format!("{pid}\n"));
+            if let Err(e) = std::fs::write(&self.pid_file, format!("{pid}\n")) {
+                tracing::warn!(error = %e, file = %self.pid_file.display(), "kubelet: cannot record the container's pid");
+            }
             let started = Instant::now();
             let started_at = now();
             self.note(&format!("started pid {pid} (restart #{})", self.report.restart_count));
