@@ -707,27 +707,50 @@ impl Dataplane {
 
 /// Detaches and removes whatever a speaker pinned under `pin_dir` (links and maps of every
 /// layout): for a speaker that will not run the dataplane, so nothing it left keeps forwarding.
-/// Nothing pinned is fine.
-/// Nothing pinned is fine; anything that cannot be removed is an error naming it (a pin left
-/// behind keeps its map, or its program attached).
+/// Nothing pinned is fine. Everything is tried; the first thing that could not be removed is
+/// the error (a pin left behind keeps its map, or its program attached).
 pub fn remove_pinned(pin_dir: &Path) -> Result<(), DataplaneError> {
     let links_dir = pin_dir.join(LINKS_DIR);
-    for link in entries_of(&links_dir)? {
-        unpin_link(&link)?;
+    let mut outcome = Ok(());
+    match entries_of(&links_dir) {
+        Ok(links) => {
+            for link in links {
+                first_error(&mut outcome, unpin_link(&link));
+            }
+        }
+        Err(e) => first_error(&mut outcome, Err(e)),
     }
-    remove_if_present(&links_dir, |p| std::fs::remove_dir(p))?;
+    first_error(&mut outcome, remove_if_present(&links_dir, |p| std::fs::remove_dir(p)));
     for layout in OLD_MAP_LAYOUT_DIRS.iter().chain([&MAP_LAYOUT_DIR]) {
-        remove_maps(&pin_dir.join(layout))?;
+        first_error(&mut outcome, remove_maps(&pin_dir.join(layout)));
     }
-    remove_if_present(pin_dir, |p| std::fs::remove_dir(p))
+    first_error(&mut outcome, remove_if_present(pin_dir, |p| std::fs::remove_dir(p)));
+    outcome
 }
 
-/// Removes a map layout directory's pins (the maps go when no program or fd holds them).
-fn remove_maps(map_dir: &Path) -> Result<(), DataplaneError> {
-    for pin in entries_of(map_dir)? {
-        remove_if_present(&pin, |p| std::fs::remove_file(p))?;
+/// Keeps the first error in `outcome`; later ones are logged.
+fn first_error(outcome: &mut Result<(), DataplaneError>, result: Result<(), DataplaneError>) {
+    if let Err(error) = result {
+        if outcome.is_ok() {
+            *outcome = Err(error);
+        } else {
+            tracing::warn!(
+                error = herald_config::process::error_chain(&error),
+                "also could not remove"
+            );
+        }
     }
-    remove_if_present(map_dir, |p| std::fs::remove_dir(p))
+}
+
+/// Removes a map layout directory's pins (the maps go when no program or fd holds them); tries
+/// every pin and returns the first failure.
+fn remove_maps(map_dir: &Path) -> Result<(), DataplaneError> {
+    let mut outcome = Ok(());
+    for pin in entries_of(map_dir)? {
+        first_error(&mut outcome, remove_if_present(&pin, |p| std::fs::remove_file(p)));
+    }
+    first_error(&mut outcome, remove_if_present(map_dir, |p| std::fs::remove_dir(p)));
+    outcome
 }
 
 /// The paths in `dir`; none if it does not exist.
@@ -845,11 +868,18 @@ mod tests {
         assert!(!dir.exists());
         remove_pinned(&dir).expect("nothing pinned is fine");
 
-        std::fs::create_dir_all(dir.join("v2/not-a-pin")).unwrap();
+        std::fs::create_dir_all(dir.join("v1/not-a-pin")).unwrap();
+        std::fs::create_dir_all(dir.join("v2")).unwrap();
+        std::fs::write(dir.join("v2/herald_services"), b"").unwrap();
         let error = remove_pinned(&dir).expect_err("a directory among the map pins");
-        let result = matches!(&error, DataplaneError::Unpin { path, .. } if path.ends_with("v2/not-a-pin"));
+        let named = matches!(&error, DataplaneError::Unpin { path, .. } if path.ends_with("v1/not-a-pin"));
+        let rest_removed = !dir.join("v2").exists();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(result, "{error:?}");
+        assert!(named, "{error:?}");
+        assert!(
+            rest_removed,
+            "one bad entry stopped the removal of the current layout's pins"
+        );
     }
 
     #[test]

@@ -428,7 +428,6 @@ impl Lab {
     }
 }
 
-/// Removes namespaces and bpffs mounts left by a lab whose process was killed (no Drop ran).
 /// Unmounts and removes the bpffs of labs whose test process has exited (their namespaces
 /// go with [`Namespaces::new`]).
 fn remove_orphaned_bpffs() {

@@ -296,7 +296,12 @@ impl Core {
             .sample(&mut self.rng, self.config.indirect_probes)
             .cloned()
             .collect();
-        let timeout_ms = u32::try_from(self.config.probe_timeout.as_millis()).unwrap_or(u32::MAX);
+        // The helper waits for the target at most three quarters of what is left of our wait, so
+        // its answer ("unreachable" included) arrives before we give up on it: a helper whose
+        // answer always came late looked stalled and lost its connection (see the transport).
+        let left = expire_at.saturating_duration_since(now);
+        let relay_wait = self.config.probe_timeout.min(left - left / 4);
+        let timeout_ms = u32::try_from(relay_wait.as_millis()).unwrap_or(u32::MAX);
         for helper in helpers {
             let Some(address) = self.members.get(&helper).map(|m| m.address) else {
                 continue;

@@ -427,6 +427,38 @@ fn probes_sent_before_a_refutation_do_not_suspect_the_refuted_incarnation() {
     );
 }
 
+/// A helper answers before we give up on it, "unreachable" included: late answers made a
+/// healthy helper's connection look stalled (the transport drops those).
+#[test]
+fn a_helper_is_asked_to_wait_less_than_we_wait_for_it() {
+    let (mut core, now) = core();
+    core.watch_closely(&["node-b".to_string()].into(), now);
+    let effects = run(&mut core, now, Duration::from_millis(300));
+    let asks: Vec<(Duration, Duration)> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Request {
+                rpc: Rpc::PingReq,
+                message,
+                timeout,
+                ..
+            } => match &message.body {
+                Some(Body::PingReq(ask)) => Some((Duration::from_millis(ask.timeout_ms.into()), *timeout)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert!(asks.len() >= 2, "both indirect rounds ran: {asks:?}");
+    for (helper_waits, we_wait) in asks {
+        assert!(helper_waits <= config().probe_timeout);
+        assert!(
+            helper_waits < we_wait,
+            "helper waits {helper_waits:?}, we wait {we_wait:?}"
+        );
+    }
+}
+
 #[test]
 fn ping_req_is_relayed_and_answered() {
     let (mut core, now) = core();
