@@ -284,8 +284,6 @@ enum Startup {
 struct Syncing {
     /// When the view turned unsettled (start, or new peers before any contact).
     since: Instant,
-    /// Initial syncs still out.
-    in_flight: usize,
     /// One failed for another reason than our messages being rejected.
     failed_plainly: bool,
     /// All of them failed: ask again at this time.
@@ -299,7 +297,6 @@ impl Syncing {
     fn since(since: Instant) -> Syncing {
         Syncing {
             since,
-            in_flight: 0,
             failed_plainly: false,
             retry_at: None,
             warned: None,
@@ -503,12 +500,8 @@ impl Core {
                     }
                 }
                 added.shuffle(&mut self.rng);
-                let count = added.len().min(self.config.initial_sync_peers.max(1));
-                for node in &added[..count] {
+                for node in added.iter().take(self.config.initial_sync_peers.max(1)) {
                     self.request_sync(node, now, true);
-                }
-                if let Startup::Syncing(syncing) = &mut self.startup {
-                    syncing.in_flight += count;
                 }
             }
         }

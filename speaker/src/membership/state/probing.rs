@@ -16,7 +16,7 @@ impl Core {
         let mut failed_probes = Vec::new();
         let mut failed_relays = Vec::new();
         let mut expired = Vec::new();
-        let mut initial_expired = 0;
+        let mut initial_expired = false;
         for (id, pending) in self.pending.iter_mut() {
             match pending {
                 Pending::Probe {
@@ -49,9 +49,7 @@ impl Core {
                 Pending::Exchange { expire_at, initial } => {
                     if now >= *expire_at {
                         expired.push(*id);
-                        if *initial {
-                            initial_expired += 1;
-                        }
+                        initial_expired |= *initial;
                     }
                 }
             }
@@ -59,7 +57,7 @@ impl Core {
         for id in expired {
             self.pending.remove(&id);
         }
-        for _ in 0..initial_expired {
+        if initial_expired {
             self.initial_sync_failed(now, false);
         }
         for (token, target) in failed_relays {

@@ -28,9 +28,17 @@ impl Core {
     /// When to ask peers for their state again: every initial sync ended without settling.
     pub(super) fn initial_sync_retry(&self) -> Option<Instant> {
         match &self.startup {
-            Startup::Syncing(syncing) if syncing.in_flight == 0 => syncing.retry_at,
+            Startup::Syncing(syncing) => syncing.retry_at.filter(|_| self.initial_syncs_out() == 0),
             _ => None,
         }
+    }
+
+    /// Initial syncs still waiting for an answer.
+    fn initial_syncs_out(&self) -> usize {
+        self.pending
+            .values()
+            .filter(|p| matches!(p, Pending::Exchange { initial: true, .. }))
+            .count()
     }
 
     pub(super) fn send_initial_syncs(&mut self, now: Instant) {
@@ -50,7 +58,6 @@ impl Core {
             self.request_sync(peer, now, true);
         }
         if let Startup::Syncing(syncing) = &mut self.startup {
-            syncing.in_flight += peers.len();
             syncing.failed_plainly = false;
             syncing.retry_at = None;
         }
@@ -63,15 +70,16 @@ impl Core {
     /// [`MembershipConfig::settle_alone_after`] of silence (every other speaker really down,
     /// or this node cut off). Refusals as unauthenticated never settle it: a speaker that
     /// nobody accepts (wrong key) is not alone.
+    /// Called once the failed request is no longer pending.
     pub(super) fn initial_sync_failed(&mut self, now: Instant, rejected: bool) {
+        let others_out = self.initial_syncs_out() > 0;
         let Startup::Syncing(syncing) = &mut self.startup else {
             return;
         };
-        syncing.in_flight = syncing.in_flight.saturating_sub(1);
         if !rejected {
             syncing.failed_plainly = true;
         }
-        if syncing.in_flight > 0 {
+        if others_out {
             return;
         }
         let waited = now.saturating_duration_since(syncing.since);
@@ -109,21 +117,11 @@ impl Core {
             return;
         }
         syncing.warned = Some(now);
-        let (waited, in_flight, retry_scheduled) = (
-            now.saturating_duration_since(syncing.since),
-            syncing.in_flight,
-            syncing.retry_at.is_some(),
-        );
-        let exchanges = self
-            .pending
-            .values()
-            .filter(|p| matches!(p, Pending::Exchange { initial: true, .. }))
-            .count();
+        let (waited, retry_scheduled) = (now.saturating_duration_since(syncing.since), syncing.retry_at.is_some());
         tracing::warn!(
             node = %self.node,
             waited_s = waited.as_secs(),
-            initial_syncs = in_flight,
-            initial_exchanges_pending = exchanges,
+            initial_syncs = self.initial_syncs_out(),
             retry_scheduled,
             had_contact = self.had_contact,
             members = self.members.len(),
