@@ -143,6 +143,16 @@ pub fn metrics_registry() -> Registry {
     Registry::with_prefix("herald")
 }
 
+/// `registry` in the text format `/metrics` serves. An encoding error is logged and the scrape
+/// gets what was written before it.
+pub fn encode_metrics(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "encoding the metrics failed; the scrape gets what was written");
+    }
+    out
+}
+
 /// The answers of a process's HTTP endpoints. `Ok` is served with 200, `Err` with 503; the
 /// text is the body (a newline is added).
 pub trait Probes: Send + Sync + 'static {

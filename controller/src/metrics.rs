@@ -148,10 +148,6 @@ impl Metrics {
 
     /// The registry in the Prometheus text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::error!(error = %e, "encoding the metrics failed; the scrape gets what was written");
-        }
-        out
+        herald_config::process::encode_metrics(&self.registry)
     }
 }

@@ -73,13 +73,10 @@ pub struct Endpoints {
 
 impl Probes for Endpoints {
     fn metrics(&self) -> String {
-        let mut out = String::new();
-        if let Some(registry) = self.registry.get()
-            && let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry)
-        {
-            tracing::error!(error = %e, "encoding the metrics failed; the scrape gets what was written");
-        }
-        out
+        self.registry
+            .get()
+            .map(herald_config::process::encode_metrics)
+            .unwrap_or_default()
     }
 
     async fn healthz(&self) -> Result<String, String> {

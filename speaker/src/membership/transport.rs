@@ -169,24 +169,25 @@ impl PeerTransport for GrpcTransport {
                     Rpc::Sync => client.sync(request).await,
                 }
             };
-            // tonic's own deadline (from the request's timeout) usually ends the call first.
-            let timed_out = |status: &Status| caused_by(status, |e| e.is::<tonic::TimeoutExpired>());
-            match tokio::time::timeout(timeout, call).await {
-                Err(_) => {
-                    transport.drop_channel(address, number);
-                    Err(TransportError::Timeout { address, timeout })
-                }
-                Ok(Err(status)) if timed_out(&status) => {
-                    transport.drop_channel(address, number);
-                    Err(TransportError::Timeout { address, timeout })
-                }
-                Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => Err(TransportError::Rejected {
+            // No answer in time: ours, or tonic's own deadline (from the request's timeout),
+            // which usually ends the call first.
+            let answered = match tokio::time::timeout(timeout, call).await {
+                Ok(Err(status)) if caused_by(&status, |e| e.is::<tonic::TimeoutExpired>()) => None,
+                Ok(result) => Some(result),
+                Err(_elapsed) => None,
+            };
+            let Some(result) = answered else {
+                transport.drop_channel(address, number);
+                return Err(TransportError::Timeout { address, timeout });
+            };
+            match result {
+                Ok(response) => Ok(response.into_inner()),
+                Err(status) if status.code() == tonic::Code::Unauthenticated => Err(TransportError::Rejected {
                     address,
                     message: status.message().to_string(),
                 }),
-                Ok(Err(status)) if connection_refused(&status) => Err(TransportError::Refused { address }),
-                Ok(Err(status)) => Err(TransportError::Failed {
+                Err(status) if connection_refused(&status) => Err(TransportError::Refused { address }),
+                Err(status) => Err(TransportError::Failed {
                     address,
                     message: status.to_string(),
                 }),
