@@ -239,12 +239,23 @@ fn main() {
                 black_box(sync.apply_changes(&mut maps, &changes).unwrap())
             })
         });
+        // What the announcer answers on: every owned IP on the links the plan gave it.
+        let answered: BTreeMap<_, _> = planned
+            .owned
+            .iter()
+            .map(|(ip, target)| (*ip, target.interfaces.clone().unwrap_or_default()))
+            .collect();
+        c.bench_function(
+            &format!("status writes, join the plan with what is answered/{n}"),
+            |b| b.iter(|| black_box(status::really_announced(&planned.announced, &answered))),
+        );
+        let announced_now = status::really_announced(&planned.announced, &answered);
         // The ServiceL2Status writer with every object written as wanted: node1's for the
         // Services it announces, node2's for the rest (one object per Service, as in a cluster).
         let objects = Objects::from_list(w.services.iter().map(|service| {
             let name = service.metadata.name.clone().unwrap();
             let key = ("default".to_string(), name.clone());
-            let (node, ips, interfaces) = match planned.announced.get(&key) {
+            let (node, ips, interfaces) = match announced_now.get(&key) {
                 Some(a) => (
                     "node1",
                     a.ips.iter().map(ToString::to_string).collect(),
@@ -289,15 +300,13 @@ fn main() {
             object
         }));
         let written = BTreeMap::new();
-        assert!(
-            status::plan_writes(&objects, "node1", &planned.announced, &written, &Scope::Everything, now).is_empty()
-        );
+        assert!(status::plan_writes(&objects, "node1", &announced_now, &written, &Scope::Everything, now).is_empty());
         c.bench_function(&format!("status writes, all Services, nothing to write/{n}"), |b| {
             b.iter(|| {
                 black_box(status::plan_writes(
                     &objects,
                     "node1",
-                    &planned.announced,
+                    &announced_now,
                     &written,
                     &Scope::Everything,
                     now,
@@ -306,7 +315,7 @@ fn main() {
         });
         // One announced Service changed its interfaces: the writer diffs what it announces and
         // plans that Service alone.
-        let mut announced = planned.announced.clone();
+        let mut announced = announced_now.clone();
         let changed_key = announced.keys().nth(announced.len() / 2).unwrap().clone();
         let mut flip = false;
         c.bench_function(&format!("status writes, one Service changed: diff + plan/{n}"), |b| {

@@ -18,7 +18,7 @@ use crate::election::eligibility::{
 };
 use crate::election::{Ownership, elect, watch_targets};
 use crate::membership::{MemberState, MembershipView, NodeHealth, Peer};
-use crate::status::{Announced, AnnouncedServices};
+use crate::status::PlannedServices;
 
 /// Everything one pass reads.
 pub struct Inputs<'a> {
@@ -53,8 +53,9 @@ pub struct Plan {
     pub owned: BTreeMap<IpAddr, AnnounceTarget>,
     /// Owners this node would take over from: probe them closely.
     pub watch_closely: BTreeSet<String>,
-    /// Services this node announces, for `ServiceL2Status` and Events.
-    pub announced: AnnouncedServices,
+    /// Services this node announces and their IPs, for `ServiceL2Status` and Events (with the
+    /// links the announcer really answers on, see [`crate::status::really_announced`]).
+    pub announced: PlannedServices,
     /// Services as the dataplane forwards them.
     pub services: Vec<Arc<crate::dataplane::ServiceInput>>,
     /// Other nodes whose dataplane takes tunnelled (DSR) traffic: members not known to run
@@ -228,7 +229,7 @@ impl Planner {
         let mut ownership = Vec::with_capacity(by_ip.len());
         let mut ineligible = Vec::with_capacity(by_ip.len());
         let mut owned = Vec::new();
-        let mut announced: AnnouncedServices = BTreeMap::new();
+        let mut announced: PlannedServices = BTreeMap::new();
         for (ip, _) in &by_ip {
             let Some(judged) = self.units.get(ip).and_then(|u| u.judged.as_ref()) else {
                 continue;
@@ -247,20 +248,11 @@ impl Planner {
             owned.push((
                 *ip,
                 AnnounceTarget {
-                    interfaces: Some(interfaces.clone()),
+                    interfaces: Some(interfaces),
                 },
             ));
             for key in &judged.services {
-                let entry = announced.entry(key.clone()).or_insert_with(|| Announced {
-                    ips: Vec::new(),
-                    interfaces: Vec::new(),
-                });
-                entry.ips.push(*ip);
-                for interface in &interfaces {
-                    if !entry.interfaces.contains(interface) {
-                        entry.interfaces.push(interface.clone());
-                    }
-                }
+                announced.entry(key.clone()).or_default().push(*ip);
             }
         }
         let ownership: BTreeMap<IpAddr, Ownership> = ownership.into_iter().collect();

@@ -40,7 +40,7 @@ use crate::membership::auth::{KeyRing, SecretKey};
 use crate::membership::{Membership, MembershipError, NodeHealth};
 use crate::plan::Plan;
 use crate::speaker::{Actions, ClusterState, Observation, Speaker, SpeakerConfig};
-use crate::status::{self, AnnouncedServices};
+use crate::status::{self, PlannedServices};
 
 /// Keys shorter than this are refused: `head -c 32 /dev/urandom` is what README shows.
 const MIN_KEY_BYTES: usize = 16;
@@ -201,7 +201,7 @@ pub async fn run_with_client(
         },
         None => None,
     };
-    let (status_tx, status_rx) = watch::channel(AnnouncedServices::new());
+    let (status_tx, status_rx) = watch::channel(PlannedServices::new());
     tasks.spawn(
         "ServiceL2Status writer",
         status::run(
@@ -212,6 +212,7 @@ pub async fn run_with_client(
                 owner,
             },
             status_rx,
+            announcer.watch_answered(),
         ),
     );
 
@@ -335,7 +336,7 @@ pub async fn run_with_client(
         },
         other => drop(other),
     }
-    status_tx.send_replace(AnnouncedServices::new());
+    status_tx.send_replace(PlannedServices::new());
     drop(status_tx);
     // The status writer withdraws this node's objects and ends; the other tasks run until
     // dropped.
@@ -357,7 +358,7 @@ fn apply(
     announcer: &Announcer,
     membership: &Membership,
     dataplane: Option<(&mut Dataplane, &mut DataplaneSync)>,
-    status_tx: &watch::Sender<AnnouncedServices>,
+    status_tx: &watch::Sender<PlannedServices>,
     metrics: &LoopMetrics,
 ) {
     let plan = &actions.plan;
@@ -394,11 +395,10 @@ fn apply(
         announcer.announce_again();
     }
     metrics.owned.set(i64::try_from(plan.owned.len()).unwrap_or(i64::MAX));
-    let announced = status::really_announced(&plan.announced, &announcer.answered_on());
     status_tx.send_if_modified(|current| {
-        let changed = *current != announced;
+        let changed = *current != plan.announced;
         if changed {
-            *current = announced;
+            current.clone_from(&plan.announced);
         }
         changed
     });

@@ -53,18 +53,23 @@ pub struct Announced {
 /// `namespace/name` of a Service → what this node announces for it.
 pub type AnnouncedServices = BTreeMap<ServiceKey, Announced>;
 
-/// What this node really announces for each Service: the plan's Services (`planned`, what
-/// the election gave this node) with the links the announcer answers on for each IP (`real`).
-/// An IP the announcer answers on no link (its link failed to open, or went away since the
-/// plan) is not reported, and a Service left with no IP gets no object: the status must not
-/// say this node answers where it does not.
-pub fn really_announced(planned: &AnnouncedServices, real: &HashMap<IpAddr, Vec<String>>) -> AnnouncedServices {
+/// `namespace/name` of a Service → the IPs the election gave this node for it.
+pub type PlannedServices = BTreeMap<ServiceKey, Vec<IpAddr>>;
+
+/// What this node really announces for each Service: the IPs the election gave it (`planned`)
+/// with the links the announcer answers on for each (`real`, [`Announcer::watch_answered`]).
+/// An IP the announcer answers on no link (its link failed to open, or went away) is not
+/// reported, and a Service left with no IP gets no object: the status must not say this node
+/// answers where it does not.
+///
+/// [`Announcer::watch_answered`]: crate::announcer::Announcer::watch_answered
+pub fn really_announced(planned: &PlannedServices, real: &BTreeMap<IpAddr, Vec<String>>) -> AnnouncedServices {
     planned
         .iter()
-        .filter_map(|(key, announced)| {
+        .filter_map(|(key, planned_ips)| {
             let mut ips = Vec::new();
             let mut interfaces: Vec<String> = Vec::new();
-            for ip in &announced.ips {
+            for ip in planned_ips {
                 let Some(links) = real.get(ip).filter(|links| !links.is_empty()) else {
                     continue;
                 };
@@ -264,7 +269,15 @@ pub struct Writer {
 }
 
 /// Converges `ServiceL2Status` objects and Events to `desired` until the channel closes.
-pub async fn run(client: Client, writer_config: Writer, mut desired: watch::Receiver<AnnouncedServices>) {
+/// What it writes follows the election (`planned`) and what the announcer really answers for
+/// (`answered`): an IP whose link goes away drops out of the objects without waiting for a pass
+/// of the speaker's loop.
+pub async fn run(
+    client: Client,
+    writer_config: Writer,
+    mut planned: watch::Receiver<PlannedServices>,
+    mut answered: watch::Receiver<BTreeMap<IpAddr, Vec<String>>>,
+) {
     let Writer { namespace, node, owner } = writer_config;
     let api: Api<ServiceL2Status> = Api::namespaced(client.clone(), &namespace);
     // Any change to the objects is looked at: another node deleting ours as stale (after a
@@ -285,19 +298,19 @@ pub async fn run(client: Client, writer_config: Writer, mut desired: watch::Rece
     let mut next_full = Instant::now() + FULL_PASS_EVERY;
     loop {
         let pass_at = next_pass.map_or(next_full, |at| at.min(next_full));
+        let mut inputs_changed = false;
         tokio::select! {
-            changed = desired.changed() => {
+            changed = planned.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let now_wanted = desired.borrow_and_update().clone();
-                for (key, entry) in now_wanted.iter().filter(|(key, _)| !want.contains_key(*key)) {
-                    // A fresh recorder per Event: kube's folds same-reason Events and keeps the first note.
-                    publish_assigned(&Recorder::new(client.clone(), reporter.clone()), key, &node, entry).await;
+                inputs_changed = true;
+            }
+            changed = answered.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-                dirty.widen(Scope::Services(changed_services(&want, &now_wanted)));
-                want = now_wanted;
-                next_pass = Some(Instant::now());
+                inputs_changed = true;
             }
             event = events.next() => match event {
                 Some(Ok(event)) => {
@@ -334,6 +347,16 @@ pub async fn run(client: Client, writer_config: Writer, mut desired: watch::Rece
                     next_pass = Some(Instant::now() + RETRY_AFTER);
                 }
             }
+        }
+        if inputs_changed {
+            let now_wanted = really_announced(&planned.borrow_and_update(), &answered.borrow_and_update());
+            for (key, entry) in now_wanted.iter().filter(|(key, _)| !want.contains_key(*key)) {
+                // A fresh recorder per Event: kube's folds same-reason Events and keeps the first note.
+                publish_assigned(&Recorder::new(client.clone(), reporter.clone()), key, &node, entry).await;
+            }
+            dirty.widen(Scope::Services(changed_services(&want, &now_wanted)));
+            want = now_wanted;
+            next_pass = Some(Instant::now());
         }
     }
 }
@@ -558,47 +581,31 @@ mod tests {
     fn only_what_the_announcer_answers_for_is_reported() {
         let key = |name: &str| ("default".to_string(), name.to_string());
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let planned: AnnouncedServices = [
-            (
-                key("web"),
-                Announced {
-                    ips: vec![ip("10.0.0.1"), ip("fd00::1")],
-                    interfaces: vec!["eth0".into(), "eth1".into()],
-                },
-            ),
-            (
-                key("dns"),
-                Announced {
-                    ips: vec![ip("10.0.0.2")],
-                    interfaces: vec!["eth1".into()],
-                },
-            ),
+        let planned: PlannedServices = [
+            (key("web"), vec![ip("10.0.0.1"), ip("fd00::1")]),
+            (key("dns"), vec![ip("10.0.0.2")]),
         ]
         .into();
         // eth1 failed to open: the IPv6 address and dns are answered nowhere.
-        let real = HashMap::from([(ip("10.0.0.1"), vec!["eth0".to_string()]), (ip("fd00::1"), Vec::new())]);
-        let reported = really_announced(&planned, &real);
-        assert_eq!(
-            reported,
-            [(
-                key("web"),
-                Announced {
-                    ips: vec![ip("10.0.0.1")],
-                    interfaces: vec!["eth0".into()],
-                }
-            )]
-            .into()
-        );
-        let everywhere = HashMap::from([
+        let real = BTreeMap::from([(ip("10.0.0.1"), vec!["eth0".to_string()]), (ip("fd00::1"), Vec::new())]);
+        let web_on_eth0 = Announced {
+            ips: vec![ip("10.0.0.1")],
+            interfaces: vec!["eth0".into()],
+        };
+        assert_eq!(really_announced(&planned, &real), [(key("web"), web_on_eth0)].into());
+        let everywhere = BTreeMap::from([
             (ip("10.0.0.1"), vec!["eth1".to_string(), "eth0".to_string()]),
             (ip("fd00::1"), vec!["eth0".to_string()]),
             (ip("10.0.0.2"), vec!["eth1".to_string()]),
         ]);
+        let reported = really_announced(&planned, &everywhere);
+        assert_eq!(reported[&key("web")].ips, planned[&key("web")]);
         assert_eq!(
-            really_announced(&planned, &everywhere),
-            planned,
-            "all answered as planned"
+            reported[&key("web")].interfaces,
+            ["eth0", "eth1"],
+            "each link once, sorted"
         );
+        assert_eq!(reported[&key("dns")].interfaces, ["eth1"]);
     }
 
     fn object_of(service: &str, node: &str, ips: &[&str]) -> ServiceL2Status {

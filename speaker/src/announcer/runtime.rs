@@ -82,6 +82,8 @@ struct Shared {
     senders: RwLock<HashMap<String, LinkSender>>,
     control: Mutex<Control>,
     usable_tx: watch::Sender<Vec<String>>,
+    /// IP → the links it is answered on: what the readers' table holds, for the status writer.
+    answered_tx: watch::Sender<BTreeMap<IpAddr, Vec<String>>>,
 }
 
 /// An owned IP as the readers see it.
@@ -166,6 +168,7 @@ impl Announcer {
                 commands,
             }),
             usable_tx,
+            answered_tx: watch::Sender::new(BTreeMap::new()),
         });
         shared.reconcile(&mut lock(&shared.control));
 
@@ -216,13 +219,10 @@ impl Announcer {
         }
     }
 
-    /// Every owned IP and the links it is answered on right now (none: its links failed to
-    /// open or went away).
-    pub fn answered_on(&self) -> HashMap<IpAddr, Vec<String>> {
-        read(&self.shared.owned)
-            .iter()
-            .map(|(ip, entry)| (*ip, entry.interfaces.clone()))
-            .collect()
+    /// Every owned IP and the links it is answered on (none: its links failed to open or went
+    /// away), changed whenever that changes: on `set_owned` and when links come and go.
+    pub fn watch_answered(&self) -> watch::Receiver<BTreeMap<IpAddr, Vec<String>>> {
+        self.shared.answered_tx.subscribe()
     }
 
     /// Node-wide announcing interfaces right now; empty means this node cannot announce.
@@ -306,6 +306,7 @@ impl Announcer {
             join_logging_panic(reader);
         }
         self.shared.usable_tx.send_replace(Vec::new());
+        self.shared.answered_tx.send_replace(BTreeMap::new());
     }
 }
 
@@ -437,6 +438,13 @@ impl Shared {
         for ip in gained {
             control.announce(ip);
         }
+        self.answered_tx.send_if_modified(|current| {
+            let changed = *current != wanted;
+            if changed {
+                *current = wanted;
+            }
+            changed
+        });
         let usable_names: Vec<String> = usable
             .iter()
             .filter(|link| control.open.contains_key(&link.name))
