@@ -239,7 +239,7 @@ impl Core {
         for target in targets {
             if let Some(address) = self.members.get(&target).map(|m| m.address) {
                 let timeout = self.config.probe_timeout;
-                self.request_ping_exchange(&target, address, now, timeout);
+                self.request_ping_exchange(&target, address, &[], now, timeout);
             }
         }
     }

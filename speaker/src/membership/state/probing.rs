@@ -8,6 +8,7 @@ use herald_proto::membership::v1 as pb;
 use pb::message::Body;
 use rand::seq::{IndexedRandom, SliceRandom};
 
+use super::codec::update_of;
 use super::{Core, Effect, INDIRECT_ROUNDS, LocalSuspicion, Pending, RequestId, Rpc};
 use crate::membership::MemberState;
 
@@ -282,7 +283,7 @@ impl Core {
             expire_at,
             failed: false,
         };
-        self.send_ping(target, address, probe, expire_at - now);
+        self.send_ping(target, address, probe, &[], expire_at - now);
     }
 
     pub(super) fn send_indirect(&mut self, target: &str, now: Instant, expire_at: Instant) {
@@ -358,20 +359,36 @@ impl Core {
         });
     }
 
-    /// Pings `target` only to tell it our news (no probe: a missing answer suspects nobody).
-    pub(super) fn request_ping_exchange(&mut self, target: &str, address: SocketAddr, now: Instant, timeout: Duration) {
+    /// A Ping only for the news it carries (and what the Ack brings back), with the states of
+    /// `news` in it whatever their gossip budget says.
+    pub(super) fn request_ping_exchange(
+        &mut self,
+        target: &str,
+        address: SocketAddr,
+        news: &[String],
+        now: Instant,
+        timeout: Duration,
+    ) {
         let exchange = Pending::Exchange {
             expire_at: now + timeout,
             initial: false,
         };
-        self.send_ping(target, address, exchange, timeout);
+        self.send_ping(target, address, exchange, news, timeout);
     }
 
-    /// Sends a Ping with our gossip to `target`, awaited as `pending`.
-    fn send_ping(&mut self, target: &str, address: SocketAddr, pending: Pending, timeout: Duration) {
+    /// Sends a Ping with our gossip, and the states of `news`, to `target`, awaited as
+    /// `pending`.
+    fn send_ping(&mut self, target: &str, address: SocketAddr, pending: Pending, news: &[String], timeout: Duration) {
         let id = self.next_request_id();
         self.pending.insert(id, pending);
-        let message = self.message(Some(target), Body::Ping(pb::Ping {}));
+        let mut message = self.message(Some(target), Body::Ping(pb::Ping {}));
+        for node in news {
+            if message.gossip.iter().all(|update| update.node != *node)
+                && let Some(member) = self.members.get(node)
+            {
+                message.gossip.push(update_of(node, member));
+            }
+        }
         self.effects.push(Effect::Request {
             id,
             to: target.to_string(),
@@ -387,16 +404,17 @@ impl Core {
         self.ping_live_members(&[], now, timeout);
     }
 
-    /// Pings every live member but those in `except`.
-    fn ping_live_members(&mut self, except: &[String], now: Instant, timeout: Duration) {
+    /// Pings every live member but those in `news`, with the states of `news` in every
+    /// message (the gossip budget alone would carry them to a few members only).
+    fn ping_live_members(&mut self, news: &[String], now: Instant, timeout: Duration) {
         let targets: Vec<(String, SocketAddr)> = self
             .members
             .iter()
-            .filter(|(n, m)| m.state.is_live() && !except.contains(n))
+            .filter(|(n, m)| m.state.is_live() && !news.contains(n))
             .map(|(n, m)| (n.clone(), m.address))
             .collect();
         for (target, address) in targets {
-            self.request_ping_exchange(&target, address, now, timeout);
+            self.request_ping_exchange(&target, address, news, now, timeout);
         }
     }
 }

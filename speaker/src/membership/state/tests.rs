@@ -227,6 +227,48 @@ fn unanswered_probes_suspect_then_kill_a_watched_member() {
     );
 }
 
+#[test]
+fn a_death_we_declare_reaches_every_live_member_at_once() {
+    let now = Instant::now();
+    let mut core = Core::new(config(), A, address(1), 5, healthy(), 7);
+    let peers: Vec<Peer> = (0..40u8)
+        .map(|i| Peer {
+            node: format!("peer-{i:02}-x"),
+            address: address(10 + i),
+        })
+        .collect();
+    core.set_peers(&peers, now);
+    core.watch_closely(&["peer-00-x".to_string()].into(), now);
+    let mut t = now;
+    let mut told = BTreeSet::new();
+    while told.is_empty() {
+        assert!(t < now + Duration::from_secs(2), "peer-00-x never declared dead");
+        t += Duration::from_millis(5);
+        core.tick(t);
+        let effects = core.take_effects();
+        if core.member_state("peer-00-x") == Some(MemberState::Dead) {
+            for effect in effects {
+                if let Effect::Request { to, message, .. } = effect
+                    && message
+                        .gossip
+                        .iter()
+                        .any(|u| u.node == "peer-00-x" && u.state == state_to_pb(MemberState::Dead) as i32)
+                {
+                    told.insert(to);
+                }
+            }
+            break;
+        }
+        // Everybody else answers: only peer-00-x is silent.
+        for (id, to, rpc) in requests(&effects) {
+            if rpc == Rpc::Ping && to != "peer-00-x" {
+                core.handle_response(id, ack_from(&to, 1), t);
+            }
+        }
+    }
+    assert_eq!(told.len(), 39, "told at once: {told:?}");
+}
+
 /// Ticks only at the core's next deadline (at most every 5 ms), as the runtime does;
 /// returns the effects and how many ticks it took.
 fn run_at_deadlines(core: &mut Core, from: Instant, span: Duration) -> (Vec<Effect>, usize) {
