@@ -4,16 +4,29 @@
 //!    machine): messages and bytes sent per node per second for 3, 50 and 500 speakers,
 //!    measured over one virtual minute after a 10 s warm-up.
 //! 2. Criterion: election of 10,000 IPs over 50 eligible nodes, and one rendezvous score.
+//! 3. Criterion: the CPU time (user + system, of the whole process: caller and answering
+//!    server together) of one probe round trip over loopback, as a gRPC call and as a UDP
+//!    datagram, with a server that answers each request with its own envelope (sealing,
+//!    opening and the state machine cost the same on either path and are left out).
 //!
-//! `cargo bench -p herald-speaker --bench membership`
+//! `cargo bench -p herald-speaker --bench membership [-- probe]`
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use herald_proto::membership::v1::Envelope;
+use herald_proto::membership::v1::membership_server::MembershipServer;
 use herald_speaker::election::{self, Unit};
+use herald_speaker::membership::MembershipMetrics;
 use herald_speaker::membership::sim::{SimConfig, Simulation};
+use herald_speaker::membership::state::Rpc;
+use herald_speaker::membership::transport::{
+    BoxFuture, EnvelopeHandler, GrpcTransport, MembershipService, PeerTransport,
+};
+use herald_speaker::membership::udp::{self, UdpProbeTransport};
 
 fn simulation_report() {
     println!("membership traffic at the defaults (virtual minute after 10 s warm-up)");
@@ -71,6 +84,81 @@ fn election_benchmarks(c: &mut Criterion) {
     });
 }
 
+/// Answers every request with its own envelope.
+struct Echo;
+
+impl EnvelopeHandler for Echo {
+    fn handle(&self, _rpc: Rpc, envelope: Envelope) -> BoxFuture<Result<Envelope, tonic::Status>> {
+        Box::pin(async move { Ok(envelope) })
+    }
+}
+
+/// User + system CPU time of this process so far.
+fn process_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a rusage into the pointer it is given, which is valid.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+fn probe_benchmarks(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let (address, _stop): (SocketAddr, _) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind TCP");
+        let address = listener.local_addr().expect("bound address");
+        let socket = tokio::net::UdpSocket::bind(address).await.expect("bind UDP");
+        let handler: Arc<dyn EnvelopeHandler> = Arc::new(Echo);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(udp::serve(socket, handler.clone(), stopped));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MembershipServer::new(MembershipService::new(handler)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
+        );
+        (address, stop)
+    });
+    // A probe's size: the sender's state and a few gossiped changes.
+    let envelope = Envelope {
+        payload: vec![7; 300],
+        mac: vec![1; 32],
+        next_mac: Vec::new(),
+    };
+    let timeout = Duration::from_secs(1);
+    let transports: [(&str, Arc<dyn PeerTransport>); 2] = [
+        ("grpc", Arc::new(GrpcTransport::new(timeout))),
+        (
+            "udp",
+            Arc::new(UdpProbeTransport::new(
+                GrpcTransport::new(timeout),
+                MembershipMetrics::default(),
+            )),
+        ),
+    ];
+    let mut group = c.benchmark_group("probe round trip, CPU of both sides");
+    for (name, transport) in transports {
+        group.bench_function(name, |b| {
+            b.iter_custom(|rounds| {
+                let started = process_cpu_time();
+                runtime.block_on(async {
+                    for _ in 0..rounds {
+                        let reply = transport.call(address, Rpc::Ping, envelope.clone(), timeout).await;
+                        black_box(reply.expect("the echo server answers"));
+                    }
+                });
+                process_cpu_time() - started
+            })
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     // `HERALD_BENCH_SKIP_SIM=1` runs only the criterion part.
     if std::env::var_os("HERALD_BENCH_SKIP_SIM").is_none() {
@@ -81,5 +169,6 @@ fn main() {
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
     election_benchmarks(&mut criterion);
+    probe_benchmarks(&mut criterion);
     criterion.final_summary();
 }

@@ -10,6 +10,8 @@
 //!   (counted, never rejected);
 //! - `membership_keys`: keys each message is signed with (2 while a rotation is under way);
 //! - `membership_transport_errors_total{rpc}`: calls that failed or timed out;
+//! - `membership_calls_total{transport}`: calls made as UDP datagrams (`udp`) and over gRPC
+//!   (`grpc`): probes go over gRPC only to peers whose UDP went unanswered;
 //! - `membership_suspicions_total`: suspicions started by this node's failed probes;
 //! - `membership_confirmed_deaths_total`: members this node declared dead;
 //! - `membership_refused_deaths_total`: of those, members whose host refused connections to
@@ -35,6 +37,7 @@ pub struct MembershipMetrics {
     received: Family<Labels, Counter>,
     rejected: Family<Labels, Counter>,
     transport_errors: Family<Labels, Counter>,
+    calls: Family<Labels, Counter>,
     suspicions: Counter,
     confirmed_deaths: Counter,
     refused_deaths: Counter,
@@ -70,6 +73,14 @@ impl MembershipMetrics {
             "membership_rejected_messages",
             "Received membership messages dropped by authentication, by reason",
             self.rejected.clone(),
+        );
+        for transport in ["udp", "grpc"] {
+            drop(self.calls.get_or_create(&[("transport", transport)]));
+        }
+        registry.register(
+            "membership_calls",
+            "Membership calls made, by transport (udp: probes as datagrams; grpc: Sync, and probes to peers whose UDP went unanswered)",
+            self.calls.clone(),
         );
         registry.register(
             "membership_transport_errors",
@@ -133,6 +144,11 @@ impl MembershipMetrics {
         self.rejected.get_or_create(&[("reason", reason.as_str())]).inc();
     }
 
+    /// A call went out over `transport` (`udp` or `grpc`).
+    pub(crate) fn call_over(&self, transport: &'static str) {
+        self.calls.get_or_create(&[("transport", transport)]).inc();
+    }
+
     pub(crate) fn transport_error(&self, rpc: Rpc) {
         self.transport_errors.get_or_create(&[("rpc", rpc.as_str())]).inc();
     }
@@ -182,5 +198,11 @@ impl MembershipMetrics {
     /// Value of `membership_messages_sent_total{rpc}` (for tests and benchmarks).
     pub fn sent_count(&self, rpc: Rpc) -> u64 {
         self.sent.get_or_create(&[("rpc", rpc.as_str())]).get()
+    }
+
+    /// Value of `membership_calls_total{transport}` (`udp` or `grpc`; for tests and
+    /// benchmarks).
+    pub fn calls_over_count(&self, transport: &'static str) -> u64 {
+        self.calls.get_or_create(&[("transport", transport)]).get()
     }
 }

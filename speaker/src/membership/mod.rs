@@ -1,13 +1,16 @@
 //! Membership: which speakers are alive, and what each says about its own health, learned
-//! speaker-to-speaker over gRPC (SWIM-style) so it keeps working while the API server is down.
+//! speaker-to-speaker (SWIM-style: probes as UDP datagrams, full state over gRPC, see [`udp`])
+//! so it keeps working while the API server is down.
 //!
 //! # Layout
 //! - [`state`]: the SWIM state machine, pure and driven by calls with the current time; it
 //!   returns the messages to send as [`state::Effect`]s. The simulation and the runtime drive
 //!   the same code.
 //! - [`auth`]: HMAC-SHA256 envelopes and replay rejection.
-//! - [`transport`]: [`transport::PeerTransport`] (gRPC client side), its tonic implementation
-//!   and an in-memory one, plus the tonic `Membership` service.
+//! - [`transport`]: [`transport::PeerTransport`] (client side), its tonic implementation and
+//!   an in-memory one, plus the tonic `Membership` service.
+//! - [`udp`]: probes as UDP datagrams on the same port, falling back to gRPC per peer: the
+//!   transport speakers use.
 //! - [`runtime`]: the tokio task that runs the state machine with real time; the wiring's API.
 //! - [`metrics`]: Prometheus metrics.
 //!
@@ -30,8 +33,9 @@
 //! member is declared dead only after answering nothing, directly or through three helpers, for
 //! at least probe timeout + suspicion timeout.
 //!
-//! A crashed speaker on a live host is told apart: its host refuses connections to the port
-//! (ECONNREFUSED, [`state::CallFailure::Refused`]). Our refused probe starts the suspicion and
+//! A crashed speaker on a live host is told apart: its host refuses datagrams and connections
+//! to the port (ICMP port unreachable or a TCP reset, seen as ECONNREFUSED,
+//! [`state::CallFailure::Refused`]). Our refused probe starts the suspicion and
 //! asks the helpers at once; a helper whose ping is refused too confirms the death without
 //! waiting for the timeout (with no helper, a second refused probe of ours does). So a crash
 //! costs one watch interval plus a few round trips. A partition or a lost node never produces
@@ -107,6 +111,7 @@ pub mod runtime;
 pub mod sim;
 pub mod state;
 pub mod transport;
+pub mod udp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -247,8 +252,10 @@ impl MembershipView {
 /// other fields keep their defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MembershipConfig {
-    /// Address the gRPC server listens on (the speaker binds its advertise address and
-    /// `--peer-port`; `Default`: `0.0.0.0:7946`).
+    /// Address the gRPC server listens on, and the UDP socket for probes is bound to (the
+    /// speaker binds its advertise address and `--peer-port`; `Default`: `0.0.0.0:7946`). A
+    /// specific address makes probe replies leave from the address peers sent to; with a
+    /// wildcard they leave from the one the route picks, which peers drop if it differs.
     pub listen: SocketAddr,
     /// Address other speakers reach this one at, as gossiped; `None`: the bound address.
     /// Peers listed by the API are always dialled at the API's address, so a wildcard here

@@ -36,6 +36,7 @@ use super::transport::MemoryNetwork;
 use super::transport::{
     BoxFuture, EnvelopeHandler, GrpcTransport, MAX_MESSAGE_BYTES, MembershipService, PeerTransport, TransportError,
 };
+use super::udp::{self, UdpProbeTransport};
 use super::{MembershipConfig, MembershipView, NodeHealth, Peer};
 
 /// Why membership could not start.
@@ -45,6 +46,15 @@ pub enum MembershipError {
     #[error("binding the membership gRPC server to {address}")]
     Bind {
         /// Address from the config.
+        address: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The UDP port for probes (the gRPC server's address and port) could not be bound.
+    #[error("binding the membership UDP socket to {address}")]
+    BindUdp {
+        /// The gRPC server's bound address.
         address: SocketAddr,
         /// The OS error.
         #[source]
@@ -384,13 +394,24 @@ impl Membership {
             Some(address) => address,
             None => bound,
         };
-        let transport = Arc::new(GrpcTransport::new(config.probe_timeout));
+        // Probes answer from the address they were sent to because this is the gRPC server's
+        // address, which the speaker binds to its advertised one.
+        let datagrams = tokio::net::UdpSocket::bind(bound)
+            .await
+            .map_err(|source| MembershipError::BindUdp { address: bound, source })?;
+        let transport = Arc::new(UdpProbeTransport::new(
+            GrpcTransport::new(config.probe_timeout),
+            metrics.clone(),
+        ));
         let membership = Self::assemble(config, node, advertised, keys.into(), metrics, transport);
         // Before the server answers anyone.
         membership.set_local_health(health);
-        let service = MembershipServer::new(MembershipService::new(Arc::new(Handler(membership.shared.clone()))))
+        let handler: Arc<dyn EnvelopeHandler> = Arc::new(Handler(membership.shared.clone()));
+        let service = MembershipServer::new(MembershipService::new(handler.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let udp_server = tokio::spawn(udp::serve(datagrams, handler, membership.stop.subscribe()));
+        membership.push_task("membership UDP server", udp_server);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = membership.stop.subscribe();
         let server = tokio::spawn(async move {
@@ -519,7 +540,7 @@ impl Membership {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push((name, task));
     }
 
-    /// The part (driver or gRPC server) that ended though membership was not stopped: peers
+    /// The part (driver, UDP or gRPC server) that ended though membership was not stopped: peers
     /// no longer hear from this node, or it no longer probes them, so the speaker must stop.
     pub fn ended_part(&self) -> Option<&'static str> {
         if *self.stop.borrow() || self.shared.killed.load(Ordering::SeqCst) {

@@ -202,8 +202,8 @@ struct LocalSuspicion {
 /// How a call failed at the transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallFailure {
-    /// The peer's host refused the connection: it is up and nothing listens on the speaker's
-    /// port, so the speaker process is gone. A partition never looks like this.
+    /// The peer's host refused the datagram or connection: it is up and nothing listens on
+    /// the speaker's port, so the speaker process is gone. A partition never looks like this.
     Refused,
     /// Anything else: no answer in time, a reset, an error status.
     Other,
