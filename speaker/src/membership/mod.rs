@@ -19,7 +19,9 @@
 //! the IPs for which it is the runner-up, see `election::watch_targets`) every
 //! [`MembershipConfig::watch_probe_interval`] (40 ms), and everybody else round-robin, one
 //! probe per [`MembershipConfig::probe_interval`] (1 s) in total, so traffic grows with the
-//! number of IPs watched, not with the square of the cluster size. Dead members stay in the
+//! number of IPs watched, not with the square of the cluster size. A watched member heard
+//! from within the last watch interval (any message: its own probe of us, an Ack) is not
+//! probed until an interval after that, so two nodes that watch each other take turns. Dead members stay in the
 //! slow round-robin so that partitions heal.
 //!
 //! A probe without Ack within [`MembershipConfig::probe_timeout`] (50 ms) makes the member

@@ -204,18 +204,31 @@ impl Core {
         self.ping_live_members(dead, now, self.config.probe_timeout);
     }
 
+    /// Probes each closely watched member that is due. A member heard from within the last
+    /// interval (its own probe of us, an Ack, any message) has shown it is alive as well as an
+    /// Ack would: its probe waits until an interval after that. A lost member is still probed
+    /// at most an interval after its last sign of life, and two nodes that watch each other
+    /// take turns instead of both probing (half the probes).
     pub(super) fn probe_watched(&mut self, now: Instant) {
         let interval = self.config.watch_probe_interval;
+        let members = &self.members;
         let due: Vec<String> = self
             .watch
             .iter_mut()
             .filter(|(_, next)| now >= **next)
-            .map(|(node, next)| {
+            .filter_map(|(node, next)| {
+                let heard = members.get(node).and_then(|member| member.last_heard);
+                if let Some(heard) = heard
+                    && heard + interval > now
+                {
+                    *next = heard + interval;
+                    return None;
+                }
                 *next += interval;
                 if *next < now {
                     *next = now + interval;
                 }
-                node.clone()
+                Some(node.clone())
             })
             .collect();
         for node in due {

@@ -228,6 +228,45 @@ fn unanswered_probes_suspect_then_kill_a_watched_member() {
 }
 
 #[test]
+fn a_watched_member_heard_from_within_the_interval_is_not_probed_until_it_falls_silent() {
+    let (mut core, now) = core();
+    let interval = config().watch_probe_interval;
+    core.watch_closely(&["node-b".to_string()].into(), now);
+    // node-b probes us every 60 ms (it watches us): each is as good as an Ack.
+    let mut t = now;
+    let mut probes_of_b = 0;
+    while t < now + Duration::from_secs(1) {
+        if (t - now).as_millis() % 60 == 0 {
+            let _reply = core.handle_request(ping_from("node-b", vec![]), t);
+        }
+        core.tick(t);
+        for (id, to, rpc) in requests(&core.take_effects()) {
+            match (to.as_str(), rpc) {
+                ("node-b", Rpc::Ping) => probes_of_b += 1,
+                // node-c is alive too (its death would be news for node-b).
+                ("node-c", Rpc::Ping) => core.handle_response(id, ack_from("node-c", 1), t),
+                _ => {}
+            }
+        }
+        t += Duration::from_millis(5);
+    }
+    assert_eq!(
+        probes_of_b, 0,
+        "node-b was heard from every 60 ms, the interval is {interval:?}"
+    );
+    // Silent from now on: probed at most an interval after it was last heard from.
+    let last_heard = now + Duration::from_millis(960);
+    let effects = run(&mut core, t, interval);
+    assert!(
+        requests(&effects)
+            .iter()
+            .any(|(_, to, rpc)| to == "node-b" && *rpc == Rpc::Ping),
+        "no probe by {:?} after node-b fell silent",
+        t + interval - last_heard
+    );
+}
+
+#[test]
 fn a_death_we_declare_reaches_every_live_member_at_once() {
     let now = Instant::now();
     let mut core = Core::new(config(), A, address(1), 5, healthy(), 7);
