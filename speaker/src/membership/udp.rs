@@ -4,7 +4,7 @@
 //!
 //! A speaker probes every owner it backs up every 40 ms. Over gRPC each probe is an HTTP/2
 //! stream on both sides; as a datagram it is one send and one receive, which is what keeps an
-//! idle speaker's CPU low (BENCHMARKS.md, "Probes as datagrams"). Sync, and anything larger
+//! idle speaker's CPU low (BENCHMARKS.md, "probes as datagrams": 28 µs of CPU per round trip against 171 µs over gRPC). Sync, and anything larger
 //! than [`MAX_DATAGRAM`], stays on gRPC.
 //!
 //! Each peer gets its own connected socket. A host with nothing on the port answers a datagram
@@ -231,7 +231,7 @@ async fn receive_replies(socket: Arc<UdpSocket>, waiting: Waiting) {
             Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => (None, Received::Refused),
             Err(error) => (None, Received::Error(error.to_string())),
         };
-        let spin_guard = matches!(outcome, Received::Error(_));
+        let socket_error = matches!(outcome, Received::Error(_));
         {
             let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
             match call_id {
@@ -248,7 +248,7 @@ async fn receive_replies(socket: Arc<UdpSocket>, waiting: Waiting) {
                 }
             }
         }
-        if spin_guard {
+        if socket_error {
             // Not a per-datagram error: do not spin on it.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -256,7 +256,6 @@ async fn receive_replies(socket: Arc<UdpSocket>, waiting: Waiting) {
 }
 
 /// The client side of datagrams: one connected socket per peer.
-#[derive(Default)]
 struct UdpClient {
     sockets: Mutex<HashMap<SocketAddr, PeerSocket>>,
     next_call: std::sync::atomic::AtomicU64,
@@ -690,17 +689,21 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_millis(300);
 
-    #[tokio::test]
-    async fn probes_are_answered_as_datagrams_and_sync_over_grpc() {
-        let peer = peer_with(Udp::Serving).await;
-        let (transport, metrics) = transport();
+    async fn three_probes_answered(transport: &UdpProbeTransport, address: SocketAddr) {
         for round in 0..3u8 {
             let reply = transport
-                .call(peer.address, Rpc::Ping, envelope(&[round]), TIMEOUT)
+                .call(address, Rpc::Ping, envelope(&[round]), TIMEOUT)
                 .await
                 .unwrap();
             assert_eq!(reply.payload, [round]);
         }
+    }
+
+    #[tokio::test]
+    async fn probes_are_answered_as_datagrams_and_sync_over_grpc() {
+        let peer = peer_with(Udp::Serving).await;
+        let (transport, metrics) = transport();
+        three_probes_answered(&transport, peer.address).await;
         let reply = transport
             .call(peer.address, Rpc::PingReq, envelope(b"r"), TIMEOUT)
             .await;
@@ -752,13 +755,7 @@ mod tests {
     async fn a_peer_without_udp_is_probed_over_grpc_without_a_lost_probe() {
         let peer = peer_with(Udp::Closed).await;
         let (transport, metrics) = transport();
-        for round in 0..3u8 {
-            let reply = transport
-                .call(peer.address, Rpc::Ping, envelope(&[round]), TIMEOUT)
-                .await
-                .unwrap();
-            assert_eq!(reply.payload, [round]);
-        }
+        three_probes_answered(&transport, peer.address).await;
         // One refused datagram, then every probe over gRPC.
         assert_eq!((calls(&metrics, "udp"), calls(&metrics, "grpc")), (1, 3));
         peer.stop.send_replace(true);
@@ -776,13 +773,7 @@ mod tests {
                 timeout: TIMEOUT
             })
         );
-        for round in 0..3u8 {
-            let reply = transport
-                .call(peer.address, Rpc::Ping, envelope(&[round]), TIMEOUT)
-                .await
-                .unwrap();
-            assert_eq!(reply.payload, [round]);
-        }
+        three_probes_answered(&transport, peer.address).await;
         assert_eq!((calls(&metrics, "udp"), calls(&metrics, "grpc")), (1, 3));
         peer.stop.send_replace(true);
     }
