@@ -3,9 +3,9 @@
 //! whether a probe goes over UDP or gRPC.
 //!
 //! A speaker probes every owner it backs up every 40 ms. Over gRPC each probe is an HTTP/2
-//! stream on both sides; as a datagram it is one send and one receive, which is what keeps an
-//! idle speaker's CPU low (BENCHMARKS.md, "probes as datagrams": 28 µs of CPU per round trip against 171 µs over gRPC). Sync, and anything larger
-//! than [`MAX_DATAGRAM`], stays on gRPC.
+//! stream on both sides; as a datagram it is one send and one receive: 28 µs of CPU per round
+//! trip against 171 µs over gRPC (BENCHMARKS.md, "probes as datagrams"). Sync, and anything
+//! larger than [`MAX_DATAGRAM`], stays on gRPC.
 //!
 //! Each peer gets its own connected socket. A host with nothing on the port answers a datagram
 //! with ICMP port unreachable, which the kernel reports on a connected socket as
