@@ -114,7 +114,7 @@ fn world(count: usize) -> World {
             local: "node1".into(),
             members,
             settled: true,
-            deaths_refuted: 0,
+            presumed_dead: 0,
         },
         health,
     }

@@ -410,7 +410,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         MembershipView {
-            deaths_refuted: 0,
+            presumed_dead: 0,
             local: "n1".into(),
             members: states
                 .iter()

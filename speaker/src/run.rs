@@ -390,7 +390,7 @@ fn apply(
     if announce.announce_again {
         tracing::info!(
             ips = plan.owned.len(),
-            "peers had declared this node dead and may have taken its IPs meanwhile: announcing them again"
+            "peers may have declared this node dead and taken its IPs meanwhile: announcing them again"
         );
         announcer.announce_again();
     }

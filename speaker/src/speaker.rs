@@ -144,7 +144,7 @@ pub struct Speaker {
     /// Owners as the last announcing pass saw them.
     ownership: BTreeMap<IpAddr, Ownership>,
     last_pass: Option<LastPass>,
-    deaths_refuted_seen: u64,
+    presumed_dead_seen: u64,
     warned_speaker_selector: bool,
 }
 
@@ -157,7 +157,7 @@ impl Speaker {
             planner: Planner::default(),
             ownership: BTreeMap::new(),
             last_pass: None,
-            deaths_refuted_seen: 0,
+            presumed_dead_seen: 0,
             warned_speaker_selector: false,
         }
     }
@@ -235,9 +235,9 @@ impl Speaker {
         let announce = ready.then(|| {
             let announce = Announce {
                 owner_changes: owner_changes(&self.ownership, &plan),
-                announce_again: seen.view.deaths_refuted > self.deaths_refuted_seen && !plan.owned.is_empty(),
+                announce_again: seen.view.presumed_dead > self.presumed_dead_seen && !plan.owned.is_empty(),
             };
-            self.deaths_refuted_seen = self.deaths_refuted_seen.max(seen.view.deaths_refuted);
+            self.presumed_dead_seen = self.presumed_dead_seen.max(seen.view.presumed_dead);
             self.ownership = std::mem::take(&mut plan.ownership);
             announce
         });
@@ -560,7 +560,7 @@ mod tests {
         let first = n1.step(&world, &observe(&alone, &health, true, now)).unwrap();
         assert!(!first.announce.unwrap().announce_again);
         let refuted = MembershipView {
-            deaths_refuted: 1,
+            presumed_dead: 1,
             ..alone.clone()
         };
         let again = n1.step(&world, &observe(&refuted, &health, true, now)).unwrap();

@@ -212,10 +212,12 @@ pub struct MembershipView {
     pub members: BTreeMap<String, MemberInfo>,
     /// The first state exchange with peers finished (see the module docs, "Startup").
     pub settled: bool,
-    /// Claims that this node was dead it has refuted so far. Peers that believed one may
-    /// have moved its IPs and switched the network to their MACs while this node, perhaps
-    /// frozen, never saw itself lose them: a rise means it must announce its IPs again.
-    pub deaths_refuted: u64,
+    /// Times peers may have declared this node dead, as far as it can tell: claims of its
+    /// death it heard (one per incarnation claimed), and stalls long enough for peers to
+    /// declare it (it could not run). Peers that did may have moved its IPs and switched the
+    /// network to their MACs while this node, perhaps frozen, never saw itself lose them: a
+    /// rise means it must announce its IPs again.
+    pub presumed_dead: u64,
 }
 
 impl MembershipView {

@@ -204,6 +204,15 @@ impl Core {
         if self.leaving {
             return;
         }
+        // A peer that believes us dead may have taken our IPs and switched the network to its
+        // MAC, whether or not we refuted a suspicion at that incarnation already (a frozen
+        // speaker reads the Suspect claims queued for it before the Dead ones). Each
+        // incarnation claimed dead counts once.
+        if state == MemberState::Dead && self.dead_claimed.is_none_or(|seen| incarnation > seen) {
+            self.dead_claimed = Some(incarnation);
+            self.stats.death_claims += 1;
+            self.view_dirty = true;
+        }
         let refute = match state {
             MemberState::Alive => incarnation > self.incarnation,
             _ => incarnation >= self.incarnation,
@@ -213,9 +222,6 @@ impl Core {
         }
         self.incarnation = incarnation.saturating_add(1);
         self.stats.refutations += 1;
-        if state == MemberState::Dead {
-            self.stats.deaths_refuted += 1;
-        }
         self.view_dirty = true;
         self.queue_gossip(self.node.clone());
         if state != MemberState::Alive && from != self.node {

@@ -130,8 +130,11 @@ pub struct CoreStats {
     pub refused_deaths: u64,
     /// Times we raised our incarnation to refute a claim about us.
     pub refutations: u64,
-    /// Of those, claims that we were dead.
-    pub deaths_refuted: u64,
+    /// Claims that we were dead, one per incarnation claimed.
+    pub death_claims: u64,
+    /// Ticks so late that peers could have declared us dead meanwhile (see
+    /// `Core::notice_stall`).
+    pub stalls: u64,
     /// Gossip entries dropped as invalid (bad address or state, absurd incarnation).
     pub invalid_updates: u64,
     /// New members heard of through gossip and not learned, because [`MAX_UNLISTED_MEMBERS`]
@@ -260,6 +263,8 @@ pub struct Core {
     /// Cut off from most of the cluster, or back from it: we rank after the others until
     /// then (see the module docs, "Rejoining").
     rejoining_until: Option<Instant>,
+    /// The highest incarnation of ours a peer claimed dead.
+    dead_claimed: Option<u64>,
     stats: CoreStats,
 }
 
@@ -341,6 +346,7 @@ impl Core {
             had_contact: false,
             view_dirty: true,
             rejoining_until: None,
+            dead_claimed: None,
             stats: CoreStats::default(),
         }
     }
@@ -410,7 +416,7 @@ impl Core {
             local: self.node.clone(),
             members,
             settled: self.settled(),
-            deaths_refuted: self.stats.deaths_refuted,
+            presumed_dead: self.stats.death_claims + self.stats.stalls,
         }
     }
 
@@ -570,6 +576,7 @@ impl Core {
         if self.leaving {
             return;
         }
+        self.notice_stall(now);
         if self.initial_sync_retry().is_some_and(|t| now >= t) {
             self.send_initial_syncs(now);
         }

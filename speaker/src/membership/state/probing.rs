@@ -240,6 +240,28 @@ impl Core {
         }
     }
 
+    /// A tick long after the probe schedule was due means this process could not run (frozen
+    /// by SIGSTOP, a paused VM, starved): long enough, and peers may have declared us dead and
+    /// taken our IPs without our ever reading the claim (the suspicions queued for us are
+    /// read first, and our refutation of them brings us back in their views). Counted as if
+    /// they had told us, so the IPs we own are announced again; a false alarm costs a
+    /// gratuitous ARP.
+    pub(super) fn notice_stall(&mut self, now: Instant) {
+        let Some(due) = self.watch.values().copied().chain(self.slow_next).min() else {
+            return;
+        };
+        let late = now.saturating_duration_since(due);
+        if late > self.config.probe_timeout + self.config.suspicion_timeout {
+            self.stats.stalls += 1;
+            self.view_dirty = true;
+            tracing::info!(
+                node = %self.node,
+                late_ms = late.as_millis() as u64,
+                "this speaker could not run for longer than peers take to declare a node dead: it will announce its IPs again"
+            );
+        }
+    }
+
     pub(super) fn probe_round_robin(&mut self, now: Instant) {
         let Some(next) = self.slow_next else { return };
         if now < next {

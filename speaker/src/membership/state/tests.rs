@@ -159,7 +159,7 @@ fn claims_about_itself_are_refuted_and_the_claimer_is_told() {
     let before = core.incarnation();
     let reply = core.handle_request(ping_from("node-b", vec![update(A, before, MemberState::Suspect)]), now);
     assert_eq!(core.incarnation(), before + 1);
-    assert_eq!(core.view().deaths_refuted, 0, "a suspicion moves no IP");
+    assert_eq!(core.view().presumed_dead, 0, "a suspicion moves no IP");
     assert_eq!(core.stats().refutations, 1);
     let Inbound::Reply(reply) = reply else {
         panic!("a ping is answered at once");
@@ -168,14 +168,18 @@ fn claims_about_itself_are_refuted_and_the_claimer_is_told() {
     assert_eq!(reply.gossip[0].incarnation, before + 1);
     let sent = requests(&core.take_effects());
     assert!(sent.iter().any(|(_, to, rpc)| to == "node-b" && *rpc == Rpc::Ping));
-    // An old claim does not raise it again.
+    // An old claim does not raise it again, but node-c believed it dead and may have taken
+    // its IPs (a frozen speaker reads the suspicions queued for it before the deaths): the
+    // view says so, once per incarnation claimed dead.
     core.handle_request(ping_from("node-c", vec![update(A, before, MemberState::Dead)]), now);
     assert_eq!(core.incarnation(), before + 1);
-    assert_eq!(core.view().deaths_refuted, 0);
-    // A current claim that it died: peers may have taken its IPs; the view says so.
+    assert_eq!(core.view().presumed_dead, 1);
+    core.handle_request(ping_from("node-b", vec![update(A, before, MemberState::Dead)]), now);
+    assert_eq!(core.view().presumed_dead, 1, "the same claim again");
+    // A current claim that it died: refuted, and counted.
     core.handle_request(ping_from("node-c", vec![update(A, before + 1, MemberState::Dead)]), now);
     assert_eq!(core.incarnation(), before + 2);
-    assert_eq!(core.view().deaths_refuted, 1);
+    assert_eq!(core.view().presumed_dead, 2);
 }
 
 #[test]
@@ -264,6 +268,32 @@ fn a_watched_member_heard_from_within_the_interval_is_not_probed_until_it_falls_
         "no probe by {:?} after node-b fell silent",
         t + interval - last_heard
     );
+}
+
+#[test]
+fn a_stall_longer_than_a_death_takes_counts_as_presumed_dead() {
+    let (mut core, now) = core();
+    core.watch_closely(&["node-b".to_string()].into(), now);
+    // Every peer answers; ticks come as the runtime gives them, at most 5 ms apart.
+    let run_answered = |core: &mut Core, from: Instant, span: Duration| {
+        let mut t = from;
+        while t <= from + span {
+            core.tick(t);
+            for (id, to, rpc) in requests(&core.take_effects()) {
+                if rpc == Rpc::Ping {
+                    core.handle_response(id, ack_from(&to, 1), t);
+                }
+            }
+            t += Duration::from_millis(5);
+        }
+        t
+    };
+    let t = run_answered(&mut core, now, Duration::from_secs(2));
+    assert_eq!(core.view().presumed_dead, 0, "ticks on time");
+    // Frozen for longer than a probe timeout and a suspicion take (300 ms here).
+    let thawed = t + Duration::from_millis(400);
+    run_answered(&mut core, thawed, Duration::from_secs(1));
+    assert_eq!(core.view().presumed_dead, 1, "one stall, counted once");
 }
 
 #[test]
