@@ -7,7 +7,10 @@
 //! a watch channel; this task converges the API towards it and retries while the API is away.
 //! A pass looks only at the Services that changed since the last one — in what this node
 //! announces or in the watched objects — so its cost does not grow with the number of
-//! Services; every [`FULL_PASS_EVERY`], after a relist and after a failed write it looks at all.
+//! Services; after a relist and after a failed write it looks at all. Time passing is no event
+//! but for one rule of [`is_stale`], another node's object that lists no IPs: the task wakes
+//! when the first of those reaches [`EMPTY_GRACE`] ([`grace_ends`]), and an idle speaker does
+//! no pass at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -31,9 +34,6 @@ use tokio::time::Instant;
 /// Reason of the Event on a Service whose announcement this node took.
 pub const NODE_ASSIGNED: &str = "nodeAssigned";
 
-/// How often a pass looks at every Service, not only the changed ones: it removes other nodes'
-/// objects that listed no IPs for longer than [`EMPTY_GRACE`] (time passing is no event).
-pub const FULL_PASS_EVERY: Duration = Duration::from_secs(30);
 /// How long a pass waits after a watch event for the rest of its burst (our own writes, another
 /// speaker's, a relist).
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -295,9 +295,10 @@ pub async fn run(
     let mut written: BTreeMap<String, ServiceKey> = BTreeMap::new();
     let mut dirty = Scope::Everything;
     let mut next_pass: Option<Instant> = None;
-    let mut next_full = Instant::now() + FULL_PASS_EVERY;
+    // When the first of other nodes' objects that list no IPs turns stale.
+    let mut grace_over: Option<Instant> = None;
     loop {
-        let pass_at = next_pass.map_or(next_full, |at| at.min(next_full));
+        let pass_at = next_pass.into_iter().chain(grace_over).min();
         let mut inputs_changed = false;
         tokio::select! {
             changed = planned.changed() => {
@@ -320,12 +321,8 @@ pub async fn run(
                 Some(Err(e)) => tracing::warn!(error = %e, "cannot watch ServiceL2Status objects; retrying"),
                 None => return,
             },
-            () = tokio::time::sleep_until(pass_at) => {
+            () = sleep_until(pass_at) => {
                 next_pass = None;
-                if pass_at >= next_full {
-                    dirty = Scope::Everything;
-                    next_full = Instant::now() + FULL_PASS_EVERY;
-                }
                 // Take what the watch already has, so the pass does not write what it reports done.
                 while let Some(next) = events.next().now_or_never() {
                     match next {
@@ -337,15 +334,30 @@ pub async fn run(
                         None => return,
                     }
                 }
-                if !mirror.synced() || dirty.is_empty() {
+                if !mirror.synced() {
                     continue;
                 }
-                let scope = std::mem::take(&mut dirty);
-                let writes = plan_writes(mirror.objects(), &node, &want, &written, &scope, Timestamp::now());
-                if !apply(&api, writes, owner.as_ref(), &mut written).await {
-                    dirty = Scope::Everything;
-                    next_pass = Some(Instant::now() + RETRY_AFTER);
+                let now = Timestamp::now();
+                dirty.widen(Scope::Services(
+                    grace_ends(mirror.objects(), &node)
+                        .filter(|(end, _)| *end <= now)
+                        .map(|(_, service)| service)
+                        .collect(),
+                ));
+                if !dirty.is_empty() {
+                    let scope = std::mem::take(&mut dirty);
+                    let writes = plan_writes(mirror.objects(), &node, &want, &written, &scope, now);
+                    if !apply(&api, writes, owner.as_ref(), &mut written).await {
+                        dirty = Scope::Everything;
+                        next_pass = Some(Instant::now() + RETRY_AFTER);
+                    }
                 }
+                let now = Timestamp::now();
+                grace_over = grace_ends(mirror.objects(), &node)
+                    .map(|(end, _)| end)
+                    .min()
+                    // Not sooner than a debounce: our delete may still be on its way to the watch.
+                    .map(|end| Instant::now() + Duration::try_from(end.duration_since(now)).unwrap_or_default().max(EVENT_DEBOUNCE));
             }
         }
         if inputs_changed {
@@ -509,6 +521,33 @@ async fn apply(
 /// moment.
 pub const EMPTY_GRACE: SignedDuration = SignedDuration::from_secs(30);
 
+/// Other nodes' objects that list no IPs, as (when they turn stale by [`is_stale`], the
+/// Service they describe): the one rule that time alone makes true.
+pub fn grace_ends<'a>(objects: &'a Objects, node: &'a str) -> impl Iterator<Item = (Timestamp, ServiceKey)> + 'a {
+    objects
+        .by_name
+        .values()
+        .filter(move |object| object.labels().get(NODE_LABEL).map(String::as_str) != Some(node))
+        .filter(|object| object.status.as_ref().is_none_or(|s| s.ips.is_empty()))
+        .map(|object| {
+            let end = object
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|created| created.0.checked_add(EMPTY_GRACE).ok())
+                .unwrap_or(Timestamp::MIN);
+            (end, service_of(object))
+        })
+}
+
+/// Sleeps until `at`; forever if `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whether an existing `ServiceL2Status` should go: ours but the Service is no longer announced
 /// here; another node's whose every IP this node announces now (that node lost them, maybe by
 /// dying, and cannot clean up); or another node's that lists no IPs at all (it announces
@@ -645,6 +684,38 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_000_000).unwrap()
+    }
+
+    #[test]
+    fn the_writer_wakes_when_another_nodes_empty_object_turns_stale_and_for_nothing_else() {
+        let created = |mut o: ServiceL2Status, at: Timestamp| {
+            o.metadata.creation_timestamp = Some(Time(at));
+            o
+        };
+        let early = now() - SignedDuration::from_secs(10);
+        let objects = Objects::from_list([
+            created(object_of("web", "n2", &[]), early),
+            created(object_of("dns", "n3", &[]), now()),
+            created(object_of("api", "n2", &["10.0.0.3"]), early),
+            created(object_of("db", "n1", &[]), early),
+        ]);
+        let mut ends: Vec<_> = grace_ends(&objects, "n1").collect();
+        ends.sort();
+        let key = |name: &str| ("default".to_string(), name.to_string());
+        assert_eq!(
+            ends,
+            [(early + EMPTY_GRACE, key("web")), (now() + EMPTY_GRACE, key("dns"))]
+        );
+        // Each turns stale exactly then, not before.
+        let want = AnnouncedServices::new();
+        for (end, service) in ends {
+            let object = objects.of_service(&service).next().unwrap();
+            assert!(!is_stale(object, "n1", &want, end - SignedDuration::from_millis(1)));
+            assert!(is_stale(object, "n1", &want, end));
+        }
+        // Objects that list IPs, or are this node's, never need a timer.
+        let settled = Objects::from_list([created(object_of("api", "n2", &["10.0.0.3"]), early)]);
+        assert_eq!(grace_ends(&settled, "n1").count(), 0);
     }
 
     #[test]
