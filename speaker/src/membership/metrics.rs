@@ -17,6 +17,8 @@
 //! - `membership_refused_deaths_total`: of those, members whose host refused connections to
 //!   the speaker (a dead process), to this node and to a helper;
 //! - `membership_refutations_total`: claims about this node it refuted;
+//! - `membership_stalls_total`: times this speaker could not run for longer than peers take to
+//!   declare a node dead (each makes it announce its IPs again);
 //! - `membership_state_changes_total{to}`: member state changes seen, by new state.
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,6 +44,7 @@ pub struct MembershipMetrics {
     confirmed_deaths: Counter,
     refused_deaths: Counter,
     refutations: Counter,
+    stalls: Counter,
     state_changes: Family<Labels, Counter>,
     clock_skewed: Counter,
     keys: Gauge,
@@ -108,6 +111,11 @@ impl MembershipMetrics {
             self.refutations.clone(),
         );
         registry.register(
+            "membership_stalls",
+            "Times this speaker could not run (frozen, a paused VM, starved) for longer than peers take to declare a node dead; each makes it announce its IPs again",
+            self.stalls.clone(),
+        );
+        registry.register(
             "membership_state_changes",
             "Member state changes seen by this node, by new state",
             self.state_changes.clone(),
@@ -169,6 +177,7 @@ impl MembershipMetrics {
             .inc_by(after.refused_deaths.saturating_sub(before.refused_deaths));
         self.refutations
             .inc_by(after.refutations.saturating_sub(before.refutations));
+        self.stalls.inc_by(after.stalls.saturating_sub(before.stalls));
     }
 
     pub(crate) fn view(&self, view: &MembershipView) {

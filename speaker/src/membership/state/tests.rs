@@ -294,6 +294,7 @@ fn a_stall_longer_than_a_death_takes_counts_as_presumed_dead() {
     let thawed = t + Duration::from_millis(400);
     run_answered(&mut core, thawed, Duration::from_secs(1));
     assert_eq!(core.view().presumed_dead, 1, "one stall, counted once");
+    assert_eq!(core.stats().stalls, 1);
 }
 
 #[test]
