@@ -246,7 +246,12 @@ impl Core {
     /// read first, and our refutation of them brings us back in their views). Counted as if
     /// they had told us, so the IPs we own are announced again; a false alarm costs a
     /// gratuitous ARP.
+    /// Only once settled: before that the schedule may wait on a peer list, and this node
+    /// owns nothing to announce again.
     pub(super) fn notice_stall(&mut self, now: Instant) {
+        if !self.settled() {
+            return;
+        }
         let Some(due) = self.watch.values().copied().chain(self.slow_next).min() else {
             return;
         };

@@ -274,21 +274,33 @@ fn a_watched_member_heard_from_within_the_interval_is_not_probed_until_it_falls_
 fn a_stall_longer_than_a_death_takes_counts_as_presumed_dead() {
     let (mut core, now) = core();
     core.watch_closely(&["node-b".to_string()].into(), now);
+    // Before the view settles nothing is owned: a late first tick counts nothing.
+    let t = now + Duration::from_secs(1);
+    core.tick(t);
+    assert_eq!(core.view().presumed_dead, 0, "not settled yet");
     // Every peer answers; ticks come as the runtime gives them, at most 5 ms apart.
     let run_answered = |core: &mut Core, from: Instant, span: Duration| {
         let mut t = from;
         while t <= from + span {
             core.tick(t);
             for (id, to, rpc) in requests(&core.take_effects()) {
-                if rpc == Rpc::Ping {
-                    core.handle_response(id, ack_from(&to, 1), t);
-                }
+                let reply = match rpc {
+                    Rpc::Sync => pb::Message {
+                        sender: to.clone(),
+                        gossip: vec![update(&to, 1, MemberState::Alive)],
+                        body: Some(Body::SyncReply(pb::SyncReply::default())),
+                        ..Default::default()
+                    },
+                    _ => ack_from(&to, 1),
+                };
+                core.handle_response(id, reply, t);
             }
             t += Duration::from_millis(5);
         }
         t
     };
-    let t = run_answered(&mut core, now, Duration::from_secs(2));
+    let t = run_answered(&mut core, t, Duration::from_secs(2));
+    assert!(core.view().settled);
     assert_eq!(core.view().presumed_dead, 0, "ticks on time");
     // Frozen for longer than a probe timeout and a suspicion take (300 ms here).
     let thawed = t + Duration::from_millis(400);
