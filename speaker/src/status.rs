@@ -337,13 +337,19 @@ pub async fn run(
                 if !mirror.synced() {
                     continue;
                 }
+                // One look at the objects: those past their grace join this pass (a failed
+                // delete is retried as every failed write is), the next one sets the timer.
                 let now = Timestamp::now();
-                dirty.widen(Scope::Services(
-                    grace_ends(mirror.objects(), &node)
-                        .filter(|(end, _)| *end <= now)
-                        .map(|(_, service)| service)
-                        .collect(),
-                ));
+                let mut next_end: Option<Timestamp> = None;
+                for (end, service) in grace_ends(mirror.objects(), &node) {
+                    if end <= now {
+                        dirty.add(service);
+                    } else {
+                        next_end = Some(next_end.map_or(end, |next| next.min(end)));
+                    }
+                }
+                grace_over = next_end
+                    .map(|end| Instant::now() + Duration::try_from(end.duration_since(now)).unwrap_or_default());
                 if !dirty.is_empty() {
                     let scope = std::mem::take(&mut dirty);
                     let writes = plan_writes(mirror.objects(), &node, &want, &written, &scope, now);
@@ -352,12 +358,6 @@ pub async fn run(
                         next_pass = Some(Instant::now() + RETRY_AFTER);
                     }
                 }
-                let now = Timestamp::now();
-                grace_over = grace_ends(mirror.objects(), &node)
-                    .map(|(end, _)| end)
-                    .min()
-                    // Not sooner than a debounce: our delete may still be on its way to the watch.
-                    .map(|end| Instant::now() + Duration::try_from(end.duration_since(now)).unwrap_or_default().max(EVENT_DEBOUNCE));
             }
         }
         if inputs_changed {
@@ -687,7 +687,7 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_wakes_when_another_nodes_empty_object_turns_stale_and_for_nothing_else() {
+    fn grace_ends_are_when_other_nodes_empty_objects_turn_stale() {
         let created = |mut o: ServiceL2Status, at: Timestamp| {
             o.metadata.creation_timestamp = Some(Time(at));
             o
