@@ -20,9 +20,6 @@
 //! - `process` (feature `process`): what the binaries do alike as processes — logging, the
 //!   shutdown signal, error reports, the `/metrics`, `/healthz` and `/readyz` server.
 #![forbid(unsafe_code)]
-// A fallible call's outcome is handled, or dropped with a reason; `let _ =` hides both.
-#![warn(clippy::let_underscore_must_use)]
-
 pub mod address;
 pub mod advertisement;
 pub mod annotations;

@@ -9,9 +9,6 @@
 //! - [`secret`]: fills the speakers' shared key; [`check`]: `herald-controller check FILE…` and
 //!   `herald-controller migrate FILE…`.
 #![forbid(unsafe_code)]
-// A fallible call's outcome is handled, or dropped with a reason; `let _ =` hides both.
-#![warn(clippy::let_underscore_must_use)]
-
 pub mod allocator;
 pub mod check;
 pub mod config;

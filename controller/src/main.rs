@@ -1,8 +1,5 @@
 //! `herald-controller`: parses flags, sets up logging, and runs the reconciler until SIGTERM;
 //! or runs one of the offline commands (`check`, `migrate`), which write only their output.
-// A fallible call's outcome is handled, or dropped with a reason; `let _ =` hides both.
-#![warn(clippy::let_underscore_must_use)]
-
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -33,10 +33,12 @@ struct Lab {
 
 impl Lab {
     async fn start() -> Lab {
-        let _ = tracing_subscriber::fmt()
+        // Another test in this binary may have installed it already.
+        tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
-            .try_init();
+            .try_init()
+            .ok();
         if let Err(e) = herald_e2e::lab::check_prerequisites() {
             // Not skippable: the controller's behaviour is only proved against the real API.
             panic!("the reconciler tests need the lab (root, iproute2, curl): {e}");
@@ -191,7 +193,8 @@ fn start_controller_with(lab: &Lab, config: Config) -> RunningController {
         lab.controller_client.clone(),
         config,
         async {
-            let _ = stopped.await;
+            // A dropped sender stops the controller too.
+            stopped.await.ok();
         },
     ));
     RunningController { stop, task }
@@ -199,7 +202,8 @@ fn start_controller_with(lab: &Lab, config: Config) -> RunningController {
 
 impl RunningController {
     async fn stop(self) {
-        let _ = self.stop.send(());
+        // The controller may have ended on its own; the timeout below reports how.
+        self.stop.send(()).ok();
         let result = tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("controller stops within 10s");

@@ -243,8 +243,8 @@ fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
     if let Ok(mut file) = std::fs::File::open(path)
         && file.seek(SeekFrom::Start(offset)).is_ok()
     {
-        // A short read leaves the rest for the next call.
-        let _ = file.read_to_end(&mut fresh);
+        // A short or failed read keeps what it read and leaves the rest for the next call.
+        file.read_to_end(&mut fresh).ok();
     }
     fresh
 }

@@ -213,7 +213,9 @@ pub async fn run(lab: &Lab, soak: &Soak, say: &dyn Fn(&str)) -> Result<SoakRepor
     let load = load_average();
     stop.store(true, Ordering::Relaxed);
     for spinner in spinners {
-        let _ = spinner.join();
+        if spinner.join().is_err() {
+            tracing::warn!("a load spinner panicked");
+        }
     }
     let (after, end_owners) = result?;
 

@@ -13,7 +13,10 @@ use herald_testkit::run;
 struct Scratch(PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        herald_testkit::cleanup(
+            format!("removing {}", self.0.display()),
+            std::fs::remove_dir_all(&self.0),
+        );
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_e2e::lab::{Binaries, Lab, LabConfig, ProbeConfig, Signal, check_prerequisites, summarize};
+use herald_testkit::cleanup;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -565,7 +566,7 @@ async fn a_panicking_test_still_removes_its_lab() {
         let mut pids: Vec<u32> = lab.speaker_pid(1).unwrap().into_iter().collect();
         pids.extend(lab.controller_pods().iter().filter_map(|p| p.pid));
         pids.extend(lab.control_plane().pids().into_iter().filter_map(|(_, p)| p));
-        let _ = pids_tx.send(pids);
+        pids_tx.send(pids).expect("the test awaits the pids");
         panic!("deliberate panic with a lab up");
     });
     let joined = task.await;
@@ -627,7 +628,10 @@ async fn herald_lab_down_clears_a_crashed_lab() {
     assert_eq!(info["plan"]["nodes"][1]["ipv6"], "fd00:203::12");
     assert_eq!(info["lab_api_url"], "https://10.203.0.1:6443");
     assert_eq!(info["speaker_pids"].as_array().map(Vec::len), Some(2));
-    let _ = std::fs::remove_dir_all(&json_dir);
+    cleanup(
+        format!("removing {}", json_dir.display()),
+        std::fs::remove_dir_all(&json_dir),
+    );
 
     // Simulate a crash: the lab process dies without cleaning up.
     let mut children = Vec::new();
@@ -656,7 +660,7 @@ async fn herald_lab_down_clears_a_crashed_lab() {
         children.push(pid);
     }
     up.start_kill().expect("kill herald-lab up");
-    let _ = up.wait().await;
+    up.wait().await.expect("wait for the killed herald-lab up");
     // Segment, client, two nodes and the controller replicas' pod namespaces.
     assert!(
         namespaces_with(&prefix).await.len() >= 4,
@@ -714,7 +718,8 @@ async fn stale_cleanup_takes_labs_whose_owner_died_and_spares_live_ones() {
     assert_eq!(prefixes, [dead.as_str()]);
     assert_eq!(removed[0].1.namespaces, [format!("{dead}-seg")]);
     assert!(removed[0].1.killed.contains(&leftover_pid));
-    let _ = tokio::time::timeout(Duration::from_secs(5), leftover.wait()).await;
+    // Reaps the leftover process; the assertions below say whether it was cleaned up.
+    tokio::time::timeout(Duration::from_secs(5), leftover.wait()).await.ok();
     assert!(namespaces_with(&dead).await.is_empty());
     assert_eq!(
         namespaces_with(&live).await,
@@ -727,5 +732,5 @@ async fn stale_cleanup_takes_labs_whose_owner_died_and_spares_live_ones() {
         .expect("cleanup of the live one");
     assert_eq!(report.owner_stopped, None, "never signals the current process");
     assert!(namespaces_with(&live).await.is_empty());
-    let _ = std::fs::remove_dir_all(&root);
+    cleanup(format!("removing {}", root.display()), std::fs::remove_dir_all(&root));
 }

@@ -21,10 +21,12 @@ use kube::api::ListParams;
 /// A lab with the demo's pool, advertisement, backends and Service, or `None` (skip) outside CI
 /// when it cannot run here.
 async fn lab(tag: &str) -> Option<Lab> {
-    let _ = tracing_subscriber::fmt()
+    // Another test in this binary may have installed it already.
+    tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("warn")
-        .try_init();
+        .try_init()
+        .ok();
     if let Err(e) = herald_e2e::lab::check_prerequisites() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("the end-to-end suite must run under CI: {e}");

@@ -26,6 +26,7 @@ use announcer_support::{
     CLIENT_MAC, CLIENT_V4, HELPER_ENV, HELPER_READER_NICE_ENV, Helper, Lab, missing_prerequisite, run_helper,
 };
 use herald_speaker::announcer::{MacAddr, arp};
+use herald_testkit::cleanup;
 
 const FIRST_VIP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 0);
 
@@ -129,14 +130,17 @@ fn orchestrate() {
     drop(announcer);
 
     std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("kill").args(["-INT", &tcpdump.id().to_string()]).status();
+    cleanup(
+        "stopping tcpdump",
+        Command::new("kill").args(["-INT", &tcpdump.id().to_string()]).status(),
+    );
     let mut tcpdump_stderr = String::new();
     if let Some(mut stderr) = tcpdump.stderr.take() {
-        let _ = stderr.read_to_string(&mut tcpdump_stderr);
+        cleanup("reading tcpdump's stderr", stderr.read_to_string(&mut tcpdump_stderr));
     }
-    let _ = tcpdump.wait();
+    cleanup("waiting for tcpdump", tcpdump.wait());
     let wire = wire_latencies(&capture, FIRST_VIP, ips);
-    let _ = std::fs::remove_file(&capture);
+    cleanup("removing the capture", std::fs::remove_file(&capture));
 
     println!("## announcer_arp_flood");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -18,8 +18,6 @@
 //! links and of the service maps — is compiled only with the `testing` feature, which the
 //! crate's own tests and benches turn on.
 #![deny(unsafe_code)]
-// A fallible call's outcome is handled, or dropped with a reason; `let _ =` hides both.
-#![warn(clippy::let_underscore_must_use)]
 pub mod announcer;
 pub mod cluster;
 pub mod config;

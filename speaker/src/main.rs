@@ -1,8 +1,5 @@
 //! `herald-speaker`: parses flags, sets up logging, and runs the speaker until SIGTERM, when it
 //! hands its IPs to their next owners before exiting.
-// A fallible call's outcome is handled, or dropped with a reason; `let _ =` hides both.
-#![warn(clippy::let_underscore_must_use)]
-
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -113,10 +113,11 @@ fn owned(ip: IpAddr) -> bool {
 
 /// Runs every decoder on `bytes`; they may fail but must not panic.
 fn decode_everything(bytes: &[u8]) {
-    let _ = arp::parse(bytes);
-    let _ = ndp::parse(bytes);
-    let _ = respond(bytes, OUR_MAC, owned);
-    let _ = respond(bytes, OUR_MAC, |_| true);
+    // The results are not checked: only that no decoder panics.
+    arp::parse(bytes).ok();
+    ndp::parse(bytes).ok();
+    drop(respond(bytes, OUR_MAC, owned));
+    drop(respond(bytes, OUR_MAC, |_| true));
 }
 
 #[derive(Debug, Clone)]

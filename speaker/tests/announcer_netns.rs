@@ -152,7 +152,7 @@ fn takeover_switches_the_client_neighbour_cache_from_reachable_stale_and_delay()
             }
         }
         for mut ping in pings {
-            let _ = ping.wait();
+            herald_testkit::cleanup("waiting for ping", ping.wait());
         }
     }
     for (ip, state, after) in &report {
@@ -256,7 +256,7 @@ fn unicast_reachability_probes_are_answered() {
         }
     }
     for mut ping in pings {
-        let _ = ping.wait();
+        herald_testkit::cleanup("waiting for ping", ping.wait());
     }
 }
 

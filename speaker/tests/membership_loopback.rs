@@ -227,10 +227,12 @@ async fn killed_speaker_is_detected_and_its_ips_move_over_loopback_grpc() {
 #[ignore = "benchmark: 20 rounds, run with --release --ignored --nocapture"]
 async fn failover_detection_percentiles_over_20_rounds() {
     if std::env::var_os("HERALD_TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
+        // Another test in this binary may have installed it already.
+        tracing_subscriber::fmt()
             .with_env_filter("herald_speaker=debug")
             .with_test_writer()
-            .try_init();
+            .try_init()
+            .ok();
     }
     rounds(20, Death::Crash).await;
     rounds(20, Death::Vanish).await;

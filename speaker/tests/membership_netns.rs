@@ -59,7 +59,8 @@ fn serve_echo(ns: String, stop: tokio::sync::oneshot::Receiver<()>) -> std::thre
             tonic::transport::Server::builder()
                 .add_service(MembershipServer::new(MembershipService::new(Arc::new(Echo))))
                 .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop.await;
+                    // A dropped sender stops the server too.
+                    stop.await.ok();
                 })
                 .await
                 .expect("echo server");
@@ -147,7 +148,7 @@ fn a_peer_answers_again_as_soon_as_its_cable_is_back() {
         })
     })
     .join();
-    let _ = stop.send(());
+    stop.send(()).expect("the echo server is still serving");
     server.join().expect("echo server thread");
     let (answered_while_out, after_heal) = outcome.expect("client thread");
     assert_eq!(answered_while_out, 0, "calls answered while the cable was out");

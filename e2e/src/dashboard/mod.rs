@@ -114,38 +114,50 @@ fn escape(text: &str) -> String {
 /// The evaluated panels as an SVG grid, `columns` wide; `events` are marked on every time
 /// series (seconds, label).
 pub fn render(title: &str, evaluated: &Evaluated, duration: f64, events: &[(f64, String)], columns: usize) -> String {
+    let mut svg = String::new();
+    write_svg(&mut svg, title, evaluated, duration, events, columns).expect("formatting into a String cannot fail");
+    svg
+}
+
+fn write_svg(
+    svg: &mut String,
+    title: &str,
+    evaluated: &Evaluated,
+    duration: f64,
+    events: &[(f64, String)],
+    columns: usize,
+) -> std::fmt::Result {
     let (w, h, pad) = (420.0, 200.0, 10.0);
     let rows = evaluated.len().div_ceil(columns.max(1));
     let width = columns as f64 * (w + pad) + pad;
     let height = rows as f64 * (h + pad) + pad + 30.0;
-    let mut svg = String::new();
-    let _ = write!(
+    write!(
         svg,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="#111217"/><text x="{pad}" y="22" fill="#d8d9da" font-size="15">{}</text>"##,
         escape(title)
-    );
+    )?;
     for (i, (panel, series)) in evaluated.iter().enumerate() {
         let x0 = pad + (i % columns) as f64 * (w + pad);
         let y0 = 30.0 + pad + (i / columns) as f64 * (h + pad);
-        let _ = write!(
+        write!(
             svg,
             r##"<g transform="translate({x0},{y0})"><rect width="{w}" height="{h}" fill="#181b1f" stroke="#2c3235"/><text x="8" y="16" fill="#d8d9da" font-weight="bold">{}</text>"##,
             escape(&panel.title)
-        );
+        )?;
         let (px, py, pw, ph) = (40.0, 26.0, w - 50.0, h - 70.0);
         if panel.kind == "stat" || panel.kind == "bargauge" {
             for (j, (name, points)) in series.iter().take(6).enumerate() {
                 let last = points.last().map(|p| p.1).unwrap_or(f64::NAN);
-                let _ = write!(
+                write!(
                     svg,
                     r##"<text x="16" y="{}" fill="{}" font-size="18">{name}: {}</text>"##,
                     py + 28.0 + j as f64 * 24.0,
                     COLOURS[j % COLOURS.len()],
                     format_value(last)
-                );
+                )?;
             }
             if series.is_empty() {
-                let _ = write!(svg, r##"<text x="16" y="{}" fill="#8e8e8e">no data</text>"##, py + 28.0);
+                write!(svg, r##"<text x="16" y="{}" fill="#8e8e8e">no data</text>"##, py + 28.0)?;
             }
             svg.push_str("</g>");
             continue;
@@ -158,7 +170,7 @@ pub fn render(title: &str, evaluated: &Evaluated, duration: f64, events: &[(f64,
         let top = if max > 0.0 { max * 1.1 } else { 1.0 };
         let sx = |t: f64| px + pw * (t / duration.max(1.0)).clamp(0.0, 1.0);
         let sy = |v: f64| py + ph - ph * (v / top).clamp(0.0, 1.0);
-        let _ = write!(
+        write!(
             svg,
             r##"<line x1="{px}" y1="{}" x2="{}" y2="{}" stroke="#2c3235"/><text x="4" y="{}" fill="#8e8e8e">{}</text><text x="4" y="{}" fill="#8e8e8e">0</text>"##,
             py + ph,
@@ -167,19 +179,19 @@ pub fn render(title: &str, evaluated: &Evaluated, duration: f64, events: &[(f64,
             py + 8.0,
             format_value(top),
             py + ph
-        );
+        )?;
         for (k, (t, label)) in events.iter().enumerate() {
             let x = sx(*t);
             // Events close together take turns above each other.
             let label_y = py + 8.0 + (k % 2) as f64 * 10.0;
-            let _ = write!(
+            write!(
                 svg,
                 r##"<line x1="{x}" y1="{py}" x2="{x}" y2="{}" stroke="#e02f44" stroke-dasharray="3,3"/><text x="{}" y="{}" fill="#e02f44" font-size="9">{}</text>"##,
                 py + ph,
                 x + 2.0,
                 label_y,
                 escape(label),
-            );
+            )?;
         }
         for (j, (name, points)) in series.iter().enumerate() {
             let colour = COLOURS[j % COLOURS.len()];
@@ -189,21 +201,21 @@ pub fn render(title: &str, evaluated: &Evaluated, duration: f64, events: &[(f64,
                 .map(|(t, v)| format!("{:.1},{:.1}", sx(*t), sy(*v)))
                 .collect();
             if !path.is_empty() {
-                let _ = write!(
+                write!(
                     svg,
                     r##"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"##,
                     path.join(" ")
-                );
+                )?;
             }
             // A series seen only now and then (a split, a drop) shows as dots.
             if path.len() < 5 {
                 for point in &path {
                     let (x, y) = point.split_once(',').unwrap_or(("0", "0"));
-                    let _ = write!(svg, r##"<circle cx="{x}" cy="{y}" r="2.5" fill="{colour}"/>"##);
+                    write!(svg, r##"<circle cx="{x}" cy="{y}" r="2.5" fill="{colour}"/>"##)?;
                 }
             }
             if j < 6 {
-                let _ = write!(
+                write!(
                     svg,
                     r##"<rect x="{}" y="{}" width="8" height="8" fill="{colour}"/><text x="{}" y="{}" fill="#c7d0d9">{}</text>"##,
                     8.0 + (j % 3) as f64 * 136.0,
@@ -211,21 +223,21 @@ pub fn render(title: &str, evaluated: &Evaluated, duration: f64, events: &[(f64,
                     20.0 + (j % 3) as f64 * 136.0,
                     h - 28.0 + (j / 3) as f64 * 14.0,
                     escape(&name.chars().take(22).collect::<String>())
-                );
+                )?;
             }
         }
         if series.is_empty() {
-            let _ = write!(
+            write!(
                 svg,
                 r##"<text x="{}" y="{}" fill="#8e8e8e">no data</text>"##,
                 px + 8.0,
                 py + 30.0
-            );
+            )?;
         }
         svg.push_str("</g>");
     }
     svg.push_str("</svg>\n");
-    svg
+    Ok(())
 }
 
 fn format_value(v: f64) -> String {

@@ -358,7 +358,8 @@ impl ProbeRun {
             let mut stderr = String::new();
             if let Some(mut err) = self.child.stderr.take() {
                 use tokio::io::AsyncReadExt;
-                let _ = err.read_to_string(&mut stderr).await;
+                // Whatever could be read is still worth reporting.
+                err.read_to_string(&mut stderr).await.ok();
             }
             return Err(LabError::Command {
                 command: "herald-lab probe".into(),
@@ -959,7 +960,8 @@ impl Lab {
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text).await;
+            // A broken pipe keeps what was read; the probe's exit status tells the rest.
+            stdout.read_to_string(&mut text).await.ok();
             text
         });
         Ok(ProbeRun {
@@ -1166,7 +1168,9 @@ impl Lab {
             Ok(pod) => backend_info(&pod, node),
             Err(e) => {
                 // Leave nothing half-made behind.
-                let _ = self.remove_backend(name).await;
+                if let Err(cleanup) = self.remove_backend(name).await {
+                    tracing::warn!(error = %cleanup, backend = name, "removing a half-made backend");
+                }
                 Err(e)
             }
         }

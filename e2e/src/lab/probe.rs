@@ -120,7 +120,8 @@ pub async fn run_probe(config: ProbeConfig, out: &mut (dyn Write + Send)) -> std
                         error: Some("timeout".into()),
                     },
                 };
-                let _ = tx.send(sample);
+                // The receiver is gone only once writing the output failed, which is reported.
+                tx.send(sample).ok();
             });
         }
     });
@@ -130,7 +131,7 @@ pub async fn run_probe(config: ProbeConfig, out: &mut (dyn Write + Send)) -> std
         out.write_all(b"\n")?;
         out.flush()?;
     }
-    let _ = sender.await;
+    sender.await.map_err(std::io::Error::other)?;
     Ok(())
 }
 

@@ -16,7 +16,10 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 /// Accepts on the Unix socket `socket` and relays every stream to `target` over TCP,
 /// until the task is aborted. Removes a stale socket file first.
 pub async fn bind_unix_to_tcp(socket: &Path, target: SocketAddr) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let _ = std::fs::remove_file(socket);
+    match std::fs::remove_file(socket) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
     let listener = UnixListener::bind(socket)?;
     Ok(tokio::spawn(serve_unix_to_tcp(listener, target)))
 }
@@ -35,8 +38,9 @@ async fn serve_unix_to_tcp(listener: UnixListener, target: SocketAddr) {
             match TcpStream::connect(target).await {
                 Ok(mut outbound) => {
                     // Watch events are small writes; do not let Nagle hold them.
-                    let _ = outbound.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    outbound.set_nodelay(true).ok();
+                    // A reset by either side ends the relay as a close does.
+                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await.ok();
                 }
                 // The API server is down (restarting): the client sees its connection close.
                 Err(e) => tracing::debug!(error = %e, %target, "api relay: API server unreachable"),
@@ -58,12 +62,14 @@ pub async fn serve_tcp_to_unix(listen: SocketAddr, socket: PathBuf) -> std::io::
                 continue;
             }
         };
-        let _ = inbound.set_nodelay(true);
+        // Only a latency hint, as above.
+        inbound.set_nodelay(true).ok();
         let socket = socket.clone();
         tokio::spawn(async move {
             match UnixStream::connect(&socket).await {
                 Ok(mut outbound) => {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    // A reset by either side ends the relay as a close does.
+                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await.ok();
                 }
                 Err(e) => tracing::debug!(error = %e, socket = %socket.display(), "api relay: lab unreachable"),
             }
@@ -116,6 +122,6 @@ mod tests {
         upstream.await.unwrap();
         unix_side.abort();
         tcp_side.abort();
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

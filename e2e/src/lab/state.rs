@@ -254,13 +254,16 @@ pub async fn cleanup(prefix: &str, state_root: &Path) -> Result<CleanupReport, L
     // The current process cleans up its own lab itself (Lab::down); never signal it.
     if let Some(owner) = state.live_owner().filter(|pid| *pid != std::process::id()) {
         report.owner_stopped = Some(owner);
-        let _ = send_signal(owner, Signal::Term).await;
+        // An owner that exited meanwhile fails the signal; the loop below sees it gone.
+        send_signal(owner, Signal::Term).await.ok();
         let deadline = Instant::now() + Duration::from_secs(15);
         while process_exists(owner) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if process_exists(owner) {
-            let _ = send_signal(owner, Signal::Kill).await;
+        if process_exists(owner)
+            && let Err(error) = send_signal(owner, Signal::Kill).await
+        {
+            tracing::warn!(%error, pid = owner, "killing the lab's owner");
         }
     }
     for pid in state.recorded_children() {
@@ -370,7 +373,10 @@ pub fn cleanup_blocking(prefix: &str, state_root: &Path) {
         run(&["netns", "del", ns]);
     }
     unmount_bpf(&state);
-    let _ = std::fs::remove_dir_all(state.root());
+    herald_testkit::cleanup(
+        format!("removing {}", state.root().display()),
+        std::fs::remove_dir_all(state.root()),
+    );
 }
 
 /// The last `lines` lines of a log file: a failure's explanation, printed before the state

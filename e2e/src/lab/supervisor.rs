@@ -62,14 +62,18 @@ pub(crate) async fn send_signal(pid: u32, signal: Signal) -> Result<(), LabError
         .map(|_| ())
 }
 
-/// Blocking variant of [`send_signal`] for `Drop`; errors are ignored (best effort).
+/// Blocking variant of [`send_signal`] for `Drop`: a process already gone is no error, and a
+/// `kill` that cannot run is printed.
 pub(crate) fn send_signal_blocking(pid: u32, signal: Signal) {
-    let _ = std::process::Command::new("kill")
-        .args(["-s", signal.name(), &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    herald_testkit::cleanup(
+        format!("sending {} to {pid}", signal.name()),
+        std::process::Command::new("kill")
+            .args(["-s", signal.name(), &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status(),
+    );
 }
 
 /// What to run and where.
@@ -187,7 +191,12 @@ impl Supervised {
     pub async fn stop(&self) {
         self.shared.wanted.send_replace(false);
         let mut rx = self.shared.pid.subscribe();
-        let _ = tokio::time::timeout(STOP_GRACE + Duration::from_secs(2), rx.wait_for(Option::is_none)).await;
+        if tokio::time::timeout(STOP_GRACE + Duration::from_secs(2), rx.wait_for(Option::is_none))
+            .await
+            .is_err()
+        {
+            tracing::warn!(process = %self.shared.spec.name, "still running after SIGKILL");
+        }
     }
 
     /// Lets a stopped process run again (at once, without the restart delay).
@@ -208,7 +217,10 @@ impl Supervised {
             send_signal_blocking(pid, Signal::Kill);
         }
         self.task.abort();
-        let _ = std::fs::remove_file(&self.shared.spec.pid_file);
+        herald_testkit::cleanup(
+            format!("removing {}", self.shared.spec.pid_file.display()),
+            std::fs::remove_file(&self.shared.spec.pid_file),
+        );
     }
 }
 
@@ -229,7 +241,8 @@ pub(crate) fn append_note(log: &std::path::Path, who: &str, line: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        let _ = writeln!(f, "{now} [{who}] {line}");
+        // A note that cannot be written is lost; the process's own log still has its story.
+        writeln!(f, "{now} [{who}] {line}").ok();
     }
 }
 
@@ -299,20 +312,25 @@ async fn supervise(shared: Arc<Shared>) {
             status = child.wait() => status,
             _ = wait_until(&mut wanted, false) => {
                 if let Some(pid) = pid {
-                    let _ = send_signal(pid, Signal::Term).await;
+                    // A process already gone fails the signal; the wait below finds that out.
+                    send_signal(pid, Signal::Term).await.ok();
                 }
                 match tokio::time::timeout(STOP_GRACE, child.wait()).await {
                     Ok(status) => status,
                     Err(_) => {
                         tracing::warn!(process = %spec.name, pid, "no exit within the grace period after SIGTERM; sending SIGKILL");
                         note(spec, &format!("no exit {STOP_GRACE:?} after SIGTERM; sending SIGKILL"));
-                        let _ = child.start_kill();
+                        // An exited child fails the kill; the wait returns its status.
+                        child.start_kill().ok();
                         child.wait().await
                     }
                 }
             }
         };
-        let _ = std::fs::remove_file(&spec.pid_file);
+        herald_testkit::cleanup(
+            format!("removing {}", spec.pid_file.display()),
+            std::fs::remove_file(&spec.pid_file),
+        );
         shared.pid.send_replace(None);
         let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
         if *wanted.borrow() {
@@ -331,8 +349,10 @@ async fn supervise(shared: Arc<Shared>) {
                     spec.restart_delay
                 ),
             );
-            // A stop request during the delay cancels the restart.
-            let _ = tokio::time::timeout(spec.restart_delay, wait_until(&mut wanted, false)).await;
+            // The delay ends early on a stop request, which cancels the restart.
+            tokio::time::timeout(spec.restart_delay, wait_until(&mut wanted, false))
+                .await
+                .ok();
         } else {
             note(spec, &format!("pid {} stopped ({status})", pid.unwrap_or(0)));
         }
@@ -355,7 +375,10 @@ mod tests {
     }
     impl Drop for Scratch {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            herald_testkit::cleanup(
+                format!("removing {}", self.0.display()),
+                std::fs::remove_dir_all(&self.0),
+            );
         }
     }
 

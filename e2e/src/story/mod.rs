@@ -312,8 +312,8 @@ pub async fn measure_failover(lab: &Lab, ip: IpAddr, fault: Fault) -> Result<Fai
     let samples = probe.finish().await;
     fault.heal(lab, old_node).await?;
     let samples = samples?;
-    let _ = tcpdump.start_kill();
-    let _ = tcpdump.wait().await;
+    herald_testkit::cleanup("stopping tcpdump", tcpdump.start_kill());
+    herald_testkit::cleanup("waiting for tcpdump", tcpdump.wait().await);
     let garps = garps.await.unwrap_or_default();
 
     // The first announcement after the kill from another node is the takeover; who sent it

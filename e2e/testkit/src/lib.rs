@@ -6,7 +6,8 @@
 //! - [`Namespaces`]: network namespaces deleted when dropped (also on panic), and those a
 //!   killed test process left behind removed by the next one;
 //! - [`Segment`]: a switch that namespaces plug into, whose cables can be pulled;
-//! - threads inside a namespace ([`in_netns`], [`enter_netns`]).
+//! - threads inside a namespace ([`in_netns`], [`enter_netns`]);
+//! - [`cleanup`]: a clean-up step that reports what it could not undo instead of panicking.
 use std::process::Command;
 
 /// Why a privileged test cannot run here (not root, a tool missing), if it cannot.
@@ -144,7 +145,7 @@ impl Namespaces {
     /// Deletes every namespace made so far, last made first (their links go with them).
     pub fn delete_all(&mut self) {
         while let Some(ns) = self.created.pop() {
-            let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+            delete_netns(&ns);
         }
     }
 }
@@ -226,6 +227,31 @@ pub fn add_address(ns: &str, link: &str, address: std::net::IpAddr, prefix: u8) 
     run("ip", &args);
 }
 
+/// Deletes namespace `name`; a namespace already gone is fine, and any other failure is
+/// printed (this runs in `Drop`, so it must not panic; a leaked namespace shows in the output).
+fn delete_netns(name: &str) {
+    match Command::new("ip").args(["netns", "delete", name]).output() {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if !stderr.contains("No such file") {
+                eprintln!("deleting network namespace {name}: {}", stderr.trim());
+            }
+        }
+        Err(error) => eprintln!("deleting network namespace {name}: running ip: {error}"),
+    }
+}
+
+/// A clean-up step that may find nothing left to do (a missing file or process is what it
+/// wanted) and must not panic (it runs in `Drop`, and after a test has failed): any other
+/// failure is printed, so a leak shows in the test's output.
+pub fn cleanup<T>(what: impl std::fmt::Display, result: std::io::Result<T>) {
+    match result {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => eprintln!("cleanup: {what}: {error}"),
+        _ => {}
+    }
+}
+
 /// The pid in a name made by [`Namespaces::new`] of kind `kind`, if it is one.
 fn owner_pid(kind: &str, name: &str) -> Option<u32> {
     let rest = name.strip_prefix(kind)?.strip_prefix('-')?;
@@ -240,7 +266,7 @@ fn remove_orphans(kind: &str) {
     for entry in entries.flatten().take(10_000) {
         let name = entry.file_name().to_string_lossy().into_owned();
         if owner_pid(kind, &name).is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
-            let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+            delete_netns(&name);
         }
     }
 }

@@ -279,8 +279,8 @@ impl Helper {
 
 impl Drop for Helper {
     fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.stdin.flush();
+        // The helper may have exited already; it is killed below if not.
+        writeln!(self.stdin, "quit").and_then(|()| self.stdin.flush()).ok();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -288,8 +288,8 @@ impl Drop for Helper {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        herald_testkit::cleanup("killing the announcer helper", self.child.kill());
+        herald_testkit::cleanup("waiting for the announcer helper", self.child.wait());
     }
 }
 
@@ -400,7 +400,7 @@ pub fn run_helper() {
             Some("quit") => break,
             _ => println!("HERALD error unknown command {line:?}"),
         }
-        let _ = std::io::stdout().flush();
+        std::io::stdout().flush().expect("write to the test through stdout");
     }
     announcer.shutdown();
 }

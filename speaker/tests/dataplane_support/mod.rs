@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use herald_speaker::dataplane::{Dataplane, DataplaneConfig, DataplaneError, Forwarding, SnatPorts};
-use herald_testkit::Namespaces;
+use herald_testkit::{Namespaces, cleanup};
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
 /// What the lab's namespaces and bpffs are named after.
@@ -44,8 +44,10 @@ pub struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            eprintln!("a server thread panicked");
         }
     }
 }
@@ -63,8 +65,14 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.servers.clear();
         self.namespaces.delete_all();
-        let _ = Command::new("umount").arg(&self.bpffs).output();
-        let _ = std::fs::remove_dir_all(&self.bpffs);
+        cleanup(
+            format!("unmounting {}", self.bpffs.display()),
+            Command::new("umount").arg(&self.bpffs).output(),
+        );
+        cleanup(
+            format!("removing {}", self.bpffs.display()),
+            std::fs::remove_dir_all(&self.bpffs),
+        );
     }
 }
 
@@ -394,7 +402,8 @@ impl Lab {
             while !stop2.load(Ordering::Relaxed) {
                 for s in [&v4, &v6] {
                     if let Ok((_, peer)) = s.recv_from(&mut buf) {
-                        let _ = s.send_to(format!("{name} {}\n", peer.ip()).as_bytes(), peer);
+                        // A lost reply is the client's timeout to report.
+                        s.send_to(format!("{name} {}\n", peer.ip()).as_bytes(), peer).ok();
                     }
                 }
             }
@@ -444,8 +453,14 @@ fn remove_orphaned_bpffs() {
     for entry in entries.flatten().take(10_000) {
         let name = entry.file_name().to_string_lossy().into_owned();
         if orphaned(&name) && name.ends_with("-bpffs") {
-            let _ = Command::new("umount").arg(entry.path()).output();
-            let _ = std::fs::remove_dir_all(entry.path());
+            cleanup(
+                format!("unmounting {}", entry.path().display()),
+                Command::new("umount").arg(entry.path()).output(),
+            );
+            cleanup(
+                format!("removing {}", entry.path().display()),
+                std::fs::remove_dir_all(entry.path()),
+            );
         }
     }
 }
@@ -507,8 +522,13 @@ fn bind_v6_only(port: u16, kind: libc::c_int) -> std::os::fd::OwnedFd {
 }
 
 fn echo_connection(stream: TcpStream, name: &str, peer: SocketAddr) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    if let Err(error) = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(Duration::from_secs(30))))
+    {
+        eprintln!("echo server: setting up a connection from {peer}: {error}");
+        return;
+    }
     let mut writer = match stream.try_clone() {
         Ok(w) => w,
         Err(_) => return,
@@ -541,8 +561,8 @@ pub fn serve_http(lab: &Lab, i: u8, j: u8, port: u16) {
                 let mut buf = [0u8; 1024];
                 loop {
                     let Ok((mut s, _)) = l.accept() else { continue };
-                    let _ = s.read(&mut buf);
-                    let _ = s.write_all(RESPONSE);
+                    // A client that went away is its own failure to report.
+                    s.read(&mut buf).and_then(|_| s.write_all(RESPONSE)).ok();
                 }
             });
         }

@@ -217,11 +217,14 @@ impl Kubelet {
     pub async fn shutdown(&self, grace: Duration) {
         self.watch.abort();
         self.shared.shutdown.send_replace(Some(grace));
-        let _ = self
+        if let Err(error) = self
             .wait_for("every container to stop", grace + Duration::from_secs(5), |pods| {
                 pods.is_empty().then_some(())
             })
-            .await;
+            .await
+        {
+            tracing::warn!(%error, "shutting the lab's kubelet down; killing what is left");
+        }
         self.kill_now();
     }
 

@@ -303,7 +303,9 @@ impl Worker {
             ))?;
             let plan = self.shared.config.plan.pod(self.node, slot, &format!("p{slot}"))?;
             if let Err(e) = net::add_pod(&node, &plan).await {
-                let _ = net::delete_namespace(&plan.namespace).await;
+                if let Err(error) = net::delete_namespace(&plan.namespace).await {
+                    tracing::warn!(%error, namespace = %plan.namespace, "removing a half-made pod namespace");
+                }
                 self.shared.release_slot(self.node, slot);
                 return Err(e);
             }
@@ -586,7 +588,8 @@ impl Worker {
                 probes.push(tokio::spawn(async move {
                     while alive_rx.changed().await.is_ok() {
                         if !*alive_rx.borrow_and_update() {
-                            let _ = unhealthy_tx.send(());
+                            // Nobody listens once the container is being torn down.
+                            unhealthy_tx.send(()).ok();
                             return;
                         }
                     }
@@ -640,7 +643,10 @@ impl Worker {
                     (stop(&mut child, pid, Ending::Graceful(grace)).await, None)
                 }
             };
-            let _ = std::fs::remove_file(&self.pid_file);
+            herald_testkit::cleanup(
+                format!("removing {}", self.pid_file.display()),
+                std::fs::remove_file(&self.pid_file),
+            );
             self.pid = None;
             let (exit_code, signal) = match &status {
                 Ok(s) => match (s.code(), s.signal()) {
@@ -725,10 +731,15 @@ impl Worker {
             }
         }
         if let Some(own) = sandbox.and_then(|s| s.own) {
-            let _ = net::delete_namespace(&own.namespace).await;
+            if let Err(error) = net::delete_namespace(&own.namespace).await {
+                tracing::warn!(%error, namespace = %own.namespace, "removing a pod's namespace");
+            }
             self.shared.release_slot(self.node, own.slot);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        herald_testkit::cleanup(
+            format!("removing {}", self.dir.display()),
+            std::fs::remove_dir_all(&self.dir),
+        );
         self.note("pod removed");
         self.shared.finished(&self.uid);
     }
@@ -741,12 +752,14 @@ async fn stop(
     ending: Ending,
 ) -> std::io::Result<std::process::ExitStatus> {
     if let Some(grace) = ending.grace() {
-        let _ = send_signal(pid, Signal::Term).await;
+        // A process already gone fails the signal; the wait finds that out.
+        send_signal(pid, Signal::Term).await.ok();
         if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
             return status;
         }
     }
-    let _ = child.start_kill();
+    // An exited child fails the kill; the wait returns its status.
+    child.start_kill().ok();
     child.wait().await
 }
 
