@@ -1,6 +1,7 @@
 //! What Herald reads from a `v1.Service`: whether Herald handles it, its traffic policy, and
 //! its current addresses.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
@@ -14,6 +15,46 @@ pub fn handles(service: &Service, lb_class: &str) -> bool {
             .load_balancer_class
             .as_deref()
             .is_none_or(|class| class == lb_class)
+}
+
+/// A port's protocol, as in `Service.spec.ports[].protocol` and `EndpointSlice.ports[].protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// `TCP`, `UDP` or `SCTP`; unset is `TCP`, as Kubernetes defaults it; `None` for anything
+    /// else.
+    pub fn from_k8s(protocol: Option<&str>) -> Option<Self> {
+        match protocol.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// IANA protocol number, as in the IP header.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
 }
 
 /// `spec.externalTrafficPolicy`: which nodes may receive a LoadBalancer Service's traffic and
@@ -55,6 +96,23 @@ pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn protocol_defaults_to_tcp_and_names_what_kubernetes_writes() {
+        for (text, want) in [
+            (None, Some(Protocol::Tcp)),
+            (Some("TCP"), Some(Protocol::Tcp)),
+            (Some("UDP"), Some(Protocol::Udp)),
+            (Some("SCTP"), Some(Protocol::Sctp)),
+            (Some("tcp"), None),
+            (Some("ICMP"), None),
+        ] {
+            assert_eq!(Protocol::from_k8s(text), want, "{text:?}");
+            if let (Some(text), Some(protocol)) = (text, want) {
+                assert_eq!(protocol.to_string(), text);
+            }
+        }
+    }
 
     #[test]
     fn traffic_policy_is_local_only_when_it_says_so() {

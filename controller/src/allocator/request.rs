@@ -144,9 +144,8 @@ impl ServiceRequest {
             .iter()
             .flatten()
             .map(|p| {
-                let protocol_text = p.protocol.as_deref().unwrap_or("TCP");
-                let protocol = Protocol::from_k8s(protocol_text).ok_or_else(|| AllocError::BadProtocol {
-                    protocol: protocol_text.to_string(),
+                let protocol = Protocol::from_k8s(p.protocol.as_deref()).ok_or_else(|| AllocError::BadProtocol {
+                    protocol: p.protocol.clone().unwrap_or_default(),
                 })?;
                 let port = u16::try_from(p.port).map_err(|_| AllocError::BadPort { port: p.port })?;
                 Ok(ServicePort::new(protocol, port))

@@ -469,12 +469,10 @@ pub fn source_ranges(service: &Service) -> Option<Vec<ipnet::IpNet>> {
     )
 }
 
+/// The protocols the dataplane translates: TCP and UDP. An SCTP port is left out, so its
+/// traffic meets the kernel (kube-proxy) as without Herald.
 fn dp_protocol(protocol: Option<&str>) -> Option<dp::Protocol> {
-    match protocol.unwrap_or("TCP") {
-        "TCP" => Some(dp::Protocol::Tcp),
-        "UDP" => Some(dp::Protocol::Udp),
-        _ => None,
-    }
+    dp::Protocol::from_k8s(protocol).filter(|p| matches!(p, dp::Protocol::Tcp | dp::Protocol::Udp))
 }
 
 /// A Node as election sees it, joined with what membership knows of its speaker.
@@ -822,6 +820,8 @@ mod tests {
         let mut svc = service("web", json!({"spec": {"externalTrafficPolicy": "Local"}}));
         svc.spec.as_mut().unwrap().ports = Some(vec![
             serde_json::from_value(json!({"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"})).unwrap(),
+            serde_json::from_value(json!({"name": "sig", "port": 3868, "nodePort": 30868, "protocol": "SCTP"}))
+                .unwrap(),
         ]);
         let mut s = slice(
             "web",
@@ -829,6 +829,7 @@ mod tests {
         );
         s.ports = Some(vec![
             serde_json::from_value(json!({"name": "http", "port": 8080, "protocol": "TCP"})).unwrap(),
+            serde_json::from_value(json!({"name": "sig", "port": 3868, "protocol": "SCTP"})).unwrap(),
         ]);
         let other_class = service("other", json!({"spec": {"loadBalancerClass": "x/y"}}));
         let inputs = forwarded(&[&svc, &other_class], &[&s]);
@@ -839,9 +840,11 @@ mod tests {
         );
         let web = &inputs[0];
         assert_eq!(web.load_balancer_ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(web.ports.len(), 1, "SCTP is left to kube-proxy: {:?}", web.ports);
         assert_eq!(web.ports[0].node_port, Some(30080));
         assert_eq!(web.traffic_policy, dp::TrafficPolicy::Local);
         assert_eq!(web.endpoints.len(), 1);
+        assert_eq!(web.endpoints[0].ports.len(), 1, "{:?}", web.endpoints[0].ports);
         assert_eq!(web.endpoints[0].ports[0].port, 8080);
         assert_eq!(web.endpoints[0].node.as_deref(), Some("n1"));
     }

@@ -29,31 +29,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-/// Transport protocol of a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    /// IANA protocol number, as in the IP header.
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        })
-    }
-}
+/// A port's protocol; the dataplane translates TCP and UDP (see `cluster::facts`).
+pub use herald_config::service::Protocol;
 
 /// `spec.externalTrafficPolicy`: with `Cluster`, a remote endpoint is reached as
 /// [`Forwarding`] says; with `Local`, only endpoints on this node are used.
