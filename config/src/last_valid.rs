@@ -355,15 +355,7 @@ mod tests {
     }
 
     fn pool(name: &str, created_secs: i64, addresses: &[&str]) -> IPAddressPool {
-        let mut p = IPAddressPool::new(
-            name,
-            IPAddressPoolSpec {
-                addresses: addresses.iter().map(|s| s.to_string()).collect(),
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                service_allocation: None,
-            },
-        );
+        let mut p = IPAddressPool::new(name, IPAddressPoolSpec::with_addresses(addresses.iter().copied()));
         p.metadata = ObjectMeta {
             name: Some(name.into()),
             uid: Some(format!("uid-{name}")),

@@ -73,6 +73,19 @@ fn default_true() -> bool {
     true
 }
 
+impl IPAddressPoolSpec {
+    /// A pool of `addresses` with every other field as the API server defaults it: automatic
+    /// allocation on, `.0`/`.255` allowed, no service allocation.
+    pub fn with_addresses<S: Into<String>>(addresses: impl IntoIterator<Item = S>) -> Self {
+        IPAddressPoolSpec {
+            addresses: addresses.into_iter().map(Into::into).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            service_allocation: None,
+        }
+    }
+}
+
 /// Restricts automatic allocation from a pool to some Services and ranks the pool among others.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -128,5 +141,20 @@ impl ServiceAllocation {
     /// Whether a Service with these labels may use the pool: any when no `serviceSelectors`.
     pub fn allows_service(&self, labels: &BTreeMap<String, String>) -> bool {
         self.service_selectors.is_empty() || self.service_selectors.iter().any(|s| selector::matches(s, labels))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_addresses_defaults_as_the_api_server_does() {
+        let defaulted: IPAddressPoolSpec =
+            serde_json::from_value(serde_json::json!({"addresses": ["10.0.0.0/30", "fd00::/126"]})).unwrap();
+        assert_eq!(
+            IPAddressPoolSpec::with_addresses(["10.0.0.0/30", "fd00::/126"]),
+            defaulted
+        );
     }
 }

@@ -290,12 +290,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
 
     fn spec(addresses: &[&str]) -> IPAddressPoolSpec {
-        IPAddressPoolSpec {
-            addresses: addresses.iter().map(|s| s.to_string()).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            service_allocation: None,
-        }
+        IPAddressPoolSpec::with_addresses(addresses.iter().copied())
     }
 
     fn pool_err(addresses: &[&str]) -> String {

@@ -83,15 +83,7 @@ impl Lab {
     }
 
     async fn pool(&self, name: &str, addresses: &[&str]) {
-        let pool = IPAddressPool::new(
-            name,
-            IPAddressPoolSpec {
-                addresses: addresses.iter().map(|s| s.to_string()).collect(),
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                service_allocation: None,
-            },
-        );
+        let pool = IPAddressPool::new(name, IPAddressPoolSpec::with_addresses(addresses.iter().copied()));
         self.pools()
             .create(&PostParams::default(), &pool)
             .await

@@ -402,12 +402,7 @@ async fn api_server_refuses_what_the_schema_can_judge() {
         expect_refused(&lab, what, &object("IPAddressPool", &format!("bad-{i}"), &spec), want).await;
     }
     for (i, (what, addresses, controller_says)) in LEFT_TO_CONTROLLER.iter().enumerate() {
-        let spec = herald_config::IPAddressPoolSpec {
-            addresses: addresses.iter().map(|a| a.to_string()).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            service_allocation: None,
-        };
+        let spec = herald_config::IPAddressPoolSpec::with_addresses(addresses.iter().copied());
         let refusal = herald_config::validation::validate_pool("p", &spec)
             .expect_err(what)
             .to_string();

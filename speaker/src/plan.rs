@@ -391,15 +391,7 @@ pub(crate) mod tests {
 
     /// Pool `p`: 10.80.0.0/24, auto-assigned.
     pub(crate) fn pool() -> IPAddressPool {
-        IPAddressPool::new(
-            "p",
-            IPAddressPoolSpec {
-                addresses: vec!["10.80.0.0/24".into()],
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                service_allocation: None,
-            },
-        )
+        IPAddressPool::new("p", IPAddressPoolSpec::with_addresses(["10.80.0.0/24"]))
     }
 
     pub(crate) fn view(states: &[(&str, MemberState)]) -> MembershipView {
@@ -635,12 +627,7 @@ pub(crate) mod tests {
         // A pool that was never valid announces nothing.
         world.pools = vec![IPAddressPool::new(
             "p",
-            IPAddressPoolSpec {
-                addresses: vec!["10.80.0.0/244".into()],
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                service_allocation: None,
-            },
+            IPAddressPoolSpec::with_addresses(["10.80.0.0/244"]),
         )];
         assert!(world.plan_for("n1", &all_alive()).ownership.is_empty());
     }
@@ -806,12 +793,7 @@ pub(crate) mod tests {
                     Change::Pool(whole) => { whole_pool = whole; None }
                 };
                 rebuild(&state, &mut services, &mut slices, changed);
-                let pools = vec![IPAddressPool::new("p", IPAddressPoolSpec {
-                    addresses: vec![if whole_pool { "10.80.0.0/24" } else { "10.80.0.0/31" }.into()],
-                    auto_assign: true,
-                    avoid_buggy_ips: false,
-                    service_allocation: None,
-                })];
+                let pools = vec![IPAddressPool::new("p", IPAddressPoolSpec::with_addresses([if whole_pool { "10.80.0.0/24" } else { "10.80.0.0/31" }]))];
                 let in_use = memory.judge(&pools, &advertisements, Timestamp::from_second(1_000).unwrap());
                 let members: Vec<(&str, MemberState)> = names.iter().copied().zip(states).collect();
                 let view = view(&members);

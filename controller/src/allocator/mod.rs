@@ -24,12 +24,7 @@
 //! use herald_config::pool::IPAddressPoolSpec;
 //! use herald_controller::allocator::{Allocator, Pool, ServiceKey, ServiceRequest};
 //!
-//! let spec = IPAddressPoolSpec {
-//!     addresses: vec!["192.168.10.0/30".into(), "fd00:10::/120".into()],
-//!     auto_assign: true,
-//!     avoid_buggy_ips: false,
-//!     service_allocation: None,
-//! };
+//! let spec = IPAddressPoolSpec::with_addresses(["192.168.10.0/30", "fd00:10::/120"]);
 //! let mut allocator = Allocator::new();
 //! let displaced = allocator.set_pools(vec![Pool::from_spec("blue", &spec)?]);
 //! assert!(displaced.is_empty());

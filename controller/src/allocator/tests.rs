@@ -573,12 +573,7 @@ fn error_messages() {
         "spec.ipFamilies is empty, so the Service's IP family is unknown"
     );
 
-    let spec = IPAddressPoolSpec {
-        addresses: vec!["10.20.30.40/24".into()],
-        auto_assign: true,
-        avoid_buggy_ips: false,
-        service_allocation: None,
-    };
+    let spec = IPAddressPoolSpec::with_addresses(["10.20.30.40/24"]);
     assert_eq!(
         Pool::from_spec("host-bits", &spec).map(|_| ()).map_err(|e| e.to_string()),
         Err("IPAddressPool \"host-bits\": \"10.20.30.40/24\" has host bits set: did you mean 10.20.30.0/24 (the whole prefix) or 10.20.30.40/32 (only that address)?".to_string())

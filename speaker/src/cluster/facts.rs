@@ -561,15 +561,7 @@ mod tests {
     }
 
     fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
-        IPAddressPool::new(
-            name,
-            IPAddressPoolSpec {
-                addresses: addresses.iter().map(|s| s.to_string()).collect(),
-                auto_assign: true,
-                avoid_buggy_ips: false,
-                service_allocation: None,
-            },
-        )
+        IPAddressPool::new(name, IPAddressPoolSpec::with_addresses(addresses.iter().copied()))
     }
 
     fn derived(services: &[&Service], slices: &[&EndpointSlice]) -> Vec<Arc<ServiceDerived>> {
