@@ -3,12 +3,13 @@
 //!
 //! # Layout
 //! One module per concept; decisions are pure functions, I/O sits at the edges behind traits.
-//! - [`run`]: the process: watches → [`speaker`] (one step: derive, [`plan`], decide) →
-//!   announcer, membership, dataplane, [`status`].
+//! - [`run`]: the process: watches and links → [`speaker`] (one step: derive, [`plan`],
+//!   decide) → announcer, membership, dataplane, [`status`].
 //! - [`cluster`]: Kubernetes watches, the pools and advertisements in use (an invalid edit keeps
 //!   the last valid spec) and the facts election needs from them.
 //! - [`election`]: eligibility and rendezvous owner per IP (pure).
 //! - [`membership`]: SWIM-style failure detection between speakers over gRPC.
+//! - [`links`]: the node's network links, listed by one thread, and which of them announce.
 //! - [`announcer`]: ARP/NDP answers and gratuitous announcements.
 //! - [`dataplane`]: the eBPF service map: LoadBalancer IPs and NodePorts to backends.
 //! - [`status`]: `ServiceL2Status` objects and `nodeAssigned` Events.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod dataplane;
 pub mod election;
 pub mod http;
+pub mod links;
 pub mod membership;
 pub mod plan;
 pub mod run;

@@ -27,12 +27,13 @@ use prometheus_client::registry::Registry;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, InterfacePolicy};
+use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError};
 use crate::cluster::Cluster;
 use crate::cluster::install;
 use crate::config::{Config, DataplaneMode};
 use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::http::{Endpoints, Health};
+use crate::links::{self, InterfacePolicy, LinkError, LinkWatch, SystemInterfaces};
 use herald_config::deploy::{SPEAKER_KEY_FIELD, SPEAKER_NEXT_KEY_FIELD};
 use herald_config::process::{self, TaskEnded, Tasks};
 
@@ -55,6 +56,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("following the node's network links")]
+    Links(#[from] LinkError),
     #[error("starting the ARP/NDP announcer")]
     Announcer(#[from] AnnouncerError),
     #[error("starting membership")]
@@ -172,7 +175,8 @@ pub async fn run_with_client(
         ..AnnouncerConfig::default()
     };
     announcer_config.metrics.register(&mut registry);
-    let announcer = Announcer::start(announcer_config)?;
+    let link_watch = LinkWatch::start(SystemInterfaces, links::POLL_INTERVAL)?;
+    let announcer = Announcer::start(announcer_config, link_watch.subscribe())?;
     let Some(advertise) = advertise_address(&client, &config, &health, &mut shutdown).await else {
         return Ok(());
     };

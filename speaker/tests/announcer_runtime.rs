@@ -7,11 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_speaker::announcer::fake::{FakeInterfaces, FakeMulticast, FakeNetwork, SentFrame};
+use herald_speaker::announcer::fake::{FakeMulticast, FakeNetwork, SentFrame};
 use herald_speaker::announcer::ndp::{self, NdpFrame, NdpMessage};
-use herald_speaker::announcer::{
-    AnnounceSchedule, AnnounceTarget, Announcer, AnnouncerConfig, Backends, InterfacePolicy, LinkInfo, MacAddr, arp,
-};
+use herald_speaker::announcer::{AnnounceSchedule, AnnounceTarget, Announcer, AnnouncerConfig, Backends, MacAddr, arp};
+use herald_speaker::links::{InterfacePolicy, LinkInfo, Links};
+use tokio::sync::watch;
 
 const CLIENT_MAC: MacAddr = MacAddr([0x02, 0xcc, 0, 0, 0, 1]);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 100);
@@ -40,7 +40,8 @@ fn vip6() -> Ipv6Addr {
 /// An announcer on fake links and a fake network (no namespaces: see `announcer_netns` for
 /// real links).
 struct Fixture {
-    interfaces: FakeInterfaces,
+    /// The links as a link watch would publish them.
+    links: watch::Sender<Links>,
     network: FakeNetwork,
     multicast: FakeMulticast,
     announcer: Announcer,
@@ -52,26 +53,26 @@ fn fast_config() -> AnnouncerConfig {
             burst: vec![Duration::ZERO, Duration::from_millis(100), Duration::from_millis(200)],
             periodic: None,
         },
-        interface_poll_interval: Duration::from_millis(20),
+        check_interval: Duration::from_millis(20),
         read_timeout: Duration::from_millis(10),
         ..AnnouncerConfig::default()
     }
 }
 
 fn lab_with(links: Vec<LinkInfo>, config: AnnouncerConfig, network: FakeNetwork) -> Fixture {
-    let interfaces = FakeInterfaces::new(links);
+    let (links, links_rx) = watch::channel(Links::from(links));
     let multicast = FakeMulticast::default();
     let announcer = Announcer::start_with(
         config,
         Backends {
-            interfaces: Arc::new(interfaces.clone()),
             links: Arc::new(network.clone()),
             multicast: Box::new(multicast.clone()),
         },
+        links_rx,
     )
     .expect("start");
     Fixture {
-        interfaces,
+        links,
         network,
         multicast,
         announcer,
@@ -284,7 +285,8 @@ fn interface_changes_are_followed_within_a_poll() {
     usable.mark_unchanged();
 
     // A new link comes up: it becomes usable and the owned IP is announced on it at once.
-    lab.interfaces.set(vec![link("eth0", 2), link("eth1", 3)]);
+    lab.links
+        .send_replace(Links::from(vec![link("eth0", 2), link("eth1", 3)]));
     wait_until("eth1 usable", Duration::from_secs(3), || {
         usable.has_changed().unwrap_or(false)
     });
@@ -296,14 +298,14 @@ fn interface_changes_are_followed_within_a_poll() {
     // eth0 loses carrier: no longer usable, no longer announced there.
     let mut down = link("eth0", 2);
     down.running = false;
-    lab.interfaces.set(vec![down, link("eth1", 3)]);
+    lab.links.send_replace(Links::from(vec![down, link("eth1", 3)]));
     wait_until("eth0 gone", Duration::from_secs(3), || {
         lab.announcer.usable_interfaces() == ["eth1"]
     });
     assert_eq!(lab.announcer.status().announced[&IpAddr::V4(VIP)], ["eth1"]);
 
     // Renamed eth1 → lan0 (same index): followed as a removal plus an addition.
-    lab.interfaces.set(vec![link("lan0", 3)]);
+    lab.links.send_replace(Links::from(vec![link("lan0", 3)]));
     wait_until("lan0 usable", Duration::from_secs(3), || {
         lab.announcer.usable_interfaces() == ["lan0"]
     });

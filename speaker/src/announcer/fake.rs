@@ -1,6 +1,7 @@
 //! In-memory stand-ins for the announcer's side effects, so the responder, the link handling
-//! and the announce schedule are tested without root: a settable interface list, a network
-//! whose links take injected frames and record sent ones, and a multicast membership log.
+//! and the announce schedule are tested without root: a network whose links take injected
+//! frames and record sent ones, and a multicast membership log. (The links themselves are a
+//! watch channel the test sends on.)
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
@@ -9,35 +10,11 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::interfaces::{InterfaceSource, LinkInfo};
 use super::io::{FrameSink, FrameSource, LinkOpener, MulticastMembership};
+use crate::links::LinkInfo;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// An interface list that tests change at will.
-#[derive(Debug, Clone, Default)]
-pub struct FakeInterfaces {
-    links: Arc<Mutex<Vec<LinkInfo>>>,
-}
-
-impl FakeInterfaces {
-    pub fn new(links: Vec<LinkInfo>) -> Self {
-        FakeInterfaces {
-            links: Arc::new(Mutex::new(links)),
-        }
-    }
-
-    pub fn set(&self, links: Vec<LinkInfo>) {
-        *lock(&self.links) = links;
-    }
-}
-
-impl InterfaceSource for FakeInterfaces {
-    fn links(&self) -> io::Result<Vec<LinkInfo>> {
-        Ok(lock(&self.links).clone())
-    }
 }
 
 /// One frame the announcer sent.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use pnet_datalink::{Channel, Config, DataLinkReceiver, DataLinkSender};
 use socket2::{Domain, SockFilter, Socket, Type};
 
-use super::interfaces::LinkInfo;
+use crate::links::LinkInfo;
 
 /// Sends whole Ethernet frames on one link.
 pub trait FrameSink: Send {

@@ -6,13 +6,13 @@
 //! # Layout
 //! - [`frame`], [`arp`], [`ndp`]: pure frame parsing, validation and building.
 //! - [`responder`]: the pure decision for one received frame.
-//! - [`interfaces`]: which links announce (default rules, explicit lists, per-IP lists).
 //! - [`schedule`]: when gratuitous announcements go out after a gain.
 //! - `metrics`: the Prometheus counters ([`AnnouncerMetrics`]).
 //! - `priority`: the reader threads' nice value (the announcer's only unsafe code, one call).
-//! - [`io`]: one trait per side effect (frames, link listing, multicast) and the real ones;
-//!   `fake` has in-memory ones (feature `testing`).
-//! - `runtime`: the threads: a link watcher, a reader per link, an announce scheduler.
+//! - [`io`]: one trait per side effect (frames, multicast) and the real ones; `fake` has
+//!   in-memory ones (feature `testing`).
+//! - `runtime`: the threads: one following the links ([`crate::links`] lists them and says
+//!   which announce), a reader per link, an announce scheduler.
 //!
 //! # Invariants
 //! - The responder consults the owned set for every request: an IP removed by
@@ -25,7 +25,6 @@ pub mod arp;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod frame;
-pub mod interfaces;
 pub mod io;
 mod metrics;
 pub mod ndp;
@@ -39,8 +38,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::links::InterfacePolicy;
+
 pub use frame::{FrameError, MacAddr};
-pub use interfaces::{DEFAULT_EXCLUDED_INTERFACES, InterfacePolicy, InterfaceSource, LinkInfo};
 pub use io::{FrameSink, FrameSource, LinkOpener, MulticastMembership};
 pub use metrics::AnnouncerMetrics;
 pub use runtime::Announcer;
@@ -62,8 +62,9 @@ pub struct AnnouncerConfig {
     pub interfaces: InterfacePolicy,
     /// Gratuitous announcements after a gain (default: at 0, 0.5, 1, 2 and 4 s; no periodic).
     pub schedule: AnnounceSchedule,
-    /// How often links are listed to notice new, removed, renamed, up or down ones.
-    pub interface_poll_interval: Duration,
+    /// How often links whose reader died are reopened (links that failed to open are tried
+    /// again every 5 s). Changes of the links themselves are followed as they are published.
+    pub check_interval: Duration,
     /// How long a link reader blocks before checking for shutdown and link removal.
     pub read_timeout: Duration,
     /// Counters; register them with [`AnnouncerMetrics::register`].
@@ -78,7 +79,7 @@ impl Default for AnnouncerConfig {
         AnnouncerConfig {
             interfaces: InterfacePolicy::default(),
             schedule: AnnounceSchedule::default(),
-            interface_poll_interval: Duration::from_millis(300),
+            check_interval: Duration::from_millis(300),
             read_timeout: Duration::from_millis(100),
             metrics: AnnouncerMetrics::default(),
             reader_nice: None,
@@ -88,7 +89,6 @@ impl Default for AnnouncerConfig {
 
 /// The side effects the announcer runs on; [`Backends::system`] for the real host.
 pub struct Backends {
-    pub interfaces: Arc<dyn InterfaceSource>,
     pub links: Arc<dyn LinkOpener>,
     pub multicast: Box<dyn MulticastMembership>,
 }
@@ -97,7 +97,6 @@ impl Backends {
     /// pnet for links and frames, UDP sockets for multicast membership.
     pub fn system() -> Backends {
         Backends {
-            interfaces: Arc::new(interfaces::SystemInterfaces),
             links: Arc::new(io::PnetLinks),
             multicast: Box::new(io::SocketMulticast::default()),
         }
@@ -120,8 +119,8 @@ pub struct AnnouncerStatus {
 /// Errors of [`Announcer::start`].
 #[derive(Debug, thiserror::Error)]
 pub enum AnnouncerError {
-    #[error("listing network interfaces")]
-    ListInterfaces(#[source] std::io::Error),
+    #[error("starting the runtime of the thread that follows the links")]
+    Runtime(#[source] std::io::Error),
     #[error("starting announcer thread {name}")]
     SpawnThread {
         name: String,

@@ -1,4 +1,4 @@
-//! The running announcer: a link watcher thread that lists interfaces and opens or closes a
+//! The running announcer: a thread that follows the published links and opens or closes a
 //! reader per link, one reader thread per link that answers requests (pnet is blocking, so a
 //! thread per link keeps the receive path short), and a scheduler thread for gratuitous
 //! announcements.
@@ -15,10 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::frame::MacAddr;
-use super::interfaces::{InterfacePolicy, InterfaceSource, LinkInfo, interfaces_for_ip};
 use super::io::{FrameSink, FrameSource, LinkOpener, MulticastMembership};
 use super::metrics::IpCounters;
 use super::priority::set_current_thread_nice;
@@ -27,6 +26,7 @@ use super::{
     AnnounceSchedule, AnnounceTarget, AnnouncerConfig, AnnouncerError, AnnouncerMetrics, AnnouncerStatus, Backends,
     arp, ndp,
 };
+use crate::links::{InterfacePolicy, LinkInfo, Links, interfaces_for_ip};
 
 /// Waits for `thread` to end; a panic in it is logged (it has stopped answering or announcing).
 fn join_logging_panic(thread: JoinHandle<()>) {
@@ -63,7 +63,8 @@ struct LinkSender {
 /// Handle on the layer-2 announcer. Dropping it shuts it down.
 pub struct Announcer {
     shared: Arc<Shared>,
-    watcher_wake: Mutex<Option<mpsc::Sender<()>>>,
+    /// Dropped to stop the links thread.
+    links_stop: Mutex<Option<oneshot::Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     usable: watch::Receiver<Vec<String>>,
 }
@@ -74,7 +75,6 @@ struct Shared {
     read_timeout: Duration,
     reader_nice: Option<i32>,
     metrics: AnnouncerMetrics,
-    interfaces: Arc<dyn InterfaceSource>,
     opener: Arc<dyn LinkOpener>,
     stopping: AtomicBool,
     /// IP → interfaces it is announced on; read by every reader for every request.
@@ -94,10 +94,10 @@ struct OwnedIp {
     counters: IpCounters,
 }
 
-/// State changed only by `set_owned` and the link watcher.
+/// State changed only by `set_owned` and the links thread.
 struct Control {
     targets: BTreeMap<IpAddr, AnnounceTarget>,
-    links: Vec<LinkInfo>,
+    links: Links,
     open: BTreeMap<String, OpenLink>,
     retired_readers: Vec<JoinHandle<()>>,
     link_errors: BTreeMap<String, String>,
@@ -131,18 +131,29 @@ impl Control {
 }
 
 impl Announcer {
-    /// Starts the announcer on the host's real interfaces (needs CAP_NET_RAW).
-    pub fn start(config: AnnouncerConfig) -> Result<Announcer, AnnouncerError> {
-        Announcer::start_with(config, Backends::system())
+    /// Starts the announcer on the host's real links (needs CAP_NET_RAW), following `links`
+    /// (a [`crate::links::LinkWatch`]'s).
+    pub fn start(config: AnnouncerConfig, links: watch::Receiver<Links>) -> Result<Announcer, AnnouncerError> {
+        Announcer::start_with(config, Backends::system(), links)
     }
 
-    /// Starts the announcer on the given side effects (fakes in tests).
+    /// Starts the announcer on the given side effects (fakes in tests), following `links`.
     ///
-    /// Links are listed and opened before this returns, so [`Announcer::usable_interfaces`]
+    /// The current links are opened before this returns, so [`Announcer::usable_interfaces`]
     /// is meaningful at once. Links that fail to open are reported in
     /// [`AnnouncerStatus::link_errors`] and retried, they do not fail the start.
-    pub fn start_with(config: AnnouncerConfig, backends: Backends) -> Result<Announcer, AnnouncerError> {
-        let links = backends.interfaces.links().map_err(AnnouncerError::ListInterfaces)?;
+    pub fn start_with(
+        config: AnnouncerConfig,
+        backends: Backends,
+        mut links: watch::Receiver<Links>,
+    ) -> Result<Announcer, AnnouncerError> {
+        let current = links.borrow_and_update().clone();
+        // The links thread waits for a change or its next check, whichever comes first: a
+        // runtime of its own gives it both, whether or not the caller runs one.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(AnnouncerError::Runtime)?;
         let (commands, command_rx) = mpsc::channel();
         let (usable_tx, usable) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
@@ -151,14 +162,13 @@ impl Announcer {
             read_timeout: config.read_timeout,
             reader_nice: config.reader_nice,
             metrics: config.metrics,
-            interfaces: backends.interfaces,
             opener: backends.links,
             stopping: AtomicBool::new(false),
             owned: RwLock::new(HashMap::new()),
             senders: RwLock::new(HashMap::new()),
             control: Mutex::new(Control {
                 targets: BTreeMap::new(),
-                links,
+                links: current,
                 open: BTreeMap::new(),
                 retired_readers: Vec::new(),
                 link_errors: BTreeMap::new(),
@@ -172,10 +182,10 @@ impl Announcer {
         });
         shared.reconcile(&mut lock(&shared.control));
 
-        let (watcher_wake, wake_rx) = mpsc::channel();
+        let (links_stop, stop_rx) = oneshot::channel();
         let announcer = Announcer {
             shared: Arc::clone(&shared),
-            watcher_wake: Mutex::new(Some(watcher_wake)),
+            links_stop: Mutex::new(Some(links_stop)),
             threads: Mutex::new(Vec::new()),
             usable,
         };
@@ -183,8 +193,10 @@ impl Announcer {
         announcer.spawn("herald-l2-announce", move || {
             run_scheduler(&scheduler_shared, command_rx)
         })?;
-        let poll_interval = config.interface_poll_interval;
-        announcer.spawn("herald-l2-links", move || run_watcher(&shared, &wake_rx, poll_interval))?;
+        let check_interval = config.check_interval;
+        announcer.spawn("herald-l2-links", move || {
+            runtime.block_on(follow_links(&shared, links, stop_rx, check_interval));
+        })?;
         Ok(announcer)
     }
 
@@ -282,7 +294,7 @@ impl Announcer {
         write(&self.shared.owned).clear();
         // The scheduler may have ended already (it stops on its own when the channel closes).
         drop(lock(&self.shared.control).commands.send(Command::Stop));
-        lock(&self.watcher_wake).take();
+        lock(&self.links_stop).take();
         for thread in lock(&self.threads).drain(..) {
             join_logging_panic(thread);
         }
@@ -610,29 +622,42 @@ fn read_link(
     }
 }
 
-/// Lists links every `poll_interval` and reconciles when they changed, a reader died, or a
-/// link that failed to open is due for another try.
-fn run_watcher(shared: &Arc<Shared>, wake: &mpsc::Receiver<()>, poll_interval: Duration) {
+/// Reconciles when the published links change, and every `check_interval` when a reader died
+/// or a link that failed to open is due for another try, until `stop` resolves.
+async fn follow_links(
+    shared: &Arc<Shared>,
+    mut links: watch::Receiver<Links>,
+    mut stop: oneshot::Receiver<()>,
+    check_interval: Duration,
+) {
+    let mut checks = tokio::time::interval(check_interval);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut following = true;
     loop {
-        match wake.recv_timeout(poll_interval) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-        }
+        let published = tokio::select! {
+            _ = &mut stop => return,
+            changed = links.changed(), if following => match changed {
+                Ok(()) => Some(links.borrow_and_update().clone()),
+                Err(_) => {
+                    tracing::warn!("the link watch has stopped: link changes are no longer followed");
+                    following = false;
+                    None
+                }
+            },
+            _ = checks.tick() => None,
+        };
         if shared.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let links = match shared.interfaces.links() {
-            Ok(links) => links,
-            Err(error) => {
-                tracing::warn!(%error, "listing interfaces failed");
-                continue;
-            }
-        };
         let mut control = lock(&shared.control);
         let reader_died = control.open.values().any(|open| !open.alive.load(Ordering::SeqCst));
         let retry_due = !control.link_errors.is_empty() && control.last_reopen.elapsed() >= REOPEN_INTERVAL;
-        if links != control.links || reader_died || retry_due {
-            control.links = links;
+        let changed = published.is_some_and(|published| {
+            let changed = published != control.links;
+            control.links = published;
+            changed
+        });
+        if changed || reader_died || retry_due {
             shared.reconcile(&mut control);
         }
     }

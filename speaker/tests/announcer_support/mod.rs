@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use herald_speaker::announcer::{AnnounceTarget, Announcer, AnnouncerConfig, InterfacePolicy};
+use herald_speaker::announcer::{AnnounceTarget, Announcer, AnnouncerConfig};
+use herald_speaker::links::{self, InterfacePolicy, LinkWatch, SystemInterfaces};
 
 /// Environment variable that turns a re-executed test/bench binary into an announcer helper.
 pub const HELPER_ENV: &str = "HERALD_ANNOUNCER_HELPER";
@@ -353,7 +354,8 @@ pub fn run_helper() {
             .map(|ms| Duration::from_millis(ms.parse().expect("burst offset in ms")))
             .collect();
     }
-    let announcer = Announcer::start(config).expect("start announcer");
+    let link_watch = LinkWatch::start(SystemInterfaces, links::POLL_INTERVAL).expect("list the links");
+    let announcer = Announcer::start(config, link_watch.subscribe()).expect("start announcer");
     println!("HERALD ready {}", announcer.usable_interfaces().join(","));
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {

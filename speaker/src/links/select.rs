@@ -1,15 +1,12 @@
-//! Which network interfaces announce: the links the host has ([`InterfaceSource`]), the
-//! default selection rules, and the per-IP narrowing by an `L2Advertisement`'s `interfaces`.
+//! Which links announce (and carry the dataplane): the default selection rules, an explicit
+//! list, and the per-IP narrowing by an `L2Advertisement`'s `interfaces`.
 //!
 //! Invariant: an explicitly named interface (the announcer's `interfaces` setting or an IP's
 //! own list) wins over the default exclusions, because in labs and some CNIs the only path to
 //! the L2 segment is a veth. Being up, running (carrier) and broadcast-capable is always
 //! required: announcing from a NIC that is down keeps traffic away from a live node.
 
-use std::io;
-use std::path::Path;
-
-use super::frame::MacAddr;
+use super::LinkInfo;
 
 /// Name patterns excluded by default: container, CNI, tunnel and loopback devices. A trailing
 /// `*` matches any suffix; otherwise the name must be equal.
@@ -34,33 +31,6 @@ pub const DEFAULT_EXCLUDED_INTERFACES: &[&str] = &[
     "virbr*",
     "weave*",
 ];
-
-/// One network interface as the announcer sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkInfo {
-    pub name: String,
-    pub index: u32,
-    pub mac: Option<MacAddr>,
-    pub up: bool,
-    /// The lower layer is up (carrier); a link that is up without carrier cannot announce.
-    pub running: bool,
-    pub broadcast: bool,
-    pub loopback: bool,
-    /// Enslaved to a bond or bridge: frames are handled by the master, announce there.
-    pub has_master: bool,
-}
-
-impl LinkInfo {
-    /// Whether frames can be announced on this link at all.
-    pub fn can_announce(&self) -> bool {
-        self.up && self.running && self.broadcast && !self.loopback && self.mac.is_some_and(|mac| mac != MacAddr::ZERO)
-    }
-}
-
-/// Lists the host's network interfaces (side effect behind a trait so tests use a fake).
-pub trait InterfaceSource: Send + Sync {
-    fn links(&self) -> io::Result<Vec<LinkInfo>>;
-}
 
 /// How the node-wide set of announcing interfaces is chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,44 +106,10 @@ pub fn interfaces_for_ip(links: &[LinkInfo], usable: &[&LinkInfo], only: Option<
     }
 }
 
-/// The host's interfaces from pnet (getifaddrs, so it follows the caller's network
-/// namespace) plus `/sys/class/net/<name>/master` for bond and bridge membership.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemInterfaces;
-
-// Linux `IFF_*` interface flags as reported by getifaddrs.
-const IFF_UP: u32 = 0x1;
-const IFF_BROADCAST: u32 = 0x2;
-const IFF_LOOPBACK: u32 = 0x8;
-const IFF_RUNNING: u32 = 0x40;
-
-impl InterfaceSource for SystemInterfaces {
-    fn links(&self) -> io::Result<Vec<LinkInfo>> {
-        Ok(pnet_datalink::interfaces()
-            .into_iter()
-            .map(|interface| {
-                let flags = interface.flags;
-                LinkInfo {
-                    has_master: Path::new("/sys/class/net")
-                        .join(&interface.name)
-                        .join("master")
-                        .exists(),
-                    mac: interface.mac.map(|mac| MacAddr(mac.octets())),
-                    name: interface.name,
-                    index: interface.index,
-                    up: flags & IFF_UP != 0,
-                    running: flags & IFF_RUNNING != 0,
-                    broadcast: flags & IFF_BROADCAST != 0,
-                    loopback: flags & IFF_LOOPBACK != 0,
-                }
-            })
-            .collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::announcer::MacAddr;
 
     fn link(name: &str, index: u32) -> LinkInfo {
         LinkInfo {
