@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::task::{Id, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinSet};
 use tracing_subscriber::EnvFilter;
 
 /// The environment variable with the log filter (`tracing` directives; default `info`).
@@ -114,10 +114,11 @@ pub struct TaskEnded {
 }
 
 impl Tasks {
-    /// Runs `task` under `name` (the name errors and logs give it).
-    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        let id = self.set.spawn(task).id();
-        self.names.insert(id, name);
+    /// Runs `task` under `name` (the name errors and logs give it); the handle aborts it.
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+        handle
     }
 
     /// Completes when one of the tasks has ended, naming it; never, while there are none.

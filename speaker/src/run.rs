@@ -183,8 +183,15 @@ pub async fn run_with_client(
     // Peers hear this node's real health from its first answer: a default one (no dataplane)
     // would have them switch its backends from DSR to SNAT, and back, while it starts.
     let initial_health = local_health(&announcer, &announcer.usable_interfaces(), None);
-    let membership =
-        Membership::start(config.membership(advertise), &node, keys, initial_health, &mut registry).await?;
+    let membership = Membership::start(
+        config.membership(advertise),
+        &node,
+        keys,
+        initial_health,
+        &mut registry,
+        &mut tasks,
+    )
+    .await?;
     let dataplane = start_dataplane(&config, &announcer, advertise, &mut registry);
     health.set_dataplane(dataplane.as_ref().map(|_| ()).map_err(Clone::clone));
     let mut dataplane = dataplane.take_ok();
@@ -277,15 +284,6 @@ pub async fn run_with_client(
             {
                 metrics.change_seconds.observe(since.elapsed().as_secs_f64());
             }
-        }
-        if let Some(part) = membership.ended_part() {
-            let ended = TaskEnded {
-                task: part,
-                panicked: false,
-            };
-            tracing::error!(error = %ended, "a part of the speaker stopped; leaving and stopping");
-            failed = Some(ended);
-            break;
         }
         health.mark_pass();
 

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use herald_config::process::Tasks;
 use herald_speaker::election::{self, Ownership, Unit};
 use herald_speaker::membership::auth::{Rejection, SecretKey};
 use herald_speaker::membership::{MemberState, Membership, MembershipConfig, MembershipView, NodeHealth, Peer};
@@ -47,7 +48,9 @@ fn elect(view: &MembershipView) -> BTreeMap<Unit, Ownership> {
     )
 }
 
-async fn start_cluster(key: &[u8]) -> Vec<Membership> {
+/// The nodes, and the tasks their parts run in (dropping them stops the nodes).
+async fn start_cluster(key: &[u8]) -> (Vec<Membership>, Tasks) {
+    let mut tasks = Tasks::default();
     let config = MembershipConfig {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         ..Default::default()
@@ -60,6 +63,7 @@ async fn start_cluster(key: &[u8]) -> Vec<Membership> {
             SecretKey::new(key.to_vec()),
             Default::default(),
             Default::default(),
+            &mut tasks,
         )
         .await
         .expect("bind 127.0.0.1:0");
@@ -77,7 +81,7 @@ async fn start_cluster(key: &[u8]) -> Vec<Membership> {
         node.set_local_health(healthy());
         node.set_peers(peers.clone());
     }
-    nodes
+    (nodes, tasks)
 }
 
 /// Each node's view, for a failure message.
@@ -132,7 +136,7 @@ enum Death {
 /// One round: start, converge, kill the owner of the first IP; returns (time until every
 /// survivor saw it dead, time until the survivors' elections moved all its IPs).
 async fn kill_round(death: Death) -> (Duration, Duration) {
-    let nodes = start_cluster(b"loopback secret").await;
+    let (nodes, _tasks) = start_cluster(b"loopback secret").await;
     if wait_for(CONVERGE, || everyone_sees_everyone(&nodes)).await.is_none() {
         panic!("cluster converges within {CONVERGE:?}; views:\n{}", views(&nodes));
     }
@@ -240,7 +244,7 @@ async fn failover_detection_percentiles_over_20_rounds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_leave_is_seen_at_once_over_loopback_grpc() {
-    let nodes = start_cluster(b"loopback secret").await;
+    let (nodes, _tasks) = start_cluster(b"loopback secret").await;
     if wait_for(CONVERGE, || everyone_sees_everyone(&nodes)).await.is_none() {
         panic!("cluster converges within {CONVERGE:?}; views:\n{}", views(&nodes));
     }
@@ -262,7 +266,7 @@ async fn graceful_leave_is_seen_at_once_over_loopback_grpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speaker_with_another_secret_is_rejected_over_grpc() {
-    let good = start_cluster(b"the shared secret").await;
+    let (good, mut tasks) = start_cluster(b"the shared secret").await;
     let config = MembershipConfig {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         ..Default::default()
@@ -273,6 +277,7 @@ async fn speaker_with_another_secret_is_rejected_over_grpc() {
         SecretKey::new(b"another secret".to_vec()),
         Default::default(),
         Default::default(),
+        &mut tasks,
     )
     .await
     .expect("bind");
@@ -306,7 +311,7 @@ async fn an_oversized_message_is_refused_undecoded_and_the_cluster_is_undisturbe
     use herald_proto::membership::v1::membership_client::MembershipClient;
     use herald_speaker::membership::transport::MAX_MESSAGE_BYTES;
 
-    let nodes = start_cluster(b"the shared secret").await;
+    let (nodes, _tasks) = start_cluster(b"the shared secret").await;
     wait_for(CONVERGE, || everyone_sees_everyone(&nodes))
         .await
         .expect("converged");

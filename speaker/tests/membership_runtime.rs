@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use herald_config::process::Tasks;
 use herald_speaker::membership::auth::SecretKey;
 use herald_speaker::membership::state::Rpc;
 use herald_speaker::membership::transport::MemoryNetwork;
@@ -36,6 +37,7 @@ async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_cluster_converges_spreads_health_and_detects_a_kill() {
     let network = MemoryNetwork::default();
+    let mut tasks = Tasks::default();
     let nodes: Vec<Membership> = (0..3)
         .map(|i| {
             Membership::start_in_memory(
@@ -44,6 +46,7 @@ async fn in_memory_cluster_converges_spreads_health_and_detects_a_kill() {
                 address(i),
                 SecretKey::new(b"k".to_vec()),
                 &network,
+                &mut tasks,
             )
         })
         .collect();

@@ -2,7 +2,7 @@
 //! for the `Membership` service, and the handle the speaker's wiring uses.
 //!
 //! ```text
-//! let membership = Membership::start(config, "node-a", key, health, &mut registry).await?;
+//! let membership = Membership::start(config, "node-a", key, health, &mut registry, &mut tasks).await?;
 //! membership.set_peers(peers);                 // from the API, on every change
 //! membership.set_local_health(health);         // whenever the announcer/interfaces change
 //! membership.watch_closely(owners_i_back_up);  // election::watch_targets(node, &result)
@@ -10,6 +10,9 @@
 //! ...
 //! membership.leave().await;                    // on SIGTERM, before exiting
 //! ```
+//!
+//! Its parts (the driver, the UDP and gRPC servers) run in the caller's [`Tasks`], which
+//! says when one of them ends while the speaker runs.
 //!
 //! The core sits behind a `std` mutex held only for synchronous calls, never across an
 //! `.await`; every call into it is followed by carrying out its effects (spawning one task per
@@ -20,11 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use herald_config::process::Tasks;
 use herald_proto::membership::v1::membership_server::MembershipServer;
 use herald_proto::membership::v1::{Envelope, Message};
 use prometheus_client::registry::Registry;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinHandle};
 use tonic::Status;
 use tonic::transport::server::TcpIncoming;
 
@@ -310,8 +314,11 @@ pub struct Membership {
     shared: Arc<Shared>,
     view: watch::Receiver<MembershipView>,
     local_addr: SocketAddr,
-    /// The driver, then the gRPC server (when serving), by name.
-    tasks: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
+    /// The driver, then the servers (when serving): what the tests' `hang` and `kill` abort.
+    parts: Vec<AbortHandle>,
+    /// Each part holds a clone until it ends, so `parts_done` closes once they all have.
+    part_running: mpsc::Sender<()>,
+    parts_done: mpsc::Receiver<()>,
     stop: watch::Sender<bool>,
 }
 
@@ -365,11 +372,12 @@ impl Membership {
         keys: impl Into<KeyRing>,
         health: NodeHealth,
         registry: &mut Registry,
+        tasks: &mut Tasks,
     ) -> Result<Membership, MembershipError> {
         let metrics = MembershipMetrics::default();
         metrics.register(registry);
         register_timings(&config, registry);
-        Self::start_with_metrics(config, node, keys, health, metrics).await
+        Self::start_with_metrics(config, node, keys, health, metrics, tasks).await
     }
 
     /// [`Membership::start`] with metrics the caller registered (or not).
@@ -379,6 +387,7 @@ impl Membership {
         keys: impl Into<KeyRing>,
         health: NodeHealth,
         metrics: MembershipMetrics,
+        tasks: &mut Tasks,
     ) -> Result<Membership, MembershipError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -403,18 +412,18 @@ impl Membership {
             GrpcTransport::new(config.probe_timeout),
             metrics.clone(),
         ));
-        let membership = Self::assemble(config, node, advertised, keys.into(), metrics, transport);
+        let mut membership = Self::assemble(config, node, advertised, keys.into(), metrics, transport, tasks);
         // Before the server answers anyone.
         membership.set_local_health(health);
         let handler: Arc<dyn EnvelopeHandler> = Arc::new(Handler(membership.shared.clone()));
         let service = MembershipServer::new(MembershipService::new(handler.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let udp_server = tokio::spawn(udp::serve(datagrams, handler, membership.stop.subscribe()));
-        membership.push_task("membership UDP server", udp_server);
+        let udp_server = udp::serve(datagrams, handler, membership.stop.subscribe());
+        membership.spawn_part(tasks, "membership UDP server", udp_server);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = membership.stop.subscribe();
-        let server = tokio::spawn(async move {
+        let server = async move {
             let shutdown = async move {
                 // Stopped, or the membership is gone: either way the server ends.
                 drop(stop.wait_for(|stopped| *stopped).await);
@@ -431,8 +440,8 @@ impl Membership {
             if let Err(error) = result {
                 tracing::error!(%error, "membership gRPC server failed");
             }
-        });
-        membership.push_task("membership gRPC server", server);
+        };
+        membership.spawn_part(tasks, "membership gRPC server", server);
         Ok(membership)
     }
 
@@ -444,6 +453,7 @@ impl Membership {
         address: SocketAddr,
         keys: impl Into<KeyRing>,
         network: &MemoryNetwork,
+        tasks: &mut Tasks,
     ) -> Membership {
         let transport = Arc::new(network.clone());
         let mut membership = Self::assemble(
@@ -453,6 +463,7 @@ impl Membership {
             keys.into(),
             MembershipMetrics::default(),
             transport,
+            tasks,
         );
         membership.local_addr = address;
         network.register(address, Arc::new(Handler(membership.shared.clone())));
@@ -466,6 +477,7 @@ impl Membership {
         keys: KeyRing,
         metrics: MembershipMetrics,
         transport: Arc<dyn PeerTransport>,
+        tasks: &mut Tasks,
     ) -> Membership {
         metrics.keys(keys.signing_keys());
         let boot_id = random_boot_id();
@@ -506,7 +518,7 @@ impl Membership {
         let tick = config.tick;
         // The driver sleeps until the core's next deadline (an idle speaker wakes for its
         // probes, not 200 times a second); a call that brings a deadline forward wakes it.
-        let driver = tokio::spawn(async move {
+        let driver = async move {
             let mut last_tick = None;
             loop {
                 let at = driver_shared.plan_tick(last_tick, tick);
@@ -526,28 +538,30 @@ impl Membership {
                     _ = stopped.wait_for(|s| *s) => break,
                 }
             }
-        });
-        Membership {
+        };
+        let (part_running, parts_done) = mpsc::channel(1);
+        let mut membership = Membership {
             shared,
             view: view_rx,
             local_addr: advertised,
-            tasks: Mutex::new(vec![("membership driver", driver)]),
+            parts: Vec::new(),
+            part_running,
+            parts_done,
             stop,
-        }
+        };
+        membership.spawn_part(tasks, "membership driver", driver);
+        membership
     }
 
-    fn push_task(&self, name: &'static str, task: JoinHandle<()>) {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push((name, task));
-    }
-
-    /// The part (driver, UDP or gRPC server) that ended though membership was not stopped: peers
-    /// no longer hear from this node, or it no longer probes them, so the speaker must stop.
-    pub fn ended_part(&self) -> Option<&'static str> {
-        if *self.stop.borrow() || self.shared.killed.load(Ordering::SeqCst) {
-            return None;
-        }
-        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.iter().find(|(_, task)| task.is_finished()).map(|(name, _)| *name)
+    /// Runs `part` in `tasks`: should it end while the speaker runs, peers no longer hear from
+    /// this node or it no longer probes them, and `tasks` says so (the speaker then stops).
+    fn spawn_part(&mut self, tasks: &mut Tasks, name: &'static str, part: impl Future<Output = ()> + Send + 'static) {
+        let running = self.part_running.clone();
+        let handle = tasks.spawn(name, async move {
+            part.await;
+            drop(running);
+        });
+        self.parts.push(handle);
     }
 
     /// The view of live members and their health; changes whenever a member changes state or
@@ -618,14 +632,21 @@ impl Membership {
         }
     }
 
-    /// Stops the driver and the gRPC server (in-flight calls finish).
+    /// Stops the driver and the servers (in-flight calls finish), waiting for them at most 2 s.
     pub async fn shutdown(self) {
         self.stop.send_replace(true);
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for (name, task) in tasks {
-            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
-                tracing::warn!(task = name, "did not stop within 2 s");
-            }
+        let Membership {
+            part_running,
+            mut parts_done,
+            ..
+        } = self;
+        drop(part_running);
+        // Nothing is ever sent: `recv` returns once every part has dropped its sender.
+        if tokio::time::timeout(Duration::from_secs(2), parts_done.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("membership's driver and servers did not stop within 2 s");
         }
     }
 
@@ -635,9 +656,8 @@ impl Membership {
     #[cfg(any(test, feature = "testing"))]
     pub fn hang(&self) {
         self.shared.killed.store(true, Ordering::SeqCst);
-        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        // The first task is the driver; the server keeps accepting and never answering.
-        if let Some((_, driver)) = tasks.first() {
+        // The first part is the driver; the servers keep accepting and never answering.
+        if let Some(driver) = self.parts.first() {
             driver.abort();
         }
     }
@@ -648,8 +668,8 @@ impl Membership {
     pub fn kill(&self) {
         self.shared.killed.store(true, Ordering::SeqCst);
         self.stop.send_replace(true);
-        for (_, task) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            task.abort();
+        for part in &self.parts {
+            part.abort();
         }
     }
 }
@@ -660,26 +680,30 @@ mod tests {
     use crate::membership::auth::SecretKey;
 
     #[tokio::test]
-    async fn a_part_that_ends_while_running_is_named_and_a_stop_is_not_one() {
-        let network = MemoryNetwork::default();
+    async fn a_part_that_ends_is_named_by_the_tasks_and_shutdown_waits_for_the_rest() {
+        let mut tasks = Tasks::default();
         let membership = Membership::start_in_memory(
             MembershipConfig::default(),
             "node-a",
             "127.0.0.1:7946".parse().unwrap(),
             SecretKey::new(b"k".to_vec()),
-            &network,
+            &MemoryNetwork::default(),
+            &mut tasks,
         );
-        assert_eq!(membership.ended_part(), None, "running");
-        membership.tasks.lock().unwrap()[0].1.abort();
-        for _ in 0..400 {
-            if membership.ended_part().is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(membership.ended_part(), Some("membership driver"));
-        membership.stop.send_replace(true);
-        assert_eq!(membership.ended_part(), None, "stopped on purpose");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), tasks.ended())
+                .await
+                .is_err(),
+            "nothing ends while it runs"
+        );
+        membership.parts[0].abort();
+        let ended = tokio::time::timeout(Duration::from_secs(5), tasks.ended())
+            .await
+            .expect("the driver's end is reported");
+        assert_eq!(ended.task, "membership driver");
+        tokio::time::timeout(Duration::from_secs(5), membership.shutdown())
+            .await
+            .expect("shutdown returns once every part has ended");
     }
 
     /// Two calls that change the view at about the same time, from two threads (a peer's
@@ -692,12 +716,14 @@ mod tests {
         const ROUNDS: usize = 3_000;
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let _entered = runtime.enter();
+        let mut tasks = Tasks::default();
         let membership = Arc::new(Membership::start_in_memory(
             MembershipConfig::default(),
             "node-a",
             "127.0.0.1:7946".parse().unwrap(),
             SecretKey::new(b"k".to_vec()),
             &MemoryNetwork::default(),
+            &mut tasks,
         ));
         let view = membership.view();
         let health = |round: usize, thread: usize| NodeHealth {
