@@ -165,6 +165,23 @@ pub trait Probes: Send + Sync + 'static {
     fn readyz(&self) -> impl Future<Output = Result<String, String>> + Send;
 }
 
+/// The address `/metrics`, `/healthz` and `/readyz` were to be served on could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("binding {addr} for /metrics, /healthz and /readyz")]
+pub struct BindError {
+    pub addr: std::net::SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `addr` for [`serve_probes`]: done first, so a taken port fails the start instead of
+/// a task later.
+pub async fn bind_probes(addr: std::net::SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on a bound listener until it fails.
 pub async fn serve_probes<P: Probes>(listener: TcpListener, probes: Arc<P>) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {

@@ -8,9 +8,10 @@
 //! One lab: one node, no speakers, no controller (only the API server judges here). Needs root
 //! and the control plane `make deps` builds; under `CI=true` a missing prerequisite fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use herald_e2e::lab::{Lab, LabConfig, LabError};
+use herald_testkit::yaml_files;
 
 /// Invalid samples the API server refuses, with what its message must contain.
 const REFUSED_AT_APPLY: &[(&str, &str)] = &[
@@ -290,16 +291,6 @@ async fn lab() -> Option<Lab> {
 
 fn samples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples")
-}
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
 }
 
 fn object(kind: &str, name: &str, spec: &str) -> String {

@@ -50,12 +50,8 @@ const MIN_KEY_BYTES: usize = 16;
 pub enum Error {
     #[error("connecting to the Kubernetes API")]
     Client(#[source] kube::Error),
-    #[error("serving metrics on {addr}")]
-    Http {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("serving the HTTP endpoints")]
+    Http(#[from] process::BindError),
     #[error("following the node's network links")]
     Links(#[from] LinkError),
     #[error("starting the ARP/NDP announcer")]
@@ -133,12 +129,7 @@ pub async fn run_with_client(
     let mut registry = process::metrics_registry();
     let health = Arc::new(Health::default());
     health.mark_pass();
-    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
-        .await
-        .map_err(|source| Error::Http {
-            addr: config.metrics_addr,
-            source,
-        })?;
+    let listener = process::bind_probes(config.metrics_addr).await?;
     let registry_cell = Arc::new(std::sync::OnceLock::new());
     let endpoints = Arc::new(Endpoints {
         health: health.clone(),

@@ -78,12 +78,8 @@ pub enum Error {
     /// A task the controller runs for as long as it runs (a watch, a writer, the election).
     #[error("a part of the controller stopped")]
     TaskEnded(#[source] TaskEnded),
-    #[error("serving metrics on {addr}")]
-    Http {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("serving the HTTP endpoints")]
+    Http(#[from] process::BindError),
 }
 
 /// Shared state of every reconcile.
@@ -153,12 +149,7 @@ pub async fn run_with_client(
     let metrics = Arc::new(Metrics::default());
     metrics.leader.set(i64::from(leadership.may_write()));
     let health = Arc::new(Health::new(client.clone(), leadership.clone(), metrics.clone()));
-    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
-        .await
-        .map_err(|source| Error::Http {
-            addr: config.metrics_addr,
-            source,
-        })?;
+    let listener = process::bind_probes(config.metrics_addr).await?;
     // Aborted when this future ends or is dropped; if one ends before, so does the controller.
     let mut tasks = Tasks::default();
     let serving = health.clone();

@@ -7,7 +7,8 @@
 //!   killed test process left behind removed by the next one;
 //! - [`Segment`]: a switch that namespaces plug into, whose cables can be pulled;
 //! - threads inside a namespace ([`in_netns`], [`enter_netns`]);
-//! - [`cleanup`]: a clean-up step that reports what it could not undo instead of panicking.
+//! - [`cleanup`]: a clean-up step that reports what it could not undo instead of panicking;
+//! - [`yaml_files`]: the manifests in a folder, for tests that read every sample.
 use std::process::Command;
 
 /// Why a privileged test cannot run here (not root, a tool missing), if it cannot.
@@ -250,6 +251,17 @@ pub fn cleanup<T>(what: impl std::fmt::Display, result: std::io::Result<T>) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => eprintln!("cleanup: {what}: {error}"),
         _ => {}
     }
+}
+
+/// The `.yaml` files in `dir`, sorted by name; panics if `dir` cannot be read.
+pub fn yaml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
 }
 
 /// The pid in a name made by [`Namespaces::new`] of kind `kind`, if it is one.
