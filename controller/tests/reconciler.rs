@@ -23,7 +23,9 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-struct Lab {
+/// The Kubernetes lab with no speakers and no controller (each test starts its own), and
+/// clients for the test and for the controller under test.
+struct ApiLab {
     lab: herald_e2e::lab::Lab,
     /// Admin: the test's own reads and writes.
     client: Client,
@@ -31,8 +33,8 @@ struct Lab {
     controller_client: Client,
 }
 
-impl Lab {
-    async fn start() -> Lab {
+impl ApiLab {
+    async fn start() -> ApiLab {
         // Another test in this binary may have installed it already.
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -63,7 +65,7 @@ impl Lab {
             .service_account_client("herald-controller")
             .await
             .expect("a token for the herald-controller ServiceAccount");
-        Lab {
+        ApiLab {
             lab,
             client,
             controller_client,
@@ -153,11 +155,11 @@ struct RunningController {
     task: JoinHandle<Result<(), herald_controller::reconciler::Error>>,
 }
 
-fn start_controller(lab: &Lab, lb_class: &str) -> RunningController {
+fn start_controller(lab: &ApiLab, lb_class: &str) -> RunningController {
     start_controller_at(lab, lb_class, SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
-fn start_controller_at(lab: &Lab, lb_class: &str, metrics_addr: SocketAddr) -> RunningController {
+fn start_controller_at(lab: &ApiLab, lb_class: &str, metrics_addr: SocketAddr) -> RunningController {
     start_controller_with(lab, controller_config(lb_class, metrics_addr))
 }
 
@@ -179,7 +181,7 @@ fn controller_config(lb_class: &str, metrics_addr: SocketAddr) -> Config {
     }
 }
 
-fn start_controller_with(lab: &Lab, config: Config) -> RunningController {
+fn start_controller_with(lab: &ApiLab, config: Config) -> RunningController {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(herald_controller::reconciler::run_with_client(
         lab.controller_client.clone(),
@@ -251,7 +253,7 @@ fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
 
 #[tokio::test]
 async fn restart_keeps_every_ip_and_pending_services_take_only_free_ones() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("main", &["10.80.0.1-10.80.0.4"]).await;
     let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
     for (name, ip) in [("a", "10.80.0.1"), ("b", "10.80.0.2"), ("c", "10.80.0.3")] {
@@ -285,7 +287,7 @@ async fn restart_keeps_every_ip_and_pending_services_take_only_free_ones() {
 
 #[tokio::test]
 async fn deleting_a_service_frees_its_ip_for_a_pending_one() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("tiny", &["10.81.0.7/32"]).await;
     let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
     lab.service("first", json!({})).await;
@@ -305,7 +307,7 @@ async fn deleting_a_service_frees_its_ip_for_a_pending_one() {
 
 #[tokio::test]
 async fn deleting_a_pool_moves_its_services_with_an_event() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("a-old", &["10.82.0.0/30"]).await;
     lab.pool("b-new", &["10.82.1.0/30"]).await;
     let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
@@ -332,7 +334,7 @@ async fn deleting_a_pool_moves_its_services_with_an_event() {
 
 #[tokio::test]
 async fn an_edit_that_keeps_the_ip_in_the_pool_changes_nothing() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("p", &["10.83.0.0/29"]).await;
     let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
     lab.service("s1", json!({})).await;
@@ -360,7 +362,7 @@ async fn an_edit_that_keeps_the_ip_in_the_pool_changes_nothing() {
 
 #[tokio::test]
 async fn sharing_is_accepted_for_disjoint_ports_and_refused_otherwise() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("p", &["10.84.0.10-10.84.0.20"]).await;
     let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
     let shared = |port: u16, protocol: &str| {
@@ -388,7 +390,7 @@ async fn sharing_is_accepted_for_disjoint_ports_and_refused_otherwise() {
 
 #[tokio::test]
 async fn dual_stack_services_get_one_address_per_family() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("dual", &["10.85.0.0/30", "fd00:85::/126"]).await;
     let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
     lab.service(
@@ -409,7 +411,7 @@ async fn dual_stack_services_get_one_address_per_family() {
 
 #[tokio::test]
 async fn only_services_of_our_class_or_no_class_are_handled() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("p", &["10.86.0.0/29"]).await;
     let controller = start_controller(&lab, "herald.io/l2");
     lab.service("other", json!({"spec": {"loadBalancerClass": "example.com/other"}}))
@@ -445,7 +447,7 @@ async fn only_services_of_our_class_or_no_class_are_handled() {
 
 #[tokio::test]
 async fn a_bad_pool_gets_an_invalid_condition_and_disturbs_nothing() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("good", &["10.87.0.0/30"]).await;
     let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
     lab.service("web", json!({})).await;
@@ -490,7 +492,7 @@ async fn a_bad_pool_gets_an_invalid_condition_and_disturbs_nothing() {
 
 #[tokio::test]
 async fn bad_service_input_is_reported_and_nothing_else_changes() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("p", &["10.88.0.0/30"]).await;
     lab.pool("q", &["10.88.1.0/30"]).await;
     let controller = start_controller(&lab, herald_config::DEFAULT_LB_CLASS);
@@ -539,7 +541,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 #[tokio::test]
 async fn health_and_metrics_report_real_state() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("p", &["10.89.0.0/30"]).await;
     let free = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -597,7 +599,7 @@ fn free_addr() -> SocketAddr {
 }
 
 /// Every Service's ingress IPs, by name.
-async fn all_ips(lab: &Lab) -> std::collections::BTreeMap<String, Vec<String>> {
+async fn all_ips(lab: &ApiLab) -> std::collections::BTreeMap<String, Vec<String>> {
     lab.services()
         .list(&ListParams::default())
         .await
@@ -631,7 +633,7 @@ fn assert_distinct(ips: &std::collections::BTreeMap<String, Vec<String>>) {
     }
 }
 
-async fn lease_holder(lab: &Lab) -> (Option<String>, i32) {
+async fn lease_holder(lab: &ApiLab) -> (Option<String>, i32) {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(lab.client.clone(), "herald-system");
     let spec = leases
         .get("herald-controller")
@@ -644,7 +646,7 @@ async fn lease_holder(lab: &Lab) -> (Option<String>, i32) {
 
 #[tokio::test]
 async fn two_replicas_one_leads_and_a_standby_takes_over_a_crash_without_renumbering() {
-    let lab = Lab::start().await;
+    let lab = ApiLab::start().await;
     lab.pool("ha", &["10.90.0.0/25"]).await;
     let (lease, renew, retry) = (
         Duration::from_secs(2),

@@ -22,11 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use announcer_support::{
-    CLIENT_MAC, CLIENT_V4, HELPER_ENV, HELPER_READER_NICE_ENV, Helper, Lab, missing_prerequisite, run_helper,
-};
+use announcer_support::{HELPER_ENV, HELPER_READER_NICE_ENV, Helper, run_helper};
 use herald_speaker::announcer::{MacAddr, arp};
 use herald_testkit::cleanup;
+use herald_testkit::l2::{CLIENT_MAC, CLIENT_V4, L2Lab};
+use herald_testkit::missing_prerequisite;
 
 const FIRST_VIP: Ipv4Addr = Ipv4Addr::new(10, 204, 0, 0);
 
@@ -67,7 +67,7 @@ fn orchestrate() {
     let rate = env_number("HERALD_FLOOD_RATE", 10_000);
     let seconds = env_number("HERALD_FLOOD_SECS", 5);
     let ips = env_number("HERALD_FLOOD_IPS", 10_000) as u32;
-    let lab = Lab::new(false);
+    let lab = L2Lab::new(false);
     // HERALD_FLOOD_READER_NICE=-10 sets `AnnouncerConfig::reader_nice`, to tell the
     // announcer's own cost from the time its reader waits behind other load for a CPU.
     let nice = std::env::var("HERALD_FLOOD_READER_NICE").unwrap_or_default();

@@ -31,10 +31,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dataplane_support::{Lab, Sample, load, serve_http};
+use dataplane_support::start_dataplane;
 use herald_speaker::dataplane::{
     EndpointInput, EndpointPort, NodeInput, Protocol, ServiceInput, ServicePort, TrafficPolicy, desired,
 };
+use herald_testkit::routed::{RoutedLab, Sample, load, serve_http};
 
 const PORT: u16 = 80;
 const TARGET: u16 = 8080;
@@ -55,7 +56,7 @@ fn filler_vip(i: usize) -> IpAddr {
 }
 
 /// n Services with two endpoints on `node`; the one in the middle has the `target_vips`.
-fn services(lab: &Lab, n: usize, target_vips: &[IpAddr], node: u8) -> Vec<ServiceInput> {
+fn services(lab: &RoutedLab, n: usize, target_vips: &[IpAddr], node: u8) -> Vec<ServiceInput> {
     let endpoints: Vec<EndpointInput> = (1..=2)
         .map(|j| EndpointInput {
             ip: lab.pod_addr(node, j, false),
@@ -160,7 +161,7 @@ fn main() {
     let rounds: usize = env_or("HERALD_BENCH_ROUNDS", 12);
     let threads: usize = env_or("HERALD_BENCH_THREADS", 4);
 
-    let mut lab = Lab::new(2);
+    let mut lab = RoutedLab::new(2);
     for i in 1..=2 {
         for j in 1..=2 {
             lab.add_pod(i, j);
@@ -174,7 +175,7 @@ fn main() {
         lab.route_vip_to_node(m, 2);
     }
     lab.route_pods_via(1, 1);
-    let mut dp = lab.start_dataplane(1).expect("eBPF dataplane");
+    let mut dp = start_dataplane(&lab, 1).expect("eBPF dataplane");
 
     // Every path has two destinations for its client threads, each from its own source
     // address, and two backends behind them. (Two threads sharing one destination are markedly

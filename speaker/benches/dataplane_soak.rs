@@ -25,10 +25,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dataplane_support::{Lab, load, run, serve_http};
+use dataplane_support::{dataplane_config, start_dataplane};
 use herald_speaker::dataplane::{
     EndpointInput, EndpointPort, Forwarding, Protocol, ServiceInput, ServicePort, TrafficPolicy,
 };
+use herald_testkit::routed::{RoutedLab, load, serve_http};
+use herald_testkit::run;
 
 const PORT: u16 = 80;
 const TARGET: u16 = 8080;
@@ -55,7 +57,7 @@ fn main() {
         _ => Forwarding::Dsr,
     };
 
-    let mut lab = Lab::new(2);
+    let mut lab = RoutedLab::new(2);
     for j in 1..=2 {
         lab.add_pod(2, j);
         serve_http(&lab, 2, j, TARGET);
@@ -78,13 +80,13 @@ fn main() {
     }
     lab.route_vip_to_node(0, 1);
     lab.route_pods_via(2, 1);
-    let mut config1 = lab.dataplane_config(1);
+    let mut config1 = dataplane_config(&lab, 1);
     config1.forwarding = forwarding;
-    let mut dp1 = dataplane_support::in_netns(&lab.node(1), move || {
+    let mut dp1 = herald_testkit::in_netns(&lab.node(1), move || {
         herald_speaker::dataplane::Dataplane::start(config1)
     })
     .expect("node 1's dataplane");
-    let mut dp2 = lab.start_dataplane(2).expect("node 2's dataplane");
+    let mut dp2 = start_dataplane(&lab, 2).expect("node 2's dataplane");
     dp1.set_tunnel_peers([("node2".to_string(), vec![lab.node_addr(2, false)])].into());
     dp2.set_tunnel_peers([("node1".to_string(), vec![lab.node_addr(1, false)])].into());
     let service = ServiceInput {
@@ -216,11 +218,11 @@ fn main() {
 }
 
 /// A server in pod (i, j) on [`SINK`] that reads every connection to its end.
-fn serve_sink(lab: &Lab, i: u8, j: u8) {
+fn serve_sink(lab: &RoutedLab, i: u8, j: u8) {
     let path = format!("/run/netns/{}", lab.pod(i, j));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        dataplane_support::enter_netns(&path);
+        herald_testkit::enter_netns(&path);
         let listener = std::net::TcpListener::bind(("0.0.0.0", SINK)).unwrap();
         tx.send(()).unwrap();
         for stream in listener.incoming().flatten() {
@@ -235,12 +237,12 @@ fn serve_sink(lab: &Lab, i: u8, j: u8) {
 }
 
 /// MB/s written on one connection from `from` to `to` for 5 s (the sink reads as fast as it can).
-fn upload(lab: &Lab, from: IpAddr, to: SocketAddr) -> f64 {
+fn upload(lab: &RoutedLab, from: IpAddr, to: SocketAddr) -> f64 {
     use std::io::Write;
-    dataplane_support::in_netns(&lab.client(), move || {
-        let fd = dataplane_support::tcp_socket_bound(from).expect("socket");
+    herald_testkit::in_netns(&lab.client(), move || {
+        let fd = herald_testkit::routed::tcp_socket_bound(from).expect("socket");
         let mut stream =
-            dataplane_support::connect_timeout(fd, to, std::time::Duration::from_secs(2)).expect("connect");
+            herald_testkit::routed::connect_timeout(fd, to, std::time::Duration::from_secs(2)).expect("connect");
         let chunk = vec![0u8; 64 * 1024];
         let start = Instant::now();
         let mut bytes = 0usize;

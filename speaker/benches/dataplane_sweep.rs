@@ -16,16 +16,17 @@ mod dataplane_support;
 use std::time::Instant;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use dataplane_support::Lab;
+use dataplane_support::start_dataplane;
 use herald_speaker::dataplane::flows::monotonic_ns;
 use herald_speaker::dataplane::maps::{CtForward, CtKey, CtReverse};
+use herald_testkit::routed::RoutedLab;
 
 const ESTABLISHED: u32 = 262_144;
 const NEW: u32 = 65_536;
 const STATE_ESTABLISHED: u8 = 2;
 const STATE_SYN: u8 = 1;
 
-fn open<V: aya::Pod>(lab: &Lab, name: &str) -> BpfHashMap<MapData, CtKey, V> {
+fn open<V: aya::Pod>(lab: &RoutedLab, name: &str) -> BpfHashMap<MapData, CtKey, V> {
     let pin = lab.pin_dir(1).join("v2").join(name);
     BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(&pin).expect("pinned map")).expect("map"))
         .expect("hash map")
@@ -62,8 +63,8 @@ fn main() {
         return;
     }
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u32;
-    let lab = Lab::new(1);
-    let dp = lab.start_dataplane(1).expect("dataplane");
+    let lab = RoutedLab::new(1);
+    let dp = start_dataplane(&lab, 1).expect("dataplane");
     let now = monotonic_ns();
     let live = now + 3_600_000_000_000;
     let t0 = Instant::now();

@@ -9,7 +9,9 @@ mod announcer_support;
 
 use std::time::{Duration, Instant};
 
-use announcer_support::{HELPER_ENV, Helper, Lab, NODE_A_MAC, NODE_B_MAC, VIP_V4, VIP_V6, may_run, run_helper};
+use announcer_support::{HELPER_ENV, Helper, run_helper};
+use herald_testkit::l2::{CLIENT_MAC, L2Lab, NODE_A_MAC, NODE_B_MAC, VIP_V4, VIP_V6};
+use herald_testkit::{may_run, run, run_in};
 
 const TOOLS: &[&str] = &["ip", "arping", "ndisc6"];
 
@@ -43,7 +45,7 @@ fn only_the_owner_answers_on_its_interface_and_stops_when_it_loses_the_ip() {
     ) {
         return;
     }
-    let lab = Lab::new(true);
+    let lab = L2Lab::new(true);
     let mut node_a = helper(&lab.node_a);
     let mut node_b = helper(&lab.node_b);
     node_a.own(&[VIP_V4, VIP_V6]);
@@ -66,7 +68,7 @@ fn only_the_owner_answers_on_its_interface_and_stops_when_it_loses_the_ip() {
 }
 
 /// Waits (bounded) until the client's entry for `ip` is in `state`.
-fn wait_for_state(lab: &Lab, ip: &str, state: &str) {
+fn wait_for_state(lab: &L2Lab, ip: &str, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let entry = lab.client_neighbour(ip);
@@ -89,7 +91,7 @@ fn takeover_switches_the_client_neighbour_cache_from_reachable_stale_and_delay()
     ) {
         return;
     }
-    let lab = Lab::new(true);
+    let lab = L2Lab::new(true);
     // One gratuitous frame per gain: it alone must switch the entry (the default burst's
     // repeats would also keep rewriting the states this test sets up).
     let mut node_a = helper_with_burst(&lab.node_a, "0");
@@ -188,7 +190,7 @@ fn interface_changes_are_followed_within_a_second_and_veths_need_naming() {
     ) {
         return;
     }
-    let lab = Lab::new(false);
+    let lab = L2Lab::new(false);
     let args = ["helper_process_entry", "--exact", "--nocapture", "--test-threads=1"].map(String::from);
     // Default selection: the node's only links are veths, excluded by default.
     let mut default_selection = Helper::start(&lab.node_a, &args, "", "");
@@ -206,14 +208,14 @@ fn interface_changes_are_followed_within_a_second_and_veths_need_naming() {
     eprintln!("new link usable after {took:?}");
     assert!(took < Duration::from_secs(1), "new link noticed after {took:?}");
 
-    announcer_support::run("ip", &["-n", &lab.node_a, "link", "set", "veth-lan", "down"]);
+    run("ip", &["-n", &lab.node_a, "link", "set", "veth-lan", "down"]);
     let took = wait_for_usable(&mut node, "veth-new");
     eprintln!("down link dropped after {took:?}");
     assert!(took < Duration::from_secs(1), "down link noticed after {took:?}");
     // Both of node A's remaining links share the bridge; only the usable one answers.
     assert_eq!(lab.arping(VIP_V4), ["02:a0:00:00:00:03"]);
 
-    announcer_support::run("ip", &["-n", &lab.node_a, "link", "set", "veth-lan", "up"]);
+    run("ip", &["-n", &lab.node_a, "link", "set", "veth-lan", "up"]);
     let took = wait_for_usable(&mut node, "veth-lan,veth-new");
     assert!(took < Duration::from_secs(1), "link back up noticed after {took:?}");
 }
@@ -223,7 +225,7 @@ fn unicast_reachability_probes_are_answered() {
     if !may_run("unicast_reachability_probes_are_answered", TOOLS) {
         return;
     }
-    let lab = Lab::new(false);
+    let lab = L2Lab::new(false);
     let mut node = helper(&lab.node_a);
     node.own(&[VIP_V4, VIP_V6]);
     // Probe one second after a stale entry is used, instead of the default five.
@@ -231,7 +233,7 @@ fn unicast_reachability_probes_are_answered() {
         "net.ipv4.neigh.lan0.delay_first_probe_time=1",
         "net.ipv6.neigh.lan0.delay_first_probe_time=1",
     ] {
-        announcer_support::run("ip", &["netns", "exec", &lab.client, "sysctl", "-q", "-w", sysctl]);
+        run("ip", &["netns", "exec", &lab.client, "sysctl", "-q", "-w", sysctl]);
     }
     std::thread::sleep(Duration::from_millis(200));
     let mut pings = Vec::new();
@@ -262,7 +264,7 @@ fn unicast_reachability_probes_are_answered() {
 
 /// Sends, from the client's `lan0`, `count` ARP requests for `target` tagged with VLAN `vlan`
 /// (raw frames: this kernel may have no VLAN devices).
-fn send_tagged_arp_requests(lab: &Lab, vlan: u16, target: &str, count: u32) {
+fn send_tagged_arp_requests(lab: &L2Lab, vlan: u16, target: &str, count: u32) {
     let script = format!(
         r#"
 import socket, struct, time
@@ -275,9 +277,9 @@ for _ in range({count}):
     s.send(frame)
     time.sleep(0.2)
 "#,
-        mac = announcer_support::CLIENT_MAC,
+        mac = CLIENT_MAC,
     );
-    announcer_support::run_in(&lab.client, "python3", &["-c", &script]);
+    run_in(&lab.client, "python3", &["-c", &script]);
 }
 
 #[test]
@@ -288,7 +290,7 @@ fn a_request_from_another_vlan_on_the_same_wire_is_not_answered() {
     ) {
         return;
     }
-    let lab = Lab::new(false);
+    let lab = L2Lab::new(false);
     let mut node = helper(&lab.node_a);
     node.own(&[VIP_V4]);
     assert_eq!(lab.arping(VIP_V4), [NODE_A_MAC], "the untagged segment is answered");

@@ -8,19 +8,21 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane_support::{Lab, ask_from_port, ask_once, ask_udp, connect, eventually, in_netns, may_run};
+use dataplane_support::{dataplane_config, start_dataplane};
 use herald_config::process::error_chain;
 use herald_speaker::dataplane::{
     Dataplane, DataplaneError, EndpointInput, EndpointPort, Protocol, ServiceInput, ServicePort, TrafficPolicy,
 };
+use herald_testkit::routed::{RoutedLab, ask_from_port, ask_once, ask_udp, connect, eventually};
+use herald_testkit::{in_netns, may_run};
 
 const PORT: u16 = 80;
 const NODE_PORT: u16 = 30080;
 const TARGET: u16 = 8080;
 
 /// Starts the dataplane on node `i`; under CI a failure is fatal, elsewhere it skips.
-fn start_or_skip(lab: &Lab, i: u8, test: &str) -> Option<Dataplane> {
-    match lab.start_dataplane(i) {
+fn start_or_skip(lab: &RoutedLab, i: u8, test: &str) -> Option<Dataplane> {
+    match start_dataplane(lab, i) {
         Ok(dp) => Some(dp),
         Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
             eprintln!("SKIP {test}: eBPF dataplane cannot start here: {}", error_chain(&e));
@@ -32,11 +34,11 @@ fn start_or_skip(lab: &Lab, i: u8, test: &str) -> Option<Dataplane> {
 
 /// One node with `pods` TCP echo pods, VIP 0 routed to it, and its dataplane; `None` when the
 /// test may skip (not root, or no eBPF outside CI).
-fn one_node_lab(test: &str, pods: u8) -> Option<(Lab, Dataplane)> {
+fn one_node_lab(test: &str, pods: u8) -> Option<(RoutedLab, Dataplane)> {
     if !may_run(test, &["ip"]) {
         return None;
     }
-    let mut lab = Lab::new(1);
+    let mut lab = RoutedLab::new(1);
     for j in 1..=pods {
         lab.add_pod(1, j);
         lab.serve_tcp(1, j, TARGET);
@@ -48,11 +50,11 @@ fn one_node_lab(test: &str, pods: u8) -> Option<(Lab, Dataplane)> {
 
 /// Two nodes, one TCP and UDP echo pod on node 2, VIP 0 routed to node 1 and node 1's
 /// dataplane (node 2 runs none, so the pod is reached with SNAT); `None` when the test may skip.
-fn remote_backend_lab(test: &str) -> Option<(Lab, Dataplane)> {
+fn remote_backend_lab(test: &str) -> Option<(RoutedLab, Dataplane)> {
     if !may_run(test, &["ip"]) {
         return None;
     }
-    let mut lab = Lab::new(2);
+    let mut lab = RoutedLab::new(2);
     lab.add_pod(2, 1);
     lab.serve_tcp(2, 1, TARGET);
     lab.serve_udp(2, 1, TARGET);
@@ -61,7 +63,7 @@ fn remote_backend_lab(test: &str) -> Option<(Lab, Dataplane)> {
     Some((lab, dp))
 }
 
-fn endpoint(lab: &Lab, node: u8, j: u8, v6: bool) -> EndpointInput {
+fn endpoint(lab: &RoutedLab, node: u8, j: u8, v6: bool) -> EndpointInput {
     EndpointInput {
         ip: lab.pod_addr(node, j, v6),
         node: Some(format!("node{node}")),
@@ -83,7 +85,7 @@ fn endpoint(lab: &Lab, node: u8, j: u8, v6: bool) -> EndpointInput {
     }
 }
 
-fn service(lab: &Lab, policy: TrafficPolicy, endpoints: Vec<EndpointInput>) -> Arc<ServiceInput> {
+fn service(lab: &RoutedLab, policy: TrafficPolicy, endpoints: Vec<EndpointInput>) -> Arc<ServiceInput> {
     Arc::new(ServiceInput {
         namespace: "default".into(),
         name: "web".into(),
@@ -119,14 +121,14 @@ fn parts(answer: &str) -> (String, IpAddr) {
 }
 
 /// First request through a fresh path can wait on neighbour resolution; retry briefly.
-fn ask(lab: &Lab, from: IpAddr, to: SocketAddr) -> String {
+fn ask(lab: &RoutedLab, from: IpAddr, to: SocketAddr) -> String {
     let client = lab.client();
     eventually(40, Duration::from_secs(5), || ask_once(&client, from, to).ok())
         .unwrap_or_else(|| panic!("no answer from {to} (from {from}): {:?}", ask_once(&client, from, to)))
 }
 
 /// Programs attached to node 1's eth0 (ingress, egress), as the kernel reports them.
-fn tcx_programs(lab: &Lab) -> (usize, usize) {
+fn tcx_programs(lab: &RoutedLab) -> (usize, usize) {
     use aya::programs::{SchedClassifier, TcAttachType};
     in_netns(&lab.node(1), || {
         let count = |t| SchedClassifier::query_tcx("eth0", t).map(|(_, p)| p.len()).unwrap_or(0);
@@ -217,7 +219,7 @@ fn dataplane_local_policy_uses_only_local_backends_and_preserves_the_client() {
     if !may_run(test, &["ip"]) {
         return;
     }
-    let mut lab = Lab::new(2);
+    let mut lab = RoutedLab::new(2);
     lab.add_pod(1, 1);
     lab.add_pod(2, 1);
     lab.serve_tcp(1, 1, TARGET);
@@ -314,7 +316,7 @@ fn dataplane_backends_on_dead_nodes_keep_their_flows_and_take_no_new_ones() {
     if !may_run(test, &["ip"]) {
         return;
     }
-    let mut lab = Lab::new(2);
+    let mut lab = RoutedLab::new(2);
     for j in 1..=2 {
         lab.add_pod(1, j);
         lab.serve_tcp(1, j, TARGET);
@@ -336,7 +338,7 @@ fn dataplane_backends_on_dead_nodes_keep_their_flows_and_take_no_new_ones() {
     );
     dp.apply_services(std::slice::from_ref(&svc)).unwrap();
     let vip = sa(lab.vip(0, false), PORT);
-    let open = |n: usize| -> Vec<(dataplane_support::Conn, String)> {
+    let open = |n: usize| -> Vec<(herald_testkit::routed::Conn, String)> {
         (0..n)
             .map(|i| {
                 let from = lab.client_addr(i as u8 % 7, false);
@@ -383,7 +385,7 @@ fn dataplane_a_retried_syn_of_an_unanswered_flow_is_placed_by_the_current_table(
     if !may_run(test, &["ip"]) {
         return;
     }
-    let mut lab = Lab::new(2);
+    let mut lab = RoutedLab::new(2);
     lab.add_pod(1, 1);
     lab.serve_tcp(1, 1, TARGET);
     lab.add_pod(2, 1);
@@ -479,7 +481,7 @@ fn dataplane_restart_keeps_established_flows_and_shutdown_removes_everything() {
     assert_eq!(parts(&conn.ask().expect("forwarding survives the process")).0, first);
 
     // A new speaker replaces the programs and resumes from the pinned maps without rewrites.
-    let mut dp = lab.start_dataplane(1).expect("restart");
+    let mut dp = start_dataplane(&lab, 1).expect("restart");
     let stats = dp.apply_services(std::slice::from_ref(&svc)).unwrap();
     assert_eq!(
         stats,
@@ -508,8 +510,8 @@ fn dataplane_start_error_names_the_interface() {
     if !may_run(test, &["ip"]) {
         return;
     }
-    let lab = Lab::new(1);
-    let mut config = lab.dataplane_config(1);
+    let lab = RoutedLab::new(1);
+    let mut config = dataplane_config(&lab, 1);
     config.interfaces = vec!["nosuch0".into()];
     let result = in_netns(&lab.node(1), move || Dataplane::start(config));
     match result {
@@ -528,7 +530,7 @@ fn dataplane_every_node_picks_the_same_backend_for_a_flow() {
     if !may_run(test, &["ip"]) {
         return;
     }
-    let mut lab = Lab::new(2);
+    let mut lab = RoutedLab::new(2);
     let pods = [(1, 1), (1, 2), (2, 1), (2, 2)];
     for (i, j) in pods {
         lab.add_pod(i, j);
@@ -539,7 +541,7 @@ fn dataplane_every_node_picks_the_same_backend_for_a_flow() {
     let Some(mut dp1) = start_or_skip(&lab, 1, test) else {
         return;
     };
-    let mut dp2 = lab.start_dataplane(2).expect("second node's dataplane");
+    let mut dp2 = start_dataplane(&lab, 2).expect("second node's dataplane");
     dp1.apply_services(std::slice::from_ref(&svc)).unwrap();
     dp2.apply_services(std::slice::from_ref(&svc)).unwrap();
     let vip = sa(lab.vip(0, false), PORT);
@@ -577,11 +579,11 @@ fn dataplane_attach_interfaces_follows_the_interface_list() {
     if !may_run(test, &["ip"]) {
         return;
     }
-    let mut lab = Lab::new(1);
+    let mut lab = RoutedLab::new(1);
     lab.add_pod(1, 1);
     lab.serve_tcp(1, 1, TARGET);
     lab.route_vip_to_node(0, 1);
-    let mut config = lab.dataplane_config(1);
+    let mut config = dataplane_config(&lab, 1);
     config.interfaces = Vec::new();
     let started = in_netns(&lab.node(1), move || Dataplane::start(config));
     let mut dp = match started {
@@ -612,13 +614,13 @@ fn dataplane_attach_interfaces_follows_the_interface_list() {
 }
 
 /// `attach_interfaces` from node 1's namespace (interfaces are looked up there).
-fn attach(lab: &Lab, mut dp: Dataplane, interfaces: &[&str]) -> Dataplane {
+fn attach(lab: &RoutedLab, mut dp: Dataplane, interfaces: &[&str]) -> Dataplane {
     let interfaces: Vec<String> = interfaces.iter().map(|s| s.to_string()).collect();
     in_netns(&lab.node(1), move || dp.attach_interfaces(&interfaces).map(|()| dp)).expect("attach_interfaces")
 }
 
 /// Every node of the lab tunnels to every other (as the speaker does for live peers).
-fn tunnel_peers(lab: &Lab, nodes: u8, except: u8) -> std::collections::BTreeMap<String, Vec<IpAddr>> {
+fn tunnel_peers(lab: &RoutedLab, nodes: u8, except: u8) -> std::collections::BTreeMap<String, Vec<IpAddr>> {
     (1..=nodes)
         .filter(|&i| i != except)
         .map(|i| {
@@ -636,7 +638,7 @@ fn dataplane_dsr_keeps_the_client_address_and_flows_survive_the_owner_losing_its
     if !may_run(test, &["ip"]) {
         return;
     }
-    let mut lab = Lab::new(3);
+    let mut lab = RoutedLab::new(3);
     lab.add_pod(3, 1);
     lab.serve_tcp(3, 1, TARGET);
     lab.serve_udp(3, 1, TARGET);
@@ -650,7 +652,7 @@ fn dataplane_dsr_keeps_the_client_address_and_flows_survive_the_owner_losing_its
     };
     let mut dps = vec![dp1];
     for i in 2..=3 {
-        dps.push(lab.start_dataplane(i).expect("dataplane"));
+        dps.push(start_dataplane(&lab, i).expect("dataplane"));
     }
     for (n, dp) in dps.iter_mut().enumerate() {
         dp.set_tunnel_peers(tunnel_peers(&lab, 3, n as u8 + 1));

@@ -7,19 +7,18 @@
 //! Needs root, `ip` and `ping`; under `CI=true` their absence fails the test, elsewhere it is skipped
 //! with the reason printed.
 
-mod dataplane_support;
-
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataplane_support::{Lab, enter_netns, may_run};
 use herald_proto::membership::v1::Envelope;
 use herald_proto::membership::v1::membership_server::MembershipServer;
 use herald_speaker::membership::state::Rpc;
 use herald_speaker::membership::transport::{
     BoxFuture, EnvelopeHandler, GrpcTransport, MembershipService, PeerTransport, TransportError,
 };
+use herald_testkit::routed::RoutedLab;
+use herald_testkit::{enter_netns, may_run};
 
 const PORT: u16 = 7946;
 /// How long the cable stays out: the connection's retransmissions back off to seconds apart.
@@ -88,7 +87,7 @@ fn a_peer_answers_again_as_soon_as_its_cable_is_back() {
     if !may_run("a_peer_answers_again_as_soon_as_its_cable_is_back", &["ip", "ping"]) {
         return;
     }
-    let lab = Arc::new(Lab::new(2));
+    let lab = Arc::new(RoutedLab::new(2));
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let server = serve_echo(lab.node(1), stopped);
     let peers = [

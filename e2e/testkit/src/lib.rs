@@ -8,8 +8,13 @@
 //! - [`Segment`]: a switch that namespaces plug into, whose cables can be pulled;
 //! - threads inside a namespace ([`in_netns`], [`enter_netns`]);
 //! - [`cleanup`]: a clean-up step that reports what it could not undo instead of panicking;
-//! - [`yaml_files`]: the manifests in a folder, for tests that read every sample.
+//! - [`yaml_files`]: the manifests in a folder, for tests that read every sample;
+//! - topologies: [`l2`] (a client and nodes on one switch) and [`routed`] (a client, nodes
+//!   and their pods, routed).
 use std::process::Command;
+
+pub mod l2;
+pub mod routed;
 
 /// Why a privileged test cannot run here (not root, a tool missing), if it cannot.
 pub fn missing_prerequisite(tools: &[&str]) -> Option<String> {
