@@ -167,6 +167,12 @@ pub async fn run_with_client(
     };
     announcer_config.metrics.register(&mut registry);
     let link_watch = LinkWatch::start(SystemInterfaces, links::POLL_INTERVAL)?;
+    // The watch's thread ends only if it panicked: then no link change would be noticed again.
+    let mut links_followed = link_watch.subscribe();
+    tasks.spawn(
+        "link watch",
+        async move { while links_followed.changed().await.is_ok() {} },
+    );
     let announcer = Announcer::start(announcer_config, link_watch.subscribe())?;
     let Some(advertise) = advertise_address(&client, &config, &health, &mut shutdown).await else {
         return Ok(());
