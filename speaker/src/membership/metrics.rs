@@ -19,6 +19,8 @@
 //! - `membership_refutations_total`: claims about this node it refuted;
 //! - `membership_stalls_total`: times this speaker could not run for longer than peers take to
 //!   declare a node dead (each makes it announce its IPs again);
+//! - `membership_doubted_deaths_total`: members that died in this node's view while it had no
+//!   usable interface, suspected again and probed when one came back;
 //! - `membership_state_changes_total{to}`: member state changes seen, by new state.
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -45,6 +47,7 @@ pub struct MembershipMetrics {
     refused_deaths: Counter,
     refutations: Counter,
     stalls: Counter,
+    doubted_deaths: Counter,
     state_changes: Family<Labels, Counter>,
     clock_skewed: Counter,
     keys: Gauge,
@@ -116,6 +119,11 @@ impl MembershipMetrics {
             self.stalls.clone(),
         );
         registry.register(
+            "membership_doubted_deaths",
+            "Members that died in this node's view while it had no usable interface (its own cable pulled, say), suspected again and probed when one came back",
+            self.doubted_deaths.clone(),
+        );
+        registry.register(
             "membership_state_changes",
             "Member state changes seen by this node, by new state",
             self.state_changes.clone(),
@@ -178,6 +186,8 @@ impl MembershipMetrics {
         self.refutations
             .inc_by(after.refutations.saturating_sub(before.refutations));
         self.stalls.inc_by(after.stalls.saturating_sub(before.stalls));
+        self.doubted_deaths
+            .inc_by(after.doubted_deaths.saturating_sub(before.doubted_deaths));
     }
 
     pub(crate) fn view(&self, view: &MembershipView) {

@@ -89,6 +89,11 @@
 //! once when the hold ends. Only the minority side holds; from inside, losing most of the
 //! cluster looks the same, so a node whose peers all died also holds once they return.
 //!
+//! A node that knows it was the one cut off (its health listed no usable interface) doubts
+//! the deaths it saw meanwhile: when an interface is back, those members are suspected again
+//! and probed at once, so it does not announce every IP the moment its link returns, before
+//! their first message arrives. Those really dead die again after a suspicion timeout.
+//!
 //! # Startup
 //! A fresh speaker knows its peers' addresses but not their health, so it would elect itself
 //! everywhere. [`MembershipView::settled`] turns true once the first `Sync` with one of up to

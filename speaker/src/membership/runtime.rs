@@ -603,7 +603,8 @@ impl Membership {
 
     /// Sets this node's health; a change is gossiped with a raised incarnation.
     pub fn set_local_health(&self, health: NodeHealth) {
-        self.shared.with_core(|core| core.set_local_health(health));
+        self.shared
+            .with_core(|core| core.set_local_health(health, Instant::now()));
     }
 
     /// Sets the members to probe at the fast rate (`election::watch_targets`).

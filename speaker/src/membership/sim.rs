@@ -695,7 +695,8 @@ impl Simulation {
 
     /// Sets the health node `index` gossips.
     pub fn set_health(&mut self, index: usize, health: NodeHealth) {
-        self.nodes[index].core.set_local_health(health);
+        let now = self.now;
+        self.nodes[index].core.set_local_health(health, now);
         self.nodes[index].election_dirty = true;
     }
 

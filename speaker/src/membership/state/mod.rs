@@ -135,6 +135,9 @@ pub struct CoreStats {
     /// Ticks so late that peers could have declared us dead meanwhile (see
     /// `Core::notice_stall`).
     pub stalls: u64,
+    /// Members that died in our view while we had no interface, suspected again when one
+    /// came back (see `Core::set_local_health`).
+    pub doubted_deaths: u64,
     /// Gossip entries dropped as invalid (bad address or state, absurd incarnation).
     pub invalid_updates: u64,
     /// New members heard of through gossip and not learned, because [`MAX_UNLISTED_MEMBERS`]
@@ -265,6 +268,11 @@ pub struct Core {
     rejoining_until: Option<Instant>,
     /// The highest incarnation of ours a peer claimed dead.
     dead_claimed: Option<u64>,
+    /// Our health lists no interface: this node may be the one cut off (a cable pulled on our
+    /// side), so the deaths we learn meanwhile are noted in `deaths_while_linkless`.
+    linkless: bool,
+    /// Members that died in our view while we had no interface: doubted when one comes back.
+    deaths_while_linkless: BTreeSet<String>,
     stats: CoreStats,
 }
 
@@ -321,6 +329,7 @@ impl Core {
         health: NodeHealth,
         seed: u64,
     ) -> Self {
+        let linkless = health.interfaces.is_empty();
         Core {
             config,
             node: node.into(),
@@ -342,6 +351,8 @@ impl Core {
             effects: Vec::new(),
             events: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
+            linkless,
+            deaths_while_linkless: BTreeSet::new(),
             startup: Startup::AwaitingPeers,
             had_contact: false,
             view_dirty: true,
@@ -526,14 +537,26 @@ impl Core {
     }
 
     /// Sets our own health; a change raises our incarnation and is gossiped.
-    pub fn set_local_health(&mut self, health: NodeHealth) {
+    ///
+    /// When an interface comes back after none was usable, the members that died in our view
+    /// meanwhile are suspected again and probed at once: with our cable pulled, silence
+    /// said nothing about them. Taken for dead, they left this node the only candidate for
+    /// every IP, and it announced them all the moment its link was back, before their first
+    /// message could arrive, moving clients away from the real owners. Those really dead are
+    /// declared so again after a suspicion timeout.
+    pub fn set_local_health(&mut self, health: NodeHealth, now: Instant) {
         if health == self.health {
             return;
         }
+        let linkless = health.interfaces.is_empty();
         self.health = health;
         self.incarnation += 1;
         self.queue_gossip(self.node.clone());
         self.view_dirty = true;
+        if self.linkless && !linkless {
+            self.doubt_deaths_while_linkless(now);
+        }
+        self.linkless = linkless;
     }
 
     /// Sets the nodes to probe at the fast rate (the owners of the IPs we are runner-up for).
@@ -654,6 +677,11 @@ impl Core {
         self.view_dirty = true;
         if !to.is_live() {
             self.suspicions.remove(node);
+        }
+        if to == MemberState::Dead && self.linkless {
+            self.deaths_while_linkless.insert(node.to_string());
+        } else {
+            self.deaths_while_linkless.remove(node);
         }
         self.event(node, Some(from), to, incarnation, reason);
     }

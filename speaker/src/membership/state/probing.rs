@@ -94,6 +94,12 @@ impl Core {
             self.set_state(target, MemberState::Suspect, incarnation, "probe timed out");
             self.queue_gossip(target.to_string());
         }
+        self.begin_suspicion(target, incarnation, now);
+    }
+
+    /// Our own suspicion of `target` at `incarnation`: probed directly and through helpers
+    /// until it answers or the suspicion timeout declares it dead.
+    fn begin_suspicion(&mut self, target: &str, incarnation: u64, now: Instant) {
         self.suspicions.insert(
             target.to_string(),
             LocalSuspicion {
@@ -109,6 +115,31 @@ impl Core {
             },
         );
         self.run_suspicions(now);
+    }
+
+    /// Our interface is back after none was usable: members that died in our view meanwhile
+    /// are suspected again and probed now. The suspicion is gossiped: it makes them refute it
+    /// (only a higher incarnation turns a suspect alive again).
+    pub(super) fn doubt_deaths_while_linkless(&mut self, now: Instant) {
+        for target in std::mem::take(&mut self.deaths_while_linkless) {
+            let Some(incarnation) = self
+                .members
+                .get(&target)
+                .filter(|m| m.state == MemberState::Dead)
+                .map(|m| m.incarnation)
+            else {
+                continue;
+            };
+            self.stats.doubted_deaths += 1;
+            self.set_state(
+                &target,
+                MemberState::Suspect,
+                incarnation,
+                "died while our own links were down",
+            );
+            self.queue_gossip(target.clone());
+            self.begin_suspicion(&target, incarnation, now);
+        }
     }
 
     /// The host of a suspected member refused a connection to its speaker, ours or a

@@ -645,9 +645,9 @@ fn ping_req_is_relayed_and_answered() {
 fn health_change_raises_the_incarnation_and_leave_raises_it_again() {
     let (mut core, now) = core();
     let before = core.incarnation();
-    core.set_local_health(healthy());
+    core.set_local_health(healthy(), now);
     assert_eq!(core.incarnation(), before, "no change, no new incarnation");
-    core.set_local_health(NodeHealth::default());
+    core.set_local_health(NodeHealth::default(), now);
     assert_eq!(core.incarnation(), before + 1);
     // Make node-b live and known, then leave: every live member is told.
     core.handle_request(ping_from("node-b", vec![]), now);
@@ -839,4 +839,55 @@ fn after_the_settle_alone_time_silence_settles_and_the_first_contact_is_a_full_s
         sent.iter().any(|(_, to, rpc)| to == "node-c" && *rpc == Rpc::Sync),
         "{sent:?}"
     );
+}
+
+/// Our cable was pulled: every peer fell silent and died in our view. When the link is back,
+/// those deaths are doubted (suspected again and probed at once), so this node does not take
+/// every IP before the peers' first messages arrive; a death seen with our links up stands.
+#[test]
+fn deaths_seen_while_our_links_were_down_are_doubted_when_one_comes_back() {
+    for answers in [true, false] {
+        let (mut core, now) = core();
+        core.handle_request(ping_from("node-b", vec![update("node-c", 1, MemberState::Dead)]), now);
+        core.take_effects();
+        assert_eq!(
+            core.member_state("node-c"),
+            Some(MemberState::Dead),
+            "died with our links up"
+        );
+
+        let linkless = NodeHealth {
+            interfaces: Default::default(),
+            ..healthy()
+        };
+        core.set_local_health(linkless, now);
+        core.watch_closely(&["node-b".to_string()].into(), now);
+        run(&mut core, now, Duration::from_millis(600));
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Dead));
+
+        let back = now + Duration::from_millis(700);
+        core.set_local_health(healthy(), back);
+        assert_eq!(core.member_state("node-b"), Some(MemberState::Suspect), "doubted");
+        assert_eq!(core.member_state("node-c"), Some(MemberState::Dead), "not doubted");
+        assert_eq!(core.stats().doubted_deaths, 1);
+        let probes = requests(&core.take_effects());
+        assert!(
+            probes.iter().any(|(_, to, rpc)| to == "node-b" && *rpc == Rpc::Ping),
+            "probed at once: {probes:?}"
+        );
+
+        let mut t = back;
+        while t < back + Duration::from_millis(500) {
+            core.tick(t);
+            for (id, to, rpc) in requests(&core.take_effects()) {
+                // Our probe told it of the suspicion: it answers with its refutation.
+                if answers && to == "node-b" && rpc == Rpc::Ping {
+                    core.handle_response(id, ack_from("node-b", 2), t);
+                }
+            }
+            t += Duration::from_millis(5);
+        }
+        let want = if answers { MemberState::Alive } else { MemberState::Dead };
+        assert_eq!(core.member_state("node-b"), Some(want), "answers: {answers}");
+    }
 }
