@@ -305,19 +305,34 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
         "the client follows the new owner"
     );
     assert_status_names_the_answering_node(&lab, ip, "while the old owner's cable is out").await;
+    // Out long enough for the old owner to declare both peers dead: from inside, losing them
+    // looks the same as losing its own cable.
+    let deaths = "herald_membership_confirmed_deaths_total";
+    let declared = eventually(Duration::from_secs(15), || async {
+        let text = lab.speaker_metrics_of(node).await.unwrap_or_default();
+        soak::sample_sum(&text, deaths).unwrap_or(0.0) >= 2.0
+    })
+    .await;
+    assert!(declared, "{owner} declares its peers dead while its cable is out");
 
+    let old_mac = story::node_mac(&lab, node).await.unwrap();
+    let capture = story::GarpCapture::start(&lab).unwrap();
+    let back_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     lab.set_uplink(node, true).await.expect("uplink up");
-    // One owner again within a few seconds, and then it stays put.
-    let settled = eventually(Duration::from_secs(10), || async {
-        owners_of(&lab, "web").await.len() == 1
+    // The IP goes back to the node it ranks first for once, when that node's rejoin hold
+    // (3 s) ends, and then it stays put.
+    let returned = eventually(Duration::from_secs(15), || async {
+        owners_of(&lab, "web").await == [owner.clone()]
     })
     .await;
     assert!(
-        settled,
-        "one ServiceL2Status after the link is back: {:?}",
+        returned,
+        "{owner} owns the IP again after its hold: {:?}",
         owners_of(&lab, "web").await
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut seen = Vec::new();
     for _ in 0..20 {
         let owners = owners_of(&lab, "web").await;
@@ -327,6 +342,18 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(seen.len(), 1, "no flapping after the link came back: {seen:?}");
+    // The node whose cable was out saw its peers die: it doubts those deaths once its link is
+    // back, and announces the IP only when its rejoin hold (3 s) ends, not the moment its link
+    // is back (which switched the client away from the real owner).
+    let garps = capture.finish().await;
+    let first_from_old = garps
+        .iter()
+        .find(|g| g.address == ip.to_string() && g.sender_mac == old_mac)
+        .map(|g| g.at_unix_s - back_at);
+    assert!(
+        first_from_old.is_none_or(|after_s| after_s >= 2.0),
+        "{owner} announced {first_from_old:?} s after its link was back: {garps:?}"
+    );
     curl(&lab, &format!("http://{ip}/")).await;
     assert_status_names_the_answering_node(&lab, ip, "after the cable came back").await;
     lab.down().await.unwrap();

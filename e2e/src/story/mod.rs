@@ -263,6 +263,48 @@ impl Fault {
     }
 }
 
+/// The gratuitous ARPs the lab's client sees (`tcpdump` in its namespace), from
+/// [`GarpCapture::start`] until [`GarpCapture::finish`].
+pub struct GarpCapture {
+    tcpdump: tokio::process::Child,
+    seen: tokio::task::JoinHandle<Vec<garp::Gratuitous>>,
+}
+
+impl GarpCapture {
+    pub fn start(lab: &Lab) -> Result<GarpCapture, LabError> {
+        let mut tcpdump = lab
+            .command_in(lab.client_namespace(), "tcpdump")?
+            .args(["-l", "-tt", "-n", "-e", "-i", "eth0", "arp"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                program: "tcpdump".into(),
+                source,
+            })?;
+        let stdout = tcpdump.stdout.take().expect("stdout is piped");
+        let seen = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut seen = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(g) = garp::parse_line(&line) {
+                    seen.push(g);
+                }
+            }
+            seen
+        });
+        Ok(GarpCapture { tcpdump, seen })
+    }
+
+    /// Stops `tcpdump` and returns what it saw, in order.
+    pub async fn finish(mut self) -> Vec<garp::Gratuitous> {
+        herald_testkit::cleanup("stopping tcpdump", self.tcpdump.start_kill());
+        herald_testkit::cleanup("waiting for tcpdump", self.tcpdump.wait().await);
+        self.seen.await.unwrap_or_default()
+    }
+}
+
 /// Applies `fault` to the node announcing the demo Service while a probe sends a request
 /// every 10 ms, measures the failover at the client, then heals the fault.
 pub async fn measure_failover(lab: &Lab, ip: IpAddr, fault: Fault) -> Result<Failover, LabError> {
@@ -275,28 +317,7 @@ pub async fn measure_failover(lab: &Lab, ip: IpAddr, fault: Fault) -> Result<Fai
     let old_mac = node_mac(lab, old_node).await?;
 
     let client = lab.client_namespace().to_string();
-    let mut tcpdump = lab
-        .command_in(&client, "tcpdump")?
-        .args(["-l", "-tt", "-n", "-e", "-i", "eth0", "arp"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| LabError::Spawn {
-            program: "tcpdump".into(),
-            source,
-        })?;
-    let stdout = tcpdump.stdout.take().expect("stdout is piped");
-    let garps = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let mut seen = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(g) = garp::parse_line(&line) {
-                seen.push(g);
-            }
-        }
-        seen
-    });
+    let capture = GarpCapture::start(lab)?;
     let probe_config = ProbeConfig {
         target: SocketAddr::new(ip, 80),
         interval: Duration::from_millis(10),
@@ -312,9 +333,7 @@ pub async fn measure_failover(lab: &Lab, ip: IpAddr, fault: Fault) -> Result<Fai
     let samples = probe.finish().await;
     fault.heal(lab, old_node).await?;
     let samples = samples?;
-    herald_testkit::cleanup("stopping tcpdump", tcpdump.start_kill());
-    herald_testkit::cleanup("waiting for tcpdump", tcpdump.wait().await);
-    let garps = garps.await.unwrap_or_default();
+    let garps = capture.finish().await;
 
     // The first announcement after the kill from another node is the takeover; who sent it
     // is the new owner (the victim's restarted speaker may win the IP back later).
