@@ -268,10 +268,8 @@ pub struct Core {
     rejoining_until: Option<Instant>,
     /// The highest incarnation of ours a peer claimed dead.
     dead_claimed: Option<u64>,
-    /// Our health lists no interface: this node may be the one cut off (a cable pulled on our
-    /// side), so the deaths we learn meanwhile are noted in `deaths_while_linkless`.
-    linkless: bool,
-    /// Members that died in our view while we had no interface: doubted when one comes back.
+    /// Members that died in our view while our health listed no interface (we may have been
+    /// the one cut off, a cable pulled on our side): doubted when one comes back.
     deaths_while_linkless: BTreeSet<String>,
     stats: CoreStats,
 }
@@ -329,7 +327,6 @@ impl Core {
         health: NodeHealth,
         seed: u64,
     ) -> Self {
-        let linkless = health.interfaces.is_empty();
         Core {
             config,
             node: node.into(),
@@ -351,7 +348,6 @@ impl Core {
             effects: Vec::new(),
             events: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
-            linkless,
             deaths_while_linkless: BTreeSet::new(),
             startup: Startup::AwaitingPeers,
             had_contact: false,
@@ -548,15 +544,19 @@ impl Core {
         if health == self.health {
             return;
         }
-        let linkless = health.interfaces.is_empty();
+        let links_back = self.linkless() && !health.interfaces.is_empty();
         self.health = health;
         self.incarnation += 1;
         self.queue_gossip(self.node.clone());
         self.view_dirty = true;
-        if self.linkless && !linkless {
+        if links_back {
             self.doubt_deaths_while_linkless(now);
         }
-        self.linkless = linkless;
+    }
+
+    /// Our health lists no usable interface.
+    fn linkless(&self) -> bool {
+        self.health.interfaces.is_empty()
     }
 
     /// Sets the nodes to probe at the fast rate (the owners of the IPs we are runner-up for).
@@ -678,7 +678,7 @@ impl Core {
         if !to.is_live() {
             self.suspicions.remove(node);
         }
-        if to == MemberState::Dead && self.linkless {
+        if to == MemberState::Dead && self.linkless() {
             self.deaths_while_linkless.insert(node.to_string());
         } else {
             self.deaths_while_linkless.remove(node);
