@@ -317,10 +317,7 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
 
     let old_mac = story::node_mac(&lab, node).await.unwrap();
     let capture = story::GarpCapture::start(&lab).unwrap();
-    let back_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let back_at_ms = story::unix_ms_now();
     lab.set_uplink(node, true).await.expect("uplink up");
     // The IP goes back to the node it ranks first for once, when that node's rejoin hold
     // (3 s) ends, and then it stays put.
@@ -349,10 +346,10 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
     let first_from_old = garps
         .iter()
         .find(|g| g.address == ip.to_string() && g.sender_mac == old_mac)
-        .map(|g| g.at_unix_s - back_at);
+        .map(|g| g.at_unix_s * 1000.0 - back_at_ms);
     assert!(
-        first_from_old.is_none_or(|after_s| after_s >= 2.0),
-        "{owner} announced {first_from_old:?} s after its link was back: {garps:?}"
+        first_from_old.is_none_or(|after_ms| after_ms >= 2000.0),
+        "{owner} announced {first_from_old:?} ms after its link was back: {garps:?}"
     );
     curl(&lab, &format!("http://{ip}/")).await;
     assert_status_names_the_answering_node(&lab, ip, "after the cable came back").await;

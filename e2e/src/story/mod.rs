@@ -59,7 +59,8 @@ pub struct Failover {
     pub marks: Vec<(f64, bool)>,
 }
 
-fn unix_ms_now() -> f64 {
+/// Wall-clock time in ms, the clock `tcpdump -tt` stamps the gratuitous ARPs with.
+pub fn unix_ms_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64() * 1000.0)

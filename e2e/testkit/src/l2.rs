@@ -20,7 +20,8 @@ pub const VIP_V6: &str = "fd00:203::100";
 
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Namespaces of one test; all deleted on drop.
+/// The namespaces of one test (a switch, a client, node A and optionally node B); all deleted
+/// on drop.
 pub struct L2Lab {
     pub client: String,
     pub node_a: String,
@@ -122,9 +123,7 @@ impl L2Lab {
             ],
         );
     }
-}
 
-impl L2Lab {
     /// Sends one ping from the client to `ip` in the background: a STALE entry goes to
     /// DELAY, the state a client is in right after it used a stale entry. (An entry set to
     /// DELAY with `ip neigh` moves on to PROBE at once, since it was not used.)

@@ -345,19 +345,13 @@ impl RoutedLab {
     /// TCP echo server in pod (i, j) on `port` (both families): answers each line with
     /// "<name> <peer ip>".
     pub fn serve_tcp(&mut self, i: u8, j: u8, port: u16) {
-        let name = format!("pod{i}-{j}");
-        let path = format!("/run/netns/{}", self.pod(i, j));
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            enter_netns(&path);
+        self.spawn_server(i, j, move |name, stop, ready| {
             let v4 = TcpListener::bind(("0.0.0.0", port)).unwrap();
             let v6 = bind_tcp_v6_only(port);
             v4.set_nonblocking(true).unwrap();
             v6.set_nonblocking(true).unwrap();
-            ready_tx.send(()).unwrap();
-            while !stop2.load(Ordering::Relaxed) {
+            ready();
+            while !stop.load(Ordering::Relaxed) {
                 let mut idle = true;
                 for l in [&v4, &v6] {
                     if let Ok((stream, peer)) = l.accept() {
@@ -371,30 +365,19 @@ impl RoutedLab {
                 }
             }
         });
-        ready_rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
-        self.servers.push(Server {
-            stop,
-            thread: Some(thread),
-        });
     }
 
     /// UDP echo server in pod (i, j) on `port` (both families).
     pub fn serve_udp(&mut self, i: u8, j: u8, port: u16) {
-        let name = format!("pod{i}-{j}");
-        let path = format!("/run/netns/{}", self.pod(i, j));
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            enter_netns(&path);
+        self.spawn_server(i, j, move |name, stop, ready| {
             let v4 = UdpSocket::bind(("0.0.0.0", port)).unwrap();
             let v6 = bind_udp_v6_only(port);
             for s in [&v4, &v6] {
                 s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
             }
-            ready_tx.send(()).unwrap();
+            ready();
             let mut buf = [0u8; 1500];
-            while !stop2.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 for s in [&v4, &v6] {
                     if let Ok((_, peer)) = s.recv_from(&mut buf) {
                         // A lost reply is the client's timeout to report.
@@ -402,6 +385,20 @@ impl RoutedLab {
                     }
                 }
             }
+        });
+    }
+
+    /// Runs `serve(name, stop, ready)` on a thread inside pod (i, j)'s namespace, named
+    /// `pod<i>-<j>`; returns once it called `ready` (bound), and stops it when the lab drops.
+    fn spawn_server(&mut self, i: u8, j: u8, serve: impl FnOnce(String, &AtomicBool, &dyn Fn()) + Send + 'static) {
+        let name = format!("pod{i}-{j}");
+        let path = format!("/run/netns/{}", self.pod(i, j));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter_netns(&path);
+            serve(name, &stop2, &|| ready_tx.send(()).expect("the lab awaits the server"));
         });
         ready_rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
         self.servers.push(Server {
