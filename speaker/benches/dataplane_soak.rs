@@ -165,6 +165,40 @@ fn main() {
         );
         println!("| {round} | {through:.0} | {direct:.0} | {:.2} |", through / direct);
     }
+    // Each path alone, alternating short rounds: the machine's CPU time per connection, the
+    // cost that the side-by-side minutes below show only as a share of contended CPUs.
+    let solo_rounds: usize = env_or("HERALD_SOAK_SOLO_ROUNDS", 0);
+    let solo_secs: u64 = env_or("HERALD_SOAK_SOLO_SECONDS", 5);
+    if solo_rounds > 0 {
+        println!(
+            "| solo round | herald conns/s | direct conns/s | herald CPU µs per conn | direct CPU µs per conn | CPU ratio direct ÷ herald |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
+    let mut cost_ratios = Vec::new();
+    for round in 1..=solo_rounds {
+        let [(h_rate, h_cost), (d_rate, d_cost)] = [&herald, &direct].map(|flows| {
+            let before = busy_cpu_ns();
+            let sample = load(&lab, flows, solo_secs, threads);
+            let busy = busy_cpu_ns() - before;
+            (
+                sample.conns_per_sec,
+                busy as f64 / (sample.conns_per_sec * solo_secs as f64) / 1e3,
+            )
+        });
+        cost_ratios.push(d_cost / h_cost);
+        println!(
+            "| {round} | {h_rate:.0} | {d_rate:.0} | {h_cost:.1} | {d_cost:.1} | {:.2} |",
+            d_cost / h_cost
+        );
+    }
+    if !cost_ratios.is_empty() {
+        cost_ratios.sort_by(f64::total_cmp);
+        println!(
+            "median CPU ratio direct ÷ herald: {:.2}",
+            cost_ratios[cost_ratios.len() / 2]
+        );
+    }
     println!(
         "| minute | herald conns/s | herald failed | direct conns/s | direct failed | ratio | herald p50 / p99 | direct p50 / p99 | node 1 flows (established / new / reverse) | drops |"
     );
@@ -252,4 +286,25 @@ fn upload(lab: &RoutedLab, from: IpAddr, to: SocketAddr) -> f64 {
         }
         bytes as f64 / start.elapsed().as_secs_f64() / 1e6
     })
+}
+
+/// CPU time the whole machine spent busy (all CPUs, everything but idle and iowait), in ns.
+fn busy_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100 on Linux.
+    let busy: u64 = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy * 10_000_000
 }
