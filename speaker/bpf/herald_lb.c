@@ -14,6 +14,7 @@ SEC("classifier/herald_ingress")
 int herald_ingress(struct __sk_buff *skb)
 {
 	struct lb_tuple t;
+	struct lb_frontend *fe = 0;
 
 	/* A frame sent to another host's MAC reaches this one only because a switch flooded it
 	 * (unknown unicast: the owner's port went down, or its MAC aged out of the table). Every
@@ -21,17 +22,27 @@ int herald_ingress(struct __sk_buff *skb)
 	if (skb->pkt_type == PACKET_OTHERHOST)
 		return TC_ACT_OK;
 
-	int tunnelled = lb_decap(skb, &t);
+	int tunnelled = lb_decap(skb, &t, &fe);
 	if (tunnelled < 0)
 		return TC_ACT_SHOT;
-	if (tunnelled)
-		return lb_forward(skb, &t, 1);
-	if (lb_parse(skb, &t) < 0)
+	if (!tunnelled) {
+		if (lb_parse(skb, &t) < 0)
+			return TC_ACT_OK;
+		fe = lb_frontend_of(&t);
+	}
+	struct lb_config *cfg = lb_config();
+	if (!cfg)
 		return TC_ACT_OK;
-	int action;
-	if (lb_reverse(skb, &t, 1, &action))
-		return action;
-	return lb_forward(skb, &t, 0);
+	/* Replies that come in are those of SNATed flows, addressed to a SNAT port: a packet to a
+	 * frontend on any other port is a request, and skips the reverse table. */
+	if (!tunnelled && (!fe || lb_snat_port_in_range(cfg, t.dport))) {
+		int action;
+		if (lb_reverse(skb, &t, cfg, 1, &action))
+			return action;
+	}
+	if (!fe)
+		return TC_ACT_OK;
+	return lb_forward(skb, &t, fe, cfg, tunnelled);
 }
 
 /* Egress: replies from local backends leave with the frontend as their source. */
@@ -42,8 +53,11 @@ int herald_egress(struct __sk_buff *skb)
 
 	if (lb_parse(skb, &t) < 0)
 		return TC_ACT_OK;
+	struct lb_config *cfg = lb_config();
+	if (!cfg)
+		return TC_ACT_OK;
 	int action;
-	if (lb_reverse(skb, &t, 0, &action))
+	if (lb_reverse(skb, &t, cfg, 0, &action))
 		return action;
 	return TC_ACT_OK;
 }

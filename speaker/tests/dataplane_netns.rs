@@ -431,6 +431,57 @@ fn dataplane_a_retried_syn_of_an_unanswered_flow_is_placed_by_the_current_table(
 }
 
 #[test]
+fn dataplane_a_client_port_used_again_is_a_new_flow_placed_by_the_current_table() {
+    // A client that opens a new connection from the port of one that ended takes over the
+    // old flow's conntrack slot in place; what it must not take over is the old flow's backend.
+    let test = "dataplane_a_client_port_used_again_is_a_new_flow_placed_by_the_current_table";
+    let Some((lab, mut dp)) = one_node_lab(test, 3) else {
+        return;
+    };
+    let two = service(
+        &lab,
+        TrafficPolicy::Cluster,
+        vec![endpoint(&lab, 1, 1, false), endpoint(&lab, 1, 2, false)],
+    );
+    let three = service(
+        &lab,
+        TrafficPolicy::Cluster,
+        vec![
+            endpoint(&lab, 1, 1, false),
+            endpoint(&lab, 1, 2, false),
+            endpoint(&lab, 1, 3, false),
+        ],
+    );
+    let client = lab.client();
+    let vip = sa(lab.vip(0, false), PORT);
+    let short = Duration::from_secs(2);
+    dp.apply_services(std::slice::from_ref(&three)).unwrap();
+    // A client port whose flow goes to pod1-3 while it is a backend.
+    let from = (42_000u16..42_300)
+        .map(|port| sa(lab.client_addr(0, false), port))
+        .find(|from| {
+            let answer = eventually(10, Duration::from_secs(5), || {
+                ask_from_port(&client, *from, vip, short).ok()
+            })
+            .expect("the service answers");
+            parts(&answer).0 == "pod1-3"
+        })
+        .expect("some port of 300 goes to pod1-3");
+
+    // Without pod1-3, the port's next connection goes to another pod and ends (a reset)...
+    dp.apply_services(std::slice::from_ref(&two)).unwrap();
+    let between = ask_from_port(&client, from, vip, short).expect("the two-pod service answers");
+    assert_ne!(parts(&between).0, "pod1-3");
+    // ...and with pod1-3 back, the next one, within the old flow's closing time, is placed by
+    // the table again rather than following the flow that held the slot.
+    dp.apply_services(std::slice::from_ref(&three)).unwrap();
+    let again = ask_from_port(&client, from, vip, short).expect("the three-pod service answers");
+    assert_eq!(parts(&again).0, "pod1-3", "after {between}");
+    assert!(dp.flow_events()["flow_reused"] >= 2, "{:?}", dp.flow_events());
+    dp.shutdown().unwrap();
+}
+
+#[test]
 fn dataplane_without_an_entry_does_not_forward() {
     let test = "dataplane_without_an_entry_does_not_forward";
     let Some((lab, mut dp)) = one_node_lab(test, 1) else {

@@ -81,7 +81,7 @@ struct lb_backend {
 
 /* The node-wide settings (one entry, index 0), written by the speaker. */
 struct lb_config {
-	/* bpf_ktime_get_ns() of the speaker's last heartbeat; 0 until the first one. Programs
+	/* CLOCK_MONOTONIC of the speaker's last heartbeat; 0 until the first one. Programs
 	 * stop translating new packets when it is older than HERALD_OWNER_GRACE_NS, so maps a
 	 * removed speaker left behind do not forward to addresses that may belong to others. */
 	__u64 heartbeat_ns;
@@ -164,7 +164,7 @@ struct ct_key {
 /* Forward entry (key = client → frontend): the flow's state and where it went. The reverse
  * entry of a flow is valid only while its forward entry is (see ct.h). */
 struct ct_forward {
-	/* bpf_ktime_get_ns() after which the flow is over. */
+	/* lb_now() after which the flow is over. */
 	__u64 expires;
 	__u32 frontend_id;
 	__u32 backend_id;

@@ -21,6 +21,15 @@
 /* A live entry's expiry is rewritten at most this often (not on every packet). */
 #define CT_REFRESH (NSEC_PER_SEC)
 
+/* The programs' clock: CLOCK_MONOTONIC to the last tick. Reading it costs no clocksource read
+ * (on a VM, a kvmclock read per packet was a measurable share of the programs' time); it lags
+ * CLOCK_MONOTONIC, which the speaker writes heartbeats and sweeps with, by at most a tick,
+ * which nothing here measured in seconds can notice. */
+static __always_inline __u64 lb_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 static __always_inline void lb_stat(__u32 index)
 {
 	__u64 *v = bpf_map_lookup_elem(&herald_stats, &index);
@@ -101,11 +110,14 @@ static __always_inline void ct_key_from_tuple(struct ct_key *k, const struct lb_
 	k->family = t->family;
 }
 
-/* The live forward entry of a flow, or NULL; *in_new says which map holds it. */
-static __always_inline struct ct_forward *ct_lookup(const struct ct_key *k, __u64 now, int *in_new)
+/* The live forward entry of a flow, or NULL; *in_new says which map holds it. *slot is the
+ * tuple's entry in the established table, live or not: a new flow on the tuple takes it over. */
+static __always_inline struct ct_forward *ct_lookup(const struct ct_key *k, __u64 now, int *in_new,
+						    struct ct_forward **slot)
 {
 	struct ct_forward *ct = bpf_map_lookup_elem(&herald_ct_forward, k);
 
+	*slot = ct;
 	if (ct && ct->expires > now) {
 		*in_new = 0;
 		return ct;
@@ -118,12 +130,19 @@ static __always_inline struct ct_forward *ct_lookup(const struct ct_key *k, __u6
 	return 0;
 }
 
-/* Stores a new flow's entry in the handshake table, and drops whatever the established table
- * still holds for the tuple (a flow that ended, or went to a backend that is gone), which
- * lookups would otherwise find first. */
-static __always_inline void ct_store(const struct ct_key *k, const struct ct_forward *entry)
+/* Stores a new flow's entry. A tuple that still has a slot among established flows (its last
+ * flow's, now over or replaced) keeps it: the new flow takes the slot over in place, so it
+ * crowds out no other flow and costs no insert, and a live handshake entry of the tuple goes.
+ * Any other new flow starts in the handshake table. */
+static __always_inline void ct_store(const struct ct_key *k, struct ct_forward *slot, int live_in_new,
+				     const struct ct_forward *entry)
 {
-	bpf_map_delete_elem(&herald_ct_forward, k);
+	if (slot) {
+		*slot = *entry;
+		if (live_in_new)
+			bpf_map_delete_elem(&herald_ct_new, k);
+		return;
+	}
 	bpf_map_update_elem(&herald_ct_new, k, entry, BPF_ANY);
 }
 
@@ -174,8 +193,10 @@ static __always_inline void ct_forward_key_of(struct ct_key *fkey, const struct 
 static __always_inline struct ct_forward *ct_owner_of(const struct ct_key *rkey, const struct ct_reverse *rev,
 						      __u64 now, struct ct_key *fkey, int *in_new)
 {
+	struct ct_forward *slot;
+
 	ct_forward_key_of(fkey, rkey, rev);
-	struct ct_forward *ct = ct_lookup(fkey, now, in_new);
+	struct ct_forward *ct = ct_lookup(fkey, now, in_new, &slot);
 	if (!ct)
 		return 0;
 	if (!addr_eq(ct->backend_addr, rkey->saddr) || ct->backend_port != rkey->sport)

@@ -80,11 +80,19 @@ static __always_inline struct lb_config *lb_config(void)
 }
 
 /* Whether the speaker that owns these maps is alive (heartbeat within the grace period). A
- * heartbeat written on another CPU after this program read its clock is slightly in the
- * future: hence the signed difference. */
+ * heartbeat can be slightly in the future of now (written after this program read its clock,
+ * or within the tick lb_now lags by): hence the signed difference. */
 static __always_inline int lb_owner_alive(const struct lb_config *cfg, __u64 now)
 {
 	return cfg->heartbeat_ns != 0 && (__s64)(now - cfg->heartbeat_ns) < (__s64)HERALD_OWNER_GRACE_NS;
+}
+
+/* Whether port (network order) is one that SNAT gives out. */
+static __always_inline int lb_snat_port_in_range(const struct lb_config *cfg, __be16 port)
+{
+	__u32 p = bpf_ntohs(port);
+
+	return p >= cfg->snat_port_min && p - cfg->snat_port_min < cfg->snat_port_count;
 }
 
 /* The next SNAT port of the backend's round robin that no live flow holds, with the reverse
@@ -121,7 +129,14 @@ static __always_inline __be16 lb_snat_port(const struct lb_tuple *t, __u32 backe
 	return 0;
 }
 
-/* Writes the reverse entry of a new flow to a local backend (keyed by the reply's tuple). */
+static __always_inline int ct_reverse_eq(const struct ct_reverse *a, const struct ct_reverse *b)
+{
+	return addr_eq(a->frontend_addr, b->frontend_addr) && addr_eq(a->client_addr, b->client_addr) &&
+	       a->frontend_port == b->frontend_port && a->client_port == b->client_port;
+}
+
+/* Writes the reverse entry of a new flow to a local backend (keyed by the reply's tuple),
+ * unless the tuple's last flow left the same one (a client reusing its port). */
 static __always_inline void lb_reverse_local(const struct lb_tuple *t, const struct lb_backend *be,
 					     const struct ct_reverse *rev)
 {
@@ -134,6 +149,9 @@ static __always_inline void lb_reverse_local(const struct lb_tuple *t, const str
 	rkey.dport = t->sport;
 	rkey.proto = t->proto;
 	rkey.family = t->family;
+	struct ct_reverse *old = bpf_map_lookup_elem(&herald_ct_reverse, &rkey);
+	if (old && ct_reverse_eq(old, rev))
+		return;
 	bpf_map_update_elem(&herald_ct_reverse, &rkey, rev, BPF_ANY);
 }
 
@@ -154,20 +172,17 @@ static __always_inline int lb_send(struct __sk_buff *skb, const struct lb_tuple 
 		lb_stat(HERALD_STAT_DROP_REWRITE_FAILED);
 		return TC_ACT_SHOT;
 	}
-	return TC_ACT_OK;
+	return lb_deliver_local(skb, t->family, t->saddr, be->addr);
 }
 
-/* Forward path: a packet to a frontend goes to its flow's backend, or for a new flow to the
- * backend its Maglev slot names. Packets to no frontend are left untouched. tunnelled: the
- * packet came out of another node's DSR tunnel, so only a backend on this node may take it. */
-static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_tuple *t, int tunnelled)
+/* Forward path: a packet to frontend fe goes to its flow's backend, or for a new flow to the
+ * backend its Maglev slot names. tunnelled: the packet came out of another node's DSR tunnel,
+ * so only a backend on this node may take it. */
+static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_tuple *t, const struct lb_frontend *fe,
+				      const struct lb_config *cfg, int tunnelled)
 {
-	struct lb_frontend *fe = lb_frontend_of(t);
-	if (!fe)
-		return TC_ACT_OK;
-	struct lb_config *cfg = lb_config();
-	__u64 now = bpf_ktime_get_ns();
-	if (!cfg || !lb_owner_alive(cfg, now)) {
+	__u64 now = lb_now();
+	if (!lb_owner_alive(cfg, now)) {
 		lb_stat(HERALD_STAT_OWNER_STALE);
 		return TC_ACT_OK;
 	}
@@ -176,7 +191,8 @@ static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_tup
 	struct ct_key key;
 	ct_key_from_tuple(&key, t);
 	int in_new = 0;
-	struct ct_forward *ct = ct_lookup(&key, now, &in_new);
+	struct ct_forward *slot;
+	struct ct_forward *ct = ct_lookup(&key, now, &in_new, &slot);
 	/* A SYN on the tuple of a closed flow: the client reused its port for a new connection.
 	 * A SYN on a flow whose handshake never completed is placed again too, by today's table:
 	 * its first backend may be one the tables have since moved away from (a node declared dead
@@ -255,8 +271,8 @@ static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_tup
 		}
 		addr_copy(entry.snat_addr, be->snat_addr);
 	}
-	/* Also drops a stale entry of the tuple (its flow ended or its backend is gone). */
-	ct_store(&key, &entry);
+	/* Also replaces a stale entry of the tuple (its flow ended or its backend is gone). */
+	ct_store(&key, slot, in_new, &entry);
 	if (!(be->flags & (HERALD_BACKEND_SNAT | HERALD_BACKEND_DSR)))
 		lb_reverse_local(t, be, &rev);
 	lb_stat(HERALD_STAT_FLOW_NEW);
@@ -268,7 +284,8 @@ static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_tup
  * flow (untouched); else 1 with *action set. On ingress the rewritten reply is redirected to
  * the client: its new source may be this node's own address (a NodePort), which the IP stack
  * would drop as a martian. */
-static __always_inline int lb_reverse(struct __sk_buff *skb, const struct lb_tuple *t, int ingress, int *action)
+static __always_inline int lb_reverse(struct __sk_buff *skb, const struct lb_tuple *t, const struct lb_config *cfg,
+				      int ingress, int *action)
 {
 	struct ct_key rkey;
 
@@ -276,9 +293,8 @@ static __always_inline int lb_reverse(struct __sk_buff *skb, const struct lb_tup
 	struct ct_reverse *rev = bpf_map_lookup_elem(&herald_ct_reverse, &rkey);
 	if (!rev)
 		return 0;
-	struct lb_config *cfg = lb_config();
-	__u64 now = bpf_ktime_get_ns();
-	if (!cfg || !lb_owner_alive(cfg, now))
+	__u64 now = lb_now();
+	if (!lb_owner_alive(cfg, now))
 		return 0;
 	struct ct_reverse r = *rev;
 	struct ct_key fkey;

@@ -35,6 +35,41 @@ static __always_inline __u16 csum_fold(__s64 csum)
 	return (__u16)~sum;
 }
 
+/* Asks the routing and neighbour tables how to reach dst from src, as if the packet had come
+ * in on interface in; on BPF_FIB_LKUP_RET_SUCCESS and _NO_NEIGH, p names the outgoing
+ * interface and the next hop (the gateway, or dst itself on a connected route). */
+static __always_inline long lb_fib(struct __sk_buff *skb, struct bpf_fib_lookup *p, __u32 in, __u8 family,
+				   const __u32 *src, const __u32 *dst)
+{
+	__builtin_memset(p, 0, sizeof(*p));
+	p->ifindex = in;
+	if (family == HERALD_FAMILY_V4) {
+		p->family = AF_INET;
+		p->ipv4_src = src[0];
+		p->ipv4_dst = dst[0];
+	} else {
+		p->family = AF_INET6;
+		addr_copy(p->ipv6_src, src);
+		addr_copy(p->ipv6_dst, dst);
+	}
+	return bpf_fib_lookup(skb, p, sizeof(*p), 0);
+}
+
+/* Sends the packet to the next hop p names, through the neighbour subsystem (which resolves
+ * its MAC when needed). */
+static __always_inline int lb_redirect_next_hop(const struct bpf_fib_lookup *p)
+{
+	struct bpf_redir_neigh nh;
+
+	__builtin_memset(&nh, 0, sizeof(nh));
+	nh.nh_family = p->family;
+	if (p->family == AF_INET)
+		nh.ipv4_nh = p->ipv4_dst;
+	else
+		addr_copy(nh.ipv6_nh, p->ipv6_dst);
+	return bpf_redirect_neigh(p->ifindex, &nh, sizeof(nh), 0);
+}
+
 /* Sends the packet out of the interface the routing table names for dst: with the next hop's
  * MAC when the neighbour table has it, else through the neighbour subsystem (which resolves
  * it). Used for packets whose source is this node's own address (SNAT, tunnel, a NodePort's
@@ -43,18 +78,7 @@ static __always_inline int lb_redirect(struct __sk_buff *skb, __u8 family, const
 {
 	struct bpf_fib_lookup p;
 
-	__builtin_memset(&p, 0, sizeof(p));
-	p.ifindex = skb->ifindex;
-	if (family == HERALD_FAMILY_V4) {
-		p.family = AF_INET;
-		p.ipv4_src = src[0];
-		p.ipv4_dst = dst[0];
-	} else {
-		p.family = AF_INET6;
-		addr_copy(p.ipv6_src, src);
-		addr_copy(p.ipv6_dst, dst);
-	}
-	long rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
+	long rc = lb_fib(skb, &p, skb->ifindex, family, src, dst);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		if (bpf_skb_store_bytes(skb, 0, p.dmac, ETH_ALEN, 0) < 0 ||
 		    bpf_skb_store_bytes(skb, ETH_ALEN, p.smac, ETH_ALEN, 0) < 0) {
@@ -67,15 +91,24 @@ static __always_inline int lb_redirect(struct __sk_buff *skb, __u8 family, const
 		lb_stat(HERALD_STAT_DROP_NO_ROUTE);
 		return TC_ACT_SHOT;
 	}
-	/* p now names the next hop (the gateway, or dst itself on a connected route). */
-	struct bpf_redir_neigh nh;
-	__builtin_memset(&nh, 0, sizeof(nh));
-	nh.nh_family = p.family;
-	if (p.family == AF_INET)
-		nh.ipv4_nh = p.ipv4_dst;
-	else
-		addr_copy(nh.ipv6_nh, p.ipv6_dst);
-	return bpf_redirect_neigh(p.ifindex, &nh, sizeof(nh), 0);
+	return lb_redirect_next_hop(&p);
+}
+
+/* Hands a packet rewritten for a backend on this node to the backend's interface, where the
+ * kernel's forwarding would send it, without the IP stack's second pass over it (routing
+ * input, forwarding, the FORWARD hooks): a measured share of a translated packet's cost. The
+ * neighbour subsystem fills in the MACs and keeps its entries confirmed as for forwarded
+ * packets. A packet the routing table would not send to another interface of this node takes
+ * the kernel's path, as before. */
+static __always_inline int lb_deliver_local(struct __sk_buff *skb, __u8 family, const __u32 *src, const __u32 *dst)
+{
+	struct bpf_fib_lookup p;
+	__u32 in = skb->ifindex;
+
+	long rc = lb_fib(skb, &p, in, family, src, dst);
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || p.ifindex == in)
+		return TC_ACT_OK;
+	return lb_redirect_next_hop(&p);
 }
 
 static __always_inline int lb4_encap(struct __sk_buff *skb, const struct lb_backend *be)
@@ -128,9 +161,9 @@ static __always_inline int lb_tunnel(struct __sk_buff *skb, const struct lb_tupl
 }
 
 /* Strips the tunnel header of a packet another node sent here for one of our frontends.
- * Returns 1 with t describing the inner packet, now at ETH_HLEN; 0 when the packet is not
- * such a packet (untouched); -1 when stripping failed. */
-static __always_inline int lb_decap(struct __sk_buff *skb, struct lb_tuple *t)
+ * Returns 1 with t describing the inner packet, now at ETH_HLEN, and *fe its frontend; 0 when
+ * the packet is not such a packet (untouched); -1 when stripping failed. */
+static __always_inline int lb_decap(struct __sk_buff *skb, struct lb_tuple *t, struct lb_frontend **fe)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -141,7 +174,7 @@ static __always_inline int lb_decap(struct __sk_buff *skb, struct lb_tuple *t)
 			return 0;
 		if (ip->protocol != IPPROTO_IPIP || ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 			return 0;
-		if (lb4_parse_at(skb, t, ETH_HLEN + sizeof(struct iphdr)) < 0 || !lb_frontend_of(t))
+		if (lb4_parse_at(skb, t, ETH_HLEN + sizeof(struct iphdr)) < 0 || !(*fe = lb_frontend_of(t)))
 			return 0;
 		/* The flag (6.3+) clears the tunnel's GSO marks; older kernels refuse it and
 		 * get a plain shrink (inner and outer are the same family). */
@@ -156,7 +189,7 @@ static __always_inline int lb_decap(struct __sk_buff *skb, struct lb_tuple *t)
 			return 0;
 		if (ip6->nexthdr != IPPROTO_IPV6)
 			return 0;
-		if (lb6_parse_at(skb, t, ETH_HLEN + sizeof(struct ipv6hdr)) < 0 || !lb_frontend_of(t))
+		if (lb6_parse_at(skb, t, ETH_HLEN + sizeof(struct ipv6hdr)) < 0 || !(*fe = lb_frontend_of(t)))
 			return 0;
 		if (bpf_skb_adjust_room(skb, -(__s32)sizeof(struct ipv6hdr), BPF_ADJ_ROOM_MAC,
 					BPF_F_ADJ_ROOM_DECAP_L3_IPV6) < 0 &&

@@ -299,7 +299,8 @@ impl FlowMaps {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the programs (`lb_now` in bpf/lib/ct.h, which
+/// lags it by at most a tick).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into memory we own.
