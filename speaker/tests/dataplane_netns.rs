@@ -127,6 +127,23 @@ fn ask(lab: &RoutedLab, from: IpAddr, to: SocketAddr) -> String {
         .unwrap_or_else(|| panic!("no answer from {to} (from {from}): {:?}", ask_once(&client, from, to)))
 }
 
+/// A port of `ports` on the client's first address whose connection to `to` reaches `pod`
+/// (each port tried once, a connection that ends with a reset).
+fn client_port_going_to(lab: &RoutedLab, ports: std::ops::Range<u16>, to: SocketAddr, pod: &str) -> SocketAddr {
+    let client = lab.client();
+    let (first, last) = (ports.start, ports.end);
+    ports
+        .map(|port| sa(lab.client_addr(0, false), port))
+        .find(|from| {
+            let answer = eventually(10, Duration::from_secs(5), || {
+                ask_from_port(&client, *from, to, Duration::from_millis(1500)).ok()
+            })
+            .expect("the service answers");
+            parts(&answer).0 == pod
+        })
+        .unwrap_or_else(|| panic!("no port of {first}..{last} goes to {pod}"))
+}
+
 /// Programs attached to node 1's eth0 (ingress, egress), as the kernel reports them.
 fn tcx_programs(lab: &RoutedLab) -> (usize, usize) {
     use aya::programs::{SchedClassifier, TcAttachType};
@@ -403,17 +420,7 @@ fn dataplane_a_retried_syn_of_an_unanswered_flow_is_placed_by_the_current_table(
     let client = lab.client();
     let vip = sa(lab.vip(0, false), PORT);
     let short = Duration::from_millis(1500);
-    // A client port whose flow goes to node 2's pod.
-    let from = (41_000u16..41_200)
-        .map(|port| sa(lab.client_addr(0, false), port))
-        .find(|from| {
-            let answer = eventually(10, Duration::from_secs(5), || {
-                ask_from_port(&client, *from, vip, short).ok()
-            })
-            .expect("the service answers");
-            parts(&answer).0 == "pod2-1"
-        })
-        .expect("some port of 200 goes to pod2-1");
+    let from = client_port_going_to(&lab, 41_000..41_200, vip, "pod2-1");
 
     // Node 2 is cut off: the SYN goes to its pod and is never answered.
     lab.cut_uplink(2);
@@ -456,17 +463,7 @@ fn dataplane_a_client_port_used_again_is_a_new_flow_placed_by_the_current_table(
     let vip = sa(lab.vip(0, false), PORT);
     let short = Duration::from_secs(2);
     dp.apply_services(std::slice::from_ref(&three)).unwrap();
-    // A client port whose flow goes to pod1-3 while it is a backend.
-    let from = (42_000u16..42_300)
-        .map(|port| sa(lab.client_addr(0, false), port))
-        .find(|from| {
-            let answer = eventually(10, Duration::from_secs(5), || {
-                ask_from_port(&client, *from, vip, short).ok()
-            })
-            .expect("the service answers");
-            parts(&answer).0 == "pod1-3"
-        })
-        .expect("some port of 300 goes to pod1-3");
+    let from = client_port_going_to(&lab, 42_000..42_300, vip, "pod1-3");
 
     // Without pod1-3, the port's next connection goes to another pod and ends (a reset)...
     dp.apply_services(std::slice::from_ref(&two)).unwrap();
