@@ -16,7 +16,9 @@
 //! path's rate, failures, latency, the ratio herald ÷ direct, and node 1's conntrack (live
 //! flows and drops). `HERALD_SOAK_MINUTES` (10) sets the length. Before the soak, the
 //! throughput of one long-lived upload (the direction the tunnel carries) through the LB IP
-//! and directly, alternating, `HERALD_SOAK_STREAM_ROUNDS` (3) rounds of 5 s each.
+//! and directly, alternating, `HERALD_SOAK_STREAM_ROUNDS` (3) rounds of 5 s each; and, with
+//! `HERALD_SOAK_SOLO_ROUNDS` (0) set, each path alone in alternating rounds of
+//! `HERALD_SOAK_SOLO_SECONDS` (5) with the machine's CPU time per connection.
 
 #[path = "../tests/dataplane_support/mod.rs"]
 mod dataplane_support;
