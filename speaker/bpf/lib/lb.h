@@ -172,7 +172,7 @@ static __always_inline int lb_send(struct __sk_buff *skb, const struct lb_tuple 
 		lb_stat(HERALD_STAT_DROP_REWRITE_FAILED);
 		return TC_ACT_SHOT;
 	}
-	return lb_deliver_local(skb, t->family, t->saddr, be->addr);
+	return TC_ACT_OK;
 }
 
 /* Forward path: a packet to frontend fe goes to its flow's backend, or for a new flow to the

@@ -35,41 +35,6 @@ static __always_inline __u16 csum_fold(__s64 csum)
 	return (__u16)~sum;
 }
 
-/* Asks the routing and neighbour tables how to reach dst from src, as if the packet had come
- * in on interface in; on BPF_FIB_LKUP_RET_SUCCESS and _NO_NEIGH, p names the outgoing
- * interface and the next hop (the gateway, or dst itself on a connected route). */
-static __always_inline long lb_fib(struct __sk_buff *skb, struct bpf_fib_lookup *p, __u32 in, __u8 family,
-				   const __u32 *src, const __u32 *dst)
-{
-	__builtin_memset(p, 0, sizeof(*p));
-	p->ifindex = in;
-	if (family == HERALD_FAMILY_V4) {
-		p->family = AF_INET;
-		p->ipv4_src = src[0];
-		p->ipv4_dst = dst[0];
-	} else {
-		p->family = AF_INET6;
-		addr_copy(p->ipv6_src, src);
-		addr_copy(p->ipv6_dst, dst);
-	}
-	return bpf_fib_lookup(skb, p, sizeof(*p), 0);
-}
-
-/* Sends the packet to the next hop p names, through the neighbour subsystem (which resolves
- * its MAC when needed). */
-static __always_inline int lb_redirect_next_hop(const struct bpf_fib_lookup *p)
-{
-	struct bpf_redir_neigh nh;
-
-	__builtin_memset(&nh, 0, sizeof(nh));
-	nh.nh_family = p->family;
-	if (p->family == AF_INET)
-		nh.ipv4_nh = p->ipv4_dst;
-	else
-		addr_copy(nh.ipv6_nh, p->ipv6_dst);
-	return bpf_redirect_neigh(p->ifindex, &nh, sizeof(nh), 0);
-}
-
 /* Sends the packet out of the interface the routing table names for dst: with the next hop's
  * MAC when the neighbour table has it, else through the neighbour subsystem (which resolves
  * it). Used for packets whose source is this node's own address (SNAT, tunnel, a NodePort's
@@ -78,7 +43,18 @@ static __always_inline int lb_redirect(struct __sk_buff *skb, __u8 family, const
 {
 	struct bpf_fib_lookup p;
 
-	long rc = lb_fib(skb, &p, skb->ifindex, family, src, dst);
+	__builtin_memset(&p, 0, sizeof(p));
+	p.ifindex = skb->ifindex;
+	if (family == HERALD_FAMILY_V4) {
+		p.family = AF_INET;
+		p.ipv4_src = src[0];
+		p.ipv4_dst = dst[0];
+	} else {
+		p.family = AF_INET6;
+		addr_copy(p.ipv6_src, src);
+		addr_copy(p.ipv6_dst, dst);
+	}
+	long rc = bpf_fib_lookup(skb, &p, sizeof(p), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		if (bpf_skb_store_bytes(skb, 0, p.dmac, ETH_ALEN, 0) < 0 ||
 		    bpf_skb_store_bytes(skb, ETH_ALEN, p.smac, ETH_ALEN, 0) < 0) {
@@ -91,24 +67,15 @@ static __always_inline int lb_redirect(struct __sk_buff *skb, __u8 family, const
 		lb_stat(HERALD_STAT_DROP_NO_ROUTE);
 		return TC_ACT_SHOT;
 	}
-	return lb_redirect_next_hop(&p);
-}
-
-/* Hands a packet rewritten for a backend on this node to the backend's interface, where the
- * kernel's forwarding would send it, without the IP stack's second pass over it (routing
- * input, forwarding, the FORWARD hooks): a measured share of a translated packet's cost. The
- * neighbour subsystem fills in the MACs and keeps its entries confirmed as for forwarded
- * packets. A packet the routing table would not send to another interface of this node takes
- * the kernel's path, as before. */
-static __always_inline int lb_deliver_local(struct __sk_buff *skb, __u8 family, const __u32 *src, const __u32 *dst)
-{
-	struct bpf_fib_lookup p;
-	__u32 in = skb->ifindex;
-
-	long rc = lb_fib(skb, &p, in, family, src, dst);
-	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || p.ifindex == in)
-		return TC_ACT_OK;
-	return lb_redirect_next_hop(&p);
+	/* p now names the next hop (the gateway, or dst itself on a connected route). */
+	struct bpf_redir_neigh nh;
+	__builtin_memset(&nh, 0, sizeof(nh));
+	nh.nh_family = p.family;
+	if (p.family == AF_INET)
+		nh.ipv4_nh = p.ipv4_dst;
+	else
+		addr_copy(nh.ipv6_nh, p.ipv6_dst);
+	return bpf_redirect_neigh(p.ifindex, &nh, sizeof(nh), 0);
 }
 
 static __always_inline int lb4_encap(struct __sk_buff *skb, const struct lb_backend *be)
