@@ -301,12 +301,15 @@ fn busy_cpu_ns() -> u64 {
         .skip(1)
         .map(|v| v.parse().expect("a number"))
         .collect();
-    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100 on Linux.
+    // user nice system idle iowait irq softirq steal ..., in clock ticks.
     let busy: u64 = fields
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, v)| v)
         .sum();
-    busy * 10_000_000
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    busy * (1_000_000_000 / ticks_per_sec)
 }
