@@ -10,8 +10,8 @@
 //! - herald:   client → 2 VIPs of one Service (node1, Herald TC programs, N Services in the maps) → pod1-x
 //! - iptables: client → 2 VIPs of one Service (node2, `KUBE-SERVICES`/`KUBE-SVC-*`/`KUBE-SEP-*` nat rules for
 //!   N Services, two endpoints each picked with `statistic --mode random`) → pod2-x
-//! - direct:   client → pod1-1 / pod1-2 (half the threads each) routed through node1, no
-//!   translation
+//! - direct:   client → pod1-1 / pod1-2 (each connection to one of them at random) routed
+//!   through node1, no translation
 //!
 //! The measured Service sits in the middle of `KUBE-SERVICES` (kube-proxy orders its rules by
 //! hash, so a Service is on average halfway down). Load: T client threads doing
@@ -35,7 +35,7 @@ use dataplane_support::start_dataplane;
 use herald_speaker::dataplane::{
     EndpointInput, EndpointPort, NodeInput, Protocol, ServiceInput, ServicePort, TrafficPolicy, desired,
 };
-use herald_testkit::routed::{RoutedLab, Sample, load, serve_http};
+use herald_testkit::routed::{RoutedLab, Sample, load, serve_http, spread_flows};
 
 const PORT: u16 = 80;
 const TARGET: u16 = 8080;
@@ -193,7 +193,9 @@ fn main() {
     let paths = [
         ("herald", vec![(c(1), herald_to[0]), (c(4), herald_to[1])]),
         ("iptables", vec![(c(2), iptables_to[0]), (c(5), iptables_to[1])]),
-        ("direct", vec![(c(3), direct_to[0]), (c(6), direct_to[1])]),
+        // Each thread's connections spread over both pods at random, as the Services spread
+        // theirs (see `spread_flows`).
+        ("direct", spread_flows(&[c(3), c(6)], &direct_to, 1024)),
     ];
     let node1 = NodeInput {
         name: "node1".into(),

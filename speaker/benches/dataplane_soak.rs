@@ -9,7 +9,8 @@
 //! path: client → LB IP → node 1 (owner, Herald's programs) → node 2's pods, in the forwarding
 //! mode under test (`HERALD_SOAK_FORWARDING`: `dsr`, the default, or `snat`). The direct path:
 //! client → node 1 → node 2 → the same pods, routed by the kernels with no translation (the
-//! same hops; Herald's programs on both nodes see the packets and pass them). Both paths run at the same time for the whole soak, each with its own T
+//! same hops; Herald's programs on both nodes see the packets and pass them), each client
+//! thread's connections spread over the pods at random as Maglev spreads the herald path's. Both paths run at the same time for the whole soak, each with its own T
 //! client threads (`HERALD_SOAK_THREADS`, 2) and its own 16 client source addresses (so the
 //! client's ports never run out and no path meets the other's TIME_WAIT sockets); every
 //! connection is connect / one request / read to EOF / close. Reported per minute: each
@@ -31,7 +32,7 @@ use dataplane_support::{dataplane_config, start_dataplane};
 use herald_speaker::dataplane::{
     EndpointInput, EndpointPort, Forwarding, Protocol, ServiceInput, ServicePort, TrafficPolicy,
 };
-use herald_testkit::routed::{RoutedLab, load, serve_http};
+use herald_testkit::routed::{RoutedLab, load, serve_http, spread_flows};
 use herald_testkit::run;
 
 const PORT: u16 = 80;
@@ -138,12 +139,13 @@ fn main() {
     }
     let vip = SocketAddr::new(lab.vip(0, false), PORT);
     let herald: Vec<(IpAddr, SocketAddr)> = (0..SOURCES).map(|m| (lab.client_addr(10 + m, false), vip)).collect();
-    let direct: Vec<(IpAddr, SocketAddr)> = (0..SOURCES)
-        .map(|m| {
-            let pod = SocketAddr::new(lab.pod_addr(2, 1 + m % 2, false), TARGET);
-            (lab.client_addr(10 + SOURCES + m, false), pod)
-        })
+    // The direct path spreads each client thread's connections over both pods at random, as
+    // Maglev spreads the translated path's (see `spread_flows`).
+    let direct_sources: Vec<IpAddr> = (0..SOURCES).map(|m| lab.client_addr(10 + SOURCES + m, false)).collect();
+    let pods: Vec<SocketAddr> = (1..=2)
+        .map(|j| SocketAddr::new(lab.pod_addr(2, j, false), TARGET))
         .collect();
+    let direct = spread_flows(&direct_sources, &pods, 64 * SOURCES as usize);
     // Warm neighbour caches on both paths.
     load(&lab, &herald, 1, 1);
     load(&lab, &direct, 1, 1);

@@ -551,6 +551,25 @@ pub fn serve_http(lab: &RoutedLab, i: u8, j: u8, port: u16) {
     rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
 }
 
+/// `count` (source, target) pairs for [`load`], the direct baseline of a load-balanced path:
+/// source `i % sources.len()`, and a target drawn at random (fixed seed) for each pair, so a
+/// client thread's connections spread over the targets independently of the thread, as a load
+/// balancer spreads them over its backends. A thread pinned to one target is not a fair
+/// baseline: the scheduler keeps it on one CPU with that target's server thread, a locality
+/// that connections spread by a load balancer never get (measured in BENCHMARKS.md).
+pub fn spread_flows(sources: &[IpAddr], targets: &[SocketAddr], count: usize) -> Vec<(IpAddr, SocketAddr)> {
+    (0..count)
+        .map(|i| {
+            // splitmix64 of the index: uniform, and the same in every run.
+            let mut z = (i as u64).wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (sources[i % sources.len()], targets[(z % targets.len() as u64) as usize])
+        })
+        .collect()
+}
+
 pub struct Sample {
     pub conns_per_sec: f64,
     pub p50_us: u32,
@@ -826,4 +845,41 @@ pub fn eventually<T>(tries: usize, limit: Duration, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_flows_give_every_thread_every_target_about_equally() {
+        let sources: Vec<IpAddr> = (1..=2).map(|i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i))).collect();
+        let targets: Vec<SocketAddr> = (1..=2)
+            .map(|i| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1, 0, i)), 80))
+            .collect();
+        let flows = spread_flows(&sources, &targets, 1024);
+        assert_eq!(flows, spread_flows(&sources, &targets, 1024), "the same in every run");
+        for (i, (source, _)) in flows.iter().enumerate() {
+            assert_eq!(*source, sources[i % 2]);
+        }
+        // Thread t of T uses flows t, t + T, ... (see `load`): with 2 and 4 threads, each
+        // thread sends 40-60 % of its connections to each target, and its next connection
+        // keeps its target about as often as it changes it (spread, not alternated).
+        for threads in [2, 4] {
+            for t in 0..threads {
+                let mine: Vec<SocketAddr> = flows.iter().skip(t).step_by(threads).map(|(_, to)| *to).collect();
+                let first = mine.iter().filter(|to| **to == targets[0]).count();
+                assert!(
+                    (40..=60).contains(&(first * 100 / mine.len())),
+                    "thread {t} of {threads}: {first} of {}",
+                    mine.len()
+                );
+                let changes = mine.windows(2).filter(|w| w[0] != w[1]).count();
+                assert!(
+                    (40..=60).contains(&(changes * 100 / mine.len())),
+                    "thread {t} of {threads}: {changes} changes"
+                );
+            }
+        }
+    }
 }
