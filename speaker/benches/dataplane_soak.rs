@@ -10,9 +10,10 @@
 //! mode under test (`HERALD_SOAK_FORWARDING`: `dsr`, the default, or `snat`). The direct path:
 //! client → node 1 → node 2 → the same pods, routed by the kernels with no translation (the
 //! same hops; Herald's programs on both nodes see the packets and pass them), each client
-//! thread's connections spread over the pods at random as Maglev spreads the herald path's. Both paths run at the same time for the whole soak, each with its own T
-//! client threads (`HERALD_SOAK_THREADS`, 2) and its own 16 client source addresses (so the
-//! client's ports never run out and no path meets the other's TIME_WAIT sockets); every
+//! thread's connections spread over the pods at random as Maglev spreads the herald path's.
+//! Both paths run at the same time for the whole soak, each with its own T client threads
+//! (`HERALD_SOAK_THREADS`, 2) and its own 16 client source addresses (so the client's ports
+//! never run out and no path meets the other's TIME_WAIT sockets); every
 //! connection is connect / one request / read to EOF / close. Reported per minute: each
 //! path's rate, failures, latency, the ratio herald ÷ direct, and node 1's conntrack (live
 //! flows and drops). `HERALD_SOAK_MINUTES` (10) sets the length. Before the soak, the
