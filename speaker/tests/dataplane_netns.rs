@@ -816,7 +816,7 @@ fn dataplane_pins_of_a_dead_speaker_stop_translating_and_can_be_removed() {
     drop(dp);
     assert_eq!(parts(&ask(&lab, lab.client_addr(1, false), vip)).0, "pod1-1");
     // ...and stop once its last heartbeat is older than that (written here as if long ago).
-    let config_pin = lab.pin_dir(1).join("v2").join("herald_config");
+    let config_pin = lab.pin_dir(1).join("v3").join("herald_config");
     let map =
         aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&config_pin).expect("pinned settings map")).unwrap();
     let mut config: aya::maps::Array<_, herald_speaker::dataplane::maps::ConfigValue> =

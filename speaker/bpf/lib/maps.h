@@ -12,8 +12,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } herald_frontends SEC(".maps");
 
+/* Indexed by backend id (ids are dense, from 1): every packet of a flow reads its backend, and
+ * an array lookup is an inlined bounds check where a hash lookup hashes and walks a bucket. An
+ * unused id is all zeroes: family 0 and generation 0 match no packet and no flow. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, HERALD_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct lb_backend);

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use ipnet::IpNet;
 use thiserror::Error;
 
@@ -70,7 +70,7 @@ mod abi {
 
     /// Must match `struct lb_backend` in bpf/lib/common.h (56 bytes).
     #[repr(C)]
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
     pub struct BackendValue {
         pub addr: [u8; 16],
         pub snat_addr: [u8; 16],
@@ -392,7 +392,8 @@ impl ServiceMaps for FakeServiceMaps {
 /// The kernel's maps, through aya.
 pub struct AyaServiceMaps {
     pub(crate) frontends: BpfHashMap<MapData, FrontendKey, FrontendValue>,
-    pub(crate) backends: BpfHashMap<MapData, u32, BackendValue>,
+    /// Indexed by id; an unused id holds zeroes (generation 0, which no backend has).
+    pub(crate) backends: Array<MapData, BackendValue>,
     pub(crate) rows: BpfHashMap<MapData, u32, MaglevRow>,
     pub(crate) counters: PerCpuArray<MapData, Counters>,
     pub(crate) source_ranges: LpmTrie<MapData, SourceData, u32>,
@@ -409,9 +410,11 @@ impl ServiceMaps for AyaServiceMaps {
             let (k, v) = entry.map_err(err("herald_frontends", "iterate"))?;
             contents.frontends.insert(k, v);
         }
-        for entry in self.backends.iter() {
-            let (k, v) = entry.map_err(err("herald_backends", "iterate"))?;
-            contents.backends.insert(k, v);
+        for (id, entry) in (0..).zip(self.backends.iter()) {
+            let v = entry.map_err(err("herald_backends", "iterate"))?;
+            if v.generation != 0 {
+                contents.backends.insert(id, v);
+            }
         }
         for entry in self.rows.iter() {
             let (k, v) = entry.map_err(err("herald_maglev", "iterate"))?;
@@ -430,11 +433,13 @@ impl ServiceMaps for AyaServiceMaps {
     }
     fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
         self.backends
-            .insert(id, value, 0)
+            .set(id, value, 0)
             .map_err(err("herald_backends", "update"))
     }
     fn remove_backend(&mut self, id: u32) -> Result<(), MapsError> {
-        ignore_missing(self.backends.remove(&id)).map_err(err("herald_backends", "delete"))
+        self.backends
+            .set(id, BackendValue::default(), 0)
+            .map_err(err("herald_backends", "delete"))
     }
     fn set_row(&mut self, id: u32, row: &MaglevRow) -> Result<(), MapsError> {
         self.rows.insert(id, row, 0).map_err(err("herald_maglev", "update"))

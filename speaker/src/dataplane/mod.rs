@@ -63,16 +63,17 @@
 //! again.
 //!
 //! # Pinning and restart
-//! Maps are pinned by name under `<pin_dir>/v2/`, TCX links under `<pin_dir>/links/`. A new
+//! Maps are pinned by name under `<pin_dir>/v3/`, TCX links under `<pin_dir>/links/`. A new
 //! speaker reuses the maps (conntrack survives, so established flows keep going), reads back
 //! what they hold to continue incremental updates ([`maps::MapSync::resume`]), and atomically
-//! replaces the program behind each pinned link (maps of the older layout `v1` are removed).
-//! Links of interfaces no longer configured are detached. [`Dataplane::shutdown`] and
-//! [`remove_pinned`] detach everything and remove the pins. A thread of the [`Dataplane`]
-//! writes a heartbeat into `herald_config` every second; two minutes after the last one the
-//! programs stop translating, so a crashed speaker's state forwards only until it restarts or
-//! for two minutes. In the lab every node shares one
-//! bpffs, so `pin_dir` must be unique per node. Kernels before 6.6 have no TCX: programs are
+//! replaces the program behind each pinned link. Maps of the older layouts `v1` and `v2` are
+//! removed, so an upgrade across layouts loses the flow state: a flow to a local or tunnelled
+//! backend is picked up again by its Maglev slot, a SNATed flow breaks. Links of interfaces no
+//! longer configured are detached. [`Dataplane::shutdown`] and [`remove_pinned`] detach
+//! everything and remove the pins. A thread of the [`Dataplane`] writes a heartbeat into
+//! `herald_config` every second; two minutes after the last one the programs stop translating,
+//! so a crashed speaker's state forwards only until it restarts or for two minutes. In the lab
+//! every node shares one bpffs, so `pin_dir` must be unique per node. Kernels before 6.6 have no TCX: programs are
 //! attached through netlink and detached when the process exits cleanly.
 //!
 //! # Limits (known gaps)
@@ -132,9 +133,9 @@ use maps::{AyaServiceMaps, ConfigValue, MapSync, ServiceMaps};
 static HERALD_LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/herald_lb.o"));
 
 /// Version of the map layout; pins of another layout are never reused.
-const MAP_LAYOUT_DIR: &str = "v2";
+const MAP_LAYOUT_DIR: &str = "v3";
 /// Map layouts an earlier speaker may have left: removed at start (their programs are gone).
-const OLD_MAP_LAYOUT_DIRS: [&str; 1] = ["v1"];
+const OLD_MAP_LAYOUT_DIRS: [&str; 2] = ["v1", "v2"];
 const LINKS_DIR: &str = "links";
 const INGRESS_PROGRAM: &str = "herald_ingress";
 const EGRESS_PROGRAM: &str = "herald_egress";
@@ -859,21 +860,22 @@ mod tests {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).unwrap();
         }
-        for layout in ["v1", "v2", "links"] {
+        for layout in ["v1", "v2", "v3", "links"] {
             std::fs::create_dir_all(dir.join(layout)).unwrap();
         }
-        std::fs::write(dir.join("v1/herald_services"), b"").unwrap();
-        std::fs::write(dir.join("v2/herald_services"), b"").unwrap();
+        for layout in ["v1", "v2", "v3"] {
+            std::fs::write(dir.join(layout).join("herald_services"), b"").unwrap();
+        }
         remove_pinned(&dir).unwrap();
         assert!(!dir.exists());
         remove_pinned(&dir).expect("nothing pinned is fine");
 
         std::fs::create_dir_all(dir.join("v1/not-a-pin")).unwrap();
-        std::fs::create_dir_all(dir.join("v2")).unwrap();
-        std::fs::write(dir.join("v2/herald_services"), b"").unwrap();
+        std::fs::create_dir_all(dir.join("v3")).unwrap();
+        std::fs::write(dir.join("v3/herald_services"), b"").unwrap();
         let error = remove_pinned(&dir).expect_err("a directory among the map pins");
         let named = matches!(&error, DataplaneError::Unpin { path, .. } if path.ends_with("v1/not-a-pin"));
-        let rest_removed = !dir.join("v2").exists();
+        let rest_removed = !dir.join("v3").exists();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(named, "{error:?}");
         assert!(
