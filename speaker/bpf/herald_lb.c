@@ -33,9 +33,10 @@ int herald_ingress(struct __sk_buff *skb)
 	struct lb_config *cfg = lb_config();
 	if (!cfg)
 		return TC_ACT_OK;
-	/* Replies that come in are those of SNATed flows, addressed to a SNAT port: a packet to a
-	 * frontend on any other port is a request, and skips the reverse table. */
-	if (!tunnelled && (!fe || lb_snat_port_in_range(cfg, t.dport))) {
+	/* The only replies translated on ingress are those of SNATed flows, addressed to a SNAT
+	 * port. Every other packet skips the reverse table: a miss there is the main cost Herald
+	 * puts on a node's traffic that is not its own. */
+	if (!tunnelled && lb_snat_port_in_range(cfg, t.dport)) {
 		int action;
 		if (lb_reverse(skb, &t, cfg, 1, &action))
 			return action;
@@ -45,13 +46,14 @@ int herald_ingress(struct __sk_buff *skb)
 	return lb_forward(skb, &t, fe, cfg, tunnelled);
 }
 
-/* Egress: replies from local backends leave with the frontend as their source. */
+/* Egress: replies from local backends leave with the frontend as their source. Only packets
+ * from a backend's port are looked up. */
 SEC("classifier/herald_egress")
 int herald_egress(struct __sk_buff *skb)
 {
 	struct lb_tuple t;
 
-	if (lb_parse(skb, &t) < 0)
+	if (lb_parse(skb, &t) < 0 || !lb_reply_port(t.sport))
 		return TC_ACT_OK;
 	struct lb_config *cfg = lb_config();
 	if (!cfg)

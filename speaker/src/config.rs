@@ -77,6 +77,7 @@ pub struct Config {
     #[arg(long, env = "HERALD_FORWARDING", value_enum, default_value_t = ForwardingMode::Dsr)]
     pub forwarding: ForwardingMode,
     /// Source ports of SNATed flows, FIRST-LAST; must lie outside net.ipv4.ip_local_port_range.
+    /// Changing it breaks the SNATed flows that hold a port outside the new range.
     #[arg(long, env = "HERALD_SNAT_PORTS", default_value = "10000-29999")]
     pub snat_ports: crate::dataplane::SnatPorts,
     /// Slow round-robin probe interval (all members not watched closely share it).

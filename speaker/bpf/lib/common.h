@@ -79,6 +79,14 @@ struct lb_backend {
 	__u8 flags;
 };
 
+/* The source ports of backends, a bit per port (one entry, index 0): only a packet from one
+ * of them can be a reply that egress translates, so every other packet leaving the node skips
+ * the reverse table. */
+#define HERALD_PORT_WORDS (65536 / 64)
+struct lb_port_set {
+	__u64 words[HERALD_PORT_WORDS];
+};
+
 /* The node-wide settings (one entry, index 0), written by the speaker. */
 struct lb_config {
 	/* CLOCK_MONOTONIC of the speaker's last heartbeat; 0 until the first one. Programs

@@ -87,6 +87,18 @@ static __always_inline int lb_owner_alive(const struct lb_config *cfg, __u64 now
 	return cfg->heartbeat_ns != 0 && (__s64)(now - cfg->heartbeat_ns) < (__s64)HERALD_OWNER_GRACE_NS;
 }
 
+/* Whether a packet from port (network order) may be a reply of a local backend. */
+static __always_inline int lb_reply_port(__be16 port)
+{
+	__u32 zero = 0;
+	struct lb_port_set *set = bpf_map_lookup_elem(&herald_reply_ports, &zero);
+	__u32 p = bpf_ntohs(port);
+
+	if (!set)
+		return 0;
+	return (set->words[(p >> 6) & (HERALD_PORT_WORDS - 1)] >> (p & 63)) & 1;
+}
+
 /* Whether port (network order) is one that SNAT gives out. */
 static __always_inline int lb_snat_port_in_range(const struct lb_config *cfg, __be16 port)
 {

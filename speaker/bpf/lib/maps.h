@@ -23,6 +23,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } herald_backends SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_port_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} herald_reply_ports SEC(".maps");
+
 /* Clients admitted to frontends that have HERALD_FRONTEND_SOURCE_RANGES. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

@@ -4,7 +4,9 @@
 //!
 //! Ordering invariant (what the datapath may see mid-update): a backend is written before any
 //! Maglev row names it, a row before its frontend, and removals go the other way round — so a
-//! frontend the program finds always has a row, and a row's ids always resolve.
+//! frontend the program finds always has a row, and a row's ids always resolve. The egress
+//! filter of reply ports gains a backend's port before any row names the backend and loses it
+//! only after the last backend on that port is gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +21,7 @@ use super::maglev::{MAGLEV_TABLE_SIZE, maglev_table_draining};
 
 pub use abi::{
     BACKEND_DSR, BACKEND_SNAT, BackendValue, ConfigValue, Counters, CtForward, CtKey, CtReverse,
-    FRONTEND_SOURCE_RANGES, FrontendKey, FrontendValue, MaglevRow, SourceData,
+    FRONTEND_SOURCE_RANGES, FrontendKey, FrontendValue, MaglevRow, PortSet, SourceData,
 };
 
 /// Rust mirrors of the structs in `bpf/lib/common.h`. Unsafe because implementing
@@ -150,6 +152,14 @@ mod abi {
         pub bytes: u64,
     }
 
+    /// Must match `struct lb_port_set` in bpf/lib/common.h (8 KiB): bit `p % 64` of word
+    /// `p / 64` is set for every port `p` (native order) a backend listens on.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PortSet {
+        pub words: [u64; 1024],
+    }
+
     // SAFETY: repr(C), only integers and byte arrays, no padding (sizes asserted in tests), so
     // every bit pattern the kernel hands back is a valid value.
     unsafe impl aya::Pod for FrontendKey {}
@@ -162,6 +172,23 @@ mod abi {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtForward {}
     unsafe impl aya::Pod for CtReverse {}
+    unsafe impl aya::Pod for PortSet {}
+}
+
+impl PortSet {
+    pub fn of(ports: &BTreeSet<u16>) -> Self {
+        let mut set = PortSet { words: [0; 1024] };
+        for &p in ports {
+            set.words[usize::from(p / 64)] |= 1 << (p % 64);
+        }
+        set
+    }
+
+    pub fn ports(&self) -> BTreeSet<u16> {
+        (0..=u16::MAX)
+            .filter(|&p| self.words[usize::from(p / 64)] & (1 << (p % 64)) != 0)
+            .collect()
+    }
 }
 
 fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -284,6 +311,8 @@ pub struct MapContents {
     pub backends: BTreeMap<u32, BackendValue>,
     pub rows: BTreeMap<u32, Vec<u32>>,
     pub source_ranges: BTreeSet<SourceRange>,
+    /// Ports (native order) egress looks up replies from: those of the backends.
+    pub reply_ports: BTreeSet<u16>,
 }
 
 impl MapContents {
@@ -305,6 +334,7 @@ pub trait ServiceMaps {
     fn remove_frontend(&mut self, key: &FrontendKey) -> Result<(), MapsError>;
     fn set_source_range(&mut self, range: &SourceRange) -> Result<(), MapsError>;
     fn remove_source_range(&mut self, range: &SourceRange) -> Result<(), MapsError>;
+    fn set_reply_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), MapsError>;
     /// Zeroes a frontend id's counters (a new frontend must not inherit an old one's).
     fn reset_counters(&mut self, id: u32) -> Result<(), MapsError>;
     /// The id's counters summed over CPUs.
@@ -322,6 +352,7 @@ pub enum MapOp {
     RemoveFrontend(FrontendKey),
     SetSourceRange(SourceRange),
     RemoveSourceRange(SourceRange),
+    SetReplyPorts(BTreeSet<u16>),
     ResetCounters(u32),
 }
 
@@ -379,6 +410,11 @@ impl ServiceMaps for FakeServiceMaps {
         self.ops.push(MapOp::RemoveSourceRange(*range));
         Ok(())
     }
+    fn set_reply_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), MapsError> {
+        self.contents.reply_ports = ports.clone();
+        self.ops.push(MapOp::SetReplyPorts(ports.clone()));
+        Ok(())
+    }
     fn reset_counters(&mut self, id: u32) -> Result<(), MapsError> {
         self.counters.insert(id, Counters::default());
         self.ops.push(MapOp::ResetCounters(id));
@@ -397,6 +433,7 @@ pub struct AyaServiceMaps {
     pub(crate) rows: BpfHashMap<MapData, u32, MaglevRow>,
     pub(crate) counters: PerCpuArray<MapData, Counters>,
     pub(crate) source_ranges: LpmTrie<MapData, SourceData, u32>,
+    pub(crate) reply_ports: Array<MapData, PortSet>,
 }
 
 fn err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -429,6 +466,11 @@ impl ServiceMaps for AyaServiceMaps {
                 addr: data.addr,
             });
         }
+        contents.reply_ports = self
+            .reply_ports
+            .get(&0, 0)
+            .map_err(err("herald_reply_ports", "read"))?
+            .ports();
         Ok(contents)
     }
     fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), MapsError> {
@@ -462,6 +504,11 @@ impl ServiceMaps for AyaServiceMaps {
     }
     fn remove_source_range(&mut self, range: &SourceRange) -> Result<(), MapsError> {
         ignore_missing(self.source_ranges.remove(&range.key())).map_err(err("herald_source_ranges", "delete"))
+    }
+    fn set_reply_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), MapsError> {
+        self.reply_ports
+            .set(0, PortSet::of(ports), 0)
+            .map_err(err("herald_reply_ports", "update"))
     }
     fn reset_counters(&mut self, id: u32) -> Result<(), MapsError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError {
@@ -661,6 +708,7 @@ impl MapSync {
                 stats.backends_written += 1;
             }
         }
+        self.write_reply_ports(maps)?;
 
         // 2. Frontends no longer wanted go first (freeing their ids), then their rows.
         for (key, _) in changes.iter().filter(|(_, target)| target.is_none()) {
@@ -797,7 +845,25 @@ impl MapSync {
             }
             stats.backends_removed += 1;
         }
+        self.write_reply_ports(maps)?;
         Ok(stats)
+    }
+
+    /// Makes the egress filter the ports of the backends the maps hold now. Called once the
+    /// new backends are in (the set may only grow before rows name them) and once the unused
+    /// ones are gone.
+    fn write_reply_ports(&mut self, maps: &mut impl ServiceMaps) -> Result<(), MapsError> {
+        let ports: BTreeSet<u16> = self
+            .current
+            .backends
+            .values()
+            .map(|b| u16::from_be_bytes(b.port))
+            .collect();
+        if ports != self.current.reply_ports {
+            maps.set_reply_ports(&ports)?;
+            self.current.reply_ports = ports;
+        }
+        Ok(())
     }
 
     /// Records the backends frontend `id`'s row is built from (`None`: it has no row now),
@@ -858,6 +924,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<CtKey>(), 40);
         assert_eq!(std::mem::size_of::<CtForward>(), 64);
         assert_eq!(std::mem::size_of::<CtReverse>(), 36);
+        assert_eq!(std::mem::size_of::<PortSet>(), 8192);
         assert_eq!(std::mem::offset_of!(FrontendKey, port), 16);
         assert_eq!(std::mem::offset_of!(BackendValue, snat_addr), 16);
         assert_eq!(std::mem::offset_of!(BackendValue, node_addr), 32);
@@ -1064,6 +1131,51 @@ mod tests {
         assert!(pos(&MapOp::SetRow(0)) < pos(&MapOp::SetFrontend(key)));
         assert_consistent(&maps.contents);
         assert_eq!(&maps.contents, sync.current());
+    }
+
+    /// Egress looks up replies only from backends' ports: a port is in the filter before a row
+    /// names a backend on it, and leaves once no backend uses it.
+    #[test]
+    fn reply_ports_are_the_backends_ports_and_grow_before_rows_use_them() {
+        let mut maps = FakeServiceMaps::default();
+        let mut sync = MapSync::resume(&maps).unwrap();
+        let ports = |p: &[u16]| p.iter().copied().collect::<BTreeSet<u16>>();
+        sync.apply(
+            &mut maps,
+            &desired_with(&[("203.0.113.1", 80, &["10.0.0.1:8080", "10.0.0.2:9000"])]),
+        )
+        .unwrap();
+        assert_eq!(maps.contents.reply_ports, ports(&[8080, 9000]));
+        let pos = |ops: &[MapOp], op: &MapOp| ops.iter().position(|o| o == op).unwrap();
+        assert!(pos(&maps.ops, &MapOp::SetReplyPorts(ports(&[8080, 9000]))) < pos(&maps.ops, &MapOp::SetRow(0)));
+
+        // The second backend moves to another port: the new port goes in before the row names
+        // it, the old one leaves after its backend.
+        maps.ops.clear();
+        sync.apply(
+            &mut maps,
+            &desired_with(&[("203.0.113.1", 80, &["10.0.0.1:8080", "10.0.0.2:9090"])]),
+        )
+        .unwrap();
+        let grown = MapOp::SetReplyPorts(ports(&[8080, 9000, 9090]));
+        let shrunk = MapOp::SetReplyPorts(ports(&[8080, 9090]));
+        assert!(pos(&maps.ops, &grown) < pos(&maps.ops, &MapOp::SetRow(0)));
+        assert!(pos(&maps.ops, &MapOp::RemoveBackend(2)) < pos(&maps.ops, &shrunk));
+        assert_eq!(maps.contents.reply_ports, ports(&[8080, 9090]));
+
+        sync.apply(&mut maps, &Desired::default()).unwrap();
+        assert!(maps.contents.reply_ports.is_empty());
+        assert_eq!(&maps.contents, sync.current());
+    }
+
+    #[test]
+    fn port_set_holds_exactly_its_ports() {
+        let held = [0, 1, 63, 64, 8080, 65535].into_iter().collect::<BTreeSet<u16>>();
+        let set = PortSet::of(&held);
+        assert_eq!(set.ports(), held);
+        assert_eq!(set.words[0], 1 | 2 | 1 << 63);
+        assert_eq!(set.words[1], 1);
+        assert_eq!(set.words[1023], 1 << 63);
     }
 
     #[test]

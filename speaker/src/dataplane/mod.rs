@@ -30,7 +30,8 @@
 //!   the full reply 5-tuple (never by backend address alone, which would also rewrite direct
 //!   replies).
 //! - Replies get their source rewritten back to the frontend: on TC egress for local backends,
-//!   on TC ingress for SNATed flows (which reply to this node).
+//!   on TC ingress for SNATed flows (which reply to this node, on a SNAT port: only packets to
+//!   those ports are looked up in the reverse table on ingress).
 //! - Packets whose new source is this node's own address (SNAT, tunnel, a NodePort's reply) are
 //!   sent by a FIB lookup and a redirect, not handed to the IP stack (which would drop them on
 //!   ingress as martians unless `accept_local` were set); the node must forward (`ip_forward`,
@@ -147,6 +148,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Source ports of SNATed flows: `min..min + count`. Kept outside the node's own ephemeral
 /// ports (`net.ipv4.ip_local_port_range`), so a translated flow never meets a local socket.
+/// Replies are translated only on these ports: a speaker restarted with another range breaks
+/// the SNATed flows that hold a port outside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnatPorts {
     pub min: u16,
@@ -499,6 +502,7 @@ impl Dataplane {
         let maps = AyaServiceMaps {
             frontends: take_map(&mut ebpf, "herald_frontends")?,
             backends: take_map(&mut ebpf, "herald_backends")?,
+            reply_ports: take_map(&mut ebpf, "herald_reply_ports")?,
             rows: take_map(&mut ebpf, "herald_maglev")?,
             counters: take_map(&mut ebpf, "herald_counters")?,
             source_ranges: take_map(&mut ebpf, "herald_source_ranges")?,
