@@ -1,6 +1,7 @@
 //! The BPF maps of the service map: Rust mirrors of the C structs, the [`ServiceMaps`] trait
-//! (aya-backed [`AyaServiceMaps`]; an in-memory `FakeServiceMaps` with the `testing` feature), and [`MapSync`], which diffs
-//! the desired state against what the maps hold and writes only the differences.
+//! (aya-backed [`AyaServiceMaps`]; an in-memory `FakeServiceMaps` with the `testing` feature),
+//! and [`MapSync`], which diffs the desired state against what the maps hold and writes only
+//! the differences.
 //!
 //! Ordering invariant (what the datapath may see mid-update): a backend is written before any
 //! Maglev row names it, a row before its frontend, and removals go the other way round — so a

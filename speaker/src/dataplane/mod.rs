@@ -74,8 +74,8 @@
 //! everything and remove the pins. A thread of the [`Dataplane`] writes a heartbeat into
 //! `herald_config` every second; two minutes after the last one the programs stop translating,
 //! so a crashed speaker's state forwards only until it restarts or for two minutes. In the lab
-//! every node shares one bpffs, so `pin_dir` must be unique per node. Kernels before 6.6 have no TCX: programs are
-//! attached through netlink and detached when the process exits cleanly.
+//! every node shares one bpffs, so `pin_dir` must be unique per node. Kernels before 6.6 have
+//! no TCX: programs are attached through netlink and detached when the process exits cleanly.
 //!
 //! # Limits (known gaps)
 //! - Only packets arriving on the configured interfaces are translated: the node itself and
