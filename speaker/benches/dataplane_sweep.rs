@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use dataplane_support::start_dataplane;
+use herald_speaker::dataplane::MAP_LAYOUT_DIR;
 use herald_speaker::dataplane::flows::monotonic_ns;
 use herald_speaker::dataplane::maps::{CtForward, CtKey, CtReverse};
 use herald_testkit::routed::RoutedLab;
@@ -27,7 +28,7 @@ const STATE_ESTABLISHED: u8 = 2;
 const STATE_SYN: u8 = 1;
 
 fn open<V: aya::Pod>(lab: &RoutedLab, name: &str) -> BpfHashMap<MapData, CtKey, V> {
-    let pin = lab.pin_dir(1).join("v2").join(name);
+    let pin = lab.pin_dir(1).join(MAP_LAYOUT_DIR).join(name);
     BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(&pin).expect("pinned map")).expect("map"))
         .expect("hash map")
 }

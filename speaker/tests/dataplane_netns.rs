@@ -816,7 +816,10 @@ fn dataplane_pins_of_a_dead_speaker_stop_translating_and_can_be_removed() {
     drop(dp);
     assert_eq!(parts(&ask(&lab, lab.client_addr(1, false), vip)).0, "pod1-1");
     // ...and stop once its last heartbeat is older than that (written here as if long ago).
-    let config_pin = lab.pin_dir(1).join("v3").join("herald_config");
+    let config_pin = lab
+        .pin_dir(1)
+        .join(herald_speaker::dataplane::MAP_LAYOUT_DIR)
+        .join("herald_config");
     let map =
         aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&config_pin).expect("pinned settings map")).unwrap();
     let mut config: aya::maps::Array<_, herald_speaker::dataplane::maps::ConfigValue> =
@@ -832,4 +835,144 @@ fn dataplane_pins_of_a_dead_speaker_stop_translating_and_can_be_removed() {
     herald_speaker::dataplane::remove_pinned(&lab.pin_dir(1)).unwrap();
     assert_eq!(tcx_programs(&lab), (0, 0));
     assert!(!lab.pin_dir(1).exists());
+}
+
+/// A pinned conntrack map of node 1's dataplane.
+fn conntrack_map<V: aya::Pod>(
+    lab: &RoutedLab,
+    name: &str,
+) -> aya::maps::HashMap<aya::maps::MapData, herald_speaker::dataplane::maps::CtKey, V> {
+    let pin = lab
+        .pin_dir(1)
+        .join(herald_speaker::dataplane::MAP_LAYOUT_DIR)
+        .join(name);
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&pin).expect("pinned map")).unwrap();
+    aya::maps::HashMap::try_from(map).unwrap()
+}
+
+#[test]
+fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
+    use herald_speaker::dataplane::flows::monotonic_ns;
+    use herald_speaker::dataplane::maps::{BACKEND_SNAT, CtForward, CtKey, CtReverse};
+
+    let test = "dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones";
+    let Some((lab, dp)) = one_node_lab(test, 1) else {
+        return;
+    };
+    let mut established = conntrack_map::<CtForward>(&lab, "herald_ct_forward");
+    let mut new = conntrack_map::<CtForward>(&lab, "herald_ct_new");
+    let mut reverse = conntrack_map::<CtReverse>(&lab, "herald_ct_reverse");
+    let now = monotonic_ns();
+    let (live, over) = (now + 3_600_000_000_000, now - 1);
+    let client = |n: u8| {
+        let mut k = CtKey {
+            proto: 6,
+            family: 4,
+            ..CtKey::default()
+        };
+        k.saddr[..4].copy_from_slice(&[10, 0, 0, n]);
+        k.daddr[..4].copy_from_slice(&[203, 0, 113, 1]);
+        k.sport = (40_000 + u16::from(n)).to_be_bytes();
+        k.dport = PORT.to_be_bytes();
+        k
+    };
+    let flow = |expires: u64, backend: u8, snat_port: Option<u16>| {
+        let mut f = CtForward {
+            expires,
+            state: 2,
+            backend_port: TARGET.to_be_bytes(),
+            ..CtForward::default()
+        };
+        f.backend_addr[..4].copy_from_slice(&[10, 244, 1, backend]);
+        if let Some(p) = snat_port {
+            f.flags = BACKEND_SNAT;
+            f.snat_port = p.to_be_bytes();
+            f.snat_addr[..4].copy_from_slice(&[192, 168, 1, 10]);
+        }
+        f
+    };
+    // The reverse entry the programs write for a flow on `fkey` to `f`'s backend, keyed by the
+    // reply (to the SNAT port when `snat_port` is given).
+    let reverse_of = |fkey: &CtKey, f: &CtForward, snat_port: Option<u16>| {
+        let mut rkey = CtKey {
+            saddr: f.backend_addr,
+            sport: f.backend_port,
+            daddr: fkey.saddr,
+            dport: fkey.sport,
+            ..*fkey
+        };
+        if let Some(p) = snat_port {
+            rkey.daddr = f.snat_addr;
+            rkey.dport = p.to_be_bytes();
+        }
+        let rev = CtReverse {
+            frontend_addr: fkey.daddr,
+            client_addr: fkey.saddr,
+            frontend_port: fkey.dport,
+            client_port: fkey.sport,
+        };
+        (rkey, rev)
+    };
+    let (e_live, e_over, s_live, n_live, n_over) = (client(1), client(2), client(3), client(4), client(5));
+    established.insert(e_live, flow(live, 5, None), 0).unwrap();
+    established.insert(e_over, flow(over, 5, None), 0).unwrap();
+    established.insert(s_live, flow(live, 6, Some(20_001)), 0).unwrap();
+    new.insert(
+        n_live,
+        CtForward {
+            state: 1,
+            ..flow(live, 5, None)
+        },
+        0,
+    )
+    .unwrap();
+    new.insert(
+        n_over,
+        CtForward {
+            state: 1,
+            ..flow(over, 5, None)
+        },
+        0,
+    )
+    .unwrap();
+    let kept = [
+        reverse_of(&e_live, &flow(live, 5, None), None),
+        reverse_of(&n_live, &flow(live, 5, None), None),
+        reverse_of(&s_live, &flow(live, 6, Some(20_001)), Some(20_001)),
+    ];
+    let gone = [
+        // The flow is over.
+        reverse_of(&e_over, &flow(over, 5, None), None),
+        // The client's tuple now goes to another backend, or through another SNAT port.
+        reverse_of(&e_live, &flow(live, 7, None), None),
+        reverse_of(&s_live, &flow(live, 6, Some(20_002)), Some(20_002)),
+    ];
+    for (k, v) in kept.iter().chain(&gone) {
+        reverse.insert(k, v, 0).unwrap();
+    }
+
+    let stats = dp.sweep_flows().expect("sweep");
+    assert_eq!(
+        (stats.established, stats.new, stats.reverse, stats.removed),
+        (2, 1, 3, 5),
+        "{stats:?}"
+    );
+    let keys = |map: &aya::maps::HashMap<aya::maps::MapData, CtKey, CtForward>| {
+        let mut keys: Vec<CtKey> = map.keys().map(Result::unwrap).collect();
+        keys.sort();
+        keys
+    };
+    let mut want = vec![e_live, s_live];
+    want.sort();
+    assert_eq!(keys(&established), want, "established flows left");
+    assert_eq!(keys(&new), vec![n_live], "handshakes left");
+    let mut left: Vec<(CtKey, CtReverse)> = reverse.iter().map(Result::unwrap).collect();
+    left.sort_by_key(|(k, _)| *k);
+    let mut want = kept.to_vec();
+    want.sort_by_key(|(k, _)| *k);
+    assert_eq!(left, want, "reverse entries left");
+    // Nothing is left to remove.
+    let again = dp.sweep_flows().expect("second sweep");
+    assert_eq!(again.removed, 0, "{again:?}");
+    dp.shutdown().unwrap();
 }

@@ -7,11 +7,13 @@
 //! as the forward entry it derives from names the same translation (see `bpf/lib/ct.h`).
 //!
 //! The programs keep working while a sweep runs, so it never removes what may have just
-//! become live: an entry the snapshot shows as over is read again (with its flow's forward
-//! entry) right before it is deleted, and a reverse entry goes only if it is unchanged since
-//! the snapshot. What remains is a window of microseconds between such a read and the delete.
+//! become live: an entry the snapshot shows as over is read and deleted in one step, and put
+//! back if it turned out live (a new flow took its tuple since the snapshot); a reverse entry
+//! goes only if its flow is still gone right before and the entry is unchanged since the
+//! snapshot. What remains is a window of one syscall, in which a packet of such a flow finds
+//! no entry.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 
@@ -130,10 +132,9 @@ fn collect<V: aya::Pod + Default>(
     map: &BpfHashMap<MapData, CtKey, V>,
     name: &'static str,
 ) -> Result<Vec<(CtKey, V)>, MapsError> {
-    match batch::lookup_all(map) {
+    match raw::lookup_all(map) {
         Ok(entries) => return Ok(entries),
-        // EINVAL: no batch command (before 5.6); ENOTSUPP (524, kernel-internal): not for this map.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524)) => {}
+        Err(e) if not_supported(&e) => {}
         Err(e) => {
             return Err(MapsError {
                 map: name,
@@ -159,21 +160,86 @@ fn collect<V: aya::Pod + Default>(
     Ok(out)
 }
 
+/// Whether a `bpf(2)` command failed for want of it: EINVAL (a command this kernel does not
+/// have), ENOTSUPP (524, kernel-internal: not for this map type).
+fn not_supported(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524))
+}
+
+/// Reads and deletes one entry: in one syscall, or before Linux 5.14 (which has no
+/// lookup-and-delete for hash maps) a read, then a delete.
+fn take<V: aya::Pod + Default>(map: &mut BpfHashMap<MapData, CtKey, V>, key: &CtKey) -> Option<V> {
+    match raw::lookup_and_delete(map, key) {
+        Ok(value) => value,
+        Err(e) if not_supported(&e) => {
+            let value = map.get(key, 0).ok()?;
+            map.remove(key).ok()?;
+            Some(value)
+        }
+        Err(_) => None,
+    }
+}
+
 /// Entries per `BPF_MAP_LOOKUP_BATCH` call.
 const BATCH: usize = 8192;
 
-/// The `bpf(2)` batch lookup, which aya 0.14 does not wrap: one
-/// syscall with buffers this module owns and sizes.
+/// The `bpf(2)` commands aya 0.14 does not wrap for hash maps (batch lookup, lookup and
+/// delete): one syscall each, with buffers this module owns and sizes.
 #[allow(unsafe_code)]
-mod batch {
+mod raw {
     use std::os::fd::{AsFd, AsRawFd};
 
     use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData};
 
     use super::{BATCH, CtKey};
 
-    /// `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd`.
+    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` and `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd`.
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+    /// The element-command member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ElemAttr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+
+    /// Reads and deletes one entry (Linux 5.14+ for hash maps): its value, or `None` when the
+    /// key is absent.
+    pub(super) fn lookup_and_delete<V: aya::Pod + Default>(
+        map: &BpfHashMap<MapData, CtKey, V>,
+        key: &CtKey,
+    ) -> std::io::Result<Option<V>> {
+        let mut value = V::default();
+        let mut attr = ElemAttr {
+            map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
+            key: std::ptr::from_ref(key) as u64,
+            value: std::ptr::from_mut(&mut value) as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: attr points at a key and a value of the map's key and value types (repr(C)
+        // mirrors whose sizes equal the map's); both outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        if rc == 0 {
+            return Ok(Some(value));
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        Err(error)
+    }
 
     /// The `batch` member of `union bpf_attr`.
     #[repr(C)]
@@ -236,13 +302,22 @@ mod batch {
     }
 }
 
-/// Deletes the entries among `keys` that are still expired (the programs may have put a new
-/// flow there since they were read); returns how many went.
+/// `BPF_NOEXIST`: an insert that leaves an entry the programs made in place.
+const BPF_NOEXIST: u64 = 1;
+
+/// Deletes the entries among `keys` that are still expired; returns how many went. Each is read
+/// and deleted in one syscall; one that turns out live (the programs put a new flow there since
+/// the snapshot) is put back, unless a packet of that flow made a new entry meanwhile.
 fn remove_still_expired(map: &mut BpfHashMap<MapData, CtKey, CtForward>, keys: &[CtKey], now: u64) -> usize {
     let mut removed = 0;
     for key in keys {
-        if map.get(key, 0).is_ok_and(|v| v.expires <= now) && map.remove(key).is_ok() {
-            removed += 1;
+        match take(map, key) {
+            Some(value) if value.expires > now => {
+                // EEXIST: a packet of the flow made a new entry meanwhile, the one to keep.
+                map.insert(key, value, BPF_NOEXIST).ok();
+            }
+            Some(_) => removed += 1,
+            None => {}
         }
     }
     removed
@@ -254,7 +329,7 @@ impl FlowMaps {
         let mut stats = SweepStats::default();
         let established = collect(&self.established, "herald_ct_forward")?;
         let new = collect(&self.new, "herald_ct_new")?;
-        let live: BTreeMap<CtKey, CtForward> = established
+        let live: HashMap<CtKey, CtForward> = established
             .iter()
             .chain(new.iter())
             .filter(|(_, v)| v.expires > now)
@@ -271,21 +346,26 @@ impl FlowMaps {
         stats.reverse = live_reverse;
         let recheck_now = monotonic_ns();
         for (key, seen) in orphans {
-            // Read both entries again: a new flow may have taken this tuple since the snapshot
-            // (a reclaimed SNAT port is rewritten for its new client a moment before the new
-            // flow's forward entry exists), so only an unchanged entry without a flow goes.
-            let current = self.reverse.get(&key, 0).ok().filter(|rev| *rev == seen);
-            let owned = current.is_some_and(|rev| {
-                let fkey = forward_key_of(&key, &rev);
-                [&self.established, &self.new].into_iter().any(|map| {
-                    map.get(&fkey, 0)
-                        .is_ok_and(|f| f.expires > recheck_now && reverse_belongs_to(&key, &f))
-                })
+            // A new flow may have taken this tuple since the snapshot: look for its forward
+            // entry again, then take the reverse entry out and put it back if it changed (a
+            // reclaimed SNAT port is rewritten for its new client a moment before the new
+            // flow's forward entry exists).
+            let fkey = forward_key_of(&key, &seen);
+            let owned = [&self.established, &self.new].into_iter().any(|map| {
+                map.get(&fkey, 0)
+                    .is_ok_and(|f| f.expires > recheck_now && reverse_belongs_to(&key, &f))
             });
             if owned {
                 stats.reverse += 1;
-            } else if current.is_some() && self.reverse.remove(&key).is_ok() {
-                stats.removed += 1;
+                continue;
+            }
+            match take(&mut self.reverse, &key) {
+                Some(rev) if rev == seen => stats.removed += 1,
+                Some(rev) => {
+                    self.reverse.insert(key, rev, BPF_NOEXIST).ok();
+                    stats.reverse += 1;
+                }
+                None => {}
             }
         }
         Ok(stats)
@@ -381,7 +461,7 @@ mod tests {
         let (fc, c) = (key(3, 3000, 1), forward(7, 500, Some(20_002)));
         let reverse = vec![reverse_of(&fa, &a), reverse_of(&fb, &b), reverse_of(&fc, &c)];
         // a: live; b: its client tuple now carries a new flow with another SNAT port; c: gone.
-        let mut live = BTreeMap::new();
+        let mut live = HashMap::new();
         live.insert(fa, a);
         live.insert(fb, forward(6, 900, Some(20_777)));
         let (dead, kept) = orphaned_reverse(reverse.clone(), |k| live.get(k).copied());

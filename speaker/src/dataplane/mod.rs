@@ -133,8 +133,9 @@ use maps::{AyaServiceMaps, ConfigValue, MapSync, ServiceMaps};
 /// The compiled programs (built by `speaker/build.rs` from `bpf/herald_lb.c`).
 static HERALD_LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/herald_lb.o"));
 
-/// Version of the map layout; pins of another layout are never reused.
-const MAP_LAYOUT_DIR: &str = "v3";
+/// Version of the map layout: the directory under the pin directory that holds the maps. Pins
+/// of another layout are never reused.
+pub const MAP_LAYOUT_DIR: &str = "v3";
 /// Map layouts an earlier speaker may have left: removed at start (their programs are gone).
 const OLD_MAP_LAYOUT_DIRS: [&str; 2] = ["v1", "v2"];
 const LINKS_DIR: &str = "links";
