@@ -571,6 +571,9 @@ pub struct MapSync {
     backend_ids: BTreeMap<BackendValue, u32>,
     /// Backend id → how many rows in `row_sources` name it; a backend no row names is removed.
     backend_users: BTreeMap<u32, usize>,
+    /// Port → how many backends the maps hold on it: the reply-port filter's contents, kept
+    /// as backends come and go so an endpoint change costs no walk over every backend.
+    backend_ports: BTreeMap<u16, usize>,
     /// Generation of the next backend written: flows remember the generation they were sent
     /// to, so a reused id never carries a flow to a different backend.
     next_generation: u32,
@@ -615,8 +618,10 @@ impl MapSync {
             .unwrap_or(1)
             .max(1);
         let mut backend_ids = BTreeMap::new();
+        let mut backend_ports = BTreeMap::new();
         for (&id, value) in &current.backends {
             backend_ids.entry(value.identity()).or_insert(id);
+            *backend_ports.entry(u16::from_be_bytes(value.port)).or_insert(0) += 1;
         }
         Ok(MapSync {
             current,
@@ -624,6 +629,7 @@ impl MapSync {
             row_sources: BTreeMap::new(),
             backend_ids,
             backend_users: BTreeMap::new(),
+            backend_ports,
             next_generation,
         })
     }
@@ -705,6 +711,7 @@ impl MapSync {
                 self.next_generation = self.next_generation.checked_add(1).unwrap_or(1);
                 maps.set_backend(id, &written)?;
                 self.current.backends.insert(id, written);
+                *self.backend_ports.entry(u16::from_be_bytes(written.port)).or_insert(0) += 1;
                 self.backend_ids.insert(value, id);
                 stats.backends_written += 1;
             }
@@ -839,10 +846,11 @@ impl MapSync {
         };
         for id in stale_backends {
             maps.remove_backend(id)?;
-            if let Some(value) = self.current.backends.remove(&id)
-                && self.backend_ids.get(&value.identity()) == Some(&id)
-            {
-                self.backend_ids.remove(&value.identity());
+            if let Some(value) = self.current.backends.remove(&id) {
+                self.backend_ports_remove(value.port);
+                if self.backend_ids.get(&value.identity()) == Some(&id) {
+                    self.backend_ids.remove(&value.identity());
+                }
             }
             stats.backends_removed += 1;
         }
@@ -854,17 +862,23 @@ impl MapSync {
     /// new backends are in (the set may only grow before rows name them) and once the unused
     /// ones are gone.
     fn write_reply_ports(&mut self, maps: &mut impl ServiceMaps) -> Result<(), MapsError> {
-        let ports: BTreeSet<u16> = self
-            .current
-            .backends
-            .values()
-            .map(|b| u16::from_be_bytes(b.port))
-            .collect();
-        if ports != self.current.reply_ports {
+        if !self.backend_ports.keys().eq(self.current.reply_ports.iter()) {
+            let ports: BTreeSet<u16> = self.backend_ports.keys().copied().collect();
             maps.set_reply_ports(&ports)?;
             self.current.reply_ports = ports;
         }
         Ok(())
+    }
+
+    /// Counts one backend on `port` (network order) fewer.
+    fn backend_ports_remove(&mut self, port: [u8; 2]) {
+        let port = u16::from_be_bytes(port);
+        if let Some(n) = self.backend_ports.get_mut(&port) {
+            *n -= 1;
+            if *n == 0 {
+                self.backend_ports.remove(&port);
+            }
+        }
     }
 
     /// Records the backends frontend `id`'s row is built from (`None`: it has no row now),
@@ -1066,6 +1080,11 @@ mod tests {
                 assert!(c.backends.contains_key(id), "row names missing backend {id}");
             }
         }
+        let ports: BTreeSet<u16> = c.backends.values().map(|b| u16::from_be_bytes(b.port)).collect();
+        assert_eq!(
+            c.reply_ports, ports,
+            "the reply-port filter holds exactly the backends' ports"
+        );
     }
 
     #[test]
