@@ -7,11 +7,11 @@
 //! as the forward entry it derives from names the same translation (see `bpf/lib/ct.h`).
 //!
 //! The programs keep working while a sweep runs, so it never removes what may have just
-//! become live: an entry the snapshot shows as over is read and deleted in one step, and put
-//! back if it turned out live (a new flow took its tuple since the snapshot); a reverse entry
-//! goes only if its flow is still gone right before and the entry is unchanged since the
-//! snapshot. What remains is a window of one syscall, in which a packet of such a flow finds
-//! no entry.
+//! become live: an entry the snapshot shows as over is read and deleted in one step, then put
+//! back if it turned out live (a new flow took its tuple since the snapshot; for a reverse
+//! entry, if it changed or its flow is found). What remains is a window of a syscall or two in
+//! which a packet of such a flow finds no entry: a client packet is placed again by its Maglev
+//! slot (the same backend), a reply leaves untranslated once and is retransmitted.
 
 use std::collections::HashMap;
 
@@ -346,26 +346,29 @@ impl FlowMaps {
         stats.reverse = live_reverse;
         let recheck_now = monotonic_ns();
         for (key, seen) in orphans {
-            // A new flow may have taken this tuple since the snapshot: look for its forward
-            // entry again, then take the reverse entry out and put it back if it changed (a
-            // reclaimed SNAT port is rewritten for its new client a moment before the new
-            // flow's forward entry exists).
-            let fkey = forward_key_of(&key, &seen);
-            let owned = [&self.established, &self.new].into_iter().any(|map| {
-                map.get(&fkey, 0)
-                    .is_ok_and(|f| f.expires > recheck_now && reverse_belongs_to(&key, &f))
-            });
-            if owned {
-                stats.reverse += 1;
+            // A new flow may have taken this tuple since the snapshot (a client reusing its
+            // port gets the same backend, so the same entry, which the programs then leave as
+            // it is). So the entry is taken out first and its flow looked for after: a flow
+            // that starts from then on finds no entry and writes its own, and one that started
+            // before is found and gets the entry back. Checking first and deleting after would
+            // leave a window in which a new flow keeps the entry and the sweep deletes it.
+            let Some(rev) = take(&mut self.reverse, &key) else {
                 continue;
-            }
-            match take(&mut self.reverse, &key) {
-                Some(rev) if rev == seen => stats.removed += 1,
-                Some(rev) => {
-                    self.reverse.insert(key, rev, BPF_NOEXIST).ok();
-                    stats.reverse += 1;
-                }
-                None => {}
+            };
+            // Changed since the snapshot: a new flow wrote it (a reclaimed SNAT port is
+            // rewritten for its new client a moment before that flow's forward entry exists).
+            let fkey = forward_key_of(&key, &rev);
+            let owned = rev != seen
+                || [&self.established, &self.new].into_iter().any(|map| {
+                    map.get(&fkey, 0)
+                        .is_ok_and(|f| f.expires > recheck_now && reverse_belongs_to(&key, &f))
+                });
+            if owned {
+                // EEXIST: the flow already wrote its own.
+                self.reverse.insert(key, rev, BPF_NOEXIST).ok();
+                stats.reverse += 1;
+            } else {
+                stats.removed += 1;
             }
         }
         Ok(stats)
