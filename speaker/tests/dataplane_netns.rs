@@ -852,7 +852,7 @@ fn conntrack_map<V: aya::Pod>(
 
 #[test]
 fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
-    use herald_speaker::dataplane::flows::monotonic_ns;
+    use herald_speaker::dataplane::flows::{monotonic_ns, reverse_entry_for};
     use herald_speaker::dataplane::maps::{BACKEND_SNAT, CtForward, CtKey, CtReverse};
 
     let test = "dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones";
@@ -891,28 +891,6 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
         }
         f
     };
-    // The reverse entry the programs write for a flow on `fkey` to `f`'s backend, keyed by the
-    // reply (to the SNAT port when `snat_port` is given).
-    let reverse_of = |fkey: &CtKey, f: &CtForward, snat_port: Option<u16>| {
-        let mut rkey = CtKey {
-            saddr: f.backend_addr,
-            sport: f.backend_port,
-            daddr: fkey.saddr,
-            dport: fkey.sport,
-            ..*fkey
-        };
-        if let Some(p) = snat_port {
-            rkey.daddr = f.snat_addr;
-            rkey.dport = p.to_be_bytes();
-        }
-        let rev = CtReverse {
-            frontend_addr: fkey.daddr,
-            client_addr: fkey.saddr,
-            frontend_port: fkey.dport,
-            client_port: fkey.sport,
-        };
-        (rkey, rev)
-    };
     let (e_live, e_over, s_live, n_live, n_over) = (client(1), client(2), client(3), client(4), client(5));
     established.insert(e_live, flow(live, 5, None), 0).unwrap();
     established.insert(e_over, flow(over, 5, None), 0).unwrap();
@@ -936,16 +914,16 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
     )
     .unwrap();
     let kept = [
-        reverse_of(&e_live, &flow(live, 5, None), None),
-        reverse_of(&n_live, &flow(live, 5, None), None),
-        reverse_of(&s_live, &flow(live, 6, Some(20_001)), Some(20_001)),
+        reverse_entry_for(&e_live, &flow(live, 5, None)),
+        reverse_entry_for(&n_live, &flow(live, 5, None)),
+        reverse_entry_for(&s_live, &flow(live, 6, Some(20_001))),
     ];
     let gone = [
         // The flow is over.
-        reverse_of(&e_over, &flow(over, 5, None), None),
+        reverse_entry_for(&e_over, &flow(over, 5, None)),
         // The client's tuple now goes to another backend, or through another SNAT port.
-        reverse_of(&e_live, &flow(live, 7, None), None),
-        reverse_of(&s_live, &flow(live, 6, Some(20_002)), Some(20_002)),
+        reverse_entry_for(&e_live, &flow(live, 7, None)),
+        reverse_entry_for(&s_live, &flow(live, 6, Some(20_002))),
     ];
     for (k, v) in kept.iter().chain(&gone) {
         reverse.insert(k, v, 0).unwrap();

@@ -72,6 +72,27 @@ pub fn reverse_belongs_to(reverse_key: &CtKey, forward: &CtForward) -> bool {
         || (forward.snat_port == reverse_key.dport && forward.snat_addr == reverse_key.daddr)
 }
 
+/// The reverse entry the programs write for a flow on `forward_key` (as `lb_forward` in
+/// bpf/lib/lb.h does): keyed by the backend's reply, to the SNAT port for a SNATed flow.
+#[cfg(any(test, feature = "testing"))]
+pub fn reverse_entry_for(forward_key: &CtKey, forward: &CtForward) -> (CtKey, CtReverse) {
+    let snat = forward.flags & BACKEND_SNAT != 0;
+    let key = CtKey {
+        saddr: forward.backend_addr,
+        sport: forward.backend_port,
+        daddr: if snat { forward.snat_addr } else { forward_key.saddr },
+        dport: if snat { forward.snat_port } else { forward_key.sport },
+        ..*forward_key
+    };
+    let reverse = CtReverse {
+        frontend_addr: forward_key.daddr,
+        client_addr: forward_key.saddr,
+        frontend_port: forward_key.dport,
+        client_port: forward_key.sport,
+    };
+    (key, reverse)
+}
+
 /// The keys of forward entries that are over at `now` (CLOCK_MONOTONIC ns).
 pub fn expired_forward(entries: impl IntoIterator<Item = (CtKey, CtForward)>, now: u64) -> (Vec<CtKey>, usize) {
     let mut dead = Vec::new();
@@ -425,27 +446,6 @@ mod tests {
         f
     }
 
-    /// The reverse entry the programs write for a flow (as lb_forward does).
-    fn reverse_of(fkey: &CtKey, f: &CtForward) -> (CtKey, CtReverse) {
-        let snat = f.flags & BACKEND_SNAT != 0;
-        let rkey = CtKey {
-            saddr: f.backend_addr,
-            sport: f.backend_port,
-            daddr: if snat { f.snat_addr } else { fkey.saddr },
-            dport: if snat { f.snat_port } else { fkey.sport },
-            proto: fkey.proto,
-            family: fkey.family,
-            pad: 0,
-        };
-        let rev = CtReverse {
-            frontend_addr: fkey.daddr,
-            client_addr: fkey.saddr,
-            frontend_port: fkey.dport,
-            client_port: fkey.sport,
-        };
-        (rkey, rev)
-    }
-
     #[test]
     fn expired_forward_entries_go_and_live_ones_stay() {
         let entries = vec![
@@ -462,7 +462,11 @@ mod tests {
         let (fa, a) = (key(1, 1000, 1), forward(5, 500, None));
         let (fb, b) = (key(2, 2000, 1), forward(6, 500, Some(20_001)));
         let (fc, c) = (key(3, 3000, 1), forward(7, 500, Some(20_002)));
-        let reverse = vec![reverse_of(&fa, &a), reverse_of(&fb, &b), reverse_of(&fc, &c)];
+        let reverse = vec![
+            reverse_entry_for(&fa, &a),
+            reverse_entry_for(&fb, &b),
+            reverse_entry_for(&fc, &c),
+        ];
         // a: live; b: its client tuple now carries a new flow with another SNAT port; c: gone.
         let mut live = HashMap::new();
         live.insert(fa, a);
