@@ -11,7 +11,8 @@
 //! back if it turned out live (a new flow took its tuple since the snapshot; for a reverse
 //! entry, if it changed or its flow is found). What remains is a window of a syscall or two in
 //! which a packet of such a flow finds no entry: a client packet is placed again by its Maglev
-//! slot (the same backend), a reply leaves untranslated once and is retransmitted.
+//! slot (the same backend); a reply leaves untranslated, and the client answers it with a
+//! reset. Deleting after a separate read instead could take a new flow's entry for good.
 
 use std::collections::HashMap;
 
