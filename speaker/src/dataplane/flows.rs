@@ -12,9 +12,11 @@
 //! entry, if it changed or its flow is found). What remains is a window of a syscall or two in
 //! which a packet of such a flow finds no entry: a client packet is placed again by its Maglev
 //! slot (the same backend); a reply leaves untranslated, and the client answers it with a
-//! reset. Deleting after a separate read instead could take a new flow's entry for good.
+//! reset. Reading, then deleting, could instead take a new flow's entry until the client's
+//! next SYN (a retransmit, a second later) writes it again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 
@@ -188,18 +190,23 @@ fn not_supported(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524))
 }
 
+/// Set once the kernel refused lookup-and-delete: a property of the kernel, so every later
+/// `take` goes straight to the two-syscall path instead of trying again per entry.
+static NO_LOOKUP_AND_DELETE: AtomicBool = AtomicBool::new(false);
+
 /// Reads and deletes one entry: in one syscall, or before Linux 5.14 (which has no
 /// lookup-and-delete for hash maps) a read, then a delete.
 fn take<V: aya::Pod + Default>(map: &mut BpfHashMap<MapData, CtKey, V>, key: &CtKey) -> Option<V> {
-    match raw::lookup_and_delete(map, key) {
-        Ok(value) => value,
-        Err(e) if not_supported(&e) => {
-            let value = map.get(key, 0).ok()?;
-            map.remove(key).ok()?;
-            Some(value)
+    if !NO_LOOKUP_AND_DELETE.load(Ordering::Relaxed) {
+        match raw::lookup_and_delete(map, key) {
+            Ok(value) => return value,
+            Err(e) if not_supported(&e) => NO_LOOKUP_AND_DELETE.store(true, Ordering::Relaxed),
+            Err(_) => return None,
         }
-        Err(_) => None,
     }
+    let value = map.get(key, 0).ok()?;
+    map.remove(key).ok()?;
+    Some(value)
 }
 
 /// Entries per `BPF_MAP_LOOKUP_BATCH` call.
@@ -245,22 +252,26 @@ mod raw {
         };
         // SAFETY: attr points at a key and a value of the map's key and value types (repr(C)
         // mirrors whose sizes equal the map's); both outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<ElemAttr>(),
-            )
-        };
-        if rc == 0 {
-            return Ok(Some(value));
+        match unsafe { sys_bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) } {
+            Ok(()) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
         }
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
+    }
+
+    /// `bpf(2)` with `attr` as the command's member of `union bpf_attr`.
+    ///
+    /// # Safety
+    /// Every pointer in `attr` must point at memory of the size and type the command expects
+    /// for this map, live for the call.
+    unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
+        // SAFETY: the caller vouches for the pointers in attr; attr itself is a live, writable
+        // value of the size passed.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), std::mem::size_of::<A>()) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        Err(error)
+        Ok(())
     }
 
     /// The `batch` member of `union bpf_attr`.
@@ -300,23 +311,14 @@ mod raw {
             // SAFETY: attr points at buffers of BATCH keys and BATCH values of the map's key and
             // value types (repr(C) mirrors whose sizes equal the map's), and at two u32 cursors;
             // all outlive the call, and the kernel writes at most `count` entries.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    std::ptr::from_mut(&mut attr),
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
+            let result = unsafe { sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
             let n = (attr.count as usize).min(BATCH);
             out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
-            if rc < 0 {
-                let error = std::io::Error::last_os_error();
+            match result {
+                Ok(()) => {}
                 // ENOENT: the walk is over (this call may still have returned entries).
-                if error.raw_os_error() == Some(libc::ENOENT) {
-                    return Ok(out);
-                }
-                return Err(error);
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+                Err(e) => return Err(e),
             }
             cursor = next;
             first = false;
