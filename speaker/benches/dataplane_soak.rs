@@ -21,6 +21,9 @@
 //! and directly, alternating, `HERALD_SOAK_STREAM_ROUNDS` (3) rounds of 5 s each; and, with
 //! `HERALD_SOAK_SOLO_ROUNDS` (0) set, each path alone in alternating rounds of
 //! `HERALD_SOAK_SOLO_SECONDS` (5) with the machine's CPU time per connection.
+//! `HERALD_SOAK_CALIBRATE=1` sends the herald half's connections by the direct path too (from
+//! its own sources, spread the same way): the ratio's spread between two identical paths, the
+//! noise against which a per-minute target is read.
 
 #[path = "../tests/dataplane_support/mod.rs"]
 mod dataplane_support;
@@ -139,7 +142,7 @@ fn main() {
         dp.apply_services(&[Arc::new(service.clone())]).unwrap();
     }
     let vip = SocketAddr::new(lab.vip(0, false), PORT);
-    let herald: Vec<(IpAddr, SocketAddr)> = (0..SOURCES).map(|m| (lab.client_addr(10 + m, false), vip)).collect();
+    let herald_sources: Vec<IpAddr> = (0..SOURCES).map(|m| lab.client_addr(10 + m, false)).collect();
     // The direct path spreads each client thread's connections over both pods at random, as
     // Maglev spreads the translated path's (see `spread_flows`).
     let direct_sources: Vec<IpAddr> = (0..SOURCES).map(|m| lab.client_addr(10 + SOURCES + m, false)).collect();
@@ -147,6 +150,12 @@ fn main() {
         .map(|j| SocketAddr::new(lab.pod_addr(2, j, false), TARGET))
         .collect();
     let direct = spread_flows(&direct_sources, &pods, 64 * SOURCES as usize);
+    let calibrate = std::env::var_os("HERALD_SOAK_CALIBRATE").is_some_and(|v| v == "1");
+    let herald: Vec<(IpAddr, SocketAddr)> = if calibrate {
+        spread_flows(&herald_sources, &pods, 64 * SOURCES as usize)
+    } else {
+        herald_sources.iter().map(|&source| (source, vip)).collect()
+    };
     // Warm neighbour caches on both paths.
     load(&lab, &herald, 1, 1);
     load(&lab, &direct, 1, 1);
@@ -154,6 +163,9 @@ fn main() {
     println!(
         "forwarding {forwarding:?}, {threads} client threads per path, {SOURCES} source addresses per path, {minutes} min"
     );
+    if calibrate {
+        println!("calibration: the herald half takes the direct path too");
+    }
     let stream_rounds: usize = env_or("HERALD_SOAK_STREAM_ROUNDS", 3);
     println!("| stream round | through the LB IP (MB/s) | direct (MB/s) | ratio |");
     println!("|---|---|---|---|");
