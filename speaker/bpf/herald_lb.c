@@ -6,6 +6,7 @@
 #include "lib/parse.h"
 #include "lib/lb.h"
 #include "lib/tunnel.h"
+#include "lib/sweep.h"
 
 /* Ingress: packets another node tunnelled here (DSR) are unwrapped and go to their local
  * backend; replies of SNATed flows are translated back; packets to a frontend go to their
@@ -62,6 +63,14 @@ int herald_egress(struct __sk_buff *skb)
 	if (lb_reverse(skb, &t, cfg, 0, &action))
 		return action;
 	return TC_ACT_OK;
+}
+
+/* Not attached anywhere: the speaker's sweep runs it with a batch of conntrack entries it found
+ * over, which it removes if they still are (lib/sweep.h). */
+SEC("classifier/herald_sweep")
+int herald_sweep(struct __sk_buff *skb)
+{
+	return lb_sweep(skb);
 }
 
 char LICENSE[] SEC("license") = "GPL";

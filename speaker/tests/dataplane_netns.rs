@@ -850,10 +850,41 @@ fn conntrack_map<V: aya::Pod>(
     aya::maps::HashMap::try_from(map).unwrap()
 }
 
+/// The key of a TCP flow from client 10.0.0.n to 203.0.113.1:PORT, for conntrack fixtures.
+fn ct_client(n: u8) -> herald_speaker::dataplane::maps::CtKey {
+    let mut k = herald_speaker::dataplane::maps::CtKey {
+        proto: 6,
+        family: 4,
+        ..Default::default()
+    };
+    k.saddr[..4].copy_from_slice(&[10, 0, 0, n]);
+    k.daddr[..4].copy_from_slice(&[203, 0, 113, 1]);
+    k.sport = (40_000 + u16::from(n)).to_be_bytes();
+    k.dport = PORT.to_be_bytes();
+    k
+}
+
+/// An established flow to backend 10.244.1.b:TARGET, SNATed through `snat_port` if given.
+fn ct_flow(expires: u64, backend: u8, snat_port: Option<u16>) -> herald_speaker::dataplane::maps::CtForward {
+    let mut f = herald_speaker::dataplane::maps::CtForward {
+        expires,
+        state: 2,
+        backend_port: TARGET.to_be_bytes(),
+        ..Default::default()
+    };
+    f.backend_addr[..4].copy_from_slice(&[10, 244, 1, backend]);
+    if let Some(p) = snat_port {
+        f.flags = herald_speaker::dataplane::maps::BACKEND_SNAT;
+        f.snat_port = p.to_be_bytes();
+        f.snat_addr[..4].copy_from_slice(&[192, 168, 1, 10]);
+    }
+    f
+}
+
 #[test]
 fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
     use herald_speaker::dataplane::flows::{monotonic_ns, reverse_entry_for};
-    use herald_speaker::dataplane::maps::{BACKEND_SNAT, CtForward, CtKey, CtReverse};
+    use herald_speaker::dataplane::maps::{CtForward, CtKey, CtReverse};
 
     let test = "dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones";
     let Some((lab, dp)) = one_node_lab(test, 1) else {
@@ -863,43 +894,18 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
     let mut new = conntrack_map::<CtForward>(&lab, "herald_ct_new");
     let mut reverse = conntrack_map::<CtReverse>(&lab, "herald_ct_reverse");
     let now = monotonic_ns();
-    let (live, over) = (now + 3_600_000_000_000, now - 1);
-    let client = |n: u8| {
-        let mut k = CtKey {
-            proto: 6,
-            family: 4,
-            ..CtKey::default()
-        };
-        k.saddr[..4].copy_from_slice(&[10, 0, 0, n]);
-        k.daddr[..4].copy_from_slice(&[203, 0, 113, 1]);
-        k.sport = (40_000 + u16::from(n)).to_be_bytes();
-        k.dport = PORT.to_be_bytes();
-        k
-    };
-    let flow = |expires: u64, backend: u8, snat_port: Option<u16>| {
-        let mut f = CtForward {
-            expires,
-            state: 2,
-            backend_port: TARGET.to_be_bytes(),
-            ..CtForward::default()
-        };
-        f.backend_addr[..4].copy_from_slice(&[10, 244, 1, backend]);
-        if let Some(p) = snat_port {
-            f.flags = BACKEND_SNAT;
-            f.snat_port = p.to_be_bytes();
-            f.snat_addr[..4].copy_from_slice(&[192, 168, 1, 10]);
-        }
-        f
-    };
-    let (e_live, e_over, s_live, n_live, n_over) = (client(1), client(2), client(3), client(4), client(5));
-    established.insert(e_live, flow(live, 5, None), 0).unwrap();
-    established.insert(e_over, flow(over, 5, None), 0).unwrap();
-    established.insert(s_live, flow(live, 6, Some(20_001)), 0).unwrap();
+    // Over a second ago: the programs' clock, which judges removals too, lags by up to a tick.
+    let (live, over) = (now + 3_600_000_000_000, now - 1_000_000_000);
+    let (e_live, e_over, s_live, n_live, n_over) =
+        (ct_client(1), ct_client(2), ct_client(3), ct_client(4), ct_client(5));
+    established.insert(e_live, ct_flow(live, 5, None), 0).unwrap();
+    established.insert(e_over, ct_flow(over, 5, None), 0).unwrap();
+    established.insert(s_live, ct_flow(live, 6, Some(20_001)), 0).unwrap();
     new.insert(
         n_live,
         CtForward {
             state: 1,
-            ..flow(live, 5, None)
+            ..ct_flow(live, 5, None)
         },
         0,
     )
@@ -908,22 +914,22 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
         n_over,
         CtForward {
             state: 1,
-            ..flow(over, 5, None)
+            ..ct_flow(over, 5, None)
         },
         0,
     )
     .unwrap();
     let kept = [
-        reverse_entry_for(&e_live, &flow(live, 5, None)),
-        reverse_entry_for(&n_live, &flow(live, 5, None)),
-        reverse_entry_for(&s_live, &flow(live, 6, Some(20_001))),
+        reverse_entry_for(&e_live, &ct_flow(live, 5, None)),
+        reverse_entry_for(&n_live, &ct_flow(live, 5, None)),
+        reverse_entry_for(&s_live, &ct_flow(live, 6, Some(20_001))),
     ];
     let gone = [
         // The flow is over.
-        reverse_entry_for(&e_over, &flow(over, 5, None)),
+        reverse_entry_for(&e_over, &ct_flow(over, 5, None)),
         // The client's tuple now goes to another backend, or through another SNAT port.
-        reverse_entry_for(&e_live, &flow(live, 7, None)),
-        reverse_entry_for(&s_live, &flow(live, 6, Some(20_002))),
+        reverse_entry_for(&e_live, &ct_flow(live, 7, None)),
+        reverse_entry_for(&s_live, &ct_flow(live, 6, Some(20_002))),
     ];
     for (k, v) in kept.iter().chain(&gone) {
         reverse.insert(k, v, 0).unwrap();
@@ -952,5 +958,55 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
     // Nothing is left to remove.
     let again = dp.sweep_flows().expect("second sweep");
     assert_eq!(again.removed, 0, "{again:?}");
+    dp.shutdown().unwrap();
+}
+
+#[test]
+fn dataplane_sweep_keeps_entries_that_are_live_when_it_removes_them() {
+    use herald_speaker::dataplane::flows::{monotonic_ns, reverse_entry_for};
+    use herald_speaker::dataplane::maps::{CtForward, CtKey, CtReverse};
+
+    let test = "dataplane_sweep_keeps_entries_that_are_live_when_it_removes_them";
+    let Some((lab, dp)) = one_node_lab(test, 1) else {
+        return;
+    };
+    let mut established = conntrack_map::<CtForward>(&lab, "herald_ct_forward");
+    let mut new = conntrack_map::<CtForward>(&lab, "herald_ct_new");
+    let mut reverse = conntrack_map::<CtReverse>(&lab, "herald_ct_reverse");
+    let live = monotonic_ns() + 3_600_000_000_000;
+    let (e_live, s_live, n_live) = (ct_client(1), ct_client(3), ct_client(4));
+    established.insert(e_live, ct_flow(live, 5, None), 0).unwrap();
+    established.insert(s_live, ct_flow(live, 6, Some(20_001)), 0).unwrap();
+    new.insert(n_live, ct_flow(live, 5, None), 0).unwrap();
+    let reverses = [
+        reverse_entry_for(&e_live, &ct_flow(live, 5, None)),
+        reverse_entry_for(&n_live, &ct_flow(live, 5, None)),
+        reverse_entry_for(&s_live, &ct_flow(live, 6, Some(20_001))),
+    ];
+    for (k, v) in &reverses {
+        reverse.insert(k, v, 0).unwrap();
+    }
+
+    // Read as if two hours had passed, every flow looks over to the sweep, and every reverse
+    // entry orphaned: as if each flow had taken its tuple after the sweep read it. The
+    // program that removes entries checks each again and keeps them all.
+    let stats = dp
+        .sweep_flows_read_at(monotonic_ns() + 7_200_000_000_000)
+        .expect("sweep");
+    assert_eq!(
+        (stats.established, stats.new, stats.reverse, stats.removed),
+        (2, 1, 3, 0),
+        "{stats:?}"
+    );
+    let keys = |map: &aya::maps::HashMap<aya::maps::MapData, CtKey, CtForward>| {
+        let mut keys: Vec<CtKey> = map.keys().map(Result::unwrap).collect();
+        keys.sort();
+        keys
+    };
+    let mut want = vec![e_live, s_live];
+    want.sort();
+    assert_eq!(keys(&established), want, "established flows left");
+    assert_eq!(keys(&new), vec![n_live], "handshakes left");
+    assert_eq!(reverse.keys().count(), reverses.len(), "reverse entries left");
     dp.shutdown().unwrap();
 }

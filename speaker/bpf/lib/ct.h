@@ -188,6 +188,12 @@ static __always_inline void ct_forward_key_of(struct ct_key *fkey, const struct 
 	fkey->family = rkey->family;
 }
 
+static __always_inline int ct_reverse_eq(const struct ct_reverse *a, const struct ct_reverse *b)
+{
+	return addr_eq(a->frontend_addr, b->frontend_addr) && addr_eq(a->client_addr, b->client_addr) &&
+	       a->frontend_port == b->frontend_port && a->client_port == b->client_port;
+}
+
 /* The live forward entry a reverse entry belongs to, or NULL when that flow is over or its
  * tuple now carries another translation. */
 static __always_inline struct ct_forward *ct_owner_of(const struct ct_key *rkey, const struct ct_reverse *rev,

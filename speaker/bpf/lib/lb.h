@@ -141,12 +141,6 @@ static __always_inline __be16 lb_snat_port(const struct lb_tuple *t, __u32 backe
 	return 0;
 }
 
-static __always_inline int ct_reverse_eq(const struct ct_reverse *a, const struct ct_reverse *b)
-{
-	return addr_eq(a->frontend_addr, b->frontend_addr) && addr_eq(a->client_addr, b->client_addr) &&
-	       a->frontend_port == b->frontend_port && a->client_port == b->client_port;
-}
-
 /* Writes the reverse entry of a new flow to a local backend (keyed by the reply's tuple),
  * unless the tuple's last flow left the same one (a client reusing its port). */
 static __always_inline void lb_reverse_local(const struct lb_tuple *t, const struct lb_backend *be,

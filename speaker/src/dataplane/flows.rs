@@ -7,18 +7,18 @@
 //! as the forward entry it derives from names the same translation (see `bpf/lib/ct.h`).
 //!
 //! The programs keep working while a sweep runs, so it never removes what may have just
-//! become live: an entry the snapshot shows as over is read and deleted in one step, then put
-//! back if it turned out live (a new flow took its tuple since the snapshot; for a reverse
-//! entry, if it changed or its flow is found). What remains is a window of a syscall or two in
-//! which a packet of such a flow finds no entry: a client packet is placed again by its Maglev
-//! slot (the same backend); a reply leaves untranslated, and the client answers it with a
-//! reset. Reading, then deleting, could instead take a new flow's entry until the client's
-//! next SYN (a retransmit, a second later) writes it again.
+//! become live. It reads the tables, picks the entries that were over then, and hands them in
+//! batches to `herald_sweep` (bpf/lib/sweep.h), which checks each again by the programs' own
+//! rules and removes it in the same step. A flow that took an entry's tuple since the read
+//! keeps its entry; what remains is the few instructions between that check and the delete.
+//! Checking from user space and deleting after, or taking an entry out and putting it back,
+//! left a window of a syscall or more: a soak at 12,000 connections a second took live
+//! entries out and put them back about 150 times a second.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::programs::ProgramFd;
 
 use super::maps::{BACKEND_SNAT, CtForward, CtKey, CtReverse, MapsError};
 
@@ -133,6 +133,8 @@ pub(crate) struct FlowMaps {
     pub(crate) new: BpfHashMap<MapData, CtKey, CtForward>,
     pub(crate) reverse: BpfHashMap<MapData, CtKey, CtReverse>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
+    /// `herald_sweep`, which removes the entries a sweep found over if they still are.
+    pub(crate) sweeper: ProgramFd,
 }
 
 impl FlowMaps {
@@ -190,73 +192,59 @@ fn not_supported(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524))
 }
 
-/// Set once the kernel refused lookup-and-delete: a property of the kernel, so every later
-/// `take` goes straight to the two-syscall path instead of trying again per entry.
-static NO_LOOKUP_AND_DELETE: AtomicBool = AtomicBool::new(false);
-
-/// Reads and deletes one entry: in one syscall, or before Linux 5.14 (which has no
-/// lookup-and-delete for hash maps) a read, then a delete.
-fn take<V: aya::Pod + Default>(map: &mut BpfHashMap<MapData, CtKey, V>, key: &CtKey) -> Option<V> {
-    if !NO_LOOKUP_AND_DELETE.load(Ordering::Relaxed) {
-        match raw::lookup_and_delete(map, key) {
-            Ok(value) => return value,
-            Err(e) if not_supported(&e) => NO_LOOKUP_AND_DELETE.store(true, Ordering::Relaxed),
-            Err(_) => return None,
-        }
-    }
-    let value = map.get(key, 0).ok()?;
-    map.remove(key).ok()?;
-    Some(value)
-}
-
 /// Entries per `BPF_MAP_LOOKUP_BATCH` call.
 const BATCH: usize = 8192;
 
-/// The `bpf(2)` commands aya 0.14 does not wrap for hash maps (batch lookup, lookup and
-/// delete): one syscall each, with buffers this module owns and sizes.
+/// The `bpf(2)` commands aya 0.14 does not wrap (batch lookup of a hash map, a program's test
+/// run): one syscall each, with buffers this module owns and sizes.
 #[allow(unsafe_code)]
 mod raw {
     use std::os::fd::{AsFd, AsRawFd};
 
     use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData};
+    use aya::programs::ProgramFd;
 
     use super::{BATCH, CtKey};
 
-    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` and `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd`.
-    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    /// `BPF_PROG_TEST_RUN` and `BPF_MAP_LOOKUP_BATCH` in `enum bpf_cmd`.
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-    /// The element-command member of `union bpf_attr`.
+    /// The `test` member of `union bpf_attr`.
     #[repr(C)]
     #[derive(Default)]
-    struct ElemAttr {
-        map_fd: u32,
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
         pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
     }
 
-    /// Reads and deletes one entry (Linux 5.14+ for hash maps): its value, or `None` when the
-    /// key is absent.
-    pub(super) fn lookup_and_delete<V: aya::Pod + Default>(
-        map: &BpfHashMap<MapData, CtKey, V>,
-        key: &CtKey,
-    ) -> std::io::Result<Option<V>> {
-        let mut value = V::default();
-        let mut attr = ElemAttr {
-            map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
-            key: std::ptr::from_ref(key) as u64,
-            value: std::ptr::from_mut(&mut value) as u64,
-            ..ElemAttr::default()
+    /// Runs a program once with `packet` as its packet; returns what it returned.
+    pub(super) fn run(program: &ProgramFd, packet: &[u8]) -> std::io::Result<u32> {
+        let mut attr = TestRunAttr {
+            prog_fd: program.as_fd().as_raw_fd() as u32,
+            data_size_in: packet.len() as u32,
+            data_in: packet.as_ptr() as u64,
+            repeat: 1,
+            ..TestRunAttr::default()
         };
-        // SAFETY: attr points at a key and a value of the map's key and value types (repr(C)
-        // mirrors whose sizes equal the map's); both outlive the call.
-        match unsafe { sys_bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) } {
-            Ok(()) => Ok(Some(value)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
+        // SAFETY: attr points at `packet`, of the length passed, live for the call; with no
+        // output buffer the kernel writes only into attr.
+        unsafe { sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
+        Ok(attr.retval)
     }
 
     /// `bpf(2)` with `attr` as the command's member of `union bpf_attr`.
@@ -326,75 +314,113 @@ mod raw {
     }
 }
 
-/// `BPF_NOEXIST`: an insert that leaves an entry the programs made in place.
-const BPF_NOEXIST: u64 = 1;
+/// Which table a batch of removals is for (`HERALD_SWEEP_*` in bpf/lib/sweep.h).
+#[derive(Debug, Clone, Copy)]
+enum SweepTable {
+    Established = 0,
+    New = 1,
+    Reverse = 2,
+}
 
-/// Deletes the entries among `keys` that are still expired; returns how many went. Each is read
-/// and deleted in one syscall; one that turns out live (the programs put a new flow there since
-/// the snapshot) is put back, unless a packet of that flow made a new entry meanwhile.
-fn remove_still_expired(map: &mut BpfHashMap<MapData, CtKey, CtForward>, keys: &[CtKey], now: u64) -> usize {
-    let mut removed = 0;
-    for key in keys {
-        match take(map, key) {
-            Some(value) if value.expires > now => {
-                // EEXIST: a packet of the flow made a new entry meanwhile, the one to keep.
-                map.insert(key, value, BPF_NOEXIST).ok();
+/// Records per run of `herald_sweep` (`HERALD_SWEEP_BATCH` in bpf/lib/sweep.h).
+const SWEEP_BATCH: usize = 32;
+/// Bytes of a `struct sweep_record`: a key and a reverse value.
+const RECORD_LEN: usize = std::mem::size_of::<CtKey>() + std::mem::size_of::<CtReverse>();
+/// The test packet's Ethernet header, which `herald_sweep` skips.
+const ETH_HLEN: usize = 14;
+
+/// Appends a record as `struct sweep_record` lays it out: the key, then the reverse value the
+/// sweep read (zeros for forward tables, whose entries are judged by their expiry alone).
+fn put_record(packet: &mut Vec<u8>, key: &CtKey, seen: &CtReverse) {
+    packet.extend_from_slice(&key.saddr);
+    packet.extend_from_slice(&key.daddr);
+    packet.extend_from_slice(&key.sport);
+    packet.extend_from_slice(&key.dport);
+    packet.extend_from_slice(&[key.proto, key.family]);
+    packet.extend_from_slice(&key.pad.to_ne_bytes());
+    packet.extend_from_slice(&seen.frontend_addr);
+    packet.extend_from_slice(&seen.client_addr);
+    packet.extend_from_slice(&seen.frontend_port);
+    packet.extend_from_slice(&seen.client_port);
+}
+
+/// What `herald_sweep` did with the entries it was given: removed, or kept because they are
+/// live again (entries already gone count as neither).
+#[derive(Debug, Default)]
+struct Removal {
+    removed: usize,
+    kept: usize,
+}
+
+impl FlowMaps {
+    /// Removes the entries of `table` that are still over, in runs of [`SWEEP_BATCH`].
+    fn remove<'a>(
+        &self,
+        table: SweepTable,
+        name: &'static str,
+        entries: impl IntoIterator<Item = (&'a CtKey, &'a CtReverse)>,
+    ) -> Result<Removal, MapsError> {
+        let mut removal = Removal::default();
+        let mut packet = Vec::with_capacity(ETH_HLEN + 8 + SWEEP_BATCH * RECORD_LEN);
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            packet.clear();
+            packet.resize(ETH_HLEN + 8, 0);
+            let mut count = 0u32;
+            for (key, seen) in entries.by_ref().take(SWEEP_BATCH) {
+                put_record(&mut packet, key, seen);
+                count += 1;
             }
-            Some(_) => removed += 1,
-            None => {}
+            packet[ETH_HLEN..ETH_HLEN + 4].copy_from_slice(&(table as u32).to_ne_bytes());
+            packet[ETH_HLEN + 4..ETH_HLEN + 8].copy_from_slice(&count.to_ne_bytes());
+            let outcome = raw::run(&self.sweeper, &packet).map_err(|e| MapsError {
+                map: name,
+                op: "sweep (run herald_sweep)",
+                source: aya::maps::MapError::IoError(e),
+            })?;
+            let (removed, absent) = ((outcome & 0xffff) as usize, (outcome >> 16) as usize);
+            removal.removed += removed;
+            removal.kept += (count as usize).saturating_sub(removed + absent);
         }
+        Ok(removal)
     }
-    removed
 }
 
 impl FlowMaps {
     /// Removes every flow that is over at `now` and the reverse entries of flows that are gone.
     pub(crate) fn sweep(&mut self, now: u64) -> Result<SweepStats, MapsError> {
         let mut stats = SweepStats::default();
+        let no_reverse = CtReverse::default();
         let established = collect(&self.established, "herald_ct_forward")?;
+        let (dead, live) = expired_forward(established.iter().copied(), now);
+        let removal = self.remove(
+            SweepTable::Established,
+            "herald_ct_forward",
+            dead.iter().map(|k| (k, &no_reverse)),
+        )?;
+        stats.established = live + removal.kept;
+        stats.removed += removal.removed;
         let new = collect(&self.new, "herald_ct_new")?;
-        let live: HashMap<CtKey, CtForward> = established
-            .iter()
-            .chain(new.iter())
-            .filter(|(_, v)| v.expires > now)
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        let (dead, live_established) = expired_forward(established, now);
-        stats.established = live_established;
-        stats.removed += remove_still_expired(&mut self.established, &dead, now);
-        let (dead, live_new) = expired_forward(new, now);
-        stats.new = live_new;
-        stats.removed += remove_still_expired(&mut self.new, &dead, now);
+        let (dead, live) = expired_forward(new.iter().copied(), now);
+        let removal = self.remove(SweepTable::New, "herald_ct_new", dead.iter().map(|k| (k, &no_reverse)))?;
+        stats.new = live + removal.kept;
+        stats.removed += removal.removed;
         let reverse = collect(&self.reverse, "herald_ct_reverse")?;
-        let (orphans, live_reverse) = orphaned_reverse(reverse, |k| live.get(k).copied());
-        stats.reverse = live_reverse;
-        let recheck_now = monotonic_ns();
-        for (key, seen) in orphans {
-            // A new flow may have taken this tuple since the snapshot (a client reusing its
-            // port gets the same backend, so the same entry, which the programs then leave as
-            // it is). So the entry is taken out first and its flow looked for after: a flow
-            // that starts from then on finds no entry and writes its own, and one that started
-            // before is found and gets the entry back. Checking first and deleting after would
-            // leave a window in which a new flow keeps the entry and the sweep deletes it.
-            let Some(rev) = take(&mut self.reverse, &key) else {
-                continue;
-            };
-            // Changed since the snapshot: a new flow wrote it (a reclaimed SNAT port is
-            // rewritten for its new client a moment before that flow's forward entry exists).
-            let fkey = forward_key_of(&key, &rev);
-            let owned = rev != seen
-                || [&self.established, &self.new].into_iter().any(|map| {
-                    map.get(&fkey, 0)
-                        .is_ok_and(|f| f.expires > recheck_now && reverse_belongs_to(&key, &f))
-                });
-            if owned {
-                // EEXIST: the flow already wrote its own.
-                self.reverse.insert(key, rev, BPF_NOEXIST).ok();
-                stats.reverse += 1;
-            } else {
-                stats.removed += 1;
-            }
+        // Only reverse entries need the live flows by key. A node whose flows all leave by
+        // DSR (an owner's, in DSR mode) has none, and skips hashing every flow it holds.
+        let mut live: HashMap<CtKey, CtForward> = HashMap::new();
+        if !reverse.is_empty() {
+            live.reserve(stats.established + stats.new);
+            live.extend(established.into_iter().chain(new).filter(|(_, v)| v.expires > now));
         }
+        let (orphans, live_reverse) = orphaned_reverse(reverse, |k| live.get(k).copied());
+        let removal = self.remove(
+            SweepTable::Reverse,
+            "herald_ct_reverse",
+            orphans.iter().map(|(k, v)| (k, v)),
+        )?;
+        stats.reverse = live_reverse + removal.kept;
+        stats.removed += removal.removed;
         Ok(stats)
     }
 
@@ -478,6 +504,30 @@ mod tests {
         assert_eq!(kept, 1);
         assert_eq!(dead, vec![reverse[1], reverse[2]]);
         assert_eq!(forward_key_of(&reverse[0].0, &reverse[0].1), fa);
+    }
+
+    #[test]
+    fn a_sweep_record_is_laid_out_as_the_program_reads_it() {
+        let mut key = key(7, 40_007, 1);
+        key.pad = 0x0102;
+        let seen = CtReverse {
+            frontend_addr: [3; 16],
+            client_addr: [4; 16],
+            frontend_port: [5, 6],
+            client_port: [7, 8],
+        };
+        let mut packet = Vec::new();
+        put_record(&mut packet, &key, &seen);
+        assert_eq!(packet.len(), RECORD_LEN);
+        assert_eq!(RECORD_LEN, 76, "struct sweep_record in bpf/lib/sweep.h");
+        assert_eq!(&packet[..16], &key.saddr);
+        assert_eq!(&packet[32..36], &[key.sport, key.dport].concat()[..]);
+        assert_eq!(
+            &packet[36..40],
+            &[&[key.proto, key.family][..], &key.pad.to_ne_bytes()].concat()[..]
+        );
+        assert_eq!(&packet[40..56], &[3; 16]);
+        assert_eq!(&packet[72..76], &[5, 6, 7, 8]);
     }
 
     #[test]

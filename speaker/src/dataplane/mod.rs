@@ -141,6 +141,8 @@ const OLD_MAP_LAYOUT_DIRS: [&str; 2] = ["v1", "v2"];
 const LINKS_DIR: &str = "links";
 const INGRESS_PROGRAM: &str = "herald_ingress";
 const EGRESS_PROGRAM: &str = "herald_egress";
+/// Run (never attached) by the sweep to remove the entries it found over (bpf/lib/sweep.h).
+const SWEEP_PROGRAM: &str = "herald_sweep";
 /// How often the speaker tells the programs it is alive (they stop translating two minutes
 /// after the last heartbeat: `HERALD_OWNER_GRACE_NS` in bpf/lib/common.h).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -463,9 +465,16 @@ impl Dataplane {
                 local_last,
             });
         }
-        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM] {
+        for name in [INGRESS_PROGRAM, EGRESS_PROGRAM, SWEEP_PROGRAM] {
             program_mut(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
         }
+        let sweeper = program_mut(&mut ebpf, SWEEP_PROGRAM)?
+            .fd()
+            .and_then(|fd| {
+                fd.try_clone()
+                    .map_err(|io_error| ProgramError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }))
+            })
+            .map_err(|e| load_error(SWEEP_PROGRAM, e))?;
         // The settings and a first heartbeat go in before any program is attached.
         let mut config_map: Array<MapData, ConfigValue> = take_map(&mut ebpf, "herald_config")?;
         let settings = ConfigValue {
@@ -496,6 +505,7 @@ impl Dataplane {
                 new: take_map(&mut ebpf, "herald_ct_new")?,
                 reverse: take_map(&mut ebpf, "herald_ct_reverse")?,
                 stats: take_map(&mut ebpf, "herald_stats")?,
+                sweeper,
             },
             last_sweep: SweepStats::default(),
             removed_total: 0,
@@ -589,8 +599,20 @@ impl Dataplane {
 
     /// Removes flows that are over now instead of at the next periodic sweep.
     pub fn sweep_flows(&self) -> Result<SweepStats, DataplaneError> {
+        self.sweep_at(flows::monotonic_ns())
+    }
+
+    /// A sweep that reads the tables as if it were `now` (CLOCK_MONOTONIC ns); the programs
+    /// still judge each removal by their own clock. A `now` ahead of it makes the sweep pick
+    /// entries that are live: what a sweep meets when flows take tuples while it runs.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn sweep_flows_read_at(&self, now: u64) -> Result<SweepStats, DataplaneError> {
+        self.sweep_at(now)
+    }
+
+    fn sweep_at(&self, now: u64) -> Result<SweepStats, DataplaneError> {
         let mut guard = self.flows.lock().unwrap_or_else(|p| p.into_inner());
-        let stats = guard.maps.sweep(flows::monotonic_ns())?;
+        let stats = guard.maps.sweep(now)?;
         guard.removed_total += stats.removed as u64;
         guard.last_sweep = stats;
         Ok(stats)
