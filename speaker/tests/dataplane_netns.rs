@@ -850,6 +850,19 @@ fn conntrack_map<V: aya::Pod>(
     aya::maps::HashMap::try_from(map).unwrap()
 }
 
+/// The keys a conntrack table holds, sorted.
+fn forward_keys(
+    map: &aya::maps::HashMap<
+        aya::maps::MapData,
+        herald_speaker::dataplane::maps::CtKey,
+        herald_speaker::dataplane::maps::CtForward,
+    >,
+) -> Vec<herald_speaker::dataplane::maps::CtKey> {
+    let mut keys: Vec<_> = map.keys().map(Result::unwrap).collect();
+    keys.sort();
+    keys
+}
+
 /// The key of a TCP flow from client 10.0.0.n to 203.0.113.1:PORT, for conntrack fixtures.
 fn ct_client(n: u8) -> herald_speaker::dataplane::maps::CtKey {
     let mut k = herald_speaker::dataplane::maps::CtKey {
@@ -941,15 +954,10 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
         (2, 1, 3, 5),
         "{stats:?}"
     );
-    let keys = |map: &aya::maps::HashMap<aya::maps::MapData, CtKey, CtForward>| {
-        let mut keys: Vec<CtKey> = map.keys().map(Result::unwrap).collect();
-        keys.sort();
-        keys
-    };
     let mut want = vec![e_live, s_live];
     want.sort();
-    assert_eq!(keys(&established), want, "established flows left");
-    assert_eq!(keys(&new), vec![n_live], "handshakes left");
+    assert_eq!(forward_keys(&established), want, "established flows left");
+    assert_eq!(forward_keys(&new), vec![n_live], "handshakes left");
     let mut left: Vec<(CtKey, CtReverse)> = reverse.iter().map(Result::unwrap).collect();
     left.sort_by_key(|(k, _)| *k);
     let mut want = kept.to_vec();
@@ -964,7 +972,7 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
 #[test]
 fn dataplane_sweep_keeps_entries_that_are_live_when_it_removes_them() {
     use herald_speaker::dataplane::flows::{monotonic_ns, reverse_entry_for};
-    use herald_speaker::dataplane::maps::{CtForward, CtKey, CtReverse};
+    use herald_speaker::dataplane::maps::{CtForward, CtReverse};
 
     let test = "dataplane_sweep_keeps_entries_that_are_live_when_it_removes_them";
     let Some((lab, dp)) = one_node_lab(test, 1) else {
@@ -998,15 +1006,10 @@ fn dataplane_sweep_keeps_entries_that_are_live_when_it_removes_them() {
         (2, 1, 3, 0),
         "{stats:?}"
     );
-    let keys = |map: &aya::maps::HashMap<aya::maps::MapData, CtKey, CtForward>| {
-        let mut keys: Vec<CtKey> = map.keys().map(Result::unwrap).collect();
-        keys.sort();
-        keys
-    };
     let mut want = vec![e_live, s_live];
     want.sort();
-    assert_eq!(keys(&established), want, "established flows left");
-    assert_eq!(keys(&new), vec![n_live], "handshakes left");
+    assert_eq!(forward_keys(&established), want, "established flows left");
+    assert_eq!(forward_keys(&new), vec![n_live], "handshakes left");
     assert_eq!(reverse.keys().count(), reverses.len(), "reverse entries left");
     dp.shutdown().unwrap();
 }

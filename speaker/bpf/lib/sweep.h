@@ -38,26 +38,16 @@ struct sweep_record {
 #define SWEEP_REMOVED 1
 #define SWEEP_ABSENT 2
 
-static __always_inline int sweep_established(const struct ct_key *k, __u64 now)
+/* herald_ct_forward or herald_ct_new: an entry goes once its flow is over. */
+static __always_inline int sweep_forward(void *map, const struct ct_key *k, __u64 now)
 {
-	struct ct_forward *ct = bpf_map_lookup_elem(&herald_ct_forward, k);
+	struct ct_forward *ct = bpf_map_lookup_elem(map, k);
 
 	if (!ct)
 		return SWEEP_ABSENT;
 	if (ct->expires > now)
 		return SWEEP_KEPT;
-	return bpf_map_delete_elem(&herald_ct_forward, k) == 0 ? SWEEP_REMOVED : SWEEP_ABSENT;
-}
-
-static __always_inline int sweep_new(const struct ct_key *k, __u64 now)
-{
-	struct ct_forward *ct = bpf_map_lookup_elem(&herald_ct_new, k);
-
-	if (!ct)
-		return SWEEP_ABSENT;
-	if (ct->expires > now)
-		return SWEEP_KEPT;
-	return bpf_map_delete_elem(&herald_ct_new, k) == 0 ? SWEEP_REMOVED : SWEEP_ABSENT;
+	return bpf_map_delete_elem(map, k) == 0 ? SWEEP_REMOVED : SWEEP_ABSENT;
 }
 
 static __always_inline int sweep_reverse(const struct sweep_record *r, __u64 now)
@@ -90,9 +80,9 @@ static __always_inline __u32 lb_sweep(struct __sk_buff *skb)
 		if (h.table == HERALD_SWEEP_REVERSE)
 			outcome = sweep_reverse(&r, now);
 		else if (h.table == HERALD_SWEEP_NEW)
-			outcome = sweep_new(&r.key, now);
+			outcome = sweep_forward(&herald_ct_new, &r.key, now);
 		else
-			outcome = sweep_established(&r.key, now);
+			outcome = sweep_forward(&herald_ct_forward, &r.key, now);
 		removed += outcome == SWEEP_REMOVED;
 		absent += outcome == SWEEP_ABSENT;
 	}
