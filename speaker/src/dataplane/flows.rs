@@ -384,11 +384,9 @@ impl FlowMaps {
         }
         Ok(removal)
     }
-}
 
-impl FlowMaps {
     /// Removes every flow that is over at `now` and the reverse entries of flows that are gone.
-    pub(crate) fn sweep(&mut self, now: u64) -> Result<SweepStats, MapsError> {
+    pub(crate) fn sweep(&self, now: u64) -> Result<SweepStats, MapsError> {
         let mut stats = SweepStats::default();
         let no_reverse = CtReverse::default();
         let established = collect(&self.established, "herald_ct_forward")?;
