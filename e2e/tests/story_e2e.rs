@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use herald_config::{IPAddressPool, ServiceL2Status};
 use herald_e2e::lab::{Lab, LabConfig};
+use herald_e2e::story::keepalive::{self, KeepAlive};
 use herald_e2e::story::{self, Failover, Fault};
 use herald_e2e::{observability, soak};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
@@ -292,11 +293,16 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
         .await
         .unwrap();
     let node = lab.node_index(&owner).unwrap();
+    // An established connection to a backend on another node than the owner: it must carry
+    // on through the owner's loss and the IP's return (DSR: the owner holds nothing the
+    // flow needs that its successor would not have).
+    let connection = keep_alive_off(&lab, ip, &owner).await;
 
     lab.set_uplink(node, false).await.expect("uplink down");
     let moved = story::wait_for_owner(&lab, Some(&owner), Duration::from_secs(10)).await;
     assert!(moved.is_ok(), "the IP moves off {owner}");
     curl(&lab, &format!("http://{ip}/")).await;
+    let moved_at = Instant::now();
     // The lost node cannot reach the API server to withdraw its object: the status names the
     // node the client now sends to, and only it.
     let answering = story::node_answering(&lab, ip).await.unwrap();
@@ -353,7 +359,49 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
     );
     curl(&lab, &format!("http://{ip}/")).await;
     assert_status_names_the_answering_node(&lab, ip, "after the cable came back").await;
+    let returned_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answers = connection.stop().await;
+    eprintln!(
+        "the established connection: {} requests answered by {}, longest gap {:?}",
+        answers.len(),
+        answers[0].pod,
+        keepalive::longest_gap(&answers)
+    );
+    assert_eq!(
+        keepalive::broken(&answers),
+        None,
+        "the established connection survives the owner's cable and the IP's return"
+    );
+    for (when, since) in [
+        ("after the IP moved", moved_at),
+        ("after the IP came back", returned_at),
+    ] {
+        assert!(
+            answers.iter().any(|a| a.at > since),
+            "the established connection was answered {when}"
+        );
+    }
     lab.down().await.unwrap();
+}
+
+/// A keep-alive connection to `ip` whose backend runs on another node than `owner`: new
+/// connections land on a backend by their flow hash, so a few tries find one.
+async fn keep_alive_off(lab: &Lab, ip: IpAddr, owner: &str) -> KeepAlive {
+    let pods: Api<Pod> = Api::namespaced(lab.client(), "default");
+    for _ in 0..20 {
+        let connection = KeepAlive::start(lab, ip).expect("curl starts");
+        let first = connection
+            .first(Duration::from_secs(5))
+            .await
+            .expect("the keep-alive connection is answered");
+        let node = pods.get(&first.pod).await.ok().and_then(|p| p.spec?.node_name);
+        if node.as_deref().is_some_and(|n| n != owner) {
+            return connection;
+        }
+        connection.stop().await;
+    }
+    panic!("20 connections to {ip} all reached a backend on {owner}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

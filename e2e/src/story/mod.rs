@@ -9,6 +9,7 @@
 //! ARP of the new owner. Both use the host's clock, as does the kill.
 
 pub mod garp;
+pub mod keepalive;
 pub mod timeline;
 
 use std::collections::BTreeMap;
