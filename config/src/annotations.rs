@@ -1,5 +1,7 @@
-//! The Service annotations Herald reads (`herald.io/loadBalancerIPs`, `herald.io/address-pool`,
-//! `herald.io/allow-shared-ip`) and writes (`herald.io/ip-allocated-from-pool`).
+//! The Service annotations Herald's allocator reads (`herald.io/loadBalancerIPs`,
+//! `herald.io/address-pool`, `herald.io/allow-shared-ip`) and writes
+//! (`herald.io/ip-allocated-from-pool`). The speakers' `herald.io/forwarding` is read in
+//! [`crate::service::forwarding`].
 //!
 //! MetalLB's spellings (`metallb.io/…`, `metallb.universe.tf/…`) are read too, so a cluster can
 //! move from MetalLB without editing its Services; each use is reported as deprecated.

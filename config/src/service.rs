@@ -1,5 +1,5 @@
-//! What Herald reads from a `v1.Service`: whether Herald handles it, its traffic policy, and
-//! its current addresses.
+//! What Herald reads from a `v1.Service`: whether Herald handles it, its traffic policy, how
+//! its remote backends are reached, and its current addresses.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -79,6 +79,48 @@ pub fn traffic_policy(service: &Service) -> TrafficPolicy {
     }
 }
 
+/// How the node that receives a LoadBalancer Service's traffic reaches a backend on another
+/// node (`Cluster` policy). The speakers' `--forwarding` sets it for every Service;
+/// [`FORWARDING_ANNOTATION`] for one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Direct server return: the client's packet goes unchanged through a tunnel to the
+    /// backend's node, which replies to the client itself. Backends see the client's address,
+    /// and a flow survives the loss of the node that owns the IP.
+    #[default]
+    Dsr,
+    /// The client's source becomes the receiving node's address, so replies come back through
+    /// it (for networks where DSR cannot work).
+    Snat,
+}
+
+/// Sets one Service's [`Forwarding`] (`dsr` or `snat`) over the speakers' `--forwarding`.
+pub const FORWARDING_ANNOTATION: &str = "herald.io/forwarding";
+
+/// A value of [`FORWARDING_ANNOTATION`] that names no mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{FORWARDING_ANNOTATION}: {value:?} is neither \"dsr\" nor \"snat\"; the speakers' --forwarding applies")]
+pub struct BadForwarding {
+    pub value: String,
+}
+
+/// The Service's own [`Forwarding`]: `Ok(None)` when it has no [`FORWARDING_ANNOTATION`].
+pub fn forwarding(service: &Service) -> Result<Option<Forwarding>, BadForwarding> {
+    let Some(value) = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FORWARDING_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "dsr" => Ok(Some(Forwarding::Dsr)),
+        "snat" => Ok(Some(Forwarding::Snat)),
+        _ => Err(BadForwarding { value: value.clone() }),
+    }
+}
+
 /// The addresses in `status.loadBalancer.ingress`, in order; hostnames are ignored.
 pub fn ingress_ips(service: &Service) -> Vec<IpAddr> {
     service
@@ -112,6 +154,24 @@ mod tests {
                 assert_eq!(protocol.to_string(), text);
             }
         }
+    }
+
+    #[test]
+    fn forwarding_comes_from_the_annotation_and_a_bad_value_is_named() {
+        let annotated = |value: &str| {
+            serde_json::from_value::<Service>(json!({
+                "metadata": {"name": "web", "annotations": {FORWARDING_ANNOTATION: value}}
+            }))
+            .unwrap()
+        };
+        assert_eq!(forwarding(&svc(json!({}))), Ok(None));
+        assert_eq!(forwarding(&annotated("dsr")), Ok(Some(Forwarding::Dsr)));
+        assert_eq!(forwarding(&annotated(" SNAT ")), Ok(Some(Forwarding::Snat)));
+        let bad = forwarding(&annotated("direct")).unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "herald.io/forwarding: \"direct\" is neither \"dsr\" nor \"snat\"; the speakers' --forwarding applies"
+        );
     }
 
     #[test]

@@ -517,6 +517,19 @@ async fn bad_service_input_is_reported_and_nothing_else_changes() {
     lab.wait_ips("legacy", &["10.88.1.0"]).await;
     lab.wait_event("legacy", "DeprecatedAnnotation", "use herald.io/address-pool instead")
         .await;
+    // A forwarding mode the speakers cannot use is named; the Service gets its address anyway.
+    lab.service(
+        "odd-forwarding",
+        json!({"metadata": {"annotations": {"herald.io/forwarding": "direct"}}}),
+    )
+    .await;
+    lab.wait_event(
+        "odd-forwarding",
+        "InvalidAnnotation",
+        "\"direct\" is neither \"dsr\" nor \"snat\"",
+    )
+    .await;
+    lab.wait_ips("odd-forwarding", &["10.88.0.0"]).await;
     controller.stop().await;
     lab.stop().await;
 }

@@ -88,6 +88,7 @@ fn services(lab: &RoutedLab, n: usize, target_vips: &[IpAddr], node: u8) -> Vec<
             }],
             traffic_policy: TrafficPolicy::Cluster,
             source_ranges: None,
+            forwarding: None,
             endpoints: endpoints.clone(),
         })
         .collect()

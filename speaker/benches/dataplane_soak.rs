@@ -116,6 +116,7 @@ fn main() {
         ],
         traffic_policy: TrafficPolicy::Cluster,
         source_ranges: None,
+        forwarding: None,
         endpoints: (1..=2)
             .map(|j| EndpointInput {
                 ip: lab.pod_addr(2, j, false),

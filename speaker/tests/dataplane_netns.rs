@@ -106,6 +106,7 @@ fn service(lab: &RoutedLab, policy: TrafficPolicy, endpoints: Vec<EndpointInput>
         ],
         traffic_policy: policy,
         source_ranges: None,
+        forwarding: None,
         endpoints,
     })
 }

@@ -14,6 +14,9 @@ pub const ALLOCATION_FAILED: &str = "AllocationFailed";
 pub const CLEAR_ASSIGNMENT: &str = "ClearAssignment";
 /// The Service uses a MetalLB spelling of an annotation.
 pub const DEPRECATED_ANNOTATION: &str = "DeprecatedAnnotation";
+/// An annotation the speakers read has a value they cannot use; the message says which, and
+/// what applies instead.
+pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
 
 /// Publishes an Event on the Service; failures are logged, never fatal. A standby publishes
 /// nothing.

@@ -102,8 +102,8 @@ pub struct Context {
     pub displaced: Mutex<HashMap<ServiceKey, String>>,
     /// The last failure reported per Service, so a retry that fails the same way stays quiet.
     pub reported_failures: Mutex<HashMap<ServiceKey, String>>,
-    /// Deprecated annotations already reported, per Service.
-    pub reported_deprecations: Mutex<HashSet<(ServiceKey, String)>>,
+    /// Annotations already warned of (deprecated spellings, unusable values), per Service.
+    pub reported_annotations: Mutex<HashSet<(ServiceKey, String)>>,
     /// Verdict per pool name.
     pub pool_verdicts: Mutex<std::collections::BTreeMap<String, Verdict<PoolError>>>,
     /// The last valid spec of each pool, which stays in use while the pool is invalid.
@@ -192,7 +192,7 @@ pub async fn run_with_client(
         pools_changed: Arc::new(Notify::new()),
         displaced: Mutex::default(),
         reported_failures: Mutex::default(),
-        reported_deprecations: Mutex::default(),
+        reported_annotations: Mutex::default(),
         pool_verdicts: Mutex::default(),
         last_valid: Mutex::default(),
     });

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_config::annotations::{IP_ALLOCATED_FROM_POOL, parse_service_annotations};
+use herald_config::service::FORWARDING_ANNOTATION;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -13,7 +14,9 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::events::{self, ALLOCATION_FAILED, CLEAR_ASSIGNMENT, DEPRECATED_ANNOTATION, IP_ALLOCATED};
+use super::events::{
+    self, ALLOCATION_FAILED, CLEAR_ASSIGNMENT, DEPRECATED_ANNOTATION, INVALID_ANNOTATION, IP_ALLOCATED,
+};
 use super::{Context, Error, handles, ingress_ips, service_key};
 use crate::allocator::{AllocError, ServiceKey, ServiceRequest};
 use crate::metrics::Outcome;
@@ -33,7 +36,7 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     let request = ServiceRequest::from_service(&service, ctx.namespace_labels(&key.namespace));
     // Allocate before any await, so a Delete handled meanwhile cannot be overtaken.
     let outcome = request.map(|request| ctx.allocator.lock().expect("allocator lock").allocate(&request));
-    report_deprecations(&service, &ctx, &key).await;
+    report_annotations(&service, &ctx, &key).await;
     let allocation = match outcome {
         Ok(Ok(allocation)) => allocation,
         Ok(Err(e)) | Err(e) => return failed(&service, &ctx, &key, &current, &e).await,
@@ -206,9 +209,9 @@ pub fn released(ctx: &Context, key: &ServiceKey, why: &str) {
     let released = ctx.allocator.lock().expect("allocator lock").release(key);
     forget_failure(ctx, key);
     ctx.displaced.lock().expect("displaced lock").remove(key);
-    ctx.reported_deprecations
+    ctx.reported_annotations
         .lock()
-        .expect("deprecations lock")
+        .expect("reported annotations lock")
         .retain(|(service, _)| service != key);
     if let Some(allocation) = released {
         ctx.metrics.count(Outcome::released);
@@ -283,26 +286,32 @@ fn follow_locked(ctx: &Context, allocator: &mut crate::allocator::Allocator, ser
     }
 }
 
-async fn report_deprecations(service: &Service, ctx: &Context, key: &ServiceKey) {
+/// Warns, once each, of annotations in MetalLB's spelling and of a `herald.io/forwarding` the
+/// speakers cannot use (they keep their `--forwarding` for the Service; its address is not
+/// concerned).
+async fn report_annotations(service: &Service, ctx: &Context, key: &ServiceKey) {
     let spec_ip = service.spec.as_ref().and_then(|s| s.load_balancer_ip.as_deref());
-    let Ok(parsed) = parse_service_annotations(service.annotations(), spec_ip) else {
-        return;
-    };
-    for deprecated in parsed.deprecated {
+    let mut warnings: Vec<(String, &str, String)> = Vec::new();
+    if let Ok(parsed) = parse_service_annotations(service.annotations(), spec_ip) {
+        warnings.extend(
+            parsed
+                .deprecated
+                .into_iter()
+                .map(|d| (d.found.clone(), DEPRECATED_ANNOTATION, d.to_string())),
+        );
+    }
+    if let Err(bad) = herald_config::service::forwarding(service) {
+        let seen = format!("{FORWARDING_ANNOTATION}={}", bad.value);
+        warnings.push((seen, INVALID_ANNOTATION, bad.to_string()));
+    }
+    for (seen, reason, note) in warnings {
         let new = ctx
-            .reported_deprecations
+            .reported_annotations
             .lock()
-            .expect("deprecations lock")
-            .insert((key.clone(), deprecated.found.clone()));
+            .expect("reported annotations lock")
+            .insert((key.clone(), seen));
         if new {
-            events::publish(
-                ctx,
-                service,
-                EventType::Warning,
-                DEPRECATED_ANNOTATION,
-                deprecated.to_string(),
-            )
-            .await;
+            events::publish(ctx, service, EventType::Warning, reason, note).await;
         }
     }
 }

@@ -425,6 +425,8 @@ pub fn service_input(service: &Service, slices: &[&EndpointSlice]) -> Option<dp:
         ports,
         traffic_policy: traffic_policy(service),
         source_ranges: source_ranges(service),
+        // A value that names no mode leaves the node's (the controller reports it as an Event).
+        forwarding: herald_config::service::forwarding(service).ok().flatten(),
         endpoints,
     })
 }
@@ -724,6 +726,21 @@ mod tests {
 
     fn in_use(pools: &[IPAddressPool]) -> Vec<PoolInUse> {
         judge_pools(pools, &mut LastValid::new(), Timestamp::UNIX_EPOCH).in_use
+    }
+
+    #[test]
+    fn a_services_forwarding_annotation_reaches_the_dataplane_and_a_bad_one_is_ignored() {
+        let with = |value: &str| {
+            let svc = service(
+                "a",
+                json!({"metadata": {"annotations": {herald_config::service::FORWARDING_ANNOTATION: value}}}),
+            );
+            service_input(&svc, &[]).expect("forwarded").forwarding
+        };
+        assert_eq!(with("snat"), Some(dp::Forwarding::Snat));
+        assert_eq!(with("dsr"), Some(dp::Forwarding::Dsr));
+        assert_eq!(with("sometimes"), None, "a bad value leaves the node's mode");
+        assert_eq!(service_input(&service("a", json!({})), &[]).unwrap().forwarding, None);
     }
 
     #[test]

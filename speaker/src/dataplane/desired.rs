@@ -84,21 +84,16 @@ pub struct ServiceInput {
     /// `loadBalancerSourceRanges`: `None` admits every client to the LoadBalancer IPs, `Some`
     /// only those in the listed networks (NodePorts are not restricted, as with kube-proxy).
     pub source_ranges: Option<Vec<IpNet>>,
+    /// `herald.io/forwarding`: how this Service's remote backends are reached; `None` for the
+    /// node's [`NodeInput::forwarding`].
+    pub forwarding: Option<Forwarding>,
     pub endpoints: Vec<EndpointInput>,
 }
 
-/// How this node reaches a backend on another node (`Cluster` policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Forwarding {
-    /// Direct server return: the client's packet goes unchanged through a tunnel to the
-    /// backend's node, which replies to the client itself. Backends see the client's address,
-    /// and a flow survives the loss of the node that owns the IP. Used for backends on nodes
-    /// listed in [`NodeInput::tunnel_peers`]; others are reached with SNAT.
-    #[default]
-    Dsr,
-    /// The client's source becomes this node's address, so replies come back through it.
-    Snat,
-}
+/// How a node reaches a backend on another node (`Cluster` policy): the node's default in
+/// [`NodeInput::forwarding`], a Service's own in [`ServiceInput::forwarding`]. DSR is used for
+/// backends on nodes listed in [`NodeInput::tunnel_peers`]; others are reached with SNAT.
+pub use herald_config::service::Forwarding;
 
 /// This node.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -377,6 +372,7 @@ fn backends_for(
         ready
     };
     let source = node.addresses.iter().copied().find(|a| a.is_ipv4() == ipv4);
+    let forwarding = svc.forwarding.unwrap_or(node.forwarding);
     let path = |e: &EndpointInput| -> Option<BackendPath> {
         if is_local(e) {
             return Some(BackendPath::Local);
@@ -390,7 +386,7 @@ fn backends_for(
             .and_then(|addrs| addrs.iter().copied().find(|a| a.is_ipv4() == ipv4));
         // A NodePort is this node's own address: another node cannot answer from it, and has
         // no frontend for it to take the tunnelled packet in.
-        Some(match (node.forwarding, tunnel_end, kind) {
+        Some(match (forwarding, tunnel_end, kind) {
             (Forwarding::Dsr, Some(end), FrontendKind::LoadBalancer) => BackendPath::Dsr { source, node: end },
             _ => BackendPath::Snat { source },
         })
@@ -462,6 +458,7 @@ mod tests {
             }],
             traffic_policy: policy,
             source_ranges: None,
+            forwarding: None,
             endpoints,
         }
     }
@@ -697,6 +694,35 @@ mod tests {
                 .all(|b| !matches!(b.path, BackendPath::Dsr { .. })),
             "SNAT mode never tunnels"
         );
+    }
+
+    #[test]
+    fn a_services_own_forwarding_overrides_the_nodes() {
+        let mut svc = service(TrafficPolicy::Cluster, vec![endpoint("10.244.2.5", "node-b", true)]);
+        let mut node = node();
+        node.tunnel_peers.insert("node-b".into(), vec![ip("192.168.1.11")]);
+        let source = ip("192.168.1.10");
+        let dsr = BackendPath::Dsr {
+            source,
+            node: ip("192.168.1.11"),
+        };
+        let snat = BackendPath::Snat { source };
+        for (node_mode, own, want) in [
+            (Forwarding::Snat, None, snat),
+            (Forwarding::Snat, Some(Forwarding::Dsr), dsr),
+            (Forwarding::Dsr, None, dsr),
+            (Forwarding::Dsr, Some(Forwarding::Snat), snat),
+        ] {
+            node.forwarding = node_mode;
+            svc.forwarding = own;
+            let d = desired(std::slice::from_ref(&svc), &node);
+            let paths: Vec<BackendPath> = d.frontends[&fe("203.0.113.7", 80)]
+                .backends
+                .iter()
+                .map(|b| b.path)
+                .collect();
+            assert_eq!(paths, vec![want], "node {node_mode:?}, Service {own:?}");
+        }
     }
 
     #[test]
