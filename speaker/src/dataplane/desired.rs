@@ -658,12 +658,7 @@ mod tests {
         node.forwarding = Forwarding::Dsr;
         node.tunnel_peers
             .insert("node-b".into(), vec![ip("fd00::11"), ip("192.168.1.11")]);
-        let d = desired(std::slice::from_ref(&svc), &node);
-        let paths: Vec<BackendPath> = d.frontends[&fe("203.0.113.7", 80)]
-            .backends
-            .iter()
-            .map(|b| b.path)
-            .collect();
+        let paths = load_balancer_paths(&svc, &node);
         let source = ip("192.168.1.10");
         assert_eq!(
             paths,
@@ -677,6 +672,7 @@ mod tests {
             ],
             "node-b takes tunnels (its IPv4 address is the end); node-c does not"
         );
+        let d = desired(std::slice::from_ref(&svc), &node);
         let node_port = &d.frontends[&fe("192.168.1.10", 30080)];
         assert!(
             node_port
@@ -686,14 +682,21 @@ mod tests {
             "a NodePort is reached with SNAT: {node_port:?}"
         );
         node.forwarding = Forwarding::Snat;
-        let d = desired(&[svc], &node);
         assert!(
-            d.frontends[&fe("203.0.113.7", 80)]
-                .backends
+            load_balancer_paths(&svc, &node)
                 .iter()
-                .all(|b| !matches!(b.path, BackendPath::Dsr { .. })),
+                .all(|p| !matches!(p, BackendPath::Dsr { .. })),
             "SNAT mode never tunnels"
         );
+    }
+
+    /// How the backends of the Service's LoadBalancer frontend (203.0.113.7:80) are reached.
+    fn load_balancer_paths(svc: &ServiceInput, node: &NodeInput) -> Vec<BackendPath> {
+        desired(std::slice::from_ref(svc), node).frontends[&fe("203.0.113.7", 80)]
+            .backends
+            .iter()
+            .map(|b| b.path)
+            .collect()
     }
 
     #[test]
@@ -715,13 +718,11 @@ mod tests {
         ] {
             node.forwarding = node_mode;
             svc.forwarding = own;
-            let d = desired(std::slice::from_ref(&svc), &node);
-            let paths: Vec<BackendPath> = d.frontends[&fe("203.0.113.7", 80)]
-                .backends
-                .iter()
-                .map(|b| b.path)
-                .collect();
-            assert_eq!(paths, vec![want], "node {node_mode:?}, Service {own:?}");
+            assert_eq!(
+                load_balancer_paths(&svc, &node),
+                vec![want],
+                "node {node_mode:?}, Service {own:?}"
+            );
         }
     }
 
