@@ -14,7 +14,7 @@ use herald_e2e::lab::{Lab, LabConfig};
 use herald_e2e::story::keepalive::{self, KeepAlive};
 use herald_e2e::story::{self, Failover, Fault};
 use herald_e2e::{observability, soak};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
@@ -296,7 +296,10 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
     // An established connection to a backend on another node than the owner: it must carry
     // on through the owner's loss and the IP's return (DSR: the owner holds nothing the
     // flow needs that its successor would not have).
-    let connection = keep_alive_off(&lab, ip, &owner).await;
+    let (connection, _, _) = KeepAlive::start_off(&lab, ip, &owner)
+        .await
+        .expect("curl runs and is answered")
+        .unwrap_or_else(|| panic!("20 connections to {ip} all reached a backend on {owner}"));
 
     lab.set_uplink(node, false).await.expect("uplink down");
     let moved = story::wait_for_owner(&lab, Some(&owner), Duration::from_secs(10)).await;
@@ -383,25 +386,6 @@ async fn s3_owner_uplink_down_moves_the_ip_and_up_again_settles() {
         );
     }
     lab.down().await.unwrap();
-}
-
-/// A keep-alive connection to `ip` whose backend runs on another node than `owner`: new
-/// connections land on a backend by their flow hash, so a few tries find one.
-async fn keep_alive_off(lab: &Lab, ip: IpAddr, owner: &str) -> KeepAlive {
-    let pods: Api<Pod> = Api::namespaced(lab.client(), "default");
-    for _ in 0..20 {
-        let connection = KeepAlive::start(lab, ip).expect("curl starts");
-        let first = connection
-            .first(Duration::from_secs(5))
-            .await
-            .expect("the keep-alive connection is answered");
-        let node = pods.get(&first.pod).await.ok().and_then(|p| p.spec?.node_name);
-        if node.as_deref().is_some_and(|n| n != owner) {
-            return connection;
-        }
-        connection.stop().await;
-    }
-    panic!("20 connections to {ip} all reached a backend on {owner}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::lab::{Lab, LabError};
@@ -107,6 +109,32 @@ impl KeepAlive {
             }
         });
         Ok(KeepAlive { child, answers })
+    }
+
+    /// A connection to `ip` whose backend runs on another node than `owner` (one whose
+    /// connections the owner's loss must not break), with its first answer and that backend's
+    /// node. New connections land on a backend by their flow hash, so a few tries find one;
+    /// `None` after 20 that all reached the owner's pods.
+    pub async fn start_off(
+        lab: &Lab,
+        ip: IpAddr,
+        owner: &str,
+    ) -> Result<Option<(KeepAlive, Answer, String)>, LabError> {
+        let pods: Api<Pod> = Api::namespaced(lab.client(), "default");
+        for _ in 0..20 {
+            let connection = KeepAlive::start(lab, ip)?;
+            let Some(first) = connection.first(Duration::from_secs(5)).await else {
+                return Err(LabError::Timeout {
+                    what: format!("the first answer on a keep-alive connection to {ip}"),
+                });
+            };
+            let node = pods.get(&first.pod).await.ok().and_then(|p| p.spec?.node_name);
+            if let Some(node) = node.filter(|n| n != owner) {
+                return Ok(Some((connection, first, node)));
+            }
+            connection.stop().await;
+        }
+        Ok(None)
     }
 
     /// The answers so far.

@@ -540,6 +540,14 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
     // eBPF keeps forwarding on a healthy node); a lost node does, until another answers.
     // Every speaker is back and ready (above); wait for the address's usual owner.
     let owner = wait_for_stable_owner(lab, Duration::from_millis(1500), Duration::from_secs(30)).await?;
+    // And a connection the client keeps open, to a pod the lost node does not run.
+    let established = keepalive::KeepAlive::start_off(lab, ip, &owner).await?;
+    if let Some((_, first, node)) = &established {
+        say(&format!(
+            "the client also keeps one connection open (curl, keep-alive, a request every 100 ms) to {} on {node}",
+            first.pod
+        ));
+    }
     say(&format!(
         "now the node itself: pulling {owner}'s cable while the client opens a connection every 10 ms ..."
     ));
@@ -553,6 +561,17 @@ pub async fn demo(lab: &Lab, out_dir: &Path, say: &dyn Fn(&str)) -> Result<Failo
         lost.requests,
         lost.longest_gap_ms,
     ));
+    if let Some((connection, _, _)) = established {
+        let answers = connection.stop().await;
+        say(&match keepalive::broken(&answers) {
+            None => format!(
+                "the open connection carried on through the node loss: {} requests on one connection, none failed, longest gap {} ms",
+                answers.len(),
+                keepalive::longest_gap(&answers).as_millis()
+            ),
+            Some(why) => format!("the open connection did not survive the node loss: {why}"),
+        });
+    }
     let svg = out_dir.join("node-loss-timeline.svg");
     write_timeline(&svg, &lost).map_err(|source| LabError::Io {
         path: svg.clone(),
