@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use dataplane_support::{dataplane_config, start_dataplane};
 use herald_config::process::error_chain;
+use herald_speaker::dataplane::maps::{CtForward, CtKey, CtReverse};
 use herald_speaker::dataplane::{
     Dataplane, DataplaneError, EndpointInput, EndpointPort, Protocol, ServiceInput, ServicePort, TrafficPolicy,
 };
@@ -839,10 +840,7 @@ fn dataplane_pins_of_a_dead_speaker_stop_translating_and_can_be_removed() {
 }
 
 /// A pinned conntrack map of node 1's dataplane.
-fn conntrack_map<V: aya::Pod>(
-    lab: &RoutedLab,
-    name: &str,
-) -> aya::maps::HashMap<aya::maps::MapData, herald_speaker::dataplane::maps::CtKey, V> {
+fn conntrack_map<V: aya::Pod>(lab: &RoutedLab, name: &str) -> CtTable<V> {
     let pin = lab
         .pin_dir(1)
         .join(herald_speaker::dataplane::MAP_LAYOUT_DIR)
@@ -851,14 +849,11 @@ fn conntrack_map<V: aya::Pod>(
     aya::maps::HashMap::try_from(map).unwrap()
 }
 
+/// A lab node's conntrack table, keyed by flow.
+type CtTable<V> = aya::maps::HashMap<aya::maps::MapData, CtKey, V>;
+
 /// The keys a conntrack table holds, sorted.
-fn forward_keys(
-    map: &aya::maps::HashMap<
-        aya::maps::MapData,
-        herald_speaker::dataplane::maps::CtKey,
-        herald_speaker::dataplane::maps::CtForward,
-    >,
-) -> Vec<herald_speaker::dataplane::maps::CtKey> {
+fn forward_keys(map: &CtTable<CtForward>) -> Vec<CtKey> {
     let mut keys: Vec<_> = map.keys().map(Result::unwrap).collect();
     keys.sort();
     keys
@@ -895,35 +890,70 @@ fn ct_flow(expires: u64, backend: u8, snat_port: Option<u16>) -> herald_speaker:
     f
 }
 
+/// A lab node's three conntrack tables, with three live flows written into them: established
+/// (client 1), established through SNAT port 20001 (client 3), in its handshake (client 4),
+/// each with its reverse entry.
+struct LiveFlows {
+    established: CtTable<CtForward>,
+    new: CtTable<CtForward>,
+    reverse: CtTable<CtReverse>,
+    /// The three flows' keys, in the order above.
+    keys: [CtKey; 3],
+    /// Their reverse entries.
+    reverses: [(CtKey, CtReverse); 3],
+}
+
+fn conntrack_with_live_flows(lab: &RoutedLab, live: u64) -> LiveFlows {
+    use herald_speaker::dataplane::flows::reverse_entry_for;
+
+    let mut established = conntrack_map(lab, "herald_ct_forward");
+    let mut new = conntrack_map(lab, "herald_ct_new");
+    let mut reverse = conntrack_map(lab, "herald_ct_reverse");
+    let (e_live, s_live, n_live) = (ct_client(1), ct_client(3), ct_client(4));
+    let handshake = CtForward {
+        state: 1,
+        ..ct_flow(live, 5, None)
+    };
+    established.insert(e_live, ct_flow(live, 5, None), 0).unwrap();
+    established.insert(s_live, ct_flow(live, 6, Some(20_001)), 0).unwrap();
+    new.insert(n_live, handshake, 0).unwrap();
+    let reverses = [
+        reverse_entry_for(&e_live, &ct_flow(live, 5, None)),
+        reverse_entry_for(&n_live, &handshake),
+        reverse_entry_for(&s_live, &ct_flow(live, 6, Some(20_001))),
+    ];
+    for (k, v) in &reverses {
+        reverse.insert(k, v, 0).unwrap();
+    }
+    LiveFlows {
+        established,
+        new,
+        reverse,
+        keys: [e_live, s_live, n_live],
+        reverses,
+    }
+}
+
 #[test]
 fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
     use herald_speaker::dataplane::flows::{monotonic_ns, reverse_entry_for};
-    use herald_speaker::dataplane::maps::{CtForward, CtKey, CtReverse};
 
     let test = "dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones";
     let Some((lab, dp)) = one_node_lab(test, 1) else {
         return;
     };
-    let mut established = conntrack_map::<CtForward>(&lab, "herald_ct_forward");
-    let mut new = conntrack_map::<CtForward>(&lab, "herald_ct_new");
-    let mut reverse = conntrack_map::<CtReverse>(&lab, "herald_ct_reverse");
     let now = monotonic_ns();
     // Over a second ago: the programs' clock, which judges removals too, lags by up to a tick.
     let (live, over) = (now + 3_600_000_000_000, now - 1_000_000_000);
-    let (e_live, e_over, s_live, n_live, n_over) =
-        (ct_client(1), ct_client(2), ct_client(3), ct_client(4), ct_client(5));
-    established.insert(e_live, ct_flow(live, 5, None), 0).unwrap();
+    let LiveFlows {
+        mut established,
+        mut new,
+        mut reverse,
+        keys: [e_live, s_live, n_live],
+        reverses: kept,
+    } = conntrack_with_live_flows(&lab, live);
+    let (e_over, n_over) = (ct_client(2), ct_client(5));
     established.insert(e_over, ct_flow(over, 5, None), 0).unwrap();
-    established.insert(s_live, ct_flow(live, 6, Some(20_001)), 0).unwrap();
-    new.insert(
-        n_live,
-        CtForward {
-            state: 1,
-            ..ct_flow(live, 5, None)
-        },
-        0,
-    )
-    .unwrap();
     new.insert(
         n_over,
         CtForward {
@@ -933,11 +963,6 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
         0,
     )
     .unwrap();
-    let kept = [
-        reverse_entry_for(&e_live, &ct_flow(live, 5, None)),
-        reverse_entry_for(&n_live, &ct_flow(live, 5, None)),
-        reverse_entry_for(&s_live, &ct_flow(live, 6, Some(20_001))),
-    ];
     let gone = [
         // The flow is over.
         reverse_entry_for(&e_over, &ct_flow(over, 5, None)),
@@ -945,7 +970,7 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
         reverse_entry_for(&e_live, &ct_flow(live, 7, None)),
         reverse_entry_for(&s_live, &ct_flow(live, 6, Some(20_002))),
     ];
-    for (k, v) in kept.iter().chain(&gone) {
+    for (k, v) in &gone {
         reverse.insert(k, v, 0).unwrap();
     }
 
@@ -972,29 +997,20 @@ fn dataplane_sweep_removes_flows_that_are_over_and_keeps_live_ones() {
 
 #[test]
 fn dataplane_sweep_keeps_entries_that_are_live_when_it_removes_them() {
-    use herald_speaker::dataplane::flows::{monotonic_ns, reverse_entry_for};
-    use herald_speaker::dataplane::maps::{CtForward, CtReverse};
+    use herald_speaker::dataplane::flows::monotonic_ns;
 
     let test = "dataplane_sweep_keeps_entries_that_are_live_when_it_removes_them";
     let Some((lab, dp)) = one_node_lab(test, 1) else {
         return;
     };
-    let mut established = conntrack_map::<CtForward>(&lab, "herald_ct_forward");
-    let mut new = conntrack_map::<CtForward>(&lab, "herald_ct_new");
-    let mut reverse = conntrack_map::<CtReverse>(&lab, "herald_ct_reverse");
     let live = monotonic_ns() + 3_600_000_000_000;
-    let (e_live, s_live, n_live) = (ct_client(1), ct_client(3), ct_client(4));
-    established.insert(e_live, ct_flow(live, 5, None), 0).unwrap();
-    established.insert(s_live, ct_flow(live, 6, Some(20_001)), 0).unwrap();
-    new.insert(n_live, ct_flow(live, 5, None), 0).unwrap();
-    let reverses = [
-        reverse_entry_for(&e_live, &ct_flow(live, 5, None)),
-        reverse_entry_for(&n_live, &ct_flow(live, 5, None)),
-        reverse_entry_for(&s_live, &ct_flow(live, 6, Some(20_001))),
-    ];
-    for (k, v) in &reverses {
-        reverse.insert(k, v, 0).unwrap();
-    }
+    let LiveFlows {
+        established,
+        new,
+        reverse,
+        keys: [e_live, s_live, n_live],
+        reverses,
+    } = conntrack_with_live_flows(&lab, live);
 
     // Read as if two hours had passed, every flow looks over to the sweep, and every reverse
     // entry orphaned: as if each flow had taken its tuple after the sweep read it. The
