@@ -34,8 +34,6 @@ pub struct Answer {
     pub local_port: u16,
     /// HTTP status; 0 when there was no answer.
     pub status: u16,
-    /// Time from the request to the full answer.
-    pub seconds: f64,
 }
 
 /// Turns curl's output lines into answers: a body line (the pod's name) followed by the
@@ -50,7 +48,7 @@ pub fn parse_line(line: &str, pending: &mut Option<String>, at: Instant) -> Opti
         *pending = Some(body.trim().to_string());
     }
     let fields: Vec<&str> = report.split_whitespace().collect();
-    let [connects, port, status, seconds] = fields[..] else {
+    let [connects, port, status] = fields[..] else {
         return None;
     };
     Some(Answer {
@@ -59,7 +57,6 @@ pub fn parse_line(line: &str, pending: &mut Option<String>, at: Instant) -> Opti
         new_connection: connects.parse::<u32>().ok()? > 0,
         local_port: port.parse().ok()?,
         status: status.parse().ok()?,
-        seconds: seconds.parse().ok()?,
     })
 }
 
@@ -86,7 +83,7 @@ impl KeepAlive {
             "--max-time",
             "10",
             "--write-out",
-            &format!("{REPORT} %{{num_connects}} %{{local_port}} %{{http_code}} %{{time_total}}\\n"),
+            &format!("{REPORT} %{{num_connects}} %{{local_port}} %{{http_code}}\\n"),
         ]);
         // One URL per request rather than a glob: an IPv6 host's brackets need --globoff.
         cmd.args((1..=REQUESTS).map(|n| format!("http://{host}/?request={n}")));
@@ -204,23 +201,15 @@ mod tests {
 
     #[test]
     fn pairs_each_body_with_its_report() {
-        let got = answers(&[
-            "web-a",
-            "report: 1 40000 200 0.001",
-            "web-a",
-            "report: 0 40000 200 0.250",
-        ]);
+        let got = answers(&["web-a", "report: 1 40000 200", "web-a", "report: 0 40000 200"]);
         assert_eq!(got.len(), 2);
         assert_eq!(
             (got[0].pod.as_str(), got[0].new_connection, got[0].local_port),
             ("web-a", true, 40000)
         );
-        assert_eq!(
-            (got[1].new_connection, got[1].status, got[1].seconds),
-            (false, 200, 0.25)
-        );
+        assert_eq!((got[1].new_connection, got[1].status), (false, 200));
         assert_eq!(broken(&got), None);
-        let unterminated = answers(&["web-a", "report: 1 40000 200 0.001", "web-areport: 0 40000 200 0.002"]);
+        let unterminated = answers(&["web-a", "report: 1 40000 200", "web-areport: 0 40000 200"]);
         assert_eq!(
             (unterminated[1].pod.as_str(), unterminated[1].local_port),
             ("web-a", 40000)
@@ -229,22 +218,12 @@ mod tests {
 
     #[test]
     fn a_failed_request_or_a_new_connection_breaks_it() {
-        let failed = answers(&["web-a", "report: 1 40000 200 0.001", "report: 0 40000 000 10.0"]);
+        let failed = answers(&["web-a", "report: 1 40000 200", "report: 0 40000 000"]);
         assert_eq!(failed[1].pod, "");
         assert!(broken(&failed).unwrap().contains("request 2 got no answer"));
-        let reconnected = answers(&[
-            "web-a",
-            "report: 1 40000 200 0.001",
-            "web-a",
-            "report: 1 40002 200 0.001",
-        ]);
+        let reconnected = answers(&["web-a", "report: 1 40000 200", "web-a", "report: 1 40002 200"]);
         assert!(broken(&reconnected).unwrap().contains("new connection (port 40002)"));
-        let moved = answers(&[
-            "web-a",
-            "report: 1 40000 200 0.001",
-            "web-b",
-            "report: 0 40000 200 0.001",
-        ]);
+        let moved = answers(&["web-a", "report: 1 40000 200", "web-b", "report: 0 40000 200"]);
         assert!(broken(&moved).unwrap().contains("answered by web-b"));
     }
 }
